@@ -1,0 +1,204 @@
+//! The API's error type and its RFC 9457 `application/problem+json` rendering.
+//!
+//! Each variant is something a client can act on. Unexpected failures become `Internal`, are
+//! logged here exactly once with their cause, and answer a fixed body that reveals nothing.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sea_orm::{DbErr, SqlErr};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A body field has a value the API cannot accept.
+    #[error("{field}: {reason}")]
+    Validation { field: String, reason: String },
+    /// A path or query parameter is malformed.
+    #[error("{field}: {reason}")]
+    BadParameter { field: String, reason: String },
+    /// The body is not well-formed JSON.
+    #[error("the body is not valid JSON: {0}")]
+    MalformedBody(String),
+    #[error("the body must be JSON, sent with Content-Type: application/json")]
+    UnsupportedMediaType,
+    #[error("the body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{resource} {id} does not exist")]
+    NotFound { resource: &'static str, id: String },
+    #[error("no route matches this path")]
+    RouteNotFound,
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
+    /// The request conflicts with the current state (a duplicate name, a dependent row).
+    #[error("{reason}")]
+    Conflict {
+        field: Option<String>,
+        reason: String,
+    },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn validation(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self::Validation {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn bad_parameter(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self::BadParameter {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn not_found(resource: &'static str, id: impl std::fmt::Display) -> Self {
+        Self::NotFound {
+            resource,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn conflict(field: Option<&str>, reason: impl Into<String>) -> Self {
+        Self::Conflict {
+            field: field.map(str::to_owned),
+            reason: reason.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::Validation { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "A field is invalid",
+            ),
+            Self::BadParameter { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid-parameter",
+                "A parameter is invalid",
+            ),
+            Self::MalformedBody(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed-body",
+                "The body is not valid JSON",
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Self::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "The body is too large",
+            ),
+            Self::NotFound { .. } | Self::RouteNotFound => {
+                (StatusCode::NOT_FOUND, "not-found", "Not found")
+            }
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            Self::Conflict { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Self::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Missing or invalid bearer token",
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
+        }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:netcron:problem:validation",
+    "title": "A field is invalid",
+    "status": 422,
+    "detail": "port: 70000 is not a TCP port (1-65535)",
+    "field": "port"
+}))]
+pub struct Problem {
+    /// A stable URI naming the kind of problem: `urn:netcron:problem:<kind>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// What went wrong, naming the field when there is one.
+    pub detail: String,
+    /// The body field or parameter at fault, when the problem is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = self.parts();
+        let detail = match &self {
+            Self::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed");
+                "The server failed to handle this request; the cause has been logged.".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let field = match &self {
+            Self::Validation { field, .. } | Self::BadParameter { field, .. } => {
+                Some(field.clone())
+            }
+            Self::Conflict { field, .. } => field.clone(),
+            _ => None,
+        };
+        let problem = Problem {
+            kind: format!("urn:netcron:problem:{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            field,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
+        if matches!(self, Self::Unauthorized(_)) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<DbErr> for ApiError {
+    fn from(err: DbErr) -> Self {
+        // Constraint violations that the services did not pre-check (a race between two
+        // requests) still answer 409, not 500.
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => {
+                Self::conflict(Some("name"), "name: another resource already has this name")
+            }
+            Some(SqlErr::ForeignKeyConstraintViolation(_)) => Self::conflict(
+                None,
+                "the resource is referenced by, or references, another that changed meanwhile",
+            ),
+            _ => Self::Internal(anyhow::Error::new(err).context("database")),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use netcron_common::domain::{Host, Platform, parse_name, parse_port};
+use netcron_common::entity::device;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{DeleteErrors, ListErrors, ReadErrors, WriteErrors, field, nullable};
+use crate::error::{ApiError, Result};
+use crate::extract::{Json, Path, Query};
+use crate::pagination::{Page, PageParams};
+use crate::services::devices as service;
+use crate::services::devices::{DeviceChanges, DeviceFilter, NewDevice};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_device, list_devices))
+        .routes(routes!(get_device, update_device, delete_device))
+}
+
+/// A device to run commands on.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "core-sw1", "host": "192.0.2.10", "port": 22, "platform": "cisco_ios",
+    "credential_id": "01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e", "tags": ["core", "dc1"]
+}))]
+pub struct DeviceCreate {
+    /// Unique name, 1 to 128 characters.
+    pub name: String,
+    /// IP address or DNS name.
+    pub host: String,
+    /// SSH port, 1 to 65535 (default 22).
+    #[schema(minimum = 1, maximum = 65535, default = 22)]
+    pub port: Option<i64>,
+    pub platform: Platform,
+    /// The credential used to log in.
+    pub credential_id: Uuid,
+    /// Free-form labels (at most 32, each 1 to 64 characters without spaces).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Pre-pinned host key, `SHA256:<base64>` as `ssh-keygen -lf` prints it. When absent the
+    /// first connection pins the key it sees (trust on first use).
+    pub host_key_fingerprint: Option<String>,
+    /// Disabled devices are not contacted (default true).
+    #[schema(default = true)]
+    pub enabled: Option<bool>,
+}
+
+/// Changes to a device. `host_key_fingerprint: null` forgets the pinned key, so the next
+/// connection pins the key it sees: do this after a legitimate key change.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"port": 2222, "tags": ["core"]}))]
+pub struct DevicePatch {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    #[schema(minimum = 1, maximum = 65535)]
+    pub port: Option<i64>,
+    pub platform: Option<Platform>,
+    pub credential_id: Option<Uuid>,
+    pub tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub host_key_fingerprint: Option<Option<String>>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "01936b2f-0a1b-7c2d-8e3f-405162738495", "name": "core-sw1", "host": "192.0.2.10",
+    "port": 22, "platform": "cisco_ios", "credential_id": "01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e",
+    "tags": ["core", "dc1"], "host_key_fingerprint": null, "enabled": true,
+    "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"
+}))]
+pub struct DeviceView {
+    pub id: Uuid,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub platform: Platform,
+    pub credential_id: Uuid,
+    pub tags: Vec<String>,
+    /// The pinned SHA-256 host-key fingerprint, or null until the first connection.
+    pub host_key_fingerprint: Option<String>,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<device::Model> for DeviceView {
+    fn from(m: device::Model) -> Self {
+        Self {
+            id: m.id,
+            name: m.name,
+            host: m.host,
+            port: u16::try_from(m.port).unwrap_or_default(),
+            platform: m.platform,
+            credential_id: m.credential_id,
+            tags: m.tags,
+            host_key_fingerprint: m.host_key_fingerprint,
+            enabled: m.enabled,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceListParams {
+    /// Only devices carrying this tag.
+    pub tag: Option<String>,
+    pub platform: Option<Platform>,
+    pub enabled: Option<bool>,
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u64>,
+    pub cursor: Option<String>,
+}
+
+fn parse_tags(tags: Vec<String>) -> Result<Vec<String>> {
+    if tags.len() > 32 {
+        return Err(ApiError::validation("tags", "at most 32 tags"));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for (i, tag) in tags.into_iter().enumerate() {
+        let tag = tag.trim().to_owned();
+        if tag.is_empty()
+            || tag.len() > 64
+            || tag.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ApiError::validation(
+                format!("tags[{i}]"),
+                "must be 1 to 64 characters without spaces",
+            ));
+        }
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_fingerprint(text: String) -> Result<String> {
+    let body = text.strip_prefix("SHA256:").unwrap_or_default();
+    let valid = body.len() == 43
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/');
+    if valid {
+        Ok(text)
+    } else {
+        Err(ApiError::validation(
+            "host_key_fingerprint",
+            "must be `SHA256:` followed by 43 base64 characters, as `ssh-keygen -lf` prints it",
+        ))
+    }
+}
+
+fn parse_port_field(port: i64) -> Result<u16> {
+    field("port", parse_port(port))
+}
+
+impl DeviceCreate {
+    fn parse(self) -> Result<NewDevice> {
+        Ok(NewDevice {
+            name: field("name", parse_name(&self.name, 128))?,
+            host: field("host", Host::parse(&self.host))?,
+            port: self.port.map_or(Ok(22), parse_port_field)?,
+            platform: self.platform,
+            credential_id: self.credential_id,
+            tags: parse_tags(self.tags)?,
+            host_key_fingerprint: self
+                .host_key_fingerprint
+                .map(parse_fingerprint)
+                .transpose()?,
+            enabled: self.enabled.unwrap_or(true),
+        })
+    }
+}
+
+impl DevicePatch {
+    fn parse(self) -> Result<DeviceChanges> {
+        Ok(DeviceChanges {
+            name: self
+                .name
+                .map(|n| field("name", parse_name(&n, 128)))
+                .transpose()?,
+            host: self
+                .host
+                .map(|h| field("host", Host::parse(&h)))
+                .transpose()?,
+            port: self.port.map(parse_port_field).transpose()?,
+            platform: self.platform,
+            credential_id: self.credential_id,
+            tags: self.tags.map(parse_tags).transpose()?,
+            host_key_fingerprint: match self.host_key_fingerprint {
+                Some(Some(fp)) => Some(Some(parse_fingerprint(fp)?)),
+                other => other,
+            },
+            enabled: self.enabled,
+        })
+    }
+}
+
+/// Register a device.
+#[utoipa::path(post, path = "/devices", tag = "devices", request_body = DeviceCreate,
+    responses((status = 201, description = "The device", body = DeviceView), WriteErrors))]
+async fn create_device(
+    State(state): State<AppState>,
+    Json(body): Json<DeviceCreate>,
+) -> Result<(StatusCode, axum::Json<DeviceView>)> {
+    let model = service::create(&state.db, body.parse()?).await?;
+    Ok((StatusCode::CREATED, axum::Json(model.into())))
+}
+
+/// List devices, oldest first, optionally filtered by tag, platform or enabled.
+#[utoipa::path(get, path = "/devices", tag = "devices", params(DeviceListParams),
+    responses((status = 200, description = "One page of devices", body = Page<DeviceView>), ListErrors))]
+async fn list_devices(
+    State(state): State<AppState>,
+    Query(params): Query<DeviceListParams>,
+) -> Result<axum::Json<Page<DeviceView>>> {
+    let page = PageParams {
+        limit: params.limit,
+        cursor: params.cursor,
+    }
+    .parse()?;
+    let filter = DeviceFilter {
+        tag: params.tag,
+        platform: params.platform,
+        enabled: params.enabled,
+    };
+    let rows = service::list(&state.db, filter, page).await?;
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        page,
+        |r| r.id,
+        DeviceView::from,
+    )))
+}
+
+/// Get a device.
+#[utoipa::path(get, path = "/devices/{device_id}", tag = "devices",
+    params(("device_id" = Uuid, Path, description = "Device id")),
+    responses((status = 200, description = "The device", body = DeviceView), ReadErrors))]
+async fn get_device(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<DeviceView>> {
+    Ok(axum::Json(service::get(&state.db, id).await?.into()))
+}
+
+/// Change a device.
+#[utoipa::path(patch, path = "/devices/{device_id}", tag = "devices",
+    params(("device_id" = Uuid, Path, description = "Device id")),
+    request_body = DevicePatch,
+    responses((status = 200, description = "The updated device", body = DeviceView), WriteErrors))]
+async fn update_device(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<DevicePatch>,
+) -> Result<axum::Json<DeviceView>> {
+    Ok(axum::Json(
+        service::update(&state.db, id, body.parse()?).await?.into(),
+    ))
+}
+
+/// Delete a device with its commands and their run history. Refused with 409 while any of its
+/// commands has a schedule.
+#[utoipa::path(delete, path = "/devices/{device_id}", tag = "devices",
+    params(("device_id" = Uuid, Path, description = "Device id")),
+    responses((status = 204, description = "Deleted"), DeleteErrors))]
+async fn delete_device(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<StatusCode> {
+    service::delete(&state.db, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

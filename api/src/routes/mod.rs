@@ -1,0 +1,104 @@
+//! HTTP handlers and the JSON shapes they accept and return. Handlers parse input into domain
+//! values, call `services`, and map the result; they hold no logic of their own.
+
+pub mod commands;
+pub mod credentials;
+pub mod devices;
+pub mod health;
+pub mod runs;
+pub mod schedules;
+
+use serde::{Deserialize, Deserializer};
+use utoipa::IntoResponses;
+
+use crate::error::{ApiError, Problem};
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in PATCH
+/// bodies, where `null` clears a nullable value.
+pub fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Turns a domain parse failure into a 422 naming `field`.
+pub fn field<T, E: std::fmt::Display>(field: &str, r: Result<T, E>) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::validation(field, e))
+}
+
+/// Errors of list endpoints.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ListErrors {
+    /// A query parameter is malformed (names it in `field`).
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// The bearer token is missing or wrong.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// A resource named in the path does not exist.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+}
+
+/// Errors of endpoints that read one resource or act on it without a body.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum ReadErrors {
+    /// An id in the path is not a UUID (names it in `field`).
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// The bearer token is missing or wrong.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// The resource does not exist.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+}
+
+/// Errors of endpoints that take a JSON body.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum WriteErrors {
+    /// The body is not well-formed JSON, or an id in the path is not a UUID.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// The bearer token is missing or wrong.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// A resource named in the path does not exist.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// The name is taken, or the change conflicts with dependent resources.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
+    /// The body is larger than 256 KiB.
+    #[response(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Problem),
+    /// The body is not sent as `application/json`.
+    #[response(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Problem),
+    /// A field is missing, unknown or invalid; `field` names it and `detail` says why.
+    #[response(status = 422, content_type = "application/problem+json")]
+    Invalid(Problem),
+}
+
+/// Errors of delete endpoints.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum DeleteErrors {
+    /// An id in the path is not a UUID.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// The bearer token is missing or wrong.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// The resource does not exist.
+    #[response(status = 404, content_type = "application/problem+json")]
+    NotFound(Problem),
+    /// Other resources still depend on this one; `detail` says which.
+    #[response(status = 409, content_type = "application/problem+json")]
+    Conflict(Problem),
+}

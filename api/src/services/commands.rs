@@ -1,0 +1,133 @@
+use chrono::Utc;
+use netcron_common::domain::CommandKind;
+use netcron_common::entity::{command, schedule};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    Set, TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::{new_id, paginate};
+use crate::error::{ApiError, Result};
+use crate::pagination::PageRequest;
+
+pub struct NewCommand {
+    pub name: String,
+    pub kind: CommandKind,
+    pub command: String,
+    pub timeout_s: i32,
+    pub max_output_bytes: i64,
+    pub max_attempts: i32,
+}
+
+#[derive(Default)]
+pub struct CommandChanges {
+    pub name: Option<String>,
+    pub kind: Option<CommandKind>,
+    pub command: Option<String>,
+    pub timeout_s: Option<i32>,
+    pub max_output_bytes: Option<i64>,
+    pub max_attempts: Option<i32>,
+}
+
+pub async fn create(
+    db: &DatabaseConnection,
+    device_id: Uuid,
+    new: NewCommand,
+) -> Result<command::Model> {
+    super::devices::get(db, device_id).await?;
+    let now = Utc::now();
+    let model = command::ActiveModel {
+        id: Set(new_id()),
+        device_id: Set(device_id),
+        name: Set(new.name),
+        kind: Set(new.kind),
+        command: Set(new.command),
+        timeout_s: Set(new.timeout_s),
+        max_output_bytes: Set(new.max_output_bytes),
+        max_attempts: Set(new.max_attempts),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    Ok(model.insert(db).await?)
+}
+
+/// The command, provided it belongs to `device_id`; a command reached through another device's
+/// path does not exist there.
+pub async fn get(db: &DatabaseConnection, device_id: Uuid, id: Uuid) -> Result<command::Model> {
+    super::devices::get(db, device_id).await?;
+    command::Entity::find_by_id(id)
+        .filter(command::Column::DeviceId.eq(device_id))
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("command", id))
+}
+
+pub async fn list(
+    db: &DatabaseConnection,
+    device_id: Uuid,
+    page: PageRequest,
+) -> Result<Vec<command::Model>> {
+    super::devices::get(db, device_id).await?;
+    let select = command::Entity::find().filter(command::Column::DeviceId.eq(device_id));
+    Ok(paginate(select, command::Column::Id, page, false)
+        .all(db)
+        .await?)
+}
+
+/// Applies `changes`; `validate` sees the merged result so rules that span fields (a shell
+/// command needs command text) hold after a partial update too.
+pub async fn update(
+    db: &DatabaseConnection,
+    device_id: Uuid,
+    id: Uuid,
+    changes: CommandChanges,
+    validate: impl FnOnce(CommandKind, &str) -> Result<()>,
+) -> Result<command::Model> {
+    let current = get(db, device_id, id).await?;
+    validate(
+        changes.kind.unwrap_or(current.kind),
+        changes.command.as_deref().unwrap_or(&current.command),
+    )?;
+    let mut model: command::ActiveModel = current.into();
+    if let Some(v) = changes.name {
+        model.name = Set(v);
+    }
+    if let Some(v) = changes.kind {
+        model.kind = Set(v);
+    }
+    if let Some(v) = changes.command {
+        model.command = Set(v);
+    }
+    if let Some(v) = changes.timeout_s {
+        model.timeout_s = Set(v);
+    }
+    if let Some(v) = changes.max_output_bytes {
+        model.max_output_bytes = Set(v);
+    }
+    if let Some(v) = changes.max_attempts {
+        model.max_attempts = Set(v);
+    }
+    model.updated_at = Set(Utc::now());
+    Ok(model.update(db).await?)
+}
+
+/// Deletes the command and its run history; refuses while it has schedules.
+pub async fn delete(db: &DatabaseConnection, device_id: Uuid, id: Uuid) -> Result<()> {
+    get(db, device_id, id).await?;
+    let schedules = schedule::Entity::find()
+        .filter(schedule::Column::CommandId.eq(id))
+        .count(db)
+        .await?;
+    if schedules > 0 {
+        return Err(ApiError::conflict(
+            None,
+            format!("command {id} has {schedules} schedule(s); delete them first"),
+        ));
+    }
+    let txn = db.begin().await?;
+    super::delete_runs_where(&txn, "command_id", id).await?;
+    command::Entity::delete_by_id(id).exec(&txn).await?;
+    txn.commit().await?;
+    Ok(())
+}

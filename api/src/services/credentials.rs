@@ -1,0 +1,152 @@
+use chrono::Utc;
+use netcron_common::domain::CredentialKind;
+use netcron_common::entity::credential::{self, seal_context};
+use netcron_common::entity::device;
+use netcron_common::secret::{SecretKey, SecretString};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    Set,
+};
+use uuid::Uuid;
+
+use super::{new_id, paginate};
+use crate::error::{ApiError, Result};
+use crate::pagination::PageRequest;
+
+/// The secret part of a credential, already validated.
+pub enum CredentialSecret {
+    Password(SecretString),
+    PrivateKey {
+        key: SecretString,
+        passphrase: Option<SecretString>,
+    },
+}
+
+impl CredentialSecret {
+    fn kind(&self) -> CredentialKind {
+        match self {
+            Self::Password(_) => CredentialKind::Password,
+            Self::PrivateKey { .. } => CredentialKind::PrivateKey,
+        }
+    }
+}
+
+pub struct NewCredential {
+    pub name: String,
+    pub username: String,
+    pub secret: CredentialSecret,
+}
+
+#[derive(Default)]
+pub struct CredentialChanges {
+    pub name: Option<String>,
+    pub username: Option<String>,
+    pub secret: Option<CredentialSecret>,
+    /// `Some(None)` removes the passphrase of a private-key credential.
+    pub passphrase: Option<Option<SecretString>>,
+}
+
+fn seal(key: &SecretKey, id: Uuid, secret: &CredentialSecret) -> (Vec<u8>, Option<Vec<u8>>) {
+    match secret {
+        CredentialSecret::Password(p) => (key.seal(p.expose(), &seal_context(id, "secret")), None),
+        CredentialSecret::PrivateKey { key: k, passphrase } => (
+            key.seal(k.expose(), &seal_context(id, "secret")),
+            passphrase
+                .as_ref()
+                .map(|p| key.seal(p.expose(), &seal_context(id, "passphrase"))),
+        ),
+    }
+}
+
+pub async fn create(
+    db: &DatabaseConnection,
+    key: &SecretKey,
+    new: NewCredential,
+) -> Result<credential::Model> {
+    let id = new_id();
+    let now = Utc::now();
+    let (secret, passphrase) = seal(key, id, &new.secret);
+    let model = credential::ActiveModel {
+        id: Set(id),
+        name: Set(new.name),
+        username: Set(new.username),
+        kind: Set(new.secret.kind()),
+        secret: Set(secret),
+        passphrase: Set(passphrase),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    Ok(model.insert(db).await?)
+}
+
+pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<credential::Model> {
+    credential::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("credential", id))
+}
+
+pub async fn list(db: &DatabaseConnection, page: PageRequest) -> Result<Vec<credential::Model>> {
+    let select = paginate(
+        credential::Entity::find(),
+        credential::Column::Id,
+        page,
+        false,
+    );
+    Ok(select.all(db).await?)
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    key: &SecretKey,
+    id: Uuid,
+    changes: CredentialChanges,
+) -> Result<credential::Model> {
+    let current = get(db, id).await?;
+    let kind = changes
+        .secret
+        .as_ref()
+        .map_or(current.kind, CredentialSecret::kind);
+    if kind == CredentialKind::Password && matches!(changes.passphrase, Some(Some(_))) {
+        return Err(ApiError::validation(
+            "passphrase",
+            "only a private_key credential can have a passphrase",
+        ));
+    }
+    let mut model: credential::ActiveModel = current.into();
+    if let Some(name) = changes.name {
+        model.name = Set(name);
+    }
+    if let Some(username) = changes.username {
+        model.username = Set(username);
+    }
+    if let Some(secret) = &changes.secret {
+        let (sealed, passphrase) = seal(key, id, secret);
+        model.kind = Set(secret.kind());
+        model.secret = Set(sealed);
+        model.passphrase = Set(passphrase);
+    }
+    if let Some(passphrase) = changes.passphrase {
+        model.passphrase =
+            Set(passphrase.map(|p| key.seal(p.expose(), &seal_context(id, "passphrase"))));
+    }
+    model.updated_at = Set(Utc::now());
+    Ok(model.update(db).await?)
+}
+
+/// Refuses while a device uses the credential, so no device is left unable to log in.
+pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
+    get(db, id).await?;
+    let users = device::Entity::find()
+        .filter(device::Column::CredentialId.eq(id))
+        .count(db)
+        .await?;
+    if users > 0 {
+        return Err(ApiError::conflict(
+            None,
+            format!("credential {id} is used by {users} device(s); change or delete them first"),
+        ));
+    }
+    credential::Entity::delete_by_id(id).exec(db).await?;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+use chrono::Utc;
+use netcron_common::domain::{Host, Platform};
+use netcron_common::entity::{command, credential, device, schedule};
+use sea_orm::sea_query::extension::postgres::PgBinOper;
+use sea_orm::sea_query::{Expr, ExprTrait as _};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QuerySelect, Set, TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::{new_id, paginate};
+use crate::error::{ApiError, Result};
+use crate::pagination::PageRequest;
+
+pub struct NewDevice {
+    pub name: String,
+    pub host: Host,
+    pub port: u16,
+    pub platform: Platform,
+    pub credential_id: Uuid,
+    pub tags: Vec<String>,
+    pub host_key_fingerprint: Option<String>,
+    pub enabled: bool,
+}
+
+#[derive(Default)]
+pub struct DeviceChanges {
+    pub name: Option<String>,
+    pub host: Option<Host>,
+    pub port: Option<u16>,
+    pub platform: Option<Platform>,
+    pub credential_id: Option<Uuid>,
+    pub tags: Option<Vec<String>>,
+    /// `Some(None)` forgets the pinned key: the next connection pins a new one.
+    pub host_key_fingerprint: Option<Option<String>>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Default)]
+pub struct DeviceFilter {
+    pub tag: Option<String>,
+    pub platform: Option<Platform>,
+    pub enabled: Option<bool>,
+}
+
+async fn ensure_credential(db: &DatabaseConnection, id: Uuid) -> Result<()> {
+    match credential::Entity::find_by_id(id).one(db).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::validation(
+            "credential_id",
+            format!("credential {id} does not exist"),
+        )),
+    }
+}
+
+pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::Model> {
+    ensure_credential(db, new.credential_id).await?;
+    let now = Utc::now();
+    let model = device::ActiveModel {
+        id: Set(new_id()),
+        name: Set(new.name),
+        host: Set(new.host.as_str().to_owned()),
+        port: Set(i32::from(new.port)),
+        platform: Set(new.platform),
+        credential_id: Set(new.credential_id),
+        tags: Set(new.tags),
+        host_key_fingerprint: Set(new.host_key_fingerprint),
+        enabled: Set(new.enabled),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    Ok(model.insert(db).await?)
+}
+
+pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<device::Model> {
+    device::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("device", id))
+}
+
+pub async fn list(
+    db: &DatabaseConnection,
+    filter: DeviceFilter,
+    page: PageRequest,
+) -> Result<Vec<device::Model>> {
+    let mut select = device::Entity::find();
+    if let Some(tag) = filter.tag {
+        // `tags @> ARRAY[tag]` uses the GIN index on tags.
+        let contains = Expr::col((device::Entity, device::Column::Tags))
+            .binary(PgBinOper::Contains, Expr::val(vec![tag]));
+        select = select.filter(contains);
+    }
+    if let Some(platform) = filter.platform {
+        select = select.filter(device::Column::Platform.eq(platform));
+    }
+    if let Some(enabled) = filter.enabled {
+        select = select.filter(device::Column::Enabled.eq(enabled));
+    }
+    Ok(paginate(select, device::Column::Id, page, false)
+        .all(db)
+        .await?)
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    id: Uuid,
+    changes: DeviceChanges,
+) -> Result<device::Model> {
+    let current = get(db, id).await?;
+    if let Some(credential_id) = changes.credential_id {
+        ensure_credential(db, credential_id).await?;
+    }
+    let mut model: device::ActiveModel = current.into();
+    if let Some(v) = changes.name {
+        model.name = Set(v);
+    }
+    if let Some(v) = changes.host {
+        model.host = Set(v.as_str().to_owned());
+    }
+    if let Some(v) = changes.port {
+        model.port = Set(i32::from(v));
+    }
+    if let Some(v) = changes.platform {
+        model.platform = Set(v);
+    }
+    if let Some(v) = changes.credential_id {
+        model.credential_id = Set(v);
+    }
+    if let Some(v) = changes.tags {
+        model.tags = Set(v);
+    }
+    if let Some(v) = changes.host_key_fingerprint {
+        model.host_key_fingerprint = Set(v);
+    }
+    if let Some(v) = changes.enabled {
+        model.enabled = Set(v);
+    }
+    model.updated_at = Set(Utc::now());
+    Ok(model.update(db).await?)
+}
+
+/// Deletes the device with its commands and their run history. Refuses while any of its
+/// commands has a schedule: unscheduling is an explicit act, never a side effect.
+pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
+    get(db, id).await?;
+    let command_ids: Vec<Uuid> = command::Entity::find()
+        .select_only()
+        .column(command::Column::Id)
+        .filter(command::Column::DeviceId.eq(id))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let schedules = schedule::Entity::find()
+        .filter(schedule::Column::CommandId.is_in(command_ids))
+        .count(db)
+        .await?;
+    if schedules > 0 {
+        return Err(ApiError::conflict(
+            None,
+            format!("device {id} has {schedules} schedule(s); delete them first"),
+        ));
+    }
+    // `runs` has no foreign keys, so its rows go in the same transaction as their device.
+    let txn = db.begin().await?;
+    super::delete_runs_where(&txn, "device_id", id).await?;
+    device::Entity::delete_by_id(id).exec(&txn).await?;
+    txn.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,14 @@
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use netcron_common::secret::{SecretKey, SecretString};
+use sea_orm::DatabaseConnection;
+
+/// Shared by every handler. Cloning is cheap: every field is a handle.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub redis: redis::Client,
+    pub key: SecretKey,
+    pub tokens: Arc<[SecretString]>,
+}

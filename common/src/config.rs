@@ -1,0 +1,175 @@
+//! Configuration from the environment (and `.env`, when present). Each role builds its own
+//! settings from the pieces here, once, in `main`; components receive only what they need.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use crate::secret::{SecretKey, SecretString};
+
+/// One configuration variable that is missing or malformed. Its `Display` is the single line
+/// printed before the process exits.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {name}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+/// Reads `.env` from the working directory if there is one. Variables already set in the
+/// environment win over the file.
+pub fn load_dotenv() {
+    let _ = dotenvy::dotenv();
+}
+
+fn var(name: &'static str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// A variable that must be set.
+///
+/// # Errors
+/// When it is unset or empty.
+pub fn required(name: &'static str) -> Result<String, ConfigError> {
+    var(name).ok_or(ConfigError {
+        name,
+        reason: "is not set".into(),
+    })
+}
+
+/// A variable parsed with `FromStr`, or `default` when unset.
+///
+/// # Errors
+/// When it is set but does not parse.
+pub fn parsed_or<T>(name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(text) => text.parse().map_err(|e| ConfigError {
+            name,
+            reason: format!("`{text}` is not valid: {e}"),
+        }),
+    }
+}
+
+/// Where Postgres is.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    /// May carry a password, so it is never logged.
+    pub url: String,
+    /// Whether `api` and `all` apply pending migrations at start.
+    pub auto_migrate: bool,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("auto_migrate", &self.auto_migrate)
+            .finish()
+    }
+}
+
+impl DatabaseSettings {
+    /// # Errors
+    /// When `DATABASE_URL` is missing or `NETCRON_AUTO_MIGRATE` is not a boolean.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let url = required("DATABASE_URL")?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError {
+                name: "DATABASE_URL",
+                reason: "must start with postgres:// or postgresql://".into(),
+            });
+        }
+        Ok(Self {
+            url,
+            auto_migrate: parsed_or("NETCRON_AUTO_MIGRATE", true)?,
+        })
+    }
+}
+
+/// Where Redis is and how netcron's streams are named there.
+#[derive(Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Prepended to every stream name (`<prefix>tasks`), so several installations or tests
+    /// can share one Redis.
+    pub stream_prefix: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("stream_prefix", &self.stream_prefix)
+            .finish()
+    }
+}
+
+impl RedisSettings {
+    /// # Errors
+    /// When `REDIS_URL` is missing or not a Redis URL.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let url = required("REDIS_URL")?;
+        if redis::Client::open(url.as_str()).is_err() {
+            return Err(ConfigError {
+                name: "REDIS_URL",
+                reason: "is not a redis:// URL".into(),
+            });
+        }
+        Ok(Self {
+            url,
+            stream_prefix: parsed_or("NETCRON_STREAM_PREFIX", "netcron:".to_owned())?,
+        })
+    }
+}
+
+/// The HTTP API's listener and the tokens it accepts.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+    /// Accepted bearer tokens. More than one allows rotation without downtime.
+    pub tokens: Vec<SecretString>,
+}
+
+impl HttpSettings {
+    /// # Errors
+    /// When the address does not parse or no token is configured.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let addr = parsed_or("NETCRON_API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?;
+        let tokens: Vec<SecretString> = required("NETCRON_API_TOKEN")?
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(SecretString::new)
+            .collect();
+        if tokens.is_empty() {
+            return Err(ConfigError {
+                name: "NETCRON_API_TOKEN",
+                reason: "must hold at least one token (comma-separated)".into(),
+            });
+        }
+        Ok(Self { addr, tokens })
+    }
+}
+
+/// The key that encrypts secrets at rest.
+///
+/// # Errors
+/// When `NETCRON_SECRET_KEY` is missing or is not base64 of 32 bytes; the message says how to
+/// generate one.
+pub fn secret_key_from_env() -> Result<SecretKey, ConfigError> {
+    const HOW: &str = "generate one with `netcron keygen` or `openssl rand -base64 32`";
+    let text = var("NETCRON_SECRET_KEY").ok_or(ConfigError {
+        name: "NETCRON_SECRET_KEY",
+        reason: format!("is not set; {HOW}"),
+    })?;
+    SecretKey::from_base64(&text).map_err(|_| ConfigError {
+        name: "NETCRON_SECRET_KEY",
+        reason: format!("must be base64 of exactly 32 bytes; {HOW}"),
+    })
+}

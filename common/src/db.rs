@@ -1,0 +1,96 @@
+//! Postgres connections.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement};
+
+/// Opens a pooled connection.
+///
+/// # Errors
+/// When Postgres cannot be reached or refuses the connection.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(20)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    Database::connect(options).await
+}
+
+/// Splits `postgres://…/name?opts` into the URL of the server's `postgres` database and `name`.
+fn split_database(url: &str) -> Option<(String, String)> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://")? + 3;
+    let slash = base[scheme_end..].rfind('/')? + scheme_end;
+    let name = &base[slash + 1..];
+    if name.is_empty() {
+        return None;
+    }
+    let mut admin = format!("{}/postgres", &base[..slash]);
+    if let Some(q) = query {
+        admin.push('?');
+        admin.push_str(q);
+    }
+    Some((admin, name.to_owned()))
+}
+
+/// Creates the database named in `url` when it does not exist yet (used by `netcron all`).
+///
+/// # Errors
+/// When the server cannot be reached or the database cannot be created.
+pub async fn create_database_if_missing(url: &str) -> Result<(), DbErr> {
+    let Some((admin_url, name)) = split_database(url) else {
+        return Err(DbErr::Custom("DATABASE_URL names no database".into()));
+    };
+    let admin = connect(&admin_url).await?;
+    let exists = admin
+        .query_one_raw(Statement::from_sql_and_values(
+            admin.get_database_backend(),
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            [name.clone().into()],
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        match admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{quoted}\""))
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process may have created it in the meantime.
+            Err(e) if e.to_string().contains("already exists") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    admin.close().await
+}
+
+/// The Postgres `NOTIFY` channel on which the API announces that a schedule was created,
+/// changed, paused, resumed or deleted, so the scheduler re-plans without polling.
+pub const SCHEDULE_CHANGED_CHANNEL: &str = "netcron_schedule_changed";
+
+/// The `NOTIFY` channel on which a new manual run announces itself to the outbox publisher.
+pub const RUN_QUEUED_CHANNEL: &str = "netcron_run_queued";
+
+#[cfg(test)]
+mod tests {
+    use super::split_database;
+
+    #[test]
+    fn splits_database_name_from_url() {
+        assert_eq!(
+            split_database("postgres://u:p@h:5432/netcron?sslmode=disable"),
+            Some((
+                "postgres://u:p@h:5432/postgres?sslmode=disable".into(),
+                "netcron".into()
+            ))
+        );
+        assert_eq!(split_database("postgres://h/"), None);
+    }
+}

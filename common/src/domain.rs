@@ -1,0 +1,755 @@
+//! Domain types that parse user input. Constructing one is the only way to get a value of that
+//! type, so a `CronSpec` or a `Host` held anywhere in netcron has already been validated.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Why a piece of input was rejected. The caller knows which field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+fn invalid(reason: impl Into<String>) -> ParseError {
+    ParseError(reason.into())
+}
+
+/// A validated cron expression.
+///
+/// Accepted forms:
+/// - 5 fields, standard crontab: `minute hour day-of-month month day-of-week`, with day-of-week
+///   `0-7` where 0 and 7 are Sunday (as in Vixie cron). It fires at second 0.
+/// - 6 fields: `second minute hour day-of-month month day-of-week`.
+/// - 7 fields: the 6-field form followed by `year`.
+/// - The shorthands `@yearly`, `@monthly`, `@weekly`, `@daily`, `@hourly`.
+///
+/// The 6- and 7-field forms follow the `cron` crate (Quartz style): day-of-week is `1-7` with
+/// 1 = Sunday, or names (`MON-FRI`). In every form, when both day-of-month and day-of-week are
+/// restricted, a day must match both.
+#[derive(Clone)]
+pub struct CronSpec {
+    source: String,
+    schedule: cron::Schedule,
+}
+
+impl fmt::Debug for CronSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CronSpec").field(&self.source).finish()
+    }
+}
+
+impl CronSpec {
+    /// Parses any of the accepted forms.
+    ///
+    /// # Errors
+    /// A [`ParseError`] that says which part of the expression is wrong.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let source = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if source.is_empty() {
+            return Err(invalid("must not be empty"));
+        }
+        let fields: Vec<&str> = source.split(' ').collect();
+        let translated = match fields.len() {
+            1 if source.starts_with('@') => source.clone(),
+            5 => {
+                let dow = translate_posix_dow(fields[4])?;
+                format!(
+                    "0 {} {} {} {} {dow}",
+                    fields[0], fields[1], fields[2], fields[3]
+                )
+            }
+            6 | 7 => source.clone(),
+            n => {
+                return Err(invalid(format!(
+                    "has {n} fields; expected 5 (minute hour day month weekday), \
+                     6 (with seconds first) or 7 (with seconds first and year last)"
+                )));
+            }
+        };
+        let schedule = cron::Schedule::from_str(&translated)
+            .map_err(|e| invalid(format!("is not a valid cron expression: {e}")))?;
+        if schedule.upcoming(Utc).next().is_none() {
+            return Err(invalid("never fires after now"));
+        }
+        Ok(Self { source, schedule })
+    }
+
+    /// The expression as the user wrote it (whitespace normalised).
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// The first fire time strictly after `after`, evaluated on the wall clock of `tz`.
+    ///
+    /// Daylight-saving rules:
+    /// - A wall-clock time inside a spring-forward gap does not exist; it fires once, at the
+    ///   first instant after the gap (02:30 on a 02:00→03:00 night fires at 03:00). Several
+    ///   fire times in one gap collapse into that one instant.
+    /// - A wall-clock time that occurs twice in a fall-back hour fires once, at its first
+    ///   occurrence, unless the expression's hour field is `*`: such schedules run "every hour"
+    ///   and follow real time, so they fire in both passes and never pause for an hour.
+    pub fn next_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        let local = after.with_timezone(&tz).naive_local();
+        let real_time = self.hourly();
+        let mut cursor = local;
+        // The bound only guards against a pathological expression; a real search ends within
+        // a few steps (a handful more around a transition).
+        for _ in 0..10_000 {
+            let naive = self.next_naive(cursor)?;
+            cursor = naive;
+            let (candidate, in_fold) = match tz.from_local_datetime(&naive) {
+                LocalResult::Single(t) => (t, false),
+                LocalResult::Ambiguous(first, second) => {
+                    if first.with_timezone(&Utc) > after {
+                        (first, true)
+                    } else if real_time && second.with_timezone(&Utc) > after {
+                        (second, true)
+                    } else {
+                        continue;
+                    }
+                }
+                LocalResult::None => (gap_end(naive, tz)?, false),
+            };
+            let candidate = candidate.with_timezone(&Utc);
+            if candidate <= after {
+                continue;
+            }
+            // `after` may sit in the first pass of a fall-back hour while the search above has
+            // already left it; an hourly schedule's second-pass fires come first then.
+            if real_time
+                && !in_fold
+                && let Some(second) = self.second_pass_after(after, tz)
+                && second < candidate
+            {
+                return Some(second);
+            }
+            return Some(candidate);
+        }
+        None
+    }
+
+    /// Whether the hour field is `*`.
+    fn hourly(&self) -> bool {
+        use cron::TimeUnitSpec as _;
+        self.schedule.hours().is_all()
+    }
+
+    /// The next wall-clock time strictly after `naive` that matches, ignoring zones.
+    fn next_naive(&self, naive: NaiveDateTime) -> Option<NaiveDateTime> {
+        self.schedule
+            .after(&Utc.from_utc_datetime(&naive))
+            .next()
+            .map(|t| t.naive_utc())
+    }
+
+    /// When `after` is in the first pass of a repeated hour: the first match in the second
+    /// pass that is later than `after`.
+    fn second_pass_after(&self, after: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        let local = after.with_timezone(&tz).naive_local();
+        let LocalResult::Ambiguous(first, second) = tz.from_local_datetime(&local) else {
+            return None;
+        };
+        if first.with_timezone(&Utc) != after {
+            return None;
+        }
+        let shift = second.with_timezone(&Utc) - first.with_timezone(&Utc);
+        let mut cursor = local - shift - chrono::Duration::seconds(1);
+        for _ in 0..10_000 {
+            let naive = self.next_naive(cursor)?;
+            cursor = naive;
+            match tz.from_local_datetime(&naive) {
+                LocalResult::Ambiguous(_, later) if later.with_timezone(&Utc) > after => {
+                    return Some(later.with_timezone(&Utc));
+                }
+                LocalResult::Single(t) if t.with_timezone(&Utc) > after => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The next `count` fire times strictly after `after`, in `tz`.
+    pub fn upcoming(&self, after: DateTime<Utc>, tz: Tz, count: usize) -> Vec<DateTime<Tz>> {
+        let mut out = Vec::with_capacity(count);
+        let mut cursor = after;
+        while out.len() < count {
+            match self.next_after(cursor, tz) {
+                Some(t) => {
+                    out.push(t.with_timezone(&tz));
+                    cursor = t;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+/// The first instant after the spring-forward gap that swallowed `naive`. Real transitions
+/// fall on whole minutes, so stepping by minutes finds the gap's end.
+fn gap_end(naive: NaiveDateTime, tz: Tz) -> Option<DateTime<Tz>> {
+    let start = naive.with_second(0)?.with_nanosecond(0)?;
+    (1..=24 * 60).find_map(|minutes| {
+        tz.from_local_datetime(&(start + chrono::Duration::minutes(minutes)))
+            .earliest()
+    })
+}
+
+impl PartialEq for CronSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// Rewrites a POSIX day-of-week field (0-7, Sunday = 0 or 7) into the `cron` crate's numbering
+/// (1-7, Sunday = 1). Numbers are expanded into explicit lists so ranges and steps keep their
+/// POSIX meaning; names pass through unchanged because both schemes agree on them.
+fn translate_posix_dow(field: &str) -> Result<String, ParseError> {
+    if field == "*" || field == "?" {
+        return Ok(field.to_owned());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for item in field.split(',') {
+        let (base, step) = match item.split_once('/') {
+            Some((b, s)) => {
+                let step: u8 = s.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    invalid(format!("day-of-week step `{s}` is not a number > 0"))
+                })?;
+                (b, Some(step))
+            }
+            None => (item, None),
+        };
+        if !base.chars().any(|c| c.is_ascii_digit()) && step.is_none() {
+            out.push(base.to_owned());
+            continue;
+        }
+        let num = |s: &str| -> Result<u8, ParseError> {
+            s.parse::<u8>()
+                .ok()
+                .filter(|n| *n <= 7)
+                .ok_or_else(|| invalid(format!("day-of-week `{s}` is not a number from 0 to 7")))
+        };
+        let (lo, hi) = match base {
+            "*" => (0, 6),
+            b => match b.split_once('-') {
+                Some((a, z)) => (num(a)?, num(z)?),
+                None if step.is_some() => (num(b)?, 6),
+                None => (num(b)?, num(b)?),
+            },
+        };
+        if lo > hi {
+            return Err(invalid(format!(
+                "day-of-week range `{base}` runs backwards"
+            )));
+        }
+        let mut day = lo;
+        while day <= hi {
+            out.push(((day % 7) + 1).to_string());
+            day = day.saturating_add(step.unwrap_or(1));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out.join(","))
+}
+
+/// A validated IANA time zone name such as `Europe/Berlin`.
+pub fn parse_timezone(text: &str) -> Result<Tz, ParseError> {
+    Tz::from_str(text).map_err(|_| {
+        invalid(format!(
+            "`{text}` is not an IANA time zone name (e.g. Europe/Berlin)"
+        ))
+    })
+}
+
+/// A host to connect to: an IP address or a DNS name (RFC 1123 labels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host(String);
+
+impl Host {
+    /// # Errors
+    /// When `text` is neither an IP address nor a syntactically valid host name.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let text = text.trim();
+        if text.parse::<IpAddr>().is_ok() {
+            return Ok(Self(text.to_owned()));
+        }
+        let bare = text.strip_suffix('.').unwrap_or(text);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if bare.is_empty() || bare.len() > 253 || !bare.split('.').all(label_ok) {
+            return Err(invalid(format!(
+                "`{text}` is not an IP address or a valid host name"
+            )));
+        }
+        // A dotted name made only of digits would be a malformed IPv4 address, not a name.
+        if bare
+            .split('.')
+            .all(|l| l.chars().all(|c| c.is_ascii_digit()))
+        {
+            return Err(invalid(format!("`{text}` is not a valid IP address")));
+        }
+        Ok(Self(bare.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A TCP port, 1 to 65535.
+pub fn parse_port(value: i64) -> Result<u16, ParseError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| invalid(format!("{value} is not a TCP port (1-65535)")))
+}
+
+/// Defines a text-backed enum shared by the database, the wire and the API schema.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        #[sea_orm(rs_type = "String", db_type = "Text")]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* #[sea_orm(string_value = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseError;
+            fn from_str(s: &str) -> Result<Self, ParseError> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(invalid(format!(
+                        "`{s}` is not one of: {}",
+                        [$($text),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// The kind of device, which decides how netcron talks to it.
+    Platform {
+        Linux = "linux",
+        Windows = "windows",
+        CiscoIos = "cisco_ios",
+        CiscoNxos = "cisco_nxos",
+        JuniperJunos = "juniper_junos",
+        AristaEos = "arista_eos",
+        MikrotikRouteros = "mikrotik_routeros",
+        Generic = "generic",
+    }
+);
+
+text_enum!(
+    /// How a credential authenticates.
+    CredentialKind {
+        /// Password (also used to answer keyboard-interactive prompts).
+        Password = "password",
+        /// OpenSSH private key, optionally protected by a passphrase.
+        PrivateKey = "private_key",
+    }
+);
+
+text_enum!(
+    /// What a command does when it runs.
+    CommandKind {
+        /// Runs `command` through the device's exec channel.
+        Shell = "shell",
+    }
+);
+
+text_enum!(
+    /// What to do with fire times that passed while netcron was down.
+    MisfirePolicy {
+        /// Drop them and resume from now; each dropped fire is recorded as a `missed` run.
+        Skip = "skip",
+        /// Run once to catch up; the other dropped fires are recorded as `missed`.
+        RunOnce = "run_once",
+        /// Run every missed fire time (at most 100), oldest first.
+        RunAll = "run_all",
+    }
+);
+
+text_enum!(
+    /// What to do when a fire time arrives while a run of the same schedule is unfinished.
+    OverlapPolicy {
+        /// Do not start another; record the fire as a `skipped` run.
+        Skip = "skip",
+        /// Queue the new run behind the unfinished one.
+        Queue = "queue",
+        /// Start it anyway, in parallel.
+        Allow = "allow",
+    }
+);
+
+text_enum!(
+    /// Where a run is in its life.
+    RunStatus {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Error = "error",
+        Missed = "missed",
+        Skipped = "skipped",
+    }
+);
+
+impl RunStatus {
+    /// Whether the run has ended and will not change again.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+text_enum!(
+    /// What caused a run.
+    RunTrigger {
+        Scheduled = "scheduled",
+        Manual = "manual",
+    }
+);
+
+/// A display name: trimmed, 1 to `max` characters, no control characters.
+///
+/// # Errors
+/// When the trimmed text is empty, too long, or has control characters.
+pub fn parse_name(text: &str, max: usize) -> Result<String, ParseError> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if trimmed.chars().count() > max {
+        return Err(invalid(format!("must be at most {max} characters")));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(invalid("must not contain control characters"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// When a schedule fires: its cron expression on the wall clock of its zone, limited to the
+/// optional `[start_at, end_at]` window.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub cron: CronSpec,
+    pub tz: Tz,
+    pub start_at: Option<DateTime<Utc>>,
+    pub end_at: Option<DateTime<Utc>>,
+}
+
+impl Timing {
+    /// The first fire time strictly after `after` that lies inside the window, or `None` when the
+    /// schedule has no more fire times.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut from = match self.start_at {
+            // A fire exactly at `start_at` counts, so search from just before it.
+            Some(start) if start > after => start - chrono::Duration::milliseconds(1),
+            _ => after,
+        };
+        loop {
+            let next = self.cron.next_after(from, self.tz)?;
+            if self.end_at.is_some_and(|end| next > end) {
+                return None;
+            }
+            if self.start_at.is_none_or(|start| next >= start) {
+                return Some(next);
+            }
+            from = next;
+        }
+    }
+
+    /// Up to `count` fire times strictly after `after`.
+    pub fn upcoming(&self, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::with_capacity(count);
+        let mut cursor = after;
+        while out.len() < count {
+            match self.next_after(cursor) {
+                Some(t) => {
+                    out.push(t);
+                    cursor = t;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("valid timestamp")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn five_field_fires_at_second_zero() {
+        let spec = CronSpec::parse("*/15 * * * *").expect("valid");
+        let next = spec
+            .next_after(at("2026-01-01T00:07:30Z"), Tz::UTC)
+            .expect("fires");
+        assert_eq!(next, at("2026-01-01T00:15:00Z"));
+    }
+
+    #[test]
+    fn five_field_weekdays_use_posix_numbering() {
+        // 2026-01-03 is a Saturday; 1-5 means Monday to Friday.
+        let spec = CronSpec::parse("0 9 * * 1-5").expect("valid");
+        let next = spec
+            .next_after(at("2026-01-03T00:00:00Z"), Tz::UTC)
+            .expect("fires");
+        assert_eq!(next, at("2026-01-05T09:00:00Z"));
+        // 0 and 7 both mean Sunday.
+        for expr in ["0 9 * * 0", "0 9 * * 7", "0 9 * * sun"] {
+            let spec = CronSpec::parse(expr).expect("valid");
+            let next = spec
+                .next_after(at("2026-01-03T00:00:00Z"), Tz::UTC)
+                .expect("fires");
+            assert_eq!(next, at("2026-01-04T09:00:00Z"), "{expr}");
+        }
+        assert_eq!(translate_posix_dow("5-7").expect("valid"), "1,6,7");
+        assert_eq!(translate_posix_dow("1-5/2").expect("valid"), "2,4,6");
+    }
+
+    #[test]
+    fn six_and_seven_fields_take_seconds() {
+        let spec = CronSpec::parse("*/10 * * * * *").expect("valid");
+        let next = spec
+            .next_after(at("2026-01-01T00:00:01Z"), Tz::UTC)
+            .expect("fires");
+        assert_eq!(next, at("2026-01-01T00:00:10Z"));
+        assert!(CronSpec::parse("0 0 12 1 1 * 2030").is_ok());
+    }
+
+    #[test]
+    fn bad_expressions_are_explained() {
+        assert!(CronSpec::parse("").is_err());
+        assert!(
+            CronSpec::parse("* * *")
+                .expect_err("too few")
+                .0
+                .contains("3 fields")
+        );
+        assert!(CronSpec::parse("61 * * * *").is_err());
+        assert!(CronSpec::parse("* * * * 8").is_err());
+        assert!(
+            CronSpec::parse("0 0 0 1 1 * 2001")
+                .expect_err("past")
+                .0
+                .contains("never")
+        );
+    }
+
+    #[test]
+    fn fire_times_follow_the_zone() {
+        let spec = CronSpec::parse("0 9 * * *").expect("valid");
+        let tz: Tz = parse_timezone("Europe/Berlin").expect("zone");
+        let next = spec
+            .next_after(at("2026-07-01T00:00:00Z"), tz)
+            .expect("fires");
+        assert_eq!(
+            next,
+            tz.with_ymd_and_hms(2026, 7, 1, 9, 0, 0)
+                .unwrap()
+                .with_timezone(&Utc)
+        );
+        assert!(parse_timezone("Mars/Olympus").is_err());
+    }
+
+    #[test]
+    fn hosts_are_ip_or_dns_names() {
+        assert_eq!(
+            Host::parse("Core-SW1.Example.net").expect("valid").as_str(),
+            "core-sw1.example.net"
+        );
+        assert!(Host::parse("10.0.0.1").is_ok());
+        assert!(Host::parse("::1").is_ok());
+        for bad in [
+            "",
+            "bad host",
+            "-x.example",
+            "a..b",
+            "999.1.1.1",
+            "x;rm -rf",
+        ] {
+            assert!(Host::parse(bad).is_err(), "{bad}");
+        }
+        assert!(parse_port(0).is_err() && parse_port(70000).is_err() && parse_port(22).is_ok());
+    }
+
+    #[test]
+    fn enums_round_trip_their_text() {
+        for p in Platform::ALL {
+            assert_eq!(p.as_str().parse::<Platform>().expect("round trip"), *p);
+        }
+        assert!(
+            "ios"
+                .parse::<Platform>()
+                .expect_err("unknown")
+                .0
+                .contains("cisco_ios")
+        );
+    }
+
+    /// (zone, spring-forward instant, fall-back instant) for 2026 and 2027.
+    const TRANSITIONS: &[(&str, &str, &str)] = &[
+        (
+            "Europe/Berlin",
+            "2026-03-29T01:00:00Z",
+            "2026-10-25T01:00:00Z",
+        ),
+        (
+            "Europe/Berlin",
+            "2027-03-28T01:00:00Z",
+            "2027-10-31T01:00:00Z",
+        ),
+        (
+            "America/New_York",
+            "2026-03-08T07:00:00Z",
+            "2026-11-01T06:00:00Z",
+        ),
+        (
+            "America/New_York",
+            "2027-03-14T07:00:00Z",
+            "2027-11-07T06:00:00Z",
+        ),
+    ];
+
+    fn fires(expr: &str, tz: Tz, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let spec = CronSpec::parse(expr).expect("valid");
+        let mut out = Vec::new();
+        let mut cursor = from;
+        while let Some(next) = spec.next_after(cursor, tz) {
+            if next > to {
+                break;
+            }
+            assert!(next > cursor, "{expr}: {next} is not after {cursor}");
+            out.push(next);
+            cursor = next;
+        }
+        out
+    }
+
+    #[test]
+    fn every_second_follows_real_time_across_both_transitions() {
+        for (zone, spring, fall) in TRANSITIONS {
+            let tz = parse_timezone(zone).expect("zone");
+            for edge in [at(spring), at(fall)] {
+                let from = edge - chrono::Duration::hours(2);
+                let to = edge + chrono::Duration::hours(2);
+                let got = fires("* * * * * *", tz, from, to);
+                assert_eq!(got.len(), 4 * 3600, "{zone} around {edge}");
+                assert!(
+                    got.windows(2)
+                        .all(|w| w[1] - w[0] == chrono::Duration::seconds(1))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hourly_schedules_fire_once_per_real_hour() {
+        for (zone, spring, fall) in TRANSITIONS {
+            let tz = parse_timezone(zone).expect("zone");
+            for edge in [at(spring), at(fall)] {
+                let from = edge - chrono::Duration::minutes(150);
+                let to = edge + chrono::Duration::minutes(150);
+                let got = fires("0 * * * *", tz, from, to);
+                // The transitions fall on whole hours in both zones, so every real hour has
+                // exactly one fire at minute 0 of UTC too.
+                assert_eq!(got.len(), 5, "{zone} around {edge}: {got:?}");
+                assert!(got.iter().all(|t| t.minute() == 0 && t.second() == 0));
+                let half = fires("*/30 * * * *", tz, from, to);
+                assert_eq!(half.len(), 10, "{zone} around {edge}: {half:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_time_in_the_spring_gap_runs_once_right_after_the_gap() {
+        for (zone, spring, _) in TRANSITIONS {
+            let tz = parse_timezone(zone).expect("zone");
+            let edge = at(spring);
+            let day = |d: i64| edge + chrono::Duration::days(d);
+            // 02:30 does not exist on the transition night: it runs at 03:00 local, which is
+            // the transition instant itself.
+            let got = fires(
+                "30 2 * * *",
+                tz,
+                edge - chrono::Duration::hours(12),
+                day(1) + chrono::Duration::hours(12),
+            );
+            assert_eq!(got.len(), 2, "{zone}: {got:?}");
+            assert_eq!(got[0], edge, "{zone}");
+            assert_eq!(got[1].with_timezone(&tz).hour(), 2, "{zone}");
+            // Several fire times inside the gap collapse into that one instant.
+            let many = fires(
+                "0,15,30,45 2 * * *",
+                tz,
+                day(-1) + chrono::Duration::hours(12),
+                day(0) + chrono::Duration::hours(1),
+            );
+            assert_eq!(many, vec![edge], "{zone}");
+        }
+    }
+
+    #[test]
+    fn a_time_in_the_repeated_hour_runs_once() {
+        for (zone, _, fall) in TRANSITIONS {
+            let tz = parse_timezone(zone).expect("zone");
+            let edge = at(fall);
+            // The repeated hour is 02:xx in Berlin and 01:xx in New York.
+            let hour = (edge - chrono::Duration::minutes(30))
+                .with_timezone(&tz)
+                .hour();
+            let expr = format!("30 {hour} * * *");
+            let from = edge - chrono::Duration::hours(12);
+            let got = fires(&expr, tz, from, edge + chrono::Duration::hours(36));
+            assert_eq!(got.len(), 2, "{zone}: {got:?}");
+            // The first occurrence, half an hour before the clocks go back.
+            assert!(
+                got.contains(&(edge - chrono::Duration::minutes(30))),
+                "{zone}: {got:?}"
+            );
+            assert!(
+                !got.contains(&(edge + chrono::Duration::minutes(30))),
+                "{zone}: {got:?}"
+            );
+        }
+    }
+}

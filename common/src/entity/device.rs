@@ -1,0 +1,27 @@
+use sea_orm::entity::prelude::*;
+
+use crate::domain::Platform;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "devices")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    #[sea_orm(unique)]
+    pub name: String,
+    pub host: String,
+    pub port: i32,
+    pub platform: Platform,
+    pub credential_id: Uuid,
+    pub tags: Vec<String>,
+    /// SHA-256 fingerprint of the host key, pinned on first contact.
+    pub host_key_fingerprint: Option<String>,
+    pub enabled: bool,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,36 @@
+use sea_orm::entity::prelude::*;
+
+use crate::domain::{RunStatus, RunTrigger};
+
+/// One execution (or recorded non-execution: `missed`, `skipped`) of a command.
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "runs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub schedule_id: Option<Uuid>,
+    pub command_id: Uuid,
+    pub device_id: Uuid,
+    pub trigger: RunTrigger,
+    pub scheduled_for: DateTimeUtc,
+    pub queued_at: DateTimeUtc,
+    pub started_at: Option<DateTimeUtc>,
+    pub finished_at: Option<DateTimeUtc>,
+    pub status: RunStatus,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<String>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+    pub truncated: bool,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub payload: Option<Json>,
+    pub attempt: i32,
+    pub executor_id: Option<String>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

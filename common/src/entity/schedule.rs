@@ -1,0 +1,27 @@
+use sea_orm::entity::prelude::*;
+
+use crate::domain::{MisfirePolicy, OverlapPolicy};
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "schedules")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub command_id: Uuid,
+    pub cron_expression: String,
+    pub timezone: String,
+    pub enabled: bool,
+    pub misfire_policy: MisfirePolicy,
+    pub overlap_policy: OverlapPolicy,
+    pub start_at: Option<DateTimeUtc>,
+    pub end_at: Option<DateTimeUtc>,
+    /// The next fire time, or `None` when the schedule has ended (past `end_at`).
+    pub next_fire_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

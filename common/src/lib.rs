@@ -1,0 +1,16 @@
+//! Everything more than one netcron role needs: the database entities, the domain types that
+//! parse user input, configuration, secret encryption and telemetry setup.
+//!
+//! Architecture invariant: this crate knows nothing about HTTP. The `openapi` feature only adds
+//! `utoipa::ToSchema` derives to domain enums so the `api` crate can describe them; no other
+//! crate enables it.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod entity;
+pub mod protocol;
+pub mod secret;
+pub mod telemetry;
+
+pub use config::ConfigError;

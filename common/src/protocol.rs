@@ -1,0 +1,110 @@
+//! Stream message contracts: what travels on the Redis streams. Each message is versioned
+//! (`v`), and this module is the only definition of its shape; `docs/PROTOCOL.md` documents it
+//! for other implementations. Entities never go on the wire.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{CommandKind, CredentialKind, Platform, RunTrigger};
+
+/// The version of [`Task`] this build writes and reads.
+pub const TASK_VERSION: u32 = 1;
+
+/// Stream entry field names. An entry is `v=<version> run_id=<uuid> body=<JSON>`; the run id is
+/// outside the body so a consumer can dead-letter an entry whose body it cannot parse and still
+/// say which run it was.
+pub const FIELD_VERSION: &str = "v";
+pub const FIELD_RUN_ID: &str = "run_id";
+pub const FIELD_BODY: &str = "body";
+
+/// The names of netcron's streams under one prefix.
+#[derive(Debug, Clone)]
+pub struct Streams {
+    pub tasks: String,
+    pub results: String,
+    pub dead_letter: String,
+}
+
+impl Streams {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            tasks: format!("{prefix}tasks"),
+            results: format!("{prefix}results"),
+            dead_letter: format!("{prefix}dead-letter"),
+        }
+    }
+}
+
+/// A run to execute: everything an executor needs, so it never reads Postgres.
+///
+/// Secrets are AES-256-GCM ciphertext (base64), sealed by the API under the credential's id;
+/// only an executor holding `NETCRON_SECRET_KEY` can open them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub v: u32,
+    pub run_id: Uuid,
+    pub schedule_id: Option<Uuid>,
+    pub trigger: RunTrigger,
+    pub scheduled_for: DateTime<Utc>,
+    /// 1 for the first attempt; a run re-queued after its executor died gets the next number.
+    pub attempt: i32,
+    pub device: TaskDevice,
+    pub credential: TaskCredential,
+    pub command: TaskCommand,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDevice {
+    pub id: Uuid,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub platform: Platform,
+    /// The pinned `SHA256:` host-key fingerprint; `None` means pin on first contact.
+    pub host_key_fingerprint: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCredential {
+    pub id: Uuid,
+    pub username: String,
+    pub kind: CredentialKind,
+    /// Base64 of the sealed password or private key.
+    pub secret: String,
+    /// Base64 of the sealed passphrase, if any.
+    pub passphrase: Option<String>,
+}
+
+impl std::fmt::Debug for TaskCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskCredential")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskCredential {
+    pub fn encode_sealed(sealed: &[u8]) -> String {
+        B64.encode(sealed)
+    }
+
+    /// The sealed bytes of `field` (`secret` or `passphrase`), for [`crate::secret::SecretKey::open`].
+    pub fn decode_sealed(text: &str) -> Option<Vec<u8>> {
+        B64.decode(text).ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCommand {
+    pub id: Uuid,
+    pub kind: CommandKind,
+    pub text: String,
+    pub timeout_s: i32,
+    pub max_output_bytes: i64,
+    pub max_attempts: i32,
+}

@@ -1,0 +1,22 @@
+//! Logging setup shared by every role.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global `tracing` subscriber: JSON lines when `NETCRON_LOG_FORMAT=json`,
+/// human-readable otherwise; the filter comes from `NETCRON_LOG` (or `RUST_LOG`), default `info`.
+pub fn init() {
+    let filter = std::env::var("NETCRON_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("NETCRON_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    // A second initialisation (tests) is harmless, so its error is ignored.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,30 @@
+//! The Postgres schema, as sea-orm migrations. Every migration has a `down`.
+//!
+//! Architecture invariant: migrations are plain SQL against the schema, never against the
+//! entities in `netcron-common`, so an old migration keeps meaning what it meant when written.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_tables;
+mod m20261122_000002_create_task_outbox;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_create_tables::Migration),
+            Box::new(m20261122_000002_create_task_outbox::Migration),
+        ]
+    }
+}
+
+/// Runs one migration's SQL script.
+async fn run_sql(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    manager
+        .get_connection()
+        .execute_unprepared(sql)
+        .await
+        .map(|_| ())
+}

@@ -1,0 +1,497 @@
+//! The `scheduler` role: turns due cron fire times into runs and publishes them to the tasks
+//! stream.
+//!
+//! Each schedule carries its next fire time in Postgres. A pass claims due schedules in
+//! batches (`FOR UPDATE SKIP LOCKED`), inserts one run per fire time (`UNIQUE (schedule_id,
+//! scheduled_for)` makes a repeat a no-op), advances the next fire time and commits; the outbox
+//! then publishes committed runs to the tasks stream. Between passes the loop sleeps until the
+//! earliest next fire time, and wakes at once on `NOTIFY` from the API when a schedule changes
+//! or a manual run is queued. Nothing is held in memory per schedule.
+//!
+//! Architecture invariant: the scheduler never knows HTTP and never decrypts a secret; it copies
+//! ciphertext from Postgres into task messages.
+
+pub mod clock;
+mod error;
+pub mod fire;
+pub mod housekeeping;
+pub mod metrics;
+pub mod outbox;
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::Duration;
+use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings};
+use netcron_common::db::{RUN_QUEUED_CHANNEL, SCHEDULE_CHANGED_CHANNEL};
+use netcron_common::protocol::Streams;
+use redis::aio::ConnectionManager;
+use sea_orm::DatabaseConnection;
+use sqlx::postgres::PgListener;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use fire::FireReport;
+pub use metrics::Metrics;
+
+/// How the scheduler behaves; every field has an environment variable (see the README).
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Schedules claimed per transaction.
+    pub batch_size: u64,
+    /// Claim transactions run concurrently during a pass (and the publisher beside them);
+    /// Postgres spreads them over its cores.
+    pub fire_workers: usize,
+    /// Runs published per outbox transaction.
+    pub publish_batch: u64,
+    /// A fire time older than this when it is processed is a misfire.
+    pub misfire_grace: Duration,
+    /// The longest the loop sleeps without a fire time or a notification, as a safety net.
+    pub max_idle: StdDuration,
+    /// Extra time beyond a command's timeout before its `running` run is presumed abandoned.
+    pub lease_margin: Duration,
+    /// How long a published run may stay unstarted before it is published again.
+    pub queued_lease: Duration,
+    pub retention_max_age: Duration,
+    pub retention_per_schedule: u64,
+    /// 6-field cron expressions (with seconds) of the housekeeping jobs, in UTC.
+    pub retention_cron: String,
+    pub requeue_cron: String,
+    pub trim_cron: String,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            fire_workers: 2,
+            publish_batch: 1000,
+            misfire_grace: Duration::seconds(60),
+            max_idle: StdDuration::from_secs(30),
+            lease_margin: Duration::seconds(60),
+            queued_lease: Duration::minutes(15),
+            retention_max_age: Duration::days(90),
+            retention_per_schedule: 10_000,
+            retention_cron: "0 17 3 * * *".into(),
+            requeue_cron: "*/30 * * * * *".into(),
+            trim_cron: "0 * * * * *".into(),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// # Errors
+    /// The first variable that is set but malformed.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let secs = |name, default: Duration| -> Result<Duration, ConfigError> {
+            config::parsed_or(name, default.num_seconds()).map(Duration::seconds)
+        };
+        let cron = |name: &'static str, default: String| -> Result<String, ConfigError> {
+            let text = config::parsed_or(name, default)?;
+            tokio_cron_scheduler::Job::new_async(text.as_str(), |_, _| Box::pin(async {}))
+                .map(|_| text.clone())
+                .map_err(|e| ConfigError {
+                    name,
+                    reason: format!("`{text}` is not a cron expression: {e}"),
+                })
+        };
+        Ok(Self {
+            batch_size: config::parsed_or("NETCRON_SCHEDULER_BATCH", d.batch_size)?,
+            fire_workers: config::parsed_or("NETCRON_SCHEDULER_WORKERS", d.fire_workers)?.max(1),
+            publish_batch: config::parsed_or("NETCRON_PUBLISH_BATCH", d.publish_batch)?,
+            misfire_grace: secs("NETCRON_MISFIRE_GRACE_S", d.misfire_grace)?,
+            max_idle: d.max_idle,
+            lease_margin: secs("NETCRON_LEASE_MARGIN_S", d.lease_margin)?,
+            queued_lease: secs("NETCRON_QUEUED_LEASE_S", d.queued_lease)?,
+            retention_max_age: config::parsed_or("NETCRON_RETENTION_DAYS", 90i64)
+                .map(Duration::days)?,
+            retention_per_schedule: config::parsed_or(
+                "NETCRON_RETENTION_PER_SCHEDULE",
+                d.retention_per_schedule,
+            )?,
+            retention_cron: cron("NETCRON_RETENTION_CRON", d.retention_cron)?,
+            requeue_cron: cron("NETCRON_REQUEUE_CRON", d.requeue_cron)?,
+            trim_cron: cron("NETCRON_TRIM_CRON", d.trim_cron)?,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub scheduler: SchedulerConfig,
+}
+
+impl Settings {
+    /// # Errors
+    /// The first variable that is missing or malformed.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            database: DatabaseSettings::from_env()?,
+            redis: RedisSettings::from_env()?,
+            scheduler: SchedulerConfig::from_env()?,
+        })
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TickReport {
+    pub fired: FireReport,
+    pub published: usize,
+}
+
+/// A scheduler replica. Any number may run against one database.
+pub struct Scheduler {
+    db: DatabaseConnection,
+    redis_client: redis::Client,
+    redis: Mutex<Option<ConnectionManager>>,
+    streams: Streams,
+    config: SchedulerConfig,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    specs: fire::SpecCache,
+}
+
+impl Scheduler {
+    /// Connects to Postgres; Redis is connected on first use, so a scheduler starts (and fires
+    /// into the outbox) while Redis is down.
+    ///
+    /// # Errors
+    /// When Postgres cannot be reached or `REDIS_URL` is malformed.
+    pub async fn connect(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self> {
+        let db = netcron_common::db::connect(&settings.database.url).await?;
+        Ok(Self {
+            db,
+            redis_client: redis::Client::open(settings.redis.url.as_str())?,
+            redis: Mutex::new(None),
+            streams: Streams::new(&settings.redis.stream_prefix),
+            config: settings.scheduler.clone(),
+            clock,
+            metrics: Arc::new(Metrics::default()),
+            specs: fire::SpecCache::default(),
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    pub fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    async fn redis(&self) -> Result<ConnectionManager> {
+        let mut guard = self.redis.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            return Ok(conn.clone());
+        }
+        let conn = ConnectionManager::new(self.redis_client.clone()).await?;
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Fires one batch of schedules due now, without publishing.
+    ///
+    /// # Errors
+    /// When the database fails; nothing is half-done, the batch's transaction rolls back.
+    pub async fn fire_due(&self) -> Result<FireReport> {
+        fire::fire_due(
+            &self.db,
+            self.clock.now(),
+            self.config.batch_size,
+            self.config.misfire_grace,
+            &self.metrics,
+            &self.specs,
+        )
+        .await
+    }
+
+    /// Publishes every pending run to the tasks stream.
+    ///
+    /// # Errors
+    /// When the database or Redis fails; unpublished runs stay pending for the next pass.
+    pub async fn publish_pending(&self) -> Result<usize> {
+        let mut redis = self.redis().await?;
+        sea_orm::ConnectionTrait::execute_unprepared(&self.db, outbox::RELEASE_WAITING).await?;
+        let mut total = 0;
+        loop {
+            let clock = Arc::clone(&self.clock);
+            let n = outbox::publish_batch(
+                &self.db,
+                &mut redis,
+                &self.streams.tasks,
+                self.config.publish_batch,
+                move || clock.now(),
+                &self.metrics,
+            )
+            .await?;
+            total += n;
+            if (n as u64) < self.config.publish_batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One pass: fires everything due now and publishes it. `fire_workers` claim loops run
+    /// concurrently, each taking disjoint batches (`SKIP LOCKED`), while the publisher drains
+    /// the outbox behind them, so a large backlog keeps both Postgres cores busy.
+    ///
+    /// # Errors
+    /// See [`Scheduler::fire_due`] and [`Scheduler::publish_pending`].
+    pub async fn tick(&self) -> Result<TickReport> {
+        let backlog = fire::due_count(&self.db, self.clock.now()).await?;
+        self.metrics
+            .due_backlog
+            .store(backlog, std::sync::atomic::Ordering::Relaxed);
+        let firing = std::sync::atomic::AtomicUsize::new(self.config.fire_workers);
+        let fire_loop = || async {
+            let mut total = FireReport::default();
+            let result = loop {
+                match self.fire_due().await {
+                    Ok(batch) => {
+                        total.claimed += batch.claimed;
+                        total.queued += batch.queued;
+                        total.missed += batch.missed;
+                        total.skipped += batch.skipped;
+                        if (batch.claimed as u64) < self.config.batch_size {
+                            break Ok(total);
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            firing.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            result
+        };
+        let publisher = async {
+            let mut published = 0;
+            while firing.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                let n = self.publish_pending().await?;
+                published += n;
+                if n == 0 {
+                    tokio::time::sleep(StdDuration::from_millis(2)).await;
+                }
+            }
+            Ok::<usize, Error>(published + self.publish_pending().await?)
+        };
+        let fires = futures::future::join_all((0..self.config.fire_workers).map(|_| fire_loop()));
+        let (fired, published) = tokio::join!(fires, publisher);
+        let mut report = TickReport {
+            published: published?,
+            ..TickReport::default()
+        };
+        for batch in fired {
+            let batch = batch?;
+            report.fired.claimed += batch.claimed;
+            report.fired.queued += batch.queued;
+            report.fired.missed += batch.missed;
+            report.fired.skipped += batch.skipped;
+        }
+        Ok(report)
+    }
+
+    /// See [`housekeeping::requeue_stale`].
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn requeue_stale(&self) -> Result<u64> {
+        let n = housekeeping::requeue_stale(
+            &self.db,
+            self.clock.now(),
+            self.config.lease_margin,
+            self.config.queued_lease,
+        )
+        .await?;
+        self.metrics
+            .requeued_total
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// See [`housekeeping::apply_retention`].
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn apply_retention(&self) -> Result<u64> {
+        housekeeping::apply_retention(
+            &self.db,
+            self.clock.now(),
+            self.config.retention_max_age,
+            self.config.retention_per_schedule,
+        )
+        .await
+    }
+
+    /// Trims the tasks and results streams behind their consumer groups.
+    ///
+    /// # Errors
+    /// When Redis fails.
+    pub async fn trim_streams(&self) -> Result<u64> {
+        let mut redis = self.redis().await?;
+        let mut removed = 0;
+        for stream in [&self.streams.tasks, &self.streams.results] {
+            removed += housekeeping::trim_stream(&mut redis, stream).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn listen(&self) -> Result<PgListener> {
+        let mut listener = PgListener::connect_with(self.db.get_postgres_connection_pool()).await?;
+        listener
+            .listen_all([SCHEDULE_CHANGED_CHANNEL, RUN_QUEUED_CHANNEL])
+            .await?;
+        Ok(listener)
+    }
+
+    /// How long to sleep before the next pass: until the earliest fire time, at most
+    /// `max_idle`.
+    async fn idle_time(&self) -> Result<StdDuration> {
+        let next = fire::next_fire_time(&self.db).await?;
+        let wait = next
+            .map(|t| (t - self.clock.now()).to_std().unwrap_or(StdDuration::ZERO))
+            .unwrap_or(self.config.max_idle);
+        Ok(wait.min(self.config.max_idle))
+    }
+
+    /// Runs passes until `shutdown` is cancelled, with the housekeeping jobs alongside.
+    /// Database and Redis failures are logged and retried with backoff; they never end the loop.
+    ///
+    /// # Errors
+    /// When the housekeeping jobs cannot be started.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
+        let mut jobs = self.start_housekeeping().await?;
+        let mut listener: Option<PgListener> = None;
+        let mut backoff = StdDuration::from_millis(100);
+        tracing::info!("scheduler started");
+        while !shutdown.is_cancelled() {
+            if listener.is_none() {
+                match self.listen().await {
+                    Ok(l) => listener = Some(l),
+                    Err(e) => tracing::warn!(error = %e, "cannot LISTEN for schedule changes"),
+                }
+            }
+            let wait = match self.tick().await {
+                Ok(report) => {
+                    backoff = StdDuration::from_millis(100);
+                    if report.fired.claimed > 0 || report.published > 0 {
+                        tracing::info!(
+                            claimed = report.fired.claimed,
+                            queued = report.fired.queued,
+                            missed = report.fired.missed,
+                            skipped = report.fired.skipped,
+                            published = report.published,
+                            "scheduler pass"
+                        );
+                    }
+                    match self.idle_time().await {
+                        Ok(wait) => wait,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the next fire time");
+                            backoff
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "scheduler pass failed");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(StdDuration::from_secs(30));
+                    wait
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(wait) => {}
+                notified = wait_for_notification(listener.as_mut()) => {
+                    if notified.is_err() {
+                        listener = None;
+                    }
+                }
+            }
+        }
+        let _ = jobs.shutdown().await;
+        tracing::info!("scheduler stopped");
+        Ok(())
+    }
+
+    async fn start_housekeeping(self: &Arc<Self>) -> Result<tokio_cron_scheduler::JobScheduler> {
+        use tokio_cron_scheduler::{Job, JobScheduler};
+        let jobs_err = |e: tokio_cron_scheduler::JobSchedulerError| Error::Jobs(e.to_string());
+        let jobs = JobScheduler::new().await.map_err(jobs_err)?;
+        let me = Arc::clone(self);
+        jobs.add(
+            Job::new_async(self.config.requeue_cron.as_str(), move |_, _| {
+                let me = Arc::clone(&me);
+                Box::pin(async move {
+                    match me.requeue_stale().await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::warn!(runs = n, "re-queued runs whose executor went away")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "re-queue job failed"),
+                    }
+                })
+            })
+            .map_err(jobs_err)?,
+        )
+        .await
+        .map_err(jobs_err)?;
+        let me = Arc::clone(self);
+        jobs.add(
+            Job::new_async(self.config.retention_cron.as_str(), move |_, _| {
+                let me = Arc::clone(&me);
+                Box::pin(async move {
+                    match me.apply_retention().await {
+                        Ok(n) => tracing::info!(runs = n, "run-history retention applied"),
+                        Err(e) => tracing::warn!(error = %e, "retention job failed"),
+                    }
+                })
+            })
+            .map_err(jobs_err)?,
+        )
+        .await
+        .map_err(jobs_err)?;
+        let me = Arc::clone(self);
+        jobs.add(
+            Job::new_async(self.config.trim_cron.as_str(), move |_, _| {
+                let me = Arc::clone(&me);
+                Box::pin(async move {
+                    if let Err(e) = me.trim_streams().await {
+                        tracing::warn!(error = %e, "stream trim job failed");
+                    }
+                })
+            })
+            .map_err(jobs_err)?,
+        )
+        .await
+        .map_err(jobs_err)?;
+        jobs.start().await.map_err(jobs_err)?;
+        Ok(jobs)
+    }
+}
+
+/// Resolves on the next notification; never, when there is no listener.
+async fn wait_for_notification(listener: Option<&mut PgListener>) -> Result<()> {
+    match listener {
+        Some(l) => {
+            l.recv().await?;
+            Ok(())
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the scheduler role until `shutdown` is cancelled.
+///
+/// # Errors
+/// When Postgres cannot be reached at start or the housekeeping jobs cannot start.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let scheduler = Arc::new(Scheduler::connect(&settings, Arc::new(SystemClock)).await?);
+    scheduler.run(shutdown).await?;
+    Ok(())
+}

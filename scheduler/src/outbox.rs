@@ -1,0 +1,165 @@
+//! The transactional outbox: runs committed as `queued` have a `task_outbox` row; the publisher
+//! puts their tasks on the tasks stream, then marks the rows published. Rows are locked while they are published, so two
+//! replicas never publish the same run at once; a crash between XADD and the commit publishes
+//! the run again later, and consumers treat a run id seen twice as one.
+
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunTrigger};
+use netcron_common::protocol::{
+    FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, TASK_VERSION, Task, TaskCommand, TaskCredential,
+    TaskDevice,
+};
+use redis::aio::ConnectionManager;
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, QueryResult, Statement, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::metrics::Metrics;
+
+/// Up to `$1` unpublished outbox rows, oldest first, locked, with what their tasks need. A row
+/// whose run is gone or no longer queued comes back with NULL run columns and is only marked.
+const PENDING: &str = r"
+WITH picked AS (
+    SELECT run_id FROM task_outbox
+    WHERE published_at IS NULL
+    ORDER BY run_id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED)
+SELECT p.run_id, r.id, r.schedule_id, r.trigger, r.scheduled_for, r.attempt,
+       d.id AS device_id, d.name AS device_name, d.host, d.port, d.platform,
+       d.host_key_fingerprint,
+       cr.id AS credential_id, cr.username, cr.kind AS credential_kind, cr.secret, cr.passphrase,
+       c.id AS command_id, c.kind AS command_kind, c.command, c.timeout_s, c.max_output_bytes,
+       c.max_attempts
+FROM picked p
+LEFT JOIN runs r ON r.id = p.run_id AND r.status = 'queued'
+LEFT JOIN commands c ON c.id = r.command_id
+LEFT JOIN devices d ON d.id = r.device_id
+LEFT JOIN credentials cr ON cr.id = d.credential_id
+ORDER BY p.run_id";
+
+const MARK: &str = "UPDATE task_outbox SET published_at = $2 WHERE run_id = ANY($1)";
+
+/// Under the `queue` overlap policy a schedule's waiting runs enter the outbox one at a time:
+/// the oldest unfinished run of each such schedule, once it is the only one ahead.
+pub const RELEASE_WAITING: &str = r"
+INSERT INTO task_outbox (run_id)
+SELECT w.id
+FROM schedules s
+CROSS JOIN LATERAL (
+    SELECT r.id, r.status FROM runs r
+    WHERE r.schedule_id = s.id AND r.status IN ('queued', 'running')
+    ORDER BY r.id LIMIT 1) w
+WHERE s.overlap_policy = 'queue' AND w.status = 'queued'
+ON CONFLICT (run_id) DO NOTHING";
+
+fn task_of(row: &QueryResult) -> Result<Task> {
+    let sealed: Vec<u8> = row.try_get("", "secret")?;
+    let passphrase: Option<Vec<u8>> = row.try_get("", "passphrase")?;
+    let port: i32 = row.try_get("", "port")?;
+    Ok(Task {
+        v: TASK_VERSION,
+        run_id: row.try_get("", "id")?,
+        schedule_id: row.try_get("", "schedule_id")?,
+        trigger: row.try_get::<RunTrigger>("", "trigger")?,
+        scheduled_for: row.try_get("", "scheduled_for")?,
+        attempt: row.try_get("", "attempt")?,
+        device: TaskDevice {
+            id: row.try_get("", "device_id")?,
+            name: row.try_get("", "device_name")?,
+            host: row.try_get("", "host")?,
+            port: u16::try_from(port).unwrap_or(22),
+            platform: row.try_get::<Platform>("", "platform")?,
+            host_key_fingerprint: row.try_get("", "host_key_fingerprint")?,
+        },
+        credential: TaskCredential {
+            id: row.try_get("", "credential_id")?,
+            username: row.try_get("", "username")?,
+            kind: row.try_get::<CredentialKind>("", "credential_kind")?,
+            secret: TaskCredential::encode_sealed(&sealed),
+            passphrase: passphrase.as_deref().map(TaskCredential::encode_sealed),
+        },
+        command: TaskCommand {
+            id: row.try_get("", "command_id")?,
+            kind: row.try_get::<CommandKind>("", "command_kind")?,
+            text: row.try_get("", "command")?,
+            timeout_s: row.try_get("", "timeout_s")?,
+            max_output_bytes: row.try_get("", "max_output_bytes")?,
+            max_attempts: row.try_get("", "max_attempts")?,
+        },
+    })
+}
+
+/// Publishes up to `limit` pending runs; returns how many. `now` stamps `published_at` and
+/// measures lateness.
+pub async fn publish_batch(
+    db: &DatabaseConnection,
+    redis: &mut ConnectionManager,
+    stream: &str,
+    limit: u64,
+    now: impl Fn() -> DateTime<Utc>,
+    metrics: &Metrics,
+) -> Result<usize> {
+    let txn = db.begin().await?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = txn
+        .query_all_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            PENDING,
+            [limit.into()],
+        ))
+        .await?;
+    if rows.is_empty() {
+        txn.commit().await?;
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    let mut ids: Vec<Uuid> = Vec::with_capacity(rows.len());
+    let mut scheduled = Vec::with_capacity(rows.len());
+    let mut marked: Vec<Uuid> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        marked.push(row.try_get("", "run_id")?);
+        if row.try_get::<Option<Uuid>>("", "id")?.is_none() {
+            continue;
+        }
+        let task = task_of(row)?;
+        let body = serde_json::to_string(&task).unwrap_or_default();
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg(FIELD_VERSION)
+            .arg(TASK_VERSION)
+            .arg(FIELD_RUN_ID)
+            .arg(task.run_id.to_string())
+            .arg(FIELD_BODY)
+            .arg(body)
+            .ignore();
+        ids.push(task.run_id);
+        if task.trigger == RunTrigger::Scheduled {
+            scheduled.push(task.scheduled_for);
+        }
+    }
+    if !ids.is_empty() {
+        pipe.query_async::<()>(redis).await?;
+    }
+    let published_at = now();
+    txn.execute_raw(Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        MARK,
+        [marked.into(), published_at.into()],
+    ))
+    .await?;
+    txn.commit().await?;
+    metrics
+        .published_total
+        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+    for t in scheduled {
+        let late = (published_at - t).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
+        metrics.lateness.observe_ms(late);
+    }
+    Ok(rows.len())
+}

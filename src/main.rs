@@ -1,0 +1,149 @@
+//! `netcron <api|scheduler|executor|migrate|all|keygen>`: parses the command line, loads the
+//! role's settings once, and runs the role until SIGTERM or ctrl-c.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use netcron_common::config::{self, ConfigError, DatabaseSettings};
+use netcron_migration::{Migrator, MigratorTrait};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "netcron",
+    version,
+    about = "Durable scheduled network command runner"
+)]
+struct Cli {
+    #[command(subcommand)]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Serve the REST API (applies migrations first unless NETCRON_AUTO_MIGRATE=false).
+    Api,
+    /// Turn due cron fire times into runs on the tasks stream.
+    Scheduler,
+    /// Run tasks from the tasks stream over SSH.
+    Executor,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Every role in one process (single-node mode); creates the database if it is missing.
+    All,
+    /// Print a new random NETCRON_SECRET_KEY.
+    Keygen,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    config::load_dotenv();
+    netcron_common::telemetry::init();
+    if let Role::Keygen = cli.role {
+        let key = netcron_common::secret::SecretKey::generate_base64();
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{key}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("netcron: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.role)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Configuration errors are one clear line; anything else shows its cause chain.
+            if let Some(config) = e.downcast_ref::<ConfigError>() {
+                eprintln!("netcron: {config}");
+            } else {
+                eprintln!("netcron: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(role: Role) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match role {
+        Role::Api => netcron_api::run(netcron_api::Settings::from_env()?, shutdown).await,
+        Role::Scheduler => {
+            netcron_scheduler::run(netcron_scheduler::Settings::from_env()?, shutdown).await
+        }
+        Role::Executor => {
+            netcron_executor::run(netcron_executor::Settings::from_env()?, shutdown).await
+        }
+        Role::Migrate => {
+            let settings = DatabaseSettings::from_env()?;
+            let db = netcron_common::db::connect(&settings.url).await?;
+            Migrator::up(&db, None).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Role::All => run_all(shutdown).await,
+        Role::Keygen => Ok(()),
+    }
+}
+
+/// Single-node mode: every role in this process, sharing one shutdown signal. If one role
+/// fails, the others are stopped too, so the process never runs half of netcron.
+async fn run_all(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let api = netcron_api::Settings::from_env()?;
+    let scheduler = netcron_scheduler::Settings::from_env()?;
+    let executor = netcron_executor::Settings::from_env()?;
+    netcron_common::db::create_database_if_missing(&api.database.url).await?;
+    if api.database.auto_migrate {
+        // Before any role starts, so the scheduler never polls a schema that is not there yet.
+        let db = netcron_common::db::connect(&api.database.url).await?;
+        Migrator::up(&db, None).await?;
+        db.close().await?;
+    }
+    let mut roles = tokio::task::JoinSet::new();
+    roles.spawn(netcron_api::run(api, shutdown.clone()));
+    roles.spawn(netcron_scheduler::run(scheduler, shutdown.clone()));
+    roles.spawn(netcron_executor::run(executor, shutdown.clone()));
+    let mut result = Ok(());
+    while let Some(joined) = roles.join_next().await {
+        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

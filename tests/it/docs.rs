@@ -1,0 +1,173 @@
+use serde_json::Value;
+
+use crate::helpers::{TestApp, json_of};
+
+const REQUIRED_PATHS: &[(&str, &[&str])] = &[
+    ("/devices", &["post", "get"]),
+    ("/devices/{device_id}", &["get", "patch", "delete"]),
+    ("/devices/{device_id}/commands", &["post", "get"]),
+    (
+        "/devices/{device_id}/commands/{command_id}",
+        &["get", "patch", "delete"],
+    ),
+    (
+        "/devices/{device_id}/commands/{command_id}/schedules",
+        &["post", "get"],
+    ),
+    ("/devices/{device_id}/commands/{command_id}/run", &["post"]),
+    ("/devices/{device_id}/results", &["get"]),
+    ("/schedules", &["get"]),
+    ("/schedules/{schedule_id}", &["get", "patch", "delete"]),
+    ("/schedules/{schedule_id}/pause", &["post"]),
+    ("/schedules/{schedule_id}/resume", &["post"]),
+    ("/schedules/{schedule_id}/preview", &["get"]),
+    ("/runs", &["get"]),
+    ("/runs/{run_id}", &["get"]),
+    ("/credentials", &["post", "get"]),
+    ("/credentials/{credential_id}", &["get", "patch", "delete"]),
+    ("/health", &["get"]),
+    ("/ready", &["get"]),
+];
+
+async fn spec(app: &TestApp) -> Value {
+    let (status, spec) = json_of(
+        app.client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .expect("GET"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    spec
+}
+
+#[tokio::test]
+async fn spec_is_served_without_a_token_and_lists_every_path() {
+    let app = TestApp::spawn().await;
+    let spec = spec(&app).await;
+    assert!(
+        spec["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    for (path, methods) in REQUIRED_PATHS {
+        for method in *methods {
+            let op = &spec["paths"][path][method];
+            assert!(op.is_object(), "{method} {path} missing from the spec");
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path}"
+            );
+        }
+    }
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
+
+#[tokio::test]
+async fn spec_documents_error_statuses_and_examples() {
+    let app = TestApp::spawn().await;
+    let spec = spec(&app).await;
+    let create = &spec["paths"]["/devices"]["post"];
+    for status in ["201", "400", "401", "409", "413", "415", "422"] {
+        assert!(
+            create["responses"][status].is_object(),
+            "POST /devices lacks {status}"
+        );
+    }
+    let problem = &create["responses"]["422"]["content"]["application/problem+json"];
+    assert!(problem.is_object(), "422 is not documented as problem+json");
+    let body = &create["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+    assert_eq!(body, "#/components/schemas/DeviceCreate");
+    assert!(spec["components"]["schemas"]["DeviceCreate"]["example"].is_object());
+    let get_one = &spec["paths"]["/runs/{run_id}"]["get"];
+    for status in ["200", "400", "401", "404"] {
+        assert!(
+            get_one["responses"][status].is_object(),
+            "GET /runs/{{id}} lacks {status}"
+        );
+    }
+    // Health needs no token: its security requirement is the empty one.
+    assert_eq!(
+        spec["paths"]["/health"]["get"]["security"],
+        serde_json::json!([{}])
+    );
+    // Secret fields are write-only.
+    let password = &spec["components"]["schemas"]["CredentialCreate"]["properties"]["password"];
+    assert_eq!(password["writeOnly"], true, "{password}");
+    // The cron field's accepted forms are documented.
+    let desc = spec["components"]["schemas"]["ScheduleCreate"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        desc.contains("5 fields") && desc.contains("6 fields"),
+        "{desc}"
+    );
+}
+
+#[tokio::test]
+async fn swagger_ui_renders_offline() {
+    let app = TestApp::spawn().await;
+    for path in ["/docs/", "/docs/index.html"] {
+        let response = app.client.get(app.url(path)).send().await.expect("GET");
+        assert_eq!(response.status(), 200, "{path}");
+        let html = response.text().await.expect("body");
+        assert!(html.to_lowercase().contains("swagger"), "{path}: {html}");
+    }
+    // The UI's own assets are served by netcron itself, not fetched from a CDN.
+    let js = app
+        .client
+        .get(app.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(js.status(), 200);
+    assert!(js.bytes().await.expect("body").len() > 100_000);
+    let init = app
+        .client
+        .get(app.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .expect("GET");
+    assert!(init.text().await.expect("body").contains("/openapi.json"));
+    // `/docs` redirects to `/docs/`.
+    let redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(app.url("/docs"))
+        .send()
+        .await
+        .expect("GET");
+    assert!(redirect.status().is_redirection());
+}
+
+#[tokio::test]
+async fn paths_work_with_and_without_a_trailing_slash() {
+    let app = TestApp::spawn().await;
+    for path in [
+        "/devices",
+        "/devices/",
+        "/credentials/",
+        "/schedules/",
+        "/runs/",
+        "/health/",
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let (status, created) = json_of(
+        app.post(
+            "/credentials/",
+            &serde_json::json!({"name": "c", "username": "u", "password": "p"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(app.get(&format!("/credentials/{id}/")).await.status(), 200);
+}

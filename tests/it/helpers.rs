@@ -1,0 +1,428 @@
+//! `TestApp`: the real api role against real Postgres and Redis.
+//!
+//! Service URLs come from `DATABASE_URL` and `REDIS_URL` (the environment, then `.env`). When
+//! they are unreachable and a Docker engine is available, Postgres and Redis are started with
+//! testcontainers instead; otherwise the test fails saying what to start.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use netcron_api::{Application, Settings};
+use netcron_common::config::{DatabaseSettings, HttpSettings, RedisSettings};
+use netcron_common::protocol::Task;
+use netcron_common::secret::{SecretKey, SecretString};
+use netcron_scheduler::{Clock, Scheduler, SchedulerConfig, Settings as SchedulerSettings};
+use reqwest::{Method, RequestBuilder, Response};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const TOKEN: &str = "test-token-1";
+pub const SECOND_TOKEN: &str = "test-token-2";
+
+struct Services {
+    /// URL of the server's maintenance database; test databases are created next to it.
+    postgres_admin: String,
+    redis: String,
+}
+
+fn reachable(url: &str, default_port: u16) -> bool {
+    let after_scheme = url.split("://").nth(1).unwrap_or(url);
+    let authority = after_scheme.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let target = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:{default_port}")
+    };
+    target
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
+}
+
+fn docker_available() -> bool {
+    std::process::Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn server_of(database_url: &str) -> String {
+    let (base, _) = database_url.split_once('?').unwrap_or((database_url, ""));
+    let cut = base
+        .rfind('/')
+        .filter(|i| *i > "postgres://".len())
+        .unwrap_or(base.len());
+    format!("{}/postgres", &base[..cut])
+}
+
+fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        let _ = dotenvy::dotenv();
+        let pg = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/netcron".into());
+        let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        if reachable(&pg, 5432) && reachable(&redis, 6379) {
+            return Services {
+                postgres_admin: server_of(&pg),
+                redis,
+            };
+        }
+        assert!(
+            docker_available(),
+            "Postgres ({pg}) or Redis ({redis}) is unreachable and no Docker engine is available \
+             to start them: start Postgres and Redis (see .ci/run) or set DATABASE_URL/REDIS_URL"
+        );
+        start_containers()
+    })
+}
+
+fn start_containers() -> Services {
+    use testcontainers_modules::testcontainers::runners::SyncRunner;
+    use testcontainers_modules::{postgres::Postgres, redis::Redis};
+    // The containers live as long as the test process; leaking them keeps them from being
+    // stopped when the first test that needed them ends.
+    let pg = Box::leak(Box::new(
+        Postgres::default()
+            .start()
+            .expect("start Postgres container"),
+    ));
+    let redis = Box::leak(Box::new(
+        Redis::default().start().expect("start Redis container"),
+    ));
+    let pg_port = pg.get_host_port_ipv4(5432).expect("Postgres port");
+    let redis_port = redis.get_host_port_ipv4(6379).expect("Redis port");
+    Services {
+        postgres_admin: format!("postgres://postgres:postgres@127.0.0.1:{pg_port}/postgres"),
+        redis: format!("redis://127.0.0.1:{redis_port}"),
+    }
+}
+
+/// A running api role with its own database.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: DatabaseConnection,
+    pub key: SecretKey,
+    pub db_url: String,
+    pub redis_url: String,
+    pub stream_prefix: String,
+    db_name: String,
+    shutdown: CancellationToken,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts the API after letting `adjust` change its settings.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let services = services();
+        let db_name = format!("netcron_test_{}", Uuid::new_v4().simple());
+        let admin = netcron_common::db::connect(&services.postgres_admin)
+            .await
+            .expect("admin db");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .expect("create test database");
+        admin.close().await.expect("close admin");
+        let server = services
+            .postgres_admin
+            .strip_suffix("/postgres")
+            .expect("admin URL");
+        let db_url = format!("{server}/{db_name}");
+        let key_text = SecretKey::generate_base64();
+        let stream_prefix = format!("test:{}:", Uuid::new_v4().simple());
+        let mut settings = Settings {
+            database: DatabaseSettings {
+                url: db_url.clone(),
+                auto_migrate: true,
+            },
+            redis: RedisSettings {
+                url: services.redis.clone(),
+                stream_prefix: stream_prefix.clone(),
+            },
+            http: HttpSettings {
+                addr: "127.0.0.1:0".parse().expect("addr"),
+                tokens: vec![SecretString::new(TOKEN), SecretString::new(SECOND_TOKEN)],
+            },
+            secret_key: SecretKey::from_base64(&key_text).expect("key"),
+        };
+        adjust(&mut settings);
+        let app = Application::build(settings).await.expect("build api");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let db = netcron_common::db::connect(&db_url).await.expect("test db");
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            db,
+            key: SecretKey::from_base64(&key_text).expect("key"),
+            db_url,
+            redis_url: services.redis.clone(),
+            stream_prefix,
+            db_name,
+            shutdown,
+        }
+    }
+
+    /// Settings for a scheduler replica on this app's database and streams.
+    pub fn scheduler_settings(&self, config: SchedulerConfig) -> SchedulerSettings {
+        SchedulerSettings {
+            database: DatabaseSettings {
+                url: self.db_url.clone(),
+                auto_migrate: false,
+            },
+            redis: RedisSettings {
+                url: self.redis_url.clone(),
+                stream_prefix: self.stream_prefix.clone(),
+            },
+            scheduler: config,
+        }
+    }
+
+    /// A scheduler replica driven by `clock`.
+    pub async fn scheduler(
+        &self,
+        config: SchedulerConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Scheduler> {
+        let settings = self.scheduler_settings(config);
+        Arc::new(
+            Scheduler::connect(&settings, clock)
+                .await
+                .expect("scheduler"),
+        )
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis")
+    }
+
+    /// Every task on this app's tasks stream, in stream order.
+    pub async fn tasks(&self) -> Vec<Task> {
+        use redis::AsyncCommands as _;
+        let mut redis = self.redis().await;
+        let reply: redis::streams::StreamRangeReply = redis
+            .xrange_all(format!("{}tasks", self.stream_prefix))
+            .await
+            .expect("XRANGE");
+        reply
+            .ids
+            .iter()
+            .map(|entry| {
+                let body: String = entry.get("body").expect("body field");
+                serde_json::from_str(&body).expect("task JSON")
+            })
+            .collect()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with the valid bearer token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(TOKEN)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.expect("GET")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::PATCH, path)
+            .json(body)
+            .send()
+            .await
+            .expect("PATCH")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.request(Method::DELETE, path)
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// POSTs `body` and returns the created resource, asserting the status.
+    pub async fn create(&self, path: &str, body: Value) -> Value {
+        let response = self.post(path, &body).await;
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        assert_eq!(status, 201, "POST {path} {body} -> {text}");
+        serde_json::from_str(&text).expect("JSON body")
+    }
+
+    pub async fn credential(&self, name: &str) -> Value {
+        self.create(
+            "/credentials",
+            json!({"name": name, "username": "netops", "password": "pw-123456"}),
+        )
+        .await
+    }
+
+    pub async fn device(&self, name: &str) -> Value {
+        let cred = self.credential(&format!("{name}-cred")).await;
+        self.create(
+            "/devices",
+            json!({"name": name, "host": "192.0.2.10", "platform": "linux",
+                   "credential_id": cred["id"], "tags": ["lab"]}),
+        )
+        .await
+    }
+
+    /// A device with one shell command; returns `(device, command)`.
+    pub async fn command(&self, device_name: &str) -> (Value, Value) {
+        let device = self.device(device_name).await;
+        let command = self
+            .create(
+                &format!("/devices/{}/commands", id(&device)),
+                json!({"name": "uptime", "command": "uptime"}),
+            )
+            .await;
+        (device, command)
+    }
+
+    pub async fn schedule(&self, device: &Value, command: &Value, body: Value) -> Value {
+        self.create(
+            &format!("/devices/{}/commands/{}/schedules", id(device), id(command)),
+            body,
+        )
+        .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let admin_url = services().postgres_admin.clone();
+        let name = self.db_name.clone();
+        // Drop runs outside any async context we could await in, so a short-lived thread with
+        // its own runtime removes the database. FORCE ends the pool's open connections.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(admin) = netcron_common::db::connect(&admin_url).await {
+                    let _ = admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn id(v: &Value) -> &str {
+    v["id"].as_str().expect("resource has an id")
+}
+
+/// Reads a response's status and JSON body.
+pub async fn json_of(response: Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, value)
+}
+
+/// Asserts an RFC 9457 problem with this status, `type` suffix and (optionally) field.
+pub async fn assert_problem(
+    response: Response,
+    status: u16,
+    kind: &str,
+    field: Option<&str>,
+) -> Value {
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let (actual, body) = json_of(response).await;
+    assert_eq!(actual, status, "status of {body}");
+    assert_eq!(
+        content_type, "application/problem+json",
+        "content type of {body}"
+    );
+    assert_eq!(
+        body["type"],
+        format!("urn:netcron:problem:{kind}"),
+        "{body}"
+    );
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    if let Some(field) = field {
+        assert_eq!(body["field"], field, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap_or_default().contains(field),
+            "{body}"
+        );
+    }
+    body
+}
+
+/// Follows `next_cursor` until the last page; returns every item's id and the page count.
+pub async fn collect_pages(app: &TestApp, path: &str, limit: u32) -> (Vec<String>, usize) {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{path}{sep}limit={limit}");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = json_of(app.get(&url).await).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= limit as usize);
+        ids.extend(items.iter().map(|i| id(i).to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+        assert!(pages < 100, "pagination does not end");
+    }
+    (ids, pages)
+}

@@ -1,0 +1,13 @@
+//! The one integration-test binary. Every test starts the real API on port 0 against its own
+//! freshly migrated Postgres database (and its own stream prefix), so tests run in parallel.
+
+mod auth;
+mod commands;
+mod credentials;
+mod devices;
+mod docs;
+mod health;
+mod helpers;
+mod runs;
+mod scheduler;
+mod schedules;

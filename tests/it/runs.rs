@@ -1,0 +1,175 @@
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, assert_problem, collect_pages, id, json_of};
+
+#[tokio::test]
+async fn manual_run_is_queued() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("d").await;
+    let path = format!("/devices/{}/commands/{}/run", id(&device), id(&command));
+    let (status, run) = json_of(app.post(&path, &json!({})).await).await;
+    assert_eq!(status, 202, "{run}");
+    assert_eq!(run["status"], "queued");
+    assert_eq!(run["trigger"], "manual");
+    assert_eq!(run["device_id"], device["id"]);
+    assert_eq!(run["command_id"], command["id"]);
+    assert_eq!(run["schedule_id"], serde_json::Value::Null);
+    assert_eq!(run["attempt"], 1);
+    for field in [
+        "exit_code",
+        "stdout",
+        "stderr",
+        "started_at",
+        "finished_at",
+        "error_kind",
+        "error_message",
+        "payload",
+    ] {
+        assert!(run.get(field).is_some(), "{field} missing");
+        assert_eq!(run[field], serde_json::Value::Null, "{field}");
+    }
+    assert!(run["scheduled_for"].is_string());
+    let (status, fetched) = json_of(app.get(&format!("/runs/{}", id(&run))).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(fetched, run);
+    // A manual run needs no body; the trailing-slash form works too.
+    let bare = app
+        .request(reqwest::Method::POST, &format!("{path}/"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(bare.status(), 202);
+}
+
+#[tokio::test]
+async fn manual_run_of_unknown_command_is_404() {
+    let app = TestApp::spawn().await;
+    let (device, _) = app.command("d").await;
+    let path = format!("/devices/{}/commands/{}/run", id(&device), Uuid::now_v7());
+    assert_problem(app.post(&path, &json!({})).await, 404, "not-found", None).await;
+}
+
+#[tokio::test]
+async fn device_results_are_newest_first_and_paginate() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("d").await;
+    let (other_device, other_command) = app.command("e").await;
+    let path = format!("/devices/{}/commands/{}/run", id(&device), id(&command));
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        let (_, run) = json_of(app.post(&path, &json!({})).await).await;
+        created.push(id(&run).to_owned());
+    }
+    app.post(
+        &format!(
+            "/devices/{}/commands/{}/run",
+            id(&other_device),
+            id(&other_command)
+        ),
+        &json!({}),
+    )
+    .await;
+    created.reverse();
+    let (ids, pages) = collect_pages(&app, &format!("/devices/{}/results", id(&device)), 2).await;
+    assert_eq!(ids, created);
+    assert_eq!(pages, 3);
+    let missing = format!("/devices/{}/results", Uuid::now_v7());
+    assert_problem(app.get(&missing).await, 404, "not-found", None).await;
+}
+
+#[tokio::test]
+async fn runs_filter_by_device_command_status_and_time() {
+    let app = TestApp::spawn().await;
+    let (d1, c1) = app.command("d1").await;
+    let (d2, c2) = app.command("d2").await;
+    for (d, c, n) in [(&d1, &c1, 3), (&d2, &c2, 2)] {
+        for _ in 0..n {
+            app.post(
+                &format!("/devices/{}/commands/{}/run", id(d), id(c)),
+                &json!({}),
+            )
+            .await;
+        }
+    }
+    // One finished run, scheduled in the past.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!(
+            "INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, status, exit_code, stdout) \
+             VALUES ('{}', '{}', '{}', 'manual', '2026-01-01T00:00:00Z', 'succeeded', 0, 'ok')",
+            Uuid::now_v7(),
+            id(&c1),
+            id(&d1)
+        ),
+    )
+    .await
+    .expect("insert");
+    let count = |v: &serde_json::Value| v["items"].as_array().map_or(0, Vec::len);
+    let (_, all) = json_of(app.get("/runs").await).await;
+    assert_eq!(count(&all), 6);
+    let (_, by_device) = json_of(app.get(&format!("/runs?device_id={}", id(&d1))).await).await;
+    assert_eq!(count(&by_device), 4);
+    let (_, by_command) = json_of(app.get(&format!("/runs?command_id={}", id(&c2))).await).await;
+    assert_eq!(count(&by_command), 2);
+    let (_, succeeded) = json_of(app.get("/runs?status=succeeded").await).await;
+    assert_eq!(count(&succeeded), 1);
+    assert_eq!(succeeded["items"][0]["stdout"], "ok");
+    let (_, old) = json_of(
+        app.get("/runs?from=2025-12-31T00:00:00Z&to=2026-01-02T00:00:00Z")
+            .await,
+    )
+    .await;
+    assert_eq!(count(&old), 1);
+    let (_, recent) = json_of(app.get("/runs?from=2026-06-01T00:00:00Z").await).await;
+    assert_eq!(count(&recent), 5);
+    let (ids, pages) = collect_pages(&app, "/runs?status=queued", 2).await;
+    assert_eq!((ids.len(), pages), (5, 3));
+    let (_, none) = json_of(
+        app.get(&format!("/runs?schedule_id={}", Uuid::now_v7()))
+            .await,
+    )
+    .await;
+    assert_eq!(count(&none), 0);
+    assert_problem(
+        app.get("/runs?status=done").await,
+        400,
+        "invalid-parameter",
+        Some("status"),
+    )
+    .await;
+    assert_problem(
+        app.get("/runs?from=yesterday").await,
+        400,
+        "invalid-parameter",
+        Some("from"),
+    )
+    .await;
+    assert_problem(
+        app.get("/runs?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z")
+            .await,
+        400,
+        "invalid-parameter",
+        Some("to"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_run_is_404() {
+    let app = TestApp::spawn().await;
+    assert_problem(
+        app.get(&format!("/runs/{}", Uuid::now_v7())).await,
+        404,
+        "not-found",
+        None,
+    )
+    .await;
+    assert_problem(
+        app.get("/runs/xyz").await,
+        400,
+        "invalid-parameter",
+        Some("run_id"),
+    )
+    .await;
+}
