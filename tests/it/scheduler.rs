@@ -607,8 +607,11 @@ async fn an_every_second_schedule_fires_every_second_on_time() {
     }
     // The first fire races the schedule's own creation (the NOTIFY that wakes the loop), so
     // the bound applies from the second fire on, when the loop sleeps until the fire time.
+    // The bound is loose on purpose: a loaded CI machine runs the other tests alongside, and
+    // what this test guards is the design (sleep until the fire time, no one-second polling
+    // tick), not a latency figure; the benchmark in docs/PERFORMANCE.md measures that.
     assert!(
-        lateness[1..].iter().all(|ms| *ms < 100),
+        lateness[1..].iter().all(|ms| *ms < 500),
         "lateness in ms: {lateness:?}"
     );
     assert!(lateness[0] < 1000, "lateness in ms: {lateness:?}");
