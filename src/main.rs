@@ -1,4 +1,4 @@
-//! `netcron <api|scheduler|executor|migrate|all|keygen>`: parses the command line, loads the
+//! `netcron <api|scheduler|executor|ingest|migrate|all|keygen>`: parses the command line, loads the
 //! role's settings once, and runs the role until SIGTERM or ctrl-c.
 
 use std::process::ExitCode;
@@ -27,6 +27,8 @@ enum Role {
     Scheduler,
     /// Run tasks from the tasks stream over SSH.
     Executor,
+    /// Store results from the results stream in Postgres (also part of `api`).
+    Ingest,
     /// Apply pending database migrations and exit.
     Migrate,
     /// Every role in one process (single-node mode); creates the database if it is missing.
@@ -81,6 +83,10 @@ async fn run(role: Role) -> anyhow::Result<()> {
         }
         Role::Executor => {
             netcron_executor::run(netcron_executor::Settings::from_env()?, shutdown).await
+        }
+        Role::Ingest => {
+            netcron_api::ingest::run(netcron_api::ingest::IngestSettings::from_env()?, shutdown)
+                .await
         }
         Role::Migrate => {
             let settings = DatabaseSettings::from_env()?;

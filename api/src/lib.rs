@@ -6,6 +6,7 @@
 mod auth;
 pub mod error;
 mod extract;
+pub mod ingest;
 mod pagination;
 mod routes;
 mod services;
@@ -146,6 +147,7 @@ fn trim_trailing_slash(mut req: Request) -> Request {
 pub struct Application {
     listener: TcpListener,
     app: Router,
+    ingest: Option<ingest::Ingest>,
 }
 
 impl Application {
@@ -164,6 +166,11 @@ impl Application {
                 .context("applying database migrations")?;
         }
         let redis = redis::Client::open(settings.redis.url.as_str()).context("REDIS_URL")?;
+        let ingest = if settings.ingest {
+            Some(ingest::Ingest::connect(db.clone(), &settings.redis, settings.ingest_batch).await?)
+        } else {
+            None
+        };
         let state = AppState {
             db,
             redis,
@@ -176,6 +183,7 @@ impl Application {
         Ok(Self {
             listener,
             app: router(state),
+            ingest,
         })
     }
 
@@ -189,20 +197,34 @@ impl Application {
         self.local_addr().port()
     }
 
-    /// Serves until `shutdown` is cancelled, then finishes in-flight requests.
+    /// Serves (and ingests results, unless disabled) until `shutdown` is cancelled, then
+    /// finishes in-flight requests.
     ///
     /// # Errors
     /// When the listener fails.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "api listening");
+        let ingest = self
+            .ingest
+            .take()
+            .map(|ingest| tokio::spawn(ingest.run(shutdown.clone())));
         let service = MapRequestLayer::new(trim_trailing_slash).layer(self.app);
-        axum::serve(
+        let served = axum::serve(
             self.listener,
             axum::ServiceExt::<Request>::into_make_service(service),
         )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .with_graceful_shutdown({
+            let shutdown = shutdown.clone();
+            async move { shutdown.cancelled().await }
+        })
         .await
-        .context("serving HTTP")
+        .context("serving HTTP");
+        // Whether serving ended by shutdown or by failure, stop ingesting with it.
+        shutdown.cancel();
+        if let Some(ingest) = ingest {
+            let _ = ingest.await;
+        }
+        served
     }
 }
 

@@ -9,6 +9,11 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub http: HttpSettings,
     pub secret_key: SecretKey,
+    /// Whether this process also ingests results (`NETCRON_INGEST`, default true); turn it off
+    /// when `netcron ingest` runs as its own process.
+    pub ingest: bool,
+    /// Results per ingest transaction (`NETCRON_INGEST_BATCH`, 1000).
+    pub ingest_batch: usize,
 }
 
 impl Settings {
@@ -20,6 +25,8 @@ impl Settings {
             redis: RedisSettings::from_env()?,
             http: HttpSettings::from_env()?,
             secret_key: config::secret_key_from_env()?,
+            ingest: config::parsed_or("NETCRON_INGEST", true)?,
+            ingest_batch: config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
         })
     }
 }

@@ -385,6 +385,9 @@ text_enum!(
     CommandKind {
         /// Runs `command` through the device's exec channel.
         Shell = "shell",
+        /// Succeeds at once without connecting: measures and tests the pipeline (scheduler,
+        /// stream, executor, ingest) without a device. `command` is ignored.
+        Noop = "noop",
     }
 );
 
@@ -424,6 +427,38 @@ text_enum!(
         Skipped = "skipped",
     }
 );
+
+text_enum!(
+    /// Why a run ended with status `error`: the command could not run to completion.
+    ErrorKind {
+        /// No route, no answer to the TCP connect within its timeout, or the name did not
+        /// resolve.
+        Unreachable = "unreachable",
+        /// The host answered the TCP connect with a reset: nothing listens on the port.
+        ConnectionRefused = "connection_refused",
+        /// TCP connected but the SSH handshake failed or stalled (no banner, no common
+        /// algorithm, not an SSH server).
+        HandshakeFailed = "handshake_failed",
+        /// The server's host key is not the pinned one; no credential was sent.
+        HostKeyMismatch = "host_key_mismatch",
+        /// The server rejected the credential.
+        AuthFailed = "auth_failed",
+        /// The command outlived its timeout; the output so far is kept.
+        Timeout = "timeout",
+        /// Anything else: a secret that cannot be decrypted, a task delivered too often,
+        /// an unexpected SSH protocol error.
+        Internal = "internal",
+    }
+);
+
+impl ErrorKind {
+    /// Whether another attempt may succeed: the device was not reachable at all. Errors after
+    /// the connection was made (authentication, host key, timeouts of a running command) are
+    /// never retried, since a retry would repeat them or run the command twice.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::Unreachable | ErrorKind::ConnectionRefused)
+    }
+}
 
 impl RunStatus {
     /// Whether the run has ended and will not change again.

@@ -8,10 +8,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{CommandKind, CredentialKind, Platform, RunTrigger};
+use crate::domain::{CommandKind, CredentialKind, ErrorKind, Platform, RunStatus, RunTrigger};
 
 /// The version of [`Task`] this build writes and reads.
 pub const TASK_VERSION: u32 = 1;
+
+/// The version of [`RunResult`] this build writes and reads.
+pub const RESULT_VERSION: u32 = 1;
 
 /// Stream entry field names. An entry is `v=<version> run_id=<uuid> body=<JSON>`; the run id is
 /// outside the body so a consumer can dead-letter an entry whose body it cannot parse and still
@@ -20,12 +23,22 @@ pub const FIELD_VERSION: &str = "v";
 pub const FIELD_RUN_ID: &str = "run_id";
 pub const FIELD_BODY: &str = "body";
 
-/// The names of netcron's streams under one prefix.
+/// Dead-letter entry fields, besides the original entry's own fields copied as they were.
+pub const FIELD_DL_SOURCE: &str = "dl_source";
+pub const FIELD_DL_ID: &str = "dl_id";
+pub const FIELD_DL_REASON: &str = "dl_reason";
+
+/// Consumer group names.
+pub const EXECUTOR_GROUP: &str = "executors";
+pub const INGEST_GROUP: &str = "ingest";
+
+/// The names of netcron's streams and keys under one prefix.
 #[derive(Debug, Clone)]
 pub struct Streams {
     pub tasks: String,
     pub results: String,
     pub dead_letter: String,
+    prefix: String,
 }
 
 impl Streams {
@@ -34,7 +47,14 @@ impl Streams {
             tasks: format!("{prefix}tasks"),
             results: format!("{prefix}results"),
             dead_letter: format!("{prefix}dead-letter"),
+            prefix: prefix.to_owned(),
         }
+    }
+
+    /// The key an executor sets (`SET NX`) before running `(run_id, attempt)`, so a task that
+    /// is on the stream twice runs once.
+    pub fn claim_key(&self, run_id: Uuid, attempt: i32) -> String {
+        format!("{}claim:{run_id}:{attempt}", self.prefix)
     }
 }
 
@@ -107,4 +127,51 @@ pub struct TaskCommand {
     pub timeout_s: i32,
     pub max_output_bytes: i64,
     pub max_attempts: i32,
+}
+
+/// What an executor reports about a run on the results stream. Entries are
+/// `v=<version> run_id=<uuid> body=<JSON>`, like tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub v: u32,
+    pub run_id: Uuid,
+    /// The task's attempt number (see [`Task::attempt`]).
+    pub attempt: i32,
+    /// The consumer name of the executor process.
+    pub executor_id: String,
+    pub started_at: DateTime<Utc>,
+    /// `None` for the `started` event; the outcome once the run has ended.
+    pub outcome: Option<Outcome>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// `succeeded`, `failed` or `error`.
+    pub status: RunStatus,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: i64,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub truncated: bool,
+    pub error_kind: Option<ErrorKind>,
+    pub error_message: Option<String>,
+    /// The SHA-256 fingerprint of the host key the device presented, if the handshake got
+    /// that far. Ingest pins it on a device that has none.
+    pub host_key_fingerprint: Option<String>,
+    /// Every connection attempt, oldest first (more than one when transient errors were
+    /// retried).
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One connection attempt within a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i64,
+    pub status: RunStatus,
+    pub error_kind: Option<ErrorKind>,
+    pub error_message: Option<String>,
 }

@@ -1,40 +1,143 @@
-//! The `executor` role: consumes the tasks stream, runs commands over SSH and publishes their
-//! outcomes to the results stream.
+//! The `executor` role: consumes the tasks stream with a consumer group, runs each command over
+//! SSH on a blocking thread and publishes a `started` event and then the outcome to the results
+//! stream. A task is acknowledged only after its outcome is on the results stream.
 //!
-//! Architecture invariant: the executor never knows HTTP; it is the only role that decrypts a
-//! secret, and only in memory, for the connection that needs it.
-//!
-//! This crate is the shell the role will grow into: it starts, waits for shutdown and stops.
-//! The SSH runner is tracked in its own issue.
+//! Architecture invariants:
+//! - the executor never knows HTTP or Postgres; everything it needs is in the task;
+//! - it is the only role that decrypts a secret, only in memory, for the connection that needs
+//!   it, and never logs one;
+//! - a failed command or an unreachable device is a *result* (a run status), not an `Err`;
+//! - the async runtime never blocks: libssh2 runs under `spawn_blocking`.
 
-use netcron_common::config::{ConfigError, RedisSettings};
+mod error;
+mod output;
+mod ssh;
+mod worker;
+
+use std::time::Duration;
+
+use netcron_common::config::{self, ConfigError, RedisSettings};
 use netcron_common::secret::SecretKey;
 use tokio_util::sync::CancellationToken;
+
+pub use error::{Error, Result};
+pub use worker::Executor;
+
+/// How the executor behaves; every field has an environment variable (see the README).
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Commands running at once in this process (`NETCRON_EXECUTOR_CONCURRENCY`, 64).
+    pub concurrency: usize,
+    /// Commands running at once on one device (`NETCRON_EXECUTOR_PER_DEVICE`, 1): network
+    /// gear has few VTY lines.
+    pub per_device: usize,
+    /// TCP connect timeout (`NETCRON_SSH_CONNECT_TIMEOUT_S`, 10).
+    pub connect_timeout: Duration,
+    /// Handshake plus authentication (`NETCRON_SSH_LOGIN_TIMEOUT_S`, 30).
+    pub login_timeout: Duration,
+    /// A task delivered to a consumer that has not touched it for this long is taken over by
+    /// another executor (`NETCRON_EXECUTOR_RECLAIM_IDLE_S`, 60). Live executors refresh their
+    /// tasks every quarter of it, so a long command is never mistaken for a dead executor.
+    pub reclaim_idle: Duration,
+    /// A task delivered more often than this goes to the dead-letter stream and its run ends
+    /// `error` (`NETCRON_EXECUTOR_MAX_DELIVERIES`, 5).
+    pub max_deliveries: u64,
+    /// On SIGTERM, how long in-flight runs may take to finish (`NETCRON_EXECUTOR_GRACE_S`, 30).
+    pub grace: Duration,
+    /// First retry delay for transient errors, doubled each attempt, with full jitter
+    /// (`NETCRON_RETRY_BASE_MS`, 1000), capped at `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long one XREADGROUP waits for new tasks.
+    pub block: Duration,
+    /// The consumer name: unique per process (host, pid and a random suffix).
+    pub consumer: String,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            per_device: 1,
+            connect_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(30),
+            reclaim_idle: Duration::from_secs(60),
+            max_deliveries: 5,
+            grace: Duration::from_secs(30),
+            retry_base: Duration::from_millis(1000),
+            retry_max: Duration::from_secs(30),
+            block: Duration::from_secs(2),
+            consumer: consumer_name(),
+        }
+    }
+}
+
+impl ExecutorConfig {
+    /// # Errors
+    /// The first variable that is malformed.
+    pub fn from_env() -> std::result::Result<Self, ConfigError> {
+        let d = Self::default();
+        let secs = |name, default: Duration| {
+            config::parsed_or(name, default.as_secs()).map(Duration::from_secs)
+        };
+        Ok(Self {
+            concurrency: config::parsed_or("NETCRON_EXECUTOR_CONCURRENCY", d.concurrency)?.max(1),
+            per_device: config::parsed_or("NETCRON_EXECUTOR_PER_DEVICE", d.per_device)?.max(1),
+            connect_timeout: secs("NETCRON_SSH_CONNECT_TIMEOUT_S", d.connect_timeout)?
+                .max(Duration::from_secs(1)),
+            login_timeout: secs("NETCRON_SSH_LOGIN_TIMEOUT_S", d.login_timeout)?
+                .max(Duration::from_secs(1)),
+            reclaim_idle: secs("NETCRON_EXECUTOR_RECLAIM_IDLE_S", d.reclaim_idle)?
+                .max(Duration::from_secs(4)),
+            max_deliveries: config::parsed_or("NETCRON_EXECUTOR_MAX_DELIVERIES", d.max_deliveries)?
+                .max(1),
+            grace: secs("NETCRON_EXECUTOR_GRACE_S", d.grace)?,
+            retry_base: config::parsed_or("NETCRON_RETRY_BASE_MS", 1000u64)
+                .map(Duration::from_millis)?,
+            retry_max: d.retry_max,
+            block: d.block,
+            consumer: d.consumer,
+        })
+    }
+}
+
+/// `<host>-<pid>-<random>`: readable in `XINFO CONSUMERS`, and unique even when a restarted
+/// process gets the same pid.
+pub fn consumer_name() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "executor".into());
+    let suffix: u32 = rand::random();
+    format!("{host}-{}-{:08x}", std::process::id(), suffix)
+}
 
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub redis: RedisSettings,
     pub secret_key: SecretKey,
+    pub executor: ExecutorConfig,
 }
 
 impl Settings {
     /// # Errors
     /// The first variable that is missing or malformed.
-    pub fn from_env() -> Result<Self, ConfigError> {
+    pub fn from_env() -> std::result::Result<Self, ConfigError> {
         Ok(Self {
             redis: RedisSettings::from_env()?,
-            secret_key: netcron_common::config::secret_key_from_env()?,
+            secret_key: config::secret_key_from_env()?,
+            executor: ExecutorConfig::from_env()?,
         })
     }
 }
 
-/// Runs the executor role until `shutdown` is cancelled.
+/// Runs the executor role until `shutdown` is cancelled; in-flight runs then get the grace
+/// period to finish.
 ///
 /// # Errors
-/// Infrastructure failures that the role cannot recover from.
-pub async fn run(_settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tracing::info!("executor started");
-    shutdown.cancelled().await;
-    tracing::info!("executor stopped");
+/// When Redis cannot be reached at start.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let executor = Executor::connect(settings).await?;
+    executor.run(shutdown).await?;
     Ok(())
 }

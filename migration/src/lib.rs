@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_create_tables;
 mod m20261122_000002_create_task_outbox;
+mod m20261122_000003_run_attempts;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_create_tables::Migration),
             Box::new(m20261122_000002_create_task_outbox::Migration),
+            Box::new(m20261122_000003_run_attempts::Migration),
         ]
     }
 }

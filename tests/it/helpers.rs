@@ -158,6 +158,8 @@ impl TestApp {
                 tokens: vec![SecretString::new(TOKEN), SecretString::new(SECOND_TOKEN)],
             },
             secret_key: SecretKey::from_base64(&key_text).expect("key"),
+            ingest: true,
+            ingest_batch: 1000,
         };
         adjust(&mut settings);
         let app = Application::build(settings).await.expect("build api");

@@ -11,3 +11,4 @@ mod helpers;
 mod runs;
 mod scheduler;
 mod schedules;
+mod sshd;

@@ -34,7 +34,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     "queued_at": "2026-11-22T10:00:00Z", "started_at": "2026-11-22T10:00:00.120Z",
     "finished_at": "2026-11-22T10:00:00.480Z", "exit_code": 0, "exit_signal": null,
     "stdout": "core-sw1\n", "stderr": "", "truncated": false, "error_kind": null,
-    "error_message": null, "duration_ms": 360, "payload": null, "attempt": 1, "executor_id": "executor-a1b2"
+    "error_message": null, "duration_ms": 360, "payload": null, "attempt": 1, "executor_id": "executor-a1b2",
+    "attempts": [{"started_at": "2026-11-22T10:00:00.120Z", "duration_ms": 360, "status": "succeeded", "error_kind": null, "error_message": null}]
 }))]
 pub struct RunView {
     pub id: Uuid,
@@ -62,8 +63,16 @@ pub struct RunView {
     pub duration_ms: Option<i64>,
     /// Structured results of command kinds that produce them.
     pub payload: Option<serde_json::Value>,
+    /// 1 for the first delivery of the task; higher when the run was re-queued after its
+    /// executor went away.
     pub attempt: i32,
     pub executor_id: Option<String>,
+    /// Each connection attempt of the last delivery, oldest first: `started_at`,
+    /// `duration_ms`, `status`, `error_kind`, `error_message`. More than one when transient
+    /// errors (`unreachable`, `connection_refused`) were retried up to the command's
+    /// `max_attempts`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub attempts: Option<serde_json::Value>,
 }
 
 impl From<run::Model> for RunView {
@@ -90,6 +99,7 @@ impl From<run::Model> for RunView {
             payload: m.payload,
             attempt: m.attempt,
             executor_id: m.executor_id,
+            attempts: m.attempts,
         }
     }
 }

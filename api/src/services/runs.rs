@@ -110,6 +110,7 @@ pub async fn create_manual(
         payload: Set(None),
         attempt: Set(1),
         executor_id: Set(None),
+        attempts: Set(None),
     }
     .insert(&txn)
     .await?;

@@ -28,6 +28,8 @@ pub struct Model {
     pub payload: Option<Json>,
     pub attempt: i32,
     pub executor_id: Option<String>,
+    /// Connection attempts as a JSON array of `protocol::AttemptRecord`.
+    pub attempts: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,453 @@
+//! Result ingest: a consumer group on the results stream that writes executors' reports into
+//! Postgres. Part of the api role (and of `all`); `netcron ingest` runs it alone.
+//!
+//! Invariants:
+//! - idempotent: a result seen twice changes nothing, and the first outcome of a run wins;
+//! - monotonic: a `started` event never moves a finished run backwards, nor a run re-queued
+//!   with a newer attempt;
+//! - entries are acknowledged only after the transaction that stored them commits;
+//! - writes are batched: one transaction per read of up to `batch` entries (and at most
+//!   [`MAX_BATCH_BYTES`] of output).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings};
+use netcron_common::db::RUN_QUEUED_CHANNEL;
+use netcron_common::protocol::{
+    FIELD_BODY, FIELD_DL_ID, FIELD_DL_REASON, FIELD_DL_SOURCE, FIELD_RUN_ID, FIELD_VERSION,
+    INGEST_GROUP, RESULT_VERSION, RunResult, Streams,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement, TransactionTrait, Value,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Output bytes stored per transaction; a batch of large outputs is split.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// A consumer silent for this long has died; its unacknowledged results are taken over.
+const RECLAIM_IDLE: Duration = Duration::from_secs(60);
+
+const STARTED: &str = r"
+UPDATE runs r
+SET status = 'running', started_at = u.started_at, executor_id = u.executor_id,
+    attempt = u.attempt
+FROM jsonb_to_recordset($1::jsonb)
+     AS u(run_id uuid, attempt int, executor_id text, started_at timestamptz)
+WHERE r.id = u.run_id AND r.status = 'queued' AND u.attempt >= r.attempt";
+
+const FINISHED: &str = r"
+WITH u AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
+        run_id uuid, attempt int, executor_id text, started_at timestamptz, status text,
+        finished_at timestamptz, duration_ms bigint, exit_code int, exit_signal text,
+        stdout text, stderr text, truncated boolean, error_kind text, error_message text,
+        attempts jsonb, host_key_fingerprint text)),
+done AS (
+    UPDATE runs r
+    SET status = u.status, started_at = u.started_at, finished_at = u.finished_at,
+        duration_ms = u.duration_ms, exit_code = u.exit_code, exit_signal = u.exit_signal,
+        stdout = u.stdout, stderr = u.stderr, truncated = u.truncated,
+        error_kind = u.error_kind, error_message = u.error_message, attempts = u.attempts,
+        executor_id = u.executor_id, attempt = u.attempt
+    FROM u
+    WHERE r.id = u.run_id AND r.status IN ('queued', 'running')
+    RETURNING r.id, r.device_id, r.schedule_id, u.host_key_fingerprint),
+pinned AS (
+    UPDATE devices d SET host_key_fingerprint = p.fingerprint, updated_at = now()
+    FROM (SELECT DISTINCT ON (device_id) device_id, host_key_fingerprint AS fingerprint
+          FROM done WHERE host_key_fingerprint IS NOT NULL ORDER BY device_id, id) p
+    WHERE d.id = p.device_id AND d.host_key_fingerprint IS NULL
+    RETURNING d.id)
+SELECT (SELECT count(*) FROM done) AS finished,
+       (SELECT count(*) FROM pinned) AS pinned,
+       EXISTS (SELECT 1 FROM done JOIN schedules s ON s.id = done.schedule_id
+               WHERE s.overlap_policy = 'queue') AS release";
+
+/// Outbox rows of runs that left `queued` are done with.
+const FORGET_OUTBOX: &str = r"
+DELETE FROM task_outbox o USING runs r
+WHERE o.run_id = ANY($1) AND r.id = o.run_id AND r.status <> 'queued'";
+
+/// What the ingest consumer needs.
+#[derive(Clone, Debug)]
+pub struct IngestSettings {
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    /// Results read per transaction (`NETCRON_INGEST_BATCH`, 1000).
+    pub batch: usize,
+}
+
+impl IngestSettings {
+    /// # Errors
+    /// The first variable that is missing or malformed.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            database: DatabaseSettings::from_env()?,
+            redis: RedisSettings::from_env()?,
+            batch: config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
+        })
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestReport {
+    pub entries: usize,
+    pub started: u64,
+    pub finished: u64,
+    pub pinned: u64,
+    pub dead_lettered: usize,
+}
+
+pub struct Ingest {
+    db: DatabaseConnection,
+    redis: ConnectionManager,
+    reader: ConnectionManager,
+    streams: Streams,
+    consumer: String,
+    batch: usize,
+}
+
+impl Ingest {
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn connect(
+        db: DatabaseConnection,
+        redis: &RedisSettings,
+        batch: usize,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(redis.url.as_str()).context("REDIS_URL")?;
+        let writer = client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .context("connecting to Redis")?;
+        let reader = client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(30))),
+            )
+            .await
+            .context("connecting to Redis")?;
+        let ingest = Self {
+            db,
+            redis: writer,
+            reader,
+            streams: Streams::new(&redis.stream_prefix),
+            consumer: format!("ingest-{}-{:08x}", std::process::id(), rand_suffix()),
+            batch,
+        };
+        ingest.ensure_group().await?;
+        Ok(ingest)
+    }
+
+    async fn ensure_group(&self) -> redis::RedisResult<()> {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.streams.results)
+            .arg(INGEST_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.redis.clone())
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Ingests until `shutdown` is cancelled. Failures are logged and retried with backoff;
+    /// unacknowledged entries are read again.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(consumer = %self.consumer, "result ingest started");
+        let mut backoff = Duration::from_millis(100);
+        let mut last_reclaim: Option<Instant> = None;
+        while !shutdown.is_cancelled() {
+            let reclaim = last_reclaim.is_none_or(|t| t.elapsed() >= RECLAIM_IDLE / 2);
+            if reclaim {
+                last_reclaim = Some(Instant::now());
+            }
+            match self.step(reclaim, Duration::from_secs(1)).await {
+                Ok(report) => {
+                    backoff = Duration::from_millis(100);
+                    if report.entries > 0 {
+                        tracing::debug!(?report, "ingested results");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "result ingest failed");
+                    if e.to_string().contains("NOGROUP") {
+                        let _ = self.ensure_group().await;
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::info!("result ingest stopped");
+    }
+
+    /// Reads one batch (after taking over idle entries of dead consumers, when `reclaim`),
+    /// stores it and acknowledges it. Waits up to `block` for entries.
+    ///
+    /// # Errors
+    /// When Redis or Postgres fails; nothing is acknowledged then.
+    pub async fn step(&self, reclaim: bool, block: Duration) -> anyhow::Result<IngestReport> {
+        let mut entries = Vec::new();
+        if reclaim {
+            // Our own pending entries first (a failed commit), then other consumers' idle ones.
+            entries = self.read("0", None).await?;
+            if entries.is_empty() {
+                let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                    .arg(&self.streams.results)
+                    .arg(INGEST_GROUP)
+                    .arg(&self.consumer)
+                    .arg(RECLAIM_IDLE.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(self.batch)
+                    .query_async(&mut self.redis.clone())
+                    .await?;
+                entries = claimed.claimed;
+            }
+        }
+        if entries.is_empty() {
+            entries = self.read(">", Some(block)).await?;
+        }
+        self.store(entries).await
+    }
+
+    async fn read(&self, from: &str, block: Option<Duration>) -> anyhow::Result<Vec<StreamId>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(INGEST_GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.batch);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.streams.results).arg(from);
+        let reply: Option<StreamReadReply> = cmd.query_async(&mut self.reader.clone()).await?;
+        Ok(reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            // Reading our own pending list returns deleted entries with no fields; skip them.
+            .unwrap_or_default())
+    }
+
+    async fn store(&self, entries: Vec<StreamId>) -> anyhow::Result<IngestReport> {
+        let mut report = IngestReport {
+            entries: entries.len(),
+            ..IngestReport::default()
+        };
+        let mut chunk: Vec<(String, RunResult)> = Vec::new();
+        let mut chunk_bytes = 0;
+        let mut bad: Vec<(StreamId, String)> = Vec::new();
+        for entry in entries {
+            if entry.map.is_empty() {
+                // Trimmed while pending: nothing left to store.
+                self.ack(&[entry.id]).await?;
+                continue;
+            }
+            match parse(&entry) {
+                Ok(result) => {
+                    chunk_bytes += result
+                        .outcome
+                        .as_ref()
+                        .map_or(0, |o| o.stdout.len() + o.stderr.len());
+                    chunk.push((entry.id, result));
+                    if chunk_bytes >= MAX_BATCH_BYTES {
+                        self.commit(std::mem::take(&mut chunk), &mut report).await?;
+                        chunk_bytes = 0;
+                    }
+                }
+                Err(reason) => bad.push((entry, reason)),
+            }
+        }
+        if !chunk.is_empty() {
+            self.commit(chunk, &mut report).await?;
+        }
+        for (entry, reason) in bad {
+            self.dead_letter(&entry, &reason).await?;
+            report.dead_lettered += 1;
+        }
+        Ok(report)
+    }
+
+    async fn commit(
+        &self,
+        chunk: Vec<(String, RunResult)>,
+        report: &mut IngestReport,
+    ) -> anyhow::Result<()> {
+        // Within one batch, the newest `started` of a run and its first outcome count.
+        let mut started: HashMap<Uuid, &RunResult> = HashMap::new();
+        let mut finished: HashMap<Uuid, &RunResult> = HashMap::new();
+        for (_, r) in &chunk {
+            if r.outcome.is_some() {
+                finished.entry(r.run_id).or_insert(r);
+            } else {
+                let e = started.entry(r.run_id).or_insert(r);
+                if r.attempt > e.attempt {
+                    *e = r;
+                }
+            }
+        }
+        let started_rows: Vec<serde_json::Value> = started
+            .values()
+            .map(|r| {
+                json!({"run_id": r.run_id, "attempt": r.attempt,
+                       "executor_id": r.executor_id, "started_at": r.started_at})
+            })
+            .collect();
+        let finished_rows: Vec<serde_json::Value> = finished
+            .values()
+            .filter_map(|r| {
+                let o = r.outcome.as_ref()?;
+                Some(json!({
+                    "run_id": r.run_id, "attempt": r.attempt, "executor_id": r.executor_id,
+                    "started_at": r.started_at, "status": o.status, "finished_at": o.finished_at,
+                    "duration_ms": o.duration_ms, "exit_code": o.exit_code,
+                    "exit_signal": o.exit_signal, "stdout": o.stdout, "stderr": o.stderr,
+                    "truncated": o.truncated, "error_kind": o.error_kind,
+                    "error_message": o.error_message, "attempts": o.attempts,
+                    "host_key_fingerprint": o.host_key_fingerprint,
+                }))
+            })
+            .collect();
+        let run_ids: Vec<Uuid> = started.keys().chain(finished.keys()).copied().collect();
+        let txn = self.db.begin().await?;
+        if !started_rows.is_empty() {
+            report.started += txn
+                .execute_raw(stmt(STARTED, vec![serde_json::Value::Array(started_rows).into()]))
+                .await?
+                .rows_affected();
+        }
+        let mut release = false;
+        if !finished_rows.is_empty() {
+            if let Some(row) = txn
+                .query_one_raw(stmt(
+                    FINISHED,
+                    vec![serde_json::Value::Array(finished_rows).into()],
+                ))
+                .await?
+            {
+                report.finished += u64::try_from(row.try_get::<i64>("", "finished")?).unwrap_or(0);
+                report.pinned += u64::try_from(row.try_get::<i64>("", "pinned")?).unwrap_or(0);
+                release = row.try_get("", "release")?;
+            }
+        }
+        txn.execute_raw(stmt(FORGET_OUTBOX, vec![run_ids.into()]))
+            .await?;
+        if release {
+            // A run of a `queue` schedule ended: wake the scheduler to release the next one.
+            txn.execute_raw(stmt(
+                "SELECT pg_notify($1, '')",
+                vec![RUN_QUEUED_CHANNEL.into()],
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        let ids: Vec<String> = chunk.into_iter().map(|(id, _)| id).collect();
+        self.ack(&ids).await
+    }
+
+    async fn ack(&self, ids: &[String]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("XACK")
+            .arg(&self.streams.results)
+            .arg(INGEST_GROUP)
+            .arg(ids)
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, entry: &StreamId, reason: &str) -> anyhow::Result<()> {
+        tracing::warn!(entry = %entry.id, %reason, "result dead-lettered");
+        let mut dl = redis::cmd("XADD");
+        dl.arg(&self.streams.dead_letter)
+            .arg("*")
+            .arg(FIELD_DL_SOURCE)
+            .arg(&self.streams.results)
+            .arg(FIELD_DL_ID)
+            .arg(&entry.id)
+            .arg(FIELD_DL_REASON)
+            .arg(reason);
+        for (field, value) in &entry.map {
+            if let redis::Value::BulkString(bytes) = value {
+                dl.arg(field).arg(bytes.as_slice());
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .add_command(dl)
+            .ignore()
+            .cmd("XACK")
+            .arg(&self.streams.results)
+            .arg(INGEST_GROUP)
+            .arg(&entry.id)
+            .ignore();
+        pipe.query_async::<()>(&mut self.redis.clone()).await?;
+        Ok(())
+    }
+}
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
+}
+
+fn rand_suffix() -> u32 {
+    Uuid::new_v4().as_u128() as u32
+}
+
+fn parse(entry: &StreamId) -> Result<RunResult, String> {
+    let field = |name: &str| match entry.map.get(name) {
+        Some(redis::Value::BulkString(b)) => Some(b.as_slice()),
+        _ => None,
+    };
+    let version = field(FIELD_VERSION).ok_or("the entry has no `v` field")?;
+    if version != RESULT_VERSION.to_string().as_bytes() {
+        return Err(format!(
+            "result version `{}` is not supported (this ingest reads version {RESULT_VERSION})",
+            String::from_utf8_lossy(version)
+        ));
+    }
+    let body = field(FIELD_BODY).ok_or("the entry has no `body` field")?;
+    let result: RunResult =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not a valid result: {e}"))?;
+    let run_id = field(FIELD_RUN_ID).and_then(|b| std::str::from_utf8(b).ok());
+    if run_id != Some(result.run_id.to_string().as_str()) {
+        return Err("the entry's `run_id` field does not match its body".into());
+    }
+    if result.v != RESULT_VERSION {
+        return Err(format!("result body version {} is not supported", result.v));
+    }
+    Ok(result)
+}
+
+/// Runs result ingest alone (`netcron ingest`).
+///
+/// # Errors
+/// When Postgres or Redis is unreachable at start.
+pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let db = netcron_common::db::connect(&settings.database.url)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")?;
+    Ingest::connect(db, &settings.redis, settings.batch)
+        .await?
+        .run(shutdown)
+        .await;
+    Ok(())
+}

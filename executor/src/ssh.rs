@@ -1,0 +1,436 @@
+//! One SSH attempt, on a blocking thread: connect, handshake, check the host key, authenticate,
+//! run one command and collect its output.
+//!
+//! libssh2's own timeouts apply to each blocking call, so a device that trickles one byte a
+//! second would keep a blocking session alive forever. The session is therefore used in
+//! non-blocking mode: every libssh2 call that would block returns `EAGAIN`, and [`Waiter`]
+//! polls the socket for the direction libssh2 is waiting on, never past the phase's deadline.
+//! That gives each phase a real deadline: the TCP connect, the login (handshake, host key and
+//! authentication) and the command itself.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use netcron_common::domain::{ErrorKind, RunStatus};
+use netcron_common::secret::SecretString;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use ssh2::{BlockDirections, HashType, KeyboardInteractivePrompt, Prompt, Session};
+
+use crate::output::Capture;
+
+/// How to authenticate.
+pub enum Auth {
+    /// Tried as `password`, then as `keyboard-interactive` (every prompt answered with it).
+    Password(SecretString),
+    /// An OpenSSH or PEM private key, optionally encrypted.
+    Key {
+        private_key: SecretString,
+        passphrase: Option<SecretString>,
+    },
+}
+
+/// Where to connect and as whom.
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub username: &'a str,
+    pub auth: &'a Auth,
+    /// The pinned `SHA256:` fingerprint; `None` trusts the first key seen.
+    pub pinned_host_key: Option<&'a str>,
+}
+
+/// Deadlines and caps of one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub login_timeout: Duration,
+    pub command_timeout: Duration,
+    pub max_output_bytes: usize,
+}
+
+/// What one attempt produced. A failed command is a result, not an `Err`.
+#[derive(Debug)]
+pub struct Attempt {
+    pub status: RunStatus,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<String>,
+    pub stdout: Capture,
+    pub stderr: Capture,
+    pub error_kind: Option<ErrorKind>,
+    pub error_message: Option<String>,
+    pub host_key_fingerprint: Option<String>,
+}
+
+struct Failure {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs `command` once on `target`.
+pub fn run(target: &Target<'_>, command: &str, limits: Limits) -> Attempt {
+    let mut attempt = Attempt {
+        status: RunStatus::Error,
+        exit_code: None,
+        exit_signal: None,
+        stdout: Capture::new(limits.max_output_bytes),
+        stderr: Capture::new(limits.max_output_bytes),
+        error_kind: None,
+        error_message: None,
+        host_key_fingerprint: None,
+    };
+    match execute(target, command, limits, &mut attempt) {
+        Ok(()) => {}
+        Err(failure) => {
+            attempt.status = RunStatus::Error;
+            attempt.error_kind = Some(failure.kind);
+            attempt.error_message = Some(failure.message);
+        }
+    }
+    attempt
+}
+
+fn execute(
+    target: &Target<'_>,
+    command: &str,
+    limits: Limits,
+    attempt: &mut Attempt,
+) -> Result<(), Failure> {
+    let stream = connect(target.host, target.port, limits.connect_timeout)?;
+    let _ = stream.set_nodelay(true);
+    let socket = stream
+        .try_clone()
+        .map_err(|e| Failure::new(ErrorKind::Internal, format!("cloning the socket: {e}")))?;
+    let mut session = Session::new()
+        .map_err(|e| Failure::new(ErrorKind::Internal, format!("starting libssh2: {e}")))?;
+    session.set_tcp_stream(stream);
+    session.set_blocking(false);
+    let waiter = Waiter {
+        session: session.clone(),
+        socket,
+    };
+
+    let login_deadline = Instant::now() + limits.login_timeout;
+    waiter
+        .retry(login_deadline, || session.handshake())
+        .map_err(|e| match e {
+            Step::Expired => Failure::new(
+                ErrorKind::HandshakeFailed,
+                format!(
+                    "the server did not complete the SSH handshake within {} s",
+                    limits.login_timeout.as_secs_f32()
+                ),
+            ),
+            Step::Ssh(e) => Failure::new(
+                ErrorKind::HandshakeFailed,
+                format!("SSH handshake failed: {}", e.message()),
+            ),
+        })?;
+
+    let fingerprint = session
+        .host_key_hash(HashType::Sha256)
+        .map(|hash| format!("SHA256:{}", STANDARD_NO_PAD.encode(hash)))
+        .ok_or_else(|| Failure::new(ErrorKind::HandshakeFailed, "the server sent no host key"))?;
+    attempt.host_key_fingerprint = Some(fingerprint.clone());
+    if let Some(pinned) = target.pinned_host_key
+        && pinned != fingerprint
+    {
+        // Nothing secret has been sent yet: authentication comes after this check.
+        return Err(Failure::new(
+            ErrorKind::HostKeyMismatch,
+            format!(
+                "the device presented host key {fingerprint} but {pinned} is pinned; no \
+                 credential was sent. If the key changed legitimately, re-pin it on the device"
+            ),
+        ));
+    }
+
+    authenticate(&session, &waiter, target, login_deadline)?;
+
+    let command_deadline = Instant::now() + limits.command_timeout;
+    let timed_out = || {
+        Failure::new(
+            ErrorKind::Timeout,
+            format!(
+                "the command did not finish within its timeout of {} s; the output so far is kept",
+                limits.command_timeout.as_secs()
+            ),
+        )
+    };
+    let protocol = |what: &str, e: ssh2::Error| {
+        Failure::new(ErrorKind::Internal, format!("{what}: {}", e.message()))
+    };
+    let mut channel = waiter
+        .retry(command_deadline, || session.channel_session())
+        .map_err(|e| match e {
+            Step::Expired => timed_out(),
+            Step::Ssh(e) => protocol("opening a session channel", e),
+        })?;
+    waiter
+        .retry(command_deadline, || channel.exec(command))
+        .map_err(|e| match e {
+            Step::Expired => timed_out(),
+            Step::Ssh(e) => protocol("starting the command", e),
+        })?;
+
+    // stdout and stderr are read in turns, each until it would block, so neither stream's
+    // window can fill up while the other is waited on (the classic exec deadlock).
+    let mut stderr = channel.stderr();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let out = drain(&mut channel, &mut attempt.stdout, &mut buf)
+            .map_err(|e| Failure::new(ErrorKind::Internal, format!("reading stdout: {e}")))?;
+        let err = drain(&mut stderr, &mut attempt.stderr, &mut buf)
+            .map_err(|e| Failure::new(ErrorKind::Internal, format!("reading stderr: {e}")))?;
+        if out || err {
+            continue;
+        }
+        if channel.eof() {
+            break;
+        }
+        if waiter.wait(command_deadline).is_err() {
+            let _ = channel.close();
+            let _ = session.disconnect(None, "command timeout", None);
+            return Err(timed_out());
+        }
+    }
+    // The exit status arrives before the channel closes; a server that never closes the
+    // channel after EOF gets a short grace period, then the run is reported without a code.
+    let close_deadline = Instant::now() + Duration::from_secs(5).min(limits.command_timeout);
+    let _ = waiter.retry(close_deadline, || channel.close());
+    let _ = waiter.retry(close_deadline, || channel.wait_close());
+    let signal = channel.exit_signal().ok().and_then(|s| s.exit_signal);
+    let code = channel.exit_status().ok();
+    let _ = session.disconnect(None, "done", None);
+    match signal {
+        Some(signal) => {
+            attempt.status = RunStatus::Failed;
+            attempt.exit_signal = Some(signal);
+        }
+        None => {
+            attempt.exit_code = code;
+            attempt.status = if code == Some(0) {
+                RunStatus::Succeeded
+            } else {
+                RunStatus::Failed
+            };
+        }
+    }
+    Ok(())
+}
+
+/// TCP connect to each resolved address in turn, each with its own timeout.
+fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Failure> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| Failure::new(ErrorKind::Unreachable, format!("cannot resolve {host}: {e}")))?
+        .collect();
+    let mut last = Failure::new(ErrorKind::Unreachable, format!("{host} has no address"));
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => {
+                last = match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => Failure::new(
+                        ErrorKind::ConnectionRefused,
+                        format!("{addr} refused the connection: nothing listens on port {port}"),
+                    ),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                        Failure::new(
+                            ErrorKind::Unreachable,
+                            format!(
+                                "no answer from {addr} within {} s",
+                                timeout.as_secs_f32()
+                            ),
+                        )
+                    }
+                    _ => Failure::new(ErrorKind::Unreachable, format!("{addr}: {e}")),
+                };
+            }
+        }
+    }
+    Err(last)
+}
+
+fn authenticate(
+    session: &Session,
+    waiter: &Waiter,
+    target: &Target<'_>,
+    deadline: Instant,
+) -> Result<(), Failure> {
+    let user = target.username;
+    let expired = || {
+        Failure::new(
+            ErrorKind::Timeout,
+            "authentication did not complete within the login timeout",
+        )
+    };
+    // `auth_methods` tries the `none` method; a server that accepts it is authenticated.
+    let methods = match waiter.retry(deadline, || session.auth_methods(user).map(str::to_owned)) {
+        Ok(methods) => methods,
+        Err(Step::Expired) => return Err(expired()),
+        Err(Step::Ssh(e)) if session.authenticated() => {
+            let _ = e;
+            return Ok(());
+        }
+        Err(Step::Ssh(e)) => {
+            return Err(Failure::new(
+                ErrorKind::AuthFailed,
+                format!("the server refused to list authentication methods: {}", e.message()),
+            ));
+        }
+    };
+    let offers = |m: &str| methods.split(',').any(|x| x == m);
+    let mut last_error = String::new();
+    match target.auth {
+        Auth::Password(password) => {
+            if offers("password") {
+                match waiter.retry(deadline, || session.userauth_password(user, password.expose()))
+                {
+                    Ok(()) => {}
+                    Err(Step::Expired) => return Err(expired()),
+                    Err(Step::Ssh(e)) => last_error = e.message().to_owned(),
+                }
+            }
+            if !session.authenticated() && offers("keyboard-interactive") {
+                let mut answer = AnswerWith(password);
+                match waiter.retry(deadline, || {
+                    session.userauth_keyboard_interactive(user, &mut answer)
+                }) {
+                    Ok(()) => {}
+                    Err(Step::Expired) => return Err(expired()),
+                    Err(Step::Ssh(e)) => last_error = e.message().to_owned(),
+                }
+            }
+        }
+        Auth::Key {
+            private_key,
+            passphrase,
+        } => {
+            if offers("publickey") {
+                match waiter.retry(deadline, || {
+                    session.userauth_pubkey_memory(
+                        user,
+                        None,
+                        private_key.expose(),
+                        passphrase.as_ref().map(SecretString::expose),
+                    )
+                }) {
+                    Ok(()) => {}
+                    Err(Step::Expired) => return Err(expired()),
+                    Err(Step::Ssh(e)) => last_error = e.message().to_owned(),
+                }
+            }
+        }
+    }
+    if session.authenticated() {
+        return Ok(());
+    }
+    let tried = match target.auth {
+        Auth::Password(_) => "password",
+        Auth::Key { .. } => "private key",
+    };
+    let mut message = format!("the server rejected the {tried} of user {user}");
+    if last_error.is_empty() {
+        message.push_str(&format!(" (it offers only: {methods})"));
+    } else {
+        message.push_str(&format!(": {last_error}"));
+    }
+    Err(Failure::new(ErrorKind::AuthFailed, message))
+}
+
+/// Answers every keyboard-interactive prompt with the password.
+struct AnswerWith<'a>(&'a SecretString);
+
+impl KeyboardInteractivePrompt for AnswerWith<'_> {
+    fn prompt<'b>(&mut self, _user: &str, _instructions: &str, prompts: &[Prompt<'b>]) -> Vec<String> {
+        prompts.iter().map(|_| self.0.expose().to_owned()).collect()
+    }
+}
+
+/// Reads from `reader` until it would block (or a bounded number of chunks, so the other
+/// stream gets its turn). Returns whether anything was read.
+fn drain(reader: &mut impl Read, capture: &mut Capture, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut progressed = false;
+    for _ in 0..16 {
+        match reader.read(buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                capture.push(&buf[..n]);
+                progressed = true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(progressed)
+}
+
+enum Step {
+    Expired,
+    Ssh(ssh2::Error),
+}
+
+/// Waits on the session's socket in the direction libssh2 is blocked on.
+struct Waiter {
+    session: Session,
+    socket: TcpStream,
+}
+
+struct Expired;
+
+impl Waiter {
+    /// Calls `op` until it stops returning `EAGAIN`, waiting for the socket in between.
+    fn retry<T>(
+        &self,
+        deadline: Instant,
+        mut op: impl FnMut() -> Result<T, ssh2::Error>,
+    ) -> Result<T, Step> {
+        loop {
+            match op() {
+                Ok(v) => return Ok(v),
+                Err(e) if is_eagain(&e) => self.wait(deadline).map_err(|_| Step::Expired)?,
+                Err(e) => return Err(Step::Ssh(e)),
+            }
+        }
+    }
+
+    /// Blocks until the socket is ready in the needed direction, at most until `deadline`.
+    fn wait(&self, deadline: Instant) -> Result<(), Expired> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Expired);
+        }
+        let (flags, cap) = match self.session.block_directions() {
+            BlockDirections::Inbound => (PollFlags::POLLIN, 1000),
+            BlockDirections::Outbound => (PollFlags::POLLOUT, 1000),
+            BlockDirections::Both => (PollFlags::POLLIN | PollFlags::POLLOUT, 1000),
+            // libssh2 gave no direction: poll briefly rather than trust readability alone.
+            BlockDirections::None => (PollFlags::POLLIN, 10),
+        };
+        let left = (deadline - now).as_millis().min(cap);
+        let timeout = PollTimeout::from(u16::try_from(left).unwrap_or(u16::MAX));
+        let mut fds = [PollFd::new(self.socket.as_fd(), flags)];
+        // EINTR and other poll errors just lead to another try of the libssh2 call.
+        let _ = poll(&mut fds, timeout);
+        Ok(())
+    }
+}
+
+fn is_eagain(e: &ssh2::Error) -> bool {
+    // LIBSSH2_ERROR_EAGAIN
+    e.code() == ssh2::ErrorCode::Session(-37)
+}

@@ -1,0 +1,784 @@
+//! The consumer loop: read tasks, claim them, run them within the concurrency limits, publish
+//! their outcomes, keep held tasks fresh, take over tasks of dead executors, and dead-letter what
+//! cannot be run.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use netcron_common::domain::{CommandKind, CredentialKind, ErrorKind, RunStatus};
+use netcron_common::entity::credential::seal_context;
+use netcron_common::protocol::{
+    AttemptRecord, EXECUTOR_GROUP, FIELD_BODY, FIELD_DL_ID, FIELD_DL_REASON, FIELD_DL_SOURCE,
+    FIELD_RUN_ID, FIELD_VERSION, Outcome, RESULT_VERSION, RunResult, Streams, TASK_VERSION, Task,
+    TaskCredential,
+};
+use netcron_common::secret::{SecretKey, SecretString};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::ssh::{self, Auth, Limits, Target};
+use crate::{ExecutorConfig, Settings};
+
+/// Tasks are small (command text is capped at 64 KiB by the API); a larger body is hostile or
+/// broken and is dead-lettered without being parsed.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How long a finished `(run_id, attempt)` is remembered, so a copy of its task that arrives
+/// later (the scheduler re-publishes tasks it is unsure about) is dropped instead of run again.
+const DONE_TTL_S: u64 = 24 * 3600;
+
+/// One executor process: a consumer in the `executors` group of the tasks stream.
+pub struct Executor {
+    redis: ConnectionManager,
+    reader: ConnectionManager,
+    streams: Streams,
+    key: SecretKey,
+    config: ExecutorConfig,
+    /// Commands running at once in this process.
+    slots: Arc<Semaphore>,
+    /// Commands running at once per device. Entries are removed when nobody holds them.
+    devices: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Stream entry ids this consumer holds (read and not yet acknowledged).
+    held: Mutex<HashSet<String>>,
+}
+
+/// Why a stream entry cannot be run.
+struct Rejected {
+    reason: String,
+    run_id: Option<Uuid>,
+    attempt: i32,
+}
+
+impl Executor {
+    /// Connects to Redis and makes sure the consumer group exists.
+    ///
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn connect(settings: Settings) -> Result<Arc<Self>> {
+        let client = redis::Client::open(settings.redis.url.as_str())?;
+        // Results can be megabytes (the output caps), so writes get a generous timeout; the
+        // reader's must outlast its blocking read.
+        let redis = client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(30))),
+            )
+            .await?;
+        let reader = client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(settings.executor.block + Duration::from_secs(10))),
+            )
+            .await?;
+        let executor = Arc::new(Self {
+            redis,
+            reader,
+            streams: Streams::new(&settings.redis.stream_prefix),
+            key: settings.secret_key,
+            slots: Arc::new(Semaphore::new(settings.executor.concurrency)),
+            devices: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashSet::new()),
+            config: settings.executor,
+        });
+        executor.ensure_group().await?;
+        Ok(executor)
+    }
+
+    pub fn consumer(&self) -> &str {
+        &self.config.consumer
+    }
+
+    async fn ensure_group(&self) -> Result<()> {
+        // From the start of the stream, so tasks published before the first executor ever
+        // started are run too.
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.streams.tasks)
+            .arg(EXECUTOR_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.redis.clone())
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Reads and runs tasks until `shutdown` is cancelled, then lets in-flight runs finish
+    /// within the grace period. Redis failures are logged and retried; they never end the loop.
+    ///
+    /// Dropping the returned future (or aborting its task) stops everything at once without
+    /// acknowledging anything, like a crash: the held tasks are then taken over by other
+    /// executors once idle.
+    ///
+    /// # Errors
+    /// Never, today; the signature leaves room for fatal conditions.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
+        tracing::info!(consumer = %self.config.consumer, "executor started");
+        let mut runs: JoinSet<()> = JoinSet::new();
+        let mut background: JoinSet<()> = JoinSet::new();
+        background.spawn(Arc::clone(&self).heartbeat());
+        // Up to twice the concurrency is read ahead, so tasks waiting for a busy device do not
+        // starve the others; the rest stays on the stream for other executors.
+        let capacity = Arc::new(Semaphore::new(self.config.concurrency * 2));
+        let reclaim_every = self.config.reclaim_idle / 2;
+        let mut last_reclaim: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            while let Some(done) = runs.try_join_next() {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    tracing::error!("a run task panicked");
+                }
+            }
+            let free = capacity.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = runs.join_next() => continue,
+                }
+            }
+            let mut entries = Vec::new();
+            if last_reclaim.is_none_or(|t| t.elapsed() >= reclaim_every) {
+                last_reclaim = Some(Instant::now());
+                match self.reclaim(free).await {
+                    Ok(claimed) => entries = claimed,
+                    Err(e) => tracing::warn!(error = %e, "cannot reclaim idle tasks"),
+                }
+            }
+            if entries.is_empty() {
+                match self.read(free).await {
+                    Ok(read) => {
+                        backoff = Duration::from_millis(100);
+                        entries = read;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot read tasks");
+                        if e.to_string().contains("NOGROUP") {
+                            // The stream or group vanished (Redis restarted empty or was
+                            // flushed); the scheduler re-publishes what was lost.
+                            let _ = self.ensure_group().await;
+                        }
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            for entry in entries {
+                let Ok(permit) = Arc::clone(&capacity).acquire_owned().await else {
+                    break;
+                };
+                self.hold(&entry.id);
+                let this = Arc::clone(&self);
+                runs.spawn(async move {
+                    let id = entry.id.clone();
+                    this.process(entry).await;
+                    this.release(&id);
+                    drop(permit);
+                });
+            }
+        }
+        if !runs.is_empty() {
+            tracing::info!(in_flight = runs.len(), grace_s = self.config.grace.as_secs(), "executor stopping: letting in-flight runs finish");
+        }
+        let drained = tokio::time::timeout(self.config.grace, async {
+            while runs.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                unfinished = runs.len(),
+                "grace period over; unfinished runs stay unacknowledged and will be taken over"
+            );
+            runs.abort_all();
+        }
+        background.abort_all();
+        tracing::info!("executor stopped");
+        Ok(())
+    }
+
+    fn hold(&self, id: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(id.to_owned());
+        }
+    }
+
+    fn release(&self, id: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(id);
+        }
+    }
+
+    async fn read(&self, count: usize) -> Result<Vec<StreamId>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(EXECUTOR_GROUP)
+            .arg(&self.config.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(self.config.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.streams.tasks)
+            .arg(">")
+            .query_async(&mut self.reader.clone())
+            .await?;
+        Ok(reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default())
+    }
+
+    /// Takes over tasks that another consumer has held without touching them for
+    /// `reclaim_idle` (its process died). Tasks delivered too often are dead-lettered here.
+    async fn reclaim(&self, count: usize) -> Result<Vec<StreamId>> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.streams.tasks)
+            .arg(EXECUTOR_GROUP)
+            .arg(&self.config.consumer)
+            .arg(self.config.reclaim_idle.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let mut runnable = Vec::new();
+        for entry in reply.claimed {
+            let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&self.streams.tasks)
+                .arg(EXECUTOR_GROUP)
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .arg(1)
+                .query_async(&mut self.redis.clone())
+                .await?;
+            let deliveries = pending.ids.first().map_or(0, |p| p.times_delivered) as u64;
+            tracing::info!(entry = %entry.id, deliveries, "took over a task from an idle executor");
+            if deliveries > self.config.max_deliveries {
+                let (run_id, attempt) = match parse(&entry) {
+                    Ok(task) => (Some(task.run_id), task.attempt),
+                    Err(r) => (r.run_id, r.attempt),
+                };
+                let reason = format!(
+                    "the task was delivered {deliveries} times without an outcome (more than \
+                     NETCRON_EXECUTOR_MAX_DELIVERIES = {}); its executors crashed or were killed",
+                    self.config.max_deliveries
+                );
+                self.reject(&entry, Rejected { reason, run_id, attempt }).await;
+            } else {
+                runnable.push(entry);
+            }
+        }
+        Ok(runnable)
+    }
+
+    /// Keeps the idle time of held tasks near zero, so a long-running command is never taken
+    /// for an abandoned one. `XCLAIM … JUSTID` to ourselves does not count as a delivery.
+    async fn heartbeat(self: Arc<Self>) {
+        let every = self.config.reclaim_idle / 4;
+        loop {
+            tokio::time::sleep(every).await;
+            let ids: Vec<String> = match self.held.lock() {
+                Ok(held) => held.iter().cloned().collect(),
+                Err(_) => continue,
+            };
+            for chunk in ids.chunks(500) {
+                let touched: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
+                    .arg(&self.streams.tasks)
+                    .arg(EXECUTOR_GROUP)
+                    .arg(&self.config.consumer)
+                    .arg(0)
+                    .arg(chunk)
+                    .arg("JUSTID")
+                    .query_async(&mut self.redis.clone())
+                    .await;
+                if let Err(e) = touched {
+                    tracing::warn!(error = %e, "cannot refresh held tasks");
+                }
+            }
+        }
+    }
+
+    async fn process(&self, entry: StreamId) {
+        match parse(&entry) {
+            Err(rejected) => self.reject(&entry, rejected).await,
+            Ok(task) => {
+                let span = tracing::info_span!("run", run_id = %task.run_id,
+                    attempt = task.attempt, device = %task.device.name,
+                    schedule_id = ?task.schedule_id);
+                self.execute(&entry.id, task).instrument(span).await;
+            }
+        }
+    }
+
+    /// Dead-letters an entry, ends its run (when the entry names one) with status `error`,
+    /// and acknowledges it, in one transaction.
+    async fn reject(&self, entry: &StreamId, rejected: Rejected) {
+        tracing::warn!(entry = %entry.id, reason = %rejected.reason, "task dead-lettered");
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut dl = redis::cmd("XADD");
+        dl.arg(&self.streams.dead_letter)
+            .arg("*")
+            .arg(FIELD_DL_SOURCE)
+            .arg(&self.streams.tasks)
+            .arg(FIELD_DL_ID)
+            .arg(&entry.id)
+            .arg(FIELD_DL_REASON)
+            .arg(&rejected.reason);
+        for (field, value) in &entry.map {
+            if let redis::Value::BulkString(bytes) = value {
+                dl.arg(field).arg(bytes.as_slice());
+            }
+        }
+        pipe.add_command(dl).ignore();
+        if let Some(run_id) = rejected.run_id {
+            let now = Utc::now();
+            let result = RunResult {
+                v: RESULT_VERSION,
+                run_id,
+                attempt: rejected.attempt,
+                executor_id: self.config.consumer.clone(),
+                started_at: now,
+                outcome: Some(error_outcome(
+                    now,
+                    ErrorKind::Internal,
+                    format!("dead-lettered: {}", rejected.reason),
+                )),
+            };
+            match serde_json::to_string(&result) {
+                Ok(body) => {
+                    pipe.add_command(self.result_cmd(run_id, &body)).ignore();
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode a result"),
+            }
+        }
+        pipe.cmd("XACK")
+            .arg(&self.streams.tasks)
+            .arg(EXECUTOR_GROUP)
+            .arg(&entry.id)
+            .ignore();
+        self.until_done("dead-lettering a task", &pipe).await;
+    }
+
+    fn result_cmd(&self, run_id: Uuid, body: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.streams.results)
+            .arg("*")
+            .arg(FIELD_VERSION)
+            .arg(RESULT_VERSION)
+            .arg(FIELD_RUN_ID)
+            .arg(run_id.to_string())
+            .arg(FIELD_BODY)
+            .arg(body);
+        cmd
+    }
+
+    /// Runs `pipe` until Redis accepts it, backing off in between. Aborting the run task (the
+    /// grace period ended) is the only way out, and leaves the task for another executor.
+    async fn until_done(&self, what: &str, pipe: &redis::Pipeline) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match pipe.query_async::<()>(&mut self.redis.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what} failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn execute(&self, entry_id: &str, task: Task) {
+        if !self.claim(entry_id, &task).await {
+            tracing::info!(run_id = %task.run_id, attempt = task.attempt, "duplicate task dropped");
+            let mut pipe = redis::pipe();
+            pipe.cmd("XACK")
+                .arg(&self.streams.tasks)
+                .arg(EXECUTOR_GROUP)
+                .arg(entry_id)
+                .ignore();
+            self.until_done("acknowledging a duplicate task", &pipe).await;
+            return;
+        }
+        let started_at = Utc::now();
+        let mut started = RunResult {
+            v: RESULT_VERSION,
+            run_id: task.run_id,
+            attempt: task.attempt,
+            executor_id: self.config.consumer.clone(),
+            started_at,
+            outcome: None,
+        };
+        if let Ok(body) = serde_json::to_string(&started) {
+            let mut pipe = redis::pipe();
+            pipe.add_command(self.result_cmd(task.run_id, &body)).ignore();
+            self.until_done("publishing a started event", &pipe).await;
+        }
+        let outcome = self.perform(&task).await;
+        tracing::info!(run_id = %task.run_id, status = %outcome.status,
+            error_kind = ?outcome.error_kind, duration_ms = outcome.duration_ms, "run finished");
+        started.outcome = Some(outcome);
+        let body = match serde_json::to_string(&started) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a result");
+                return;
+            }
+        };
+        // Outcome, "done" marker and acknowledgement in one transaction: the task is
+        // acknowledged only together with its published outcome.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.add_command(self.result_cmd(task.run_id, &body)).ignore();
+        pipe.cmd("SET")
+            .arg(self.streams.claim_key(task.run_id, task.attempt))
+            .arg("done")
+            .arg("EX")
+            .arg(DONE_TTL_S)
+            .ignore();
+        pipe.cmd("XACK")
+            .arg(&self.streams.tasks)
+            .arg(EXECUTOR_GROUP)
+            .arg(entry_id)
+            .ignore();
+        self.until_done("publishing an outcome", &pipe).await;
+    }
+
+    /// Whether this entry may run `(run_id, attempt)`: nobody claimed it, or the claim is this
+    /// very entry's (a redelivery after its executor died). A claim by another entry, or a
+    /// finished run, makes this entry a duplicate.
+    async fn claim(&self, entry_id: &str, task: &Task) -> bool {
+        let key = self.streams.claim_key(task.run_id, task.attempt);
+        let limits = i64::from(task.command.timeout_s).max(1)
+            * i64::from(task.command.max_attempts.max(1))
+            + 3600;
+        let mut redis = self.redis.clone();
+        loop {
+            let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                .arg(&key)
+                .arg(entry_id)
+                .arg("NX")
+                .arg("EX")
+                .arg(limits)
+                .query_async(&mut redis)
+                .await;
+            let holder: redis::RedisResult<Option<String>> = match set {
+                Ok(Some(_)) => return true,
+                Ok(None) => redis::cmd("GET").arg(&key).query_async(&mut redis).await,
+                Err(e) => Err(e),
+            };
+            match holder {
+                Ok(holder) => return holder.as_deref().is_none_or(|h| h == entry_id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim a task; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    fn device_slot(&self, device: Uuid) -> Arc<Semaphore> {
+        let mut devices = match self.devices.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Forget devices nobody is using, so the map does not grow with the inventory.
+        if devices.len() > 4 * self.config.concurrency {
+            let full = self.config.per_device;
+            devices.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < full);
+        }
+        Arc::clone(
+            devices
+                .entry(device)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.config.per_device))),
+        )
+    }
+
+    /// Runs the task's command, retrying transient connection errors, and describes how it
+    /// ended.
+    async fn perform(&self, task: &Task) -> Outcome {
+        let first_start = Utc::now();
+        let clock = Instant::now();
+        if task.command.kind == CommandKind::Noop {
+            return Outcome {
+                status: RunStatus::Succeeded,
+                finished_at: Utc::now(),
+                duration_ms: 0,
+                exit_code: Some(0),
+                exit_signal: None,
+                stdout: String::new(),
+                stderr: String::new(),
+                truncated: false,
+                error_kind: None,
+                error_message: None,
+                host_key_fingerprint: None,
+                attempts: vec![AttemptRecord {
+                    started_at: first_start,
+                    duration_ms: 0,
+                    status: RunStatus::Succeeded,
+                    error_kind: None,
+                    error_message: None,
+                }],
+            };
+        }
+        let (auth, secrets) = match self.open_credential(&task.credential) {
+            Ok(opened) => opened,
+            Err(message) => return error_outcome(first_start, ErrorKind::Internal, message),
+        };
+        let auth = Arc::new(auth);
+        let device = self.device_slot(task.device.id);
+        let Ok(_device_permit) = device.acquire_owned().await else {
+            return error_outcome(first_start, ErrorKind::Internal, "device slots closed".into());
+        };
+        let limits = Limits {
+            connect_timeout: self.config.connect_timeout,
+            login_timeout: self.config.login_timeout,
+            command_timeout: Duration::from_secs(u64::try_from(task.command.timeout_s).unwrap_or(1).max(1)),
+            max_output_bytes: usize::try_from(task.command.max_output_bytes).unwrap_or(usize::MAX),
+        };
+        let max_attempts = task.command.max_attempts.max(1);
+        let mut records = Vec::new();
+        let mut n = 1;
+        let last = loop {
+            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+                return error_outcome(first_start, ErrorKind::Internal, "executor closed".into());
+            };
+            let started_at = Utc::now();
+            let t0 = Instant::now();
+            let job = {
+                let auth = Arc::clone(&auth);
+                let host = task.device.host.clone();
+                let port = task.device.port;
+                let username = task.credential.username.clone();
+                let pinned = task.device.host_key_fingerprint.clone();
+                let command = task.command.text.clone();
+                tokio::task::spawn_blocking(move || {
+                    let target = Target {
+                        host: &host,
+                        port,
+                        username: &username,
+                        auth: &auth,
+                        pinned_host_key: pinned.as_deref(),
+                    };
+                    ssh::run(&target, &command, limits)
+                })
+            };
+            let attempt = match job.await {
+                Ok(attempt) => attempt,
+                Err(e) => {
+                    return error_outcome(
+                        first_start,
+                        ErrorKind::Internal,
+                        format!("the SSH worker thread failed: {e}"),
+                    );
+                }
+            };
+            drop(slot);
+            records.push(AttemptRecord {
+                started_at,
+                duration_ms: millis(t0.elapsed()),
+                status: attempt.status,
+                error_kind: attempt.error_kind,
+                error_message: attempt.error_message.clone(),
+            });
+            let transient = attempt.error_kind.is_some_and(ErrorKind::is_transient);
+            if transient && n < max_attempts {
+                let delay = self.backoff(n);
+                tracing::info!(run_id = %task.run_id, attempt = n, error_kind = ?attempt.error_kind,
+                    retry_in_ms = delay.as_millis() as u64, "transient error; retrying");
+                tokio::time::sleep(delay).await;
+                n += 1;
+                continue;
+            }
+            break attempt;
+        };
+        let secrets: Vec<&str> = secrets.iter().map(SecretString::expose).collect();
+        Outcome {
+            status: last.status,
+            finished_at: Utc::now(),
+            duration_ms: millis(clock.elapsed()),
+            exit_code: last.exit_code,
+            exit_signal: last.exit_signal,
+            stdout: last.stdout.to_text(&secrets),
+            stderr: last.stderr.to_text(&secrets),
+            truncated: last.stdout.truncated || last.stderr.truncated,
+            error_kind: last.error_kind,
+            error_message: last.error_message,
+            host_key_fingerprint: last.host_key_fingerprint,
+            attempts: records,
+        }
+    }
+
+    /// Exponential backoff with full jitter: uniform in `[0, min(max, base · 2^(n-1))]`.
+    fn backoff(&self, attempt: i32) -> Duration {
+        let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(16);
+        let ceiling = self
+            .config
+            .retry_base
+            .saturating_mul(1 << exp)
+            .min(self.config.retry_max);
+        ceiling.mul_f64(rand::random::<f64>())
+    }
+
+    /// Decrypts the credential for one connection. The error text names no secret.
+    fn open_credential(
+        &self,
+        credential: &TaskCredential,
+    ) -> std::result::Result<(Auth, Vec<SecretString>), String> {
+        let open = |sealed: &str, field: &str| {
+            TaskCredential::decode_sealed(sealed)
+                .ok_or_else(|| format!("the credential's {field} is not valid base64"))
+                .and_then(|bytes| {
+                    self.key
+                        .open(&bytes, &seal_context(credential.id, field))
+                        .map_err(|_| {
+                            format!(
+                                "cannot decrypt the credential's {field}: is NETCRON_SECRET_KEY \
+                                 the key the API sealed it with?"
+                            )
+                        })
+                })
+        };
+        let secret = open(&credential.secret, "secret")?;
+        let passphrase = credential
+            .passphrase
+            .as_deref()
+            .map(|p| open(p, "passphrase"))
+            .transpose()?;
+        Ok(match credential.kind {
+            CredentialKind::Password => (Auth::Password(secret.clone()), vec![secret]),
+            CredentialKind::PrivateKey => (
+                Auth::Key {
+                    private_key: secret,
+                    passphrase: passphrase.clone(),
+                },
+                passphrase.into_iter().collect(),
+            ),
+        })
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn error_outcome(
+    started_at: chrono::DateTime<Utc>,
+    kind: ErrorKind,
+    message: String,
+) -> Outcome {
+    let now = Utc::now();
+    let duration_ms = (now - started_at).num_milliseconds().max(0);
+    Outcome {
+        status: RunStatus::Error,
+        finished_at: now,
+        duration_ms,
+        exit_code: None,
+        exit_signal: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        truncated: false,
+        error_kind: Some(kind),
+        error_message: Some(message.clone()),
+        host_key_fingerprint: None,
+        attempts: vec![AttemptRecord {
+            started_at,
+            duration_ms,
+            status: RunStatus::Error,
+            error_kind: Some(kind),
+            error_message: Some(message),
+        }],
+    }
+}
+
+/// Reads a task entry: `v`, `run_id` and `body`, checked against each other.
+fn parse(entry: &StreamId) -> std::result::Result<Task, Rejected> {
+    let text = |field: &str| -> Option<String> {
+        match entry.map.get(field) {
+            Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+            Some(redis::Value::SimpleString(s)) => Some(s.clone()),
+            _ => None,
+        }
+    };
+    let run_id = text(FIELD_RUN_ID).and_then(|t| Uuid::parse_str(&t).ok());
+    let reject = |reason: String| Rejected {
+        reason,
+        run_id,
+        attempt: 1,
+    };
+    let version = text(FIELD_VERSION).ok_or_else(|| reject("the entry has no `v` field".into()))?;
+    if version != TASK_VERSION.to_string() {
+        return Err(reject(format!(
+            "task version `{version}` is not supported (this executor reads version {TASK_VERSION})"
+        )));
+    }
+    let Some(redis::Value::BulkString(body)) = entry.map.get(FIELD_BODY) else {
+        return Err(reject("the entry has no `body` field".into()));
+    };
+    if body.len() > MAX_BODY_BYTES {
+        return Err(reject(format!(
+            "the body is {} bytes, more than the {MAX_BODY_BYTES} a task may have",
+            body.len()
+        )));
+    }
+    let task: Task = serde_json::from_slice(body)
+        .map_err(|e| reject(format!("the body is not a valid task: {e}")))?;
+    if Some(task.run_id) != run_id {
+        return Err(reject(
+            "the entry's `run_id` field does not match its body".into(),
+        ));
+    }
+    if task.v != TASK_VERSION {
+        return Err(reject(format!("task body version {} is not supported", task.v)));
+    }
+    Ok(task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fields: &[(&str, &[u8])]) -> StreamId {
+        StreamId {
+            id: "1-0".into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), redis::Value::BulkString(v.to_vec())))
+                .collect(),
+            milliseconds_elapsed_from_delivery: None,
+            delivered_count: None,
+        }
+    }
+
+    #[test]
+    fn malformed_entries_are_rejected_with_a_reason_and_their_run() {
+        let run = Uuid::now_v7().to_string();
+        let cases: Vec<(StreamId, &str)> = vec![
+            (entry(&[("run_id", run.as_bytes())]), "no `v` field"),
+            (entry(&[("v", b"9"), ("run_id", run.as_bytes()), ("body", b"{}")]), "version `9`"),
+            (entry(&[("v", b"1"), ("run_id", run.as_bytes())]), "no `body`"),
+            (entry(&[("v", b"1"), ("run_id", run.as_bytes()), ("body", b"{not json")]), "not a valid task"),
+        ];
+        for (e, expected) in cases {
+            let rejected = parse(&e).err().expect("rejected");
+            assert!(rejected.reason.contains(expected), "{} vs {expected}", rejected.reason);
+            assert_eq!(rejected.run_id.map(|u| u.to_string()), Some(run.clone()));
+        }
+        let nameless = parse(&entry(&[("v", b"1"), ("body", b"x")])).err().expect("rejected");
+        assert_eq!(nameless.run_id, None);
+    }
+}
