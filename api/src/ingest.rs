@@ -328,23 +328,25 @@ impl Ingest {
         let txn = self.db.begin().await?;
         if !started_rows.is_empty() {
             report.started += txn
-                .execute_raw(stmt(STARTED, vec![serde_json::Value::Array(started_rows).into()]))
+                .execute_raw(stmt(
+                    STARTED,
+                    vec![serde_json::Value::Array(started_rows).into()],
+                ))
                 .await?
                 .rows_affected();
         }
         let mut release = false;
-        if !finished_rows.is_empty() {
-            if let Some(row) = txn
+        if !finished_rows.is_empty()
+            && let Some(row) = txn
                 .query_one_raw(stmt(
                     FINISHED,
                     vec![serde_json::Value::Array(finished_rows).into()],
                 ))
                 .await?
-            {
-                report.finished += u64::try_from(row.try_get::<i64>("", "finished")?).unwrap_or(0);
-                report.pinned += u64::try_from(row.try_get::<i64>("", "pinned")?).unwrap_or(0);
-                release = row.try_get("", "release")?;
-            }
+        {
+            report.finished += u64::try_from(row.try_get::<i64>("", "finished")?).unwrap_or(0);
+            report.pinned += u64::try_from(row.try_get::<i64>("", "pinned")?).unwrap_or(0);
+            release = row.try_get("", "release")?;
         }
         txn.execute_raw(stmt(FORGET_OUTBOX, vec![run_ids.into()]))
             .await?;

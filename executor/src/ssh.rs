@@ -235,7 +235,12 @@ fn execute(
 fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Failure> {
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| Failure::new(ErrorKind::Unreachable, format!("cannot resolve {host}: {e}")))?
+        .map_err(|e| {
+            Failure::new(
+                ErrorKind::Unreachable,
+                format!("cannot resolve {host}: {e}"),
+            )
+        })?
         .collect();
     let mut last = Failure::new(ErrorKind::Unreachable, format!("{host} has no address"));
     for addr in addrs {
@@ -247,15 +252,10 @@ fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, Failur
                         ErrorKind::ConnectionRefused,
                         format!("{addr} refused the connection: nothing listens on port {port}"),
                     ),
-                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-                        Failure::new(
-                            ErrorKind::Unreachable,
-                            format!(
-                                "no answer from {addr} within {} s",
-                                timeout.as_secs_f32()
-                            ),
-                        )
-                    }
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Failure::new(
+                        ErrorKind::Unreachable,
+                        format!("no answer from {addr} within {} s", timeout.as_secs_f32()),
+                    ),
                     _ => Failure::new(ErrorKind::Unreachable, format!("{addr}: {e}")),
                 };
             }
@@ -288,7 +288,10 @@ fn authenticate(
         Err(Step::Ssh(e)) => {
             return Err(Failure::new(
                 ErrorKind::AuthFailed,
-                format!("the server refused to list authentication methods: {}", e.message()),
+                format!(
+                    "the server refused to list authentication methods: {}",
+                    e.message()
+                ),
             ));
         }
     };
@@ -297,8 +300,9 @@ fn authenticate(
     match target.auth {
         Auth::Password(password) => {
             if offers("password") {
-                match waiter.retry(deadline, || session.userauth_password(user, password.expose()))
-                {
+                match waiter.retry(deadline, || {
+                    session.userauth_password(user, password.expose())
+                }) {
                     Ok(()) => {}
                     Err(Step::Expired) => return Err(expired()),
                     Err(Step::Ssh(e)) => last_error = e.message().to_owned(),
@@ -355,7 +359,12 @@ fn authenticate(
 struct AnswerWith<'a>(&'a SecretString);
 
 impl KeyboardInteractivePrompt for AnswerWith<'_> {
-    fn prompt<'b>(&mut self, _user: &str, _instructions: &str, prompts: &[Prompt<'b>]) -> Vec<String> {
+    fn prompt<'b>(
+        &mut self,
+        _user: &str,
+        _instructions: &str,
+        prompts: &[Prompt<'b>],
+    ) -> Vec<String> {
         prompts.iter().map(|_| self.0.expose().to_owned()).collect()
     }
 }

@@ -192,7 +192,11 @@ impl Executor {
             }
         }
         if !runs.is_empty() {
-            tracing::info!(in_flight = runs.len(), grace_s = self.config.grace.as_secs(), "executor stopping: letting in-flight runs finish");
+            tracing::info!(
+                in_flight = runs.len(),
+                grace_s = self.config.grace.as_secs(),
+                "executor stopping: letting in-flight runs finish"
+            );
         }
         let drained = tokio::time::timeout(self.config.grace, async {
             while runs.join_next().await.is_some() {}
@@ -276,7 +280,15 @@ impl Executor {
                      NETCRON_EXECUTOR_MAX_DELIVERIES = {}); its executors crashed or were killed",
                     self.config.max_deliveries
                 );
-                self.reject(&entry, Rejected { reason, run_id, attempt }).await;
+                self.reject(
+                    &entry,
+                    Rejected {
+                        reason,
+                        run_id,
+                        attempt,
+                    },
+                )
+                .await;
             } else {
                 runnable.push(entry);
             }
@@ -411,7 +423,8 @@ impl Executor {
                 .arg(EXECUTOR_GROUP)
                 .arg(entry_id)
                 .ignore();
-            self.until_done("acknowledging a duplicate task", &pipe).await;
+            self.until_done("acknowledging a duplicate task", &pipe)
+                .await;
             return;
         }
         let started_at = Utc::now();
@@ -425,7 +438,8 @@ impl Executor {
         };
         if let Ok(body) = serde_json::to_string(&started) {
             let mut pipe = redis::pipe();
-            pipe.add_command(self.result_cmd(task.run_id, &body)).ignore();
+            pipe.add_command(self.result_cmd(task.run_id, &body))
+                .ignore();
             self.until_done("publishing a started event", &pipe).await;
         }
         let outcome = self.perform(&task).await;
@@ -443,7 +457,8 @@ impl Executor {
         // acknowledged only together with its published outcome.
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.add_command(self.result_cmd(task.run_id, &body)).ignore();
+        pipe.add_command(self.result_cmd(task.run_id, &body))
+            .ignore();
         pipe.cmd("SET")
             .arg(self.streams.claim_key(task.run_id, task.attempt))
             .arg("done")
@@ -542,12 +557,18 @@ impl Executor {
         let auth = Arc::new(auth);
         let device = self.device_slot(task.device.id);
         let Ok(_device_permit) = device.acquire_owned().await else {
-            return error_outcome(first_start, ErrorKind::Internal, "device slots closed".into());
+            return error_outcome(
+                first_start,
+                ErrorKind::Internal,
+                "device slots closed".into(),
+            );
         };
         let limits = Limits {
             connect_timeout: self.config.connect_timeout,
             login_timeout: self.config.login_timeout,
-            command_timeout: Duration::from_secs(u64::try_from(task.command.timeout_s).unwrap_or(1).max(1)),
+            command_timeout: Duration::from_secs(
+                u64::try_from(task.command.timeout_s).unwrap_or(1).max(1),
+            ),
             max_output_bytes: usize::try_from(task.command.max_output_bytes).unwrap_or(usize::MAX),
         };
         let max_attempts = task.command.max_attempts.max(1);
@@ -625,7 +646,9 @@ impl Executor {
 
     /// Exponential backoff with full jitter: uniform in `[0, min(max, base · 2^(n-1))]`.
     fn backoff(&self, attempt: i32) -> Duration {
-        let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(16);
+        let exp = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(16);
         let ceiling = self
             .config
             .retry_base
@@ -676,11 +699,7 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn error_outcome(
-    started_at: chrono::DateTime<Utc>,
-    kind: ErrorKind,
-    message: String,
-) -> Outcome {
+fn error_outcome(started_at: chrono::DateTime<Utc>, kind: ErrorKind, message: String) -> Outcome {
     let now = Utc::now();
     let duration_ms = (now - started_at).num_milliseconds().max(0);
     Outcome {
@@ -743,7 +762,10 @@ fn parse(entry: &StreamId) -> std::result::Result<Task, Rejected> {
         ));
     }
     if task.v != TASK_VERSION {
-        return Err(reject(format!("task body version {} is not supported", task.v)));
+        return Err(reject(format!(
+            "task body version {} is not supported",
+            task.v
+        )));
     }
     Ok(task)
 }
@@ -769,16 +791,37 @@ mod tests {
         let run = Uuid::now_v7().to_string();
         let cases: Vec<(StreamId, &str)> = vec![
             (entry(&[("run_id", run.as_bytes())]), "no `v` field"),
-            (entry(&[("v", b"9"), ("run_id", run.as_bytes()), ("body", b"{}")]), "version `9`"),
-            (entry(&[("v", b"1"), ("run_id", run.as_bytes())]), "no `body`"),
-            (entry(&[("v", b"1"), ("run_id", run.as_bytes()), ("body", b"{not json")]), "not a valid task"),
+            (
+                entry(&[("v", b"9"), ("run_id", run.as_bytes()), ("body", b"{}")]),
+                "version `9`",
+            ),
+            (
+                entry(&[("v", b"1"), ("run_id", run.as_bytes())]),
+                "no `body`",
+            ),
+            (
+                entry(&[
+                    ("v", b"1"),
+                    ("run_id", run.as_bytes()),
+                    ("body", b"{not json"),
+                ]),
+                "not a valid task",
+            ),
         ];
         for (e, expected) in cases {
-            let rejected = parse(&e).err().expect("rejected");
-            assert!(rejected.reason.contains(expected), "{} vs {expected}", rejected.reason);
+            let Err(rejected) = parse(&e) else {
+                panic!("accepted a malformed entry")
+            };
+            assert!(
+                rejected.reason.contains(expected),
+                "{} vs {expected}",
+                rejected.reason
+            );
             assert_eq!(rejected.run_id.map(|u| u.to_string()), Some(run.clone()));
         }
-        let nameless = parse(&entry(&[("v", b"1"), ("body", b"x")])).err().expect("rejected");
+        let Err(nameless) = parse(&entry(&[("v", b"1"), ("body", b"x")])) else {
+            panic!("accepted a malformed entry")
+        };
         assert_eq!(nameless.run_id, None);
     }
 }

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, id, json_of};
 use crate::sshd::{
-    AUTH_ATTEMPT_MARKERS, Blackhole, CLIENT_KEY_PASSPHRASE, GarbageServer, SilentServer, SshdOptions, TEST_PASSWORD,
-    TEST_USER, TestSshd, free_port,
+    AUTH_ATTEMPT_MARKERS, Blackhole, CLIENT_KEY_PASSPHRASE, GarbageServer, SilentServer,
+    SshdOptions, TEST_PASSWORD, TEST_USER, TestSshd, free_port,
 };
 
 /// A role running in the background, stopped (not gracefully awaited) when dropped.
@@ -117,7 +117,13 @@ async fn password_device(app: &TestApp, name: &str, port: u16, password: &str) -
     device_with(app, name, port, &cred).await
 }
 
-async fn key_device(app: &TestApp, name: &str, port: u16, key: &str, passphrase: Option<&str>) -> Value {
+async fn key_device(
+    app: &TestApp,
+    name: &str,
+    port: u16,
+    key: &str,
+    passphrase: Option<&str>,
+) -> Value {
     let mut body = json!({"name": format!("{name}-cred"), "username": TEST_USER,
                           "kind": "private_key", "private_key": key});
     if let Some(p) = passphrase {
@@ -199,7 +205,10 @@ fn streams(app: &TestApp) -> Streams {
 }
 
 /// Every entry of a stream as (id, field map of strings).
-async fn entries(app: &TestApp, stream: &str) -> Vec<(String, std::collections::HashMap<String, String>)> {
+async fn entries(
+    app: &TestApp,
+    stream: &str,
+) -> Vec<(String, std::collections::HashMap<String, String>)> {
     let mut redis = app.redis().await;
     let reply: redis::streams::StreamRangeReply = redis.xrange_all(stream).await.expect("XRANGE");
     reply
@@ -283,7 +292,12 @@ async fn password_auth_succeeds_and_a_wrong_password_is_auth_failed() {
     let run = finished(&app, &r_bad).await;
     assert_eq!(run["status"], "error", "{run}");
     assert_eq!(run["error_kind"], "auth_failed", "{run}");
-    assert!(run["error_message"].as_str().is_some_and(|m| m.contains("rejected")), "{run}");
+    assert!(
+        run["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rejected")),
+        "{run}"
+    );
     // Authentication errors are never retried, even with attempts to spare.
     assert_eq!(run["attempts"].as_array().map(Vec::len), Some(1));
 }
@@ -293,8 +307,22 @@ async fn an_encrypted_key_needs_its_passphrase() {
     let app = TestApp::spawn().await;
     let sshd = TestSshd::start();
     let (_s, _e) = pipeline(&app).await;
-    let right = key_device(&app, "right", sshd.port, &sshd.client_key_encrypted, Some(CLIENT_KEY_PASSPHRASE)).await;
-    let wrong = key_device(&app, "wrong", sshd.port, &sshd.client_key_encrypted, Some("nope-nope")).await;
+    let right = key_device(
+        &app,
+        "right",
+        sshd.port,
+        &sshd.client_key_encrypted,
+        Some(CLIENT_KEY_PASSPHRASE),
+    )
+    .await;
+    let wrong = key_device(
+        &app,
+        "wrong",
+        sshd.port,
+        &sshd.client_key_encrypted,
+        Some("nope-nope"),
+    )
+    .await;
     let stranger = key_device(&app, "stranger", sshd.port, &sshd.unauthorized_key, None).await;
     let mut runs = Vec::new();
     for device in [&right, &wrong, &stranger] {
@@ -363,7 +391,11 @@ async fn transient_errors_are_retried_up_to_max_attempts() {
     assert_eq!(run["error_kind"], "connection_refused", "{run}");
     let attempts = run["attempts"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 3, "{run}");
-    assert!(attempts.iter().all(|a| a["error_kind"] == "connection_refused"));
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["error_kind"] == "connection_refused")
+    );
 }
 
 #[tokio::test]
@@ -430,7 +462,12 @@ async fn exit_codes_signals_and_bad_bytes_are_recorded() {
     let exit = command(&app, &device, json!({"command": "echo oops >&2; exit 3"})).await;
     let signal = command(&app, &device, json!({"command": "kill -TERM $$"})).await;
     let bytes = command(&app, &device, json!({"command": "printf 'a\\377b\\000c'"})).await;
-    let echo = command(&app, &device, json!({"command": format!("echo 'pw is {TEST_PASSWORD}'")})).await;
+    let echo = command(
+        &app,
+        &device,
+        json!({"command": format!("echo 'pw is {TEST_PASSWORD}'")}),
+    )
+    .await;
     let r_exit = run_now(&app, &device, &exit).await;
     let r_signal = run_now(&app, &device, &signal).await;
     let r_bytes = run_now(&app, &device, &bytes).await;
@@ -473,18 +510,27 @@ async fn a_changed_host_key_stops_the_run_before_authentication() {
     assert_eq!(run["status"], "error", "{run}");
     assert_eq!(run["error_kind"], "host_key_mismatch", "{run}");
     let message = run["error_message"].as_str().expect("message");
-    assert!(message.contains(&sshd.host_key_fingerprint) && message.contains(&old_key), "{message}");
+    assert!(
+        message.contains(&sshd.host_key_fingerprint) && message.contains(&old_key),
+        "{message}"
+    );
     let log = sshd.log();
     let new_lines = log.strip_prefix(&log_before).unwrap_or(&log);
     for marker in AUTH_ATTEMPT_MARKERS {
-        assert!(!new_lines.contains(marker), "sshd saw an authentication attempt: {new_lines}");
+        assert!(
+            !new_lines.contains(marker),
+            "sshd saw an authentication attempt: {new_lines}"
+        );
     }
     // The pin is unchanged, and re-pinning (clearing it) lets the next run trust the new key.
     let (_, d) = json_of(app.get(&format!("/devices/{}", id(&device))).await).await;
     assert_eq!(d["host_key_fingerprint"], old_key);
     let (status, _) = json_of(
-        app.patch(&format!("/devices/{}", id(&device)), &json!({"host_key_fingerprint": null}))
-            .await,
+        app.patch(
+            &format!("/devices/{}", id(&device)),
+            &json!({"host_key_fingerprint": null}),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, 200);
@@ -506,8 +552,10 @@ async fn runs_on_one_device_take_turns() {
     let a = finished(&app, &a).await;
     let b = finished(&app, &b).await;
     let span = |r: &Value| {
-        let (Some(start), Some(end)) = (r["attempts"][0]["started_at"].as_str(), r["finished_at"].as_str())
-        else {
+        let (Some(start), Some(end)) = (
+            r["attempts"][0]["started_at"].as_str(),
+            r["finished_at"].as_str(),
+        ) else {
             panic!("times of {r}")
         };
         (
@@ -517,7 +565,10 @@ async fn runs_on_one_device_take_turns() {
     };
     let (a0, a1) = span(&a);
     let (b0, b1) = span(&b);
-    assert!(a1 <= b0 || b1 <= a0, "runs overlapped: {a0}..{a1} and {b0}..{b1}");
+    assert!(
+        a1 <= b0 || b1 <= a0,
+        "runs overlapped: {a0}..{a1} and {b0}..{b1}"
+    );
 }
 
 #[tokio::test]
@@ -574,7 +625,10 @@ async fn a_task_on_the_stream_twice_runs_once() {
     let (_, fields) = tasks.last().expect("task entry").clone();
     let mut redis = app.redis().await;
     let items: Vec<(String, String)> = fields.into_iter().collect();
-    let _: String = redis.xadd(&streams(&app).tasks, "*", &items).await.expect("XADD");
+    let _: String = redis
+        .xadd(&streams(&app).tasks, "*", &items)
+        .await
+        .expect("XADD");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(outcomes_of(&app, &run_id).await.len(), 1);
 }
@@ -596,12 +650,22 @@ async fn duplicated_and_late_results_change_nothing() {
     for (_, fields) in results.iter().filter(|(_, m)| m["run_id"] == run_id) {
         let mut body: Value = serde_json::from_str(&fields["body"]).expect("body");
         let items: Vec<(String, String)> = fields.clone().into_iter().collect();
-        let _: String = redis.xadd(&streams(&app).results, "*", &items).await.expect("XADD");
+        let _: String = redis
+            .xadd(&streams(&app).results, "*", &items)
+            .await
+            .expect("XADD");
         if !body["outcome"].is_null() {
             body["outcome"]["status"] = json!("failed");
             body["outcome"]["exit_code"] = json!(9);
-            let items = [("v", "1".to_owned()), ("run_id", run_id.clone()), ("body", body.to_string())];
-            let _: String = redis.xadd(&streams(&app).results, "*", &items).await.expect("XADD");
+            let items = [
+                ("v", "1".to_owned()),
+                ("run_id", run_id.clone()),
+                ("body", body.to_string()),
+            ];
+            let _: String = redis
+                .xadd(&streams(&app).results, "*", &items)
+                .await
+                .expect("XADD");
         }
     }
     wait_until_ingested(&app).await;
@@ -656,7 +720,10 @@ async fn malformed_tasks_are_dead_lettered_and_the_executor_keeps_going() {
 
     let after = run_now(&app, &device, &c).await;
     let run = finished(&app, &after).await;
-    assert_eq!(run["status"], "succeeded", "the executor keeps going: {run}");
+    assert_eq!(
+        run["status"], "succeeded",
+        "the executor keeps going: {run}"
+    );
 
     let dead = entries(&app, &s.dead_letter).await;
     assert_eq!(dead.len(), 3, "{dead:?}");
@@ -684,7 +751,10 @@ async fn malformed_results_are_dead_lettered_and_ingest_keeps_going() {
     let dead = entries(&app, &s.dead_letter).await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].1["dl_source"], s.results);
-    assert!(dead[0].1["dl_reason"].contains("not a valid result"), "{dead:?}");
+    assert!(
+        dead[0].1["dl_reason"].contains("not a valid result"),
+        "{dead:?}"
+    );
 }
 
 #[tokio::test]
@@ -698,7 +768,10 @@ async fn secrets_are_never_on_a_stream_in_plaintext() {
     for stream in [&s.tasks, &s.results] {
         for (_, fields) in entries(&app, stream).await {
             for value in fields.values() {
-                assert!(!value.contains(TEST_PASSWORD), "{stream} holds the password");
+                assert!(
+                    !value.contains(TEST_PASSWORD),
+                    "{stream} holds the password"
+                );
             }
         }
     }
@@ -710,14 +783,22 @@ async fn an_every_second_schedule_runs_hostname_end_to_end() {
     let sshd = TestSshd::start();
     let (_s, _e) = pipeline(&app).await;
     let device = key_device(&app, "e2e", sshd.port, &sshd.client_key, None).await;
-    let c = command(&app, &device, json!({"name": "hostname", "command": "hostname"})).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"name": "hostname", "command": "hostname"}),
+    )
+    .await;
     app.schedule(&device, &c, json!({"cron_expression": "* * * * * *"}))
         .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let items = loop {
         let (status, page) = json_of(
-            app.get(&format!("/devices/{}/results?status=succeeded", id(&device)))
-                .await,
+            app.get(&format!(
+                "/devices/{}/results?status=succeeded",
+                id(&device)
+            ))
+            .await,
         )
         .await;
         assert_eq!(status, 200);
