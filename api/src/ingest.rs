@@ -106,56 +106,65 @@ pub struct IngestReport {
     pub dead_lettered: usize,
 }
 
+/// The ingest consumer. It connects to Redis when it runs (and reconnects on its own), so the
+/// api starts, and reports itself unready, while Redis is down.
 pub struct Ingest {
     db: DatabaseConnection,
-    redis: ConnectionManager,
-    reader: ConnectionManager,
+    client: redis::Client,
     streams: Streams,
     consumer: String,
     batch: usize,
 }
 
+/// A writer and a reader: a blocking read must not hold up acknowledgements.
+struct Conns {
+    redis: ConnectionManager,
+    reader: ConnectionManager,
+}
+
 impl Ingest {
     /// # Errors
-    /// When Redis is unreachable.
-    pub async fn connect(
+    /// When the Redis URL is malformed.
+    pub fn new(
         db: DatabaseConnection,
         redis: &RedisSettings,
         batch: usize,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis.url.as_str()).context("REDIS_URL")?;
-        let writer = client
-            .get_connection_manager_with_config(
-                ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(10))),
-            )
-            .await
-            .context("connecting to Redis")?;
-        let reader = client
-            .get_connection_manager_with_config(
-                ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(30))),
-            )
-            .await
-            .context("connecting to Redis")?;
-        let ingest = Self {
+        Ok(Self {
             db,
-            redis: writer,
-            reader,
+            client: redis::Client::open(redis.url.as_str()).context("REDIS_URL")?,
             streams: Streams::new(&redis.stream_prefix),
             consumer: format!("ingest-{}-{:08x}", std::process::id(), rand_suffix()),
             batch,
-        };
-        ingest.ensure_group().await?;
-        Ok(ingest)
+        })
     }
 
-    async fn ensure_group(&self) -> redis::RedisResult<()> {
+    async fn connect(&self) -> redis::RedisResult<Conns> {
+        let redis = self
+            .client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(10))),
+            )
+            .await?;
+        let reader = self
+            .client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(30))),
+            )
+            .await?;
+        let conns = Conns { redis, reader };
+        self.ensure_group(&conns).await?;
+        Ok(conns)
+    }
+
+    async fn ensure_group(&self, conns: &Conns) -> redis::RedisResult<()> {
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&self.streams.results)
             .arg(INGEST_GROUP)
             .arg("0")
             .arg("MKSTREAM")
-            .query_async(&mut self.redis.clone())
+            .query_async(&mut conns.redis.clone())
             .await;
         match created {
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -169,12 +178,23 @@ impl Ingest {
         tracing::info!(consumer = %self.consumer, "result ingest started");
         let mut backoff = Duration::from_millis(100);
         let mut last_reclaim: Option<Instant> = None;
+        let mut conns: Option<Conns> = None;
         while !shutdown.is_cancelled() {
             let reclaim = last_reclaim.is_none_or(|t| t.elapsed() >= RECLAIM_IDLE / 2);
             if reclaim {
                 last_reclaim = Some(Instant::now());
             }
-            match self.step(reclaim, Duration::from_secs(1)).await {
+            let step = match &conns {
+                Some(c) => self.step(c, reclaim, Duration::from_secs(1)).await,
+                None => match self.connect().await {
+                    Ok(c) => {
+                        conns = Some(c);
+                        continue;
+                    }
+                    Err(e) => Err(anyhow::Error::from(e).context("connecting to Redis")),
+                },
+            };
+            match step {
                 Ok(report) => {
                     backoff = Duration::from_millis(100);
                     if report.entries > 0 {
@@ -183,8 +203,10 @@ impl Ingest {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "result ingest failed");
-                    if e.to_string().contains("NOGROUP") {
-                        let _ = self.ensure_group().await;
+                    if let Some(c) = &conns
+                        && e.to_string().contains("NOGROUP")
+                    {
+                        let _ = self.ensure_group(c).await;
                     }
                     tokio::select! {
                         () = shutdown.cancelled() => break,
@@ -202,11 +224,16 @@ impl Ingest {
     ///
     /// # Errors
     /// When Redis or Postgres fails; nothing is acknowledged then.
-    pub async fn step(&self, reclaim: bool, block: Duration) -> anyhow::Result<IngestReport> {
+    async fn step(
+        &self,
+        conns: &Conns,
+        reclaim: bool,
+        block: Duration,
+    ) -> anyhow::Result<IngestReport> {
         let mut entries = Vec::new();
         if reclaim {
             // Our own pending entries first (a failed commit), then other consumers' idle ones.
-            entries = self.read("0", None).await?;
+            entries = self.read(conns, "0", None).await?;
             if entries.is_empty() {
                 let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
                     .arg(&self.streams.results)
@@ -216,18 +243,23 @@ impl Ingest {
                     .arg("0-0")
                     .arg("COUNT")
                     .arg(self.batch)
-                    .query_async(&mut self.redis.clone())
+                    .query_async(&mut conns.redis.clone())
                     .await?;
                 entries = claimed.claimed;
             }
         }
         if entries.is_empty() {
-            entries = self.read(">", Some(block)).await?;
+            entries = self.read(conns, ">", Some(block)).await?;
         }
-        self.store(entries).await
+        self.store(conns, entries).await
     }
 
-    async fn read(&self, from: &str, block: Option<Duration>) -> anyhow::Result<Vec<StreamId>> {
+    async fn read(
+        &self,
+        conns: &Conns,
+        from: &str,
+        block: Option<Duration>,
+    ) -> anyhow::Result<Vec<StreamId>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(INGEST_GROUP)
@@ -238,14 +270,14 @@ impl Ingest {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
         cmd.arg("STREAMS").arg(&self.streams.results).arg(from);
-        let reply: Option<StreamReadReply> = cmd.query_async(&mut self.reader.clone()).await?;
+        let reply: Option<StreamReadReply> = cmd.query_async(&mut conns.reader.clone()).await?;
         Ok(reply
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
             // Reading our own pending list returns deleted entries with no fields; skip them.
             .unwrap_or_default())
     }
 
-    async fn store(&self, entries: Vec<StreamId>) -> anyhow::Result<IngestReport> {
+    async fn store(&self, conns: &Conns, entries: Vec<StreamId>) -> anyhow::Result<IngestReport> {
         let mut report = IngestReport {
             entries: entries.len(),
             ..IngestReport::default()
@@ -256,7 +288,7 @@ impl Ingest {
         for entry in entries {
             if entry.map.is_empty() {
                 // Trimmed while pending: nothing left to store.
-                self.ack(&[entry.id]).await?;
+                self.ack(conns, &[entry.id]).await?;
                 continue;
             }
             match parse(&entry) {
@@ -267,7 +299,8 @@ impl Ingest {
                         .map_or(0, |o| o.stdout.len() + o.stderr.len());
                     chunk.push((entry.id, result));
                     if chunk_bytes >= MAX_BATCH_BYTES {
-                        self.commit(std::mem::take(&mut chunk), &mut report).await?;
+                        self.commit(conns, std::mem::take(&mut chunk), &mut report)
+                            .await?;
                         chunk_bytes = 0;
                     }
                 }
@@ -275,10 +308,10 @@ impl Ingest {
             }
         }
         if !chunk.is_empty() {
-            self.commit(chunk, &mut report).await?;
+            self.commit(conns, chunk, &mut report).await?;
         }
         for (entry, reason) in bad {
-            self.dead_letter(&entry, &reason).await?;
+            self.dead_letter(conns, &entry, &reason).await?;
             report.dead_lettered += 1;
         }
         Ok(report)
@@ -286,6 +319,7 @@ impl Ingest {
 
     async fn commit(
         &self,
+        conns: &Conns,
         chunk: Vec<(String, RunResult)>,
         report: &mut IngestReport,
     ) -> anyhow::Result<()> {
@@ -360,10 +394,10 @@ impl Ingest {
         }
         txn.commit().await?;
         let ids: Vec<String> = chunk.into_iter().map(|(id, _)| id).collect();
-        self.ack(&ids).await
+        self.ack(conns, &ids).await
     }
 
-    async fn ack(&self, ids: &[String]) -> anyhow::Result<()> {
+    async fn ack(&self, conns: &Conns, ids: &[String]) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -371,12 +405,17 @@ impl Ingest {
             .arg(&self.streams.results)
             .arg(INGEST_GROUP)
             .arg(ids)
-            .query_async::<()>(&mut self.redis.clone())
+            .query_async::<()>(&mut conns.redis.clone())
             .await?;
         Ok(())
     }
 
-    async fn dead_letter(&self, entry: &StreamId, reason: &str) -> anyhow::Result<()> {
+    async fn dead_letter(
+        &self,
+        conns: &Conns,
+        entry: &StreamId,
+        reason: &str,
+    ) -> anyhow::Result<()> {
         tracing::warn!(entry = %entry.id, %reason, "result dead-lettered");
         let mut dl = redis::cmd("XADD");
         dl.arg(&self.streams.dead_letter)
@@ -401,7 +440,7 @@ impl Ingest {
             .arg(INGEST_GROUP)
             .arg(&entry.id)
             .ignore();
-        pipe.query_async::<()>(&mut self.redis.clone()).await?;
+        pipe.query_async::<()>(&mut conns.redis.clone()).await?;
         Ok(())
     }
 }
@@ -447,8 +486,7 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> anyho
     let db = netcron_common::db::connect(&settings.database.url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
-    Ingest::connect(db, &settings.redis, settings.batch)
-        .await?
+    Ingest::new(db, &settings.redis, settings.batch)?
         .run(shutdown)
         .await;
     Ok(())

@@ -167,7 +167,11 @@ impl Application {
         }
         let redis = redis::Client::open(settings.redis.url.as_str()).context("REDIS_URL")?;
         let ingest = if settings.ingest {
-            Some(ingest::Ingest::connect(db.clone(), &settings.redis, settings.ingest_batch).await?)
+            Some(ingest::Ingest::new(
+                db.clone(),
+                &settings.redis,
+                settings.ingest_batch,
+            )?)
         } else {
             None
         };

@@ -134,10 +134,25 @@ impl Settings {
 /// Runs the executor role until `shutdown` is cancelled; in-flight runs then get the grace
 /// period to finish.
 ///
+/// Redis being down at start is waited out (with backoff), like any later outage.
+///
 /// # Errors
-/// When Redis cannot be reached at start.
+/// Reserved for fatal conditions; none today.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let executor = Executor::connect(settings).await?;
+    let mut backoff = Duration::from_millis(200);
+    let executor = loop {
+        match Executor::connect(settings.clone()).await {
+            Ok(executor) => break executor,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "executor cannot reach Redis");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
     executor.run(shutdown).await?;
     Ok(())
 }
