@@ -418,7 +418,11 @@ impl Ingest {
     ) -> anyhow::Result<()> {
         tracing::warn!(entry = %entry.id, %reason, "result dead-lettered");
         let mut dl = redis::cmd("XADD");
+        // Bounded, since nothing consumes it: the newest ~100k rejections are kept.
         dl.arg(&self.streams.dead_letter)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(100_000)
             .arg("*")
             .arg(FIELD_DL_SOURCE)
             .arg(&self.streams.results)
