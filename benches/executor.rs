@@ -1,0 +1,456 @@
+//! Executor benchmark (`cargo bench --bench executor`): runs/s through the whole pipeline —
+//! outbox → scheduler's publisher → tasks stream → executor → results stream → ingest →
+//! Postgres — for SSH commands against a local OpenSSH sshd at several concurrencies, next to
+//! the ceiling that sshd allows (OpenSSH's own client, same concurrency), plus netcron's CPU
+//! time per SSH run, and runs/s of the built-in `noop` kind that skips SSH.
+//!
+//! Uses DATABASE_URL's server and REDIS_URL (from `.env`) in a database and stream prefix of its
+//! own, and starts its own sshd (`/usr/sbin/sshd`) on a free loopback port that accepts the
+//! current user with a fresh key. Results go to stdout as Markdown. `SSH_RUNS` (default 400)
+//! and `NOOP_RUNS` (default 50000) size the workloads; `CONCURRENCY` (default `1,16,64,200`)
+//! picks the levels.
+
+// A benchmark reports on stdout; that is its whole job.
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use netcron_api::ingest::Ingest;
+use netcron_common::config::{DatabaseSettings, RedisSettings};
+use netcron_common::secret::SecretKey;
+use netcron_executor::{Executor, ExecutorConfig, Settings as ExecutorSettings};
+use netcron_migration::{Migrator, MigratorTrait};
+use netcron_scheduler::{Scheduler, SchedulerConfig, Settings, SystemClock};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// CPU seconds (user + system) this process has used so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Sshd {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+    key: PathBuf,
+    user: String,
+}
+
+impl Sshd {
+    fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("netcron-bench-sshd-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("sshd dir");
+        let keygen = |path: &Path| {
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(path)
+                .status()
+                .expect("ssh-keygen")
+                .success();
+            assert!(ok, "ssh-keygen failed");
+        };
+        keygen(&dir.join("host_key"));
+        keygen(&dir.join("client_key"));
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).expect("keys");
+        let user = String::from_utf8(Command::new("id").arg("-un").output().expect("id").stdout)
+            .expect("user")
+            .trim()
+            .to_owned();
+        let port = free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPubkeyAuthentication yes\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             PermitRootLogin prohibit-password\nUseDNS no\nPrintMotd no\nLogLevel ERROR\n\
+             MaxStartups 1000\nMaxSessions 1000\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("sshd_config"), config).expect("config");
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-f"])
+            .arg(dir.join("sshd_config"))
+            .arg("-E")
+            .arg(dir.join("sshd.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start sshd");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            key: dir.join("client_key"),
+            dir,
+            port,
+            user,
+        }
+    }
+
+    /// `n` runs of `ssh … true` with OpenSSH's client, `concurrency` at a time; runs/s and
+    /// failures.
+    fn openssh_ceiling(&self, n: usize, concurrency: usize) -> (f64, usize) {
+        let script = format!(
+            "seq {n} | xargs -P {concurrency} -I{{}} sh -c 'ssh -q -i {key} -p {port} \
+             -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o KexAlgorithms=curve25519-sha256 -o HostKeyAlgorithms=ssh-ed25519 \
+             -o ControlMaster=no {user}@127.0.0.1 true || echo FAIL'",
+            key = self.key.display(),
+            port = self.port,
+            user = self.user,
+        );
+        let started = Instant::now();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("xargs");
+        let elapsed = started.elapsed().as_secs_f64();
+        let failures = String::from_utf8_lossy(&out.stdout).matches("FAIL").count();
+        (n as f64 / elapsed, failures)
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Bench {
+    admin: DatabaseConnection,
+    db: DatabaseConnection,
+    db_name: String,
+    redis: RedisSettings,
+    key: SecretKey,
+    key_text: String,
+}
+
+impl Bench {
+    async fn new() -> Self {
+        let _ = dotenvy::dotenv();
+        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+        let redis_url = std::env::var("REDIS_URL").expect("REDIS_URL");
+        let server = &url[..url.rfind('/').expect("database in DATABASE_URL")];
+        let admin = netcron_common::db::connect(&format!("{server}/postgres"))
+            .await
+            .expect("admin");
+        let db_name = format!("netcron_bench_{}", Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .expect("create");
+        let db = netcron_common::db::connect(&format!("{server}/{db_name}"))
+            .await
+            .expect("db");
+        Migrator::up(&db, None).await.expect("migrate");
+        let key_text = SecretKey::generate_base64();
+        Self {
+            admin,
+            db,
+            db_name: db_name.clone(),
+            redis: RedisSettings {
+                url: redis_url,
+                stream_prefix: format!("bench:{}:", Uuid::new_v4().simple()),
+            },
+            key: SecretKey::from_base64(&key_text).expect("key"),
+            key_text,
+        }
+    }
+
+    fn db_url(&self) -> String {
+        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+        let server = &url[..url.rfind('/').expect("database")];
+        format!("{server}/{}", self.db_name)
+    }
+
+    /// A credential for `user` with `private_key`, and `devices` devices on `port` with one
+    /// command each. Returns `(device_id, command_id)` pairs.
+    async fn fleet(
+        &self,
+        user: &str,
+        private_key: &str,
+        port: u16,
+        devices: usize,
+        kind: &str,
+    ) -> Vec<(Uuid, Uuid)> {
+        let cred = Uuid::now_v7();
+        let sealed = self.key.seal(
+            private_key,
+            &netcron_common::entity::credential::seal_context(cred, "secret"),
+        );
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "INSERT INTO credentials (id, name, username, kind, secret) VALUES ($1, $2, $3, 'private_key', $4)",
+                vec![cred.into(), cred.to_string().into(), user.into(), sealed.into()],
+            ))
+            .await
+            .expect("credential");
+        let mut pairs = Vec::new();
+        for _ in 0..devices {
+            let (device, command) = (Uuid::now_v7(), Uuid::now_v7());
+            self.db
+                .execute_raw(Statement::from_sql_and_values(
+                    sea_orm::DatabaseBackend::Postgres,
+                    "INSERT INTO devices (id, name, host, port, platform, credential_id)
+                       VALUES ($1, $2, '127.0.0.1', $3, 'linux', $4);
+                     ",
+                    vec![
+                        device.into(),
+                        device.to_string().into(),
+                        i32::from(port).into(),
+                        cred.into(),
+                    ],
+                ))
+                .await
+                .expect("device");
+            self.db
+                .execute_raw(Statement::from_sql_and_values(
+                    sea_orm::DatabaseBackend::Postgres,
+                    "INSERT INTO commands (id, device_id, name, kind, command, timeout_s, max_output_bytes, max_attempts)
+                       VALUES ($1, $2, 'c', $3, 'true', 60, 65536, 1)",
+                    vec![command.into(), device.into(), kind.into()],
+                ))
+                .await
+                .expect("command");
+            pairs.push((device, command));
+        }
+        pairs
+    }
+
+    /// Queues `n` runs spread over `fleet` (like `n` manual runs) in one transaction; returns
+    /// their ids.
+    async fn enqueue(&self, fleet: &[(Uuid, Uuid)], n: usize) -> Vec<Uuid> {
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        let devices: Vec<Uuid> = (0..n).map(|i| fleet[i % fleet.len()].0).collect();
+        let commands: Vec<Uuid> = (0..n).map(|i| fleet[i % fleet.len()].1).collect();
+        let txn = self.db.begin().await.expect("txn");
+        let stmt = |sql: &str, values: Vec<sea_orm::Value>| {
+            Statement::from_sql_and_values(sea_orm::DatabaseBackend::Postgres, sql, values)
+        };
+        txn.execute_raw(stmt(
+            "INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, status)
+             SELECT id, c, d, 'manual', now(), 'queued'
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(id, c, d)",
+            vec![ids.clone().into(), commands.into(), devices.into()],
+        ))
+        .await
+        .expect("runs");
+        txn.execute_raw(stmt(
+            "INSERT INTO task_outbox (run_id) SELECT unnest($1::uuid[])",
+            vec![ids.clone().into()],
+        ))
+        .await
+        .expect("outbox");
+        txn.execute_raw(stmt(
+            "SELECT pg_notify($1, '')",
+            vec![netcron_common::db::RUN_QUEUED_CHANNEL.into()],
+        ))
+        .await
+        .expect("notify");
+        txn.commit().await.expect("commit");
+        ids
+    }
+
+    /// Waits until every run in `ids` has ended; returns how many did not succeed.
+    async fn wait(&self, ids: &[Uuid]) -> i64 {
+        loop {
+            let row = self
+                .db
+                .query_one_raw(Statement::from_sql_and_values(
+                    sea_orm::DatabaseBackend::Postgres,
+                    "SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS open,
+                            count(*) FILTER (WHERE status <> 'succeeded' AND status NOT IN ('queued', 'running')) AS bad
+                     FROM runs WHERE id = ANY($1)",
+                    vec![ids.to_vec().into()],
+                ))
+                .await
+                .expect("count")
+                .expect("row");
+            let open: i64 = row.try_get("", "open").expect("open");
+            if open == 0 {
+                return row.try_get("", "bad").expect("bad");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn executor(
+        &self,
+        concurrency: usize,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let settings = ExecutorSettings {
+            redis: self.redis.clone(),
+            secret_key: SecretKey::from_base64(&self.key_text).expect("key"),
+            executor: ExecutorConfig {
+                concurrency,
+                block: Duration::from_millis(200),
+                ..ExecutorConfig::default()
+            },
+        };
+        let executor = Executor::connect(settings).await.expect("executor");
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let handle = tokio::spawn(async move {
+            executor.run(t).await.expect("executor");
+        });
+        (token, handle)
+    }
+
+    async fn drop_all(self) {
+        self.db.close().await.ok();
+        let _ = self
+            .admin
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
+            .await;
+        if let Ok(client) = redis::Client::open(self.redis.url.as_str())
+            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", self.redis.stream_prefix))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            for chunk in keys.chunks(1000) {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+            }
+        }
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let ssh_runs = env_usize("SSH_RUNS", 400);
+    let noop_runs = env_usize("NOOP_RUNS", 50_000);
+    let levels: Vec<usize> = std::env::var("CONCURRENCY")
+        .unwrap_or_else(|_| "1,16,64,200".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let bench = Bench::new().await;
+    let shutdown = CancellationToken::new();
+
+    // The rest of the pipeline: the scheduler (its outbox publisher) and result ingest.
+    let settings = Settings {
+        database: DatabaseSettings {
+            url: bench.db_url(),
+            auto_migrate: false,
+        },
+        redis: bench.redis.clone(),
+        scheduler: SchedulerConfig::default(),
+    };
+    let scheduler = Arc::new(
+        Scheduler::connect(&settings, Arc::new(SystemClock))
+            .await
+            .expect("scheduler"),
+    );
+    let s = shutdown.clone();
+    let scheduler_task = tokio::spawn(async move {
+        let _ = scheduler.run(s).await;
+    });
+    let ingest = Ingest::new(bench.db.clone(), &bench.redis, 1000).expect("ingest");
+    let ingest_task = tokio::spawn(ingest.run(shutdown.clone()));
+
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("# Executor benchmark\n");
+    println!("{cores} cores; {ssh_runs} SSH runs per level, {noop_runs} noop runs.\n");
+
+    // No-op runs: the pipeline without SSH.
+    let fleet = bench.fleet("nobody", "unused", 22, 1, "noop").await;
+    let (token, handle) = bench.executor(64).await;
+    let warm = bench.enqueue(&fleet, 1000).await;
+    bench.wait(&warm).await;
+    let cpu0 = cpu_seconds();
+    let started = Instant::now();
+    let ids = bench.enqueue(&fleet, noop_runs).await;
+    let bad = bench.wait(&ids).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    println!("## noop runs end to end\n");
+    println!(
+        "| runs | seconds | runs/s | not succeeded | netcron CPU µs/run |\n|---|---|---|---|---|"
+    );
+    println!(
+        "| {noop_runs} | {elapsed:.2} | {:.0} | {bad} | {:.0} |\n",
+        noop_runs as f64 / elapsed,
+        cpu / noop_runs as f64 * 1e6
+    );
+    token.cancel();
+    let _ = handle.await;
+
+    // SSH runs against a local sshd.
+    let sshd = Sshd::start();
+    let key = std::fs::read_to_string(&sshd.key).expect("key");
+    println!("## SSH runs (`true`) against a local OpenSSH sshd (MaxStartups/MaxSessions 1000)\n");
+    println!(
+        "| concurrency | OpenSSH client runs/s (ceiling) | OpenSSH failures | netcron runs/s | % of ceiling | netcron errors | netcron CPU ms/run |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for &c in &levels {
+        let (ceiling, failures) = sshd.openssh_ceiling(ssh_runs, c);
+        // One device per concurrent slot: the per-device limit (1) would serialise otherwise.
+        let fleet = bench.fleet(&sshd.user, &key, sshd.port, c, "shell").await;
+        let (token, handle) = bench.executor(c).await;
+        let warm = bench.enqueue(&fleet, c.min(16)).await;
+        bench.wait(&warm).await;
+        let cpu0 = cpu_seconds();
+        let started = Instant::now();
+        let ids = bench.enqueue(&fleet, ssh_runs).await;
+        let bad = bench.wait(&ids).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu0;
+        let rate = ssh_runs as f64 / elapsed;
+        println!(
+            "| {c} | {ceiling:.0} | {failures} | {rate:.0} | {:.0}% | {bad} | {:.2} |",
+            rate / ceiling * 100.0,
+            cpu / ssh_runs as f64 * 1000.0
+        );
+        token.cancel();
+        let _ = handle.await;
+    }
+    drop(sshd);
+    shutdown.cancel();
+    let _ = scheduler_task.await;
+    let _ = ingest_task.await;
+    bench.drop_all().await;
+}
