@@ -388,7 +388,7 @@ async fn main() {
     let scheduler_task = tokio::spawn(async move {
         let _ = scheduler.run(s).await;
     });
-    let ingest = Ingest::new(bench.db.clone(), &bench.redis, 1000).expect("ingest");
+    let ingest = Ingest::new(bench.db.clone(), &bench.redis, 1000, 2).expect("ingest");
     let ingest_task = tokio::spawn(ingest.run(shutdown.clone()));
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

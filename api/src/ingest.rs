@@ -82,6 +82,8 @@ pub struct IngestSettings {
     pub redis: RedisSettings,
     /// Results read per transaction (`NETCRON_INGEST_BATCH`, 1000).
     pub batch: usize,
+    /// Concurrent ingest transactions (`NETCRON_INGEST_WORKERS`, 2).
+    pub workers: usize,
 }
 
 impl IngestSettings {
@@ -92,6 +94,7 @@ impl IngestSettings {
             database: DatabaseSettings::from_env()?,
             redis: RedisSettings::from_env()?,
             batch: config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
+            workers: config::parsed_or("NETCRON_INGEST_WORKERS", 2usize)?.max(1),
         })
     }
 }
@@ -114,12 +117,15 @@ pub struct Ingest {
     streams: Streams,
     consumer: String,
     batch: usize,
+    workers: usize,
 }
 
 /// A writer and a reader: a blocking read must not hold up acknowledgements.
 struct Conns {
     redis: ConnectionManager,
     reader: ConnectionManager,
+    /// This worker's consumer name in the group.
+    consumer: String,
 }
 
 impl Ingest {
@@ -129,6 +135,7 @@ impl Ingest {
         db: DatabaseConnection,
         redis: &RedisSettings,
         batch: usize,
+        workers: usize,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             db,
@@ -136,10 +143,11 @@ impl Ingest {
             streams: Streams::new(&redis.stream_prefix),
             consumer: format!("ingest-{}-{:08x}", std::process::id(), rand_suffix()),
             batch,
+            workers: workers.max(1),
         })
     }
 
-    async fn connect(&self) -> redis::RedisResult<Conns> {
+    async fn connect(&self, consumer: &str) -> redis::RedisResult<Conns> {
         let redis = self
             .client
             .get_connection_manager_with_config(
@@ -152,7 +160,11 @@ impl Ingest {
                 ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(30))),
             )
             .await?;
-        let conns = Conns { redis, reader };
+        let conns = Conns {
+            redis,
+            reader,
+            consumer: consumer.to_owned(),
+        };
         self.ensure_group(&conns).await?;
         Ok(conns)
     }
@@ -175,7 +187,27 @@ impl Ingest {
     /// Ingests until `shutdown` is cancelled. Failures are logged and retried with backoff;
     /// unacknowledged entries are read again.
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(consumer = %self.consumer, "result ingest started");
+        tracing::info!(consumer = %self.consumer, workers = self.workers, "result ingest started");
+        // Workers are consumers of the group with transactions of their own, so batches are
+        // stored in parallel; results of different runs never touch the same rows.
+        let this = std::sync::Arc::new(self);
+        let workers: Vec<_> = (0..this.workers)
+            .map(|i| {
+                let this = std::sync::Arc::clone(&this);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let consumer = format!("{}-{i}", this.consumer);
+                    this.worker(&consumer, shutdown).await;
+                })
+            })
+            .collect();
+        for worker in workers {
+            let _ = worker.await;
+        }
+        tracing::info!("result ingest stopped");
+    }
+
+    async fn worker(&self, consumer: &str, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut last_reclaim: Option<Instant> = None;
         let mut conns: Option<Conns> = None;
@@ -186,7 +218,7 @@ impl Ingest {
             }
             let step = match &conns {
                 Some(c) => self.step(c, reclaim, Duration::from_secs(1)).await,
-                None => match self.connect().await {
+                None => match self.connect(consumer).await {
                     Ok(c) => {
                         conns = Some(c);
                         continue;
@@ -216,7 +248,6 @@ impl Ingest {
                 }
             }
         }
-        tracing::info!("result ingest stopped");
     }
 
     /// Reads one batch (after taking over idle entries of dead consumers, when `reclaim`),
@@ -238,7 +269,7 @@ impl Ingest {
                 let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
                     .arg(&self.streams.results)
                     .arg(INGEST_GROUP)
-                    .arg(&self.consumer)
+                    .arg(&conns.consumer)
                     .arg(RECLAIM_IDLE.as_millis() as u64)
                     .arg("0-0")
                     .arg("COUNT")
@@ -263,7 +294,7 @@ impl Ingest {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(INGEST_GROUP)
-            .arg(&self.consumer)
+            .arg(&conns.consumer)
             .arg("COUNT")
             .arg(self.batch);
         if let Some(block) = block {
@@ -336,6 +367,8 @@ impl Ingest {
                 }
             }
         }
+        // A run that also finished in this batch needs only its outcome written.
+        started.retain(|run_id, _| !finished.contains_key(run_id));
         let started_rows: Vec<serde_json::Value> = started
             .values()
             .map(|r| {
@@ -490,7 +523,7 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> anyho
     let db = netcron_common::db::connect(&settings.database.url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
-    Ingest::new(db, &settings.redis, settings.batch)?
+    Ingest::new(db, &settings.redis, settings.batch, settings.workers)?
         .run(shutdown)
         .await;
     Ok(())

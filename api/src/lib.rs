@@ -171,6 +171,7 @@ impl Application {
                 db.clone(),
                 &settings.redis,
                 settings.ingest_batch,
+                settings.ingest_workers,
             )?)
         } else {
             None

@@ -14,6 +14,8 @@ pub struct Settings {
     pub ingest: bool,
     /// Results per ingest transaction (`NETCRON_INGEST_BATCH`, 1000).
     pub ingest_batch: usize,
+    /// Concurrent ingest transactions (`NETCRON_INGEST_WORKERS`, 2).
+    pub ingest_workers: usize,
 }
 
 impl Settings {
@@ -27,6 +29,7 @@ impl Settings {
             secret_key: config::secret_key_from_env()?,
             ingest: config::parsed_or("NETCRON_INGEST", true)?,
             ingest_batch: config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
+            ingest_workers: config::parsed_or("NETCRON_INGEST_WORKERS", 2usize)?.max(1),
         })
     }
 }

@@ -440,7 +440,10 @@ impl Executor {
             started_at,
             outcome: None,
         };
-        if let Ok(body) = serde_json::to_string(&started) {
+        // A no-op ends as it starts; its outcome alone says both.
+        if task.command.kind != CommandKind::Noop
+            && let Ok(body) = serde_json::to_string(&started)
+        {
             let mut pipe = redis::pipe();
             pipe.add_command(self.result_cmd(task.run_id, &body))
                 .ignore();

@@ -160,6 +160,7 @@ impl TestApp {
             secret_key: SecretKey::from_base64(&key_text).expect("key"),
             ingest: true,
             ingest_batch: 1000,
+            ingest_workers: 2,
         };
         adjust(&mut settings);
         let app = Application::build(settings).await.expect("build api");
