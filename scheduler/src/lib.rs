@@ -212,30 +212,42 @@ impl Scheduler {
         .await
     }
 
-    /// Publishes every pending run to the tasks stream.
+    /// Publishes every pending run to the tasks stream. `fire_workers` publishers run at once,
+    /// each on its own batches (`SKIP LOCKED`), so a large backlog uses both Postgres cores.
     ///
     /// # Errors
     /// When the database or Redis fails; unpublished runs stay pending for the next pass.
     pub async fn publish_pending(&self) -> Result<usize> {
-        let mut redis = self.redis().await?;
+        let redis = self.redis().await?;
         sea_orm::ConnectionTrait::execute_unprepared(&self.db, outbox::RELEASE_WAITING).await?;
-        let mut total = 0;
-        loop {
-            let clock = Arc::clone(&self.clock);
-            let n = outbox::publish_batch(
-                &self.db,
-                &mut redis,
-                &self.streams.tasks,
-                self.config.publish_batch,
-                move || clock.now(),
-                &self.metrics,
-            )
-            .await?;
-            total += n;
-            if (n as u64) < self.config.publish_batch {
-                return Ok(total);
+        let publisher = |mut redis: ConnectionManager| async move {
+            let mut total = 0;
+            loop {
+                let clock = Arc::clone(&self.clock);
+                let n = outbox::publish_batch(
+                    &self.db,
+                    &mut redis,
+                    &self.streams.tasks,
+                    self.config.publish_batch,
+                    move || clock.now(),
+                    &self.metrics,
+                )
+                .await?;
+                total += n;
+                if (n as u64) < self.config.publish_batch {
+                    return Ok::<usize, Error>(total);
+                }
             }
+        };
+        let published = futures::future::join_all(
+            (0..self.config.fire_workers).map(|_| publisher(redis.clone())),
+        )
+        .await;
+        let mut total = 0;
+        for n in published {
+            total += n?;
         }
+        Ok(total)
     }
 
     /// One pass: fires everything due now and publishes it. `fire_workers` claim loops run
