@@ -177,16 +177,23 @@ impl Executor {
                     }
                 }
             }
-            for entry in entries {
+            let parsed: Vec<_> = entries
+                .into_iter()
+                .map(|entry| {
+                    let task = parse(&entry);
+                    (entry, task)
+                })
+                .collect();
+            let claims = self.claim_many(&parsed).await;
+            for ((entry, task), claimed) in parsed.into_iter().zip(claims) {
                 let Ok(permit) = Arc::clone(&capacity).acquire_owned().await else {
                     break;
                 };
                 self.hold(&entry.id);
                 let this = Arc::clone(&self);
                 runs.spawn(async move {
-                    let id = entry.id.clone();
-                    this.process(entry).await;
-                    this.release(&id);
+                    this.process(&entry, task, claimed).await;
+                    this.release(&entry.id);
                     drop(permit);
                 });
             }
@@ -323,14 +330,22 @@ impl Executor {
         }
     }
 
-    async fn process(&self, entry: StreamId) {
-        match parse(&entry) {
-            Err(rejected) => self.reject(&entry, rejected).await,
+    /// `claimed` is the outcome of the batch claim, if it got an answer.
+    async fn process(
+        &self,
+        entry: &StreamId,
+        task: std::result::Result<Task, Rejected>,
+        claimed: Option<bool>,
+    ) {
+        match task {
+            Err(rejected) => self.reject(entry, rejected).await,
             Ok(task) => {
                 let span = tracing::info_span!("run", run_id = %task.run_id,
                     attempt = task.attempt, device = %task.device.name,
                     schedule_id = ?task.schedule_id);
-                self.execute(&entry.id, task).instrument(span).await;
+                self.execute(&entry.id, task, claimed)
+                    .instrument(span)
+                    .await;
             }
         }
     }
@@ -418,8 +433,12 @@ impl Executor {
         }
     }
 
-    async fn execute(&self, entry_id: &str, task: Task) {
-        if !self.claim(entry_id, &task).await {
+    async fn execute(&self, entry_id: &str, task: Task, claimed: Option<bool>) {
+        let claimed = match claimed {
+            Some(claimed) => claimed,
+            None => self.claim(entry_id, &task).await,
+        };
+        if !claimed {
             tracing::info!(run_id = %task.run_id, attempt = task.attempt, "duplicate task dropped");
             let mut pipe = redis::pipe();
             pipe.cmd("XACK")
@@ -480,31 +499,75 @@ impl Executor {
         self.until_done("publishing an outcome", &pipe).await;
     }
 
-    /// Whether this entry may run `(run_id, attempt)`: nobody claimed it, or the claim is this
-    /// very entry's (a redelivery after its executor died). A claim by another entry, or a
-    /// finished run, makes this entry a duplicate.
-    async fn claim(&self, entry_id: &str, task: &Task) -> bool {
-        let key = self.streams.claim_key(task.run_id, task.attempt);
-        let limits = i64::from(task.command.timeout_s).max(1)
+    /// `SET <claim key> <entry id> NX GET EX <ttl>`: sets the claim if nobody holds it and
+    /// answers the previous holder (nil when it was free). Needs Redis 7.0 or later.
+    fn claim_cmd(&self, entry_id: &str, task: &Task) -> redis::Cmd {
+        // Long enough for every attempt and its backoff; a claim that outlives its run only
+        // keeps a duplicate from running.
+        let ttl = i64::from(task.command.timeout_s).max(1)
             * i64::from(task.command.max_attempts.max(1))
             + 3600;
-        let mut redis = self.redis.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.streams.claim_key(task.run_id, task.attempt))
+            .arg(entry_id)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(ttl);
+        cmd
+    }
+
+    /// Whether this entry may run `(run_id, attempt)`: nobody claimed it, or the claim is this
+    /// very entry's (a redelivery after its executor died). A claim by another entry, or a
+    /// finished run (`done`), makes this entry a duplicate.
+    fn may_run(entry_id: &str, holder: Option<&str>) -> bool {
+        holder.is_none_or(|h| h == entry_id)
+    }
+
+    /// Claims every task of a read in one round trip. `None` for entries that are not tasks,
+    /// and for all when Redis does not answer (each task then claims on its own, retrying).
+    async fn claim_many(
+        &self,
+        parsed: &[(StreamId, std::result::Result<Task, Rejected>)],
+    ) -> Vec<Option<bool>> {
+        let mut pipe = redis::pipe();
+        for (entry, task) in parsed {
+            if let Ok(task) = task {
+                pipe.add_command(self.claim_cmd(&entry.id, task));
+            }
+        }
+        let holders: Vec<Option<String>> = if pipe.cmd_iter().next().is_none() {
+            Vec::new()
+        } else {
+            match pipe.query_async(&mut self.redis.clone()).await {
+                Ok(holders) => holders,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim tasks");
+                    return parsed.iter().map(|_| None).collect();
+                }
+            }
+        };
+        let mut holders = holders.into_iter();
+        parsed
+            .iter()
+            .map(|(entry, task)| match task {
+                Ok(_) => holders
+                    .next()
+                    .map(|holder| Self::may_run(&entry.id, holder.as_deref())),
+                Err(_) => None,
+            })
+            .collect()
+    }
+
+    /// Claims one task, retrying until Redis answers.
+    async fn claim(&self, entry_id: &str, task: &Task) -> bool {
         loop {
-            let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
-                .arg(&key)
-                .arg(entry_id)
-                .arg("NX")
-                .arg("EX")
-                .arg(limits)
-                .query_async(&mut redis)
+            let holder: redis::RedisResult<Option<String>> = self
+                .claim_cmd(entry_id, task)
+                .query_async(&mut self.redis.clone())
                 .await;
-            let holder: redis::RedisResult<Option<String>> = match set {
-                Ok(Some(_)) => return true,
-                Ok(None) => redis::cmd("GET").arg(&key).query_async(&mut redis).await,
-                Err(e) => Err(e),
-            };
             match holder {
-                Ok(holder) => return holder.as_deref().is_none_or(|h| h == entry_id),
+                Ok(holder) => return Self::may_run(entry_id, holder.as_deref()),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim a task; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
