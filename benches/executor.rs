@@ -6,9 +6,11 @@
 //!
 //! Uses DATABASE_URL's server and REDIS_URL (from `.env`) in a database and stream prefix of its
 //! own, and starts its own sshd (`/usr/sbin/sshd`) on a free loopback port that accepts the
-//! current user with a fresh key. Results go to stdout as Markdown. `SSH_RUNS` (default 400)
-//! and `NOOP_RUNS` (default 50000) size the workloads; `CONCURRENCY` (default `1,16,64,200`)
-//! picks the levels.
+//! current user with a fresh key. Results go to stdout as Markdown. `SSH_RUNS` (default 200)
+//! and `NOOP_RUNS` (default 80000) size the workloads; `CONCURRENCY` (default `1,16,64,200`)
+//! picks the levels. Login and command timeouts default to 300 s (`LOGIN_TIMEOUT_S`,
+//! `COMMAND_TIMEOUT_S`) so that only the server limits throughput: at concurrency 200 the local
+//! sshd needs about a minute per connection, longer than the product's defaults allow.
 
 // A benchmark reports on stdout; that is its whole job.
 #![allow(clippy::print_stdout)]
@@ -237,8 +239,15 @@ impl Bench {
                 .execute_raw(Statement::from_sql_and_values(
                     sea_orm::DatabaseBackend::Postgres,
                     "INSERT INTO commands (id, device_id, name, kind, command, timeout_s, max_output_bytes, max_attempts)
-                       VALUES ($1, $2, 'c', $3, 'true', 60, 65536, 1)",
-                    vec![command.into(), device.into(), kind.into()],
+                       VALUES ($1, $2, 'c', $3, 'true', $4, 65536, 1)",
+                    vec![
+                        command.into(),
+                        device.into(),
+                        kind.into(),
+                        i32::try_from(env_usize("COMMAND_TIMEOUT_S", 300))
+                            .unwrap_or(300)
+                            .into(),
+                    ],
                 ))
                 .await
                 .expect("command");
@@ -316,6 +325,29 @@ impl Bench {
         row.try_get("", "bad").expect("bad")
     }
 
+    /// `error_kind: count, …` of the runs that did not succeed, with one message each.
+    async fn error_kinds(&self, ids: &[Uuid]) -> String {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT coalesce(error_kind, status) AS kind, count(*) AS n, min(error_message) AS example
+                 FROM runs WHERE id = ANY($1) AND status <> 'succeeded' GROUP BY 1 ORDER BY 2 DESC",
+                vec![ids.to_vec().into()],
+            ))
+            .await
+            .expect("error kinds");
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("", "kind").unwrap_or_default();
+                let n: i64 = r.try_get("", "n").unwrap_or_default();
+                let example: Option<String> = r.try_get("", "example").unwrap_or_default();
+                format!("{kind}: {n} ({})", example.unwrap_or_default())
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     async fn executor(
         &self,
         concurrency: usize,
@@ -325,6 +357,9 @@ impl Bench {
             secret_key: SecretKey::from_base64(&self.key_text).expect("key"),
             executor: ExecutorConfig {
                 concurrency,
+                login_timeout: Duration::from_secs(
+                    env_usize("LOGIN_TIMEOUT_S", 300).try_into().unwrap_or(300),
+                ),
                 block: Duration::from_millis(200),
                 ..ExecutorConfig::default()
             },
@@ -372,8 +407,8 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 #[tokio::main]
 async fn main() {
-    let ssh_runs = env_usize("SSH_RUNS", 400);
-    let noop_runs = env_usize("NOOP_RUNS", 50_000);
+    let ssh_runs = env_usize("SSH_RUNS", 200);
+    let noop_runs = env_usize("NOOP_RUNS", 80_000);
     let levels: Vec<usize> = std::env::var("CONCURRENCY")
         .unwrap_or_else(|_| "1,16,64,200".into())
         .split(',')
@@ -440,6 +475,7 @@ async fn main() {
         "| concurrency | OpenSSH client runs/s (ceiling) | OpenSSH failures | netcron runs/s | % of ceiling | netcron errors | netcron CPU ms/run |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let mut errors = Vec::new();
     for &c in &levels {
         let (ceiling, failures) = sshd.openssh_ceiling(ssh_runs, c);
         // One device per concurrent slot: the per-device limit (1) would serialise otherwise.
@@ -461,8 +497,14 @@ async fn main() {
         );
         token.cancel();
         let _ = handle.await;
+        if bad > 0 {
+            errors.push((c, bench.error_kinds(&ids).await));
+        }
     }
     drop(sshd);
+    for (c, kinds) in errors {
+        println!("\nErrors at concurrency {c}: {kinds}");
+    }
     shutdown.cancel();
     let _ = scheduler_task.await;
     let _ = ingest_task.await;
