@@ -77,10 +77,27 @@ impl Sshd {
         keygen(&dir.join("host_key"));
         keygen(&dir.join("client_key"));
         std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).expect("keys");
-        let user = String::from_utf8(Command::new("id").arg("-un").output().expect("id").stdout)
-            .expect("user")
-            .trim()
-            .to_owned();
+        // The tests' user (a plain /bin/sh account) when it exists: a login shell that runs
+        // profile scripts (root's pyenv hooks here) would dominate the cost of every session.
+        let user = if Command::new("id")
+            .arg("netcron-test")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            "netcron-test".to_owned()
+        } else {
+            String::from_utf8(Command::new("id").arg("-un").output().expect("id").stdout)
+                .expect("user")
+                .trim()
+                .to_owned()
+        };
+        // sshd reads authorized_keys as that user.
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+        let _ = std::fs::set_permissions(
+            dir.join("authorized_keys"),
+            std::fs::Permissions::from_mode(0o644),
+        );
         let port = free_port();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
@@ -470,6 +487,10 @@ async fn main() {
     // SSH runs against a local sshd.
     let sshd = Sshd::start();
     let key = std::fs::read_to_string(&sshd.key).expect("key");
+    println!(
+        "SSH user `{}` (login shell of that account runs each command).\n",
+        sshd.user
+    );
     println!("## SSH runs (`true`) against a local OpenSSH sshd (MaxStartups/MaxSessions 1000)\n");
     println!(
         "| concurrency | OpenSSH client runs/s (ceiling) | OpenSSH failures | netcron runs/s | % of ceiling | netcron errors | netcron CPU ms/run |"
