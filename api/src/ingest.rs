@@ -16,8 +16,7 @@ use anyhow::Context as _;
 use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings};
 use netcron_common::db::RUN_QUEUED_CHANNEL;
 use netcron_common::protocol::{
-    FIELD_BODY, FIELD_DL_ID, FIELD_DL_REASON, FIELD_DL_SOURCE, FIELD_RUN_ID, FIELD_VERSION,
-    INGEST_GROUP, RESULT_VERSION, RunResult, Streams,
+    FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, INGEST_GROUP, RESULT_VERSION, RunResult, Streams,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -444,24 +443,9 @@ impl Ingest {
         reason: &str,
     ) -> anyhow::Result<()> {
         tracing::warn!(entry = %entry.id, %reason, "result dead-lettered");
-        let mut dl = redis::cmd("XADD");
-        // Bounded, since nothing consumes it: the newest ~100k rejections are kept.
-        dl.arg(&self.streams.dead_letter)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(100_000)
-            .arg("*")
-            .arg(FIELD_DL_SOURCE)
-            .arg(&self.streams.results)
-            .arg(FIELD_DL_ID)
-            .arg(&entry.id)
-            .arg(FIELD_DL_REASON)
-            .arg(reason);
-        for (field, value) in &entry.map {
-            if let redis::Value::BulkString(bytes) = value {
-                dl.arg(field).arg(bytes.as_slice());
-            }
-        }
+        let dl = self
+            .streams
+            .dead_letter_cmd(&self.streams.results, &entry.id, reason, &entry.map);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .add_command(dl)

@@ -51,6 +51,36 @@ impl Streams {
         }
     }
 
+    /// `XADD` of a rejected entry of `source` to the dead-letter stream: the entry's own fields
+    /// as they were, plus where it came from and why. The stream is capped (`MAXLEN ~ 100000`),
+    /// since nothing consumes it.
+    pub fn dead_letter_cmd(
+        &self,
+        source: &str,
+        entry_id: &str,
+        reason: &str,
+        fields: &std::collections::HashMap<String, redis::Value>,
+    ) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.dead_letter)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(100_000)
+            .arg("*")
+            .arg(FIELD_DL_SOURCE)
+            .arg(source)
+            .arg(FIELD_DL_ID)
+            .arg(entry_id)
+            .arg(FIELD_DL_REASON)
+            .arg(reason);
+        for (field, value) in fields {
+            if let redis::Value::BulkString(bytes) = value {
+                cmd.arg(field).arg(bytes.as_slice());
+            }
+        }
+        cmd
+    }
+
     /// The key an executor sets (`SET NX`) before running `(run_id, attempt)`, so a task that
     /// is on the stream twice runs once.
     pub fn claim_key(&self, run_id: Uuid, attempt: i32) -> String {

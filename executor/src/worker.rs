@@ -10,9 +10,8 @@ use chrono::Utc;
 use netcron_common::domain::{CommandKind, CredentialKind, ErrorKind, RunStatus};
 use netcron_common::entity::credential::seal_context;
 use netcron_common::protocol::{
-    AttemptRecord, EXECUTOR_GROUP, FIELD_BODY, FIELD_DL_ID, FIELD_DL_REASON, FIELD_DL_SOURCE,
-    FIELD_RUN_ID, FIELD_VERSION, Outcome, RESULT_VERSION, RunResult, Streams, TASK_VERSION, Task,
-    TaskCredential,
+    AttemptRecord, EXECUTOR_GROUP, FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, Outcome,
+    RESULT_VERSION, RunResult, Streams, TASK_VERSION, Task, TaskCredential,
 };
 use netcron_common::secret::{SecretKey, SecretString};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -356,24 +355,12 @@ impl Executor {
         tracing::warn!(entry = %entry.id, reason = %rejected.reason, "task dead-lettered");
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut dl = redis::cmd("XADD");
-        // Bounded, since nothing consumes it: the newest ~100k rejections are kept.
-        dl.arg(&self.streams.dead_letter)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(100_000)
-            .arg("*")
-            .arg(FIELD_DL_SOURCE)
-            .arg(&self.streams.tasks)
-            .arg(FIELD_DL_ID)
-            .arg(&entry.id)
-            .arg(FIELD_DL_REASON)
-            .arg(&rejected.reason);
-        for (field, value) in &entry.map {
-            if let redis::Value::BulkString(bytes) = value {
-                dl.arg(field).arg(bytes.as_slice());
-            }
-        }
+        let dl = self.streams.dead_letter_cmd(
+            &self.streams.tasks,
+            &entry.id,
+            &rejected.reason,
+            &entry.map,
+        );
         pipe.add_command(dl).ignore();
         if let Some(run_id) = rejected.run_id {
             let now = Utc::now();
