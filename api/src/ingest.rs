@@ -47,13 +47,14 @@ WITH u AS (
         run_id uuid, attempt int, executor_id text, started_at timestamptz, status text,
         finished_at timestamptz, duration_ms bigint, exit_code int, exit_signal text,
         stdout text, stderr text, truncated boolean, error_kind text, error_message text,
-        attempts jsonb, host_key_fingerprint text)),
+        attempts jsonb, host_key_fingerprint text, payload jsonb)),
 done AS (
     UPDATE runs r
     SET status = u.status, started_at = u.started_at, finished_at = u.finished_at,
         duration_ms = u.duration_ms, exit_code = u.exit_code, exit_signal = u.exit_signal,
         stdout = u.stdout, stderr = u.stderr, truncated = u.truncated,
         error_kind = u.error_kind, error_message = u.error_message, attempts = u.attempts,
+        payload = u.payload,
         executor_id = u.executor_id, attempt = u.attempt
     FROM u
     WHERE r.id = u.run_id AND r.status IN ('queued', 'running')
@@ -381,7 +382,7 @@ impl Ingest {
                     "exit_signal": o.exit_signal, "stdout": o.stdout, "stderr": o.stderr,
                     "truncated": o.truncated, "error_kind": o.error_kind,
                     "error_message": o.error_message, "attempts": o.attempts,
-                    "host_key_fingerprint": o.host_key_fingerprint,
+                    "host_key_fingerprint": o.host_key_fingerprint, "payload": o.payload,
                 }))
             })
             .collect();

@@ -388,6 +388,9 @@ text_enum!(
         /// Succeeds at once without connecting: measures and tests the pipeline (scheduler,
         /// stream, executor, ingest) without a device. `command` is ignored.
         Noop = "noop",
+        /// Collects a structured Windows inventory over SSH (PowerShell, with a `reg query`
+        /// fallback) into the run's `payload`. `command` is ignored.
+        WindowsInventory = "windows_inventory",
     }
 );
 
@@ -445,6 +448,9 @@ text_enum!(
         AuthFailed = "auth_failed",
         /// The command outlived its timeout; the output so far is kept.
         Timeout = "timeout",
+        /// The command ran, but what it printed is not what the command kind needs (e.g. an
+        /// inventory that is neither the script's JSON nor `reg query` output).
+        InvalidOutput = "invalid_output",
         /// Anything else: a secret that cannot be decrypted, a task delivered too often,
         /// an unexpected SSH protocol error.
         Internal = "internal",

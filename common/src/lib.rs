@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod entity;
+pub mod inventory;
 pub mod protocol;
 pub mod secret;
 pub mod telemetry;

@@ -194,6 +194,10 @@ pub struct Outcome {
     /// Every connection attempt, oldest first (more than one when transient errors were
     /// retried).
     pub attempts: Vec<AttemptRecord>,
+    /// Structured result of command kinds that produce one (`windows_inventory`: an
+    /// [`crate::inventory::Inventory`]). Absent in older messages.
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
 }
 
 /// One connection attempt within a run.

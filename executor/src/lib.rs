@@ -10,6 +10,7 @@
 //! - the async runtime never blocks: libssh2 runs under `spawn_blocking`.
 
 mod error;
+pub mod inventory;
 mod output;
 mod ssh;
 mod worker;

@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::error::Result;
+use crate::inventory;
 use crate::ssh::{self, Auth, Limits, Target};
 use crate::{ExecutorConfig, Settings};
 
@@ -605,6 +606,7 @@ impl Executor {
                     error_kind: None,
                     error_message: None,
                 }],
+                payload: None,
             };
         }
         let (auth, secrets) = match self.open_credential(&task.credential) {
@@ -628,22 +630,140 @@ impl Executor {
             ),
             max_output_bytes: usize::try_from(task.command.max_output_bytes).unwrap_or(usize::MAX),
         };
-        let max_attempts = task.command.max_attempts.max(1);
         let mut records = Vec::new();
+        let secrets: Vec<&str> = secrets.iter().map(SecretString::expose).collect();
+        let outcome = |last: ssh::Attempt, records: Vec<AttemptRecord>| Outcome {
+            status: last.status,
+            finished_at: Utc::now(),
+            duration_ms: millis(clock.elapsed()),
+            exit_code: last.exit_code,
+            exit_signal: last.exit_signal,
+            stdout: last.stdout.to_text(&secrets),
+            stderr: last.stderr.to_text(&secrets),
+            truncated: last.stdout.truncated || last.stderr.truncated,
+            error_kind: last.error_kind,
+            error_message: last.error_message,
+            host_key_fingerprint: last.host_key_fingerprint,
+            attempts: records,
+            payload: None,
+        };
+        if task.command.kind != CommandKind::WindowsInventory {
+            let last = match self
+                .ssh_with_retries(task, &auth, task.command.text.clone(), limits, &mut records)
+                .await
+            {
+                Ok(last) => last,
+                Err(message) => return error_outcome(first_start, ErrorKind::Internal, message),
+            };
+            return outcome(last, records);
+        }
+
+        // Windows inventory: PowerShell first; if it ran but failed or printed something that
+        // is not the inventory, `reg query` on a second connection.
+        let ps = match self
+            .ssh_with_retries(task, &auth, inventory::powershell_command(), limits, &mut records)
+            .await
+        {
+            Ok(last) => last,
+            Err(message) => return error_outcome(first_start, ErrorKind::Internal, message),
+        };
+        if ps.error_kind.is_some_and(|k| k != ErrorKind::Timeout) {
+            // The device could not be reached or refused us: no point in a fallback.
+            return outcome(ps, records);
+        }
+        let ps_text = ps.stdout.to_text(&secrets);
+        let ps_failure = if ps.status == RunStatus::Succeeded {
+            match inventory::parse_powershell(&ps_text, Utc::now()) {
+                Ok(inventory) => {
+                    let mut done = outcome(ps, records);
+                    // The payload holds what stdout said, parsed; the raw JSON is not kept twice.
+                    done.stdout = String::new();
+                    done.payload = serde_json::to_value(&inventory).ok();
+                    return done;
+                }
+                Err(e) => e,
+            }
+        } else {
+            let stderr = ps.stderr.to_text(&secrets);
+            let detail = stderr.lines().chain(ps_text.lines()).find(|l| !l.trim().is_empty());
+            match (ps.error_message.as_deref(), ps.exit_code, detail) {
+                (Some(m), _, _) => m.to_owned(),
+                (None, Some(code), Some(line)) => format!("exited with {code}: {}", line.trim()),
+                (None, code, _) => format!("exited with {code:?}"),
+            }
+        };
+        let ps_error = format!("powershell: {ps_failure}");
+        tracing::info!(run_id = %task.run_id, reason = %ps_error, "falling back to reg query");
+        let mut pinned_task = task.clone();
+        if pinned_task.device.host_key_fingerprint.is_none() {
+            // The first connection just saw the key; the second must present the same one.
+            pinned_task
+                .device
+                .host_key_fingerprint
+                .clone_from(&ps.host_key_fingerprint);
+        }
+        let reg = match self
+            .ssh_with_retries(&pinned_task, &auth, inventory::REG_QUERY.into(), limits, &mut records)
+            .await
+        {
+            Ok(last) => last,
+            Err(message) => return error_outcome(first_start, ErrorKind::Internal, message),
+        };
+        if reg.error_kind.is_some() {
+            return outcome(reg, records);
+        }
+        let reg_text = reg.stdout.to_text(&secrets);
+        let parsed = if reg.status == RunStatus::Succeeded {
+            inventory::parse_reg_query(&reg_text, Utc::now(), vec![ps_error.clone()])
+        } else {
+            Err(format!("reg query exited with {:?}", reg.exit_code))
+        };
+        let mut done = outcome(reg, records);
+        match parsed {
+            Ok(inventory) => {
+                done.stdout = String::new();
+                done.payload = serde_json::to_value(&inventory).ok();
+            }
+            Err(reg_error) => {
+                done.status = RunStatus::Error;
+                done.error_kind = Some(ErrorKind::InvalidOutput);
+                done.error_message = Some(format!(
+                    "no inventory could be collected: {ps_error}; reg query: {reg_error}"
+                ));
+            }
+        }
+        done
+    }
+
+    /// Runs `command` on the task's device, retrying transient errors up to the command's
+    /// `max_attempts`; every attempt is appended to `records`.
+    ///
+    /// # Errors
+    /// When the blocking SSH thread itself failed (a panic in libssh2's wrapper).
+    async fn ssh_with_retries(
+        &self,
+        task: &Task,
+        auth: &Arc<Auth>,
+        command: String,
+        limits: Limits,
+        records: &mut Vec<AttemptRecord>,
+    ) -> std::result::Result<ssh::Attempt, String> {
+        let max_attempts = task.command.max_attempts.max(1);
+        let command = Arc::new(command);
         let mut n = 1;
-        let last = loop {
+        loop {
             let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
-                return error_outcome(first_start, ErrorKind::Internal, "executor closed".into());
+                return Err("executor closed".into());
             };
             let started_at = Utc::now();
             let t0 = Instant::now();
             let job = {
-                let auth = Arc::clone(&auth);
+                let auth = Arc::clone(auth);
                 let host = task.device.host.clone();
                 let port = task.device.port;
                 let username = task.credential.username.clone();
                 let pinned = task.device.host_key_fingerprint.clone();
-                let command = task.command.text.clone();
+                let command = Arc::clone(&command);
                 tokio::task::spawn_blocking(move || {
                     let target = Target {
                         host: &host,
@@ -655,16 +775,9 @@ impl Executor {
                     ssh::run(&target, &command, limits)
                 })
             };
-            let attempt = match job.await {
-                Ok(attempt) => attempt,
-                Err(e) => {
-                    return error_outcome(
-                        first_start,
-                        ErrorKind::Internal,
-                        format!("the SSH worker thread failed: {e}"),
-                    );
-                }
-            };
+            let attempt = job
+                .await
+                .map_err(|e| format!("the SSH worker thread failed: {e}"))?;
             drop(slot);
             records.push(AttemptRecord {
                 started_at,
@@ -682,22 +795,7 @@ impl Executor {
                 n += 1;
                 continue;
             }
-            break attempt;
-        };
-        let secrets: Vec<&str> = secrets.iter().map(SecretString::expose).collect();
-        Outcome {
-            status: last.status,
-            finished_at: Utc::now(),
-            duration_ms: millis(clock.elapsed()),
-            exit_code: last.exit_code,
-            exit_signal: last.exit_signal,
-            stdout: last.stdout.to_text(&secrets),
-            stderr: last.stderr.to_text(&secrets),
-            truncated: last.stdout.truncated || last.stderr.truncated,
-            error_kind: last.error_kind,
-            error_message: last.error_message,
-            host_key_fingerprint: last.host_key_fingerprint,
-            attempts: records,
+            return Ok(attempt);
         }
     }
 
@@ -778,6 +876,7 @@ fn error_outcome(started_at: chrono::DateTime<Utc>, kind: ErrorKind, message: St
             error_kind: Some(kind),
             error_message: Some(message),
         }],
+        payload: None,
     }
 }
 
