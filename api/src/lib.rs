@@ -55,6 +55,7 @@ pub use state::AppState;
         (name = "commands", description = "Commands defined per device"),
         (name = "schedules", description = "Cron schedules of commands"),
         (name = "runs", description = "Executions and their results"),
+        (name = "inventory", description = "Windows inventory collected by `windows_inventory` commands"),
         (name = "health", description = "Liveness and readiness (no authentication)"),
     ),
     components(schemas(error::Problem))
@@ -88,7 +89,8 @@ fn build_router_parts() -> (
         .merge(routes::devices::router())
         .merge(routes::commands::router())
         .merge(routes::schedules::router())
-        .merge(routes::runs::router());
+        .merge(routes::runs::router())
+        .merge(routes::inventory::router());
     let public = routes::health::router();
     let mut doc = protected.get_openapi().clone();
     let mut public_doc = public.get_openapi().clone();

@@ -5,6 +5,7 @@ pub mod commands;
 pub mod credentials;
 pub mod devices;
 pub mod health;
+pub mod inventory;
 pub mod runs;
 pub mod schedules;
 

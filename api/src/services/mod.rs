@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod credentials;
 pub mod devices;
+pub mod inventory;
 pub mod runs;
 pub mod schedules;
 
