@@ -230,16 +230,45 @@ mod tests {
 
     #[test]
     fn diff_finds_added_removed_upgraded_and_build_changes() {
-        let a = inventory(&[("7-Zip", "23.01"), ("Git", "2.44"), ("Old", "1")], &["KB1"], "22631.4460");
-        let b = inventory(&[("7-Zip", "24.08"), ("Git", "2.44"), ("New", "2")], &["KB1", "KB2"], "22631.4541");
+        let a = inventory(
+            &[("7-Zip", "23.01"), ("Git", "2.44"), ("Old", "1")],
+            &["KB1"],
+            "22631.4460",
+        );
+        let b = inventory(
+            &[("7-Zip", "24.08"), ("Git", "2.44"), ("New", "2")],
+            &["KB1", "KB2"],
+            "22631.4541",
+        );
         let d = a.diff(&b);
-        assert_eq!(d.software_added.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["New"]);
-        assert_eq!(d.software_removed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["Old"]);
+        assert_eq!(
+            d.software_added
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["New"]
+        );
+        assert_eq!(
+            d.software_removed
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["Old"]
+        );
         assert_eq!(d.software_upgraded.len(), 1);
         assert_eq!(d.software_upgraded[0].to_version.as_deref(), Some("24.08"));
-        assert_eq!(d.hotfixes_added.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["KB2"]);
+        assert_eq!(
+            d.hotfixes_added
+                .iter()
+                .map(|h| h.id.as_str())
+                .collect::<Vec<_>>(),
+            ["KB2"]
+        );
         assert!(d.hotfixes_removed.is_empty());
-        assert_eq!(d.os_build_changed.and_then(|c| c.to).as_deref(), Some("22631.4541"));
+        assert_eq!(
+            d.os_build_changed.and_then(|c| c.to).as_deref(),
+            Some("22631.4541")
+        );
         assert_eq!(a.diff(&a), InventoryDiff::default());
     }
 }

@@ -280,7 +280,10 @@ fn normalize_os(raw: &RawOs) -> OsInfo {
     });
     OsInfo {
         name,
-        display_version: raw.display_version.clone().or_else(|| raw.release_id.clone()),
+        display_version: raw
+            .display_version
+            .clone()
+            .or_else(|| raw.release_id.clone()),
         build: raw.build.clone(),
         ubr: raw.ubr,
         full_build: match (&raw.build, raw.ubr) {
@@ -344,7 +347,9 @@ mod tests {
     use super::*;
 
     fn at() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).single().expect("time")
+        Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
+            .single()
+            .expect("time")
     }
 
     #[test]
@@ -362,8 +367,8 @@ mod tests {
 
     #[test]
     fn powershell_7_output_is_normalized() {
-        let inv = parse_powershell(include_str!("../fixtures/ps7-win11.json"), at())
-            .expect("parses");
+        let inv =
+            parse_powershell(include_str!("../fixtures/ps7-win11.json"), at()).expect("parses");
         assert_eq!(inv.source, InventorySource::Powershell);
         assert_eq!(inv.os.name.as_deref(), Some("Windows 11 Pro"));
         assert_eq!(inv.os.display_version.as_deref(), Some("23H2"));
@@ -407,7 +412,10 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(inv.source, InventorySource::RegQuery);
-        assert_eq!(inv.os.name.as_deref(), Some("Windows 10 Enterprise LTSC 2021"));
+        assert_eq!(
+            inv.os.name.as_deref(),
+            Some("Windows 10 Enterprise LTSC 2021")
+        );
         // No DisplayVersion on this build: ReleaseId stands in.
         assert_eq!(inv.os.display_version.as_deref(), Some("2009"));
         assert_eq!(inv.os.build.as_deref(), Some("19044"));
@@ -423,8 +431,12 @@ mod tests {
 
     #[test]
     fn reg_query_windows_11_and_localized_default_value() {
-        let inv = parse_reg_query(include_str!("../fixtures/reg-query-win11-de.txt"), at(), vec![])
-            .expect("parses");
+        let inv = parse_reg_query(
+            include_str!("../fixtures/reg-query-win11-de.txt"),
+            at(),
+            vec![],
+        )
+        .expect("parses");
         assert_eq!(inv.os.name.as_deref(), Some("Windows 11 Pro"));
         assert_eq!(inv.os.display_version.as_deref(), Some("24H2"));
         assert_eq!(inv.os.full_build.as_deref(), Some("26100.2314"));
@@ -436,8 +448,14 @@ mod tests {
             split_value("Product Name    REG_SZ    Windows 10 Pro"),
             Some(("Product Name", "REG_SZ", "Windows 10 Pro"))
         );
-        assert_eq!(split_value("Empty    REG_SZ"), Some(("Empty", "REG_SZ", "")));
-        assert_eq!(split_value("UBR    REG_DWORD    0x140b"), Some(("UBR", "REG_DWORD", "0x140b")));
+        assert_eq!(
+            split_value("Empty    REG_SZ"),
+            Some(("Empty", "REG_SZ", ""))
+        );
+        assert_eq!(
+            split_value("UBR    REG_DWORD    0x140b"),
+            Some(("UBR", "REG_DWORD", "0x140b"))
+        );
         assert_eq!(split_value("not a value"), None);
     }
 
@@ -445,6 +463,13 @@ mod tests {
     fn garbage_is_an_error_not_an_inventory() {
         assert!(parse_powershell("Access denied\r\n", at()).is_err());
         assert!(parse_powershell("[1,2,3]", at()).is_err());
-        assert!(parse_reg_query("ERROR: The system was unable to find the specified registry key or value.\r\n", at(), vec![]).is_err());
+        assert!(
+            parse_reg_query(
+                "ERROR: The system was unable to find the specified registry key or value.\r\n",
+                at(),
+                vec![]
+            )
+            .is_err()
+        );
     }
 }

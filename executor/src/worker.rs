@@ -661,7 +661,13 @@ impl Executor {
         // Windows inventory: PowerShell first; if it ran but failed or printed something that
         // is not the inventory, `reg query` on a second connection.
         let ps = match self
-            .ssh_with_retries(task, &auth, inventory::powershell_command(), limits, &mut records)
+            .ssh_with_retries(
+                task,
+                &auth,
+                inventory::powershell_command(),
+                limits,
+                &mut records,
+            )
             .await
         {
             Ok(last) => last,
@@ -685,7 +691,10 @@ impl Executor {
             }
         } else {
             let stderr = ps.stderr.to_text(&secrets);
-            let detail = stderr.lines().chain(ps_text.lines()).find(|l| !l.trim().is_empty());
+            let detail = stderr
+                .lines()
+                .chain(ps_text.lines())
+                .find(|l| !l.trim().is_empty());
             match (ps.error_message.as_deref(), ps.exit_code, detail) {
                 (Some(m), _, _) => m.to_owned(),
                 (None, Some(code), Some(line)) => format!("exited with {code}: {}", line.trim()),
@@ -703,7 +712,13 @@ impl Executor {
                 .clone_from(&ps.host_key_fingerprint);
         }
         let reg = match self
-            .ssh_with_retries(&pinned_task, &auth, inventory::REG_QUERY.into(), limits, &mut records)
+            .ssh_with_retries(
+                &pinned_task,
+                &auth,
+                inventory::REG_QUERY.into(),
+                limits,
+                &mut records,
+            )
             .await
         {
             Ok(last) => last,

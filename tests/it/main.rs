@@ -9,6 +9,7 @@ mod docs;
 mod executor;
 mod health;
 mod helpers;
+mod inventory;
 mod runs;
 mod scheduler;
 mod schedules;

@@ -71,6 +71,9 @@ pub struct SshdOptions {
     /// `MaxStartups` (concurrent unauthenticated connections, no random early drop) and
     /// `MaxSessions`; the default is 100 of each.
     pub max_startups: Option<u32>,
+    /// `ForceCommand`: every session runs this instead of what the client asked for (the
+    /// request is in `$SSH_ORIGINAL_COMMAND`), to play a device that is not a Unix shell.
+    pub force_command: Option<String>,
 }
 
 /// A running sshd; killed and its directory removed on drop.
@@ -486,11 +489,14 @@ fn write_config(dir: &Path, port: u16, opts: &SshdOptions) {
          PasswordAuthentication yes\n\
          PubkeyAuthentication yes\n"
     };
-    let penalties = if supports_per_source_penalties(dir) {
-        "PerSourcePenalties no\n"
+    let mut penalties = if supports_per_source_penalties(dir) {
+        "PerSourcePenalties no\n".to_owned()
     } else {
-        ""
+        String::new()
     };
+    if let Some(command) = &opts.force_command {
+        penalties.push_str(&format!("ForceCommand {command}\n"));
+    }
     let config = format!(
         "Port {port}\n\
          ListenAddress 127.0.0.1\n\

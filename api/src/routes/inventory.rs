@@ -104,7 +104,9 @@ async fn latest_inventory(
     State(state): State<AppState>,
     Path(device_id): Path<Uuid>,
 ) -> Result<axum::Json<InventoryView>> {
-    Ok(axum::Json(service::latest(&state.db, device_id).await?.into()))
+    Ok(axum::Json(
+        service::latest(&state.db, device_id).await?.into(),
+    ))
 }
 
 /// Every inventory collected from the device, newest first.

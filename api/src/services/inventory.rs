@@ -52,9 +52,14 @@ pub async fn history(
     page: PageRequest,
 ) -> Result<Vec<Collected>> {
     let commands = inventory_commands(db, device_id).await?;
-    let rows = paginate(inventory_runs(device_id, commands), run::Column::Id, page, true)
-        .all(db)
-        .await?;
+    let rows = paginate(
+        inventory_runs(device_id, commands),
+        run::Column::Id,
+        page,
+        true,
+    )
+    .all(db)
+    .await?;
     Ok(rows.into_iter().filter_map(collected).collect())
 }
 

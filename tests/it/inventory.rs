@@ -1,0 +1,332 @@
+//! Windows inventory end to end against fake Windows hosts: the test sshd with a
+//! `ForceCommand` script that checks the command netcron sends and replays fixture output
+//! with CRLF line ends, as Windows OpenSSH would.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use netcron_executor::{Executor, ExecutorConfig, Settings as ExecutorSettings};
+use netcron_scheduler::{SchedulerConfig, SystemClock};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TestApp, id, json_of};
+use crate::sshd::{SshdOptions, TEST_PASSWORD, TEST_USER, TestSshd};
+
+const PS7: &str = include_str!("../../executor/fixtures/ps7-win11.json");
+const REG: &str = include_str!("../../executor/fixtures/reg-query-win10.txt");
+
+/// A directory with the fake host's script and the answers it replays. Readable by the test
+/// user, removed on drop.
+struct FakeWindows {
+    dir: PathBuf,
+}
+
+impl FakeWindows {
+    /// `powershell`: the JSON the PowerShell command prints, or `None` for a host without
+    /// PowerShell. `reg`: what `reg query` prints.
+    fn new(powershell: Option<&str>, reg: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("netcron-fakewin-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let script = format!(
+            r#"#!/bin/sh
+# Answers like a Windows host: CRLF line ends, cmd.exe's message when PowerShell is missing.
+d={dir}
+case "$SSH_ORIGINAL_COMMAND" in
+  "powershell.exe -NoProfile -NonInteractive -EncodedCommand "*)
+    if [ -f "$d/ps.json" ]; then sed 's/$/\r/' "$d/ps.json"; exit 0; fi
+    printf "'powershell.exe' is not recognized as an internal or external command,\r\noperable program or batch file.\r\n" >&2
+    exit 1 ;;
+  'reg query "HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion"')
+    cat "$d/reg.txt"; exit 0 ;;
+  *)
+    echo "unexpected command: $SSH_ORIGINAL_COMMAND" >&2; exit 127 ;;
+esac
+"#,
+            dir = dir.display()
+        );
+        let fake = Self { dir };
+        fake.write("host.sh", &script, 0o755);
+        if let Some(ps) = powershell {
+            fake.set_powershell(ps);
+        }
+        fake.write("reg.txt", reg, 0o644);
+        fake
+    }
+
+    fn write(&self, name: &str, text: &str, mode: u32) {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    fn set_powershell(&self, json: &str) {
+        self.write("ps.json", json, 0o644);
+    }
+
+    fn sshd(&self) -> TestSshd {
+        TestSshd::start_with(SshdOptions {
+            force_command: Some(self.dir.join("host.sh").display().to_string()),
+            ..SshdOptions::default()
+        })
+    }
+}
+
+impl Drop for FakeWindows {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Roles(Vec<CancellationToken>);
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.cancel();
+        }
+    }
+}
+
+async fn pipeline(app: &TestApp) -> Roles {
+    let scheduler = app
+        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .await;
+    let s = CancellationToken::new();
+    let token = s.clone();
+    tokio::spawn(async move { scheduler.run(token).await.expect("scheduler") });
+    let executor = Executor::connect(ExecutorSettings {
+        redis: netcron_common::config::RedisSettings {
+            url: app.redis_url.clone(),
+            stream_prefix: app.stream_prefix.clone(),
+        },
+        secret_key: app.key.clone(),
+        executor: ExecutorConfig {
+            connect_timeout: Duration::from_secs(2),
+            login_timeout: Duration::from_secs(5),
+            block: Duration::from_millis(500),
+            ..ExecutorConfig::default()
+        },
+    })
+    .await
+    .expect("executor");
+    let e = CancellationToken::new();
+    let token = e.clone();
+    tokio::spawn(async move { executor.run(token).await.expect("executor") });
+    Roles(vec![s, e])
+}
+
+async fn windows_device(app: &TestApp, name: &str, sshd: &TestSshd) -> (Value, Value) {
+    let cred = app
+        .create(
+            "/credentials",
+            json!({"name": format!("{name}-cred"), "username": TEST_USER, "password": TEST_PASSWORD}),
+        )
+        .await;
+    let device = app
+        .create(
+            "/devices",
+            json!({"name": name, "host": "127.0.0.1", "port": sshd.port, "platform": "windows",
+                   "credential_id": cred["id"]}),
+        )
+        .await;
+    let command = app
+        .create(
+            &format!("/devices/{}/commands", id(&device)),
+            json!({"name": "inventory", "kind": "windows_inventory"}),
+        )
+        .await;
+    (device, command)
+}
+
+async fn run_to_end(app: &TestApp, device: &Value, command: &Value) -> Value {
+    let (status, run) = json_of(
+        app.post(
+            &format!("/devices/{}/commands/{}/run", id(device), id(command)),
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 202, "{run}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, run) = json_of(app.get(&format!("/runs/{}", id(&run))).await).await;
+        if !["queued", "running"].contains(&run["status"].as_str().unwrap_or_default()) {
+            return run;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn powershell_inventory_is_stored_served_and_diffed() {
+    let app = TestApp::spawn().await;
+    let fake = FakeWindows::new(Some(PS7), REG);
+    let sshd = fake.sshd();
+    let _roles = pipeline(&app).await;
+    let (device, command) = windows_device(&app, "ws-0042", &sshd).await;
+
+    let (status, _) = json_of(
+        app.get(&format!("/devices/{}/inventory", id(&device)))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404, "no inventory before the first collection");
+
+    let first = run_to_end(&app, &device, &command).await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert_eq!(first["payload"]["source"], "powershell");
+    assert_eq!(first["payload"]["os"]["name"], "Windows 11 Pro");
+    let (status, latest) = json_of(
+        app.get(&format!("/devices/{}/inventory", id(&device)))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{latest}");
+    assert_eq!(latest["run_id"], first["id"]);
+    assert_eq!(latest["inventory"]["os"]["full_build"], "22631.4460");
+    assert_eq!(latest["inventory"]["system"]["hostname"], "WS-0042");
+    assert_eq!(
+        latest["inventory"]["software"].as_array().map(Vec::len),
+        Some(3)
+    );
+
+    // The host is patched: a newer 7-Zip, one more hotfix, a new UBR.
+    let mut changed: Value = serde_json::from_str(PS7).expect("fixture");
+    changed["os"]["UBR"] = json!(4541);
+    changed["software"][0]["DisplayVersion"] = json!("24.09");
+    changed["hotfixes"]
+        .as_array_mut()
+        .expect("hotfixes")
+        .push(json!({"HotFixID": "KB5048685", "Description": "Security Update", "InstalledOn": "2026-11-20T00:00:00Z"}));
+    fake.set_powershell(&changed.to_string());
+    let second = run_to_end(&app, &device, &command).await;
+    assert_eq!(second["status"], "succeeded", "{second}");
+
+    let (status, diff) = json_of(
+        app.get(&format!("/devices/{}/inventory/diff", id(&device)))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{diff}");
+    assert_eq!(diff["from"], first["id"]);
+    assert_eq!(diff["to"], second["id"]);
+    assert_eq!(
+        diff["diff"]["software_upgraded"][0]["to_version"], "24.09",
+        "{diff}"
+    );
+    assert_eq!(
+        diff["diff"]["hotfixes_added"][0]["id"], "KB5048685",
+        "{diff}"
+    );
+    assert_eq!(
+        diff["diff"]["os_build_changed"]["to"], "22631.4541",
+        "{diff}"
+    );
+    assert_eq!(diff["diff"]["software_added"], json!([]));
+
+    let (_, history) = json_of(
+        app.get(&format!("/devices/{}/inventory/history", id(&device)))
+            .await,
+    )
+    .await;
+    let items = history["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["run_id"], second["id"], "newest first");
+    assert_eq!(items[0]["hotfix_count"], 3);
+
+    // Explicit ends, and a run id that is not an inventory of this device.
+    let path = format!(
+        "/devices/{}/inventory/diff?from={}&to={}",
+        id(&device),
+        second["id"].as_str().expect("id"),
+        first["id"].as_str().expect("id")
+    );
+    let (status, back) = json_of(app.get(&path).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(back["diff"]["hotfixes_removed"][0]["id"], "KB5048685");
+    let bogus = format!(
+        "/devices/{}/inventory/diff?to={}",
+        id(&device),
+        uuid::Uuid::now_v7()
+    );
+    crate::helpers::assert_problem(app.get(&bogus).await, 400, "invalid-parameter", Some("to"))
+        .await;
+}
+
+#[tokio::test]
+async fn without_powershell_the_reg_query_fallback_runs() {
+    let app = TestApp::spawn().await;
+    let fake = FakeWindows::new(None, REG);
+    let sshd = fake.sshd();
+    let _roles = pipeline(&app).await;
+    let (device, command) = windows_device(&app, "ltsc-1", &sshd).await;
+    let run = run_to_end(&app, &device, &command).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let inventory = &run["payload"];
+    assert_eq!(inventory["source"], "reg_query");
+    assert_eq!(inventory["os"]["name"], "Windows 10 Enterprise LTSC 2021");
+    assert_eq!(inventory["os"]["full_build"], "19044.5131");
+    let errors = inventory["errors"].as_array().expect("errors");
+    assert!(
+        errors[0]
+            .as_str()
+            .is_some_and(|e| e.contains("powershell") && e.contains("not recognized")),
+        "{errors:?}"
+    );
+    // Both connections are recorded.
+    assert_eq!(run["attempts"].as_array().map(Vec::len), Some(2), "{run}");
+}
+
+#[tokio::test]
+async fn garbage_is_an_error_and_the_schedule_keeps_running() {
+    let app = TestApp::spawn().await;
+    let fake = FakeWindows::new(
+        Some("<html>Service Unavailable</html>"),
+        "Access is denied.\r\n",
+    );
+    let sshd = fake.sshd();
+    let _roles = pipeline(&app).await;
+    let (device, command) = windows_device(&app, "broken", &sshd).await;
+    app.schedule(
+        &device,
+        &command,
+        json!({"cron_expression": "* * * * * *", "overlap_policy": "allow"}),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let runs = loop {
+        let (_, page) = json_of(
+            app.get(&format!("/devices/{}/results?status=error", id(&device)))
+                .await,
+        )
+        .await;
+        let runs = page["items"].as_array().cloned().unwrap_or_default();
+        if runs.len() >= 2 {
+            break runs;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for run in &runs {
+        assert_eq!(run["error_kind"], "invalid_output", "{run}");
+        let message = run["error_message"].as_str().expect("message");
+        assert!(
+            message.contains("not JSON") && message.contains("reg query"),
+            "{message}"
+        );
+        assert!(run["payload"].is_null());
+    }
+    let (status, _) = json_of(
+        app.get(&format!("/devices/{}/inventory", id(&device)))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
