@@ -12,6 +12,7 @@
 mod error;
 pub mod inventory;
 mod output;
+pub mod runner;
 mod ssh;
 mod worker;
 
@@ -22,6 +23,7 @@ use netcron_common::secret::SecretKey;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
+pub use runner::Runner;
 pub use worker::Executor;
 
 /// How the executor behaves; every field has an environment variable (see the README).
