@@ -1,5 +1,7 @@
-//! `netcron <api|scheduler|executor|ingest|migrate|all|keygen>`: parses the command line, loads the
+//! `netcron <api|scheduler|executor|ingest|migrate|all|keygen|inventory>`: parses the command line, loads the
 //! role's settings once, and runs the role until SIGTERM or ctrl-c.
+
+mod oneshot;
 
 use std::process::ExitCode;
 
@@ -19,6 +21,8 @@ struct Cli {
     role: Role,
 }
 
+// Parsed once at start; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Role {
     /// Serve the REST API (applies migrations first unless NETCRON_AUTO_MIGRATE=false).
@@ -35,6 +39,8 @@ enum Role {
     All,
     /// Print a new random NETCRON_SECRET_KEY.
     Keygen,
+    /// Collect one Windows inventory now, without the services, into a JSON file.
+    Inventory(oneshot::InventoryArgs),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +103,15 @@ async fn run(role: Role) -> anyhow::Result<()> {
         }
         Role::All => run_all(shutdown).await,
         Role::Keygen => Ok(()),
+        Role::Inventory(args) => {
+            if oneshot::run(args).await? {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "the inventory collection failed; see the output file"
+                ))
+            }
+        }
     }
 }
 

@@ -113,6 +113,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db: DatabaseConnection,
     pub key: SecretKey,
+    /// `key` as `NETCRON_SECRET_KEY` text, for processes started by a test.
+    pub key_text: String,
     pub db_url: String,
     pub redis_url: String,
     pub stream_prefix: String,
@@ -173,6 +175,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             db,
             key: SecretKey::from_base64(&key_text).expect("key"),
+            key_text,
             db_url,
             redis_url: services.redis.clone(),
             stream_prefix,

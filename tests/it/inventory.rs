@@ -330,3 +330,164 @@ async fn garbage_is_an_error_and_the_schedule_keeps_running() {
     .await;
     assert_eq!(status, 404);
 }
+
+/// Runs the real `netcron inventory` binary; returns (success, combined output).
+fn one_shot(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_netcron"))
+        .arg("inventory")
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NETCRON_LOG_FORMAT", "text")
+        .output()
+        .expect("run netcron inventory");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn read_json(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("output file")).expect("JSON")
+}
+
+#[tokio::test]
+async fn one_shot_collects_from_a_given_host_and_writes_the_file_atomically() {
+    let fake = FakeWindows::new(Some(PS7), REG);
+    let sshd = fake.sshd();
+    let out_dir = fake.dir.join("out");
+    std::fs::create_dir_all(&out_dir).expect("out dir");
+    let commands = out_dir.join("commands.txt");
+    std::fs::write(
+        &commands,
+        "# the old agent's file\r\nInventory\r\nping 10.0.0.1\r\n",
+    )
+    .expect("commands");
+    let out = out_dir.join("payload.json");
+    let port = sshd.port.to_string();
+    let (ok, log) = tokio::task::spawn_blocking({
+        let (out, commands) = (out.clone(), commands.clone());
+        move || {
+            one_shot(
+                &[
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--user",
+                    TEST_USER,
+                    "--password-env",
+                    "FAKE_WIN_PASSWORD",
+                    "--out",
+                    out.to_str().expect("path"),
+                    "--commands",
+                    commands.to_str().expect("path"),
+                ],
+                &[("FAKE_WIN_PASSWORD", TEST_PASSWORD)],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert!(ok, "{log}");
+    assert!(log.contains("skipped") && log.contains("ping"), "{log}");
+    assert!(
+        !log.contains(TEST_PASSWORD),
+        "the password leaked into the log"
+    );
+    let result = read_json(&out);
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert_eq!(result["inventory"]["os"]["name"], "Windows 11 Pro");
+    assert_eq!(result["host_key_fingerprint"], sshd.host_key_fingerprint);
+    let names: Vec<String> = std::fs::read_dir(&out_dir)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "no temporary file is left behind: {names:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_shot_uses_a_stored_device_and_reports_a_failed_collection() {
+    let app = TestApp::spawn().await;
+    let good = FakeWindows::new(Some(PS7), REG);
+    let good_sshd = good.sshd();
+    let bad = FakeWindows::new(Some("garbage"), "garbage\r\n");
+    let bad_sshd = bad.sshd();
+    let (device, _) = windows_device(&app, "stored-ws", &good_sshd).await;
+    windows_device(&app, "stored-broken", &bad_sshd).await;
+    let out = good.dir.join("payload.json");
+    let env = [
+        ("DATABASE_URL", app.db_url.as_str()),
+        ("NETCRON_SECRET_KEY", app.key_text.as_str()),
+    ];
+    let run = |name: &'static str, out: PathBuf| {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            one_shot(
+                &["--device", name, "--out", out.to_str().expect("path")],
+                &env,
+            )
+        })
+    };
+    let (ok, log) = run("stored-ws", out.clone()).await.expect("join");
+    assert!(ok, "{log}");
+    assert_eq!(
+        read_json(&out)["inventory"]["system"]["hostname"],
+        "WS-0042"
+    );
+    // Trust on first use, as the services do.
+    let (_, d) = json_of(app.get(&format!("/devices/{}", id(&device))).await).await;
+    assert_eq!(d["host_key_fingerprint"], good_sshd.host_key_fingerprint);
+
+    let bad_out = bad.dir.join("payload.json");
+    let (ok, log) = run("stored-broken", bad_out.clone()).await.expect("join");
+    assert!(!ok, "a failed collection exits non-zero: {log}");
+    let result = read_json(&bad_out);
+    assert_eq!(result["status"], "error", "{result}");
+    assert_eq!(result["error_kind"], "invalid_output");
+    assert!(result["inventory"].is_null());
+
+    let (ok, log) = run("no-such-device", bad.dir.join("x.json"))
+        .await
+        .expect("join");
+    assert!(
+        !ok && log.contains("no device named no-such-device"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_schedule_fills_the_inventory() {
+    let app = TestApp::spawn().await;
+    let fake = FakeWindows::new(Some(PS7), REG);
+    let sshd = fake.sshd();
+    let _roles = pipeline(&app).await;
+    let (device, command) = windows_device(&app, "scheduled-ws", &sshd).await;
+    // Every second rather than every minute, so the test takes seconds; the path is the same.
+    app.schedule(&device, &command, json!({"cron_expression": "* * * * * *"}))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = json_of(
+            app.get(&format!("/devices/{}/inventory", id(&device)))
+                .await,
+        )
+        .await;
+        if status == 200 {
+            assert_eq!(body["inventory"]["os"]["display_version"], "23H2");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
