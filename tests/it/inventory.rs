@@ -38,6 +38,12 @@ impl FakeWindows {
 d={dir}
 case "$SSH_ORIGINAL_COMMAND" in
   "powershell.exe -NoProfile -NonInteractive -EncodedCommand "*)
+    # The argument must be base64 of the UTF-16LE collection script.
+    script=$(printf '%s' "${{SSH_ORIGINAL_COMMAND##* }}" | base64 -d | iconv -f UTF-16LE -t UTF-8) || exit 3
+    case "$script" in
+      *ConvertTo-Json*) ;;
+      *) echo "not the inventory script" >&2; exit 3 ;;
+    esac
     if [ -f "$d/ps.json" ]; then sed 's/$/\r/' "$d/ps.json"; exit 0; fi
     printf "'powershell.exe' is not recognized as an internal or external command,\r\noperable program or batch file.\r\n" >&2
     exit 1 ;;
