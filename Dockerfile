@@ -4,8 +4,8 @@
 # The workspace needs Rust >= 1.94 (edition 2024).
 FROM rust:1.95-bookworm AS builder
 
-# Not needed today (TLS is rustls), but the `ssh2` crate (libssh2-sys) will need
-# OpenSSL and zlib headers plus pkg-config to find them.
+# The `ssh2` crate (libssh2-sys) builds against OpenSSL and zlib, found with
+# pkg-config. (Postgres and Redis TLS use rustls.)
 RUN apt-get update \
     && apt-get install -y --no-install-recommends pkg-config libssl-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
@@ -24,9 +24,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---- runtime -----------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
 
-# ca-certificates: TLS roots; openssh-client: ssh tooling for the executor;
-# libssl3: runtime library for a dynamically linked ssh2/libssh2 (already pulled
-# in by the two above, listed to make the dependency explicit);
+# ca-certificates: TLS roots; openssh-client: ssh tooling for operators;
+# libssl3: the executor's libssh2 links OpenSSL dynamically (zlib comes with the
+# base image);
 # curl: for the compose healthcheck (`curl -fsS http://127.0.0.1:8080/health`).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates openssh-client libssl3 curl \
