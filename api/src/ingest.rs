@@ -230,6 +230,9 @@ impl Ingest {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "result ingest failed");
+                    // What this worker read but did not store is in its pending list: read it
+                    // again first thing, rather than at the next periodic reclaim.
+                    last_reclaim = None;
                     if let Some(c) = &conns
                         && e.to_string().contains("NOGROUP")
                     {
