@@ -4,14 +4,11 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use netcron_executor::{Executor, ExecutorConfig, Settings as ExecutorSettings};
-use netcron_scheduler::{SchedulerConfig, SystemClock};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
+use crate::executor::{finished, pipeline, run_now};
 use crate::helpers::{TestApp, id, json_of};
 use crate::sshd::{SshdOptions, TEST_PASSWORD, TEST_USER, TestSshd};
 
@@ -88,44 +85,6 @@ impl Drop for FakeWindows {
     }
 }
 
-struct Roles(Vec<CancellationToken>);
-
-impl Drop for Roles {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.cancel();
-        }
-    }
-}
-
-async fn pipeline(app: &TestApp) -> Roles {
-    let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
-        .await;
-    let s = CancellationToken::new();
-    let token = s.clone();
-    tokio::spawn(async move { scheduler.run(token).await.expect("scheduler") });
-    let executor = Executor::connect(ExecutorSettings {
-        redis: netcron_common::config::RedisSettings {
-            url: app.redis_url.clone(),
-            stream_prefix: app.stream_prefix.clone(),
-        },
-        secret_key: app.key.clone(),
-        executor: ExecutorConfig {
-            connect_timeout: Duration::from_secs(2),
-            login_timeout: Duration::from_secs(5),
-            block: Duration::from_millis(500),
-            ..ExecutorConfig::default()
-        },
-    })
-    .await
-    .expect("executor");
-    let e = CancellationToken::new();
-    let token = e.clone();
-    tokio::spawn(async move { executor.run(token).await.expect("executor") });
-    Roles(vec![s, e])
-}
-
 async fn windows_device(app: &TestApp, name: &str, sshd: &TestSshd) -> (Value, Value) {
     let cred = app
         .create(
@@ -150,24 +109,8 @@ async fn windows_device(app: &TestApp, name: &str, sshd: &TestSshd) -> (Value, V
 }
 
 async fn run_to_end(app: &TestApp, device: &Value, command: &Value) -> Value {
-    let (status, run) = json_of(
-        app.post(
-            &format!("/devices/{}/commands/{}/run", id(device), id(command)),
-            &json!({}),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(status, 202, "{run}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, run) = json_of(app.get(&format!("/runs/{}", id(&run))).await).await;
-        if !["queued", "running"].contains(&run["status"].as_str().unwrap_or_default()) {
-            return run;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{run}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let run_id = run_now(app, device, command).await;
+    finished(app, &run_id).await
 }
 
 #[tokio::test]
