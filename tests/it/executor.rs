@@ -776,7 +776,9 @@ async fn secrets_are_never_on_a_stream_in_plaintext() {
     assert_eq!(run["status"], "succeeded");
     let s = streams(&app);
     for stream in [&s.tasks, &s.results] {
-        for (_, fields) in entries(&app, stream).await {
+        let found = entries(&app, stream).await;
+        assert!(!found.is_empty(), "{stream} has entries to check");
+        for (_, fields) in found {
             for value in fields.values() {
                 assert!(
                     !value.contains(TEST_PASSWORD),
