@@ -15,6 +15,8 @@
 // A benchmark reports on stdout; that is its whole job.
 #![allow(clippy::print_stdout)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -24,7 +26,6 @@ use netcron_api::ingest::Ingest;
 use netcron_common::config::{DatabaseSettings, RedisSettings};
 use netcron_common::secret::SecretKey;
 use netcron_executor::{Executor, ExecutorConfig, Settings as ExecutorSettings};
-use netcron_migration::{Migrator, MigratorTrait};
 use netcron_scheduler::{Scheduler, SchedulerConfig, Settings, SystemClock};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use tokio_util::sync::CancellationToken;
@@ -168,6 +169,7 @@ struct Bench {
     admin: DatabaseConnection,
     db: DatabaseConnection,
     db_name: String,
+    db_url: String,
     redis: RedisSettings,
     key: SecretKey,
     key_text: String,
@@ -175,27 +177,19 @@ struct Bench {
 
 impl Bench {
     async fn new() -> Self {
-        let _ = dotenvy::dotenv();
-        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-        let redis_url = std::env::var("REDIS_URL").expect("REDIS_URL");
-        let server = &url[..url.rfind('/').expect("database in DATABASE_URL")];
-        let admin = netcron_common::db::connect(&format!("{server}/postgres"))
-            .await
-            .expect("admin");
-        let db_name = format!("netcron_bench_{}", Uuid::new_v4().simple());
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
-            .await
-            .expect("create");
-        let db = netcron_common::db::connect(&format!("{server}/{db_name}"))
-            .await
-            .expect("db");
-        Migrator::up(&db, None).await.expect("migrate");
+        let support::BenchDb {
+            admin,
+            db,
+            db_name,
+            db_url,
+            redis_url,
+        } = support::fresh_database().await;
         let key_text = SecretKey::generate_base64();
         Self {
             admin,
             db,
-            db_name: db_name.clone(),
+            db_name,
+            db_url,
             redis: RedisSettings {
                 url: redis_url,
                 stream_prefix: format!("bench:{}:", Uuid::new_v4().simple()),
@@ -203,12 +197,6 @@ impl Bench {
             key: SecretKey::from_base64(&key_text).expect("key"),
             key_text,
         }
-    }
-
-    fn db_url(&self) -> String {
-        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-        let server = &url[..url.rfind('/').expect("database")];
-        format!("{server}/{}", self.db_name)
     }
 
     /// A credential for `user` with `private_key`, and `devices` devices on `port` with one
@@ -437,7 +425,7 @@ async fn main() {
     // The rest of the pipeline: the scheduler (its outbox publisher) and result ingest.
     let settings = Settings {
         database: DatabaseSettings {
-            url: bench.db_url(),
+            url: bench.db_url.clone(),
             auto_migrate: false,
         },
         redis: bench.redis.clone(),

@@ -7,11 +7,12 @@
 // A benchmark reports on stdout; that is its whole job.
 #![allow(clippy::print_stdout)]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use netcron_migration::{Migrator, MigratorTrait};
 use netcron_scheduler::{ManualClock, Scheduler, SchedulerConfig, Settings, SystemClock};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tokio_util::sync::CancellationToken;
@@ -41,21 +42,13 @@ struct Bench {
 
 impl Bench {
     async fn new() -> Self {
-        let _ = dotenvy::dotenv();
-        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-        let redis_url = std::env::var("REDIS_URL").expect("REDIS_URL");
-        let server = &url[..url.rfind('/').expect("database in DATABASE_URL")];
-        let admin = netcron_common::db::connect(&format!("{server}/postgres"))
-            .await
-            .expect("admin");
-        let db_name = format!("netcron_bench_{}", Uuid::new_v4().simple());
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
-            .await
-            .expect("create");
-        let db_url = format!("{server}/{db_name}");
-        let db = netcron_common::db::connect(&db_url).await.expect("db");
-        Migrator::up(&db, None).await.expect("migrate");
+        let support::BenchDb {
+            admin,
+            db,
+            db_name,
+            db_url,
+            redis_url,
+        } = support::fresh_database().await;
         let (cred, device, command) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         db.execute_unprepared(&format!(
             "INSERT INTO credentials (id, name, username, kind, secret) VALUES ('{cred}', 'c', 'u', 'password', '\\x01');
