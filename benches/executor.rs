@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use netcron_api::ingest::Ingest;
 use netcron_common::config::{DatabaseSettings, RedisSettings};
+use netcron_common::metrics::Telemetry;
 use netcron_common::secret::SecretKey;
-use netcron_executor::{Executor, ExecutorConfig, Settings as ExecutorSettings};
+use netcron_executor::{Executor, ExecutorConfig, ExecutorMetrics, Settings as ExecutorSettings};
 use netcron_scheduler::{Scheduler, SchedulerConfig, Settings, SystemClock};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use tokio_util::sync::CancellationToken;
@@ -369,7 +370,11 @@ impl Bench {
                 ..ExecutorConfig::default()
             },
         };
-        let executor = Executor::connect(settings).await.expect("executor");
+        let telemetry = Telemetry::default();
+        let metrics = ExecutorMetrics::new(&telemetry);
+        let executor = Executor::connect(settings, &telemetry, metrics)
+            .await
+            .expect("executor");
         let token = CancellationToken::new();
         let t = token.clone();
         let handle = tokio::spawn(async move {
@@ -432,7 +437,7 @@ async fn main() {
         scheduler: SchedulerConfig::default(),
     };
     let scheduler = Arc::new(
-        Scheduler::connect(&settings, Arc::new(SystemClock))
+        Scheduler::connect(&settings, Arc::new(SystemClock), &Telemetry::default())
             .await
             .expect("scheduler"),
     );
@@ -440,7 +445,15 @@ async fn main() {
     let scheduler_task = tokio::spawn(async move {
         let _ = scheduler.run(s).await;
     });
-    let ingest = Ingest::new(bench.db.clone(), &bench.redis, 1000, 2).expect("ingest");
+    let ingest = Ingest::new(
+        bench.db.clone(),
+        &bench.redis,
+        bench.key.clone(),
+        1000,
+        2,
+        &Telemetry::default(),
+    )
+    .expect("ingest");
     let ingest_task = tokio::spawn(ingest.run(shutdown.clone()));
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
+use netcron_common::metrics::Telemetry;
 use netcron_scheduler::{ManualClock, Scheduler, SchedulerConfig, Settings, SystemClock};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tokio_util::sync::CancellationToken;
@@ -111,7 +112,7 @@ impl Bench {
 
     async fn scheduler(&self, clock: Arc<dyn netcron_scheduler::Clock>) -> Arc<Scheduler> {
         Arc::new(
-            Scheduler::connect(&self.settings, clock)
+            Scheduler::connect(&self.settings, clock, &Telemetry::default())
                 .await
                 .expect("scheduler"),
         )

@@ -6,7 +6,10 @@ mod oneshot;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use anyhow::Context as _;
 use netcron_common::config::{self, ConfigError, DatabaseSettings};
+use netcron_common::metrics::Telemetry;
+use netcron_common::ops;
 use netcron_migration::{Migrator, MigratorTrait};
 use tokio_util::sync::CancellationToken;
 
@@ -83,16 +86,27 @@ async fn run(role: Role) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match role {
-        Role::Api => netcron_api::run(netcron_api::Settings::from_env()?, shutdown).await,
+        Role::Api => {
+            let settings = netcron_api::Settings::from_env()?;
+            netcron_api::run(settings, Telemetry::default(), shutdown).await
+        }
         Role::Scheduler => {
-            netcron_scheduler::run(netcron_scheduler::Settings::from_env()?, shutdown).await
+            let settings = netcron_scheduler::Settings::from_env()?;
+            let ops = ops::addr_from_env("NETCRON_SCHEDULER_OPS_ADDR", ([0, 0, 0, 0], 9091).into())?;
+            let telemetry = serve_ops(ops, &shutdown).await?;
+            netcron_scheduler::run(settings, telemetry, shutdown).await
         }
         Role::Executor => {
-            netcron_executor::run(netcron_executor::Settings::from_env()?, shutdown).await
+            let settings = netcron_executor::Settings::from_env()?;
+            let ops = ops::addr_from_env("NETCRON_EXECUTOR_OPS_ADDR", ([0, 0, 0, 0], 9092).into())?;
+            let telemetry = serve_ops(ops, &shutdown).await?;
+            netcron_executor::run(settings, telemetry, shutdown).await
         }
         Role::Ingest => {
-            netcron_api::ingest::run(netcron_api::ingest::IngestSettings::from_env()?, shutdown)
-                .await
+            let settings = netcron_api::ingest::IngestSettings::from_env()?;
+            let ops = ops::addr_from_env("NETCRON_INGEST_OPS_ADDR", ([0, 0, 0, 0], 9093).into())?;
+            let telemetry = serve_ops(ops, &shutdown).await?;
+            netcron_api::ingest::run(settings, telemetry, shutdown).await
         }
         Role::Migrate => {
             let settings = DatabaseSettings::from_env()?;
@@ -128,10 +142,16 @@ async fn run_all(shutdown: CancellationToken) -> anyhow::Result<()> {
         Migrator::up(&db, None).await?;
         db.close().await?;
     }
+    // One process, one set of metrics and readiness checks, served on the api's port.
+    let telemetry = Telemetry::default();
     let mut roles = tokio::task::JoinSet::new();
-    roles.spawn(netcron_api::run(api, shutdown.clone()));
-    roles.spawn(netcron_scheduler::run(scheduler, shutdown.clone()));
-    roles.spawn(netcron_executor::run(executor, shutdown.clone()));
+    roles.spawn(netcron_api::run(api, telemetry.clone(), shutdown.clone()));
+    roles.spawn(netcron_scheduler::run(
+        scheduler,
+        telemetry.clone(),
+        shutdown.clone(),
+    ));
+    roles.spawn(netcron_executor::run(executor, telemetry, shutdown.clone()));
     let mut result = Ok(());
     while let Some(joined) = roles.join_next().await {
         let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
@@ -143,6 +163,23 @@ async fn run_all(shutdown: CancellationToken) -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// Binds the role's ops endpoint (`/health`, `/ready`, `/metrics`) before the role connects to
+/// anything, so an orchestrator sees the process alive (and not ready) while it waits for its
+/// dependencies.
+async fn serve_ops(
+    addr: Option<std::net::SocketAddr>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Telemetry> {
+    let telemetry = Telemetry::default();
+    if let Some(addr) = addr {
+        let server = ops::OpsServer::bind(addr, telemetry.clone())
+            .await
+            .with_context(|| format!("binding the ops endpoint to {addr}"))?;
+        tokio::spawn(server.run(shutdown.clone()));
+    }
+    Ok(telemetry)
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -10,11 +10,14 @@
 //!   [`MAX_BATCH_BYTES`] of output).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings};
 use netcron_common::db::RUN_QUEUED_CHANNEL;
+use netcron_common::metrics::Telemetry;
+use netcron_common::secret::SecretKey;
 use netcron_common::protocol::{
     FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, INGEST_GROUP, RESULT_VERSION, RunResult, Streams,
 };
@@ -24,8 +27,12 @@ use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement, TransactionTrait, Value,
 };
 use serde_json::json;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::events::{self, Dispatcher, EventSettings, Finished};
+use crate::metrics::IngestMetrics;
 
 /// Output bytes stored per transaction; a batch of large outputs is split.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -66,6 +73,7 @@ pinned AS (
     WHERE d.id = p.device_id AND d.host_key_fingerprint IS NULL
     RETURNING d.id)
 SELECT (SELECT count(*) FROM done) AS finished,
+       ARRAY(SELECT id FROM done) AS done_ids,
        (SELECT count(*) FROM pinned) AS pinned,
        EXISTS (SELECT 1 FROM done JOIN schedules s ON s.id = done.schedule_id
                WHERE s.overlap_policy = 'queue') AS release";
@@ -79,6 +87,9 @@ pub struct IngestSettings {
     pub batch: usize,
     /// Concurrent ingest transactions (`NETCRON_INGEST_WORKERS`, 2).
     pub workers: usize,
+    /// Opens webhook signing secrets.
+    pub secret_key: SecretKey,
+    pub events: EventSettings,
 }
 
 impl IngestSettings {
@@ -90,6 +101,8 @@ impl IngestSettings {
             redis: RedisSettings::from_env()?,
             batch: config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
             workers: config::parsed_or("NETCRON_INGEST_WORKERS", 2usize)?.max(1),
+            secret_key: config::secret_key_from_env()?,
+            events: EventSettings::from_env()?,
         })
     }
 }
@@ -113,6 +126,11 @@ pub struct Ingest {
     consumer: String,
     batch: usize,
     workers: usize,
+    metrics: IngestMetrics,
+    events: EventSettings,
+    /// Wakes the event dispatcher after a transaction wrote events.
+    wake: Arc<Notify>,
+    key: SecretKey,
 }
 
 /// A writer and a reader: a blocking read must not hold up acknowledgements.
@@ -129,8 +147,10 @@ impl Ingest {
     pub fn new(
         db: DatabaseConnection,
         redis: &RedisSettings,
+        key: SecretKey,
         batch: usize,
         workers: usize,
+        telemetry: &Telemetry,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             db,
@@ -139,7 +159,18 @@ impl Ingest {
             consumer: format!("ingest-{}-{:08x}", std::process::id(), rand_suffix()),
             batch,
             workers: workers.max(1),
+            metrics: IngestMetrics::new(telemetry),
+            events: EventSettings::default(),
+            wake: Arc::new(Notify::new()),
+            key,
         })
+    }
+
+    /// How events are detected and delivered (the defaults otherwise).
+    #[must_use]
+    pub fn with_events(mut self, events: EventSettings) -> Self {
+        self.events = events;
+        self
     }
 
     async fn connect(&self, consumer: &str) -> redis::RedisResult<Conns> {
@@ -185,10 +216,20 @@ impl Ingest {
         tracing::info!(consumer = %self.consumer, workers = self.workers, "result ingest started");
         // Workers are consumers of the group with transactions of their own, so batches are
         // stored in parallel; results of different runs never touch the same rows.
-        let this = std::sync::Arc::new(self);
+        let dispatcher = Dispatcher {
+            db: self.db.clone(),
+            redis: self.client.clone(),
+            streams: self.streams.clone(),
+            key: self.key.clone(),
+            settings: self.events.clone(),
+            metrics: self.metrics.clone(),
+            wake: Arc::clone(&self.wake),
+        };
+        let dispatcher = tokio::spawn(dispatcher.run(shutdown.clone()));
+        let this = Arc::new(self);
         let workers: Vec<_> = (0..this.workers)
             .map(|i| {
-                let this = std::sync::Arc::clone(&this);
+                let this = Arc::clone(&this);
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     let consumer = format!("{}-{i}", this.consumer);
@@ -199,6 +240,7 @@ impl Ingest {
         for worker in workers {
             let _ = worker.await;
         }
+        let _ = dispatcher.await;
         tracing::info!("result ingest stopped");
     }
 
@@ -400,6 +442,7 @@ impl Ingest {
                 .rows_affected();
         }
         let mut release = false;
+        let mut done_ids: Vec<Uuid> = Vec::new();
         if !finished_rows.is_empty()
             && let Some(row) = txn
                 .query_one_raw(stmt(
@@ -411,7 +454,26 @@ impl Ingest {
             report.finished += u64::try_from(row.try_get::<i64>("", "finished")?).unwrap_or(0);
             report.pinned += u64::try_from(row.try_get::<i64>("", "pinned")?).unwrap_or(0);
             release = row.try_get("", "release")?;
+            done_ids = row.try_get("", "done_ids")?;
         }
+        // Only runs this transaction finished: a result seen twice must not count twice.
+        let mut newly: Vec<Finished<'_>> = done_ids
+            .iter()
+            .filter_map(|id| {
+                let r = finished.get(id)?;
+                let o = r.outcome.as_ref()?;
+                Some(Finished {
+                    run_id: r.run_id,
+                    attempt: r.attempt,
+                    status: o.status,
+                    error_kind: o.error_kind,
+                    error_message: o.error_message.as_deref(),
+                    finished_at: o.finished_at,
+                    host_key_fingerprint: o.host_key_fingerprint.as_deref(),
+                })
+            })
+            .collect();
+        let new_events = events::record(&txn, &mut newly, &self.events).await?;
         // Outbox rows of finished runs are left to the scheduler's housekeeping, which deletes
         // them in bulk; deleting them here doubled the rows this transaction writes.
         if release {
@@ -423,6 +485,19 @@ impl Ingest {
             .await?;
         }
         txn.commit().await?;
+        if !new_events.is_empty() {
+            self.wake.notify_one();
+        }
+        let now = chrono::Utc::now();
+        for _ in 0..started.len() {
+            self.metrics.stored("started", None);
+        }
+        for id in &done_ids {
+            if let Some(o) = finished.get(id).and_then(|r| r.outcome.as_ref()) {
+                let lag = (now - o.finished_at).as_seconds_f64();
+                self.metrics.stored(o.status.as_str(), Some(lag));
+            }
+        }
         let ids: Vec<String> = chunk.into_iter().map(|(id, _)| id).collect();
         self.ack(conns, &ids).await
     }
@@ -501,12 +576,25 @@ fn parse(entry: &StreamId) -> Result<RunResult, String> {
 ///
 /// # Errors
 /// When Postgres or Redis is unreachable at start.
-pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: IngestSettings,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let db = netcron_common::db::connect(&settings.database.url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
-    Ingest::new(db, &settings.redis, settings.batch, settings.workers)?
-        .run(shutdown)
-        .await;
+    telemetry.add_postgres_check(&db);
+    let ingest = Ingest::new(
+        db,
+        &settings.redis,
+        settings.secret_key,
+        settings.batch,
+        settings.workers,
+        &telemetry,
+    )?
+    .with_events(settings.events);
+    telemetry.add_redis_check(&ingest.client);
+    ingest.run(shutdown).await;
     Ok(())
 }

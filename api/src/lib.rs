@@ -5,8 +5,10 @@
 
 mod auth;
 pub mod error;
+pub mod events;
 mod extract;
 pub mod ingest;
+pub mod metrics;
 mod pagination;
 mod routes;
 mod services;
@@ -22,6 +24,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::Uri;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
+use netcron_common::metrics::Telemetry;
 use netcron_migration::{Migrator, MigratorTrait};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +121,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(from_fn_with_state(
+            state.http_metrics.clone(),
+            metrics::track,
+        ))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -158,23 +165,28 @@ impl Application {
     ///
     /// # Errors
     /// When Postgres is unreachable, a migration fails or the address cannot be bound.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    pub async fn build(settings: Settings, telemetry: Telemetry) -> anyhow::Result<Self> {
         let db = netcron_common::db::connect(&settings.database.url)
             .await
             .context("connecting to Postgres (DATABASE_URL)")?;
+        telemetry.add_postgres_check(&db);
         if settings.database.auto_migrate {
             Migrator::up(&db, None)
                 .await
                 .context("applying database migrations")?;
         }
         let redis = redis::Client::open(settings.redis.url.as_str()).context("REDIS_URL")?;
+        telemetry.add_redis_check(&redis);
         let ingest = if settings.ingest {
             Some(ingest::Ingest::new(
                 db.clone(),
                 &settings.redis,
+                settings.secret_key.clone(),
                 settings.ingest_batch,
                 settings.ingest_workers,
-            )?)
+                &telemetry,
+            )?
+            .with_events(settings.events.clone()))
         } else {
             None
         };
@@ -183,6 +195,8 @@ impl Application {
             redis,
             key: settings.secret_key,
             tokens: Arc::from(settings.http.tokens),
+            http_metrics: metrics::HttpMetrics::new(&telemetry),
+            telemetry,
         };
         let listener = TcpListener::bind(settings.http.addr)
             .await
@@ -239,9 +253,35 @@ impl Application {
 ///
 /// # Errors
 /// See [`Application::build`] and [`Application::run_until_stopped`].
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Application::build(settings)
-        .await?
-        .run_until_stopped(shutdown)
-        .await
+pub async fn run(
+    settings: Settings,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // Postgres being down at start is waited out with backoff (a container that starts before
+    // its database must not crash-loop); configuration and bind errors end the process.
+    let mut backoff = std::time::Duration::from_millis(200);
+    let app = loop {
+        match Application::build(settings.clone(), telemetry.clone()).await {
+            Ok(app) => break app,
+            Err(e) if is_unreachable(&e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "api cannot reach Postgres");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    app.run_until_stopped(shutdown).await
+}
+
+/// Whether a build failure is a database that is not (yet) there, worth waiting for.
+fn is_unreachable(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<sea_orm::DbErr>())
+        .any(|e| matches!(e, sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_)))
 }

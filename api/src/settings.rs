@@ -16,6 +16,8 @@ pub struct Settings {
     pub ingest_batch: usize,
     /// Concurrent ingest transactions (`NETCRON_INGEST_WORKERS`, 2).
     pub ingest_workers: usize,
+    /// Event detection and webhook delivery (part of ingest).
+    pub events: crate::events::EventSettings,
 }
 
 impl Settings {
@@ -30,6 +32,7 @@ impl Settings {
             ingest: config::parsed_or("NETCRON_INGEST", true)?,
             ingest_batch: config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
             ingest_workers: config::parsed_or("NETCRON_INGEST_WORKERS", 2usize)?.max(1),
+            events: crate::events::EventSettings::from_env()?,
         })
     }
 }

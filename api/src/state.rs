@@ -1,7 +1,10 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
+use netcron_common::metrics::Telemetry;
 use netcron_common::secret::{SecretKey, SecretString};
+
+use crate::metrics::HttpMetrics;
 use sea_orm::DatabaseConnection;
 
 /// Shared by every handler. Cloning is cheap: every field is a handle.
@@ -11,4 +14,6 @@ pub struct AppState {
     pub redis: redis::Client,
     pub key: SecretKey,
     pub tokens: Arc<[SecretString]>,
+    pub telemetry: Telemetry,
+    pub http_metrics: HttpMetrics,
 }

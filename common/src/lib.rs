@@ -1,7 +1,8 @@
 //! Everything more than one netcron role needs: the database entities, the domain types that
 //! parse user input, configuration, secret encryption and telemetry setup.
 //!
-//! Architecture invariant: this crate knows nothing about HTTP. The `openapi` feature only adds
+//! Architecture invariant: this crate knows no HTTP beyond the three fixed paths of the ops
+//! endpoint ([`ops`]: `/health`, `/ready`, `/metrics`, on bare hyper). The `openapi` feature only adds
 //! `utoipa::ToSchema` derives to domain enums so the `api` crate can describe them; no other
 //! crate enables it.
 
@@ -10,6 +11,8 @@ pub mod db;
 pub mod domain;
 pub mod entity;
 pub mod inventory;
+pub mod metrics;
+pub mod ops;
 pub mod protocol;
 pub mod secret;
 pub mod telemetry;

@@ -16,6 +16,11 @@ pub const TASK_VERSION: u32 = 1;
 /// The version of [`RunResult`] this build writes and reads.
 pub const RESULT_VERSION: u32 = 1;
 
+/// The version of the events stream's entries (`v` field and the body's `v`). An entry is
+/// `v=<version> type=<event type> id=<event uuid> body=<JSON>`; docs/PROTOCOL.md describes the
+/// body of each type.
+pub const EVENT_VERSION: u32 = 1;
+
 /// Stream entry field names. An entry is `v=<version> run_id=<uuid> body=<JSON>`; the run id is
 /// outside the body so a consumer can dead-letter an entry whose body it cannot parse and still
 /// say which run it was.
@@ -37,6 +42,8 @@ pub const INGEST_GROUP: &str = "ingest";
 pub struct Streams {
     pub tasks: String,
     pub results: String,
+    /// Operational events for other systems (see [`Event`]).
+    pub events: String,
     pub dead_letter: String,
     prefix: String,
 }
@@ -46,6 +53,7 @@ impl Streams {
         Self {
             tasks: format!("{prefix}tasks"),
             results: format!("{prefix}results"),
+            events: format!("{prefix}events"),
             dead_letter: format!("{prefix}dead-letter"),
             prefix: prefix.to_owned(),
         }

@@ -11,6 +11,7 @@
 
 mod error;
 pub mod inventory;
+pub mod metrics;
 mod output;
 pub mod runner;
 mod ssh;
@@ -19,10 +20,13 @@ mod worker;
 use std::time::Duration;
 
 use netcron_common::config::{self, ConfigError, RedisSettings};
+use netcron_common::metrics::Telemetry;
+use netcron_common::protocol::{EXECUTOR_GROUP, Streams};
 use netcron_common::secret::SecretKey;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
+pub use metrics::ExecutorMetrics;
 pub use runner::Runner;
 pub use worker::Executor;
 
@@ -141,10 +145,20 @@ impl Settings {
 ///
 /// # Errors
 /// Reserved for fatal conditions; none today.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = ExecutorMetrics::new(&telemetry);
+    if let Ok(client) = redis::Client::open(settings.redis.url.as_str()) {
+        let streams = Streams::new(&settings.redis.stream_prefix);
+        let groups = vec![(streams.tasks.clone(), EXECUTOR_GROUP)];
+        telemetry.sample_streams(client, streams, groups, shutdown.clone());
+    }
     let mut backoff = Duration::from_millis(200);
     let executor = loop {
-        match Executor::connect(settings.clone()).await {
+        match Executor::connect(settings.clone(), &telemetry, metrics.clone()).await {
             Ok(executor) => break executor,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "executor cannot reach Redis");

@@ -26,6 +26,8 @@ pub struct Runner {
     slots: Arc<Semaphore>,
     /// Commands running at once per device. Entries are removed when nobody holds them.
     devices: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Where the time spent waiting for a device slot is recorded, when someone watches.
+    slot_wait: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Runner {
@@ -35,7 +37,18 @@ impl Runner {
             slots: Arc::new(Semaphore::new(config.concurrency)),
             devices: Mutex::new(HashMap::new()),
             config,
+            slot_wait: None,
         }
+    }
+
+    /// Records each run's wait for its device slot in `histogram` (seconds).
+    #[must_use]
+    pub fn with_slot_wait_metric(
+        mut self,
+        histogram: prometheus_client::metrics::histogram::Histogram,
+    ) -> Self {
+        self.slot_wait = Some(histogram);
+        self
     }
 
     fn device_slot(&self, device: Uuid) -> Arc<Semaphore> {
@@ -89,7 +102,12 @@ impl Runner {
         };
         let auth = Arc::new(auth);
         let device = self.device_slot(task.device.id);
-        let Ok(_device_permit) = device.acquire_owned().await else {
+        let waiting = Instant::now();
+        let device_permit = device.acquire_owned().await;
+        if let Some(histogram) = &self.slot_wait {
+            histogram.observe(waiting.elapsed().as_secs_f64());
+        }
+        let Ok(_device_permit) = device_permit else {
             return error_outcome(
                 first_start,
                 ErrorKind::Internal,

@@ -14,6 +14,7 @@ use netcron_common::protocol::{
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use netcron_common::metrics::Telemetry;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::error::Result;
+use crate::metrics::ExecutorMetrics;
 use crate::runner::{Runner, error_outcome};
 use crate::{ExecutorConfig, Settings};
 
@@ -39,6 +41,7 @@ pub struct Executor {
     streams: Streams,
     config: ExecutorConfig,
     runner: Runner,
+    metrics: ExecutorMetrics,
     /// Stream entry ids this consumer holds (read and not yet acknowledged).
     held: Mutex<HashSet<String>>,
 }
@@ -55,8 +58,13 @@ impl Executor {
     ///
     /// # Errors
     /// When Redis is unreachable.
-    pub async fn connect(settings: Settings) -> Result<Arc<Self>> {
+    pub async fn connect(
+        settings: Settings,
+        telemetry: &Telemetry,
+        metrics: ExecutorMetrics,
+    ) -> Result<Arc<Self>> {
         let client = redis::Client::open(settings.redis.url.as_str())?;
+        telemetry.add_redis_check(&client);
         // Results can be megabytes (the output caps), so writes get a generous timeout; the
         // reader's must outlast its blocking read.
         let redis = client
@@ -74,7 +82,9 @@ impl Executor {
             redis,
             reader,
             streams: Streams::new(&settings.redis.stream_prefix),
-            runner: Runner::new(settings.secret_key, settings.executor.clone()),
+            runner: Runner::new(settings.secret_key, settings.executor.clone())
+                .with_slot_wait_metric(metrics.slot_wait.clone()),
+            metrics,
             held: Mutex::new(HashSet::new()),
             config: settings.executor,
         });
@@ -447,9 +457,15 @@ impl Executor {
                 .ignore();
             self.until_done("publishing a started event", &pipe).await;
         }
+        self.metrics.in_flight.inc();
         let outcome = self.runner.perform(&task).await;
-        tracing::info!(run_id = %task.run_id, status = %outcome.status,
-            error_kind = ?outcome.error_kind, duration_ms = outcome.duration_ms, "run finished");
+        self.metrics.in_flight.dec();
+        self.metrics.finished(outcome.status, outcome.error_kind);
+        self.metrics
+            .run_duration
+            .observe((outcome.finished_at - started_at).as_seconds_f64().max(0.0));
+        tracing::info!(status = %outcome.status, error_kind = ?outcome.error_kind,
+            duration_ms = outcome.duration_ms, "run finished");
         started.outcome = Some(outcome);
         let body = match serde_json::to_string(&started) {
             Ok(body) => body,

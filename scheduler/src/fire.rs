@@ -3,7 +3,6 @@
 //! `FOR UPDATE SKIP LOCKED` lets any number of replicas claim disjoint batches.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Duration, Utc};
 use netcron_common::domain::{
@@ -234,15 +233,9 @@ pub async fn fire_due(
         txn.execute_raw(stmt(END, vec![ended.into()])).await?;
     }
     txn.commit().await?;
-    metrics
-        .fires_total
-        .fetch_add(report.queued as u64, Ordering::Relaxed);
-    metrics
-        .missed_total
-        .fetch_add(report.missed as u64, Ordering::Relaxed);
-    metrics
-        .skipped_total
-        .fetch_add(report.skipped as u64, Ordering::Relaxed);
+    metrics.fires_total.inc_by(report.queued as u64);
+    metrics.missed_total.inc_by(report.missed as u64);
+    metrics.skipped_total.inc_by(report.skipped as u64);
     Ok(report)
 }
 

@@ -25,7 +25,8 @@ use std::time::Duration as StdDuration;
 use chrono::Duration;
 use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings};
 use netcron_common::db::{RUN_QUEUED_CHANNEL, SCHEDULE_CHANGED_CHANNEL};
-use netcron_common::protocol::Streams;
+use netcron_common::metrics::Telemetry;
+use netcron_common::protocol::{EXECUTOR_GROUP, INGEST_GROUP, Streams};
 use redis::aio::ConnectionManager;
 use sea_orm::DatabaseConnection;
 use sqlx::postgres::PgListener;
@@ -154,7 +155,7 @@ pub struct Scheduler {
     streams: Streams,
     config: SchedulerConfig,
     clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
+    metrics: Metrics,
     specs: fire::SpecCache,
 }
 
@@ -164,22 +165,29 @@ impl Scheduler {
     ///
     /// # Errors
     /// When Postgres cannot be reached or `REDIS_URL` is malformed.
-    pub async fn connect(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self> {
+    pub async fn connect(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+        telemetry: &Telemetry,
+    ) -> Result<Self> {
         let db = netcron_common::db::connect(&settings.database.url).await?;
+        let redis_client = redis::Client::open(settings.redis.url.as_str())?;
+        telemetry.add_postgres_check(&db);
+        telemetry.add_redis_check(&redis_client);
         Ok(Self {
             db,
-            redis_client: redis::Client::open(settings.redis.url.as_str())?,
+            redis_client,
             redis: Mutex::new(None),
             streams: Streams::new(&settings.redis.stream_prefix),
             config: settings.scheduler.clone(),
             clock,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Metrics::new(telemetry),
             specs: fire::SpecCache::default(),
         })
     }
 
-    pub fn metrics(&self) -> Arc<Metrics> {
-        Arc::clone(&self.metrics)
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn streams(&self) -> &Streams {
@@ -258,9 +266,7 @@ impl Scheduler {
     /// See [`Scheduler::fire_due`] and [`Scheduler::publish_pending`].
     pub async fn tick(&self) -> Result<TickReport> {
         let backlog = fire::due_count(&self.db, self.clock.now()).await?;
-        self.metrics
-            .due_backlog
-            .store(backlog, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.due_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
         let firing = std::sync::atomic::AtomicUsize::new(self.config.fire_workers);
         let fire_loop = || async {
             let mut total = FireReport::default();
@@ -320,9 +326,7 @@ impl Scheduler {
             self.config.queued_lease,
         )
         .await?;
-        self.metrics
-            .requeued_total
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.requeued_total.inc_by(n);
         Ok(n)
     }
 
@@ -502,8 +506,36 @@ async fn wait_for_notification(listener: Option<&mut PgListener>) -> Result<()> 
 ///
 /// # Errors
 /// When Postgres cannot be reached at start or the housekeeping jobs cannot start.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let scheduler = Arc::new(Scheduler::connect(&settings, Arc::new(SystemClock)).await?);
+pub async fn run(
+    settings: Settings,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // Postgres being down at start is waited out like any later outage, so a container that
+    // starts before its database does not crash-loop.
+    let mut backoff = StdDuration::from_millis(200);
+    let scheduler = loop {
+        match Scheduler::connect(&settings, Arc::new(SystemClock), &telemetry).await {
+            Ok(scheduler) => break Arc::new(scheduler),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "scheduler cannot reach Postgres");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(StdDuration::from_secs(10));
+            }
+        }
+    };
+    telemetry.sample_streams(
+        scheduler.redis_client.clone(),
+        scheduler.streams.clone(),
+        vec![
+            (scheduler.streams.tasks.clone(), EXECUTOR_GROUP),
+            (scheduler.streams.results.clone(), INGEST_GROUP),
+        ],
+        shutdown.clone(),
+    );
     scheduler.run(shutdown).await?;
     Ok(())
 }

@@ -1,60 +1,79 @@
-//! Counters and a histogram the scheduler keeps for the operations endpoint to expose.
-//! Plain atomics: updating them costs nothing measurable on the hot path.
+//! The scheduler's Prometheus series. Counters and gauges are single atomics, so updating them
+//! costs nothing measurable on the hot path.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use netcron_common::metrics::Telemetry;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
-/// Upper bounds, in milliseconds, of the fire-lateness histogram's buckets (the last is +Inf).
-pub const LATENESS_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 30000];
+/// Upper bounds, in seconds, of the fire-lateness histogram's buckets.
+pub const LATENESS_BUCKETS_S: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone)]
 pub struct Metrics {
     /// Runs queued by a fire time.
-    pub fires_total: AtomicU64,
-    pub missed_total: AtomicU64,
-    pub skipped_total: AtomicU64,
+    pub fires_total: Counter,
+    pub missed_total: Counter,
+    pub skipped_total: Counter,
     /// Task messages written to the tasks stream.
-    pub published_total: AtomicU64,
+    pub published_total: Counter,
     /// Schedules due (and not yet fired) at the start of the last pass.
-    pub due_backlog: AtomicU64,
+    pub due_backlog: Gauge,
     /// Runs put back in the queue by housekeeping after their executor went away.
-    pub requeued_total: AtomicU64,
+    pub requeued_total: Counter,
+    /// From a run's fire time to its task being on the tasks stream.
     pub lateness: Histogram,
 }
 
-/// A cumulative histogram in Prometheus' shape.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENESS_BUCKETS_MS.len() + 1],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe_ms(&self, value_ms: f64) {
-        let value_ms = value_ms.max(0.0);
-        let index = LATENESS_BUCKETS_MS
-            .iter()
-            .position(|bound| value_ms <= *bound as f64)
-            .unwrap_or(LATENESS_BUCKETS_MS.len());
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((value_ms * 1000.0) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// Per-bucket counts (not cumulative), the last one for values above every bound.
-    pub fn buckets(&self) -> Vec<u64> {
-        self.buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    pub fn sum_ms(&self) -> f64 {
-        self.sum_micros.load(Ordering::Relaxed) as f64 / 1000.0
+impl Metrics {
+    /// Creates the series and registers them in `telemetry`.
+    pub fn new(telemetry: &Telemetry) -> Self {
+        let this = Self {
+            fires_total: Counter::default(),
+            missed_total: Counter::default(),
+            skipped_total: Counter::default(),
+            published_total: Counter::default(),
+            due_backlog: Gauge::default(),
+            requeued_total: Counter::default(),
+            lateness: Histogram::new(LATENESS_BUCKETS_S),
+        };
+        telemetry.register(
+            "netcron_scheduler_fires",
+            "Runs queued because a schedule's fire time came",
+            this.fires_total.clone(),
+        );
+        telemetry.register(
+            "netcron_scheduler_missed",
+            "Fire times recorded as missed (older than the misfire grace)",
+            this.missed_total.clone(),
+        );
+        telemetry.register(
+            "netcron_scheduler_skipped",
+            "Fire times recorded as skipped (overlap policy or disabled device)",
+            this.skipped_total.clone(),
+        );
+        telemetry.register(
+            "netcron_scheduler_published",
+            "Task messages written to the tasks stream",
+            this.published_total.clone(),
+        );
+        telemetry.register(
+            "netcron_scheduler_requeued",
+            "Runs queued again after their executor went away",
+            this.requeued_total.clone(),
+        );
+        telemetry.register(
+            "netcron_scheduler_due_backlog",
+            "Schedules due and not yet fired at the start of the last pass",
+            this.due_backlog.clone(),
+        );
+        telemetry.register(
+            "netcron_scheduler_fire_lateness_seconds",
+            "From a run's fire time to its task being on the tasks stream",
+            this.lateness.clone(),
+        );
+        this
     }
 }

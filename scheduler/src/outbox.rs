@@ -3,7 +3,6 @@
 //! replicas never publish the same run at once; a crash between XADD and the commit publishes
 //! the run again later, and consumers treat a run id seen twice as one.
 
-use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunTrigger};
@@ -154,12 +153,10 @@ pub async fn publish_batch(
     ))
     .await?;
     txn.commit().await?;
-    metrics
-        .published_total
-        .fetch_add(ids.len() as u64, Ordering::Relaxed);
+    metrics.published_total.inc_by(ids.len() as u64);
     for t in scheduled {
-        let late = (published_at - t).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
-        metrics.lateness.observe_ms(late);
+        let late = (published_at - t).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+        metrics.lateness.observe(late.max(0.0));
     }
     Ok(rows.len())
 }

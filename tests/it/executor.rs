@@ -89,7 +89,10 @@ async fn start_executor(app: &TestApp, config: ExecutorConfig) -> (Running, Stri
         secret_key: app.key.clone(),
         executor: config,
     };
-    let executor = Executor::connect(settings).await.expect("executor");
+    let metrics = netcron_executor::ExecutorMetrics::new(&app.telemetry);
+    let executor = Executor::connect(settings, &app.telemetry, metrics)
+        .await
+        .expect("executor");
     let consumer = executor.consumer().to_owned();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use netcron_api::events::EventSettings;
 use netcron_api::{Application, Settings};
+use netcron_common::metrics::Telemetry;
 use netcron_common::config::{DatabaseSettings, HttpSettings, RedisSettings};
 use netcron_common::protocol::Task;
 use netcron_common::secret::{SecretKey, SecretString};
@@ -120,6 +122,9 @@ pub struct TestApp {
     pub stream_prefix: String,
     db_name: String,
     shutdown: CancellationToken,
+    /// The metrics and readiness checks of every role a test starts, served by the api's
+    /// `/metrics` and `/ready`, as in `netcron all`.
+    pub telemetry: Telemetry,
 }
 
 impl TestApp {
@@ -163,9 +168,16 @@ impl TestApp {
             ingest: true,
             ingest_batch: 1000,
             ingest_workers: 2,
+            events: EventSettings {
+                webhook_retry_base: std::time::Duration::from_millis(200),
+                ..EventSettings::default()
+            },
         };
         adjust(&mut settings);
-        let app = Application::build(settings).await.expect("build api");
+        let telemetry = Telemetry::default();
+        let app = Application::build(settings, telemetry.clone())
+            .await
+            .expect("build api");
         let base = format!("http://127.0.0.1:{}", app.port());
         let shutdown = CancellationToken::new();
         tokio::spawn(app.run_until_stopped(shutdown.clone()));
@@ -181,6 +193,7 @@ impl TestApp {
             stream_prefix,
             db_name,
             shutdown,
+            telemetry,
         }
     }
 
@@ -207,10 +220,17 @@ impl TestApp {
     ) -> Arc<Scheduler> {
         let settings = self.scheduler_settings(config);
         Arc::new(
-            Scheduler::connect(&settings, clock)
+            Scheduler::connect(&settings, clock, &self.telemetry)
                 .await
                 .expect("scheduler"),
         )
+    }
+
+    /// The api's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.get("/metrics").await;
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("metrics text")
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
@@ -431,4 +451,33 @@ pub async fn collect_pages(app: &TestApp, path: &str, limit: u32) -> (Vec<String
         assert!(pages < 100, "pagination does not end");
     }
     (ids, pages)
+}
+
+/// The value of one series (`name` or `name{labels}`, exactly as exposed) in a Prometheus text
+/// exposition; 0 when absent, as Prometheus treats a counter not yet created.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The sum over every series of `name` whose labels include each of `labels` (`key="value"`).
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (label_set, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let pairs: Vec<&str> = label_set.split(',').collect();
+            labels
+                .iter()
+                .all(|l| pairs.contains(l))
+                .then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
+        })
+        .sum()
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, id, json_of};
+use crate::helpers::{TestApp, id, json_of, metric};
 
 fn time(v: &Value) -> DateTime<Utc> {
     v.as_str().expect("timestamp").parse().expect("RFC 3339")
@@ -63,17 +63,21 @@ async fn fires_land_in_the_stream_with_their_fire_times() {
         .await;
     let report = scheduler.tick().await.expect("tick");
     assert_eq!((report.fired.queued, report.published), (3, 3));
-    let metrics = scheduler.metrics();
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(load(&metrics.due_backlog), 1, "one schedule was due");
-    assert_eq!(
-        (load(&metrics.fires_total), load(&metrics.published_total)),
-        (3, 3)
-    );
-    assert_eq!(metrics.lateness.count(), 3);
+    // As Prometheus sees them, on the api's /metrics (the test's roles share one registry).
+    let text = app.metrics_text().await;
+    let value = |series: &str| metric(&text, series);
+    assert_eq!(value("netcron_scheduler_due_backlog"), 1.0, "one schedule was due");
+    assert_eq!(value("netcron_scheduler_fires_total"), 3.0);
+    assert_eq!(value("netcron_scheduler_published_total"), 3.0);
+    assert_eq!(value("netcron_scheduler_fire_lateness_seconds_count"), 3.0);
     assert!(
-        metrics.lateness.sum_ms() >= 45_000.0,
+        value("netcron_scheduler_fire_lateness_seconds_sum") >= 45.0,
         "fires were 25 s, 15 s and 5 s late"
+    );
+    assert_eq!(
+        value("netcron_scheduler_fire_lateness_seconds_bucket{le=\"10.0\"}"),
+        1.0,
+        "only the 5 s late fire is within 10 s"
     );
     let tasks = app.tasks().await;
     let fired: Vec<DateTime<Utc>> = tasks.iter().map(|t| t.scheduled_for).collect();

@@ -76,6 +76,7 @@ pub struct DevicePatch {
     "id": "01936b2f-0a1b-7c2d-8e3f-405162738495", "name": "core-sw1", "host": "192.0.2.10",
     "port": 22, "platform": "cisco_ios", "credential_id": "01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e",
     "tags": ["core", "dc1"], "host_key_fingerprint": null, "enabled": true,
+    "consecutive_failures": 0, "unreachable_since": null,
     "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"
 }))]
 pub struct DeviceView {
@@ -89,6 +90,11 @@ pub struct DeviceView {
     /// The pinned SHA-256 host-key fingerprint, or null until the first connection.
     pub host_key_fingerprint: Option<String>,
     pub enabled: bool,
+    /// Runs in a row that could not reach the device.
+    pub consecutive_failures: i32,
+    /// Since when the device is considered unreachable (after `NETCRON_UNREACHABLE_AFTER`
+    /// failed runs in a row); null while it is reachable.
+    pub unreachable_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -105,6 +111,8 @@ impl From<device::Model> for DeviceView {
             tags: m.tags,
             host_key_fingerprint: m.host_key_fingerprint,
             enabled: m.enabled,
+            consecutive_failures: m.consecutive_failures,
+            unreachable_since: m.unreachable_since,
             created_at: m.created_at,
             updated_at: m.updated_at,
         }

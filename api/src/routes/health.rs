@@ -1,7 +1,6 @@
-use std::time::Duration;
-
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -9,13 +8,11 @@ use utoipa_axum::routes;
 
 use crate::state::AppState;
 
-/// Readiness checks must answer quickly even when a dependency hangs.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
-
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(ready))
+        .routes(routes!(metrics))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -28,9 +25,11 @@ pub struct Health {
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready` or `not_ready`.
+    #[schema(example = "ready")]
     pub status: &'static str,
-    pub postgres: String,
-    pub redis: String,
+    /// Per dependency (`postgres`, `redis`): `ok`, or why it is not.
+    #[schema(example = json!({"postgres": "ok", "redis": "ok"}))]
+    pub checks: std::collections::BTreeMap<&'static str, String>,
 }
 
 /// The process is alive. No authentication.
@@ -45,8 +44,7 @@ async fn health() -> axum::Json<Health> {
     responses((status = 200, description = "Ready", body = Readiness),
               (status = 503, description = "A dependency is unreachable", body = Readiness)))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Readiness>) {
-    let (postgres, redis) = tokio::join!(check_postgres(&state), check_redis(&state));
-    let ok = postgres == "ok" && redis == "ok";
+    let (ok, checks) = state.telemetry.readiness().await;
     let status = if ok {
         StatusCode::OK
     } else {
@@ -54,28 +52,19 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Readine
     };
     let body = Readiness {
         status: if ok { "ready" } else { "not_ready" },
-        postgres,
-        redis,
+        checks,
     };
     (status, axum::Json(body))
 }
 
-async fn check_postgres(state: &AppState) -> String {
-    match tokio::time::timeout(CHECK_TIMEOUT, state.db.ping()).await {
-        Ok(Ok(())) => "ok".into(),
-        Ok(Err(e)) => format!("unreachable: {e}"),
-        Err(_) => "timed out".into(),
-    }
-}
-
-async fn check_redis(state: &AppState) -> String {
-    let check = async {
-        let mut conn = state.redis.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
-    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Ok(Ok(_)) => "ok".into(),
-        Ok(Err(e)) => format!("unreachable: {e}"),
-        Err(_) => "timed out".into(),
-    }
+/// Prometheus metrics of this process (OpenMetrics text). No authentication, like the other
+/// operational endpoints; it carries no secret and no per-device data.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Metrics in the OpenMetrics text format",
+               content_type = "application/openmetrics-text", body = String)))]
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, netcron_common::metrics::CONTENT_TYPE)],
+        state.telemetry.encode(),
+    )
 }

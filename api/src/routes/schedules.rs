@@ -58,6 +58,10 @@ pub struct ScheduleCreate {
     pub start_at: Option<DateTime<Utc>>,
     /// No fire after this instant (RFC 3339); must be later than `start_at`.
     pub end_at: Option<DateTime<Utc>>,
+    /// Pause the schedule automatically after this many failed runs in a row (1 to 1000);
+    /// absent or null: never. A `schedule_auto_paused` event reports it.
+    #[schema(example = 5, minimum = 1, maximum = 1000)]
+    pub pause_after_failures: Option<i32>,
 }
 
 /// Changes to a schedule; `start_at: null` or `end_at: null` removes that bound.
@@ -76,6 +80,10 @@ pub struct SchedulePatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub end_at: Option<Option<DateTime<Utc>>>,
+    /// `null` turns automatic pausing off.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 1000)]
+    pub pause_after_failures: Option<Option<i32>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -83,7 +91,8 @@ pub struct SchedulePatch {
     "id": "01936b31-2d3e-7f40-8b5c-6d7e8f9a0b1c", "command_id": "01936b30-1c2d-7e3f-9a4b-5c6d7e8f9a0b",
     "cron_expression": "*/5 * * * *", "timezone": "Europe/Berlin", "enabled": true,
     "misfire_policy": "run_once", "overlap_policy": "skip", "start_at": null, "end_at": null,
-    "next_fire_at": "2026-11-22T10:05:00Z",
+    "next_fire_at": "2026-11-22T10:05:00Z", "consecutive_failures": 0,
+    "pause_after_failures": null, "paused_reason": null,
     "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"
 }))]
 pub struct ScheduleView {
@@ -98,6 +107,11 @@ pub struct ScheduleView {
     pub end_at: Option<DateTime<Utc>>,
     /// The next fire time in UTC; null once the schedule is past `end_at`.
     pub next_fire_at: Option<DateTime<Utc>>,
+    /// Failed or errored runs in a row.
+    pub consecutive_failures: i32,
+    pub pause_after_failures: Option<i32>,
+    /// Set when the schedule was paused automatically; cleared on resume.
+    pub paused_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -115,6 +129,9 @@ impl From<schedule::Model> for ScheduleView {
             start_at: m.start_at,
             end_at: m.end_at,
             next_fire_at: m.next_fire_at,
+            consecutive_failures: m.consecutive_failures,
+            pause_after_failures: m.pause_after_failures,
+            paused_reason: m.paused_reason,
             created_at: m.created_at,
             updated_at: m.updated_at,
         }
@@ -134,7 +151,22 @@ impl ScheduleCreate {
             overlap_policy: self.overlap_policy.unwrap_or(OverlapPolicy::Skip),
             start_at: self.start_at,
             end_at: self.end_at,
+            pause_after_failures: self
+                .pause_after_failures
+                .map(parse_pause_after)
+                .transpose()?,
         })
+    }
+}
+
+fn parse_pause_after(n: i32) -> Result<i32> {
+    if (1..=1000).contains(&n) {
+        Ok(n)
+    } else {
+        Err(ApiError::validation(
+            "pause_after_failures",
+            "must be between 1 and 1000 (or null for never)",
+        ))
     }
 }
 
@@ -154,6 +186,10 @@ impl SchedulePatch {
             overlap_policy: self.overlap_policy,
             start_at: self.start_at,
             end_at: self.end_at,
+            pause_after_failures: self
+                .pause_after_failures
+                .map(|v| v.map(parse_pause_after).transpose())
+                .transpose()?,
         })
     }
 }

@@ -67,6 +67,8 @@ pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::M
         tags: Set(new.tags),
         host_key_fingerprint: Set(new.host_key_fingerprint),
         enabled: Set(new.enabled),
+        consecutive_failures: Set(0),
+        unreachable_since: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     };

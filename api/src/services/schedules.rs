@@ -22,6 +22,7 @@ pub struct NewSchedule {
     pub overlap_policy: OverlapPolicy,
     pub start_at: Option<DateTime<Utc>>,
     pub end_at: Option<DateTime<Utc>>,
+    pub pause_after_failures: Option<i32>,
 }
 
 #[derive(Default)]
@@ -33,6 +34,7 @@ pub struct ScheduleChanges {
     pub overlap_policy: Option<OverlapPolicy>,
     pub start_at: Option<Option<DateTime<Utc>>>,
     pub end_at: Option<Option<DateTime<Utc>>>,
+    pub pause_after_failures: Option<Option<i32>>,
 }
 
 #[derive(Default)]
@@ -108,6 +110,9 @@ pub async fn create(
         start_at: Set(new.start_at),
         end_at: Set(new.end_at),
         next_fire_at: Set(timing.next_after(now)),
+        consecutive_failures: Set(0),
+        pause_after_failures: Set(new.pause_after_failures),
+        paused_reason: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }
@@ -184,6 +189,14 @@ pub async fn update(
     model.end_at = Set(timing.end_at);
     if let Some(v) = changes.enabled {
         model.enabled = Set(v);
+    }
+    if resumed {
+        // A resumed schedule starts counting failures afresh, or it would pause again at once.
+        model.consecutive_failures = Set(0);
+        model.paused_reason = Set(None);
+    }
+    if let Some(v) = changes.pause_after_failures {
+        model.pause_after_failures = Set(v);
     }
     if let Some(v) = changes.misfire_policy {
         model.misfire_policy = Set(v);

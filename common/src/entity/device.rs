@@ -17,6 +17,10 @@ pub struct Model {
     /// SHA-256 fingerprint of the host key, pinned on first contact.
     pub host_key_fingerprint: Option<String>,
     pub enabled: bool,
+    /// Runs in a row that could not reach the device (reset by one that did).
+    pub consecutive_failures: i32,
+    /// When the device was reported unreachable; `None` while it is reachable.
+    pub unreachable_since: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -17,6 +17,12 @@ pub struct Model {
     pub end_at: Option<DateTimeUtc>,
     /// The next fire time, or `None` when the schedule has ended (past `end_at`).
     pub next_fire_at: Option<DateTimeUtc>,
+    /// Failed or errored runs in a row (reset by a success or by resuming).
+    pub consecutive_failures: i32,
+    /// Pause the schedule after this many failed runs in a row; `None` never pauses.
+    pub pause_after_failures: Option<i32>,
+    /// Why the schedule was paused automatically; cleared when it is resumed.
+    pub paused_reason: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -1,0 +1,147 @@
+//! The api role's Prometheus series: HTTP requests and result ingest.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use netcron_common::metrics::{Telemetry, duration_histogram};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    /// The route template (`/devices/{device_id}`), never the raw path, so ids do not
+    /// explode the number of series; `unmatched` for paths no route serves.
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+/// Requests by route, status and latency.
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, Histogram>,
+}
+
+impl HttpMetrics {
+    pub fn new(telemetry: &Telemetry) -> Self {
+        let this = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+        };
+        telemetry.register(
+            "netcron_http_requests",
+            "HTTP requests answered, by method, route and status",
+            this.requests.clone(),
+        );
+        telemetry.register(
+            "netcron_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route",
+            this.duration.clone(),
+        );
+        this
+    }
+}
+
+/// Middleware recording every request. Applied with `Router::layer`, so the route has been
+/// matched when it runs.
+pub async fn track(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics
+        .duration
+        .get_or_create(&RouteLabels {
+            method: method.clone(),
+            route: route.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    /// `started`, or the final status of an outcome.
+    status: &'static str,
+}
+
+/// Results stored by ingest and how long they took to get there.
+#[derive(Clone, Debug)]
+pub struct IngestMetrics {
+    results: Family<ResultLabels, Counter>,
+    lag: Histogram,
+    pub(crate) events: Family<EventLabels, Counter>,
+    pub(crate) webhooks: Family<DeliveryLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EventLabels {
+    pub(crate) r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DeliveryLabels {
+    /// `delivered`, `retry` or `failed` (gave up).
+    pub(crate) outcome: &'static str,
+}
+
+impl IngestMetrics {
+    pub fn new(telemetry: &Telemetry) -> Self {
+        let this = Self {
+            results: Family::default(),
+            lag: duration_histogram(),
+            events: Family::default(),
+            webhooks: Family::default(),
+        };
+        telemetry.register(
+            "netcron_ingest_results",
+            "Results stored in Postgres, by status (`started` for start reports)",
+            this.results.clone(),
+        );
+        telemetry.register(
+            "netcron_ingest_lag_seconds",
+            "From a run finishing on its executor to its outcome being stored",
+            this.lag.clone(),
+        );
+        telemetry.register(
+            "netcron_events",
+            "Events written to the events stream, by type",
+            this.events.clone(),
+        );
+        telemetry.register(
+            "netcron_webhook_deliveries",
+            "Webhook delivery attempts, by outcome",
+            this.webhooks.clone(),
+        );
+        this
+    }
+
+    pub(crate) fn stored(&self, status: &'static str, lag_seconds: Option<f64>) {
+        self.results.get_or_create(&ResultLabels { status }).inc();
+        if let Some(lag) = lag_seconds {
+            self.lag.observe(lag.max(0.0));
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Prometheus metrics and readiness checks, shared by the roles of one process.
+//!
+//! Each role registers its own metric families in the process's [`Telemetry`] when it starts
+//! (the api, the scheduler and the executor in `all` mode share one), and adds the readiness
+//! checks of the dependencies it uses. The ops endpoint ([`crate::ops`]) and the api's own
+//! `/metrics` and `/ready` read them back. There is no global registry, so every test has its
+//! own.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+pub use prometheus_client;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::Streams;
+
+/// The content type of [`Telemetry::encode`]'s output (OpenMetrics text, which Prometheus
+/// scrapes natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How long one readiness check may take before it counts as failed: a hung dependency must
+/// not hang the probe.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+
+/// The metrics registry and readiness checks of one process. Cloning shares them.
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Mutex<Registry>,
+    checks: Mutex<Vec<(&'static str, Check)>>,
+    streams_sampled: AtomicBool,
+    streams: StreamMetrics,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let streams = StreamMetrics::default();
+        streams.register(&mut registry);
+        let build_info = Family::<Vec<(String, String)>, Gauge>::default();
+        build_info
+            .get_or_create(&vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )])
+            .set(1);
+        registry.register(
+            "netcron_build_info",
+            "The running netcron version (always 1)",
+            build_info,
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        Self {
+            inner: Arc::new(Inner {
+                registry: Mutex::new(registry),
+                checks: Mutex::new(Vec::new()),
+                streams_sampled: AtomicBool::new(false),
+                streams,
+            }),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave a registry half-updated in a way that
+    // matters for reading it, so a poisoned lock is used as is.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Telemetry {
+    /// Adds a metric family. Names follow Prometheus conventions: `netcron_` prefix, the unit
+    /// in the name, counters without `_total` (the encoder appends it).
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        lock(&self.inner.registry).register(name, help, metric);
+    }
+
+    /// Adds a readiness check. A name already registered (two roles in one process both
+    /// using Postgres) keeps its first check.
+    pub fn add_check<F, Fut>(&self, name: &'static str, check: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let mut checks = lock(&self.inner.checks);
+        if checks.iter().any(|(n, _)| *n == name) {
+            return;
+        }
+        checks.push((name, Arc::new(move || Box::pin(check()))));
+    }
+
+    /// Adds the standard Postgres check on `db`.
+    pub fn add_postgres_check(&self, db: &sea_orm::DatabaseConnection) {
+        let db = db.clone();
+        self.add_check("postgres", move || {
+            let db = db.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        });
+    }
+
+    /// Adds the standard Redis check: a fresh connection and a `PING`, so a broken pooled
+    /// connection cannot hide an outage.
+    pub fn add_redis_check(&self, client: &redis::Client) {
+        let client = client.clone();
+        self.add_check("redis", move || {
+            let client = client.clone();
+            async move {
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        });
+    }
+
+    /// Runs every readiness check at once, each under [`CHECK_TIMEOUT`]. Returns whether all
+    /// passed, and `ok` or the reason per dependency.
+    pub async fn readiness(&self) -> (bool, BTreeMap<&'static str, String>) {
+        let checks: Vec<(&'static str, Check)> = lock(&self.inner.checks).clone();
+        let results = futures::future::join_all(checks.into_iter().map(|(name, check)| async move {
+            let verdict = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                Ok(Ok(())) => "ok".to_owned(),
+                Ok(Err(e)) => format!("unreachable: {e}"),
+                Err(_) => format!("timed out after {} s", CHECK_TIMEOUT.as_secs()),
+            };
+            (name, verdict)
+        }))
+        .await;
+        let ready = results.iter().all(|(_, v)| v == "ok");
+        (ready, results.into_iter().collect())
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &lock(&self.inner.registry));
+        text
+    }
+
+    /// Samples the length and pending entries of netcron's streams every few seconds, once per
+    /// process however many roles ask. Stops with `shutdown`; Redis errors only skip a sample.
+    pub fn sample_streams(
+        &self,
+        redis: redis::Client,
+        streams: Streams,
+        groups: Vec<(String, &'static str)>,
+        shutdown: CancellationToken,
+    ) {
+        if self.inner.streams_sampled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut conn = None;
+            loop {
+                if conn.is_none() {
+                    conn = redis.get_multiplexed_async_connection().await.ok();
+                }
+                if let Some(c) = conn.as_mut()
+                    && this.inner.streams.sample(c, &streams, &groups).await.is_err()
+                {
+                    conn = None;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(STREAM_SAMPLE_INTERVAL) => {}
+                }
+            }
+        });
+    }
+}
+
+const STREAM_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabel {
+    stream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    stream: &'static str,
+    group: String,
+}
+
+#[derive(Default)]
+struct StreamMetrics {
+    length: Family<StreamLabel, Gauge>,
+    pending: Family<GroupLabels, Gauge>,
+    lag: Family<GroupLabels, Gauge>,
+}
+
+impl StreamMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "netcron_stream_length",
+            "Entries in each netcron stream (XLEN)",
+            self.length.clone(),
+        );
+        registry.register(
+            "netcron_stream_pending",
+            "Entries delivered to a consumer group but not yet acknowledged",
+            self.pending.clone(),
+        );
+        registry.register(
+            "netcron_stream_lag",
+            "Entries not yet delivered to a consumer group",
+            self.lag.clone(),
+        );
+    }
+
+    async fn sample(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        streams: &Streams,
+        groups: &[(String, &'static str)],
+    ) -> redis::RedisResult<()> {
+        let named = [
+            ("tasks", &streams.tasks),
+            ("results", &streams.results),
+            ("events", &streams.events),
+            ("dead_letter", &streams.dead_letter),
+        ];
+        let mut pipe = redis::pipe();
+        for (_, key) in &named {
+            pipe.cmd("XLEN").arg(key.as_str());
+        }
+        let lengths: Vec<i64> = pipe.query_async(conn).await?;
+        for ((label, _), len) in named.iter().zip(lengths) {
+            self.length.get_or_create(&StreamLabel { stream: label }).set(len);
+        }
+        for (key, group) in groups {
+            let label = named
+                .iter()
+                .find(|(_, k)| *k == key)
+                .map_or("other", |(l, _)| *l);
+            // XINFO GROUPS fails while the stream does not exist yet; that is not an outage.
+            let Ok(info) = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(key.as_str())
+                .query_async::<Vec<redis::Value>>(conn)
+                .await
+            else {
+                continue;
+            };
+            for entry in info {
+                let fields: BTreeMap<String, redis::Value> =
+                    redis::from_redis_value(entry).unwrap_or_default();
+                let name: Option<String> = fields
+                    .get("name")
+                    .and_then(|v| redis::from_redis_value(v.clone()).ok());
+                if name.as_deref() != Some(*group) {
+                    continue;
+                }
+                let number = |field: &str| -> i64 {
+                    fields
+                        .get(field)
+                        .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                        .unwrap_or(0)
+                };
+                let labels = GroupLabels {
+                    stream: label,
+                    group: (*group).to_owned(),
+                };
+                self.pending.get_or_create(&labels).set(number("pending"));
+                self.lag.get_or_create(&labels).set(number("lag"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `process_resident_memory_bytes` and `process_cpu_seconds_total`, read from `/proc` at
+/// scrape time (Linux only; elsewhere the series are absent).
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some((rss_bytes, cpu_seconds)) = read_proc_self() else {
+            return Ok(());
+        };
+        let rss = ConstGauge::new(rss_bytes);
+        let metric = encoder.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory of this process",
+            None,
+            rss.metric_type(),
+        )?;
+        rss.encode(metric)?;
+        let cpu = ConstCounter::new(cpu_seconds);
+        let metric = encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time of this process",
+            None,
+            cpu.metric_type(),
+        )?;
+        cpu.encode(metric)?;
+        Ok(())
+    }
+}
+
+fn read_proc_self() -> Option<(i64, f64)> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th
+    // fields of the whole line, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((pages * 4096, (utime + stime) / 100.0))
+}
+
+/// Histogram buckets in seconds for durations from a millisecond to a few minutes.
+pub fn duration_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        300.0,
+    ]
+    .into_iter()
+}
+
+/// A histogram with [`duration_buckets`].
+pub fn duration_histogram() -> Histogram {
+    Histogram::new(duration_buckets())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+
+    #[test]
+    fn counters_get_the_total_suffix_and_process_metrics_are_present() {
+        let telemetry = Telemetry::default();
+        let counter = Counter::<u64>::default();
+        telemetry.register("netcron_example_things", "Things", counter.clone());
+        counter.inc_by(3);
+        let text = telemetry.encode();
+        assert!(text.contains("netcron_example_things_total 3"), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("netcron_build_info{version="), "{text}");
+    }
+
+    #[tokio::test]
+    async fn readiness_reports_each_check_and_keeps_the_first_of_a_name() {
+        let telemetry = Telemetry::default();
+        telemetry.add_check("postgres", || async { Ok(()) });
+        telemetry.add_check("postgres", || async { Err("second".to_owned()) });
+        telemetry.add_check("redis", || async { Err("connection refused".to_owned()) });
+        let (ready, checks) = telemetry.readiness().await;
+        assert!(!ready);
+        assert_eq!(checks["postgres"], "ok");
+        assert_eq!(checks["redis"], "unreachable: connection refused");
+    }
+}

@@ -1,0 +1,67 @@
+//! The executor's Prometheus series.
+
+use netcron_common::domain::{ErrorKind, RunStatus};
+use netcron_common::metrics::{Telemetry, duration_histogram};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    status: &'static str,
+    /// `none` when the run has no error kind, so the label is always present.
+    error_kind: &'static str,
+}
+
+/// Created once per executor process and shared by its workers (cloning shares the series).
+#[derive(Clone, Debug)]
+pub struct ExecutorMetrics {
+    runs: Family<RunLabels, Counter>,
+    pub(crate) run_duration: Histogram,
+    pub(crate) in_flight: Gauge,
+    pub(crate) slot_wait: Histogram,
+}
+
+impl ExecutorMetrics {
+    /// Creates the series and registers them in `telemetry`.
+    pub fn new(telemetry: &Telemetry) -> Self {
+        let this = Self {
+            runs: Family::default(),
+            run_duration: duration_histogram(),
+            in_flight: Gauge::default(),
+            slot_wait: duration_histogram(),
+        };
+        telemetry.register(
+            "netcron_executor_runs",
+            "Runs this executor finished, by status and error kind",
+            this.runs.clone(),
+        );
+        telemetry.register(
+            "netcron_executor_run_duration_seconds",
+            "From a run's start on this executor to its outcome (retries included)",
+            this.run_duration.clone(),
+        );
+        telemetry.register(
+            "netcron_executor_in_flight_runs",
+            "Runs this executor is performing now",
+            this.in_flight.clone(),
+        );
+        telemetry.register(
+            "netcron_executor_device_slot_wait_seconds",
+            "Time a run waited for a free per-device slot (NETCRON_EXECUTOR_PER_DEVICE)",
+            this.slot_wait.clone(),
+        );
+        this
+    }
+
+    pub(crate) fn finished(&self, status: RunStatus, error_kind: Option<ErrorKind>) {
+        self.runs
+            .get_or_create(&RunLabels {
+                status: status.as_str(),
+                error_kind: error_kind.map_or("none", ErrorKind::as_str),
+            })
+            .inc();
+    }
+}
