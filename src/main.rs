@@ -5,8 +5,8 @@ mod oneshot;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
 use anyhow::Context as _;
+use clap::{Parser, Subcommand};
 use netcron_common::config::{self, ConfigError, DatabaseSettings};
 use netcron_common::metrics::Telemetry;
 use netcron_common::ops;
@@ -92,7 +92,8 @@ async fn run(role: Role) -> anyhow::Result<()> {
         }
         Role::Scheduler => {
             let settings = netcron_scheduler::Settings::from_env()?;
-            let ops = ops::addr_from_env("NETCRON_SCHEDULER_OPS_ADDR", ([0, 0, 0, 0], 9091).into())?;
+            let ops =
+                ops::addr_from_env("NETCRON_SCHEDULER_OPS_ADDR", ([0, 0, 0, 0], 9091).into())?;
             let telemetry = serve_ops(ops, &shutdown).await?;
             netcron_scheduler::run(settings, telemetry, shutdown).await
         }

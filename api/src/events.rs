@@ -125,18 +125,18 @@ WHERE r.id = ANY($1)";
 /// the row as the update finds it, so concurrent batches never lose an increment.
 const DEVICE_COUNTERS: &str = r"
 WITH f AS (SELECT * FROM jsonb_to_recordset($1::jsonb)
-           AS f(device_id uuid, reached boolean, trailing int)),
+           AS f(device_id uuid, reached boolean, fails int)),
 old AS (SELECT d.id, d.unreachable_since FROM devices d JOIN f ON f.device_id = d.id),
 new AS (
     UPDATE devices d
-    SET consecutive_failures = CASE WHEN f.reached THEN f.trailing
-                                    ELSE d.consecutive_failures + f.trailing END,
-        unreachable_since = CASE WHEN (CASE WHEN f.reached THEN f.trailing
-                                            ELSE d.consecutive_failures + f.trailing END) >= $2
+    SET consecutive_failures = CASE WHEN f.reached THEN f.fails
+                                    ELSE d.consecutive_failures + f.fails END,
+        unreachable_since = CASE WHEN (CASE WHEN f.reached THEN f.fails
+                                            ELSE d.consecutive_failures + f.fails END) >= $2
                                  THEN coalesce(d.unreachable_since, now()) END
     FROM f
     WHERE d.id = f.device_id
-      AND (f.trailing > 0 OR d.consecutive_failures > 0 OR d.unreachable_since IS NOT NULL)
+      AND (f.fails > 0 OR d.consecutive_failures > 0 OR d.unreachable_since IS NOT NULL)
     RETURNING d.id, d.name, d.consecutive_failures, d.unreachable_since)
 SELECT new.id, new.name, new.consecutive_failures, old.unreachable_since AS was_down_since,
        new.unreachable_since AS down_since
@@ -144,22 +144,25 @@ FROM new JOIN old ON old.id = new.id";
 
 const SCHEDULE_COUNTERS: &str = r"
 WITH f AS (SELECT * FROM jsonb_to_recordset($1::jsonb)
-           AS f(schedule_id uuid, succeeded boolean, trailing int)),
+           AS f(schedule_id uuid, succeeded boolean, fails int)),
 old AS (SELECT s.id, s.enabled FROM schedules s JOIN f ON f.schedule_id = s.id),
 new AS (
     UPDATE schedules s
-    SET consecutive_failures = n.failures,
-        enabled = s.enabled AND NOT n.pause,
-        paused_reason = CASE WHEN s.enabled AND n.pause
-            THEN format('paused automatically after %s consecutive failed runs', n.failures)
+    SET consecutive_failures = CASE WHEN f.succeeded THEN f.fails
+                                    ELSE s.consecutive_failures + f.fails END,
+        enabled = s.enabled AND NOT coalesce(
+            (CASE WHEN f.succeeded THEN f.fails ELSE s.consecutive_failures + f.fails END)
+                >= s.pause_after_failures, false),
+        paused_reason = CASE
+            WHEN s.enabled AND (CASE WHEN f.succeeded THEN f.fails
+                                     ELSE s.consecutive_failures + f.fails END)
+                               >= s.pause_after_failures
+            THEN format('paused automatically after %s consecutive failed runs',
+                        CASE WHEN f.succeeded THEN f.fails
+                             ELSE s.consecutive_failures + f.fails END)
             ELSE s.paused_reason END
-    FROM f, LATERAL (
-        SELECT CASE WHEN f.succeeded THEN f.trailing
-                    ELSE s.consecutive_failures + f.trailing END AS failures) c,
-        LATERAL (SELECT c.failures AS failures,
-                        s.pause_after_failures IS NOT NULL
-                        AND c.failures >= s.pause_after_failures AS pause) n
-    WHERE s.id = f.schedule_id AND (f.trailing > 0 OR s.consecutive_failures > 0)
+    FROM f
+    WHERE s.id = f.schedule_id AND (f.fails > 0 OR s.consecutive_failures > 0)
     RETURNING s.id, s.consecutive_failures, s.enabled, s.paused_reason)
 SELECT new.id, new.consecutive_failures, new.paused_reason
 FROM new JOIN old ON old.id = new.id
@@ -219,7 +222,10 @@ pub async fn record(
         pinned: Option<String>,
     }
     let mut context: HashMap<Uuid, Context> = HashMap::new();
-    for row in txn.query_all_raw(stmt(RUN_CONTEXT, vec![ids.into()])).await? {
+    for row in txn
+        .query_all_raw(stmt(RUN_CONTEXT, vec![ids.into()]))
+        .await?
+    {
         let kind: String = row.try_get("", "command_kind")?;
         if kind == "noop" {
             // A no-op never touches its device: it says nothing about it.
@@ -284,9 +290,7 @@ pub async fn record(
     }
     let device_rows: Vec<serde_json::Value> = devices
         .iter()
-        .map(|(id, (reached, trailing))| {
-            json!({"device_id": id, "reached": reached, "trailing": trailing})
-        })
+        .map(|(id, (reached, fails))| json!({"device_id": id, "reached": reached, "fails": fails}))
         .collect();
     if !device_rows.is_empty() {
         let rows = txn
@@ -327,8 +331,8 @@ pub async fn record(
     }
     let schedule_rows: Vec<serde_json::Value> = schedules
         .iter()
-        .map(|(id, (succeeded, trailing))| {
-            json!({"schedule_id": id, "succeeded": succeeded, "trailing": trailing})
+        .map(|(id, (succeeded, fails))| {
+            json!({"schedule_id": id, "succeeded": succeeded, "fails": fails})
         })
         .collect();
     if !schedule_rows.is_empty() {
@@ -499,7 +503,10 @@ impl Dispatcher {
         txn.commit().await?;
         for kind in kinds {
             if let Some(t) = EVENT_TYPES.iter().copied().find(|k| *k == kind) {
-                self.metrics.events.get_or_create(&EventLabels { r#type: t }).inc();
+                self.metrics
+                    .events
+                    .get_or_create(&EventLabels { r#type: t })
+                    .inc();
             }
         }
         Ok(rows.len())
@@ -578,11 +585,11 @@ impl Dispatcher {
         let sealed: Vec<u8> = target.try_get("", "secret_ciphertext")?;
         let kind: String = target.try_get("", "type")?;
         let body: String = target.try_get("", "body")?;
-        let outcome = match self
-            .key
-            .open(&sealed, &webhook_seal_context(webhook_id))
-        {
-            Err(_) => Err((None, "the signing secret cannot be decrypted with this NETCRON_SECRET_KEY".to_owned())),
+        let outcome = match self.key.open(&sealed, &webhook_seal_context(webhook_id)) {
+            Err(_) => Err((
+                None,
+                "the signing secret cannot be decrypted with this NETCRON_SECRET_KEY".to_owned(),
+            )),
             Ok(secret) => {
                 let timestamp = Utc::now().timestamp();
                 let signature = sign(secret.expose().as_bytes(), timestamp, &body);
@@ -592,7 +599,10 @@ impl Dispatcher {
                     .header("x-netcron-event", &kind)
                     .header("x-netcron-event-id", event_id.to_string())
                     .header("x-netcron-delivery", id.to_string())
-                    .header("x-netcron-signature", format!("t={timestamp},v1={signature}"))
+                    .header(
+                        "x-netcron-signature",
+                        format!("t={timestamp},v1={signature}"),
+                    )
                     .body(body)
                     .send()
                     .await;
@@ -624,7 +634,12 @@ impl Dispatcher {
                     .min(Duration::from_secs(3600));
                 // Full jitter, so endpoints recovering from an outage are not hit in lockstep.
                 let jittered = delay.mul_f64(0.5 + rand_unit() / 2.0);
-                ("pending", code.map(i32::from), Some(error), jittered.as_secs_f64())
+                (
+                    "pending",
+                    code.map(i32::from),
+                    Some(error),
+                    jittered.as_secs_f64(),
+                )
             }
         };
         let label = match status {
@@ -691,7 +706,11 @@ mod tests {
         );
         let a = sign(b"k", 1_700_000_000, "{}");
         assert_eq!(a.len(), 64);
-        assert_ne!(a, sign(b"k", 1_700_000_001, "{}"), "the timestamp is signed");
+        assert_ne!(
+            a,
+            sign(b"k", 1_700_000_001, "{}"),
+            "the timestamp is signed"
+        );
         assert_ne!(a, sign(b"k", 1_700_000_000, "{ }"), "the body is signed");
     }
 }

@@ -17,10 +17,10 @@ use anyhow::Context as _;
 use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings};
 use netcron_common::db::RUN_QUEUED_CHANNEL;
 use netcron_common::metrics::Telemetry;
-use netcron_common::secret::SecretKey;
 use netcron_common::protocol::{
     FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, INGEST_GROUP, RESULT_VERSION, RunResult, Streams,
 };
+use netcron_common::secret::SecretKey;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use sea_orm::{

@@ -25,6 +25,7 @@ use axum::http::Uri;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use netcron_common::metrics::Telemetry;
+use netcron_common::protocol::{EXECUTOR_GROUP, INGEST_GROUP, Streams};
 use netcron_migration::{Migrator, MigratorTrait};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +60,7 @@ pub use state::AppState;
         (name = "schedules", description = "Cron schedules of commands"),
         (name = "runs", description = "Executions and their results"),
         (name = "inventory", description = "Windows inventory collected by `windows_inventory` commands"),
+        (name = "events", description = "Webhooks for operational events (the `events` stream carries the same events)"),
         (name = "health", description = "Liveness and readiness (no authentication)"),
     ),
     components(schemas(error::Problem))
@@ -93,7 +95,8 @@ fn build_router_parts() -> (
         .merge(routes::commands::router())
         .merge(routes::schedules::router())
         .merge(routes::runs::router())
-        .merge(routes::inventory::router());
+        .merge(routes::inventory::router())
+        .merge(routes::webhooks::router());
     let public = routes::health::router();
     let mut doc = protected.get_openapi().clone();
     let mut public_doc = public.get_openapi().clone();
@@ -157,6 +160,9 @@ pub struct Application {
     listener: TcpListener,
     app: Router,
     ingest: Option<ingest::Ingest>,
+    redis: redis::Client,
+    streams: Streams,
+    telemetry: Telemetry,
 }
 
 impl Application {
@@ -178,25 +184,28 @@ impl Application {
         let redis = redis::Client::open(settings.redis.url.as_str()).context("REDIS_URL")?;
         telemetry.add_redis_check(&redis);
         let ingest = if settings.ingest {
-            Some(ingest::Ingest::new(
-                db.clone(),
-                &settings.redis,
-                settings.secret_key.clone(),
-                settings.ingest_batch,
-                settings.ingest_workers,
-                &telemetry,
-            )?
-            .with_events(settings.events.clone()))
+            Some(
+                ingest::Ingest::new(
+                    db.clone(),
+                    &settings.redis,
+                    settings.secret_key.clone(),
+                    settings.ingest_batch,
+                    settings.ingest_workers,
+                    &telemetry,
+                )?
+                .with_events(settings.events.clone()),
+            )
         } else {
             None
         };
+        let streams = Streams::new(&settings.redis.stream_prefix);
         let state = AppState {
             db,
-            redis,
+            redis: redis.clone(),
             key: settings.secret_key,
             tokens: Arc::from(settings.http.tokens),
             http_metrics: metrics::HttpMetrics::new(&telemetry),
-            telemetry,
+            telemetry: telemetry.clone(),
         };
         let listener = TcpListener::bind(settings.http.addr)
             .await
@@ -205,6 +214,9 @@ impl Application {
             listener,
             app: router(state),
             ingest,
+            redis,
+            streams,
+            telemetry,
         })
     }
 
@@ -225,6 +237,15 @@ impl Application {
     /// When the listener fails.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "api listening");
+        self.telemetry.sample_streams(
+            self.redis.clone(),
+            self.streams.clone(),
+            vec![
+                (self.streams.tasks.clone(), EXECUTOR_GROUP),
+                (self.streams.results.clone(), INGEST_GROUP),
+            ],
+            shutdown.clone(),
+        );
         let ingest = self
             .ingest
             .take()
@@ -283,5 +304,10 @@ fn is_unreachable(error: &anyhow::Error) -> bool {
     error
         .chain()
         .filter_map(|cause| cause.downcast_ref::<sea_orm::DbErr>())
-        .any(|e| matches!(e, sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_)))
+        .any(|e| {
+            matches!(
+                e,
+                sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_)
+            )
+        })
 }

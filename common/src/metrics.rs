@@ -136,15 +136,16 @@ impl Telemetry {
     /// passed, and `ok` or the reason per dependency.
     pub async fn readiness(&self) -> (bool, BTreeMap<&'static str, String>) {
         let checks: Vec<(&'static str, Check)> = lock(&self.inner.checks).clone();
-        let results = futures::future::join_all(checks.into_iter().map(|(name, check)| async move {
-            let verdict = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
-                Ok(Ok(())) => "ok".to_owned(),
-                Ok(Err(e)) => format!("unreachable: {e}"),
-                Err(_) => format!("timed out after {} s", CHECK_TIMEOUT.as_secs()),
-            };
-            (name, verdict)
-        }))
-        .await;
+        let results =
+            futures::future::join_all(checks.into_iter().map(|(name, check)| async move {
+                let verdict = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                    Ok(Ok(())) => "ok".to_owned(),
+                    Ok(Err(e)) => format!("unreachable: {e}"),
+                    Err(_) => format!("timed out after {} s", CHECK_TIMEOUT.as_secs()),
+                };
+                (name, verdict)
+            }))
+            .await;
         let ready = results.iter().all(|(_, v)| v == "ok");
         (ready, results.into_iter().collect())
     }
@@ -177,7 +178,12 @@ impl Telemetry {
                     conn = redis.get_multiplexed_async_connection().await.ok();
                 }
                 if let Some(c) = conn.as_mut()
-                    && this.inner.streams.sample(c, &streams, &groups).await.is_err()
+                    && this
+                        .inner
+                        .streams
+                        .sample(c, &streams, &groups)
+                        .await
+                        .is_err()
                 {
                     conn = None;
                 }
@@ -247,7 +253,9 @@ impl StreamMetrics {
         }
         let lengths: Vec<i64> = pipe.query_async(conn).await?;
         for ((label, _), len) in named.iter().zip(lengths) {
-            self.length.get_or_create(&StreamLabel { stream: label }).set(len);
+            self.length
+                .get_or_create(&StreamLabel { stream: label })
+                .set(len);
         }
         for (key, group) in groups {
             let label = named

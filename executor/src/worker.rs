@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use netcron_common::domain::{CommandKind, ErrorKind};
+use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::{
     EXECUTOR_GROUP, FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, RESULT_VERSION, RunResult, Streams,
     TASK_VERSION, Task,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
-use netcron_common::metrics::Telemetry;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;

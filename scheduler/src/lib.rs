@@ -266,7 +266,9 @@ impl Scheduler {
     /// See [`Scheduler::fire_due`] and [`Scheduler::publish_pending`].
     pub async fn tick(&self) -> Result<TickReport> {
         let backlog = fire::due_count(&self.db, self.clock.now()).await?;
-        self.metrics.due_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        self.metrics
+            .due_backlog
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
         let firing = std::sync::atomic::AtomicUsize::new(self.config.fire_workers);
         let fire_loop = || async {
             let mut total = FireReport::default();

@@ -3,7 +3,6 @@
 //! replicas never publish the same run at once; a crash between XADD and the commit publishes
 //! the run again later, and consumers treat a run id seen twice as one.
 
-
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunTrigger};
 use netcron_common::protocol::{

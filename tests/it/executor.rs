@@ -47,7 +47,7 @@ impl Drop for Running {
     }
 }
 
-async fn start_scheduler(app: &TestApp) -> Running {
+pub(crate) async fn start_scheduler(app: &TestApp) -> Running {
     // These tests count entries on the streams, so the trim job (every minute by default,
     // dropping entries every consumer group has acknowledged) must not run in the middle of
     // one: it is set to a day that comes every four years.
@@ -68,7 +68,7 @@ async fn start_scheduler(app: &TestApp) -> Running {
 }
 
 /// Test-sized timeouts: failures show up within seconds.
-fn config() -> ExecutorConfig {
+pub(crate) fn config() -> ExecutorConfig {
     ExecutorConfig {
         connect_timeout: Duration::from_secs(2),
         login_timeout: Duration::from_secs(3),
@@ -80,7 +80,7 @@ fn config() -> ExecutorConfig {
     }
 }
 
-async fn start_executor(app: &TestApp, config: ExecutorConfig) -> (Running, String) {
+pub(crate) async fn start_executor(app: &TestApp, config: ExecutorConfig) -> (Running, String) {
     let settings = ExecutorSettings {
         redis: netcron_common::config::RedisSettings {
             url: app.redis_url.clone(),
@@ -115,7 +115,7 @@ pub(crate) async fn pipeline(app: &TestApp) -> (Running, Running) {
     (scheduler, executor)
 }
 
-async fn password_device(app: &TestApp, name: &str, port: u16, password: &str) -> Value {
+pub(crate) async fn password_device(app: &TestApp, name: &str, port: u16, password: &str) -> Value {
     let cred = app
         .create(
             "/credentials",
@@ -150,7 +150,7 @@ async fn device_with(app: &TestApp, name: &str, port: u16, cred: &Value) -> Valu
     .await
 }
 
-async fn command(app: &TestApp, device: &Value, body: Value) -> Value {
+pub(crate) async fn command(app: &TestApp, device: &Value, body: Value) -> Value {
     let mut body = body;
     if body.get("name").is_none() {
         body["name"] = json!(format!("c-{}", uuid::Uuid::new_v4().simple()));
@@ -172,7 +172,7 @@ pub(crate) async fn run_now(app: &TestApp, device: &Value, command: &Value) -> S
     id(&run).to_owned()
 }
 
-async fn get_run(app: &TestApp, run_id: &str) -> Value {
+pub(crate) async fn get_run(app: &TestApp, run_id: &str) -> Value {
     let (status, run) = json_of(app.get(&format!("/runs/{run_id}")).await).await;
     assert_eq!(status, 200, "{run}");
     run
@@ -180,7 +180,12 @@ async fn get_run(app: &TestApp, run_id: &str) -> Value {
 
 const TERMINAL: [&str; 5] = ["succeeded", "failed", "error", "missed", "skipped"];
 
-async fn wait_for_status(app: &TestApp, run_id: &str, wanted: &[&str], within: Duration) -> Value {
+pub(crate) async fn wait_for_status(
+    app: &TestApp,
+    run_id: &str,
+    wanted: &[&str],
+    within: Duration,
+) -> Value {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let run = get_run(app, run_id).await;
@@ -208,12 +213,12 @@ async fn run_shell(app: &TestApp, sshd: &TestSshd, body: Value) -> Value {
     finished(app, &run).await
 }
 
-fn streams(app: &TestApp) -> Streams {
+pub(crate) fn streams(app: &TestApp) -> Streams {
     Streams::new(&app.stream_prefix)
 }
 
 /// Every entry of a stream as (id, field map of strings).
-async fn entries(
+pub(crate) async fn entries(
     app: &TestApp,
     stream: &str,
 ) -> Vec<(String, std::collections::HashMap<String, String>)> {

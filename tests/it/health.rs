@@ -21,8 +21,8 @@ async fn ready_reports_postgres_and_redis_reachable() {
         json_of(app.client.get(app.url("/ready")).send().await.expect("GET")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "ready");
-    assert_eq!(body["postgres"], "ok");
-    assert_eq!(body["redis"], "ok");
+    assert_eq!(body["checks"]["postgres"], "ok");
+    assert_eq!(body["checks"]["redis"], "ok");
 }
 
 #[tokio::test]
@@ -39,6 +39,9 @@ async fn ready_is_503_when_redis_is_unreachable() {
     .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "not_ready");
-    assert_eq!(body["postgres"], "ok");
-    assert!(body["redis"].as_str().is_some_and(|r| r != "ok"), "{body}");
+    assert_eq!(body["checks"]["postgres"], "ok");
+    assert!(
+        body["checks"]["redis"].as_str().is_some_and(|r| r != "ok"),
+        "{body}"
+    );
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use netcron_api::events::EventSettings;
 use netcron_api::{Application, Settings};
-use netcron_common::metrics::Telemetry;
 use netcron_common::config::{DatabaseSettings, HttpSettings, RedisSettings};
+use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::Task;
 use netcron_common::secret::{SecretKey, SecretString};
 use netcron_scheduler::{Clock, Scheduler, SchedulerConfig, Settings as SchedulerSettings};
@@ -174,6 +174,7 @@ impl TestApp {
             },
         };
         adjust(&mut settings);
+        let redis_url = settings.redis.url.clone();
         let telemetry = Telemetry::default();
         let app = Application::build(settings, telemetry.clone())
             .await
@@ -189,7 +190,7 @@ impl TestApp {
             key: SecretKey::from_base64(&key_text).expect("key"),
             key_text,
             db_url,
-            redis_url: services.redis.clone(),
+            redis_url,
             stream_prefix,
             db_name,
             shutdown,

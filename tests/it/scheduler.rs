@@ -66,7 +66,11 @@ async fn fires_land_in_the_stream_with_their_fire_times() {
     // As Prometheus sees them, on the api's /metrics (the test's roles share one registry).
     let text = app.metrics_text().await;
     let value = |series: &str| metric(&text, series);
-    assert_eq!(value("netcron_scheduler_due_backlog"), 1.0, "one schedule was due");
+    assert_eq!(
+        value("netcron_scheduler_due_backlog"),
+        1.0,
+        "one schedule was due"
+    );
     assert_eq!(value("netcron_scheduler_fires_total"), 3.0);
     assert_eq!(value("netcron_scheduler_published_total"), 3.0);
     assert_eq!(value("netcron_scheduler_fire_lateness_seconds_count"), 3.0);

@@ -8,6 +8,7 @@ pub mod health;
 pub mod inventory;
 pub mod runs;
 pub mod schedules;
+pub mod webhooks;
 
 use serde::{Deserialize, Deserializer};
 use utoipa::IntoResponses;

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod inventory;
 pub mod runs;
 pub mod schedules;
+pub mod webhooks;
 
 use sea_orm::sea_query::IntoCondition;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select};

@@ -1,0 +1,220 @@
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use netcron_common::domain::parse_name;
+use netcron_common::secret::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{DeleteErrors, ListErrors, ReadErrors, WriteErrors, field};
+use crate::error::{ApiError, Result};
+use crate::events::EVENT_TYPES;
+use crate::extract::{Json, Path, Query};
+use crate::pagination::{Page, PageParams};
+use crate::services::webhooks as service;
+use crate::services::webhooks::{Delivery, NewWebhook, Webhook};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_webhook, list_webhooks))
+        .routes(routes!(get_webhook, delete_webhook))
+        .routes(routes!(list_deliveries))
+}
+
+/// A new webhook. Each event is POSTed to `url` as JSON, signed with `secret`:
+/// `X-Netcron-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "noc-pager", "url": "https://noc.example.net/hooks/netcron",
+    "event_types": ["device_unreachable", "device_recovered"], "secret": "whsec-5e1f…"}))]
+pub struct WebhookCreate {
+    /// Unique name, 1 to 128 characters.
+    pub name: String,
+    /// An `http://` or `https://` URL.
+    pub url: String,
+    /// Which events to send (`device_unreachable`, `device_recovered`, `host_key_changed`,
+    /// `schedule_auto_paused`, `run_failed`); absent or empty: all of them.
+    pub event_types: Option<Vec<String>>,
+    /// The HMAC key, 16 to 1024 bytes. Write-only: encrypted at rest, never returned.
+    #[schema(value_type = String, write_only, format = Password)]
+    pub secret: SecretString,
+    /// Default true.
+    pub enabled: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "01936b40-0000-7000-8000-000000000001", "name": "noc-pager",
+    "url": "https://noc.example.net/hooks/netcron",
+    "event_types": ["device_unreachable", "device_recovered"], "enabled": true,
+    "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"}))]
+pub struct WebhookView {
+    pub id: Uuid,
+    pub name: String,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Webhook> for WebhookView {
+    fn from(w: Webhook) -> Self {
+        Self {
+            id: w.id,
+            name: w.name,
+            url: w.url,
+            event_types: w.event_types,
+            enabled: w.enabled,
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+/// One event's delivery to a webhook.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryView {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    /// `pending` (will be tried at `next_attempt_at`), `delivered` or `failed` (gave up).
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Delivery> for DeliveryView {
+    fn from(d: Delivery) -> Self {
+        Self {
+            id: d.id,
+            event_id: d.event_id,
+            event_type: d.event_type,
+            status: d.status,
+            attempts: d.attempts,
+            next_attempt_at: d.next_attempt_at,
+            last_status_code: d.last_status_code,
+            last_error: d.last_error,
+            delivered_at: d.delivered_at,
+            created_at: d.created_at,
+        }
+    }
+}
+
+impl WebhookCreate {
+    fn parse(self) -> Result<NewWebhook> {
+        let name = field("name", parse_name(&self.name, 128))?;
+        let url = self.url.trim().to_owned();
+        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+        if !scheme_ok || url.len() > 2048 || url.contains(char::is_whitespace) {
+            return Err(ApiError::validation(
+                "url",
+                "must be an http:// or https:// URL of at most 2048 characters",
+            ));
+        }
+        let mut event_types = self.event_types.unwrap_or_default();
+        if let Some(bad) = event_types
+            .iter()
+            .find(|t| !EVENT_TYPES.contains(&t.as_str()))
+        {
+            return Err(ApiError::validation(
+                "event_types",
+                format!(
+                    "`{bad}` is not an event type; use {}",
+                    EVENT_TYPES.join(", ")
+                ),
+            ));
+        }
+        event_types.sort();
+        event_types.dedup();
+        let secret_len = self.secret.expose().len();
+        if !(16..=1024).contains(&secret_len) {
+            return Err(ApiError::validation(
+                "secret",
+                "must be 16 to 1024 bytes long",
+            ));
+        }
+        Ok(NewWebhook {
+            name,
+            url,
+            event_types,
+            secret: self.secret,
+            enabled: self.enabled.unwrap_or(true),
+        })
+    }
+}
+
+/// Create a webhook.
+#[utoipa::path(post, path = "/webhooks", tag = "events",
+    request_body = WebhookCreate,
+    responses((status = 201, description = "The webhook, without its secret", body = WebhookView), WriteErrors))]
+async fn create_webhook(
+    State(state): State<AppState>,
+    Json(body): Json<WebhookCreate>,
+) -> Result<(StatusCode, axum::Json<WebhookView>)> {
+    let webhook = service::create(&state.db, &state.key, body.parse()?).await?;
+    Ok((StatusCode::CREATED, axum::Json(webhook.into())))
+}
+
+/// List webhooks, oldest first.
+#[utoipa::path(get, path = "/webhooks", tag = "events", params(PageParams),
+    responses((status = 200, description = "One page of webhooks", body = Page<WebhookView>), ListErrors))]
+async fn list_webhooks(
+    State(state): State<AppState>,
+    Query(page): Query<PageParams>,
+) -> Result<axum::Json<Page<WebhookView>>> {
+    let page = page.parse()?;
+    let rows = service::list(&state.db, page).await?;
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        page,
+        |w| w.id,
+        WebhookView::from,
+    )))
+}
+
+/// Get a webhook (never its secret).
+#[utoipa::path(get, path = "/webhooks/{webhook_id}", tag = "events",
+    params(("webhook_id" = Uuid, Path, description = "Webhook id")),
+    responses((status = 200, description = "The webhook", body = WebhookView), ReadErrors))]
+async fn get_webhook(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<WebhookView>> {
+    Ok(axum::Json(service::get(&state.db, id).await?.into()))
+}
+
+/// Delete a webhook and its delivery history.
+#[utoipa::path(delete, path = "/webhooks/{webhook_id}", tag = "events",
+    params(("webhook_id" = Uuid, Path, description = "Webhook id")),
+    responses((status = 204, description = "Deleted"), DeleteErrors))]
+async fn delete_webhook(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<StatusCode> {
+    service::delete(&state.db, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A webhook's deliveries, newest event first.
+#[utoipa::path(get, path = "/webhooks/{webhook_id}/deliveries", tag = "events",
+    params(("webhook_id" = Uuid, Path, description = "Webhook id"), PageParams),
+    responses((status = 200, description = "One page of deliveries", body = Page<DeliveryView>), ListErrors))]
+async fn list_deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Query(page): Query<PageParams>,
+) -> Result<axum::Json<Page<DeliveryView>>> {
+    let page = page.parse()?;
+    let rows = service::deliveries(&state.db, id, page).await?;
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        page,
+        |d| d.event_id,
+        DeliveryView::from,
+    )))
+}
