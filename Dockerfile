@@ -41,7 +41,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM builder AS tests
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openssh-server openssh-client python3 \
+    && apt-get install -y --no-install-recommends openssh-server openssh-client python3 redis-server \
        pkg-config libssl-dev zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 

@@ -245,10 +245,13 @@ async fn a_redis_restart_needs_no_human() {
     assert_eq!(finished(&app, &after).await["status"], "succeeded");
 }
 
+/// One request a webhook endpoint received: its headers and body.
+type Request = (HashMap<String, String>, String);
+
 /// What a webhook endpoint received.
 #[derive(Clone, Default)]
 struct Received {
-    requests: Arc<Mutex<Vec<(HashMap<String, String>, String)>>>,
+    requests: Arc<Mutex<Vec<Request>>>,
 }
 
 /// An HTTP endpoint on loopback that fails its first `failures` requests with 500.

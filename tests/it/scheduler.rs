@@ -79,9 +79,14 @@ async fn fires_land_in_the_stream_with_their_fire_times() {
         "fires were 25 s, 15 s and 5 s late"
     );
     assert_eq!(
-        value("netcron_scheduler_fire_lateness_seconds_bucket{le=\"10.0\"}"),
-        1.0,
-        "only the 5 s late fire is within 10 s"
+        value("netcron_scheduler_fire_lateness_seconds_bucket{le=\"1.0\"}"),
+        0.0,
+        "no fire was within a second"
+    );
+    assert_eq!(
+        value("netcron_scheduler_fire_lateness_seconds_bucket{le=\"30.0\"}"),
+        3.0,
+        "all three were within 30 s"
     );
     let tasks = app.tasks().await;
     let fired: Vec<DateTime<Utc>> = tasks.iter().map(|t| t.scheduled_for).collect();
