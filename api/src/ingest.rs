@@ -572,18 +572,31 @@ fn parse(entry: &StreamId) -> Result<RunResult, String> {
     Ok(result)
 }
 
-/// Runs result ingest alone (`netcron ingest`).
+/// Runs result ingest alone (`netcron ingest`). Postgres and Redis being unreachable are
+/// waited out.
 ///
 /// # Errors
-/// When Postgres or Redis is unreachable at start.
+/// When `REDIS_URL` is malformed.
 pub async fn run(
     settings: IngestSettings,
     telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = netcron_common::db::connect(&settings.database.url)
-        .await
-        .context("connecting to Postgres (DATABASE_URL)")?;
+    // Postgres being down at start is waited out with backoff, like any later outage.
+    let mut backoff = Duration::from_millis(200);
+    let db = loop {
+        match netcron_common::db::connect(&settings.database.url).await {
+            Ok(db) => break db,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest cannot reach Postgres");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
     telemetry.add_postgres_check(&db);
     let ingest = Ingest::new(
         db,

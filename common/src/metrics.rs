@@ -146,6 +146,11 @@ impl Telemetry {
                 (name, verdict)
             }))
             .await;
+        if results.is_empty() {
+            // Checks are added once a role has connected; until then it is starting, not ready.
+            let starting = BTreeMap::from([("startup", "connecting to dependencies".to_owned())]);
+            return (false, starting);
+        }
         let ready = results.iter().all(|(_, v)| v == "ok");
         (ready, results.into_iter().collect())
     }
@@ -376,6 +381,13 @@ mod tests {
         assert!(text.contains("netcron_example_things_total 3"), "{text}");
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
         assert!(text.contains("netcron_build_info{version="), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_process_without_checks_yet_is_not_ready() {
+        let (ready, checks) = Telemetry::default().readiness().await;
+        assert!(!ready);
+        assert!(checks.contains_key("startup"));
     }
 
     #[tokio::test]

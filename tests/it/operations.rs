@@ -667,3 +667,59 @@ async fn netcron_all_logs_runs_in_spans_without_secrets_and_stops_on_sigterm() {
     assert_eq!(span["device"], "logged", "{line}");
     assert!(span.get("schedule_id").is_some(), "{line}");
 }
+
+#[tokio::test]
+async fn a_scheduler_without_its_database_stays_up_unready_and_backs_off() {
+    let ops = free_port();
+    let log_path = std::env::temp_dir().join(format!("netcron-sched-{}.log", uuid::Uuid::new_v4()));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    // Nothing listens on this Postgres port.
+    let dead_pg = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_netcron"))
+        .arg("scheduler")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{dead_pg}/netcron"),
+        )
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("NETCRON_SCHEDULER_OPS_ADDR", format!("127.0.0.1:{ops}"))
+        .env("NETCRON_LOG_FORMAT", "json")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("netcron scheduler");
+    let mut process = Process { child };
+    let base = format!("http://127.0.0.1:{ops}");
+    eventually(
+        "the ops endpoint is up",
+        Duration::from_secs(20),
+        || async { reqwest::get(format!("{base}/health")).await.ok() },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    // Each attempt waits out the pool's own connect retries (up to its 10 s acquire timeout)
+    // before it is logged and backed off.
+    let count = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("scheduler cannot reach Postgres"))
+            .count()
+    };
+    eventually("a logged retry", Duration::from_secs(40), || async {
+        (count() >= 1).then_some(())
+    })
+    .await;
+    assert!(
+        process.child.try_wait().expect("status").is_none(),
+        "the scheduler must wait for Postgres, not exit"
+    );
+    let (status, _, body) = get(&format!("{base}/ready")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(get(&format!("{base}/health")).await.0, 200);
+    let attempts = count();
+    let elapsed = started.elapsed().as_secs() as usize + 1;
+    let _ = std::fs::remove_file(&log_path);
+    // A busy loop would log hundreds of attempts; backoff keeps it to a few.
+    assert!(attempts <= elapsed, "{attempts} attempts in {elapsed} s");
+}
