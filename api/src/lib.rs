@@ -56,6 +56,7 @@ pub use state::AppState;
         (name = "schedules", description = "Cron schedules of commands"),
         (name = "runs", description = "Executions and their results"),
         (name = "inventory", description = "Windows inventory collected by `windows_inventory` commands"),
+        (name = "configs", description = "Configuration history collected by `config_backup` commands"),
         (name = "health", description = "Liveness and readiness (no authentication)"),
     ),
     components(schemas(error::Problem))
@@ -90,7 +91,8 @@ fn build_router_parts() -> (
         .merge(routes::commands::router())
         .merge(routes::schedules::router())
         .merge(routes::runs::router())
-        .merge(routes::inventory::router());
+        .merge(routes::inventory::router())
+        .merge(routes::configs::router());
     let public = routes::health::router();
     let mut doc = protected.get_openapi().clone();
     let mut public_doc = public.get_openapi().clone();

@@ -115,6 +115,27 @@ pub struct TaskDevice {
     pub platform: Platform,
     /// The pinned `SHA256:` host-key fingerprint; `None` means pin on first contact.
     pub host_key_fingerprint: Option<String>,
+    /// Whether legacy SSH algorithms may be offered. Absent in older messages (`false`).
+    #[serde(default)]
+    pub legacy_algorithms: bool,
+    /// The bastion to tunnel through, with its own credential and pin. Absent: direct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jump_host: Option<TaskJumpHost>,
+}
+
+/// A bastion (itself a device) through which the target is reached with a `direct-tcpip`
+/// channel. Only one hop: a jump host never has a jump host of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskJumpHost {
+    pub id: Uuid,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// The bastion's own pinned fingerprint; `None` pins on first contact.
+    pub host_key_fingerprint: Option<String>,
+    #[serde(default)]
+    pub legacy_algorithms: bool,
+    pub credential: TaskCredential,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +147,9 @@ pub struct TaskCredential {
     pub secret: String,
     /// Base64 of the sealed passphrase, if any.
     pub passphrase: Option<String>,
+    /// Base64 of the sealed enable secret (context `credential:<id>:enable_secret`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_secret: Option<String>,
 }
 
 impl std::fmt::Debug for TaskCredential {
@@ -195,9 +219,14 @@ pub struct Outcome {
     /// retried).
     pub attempts: Vec<AttemptRecord>,
     /// Structured result of command kinds that produce one (`windows_inventory`: an
-    /// [`crate::inventory::Inventory`]). Absent in older messages.
+    /// [`crate::inventory::Inventory`]; interactive CLI platforms: `{"lines": [...]}`, plus
+    /// `config` for `config_backup`). Absent in older messages.
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
+    /// The host key the device's jump host presented, when it has one. Ingest pins it on the
+    /// jump host if that has no pin yet. Absent in older messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jump_host_key_fingerprint: Option<String>,
 }
 
 /// One connection attempt within a run.

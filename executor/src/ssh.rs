@@ -8,9 +8,10 @@
 //! That gives each phase a real deadline: the TCP connect, the login (handshake, host key and
 //! authentication) and the command itself.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -18,8 +19,11 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use netcron_common::domain::{ErrorKind, RunStatus};
 use netcron_common::secret::SecretString;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use ssh2::{BlockDirections, HashType, KeyboardInteractivePrompt, Prompt, Session};
+use ssh2::{
+    BlockDirections, Channel, HashType, KeyboardInteractivePrompt, MethodType, Prompt, Session,
+};
 
+use crate::cli::{self, Driver};
 use crate::output::Capture;
 
 /// How to authenticate.
@@ -41,7 +45,43 @@ pub struct Target<'a> {
     pub auth: &'a Auth,
     /// The pinned `SHA256:` fingerprint; `None` trusts the first key seen.
     pub pinned_host_key: Option<&'a str>,
+    /// Also offer SHA-1 key exchange, `ssh-rsa`/`ssh-dss` host keys and CBC ciphers.
+    pub legacy_algorithms: bool,
 }
+
+/// What to do once logged in.
+pub enum Job<'a> {
+    /// One `exec` request with the whole text (Unix and Windows hosts).
+    Exec(&'a str),
+    /// An interactive CLI session: each line typed at the prompt in turn.
+    Cli {
+        driver: &'static Driver,
+        lines: Vec<String>,
+        enable_secret: Option<&'a SecretString>,
+    },
+}
+
+/// One line of an interactive session and what it printed (echo and prompt removed).
+#[derive(Debug, Clone)]
+pub struct CliLine {
+    pub command: String,
+    pub output: String,
+    pub failed: bool,
+}
+
+/// Modern algorithms, strongest first; libssh2 drops names it does not implement.
+const KEX_MODERN: &str = "curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,\
+ecdh-sha2-nistp384,ecdh-sha2-nistp521,diffie-hellman-group16-sha512,\
+diffie-hellman-group18-sha512,diffie-hellman-group14-sha256,\
+diffie-hellman-group-exchange-sha256";
+const KEX_LEGACY: &str =
+    "diffie-hellman-group14-sha1,diffie-hellman-group1-sha1,diffie-hellman-group-exchange-sha1";
+const HOSTKEY_MODERN: &str = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,\
+ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256";
+const HOSTKEY_LEGACY: &str = "ssh-rsa,ssh-dss";
+const CIPHER_MODERN: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,\
+chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr";
+const CIPHER_LEGACY: &str = "aes128-cbc,aes192-cbc,aes256-cbc,3des-cbc";
 
 /// Deadlines and caps of one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +103,10 @@ pub struct Attempt {
     pub error_kind: Option<ErrorKind>,
     pub error_message: Option<String>,
     pub host_key_fingerprint: Option<String>,
+    /// The jump host's key, when the connection went through one.
+    pub jump_host_key_fingerprint: Option<String>,
+    /// Interactive sessions: each line with its own output.
+    pub lines: Option<Vec<CliLine>>,
 }
 
 struct Failure {
@@ -79,8 +123,13 @@ impl Failure {
     }
 }
 
-/// Runs `command` once on `target`.
-pub fn run(target: &Target<'_>, command: &str, limits: Limits) -> Attempt {
+/// Runs `job` once on `target`, through `jump` when given.
+pub fn run(
+    target: &Target<'_>,
+    jump: Option<&Target<'_>>,
+    job: &Job<'_>,
+    limits: Limits,
+) -> Attempt {
     let mut attempt = Attempt {
         status: RunStatus::Error,
         exit_code: None,
@@ -90,8 +139,10 @@ pub fn run(target: &Target<'_>, command: &str, limits: Limits) -> Attempt {
         error_kind: None,
         error_message: None,
         host_key_fingerprint: None,
+        jump_host_key_fingerprint: None,
+        lines: None,
     };
-    match execute(target, command, limits, &mut attempt) {
+    match execute(target, jump, job, limits, &mut attempt) {
         Ok(()) => {}
         Err(failure) => {
             attempt.status = RunStatus::Error;
@@ -104,17 +155,191 @@ pub fn run(target: &Target<'_>, command: &str, limits: Limits) -> Attempt {
 
 fn execute(
     target: &Target<'_>,
-    command: &str,
+    jump: Option<&Target<'_>>,
+    job: &Job<'_>,
     limits: Limits,
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
-    let stream = connect(target.host, target.port, limits.connect_timeout)?;
+    let (session, waiter) = match jump {
+        None => {
+            let stream = connect(target.host, target.port, limits.connect_timeout)?;
+            let _ = stream.set_nodelay(true);
+            let mut fingerprint = None;
+            let logged_in = login(stream, target, limits, &mut fingerprint);
+            attempt.host_key_fingerprint = fingerprint;
+            logged_in?
+        }
+        Some(bastion) => {
+            let mut bastion_key = None;
+            let tunnel = tunnel(bastion, target, limits, &mut bastion_key);
+            attempt.jump_host_key_fingerprint = bastion_key;
+            let stream = tunnel?;
+            let mut fingerprint = None;
+            let logged_in = login(stream, target, limits, &mut fingerprint);
+            attempt.host_key_fingerprint = fingerprint;
+            logged_in?
+        }
+    };
+    match job {
+        Job::Exec(command) => exec(&session, &waiter, command, limits, attempt),
+        Job::Cli {
+            driver,
+            lines,
+            enable_secret,
+        } => {
+            let mut cli = CliSession::open(&session, &waiter, driver, limits, attempt)?;
+            let result = cli.run(lines, *enable_secret, attempt);
+            let _ = session.disconnect(None, "done", None);
+            result
+        }
+    }
+}
+
+/// Connects through `bastion`: logs in there (its own credential and pin), opens a
+/// `direct-tcpip` channel to the target and returns one end of a socket pair whose other end a
+/// pump thread copies to and from that channel, so the target session runs over it unchanged.
+fn tunnel(
+    bastion: &Target<'_>,
+    target: &Target<'_>,
+    limits: Limits,
+    fingerprint: &mut Option<String>,
+) -> Result<UnixStream, Failure> {
+    let name = format!("jump host {}:{}", bastion.host, bastion.port);
+    let on_bastion = |f: Failure| Failure::new(f.kind, format!("{name}: {}", f.message));
+    let stream = connect(bastion.host, bastion.port, limits.connect_timeout).map_err(on_bastion)?;
     let _ = stream.set_nodelay(true);
-    let socket = stream
-        .try_clone()
+    let (session, waiter) = login(stream, bastion, limits, fingerprint).map_err(on_bastion)?;
+    let deadline = Instant::now() + limits.connect_timeout.max(limits.login_timeout);
+    let channel = waiter
+        .retry(deadline, || {
+            session.channel_direct_tcpip(target.host, target.port, None)
+        })
+        .map_err(|e| {
+            let why = match e {
+                Step::Expired => "no answer".to_owned(),
+                Step::Ssh(e) => e.message().to_owned(),
+            };
+            Failure::new(
+                ErrorKind::Unreachable,
+                format!(
+                    "{name} could not open a connection to {}:{}: {why}",
+                    target.host, target.port
+                ),
+            )
+        })?;
+    let (ours, theirs) = UnixStream::pair()
+        .map_err(|e| Failure::new(ErrorKind::Internal, format!("socket pair: {e}")))?;
+    theirs
+        .set_nonblocking(true)
+        .map_err(|e| Failure::new(ErrorKind::Internal, format!("socket pair: {e}")))?;
+    // The pump lives as long as the target session holds its end, and at most as long as
+    // the whole attempt may take.
+    let until =
+        Instant::now() + limits.login_timeout + limits.command_timeout + Duration::from_secs(10);
+    std::thread::Builder::new()
+        .name("ssh-jump-pump".into())
+        .spawn(move || pump(&session, channel, &waiter, theirs, until))
+        .map_err(|e| Failure::new(ErrorKind::Internal, format!("starting the jump pump: {e}")))?;
+    Ok(ours)
+}
+
+/// Copies bytes between `local` and the bastion's channel until either side closes.
+fn pump(
+    session: &Session,
+    mut channel: Channel,
+    waiter: &Waiter,
+    mut local: UnixStream,
+    until: Instant,
+) {
+    let mut up: Vec<u8> = Vec::new();
+    let mut down: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut local_open = true;
+    while Instant::now() < until {
+        let mut progressed = false;
+        if local_open && up.is_empty() {
+            match local.read(&mut buf) {
+                Ok(0) => local_open = false,
+                Ok(n) => {
+                    up.extend_from_slice(&buf[..n]);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => local_open = false,
+            }
+        }
+        if !up.is_empty() {
+            match channel.write(&up) {
+                Ok(n) => {
+                    up.drain(..n);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if !local_open && up.is_empty() {
+            break;
+        }
+        if down.is_empty() {
+            match channel.read(&mut buf) {
+                Ok(0) if channel.eof() => break,
+                Ok(0) => {}
+                Ok(n) => {
+                    down.extend_from_slice(&buf[..n]);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if !down.is_empty() {
+            match local.write(&down) {
+                Ok(n) => {
+                    down.drain(..n);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+        if progressed {
+            continue;
+        }
+        // Wait for the bastion's socket or our end of the pair, briefly: libssh2 may hold
+        // bytes it already read, so the loop polls again soon in any case.
+        let mut local_flags = PollFlags::empty();
+        if local_open && up.is_empty() {
+            local_flags |= PollFlags::POLLIN;
+        }
+        if !down.is_empty() {
+            local_flags |= PollFlags::POLLOUT;
+        }
+        let mut fds = [
+            PollFd::new(waiter.socket.as_fd(), waiter.direction()),
+            PollFd::new(local.as_fd(), local_flags),
+        ];
+        let _ = poll(&mut fds, PollTimeout::from(50u16));
+    }
+    let _ = channel.close();
+    let _ = session.disconnect(None, "done", None);
+}
+
+/// Handshake (with the algorithm preferences), host-key check and authentication on an open
+/// stream, within the login timeout. `fingerprint` gets the key the server presented.
+fn login<S: AsRawFd + AsFd + 'static>(
+    stream: S,
+    target: &Target<'_>,
+    limits: Limits,
+    fingerprint: &mut Option<String>,
+) -> Result<(Session, Waiter), Failure> {
+    let socket: OwnedFd = stream
+        .as_fd()
+        .try_clone_to_owned()
         .map_err(|e| Failure::new(ErrorKind::Internal, format!("cloning the socket: {e}")))?;
     let mut session = Session::new()
         .map_err(|e| Failure::new(ErrorKind::Internal, format!("starting libssh2: {e}")))?;
+    set_algorithms(&session, target.legacy_algorithms)?;
     session.set_tcp_stream(stream);
     session.set_blocking(false);
     let waiter = Waiter {
@@ -133,32 +358,96 @@ fn execute(
                     limits.login_timeout.as_secs_f32()
                 ),
             ),
-            Step::Ssh(e) => Failure::new(
-                ErrorKind::HandshakeFailed,
-                format!("SSH handshake failed: {}", e.message()),
-            ),
+            Step::Ssh(e) => handshake_failure(&e, target.legacy_algorithms),
         })?;
 
-    let fingerprint = session
+    let seen = session
         .host_key_hash(HashType::Sha256)
         .map(|hash| format!("SHA256:{}", STANDARD_NO_PAD.encode(hash)))
         .ok_or_else(|| Failure::new(ErrorKind::HandshakeFailed, "the server sent no host key"))?;
-    attempt.host_key_fingerprint = Some(fingerprint.clone());
+    *fingerprint = Some(seen.clone());
     if let Some(pinned) = target.pinned_host_key
-        && pinned != fingerprint
+        && pinned != seen
     {
         // Nothing secret has been sent yet: authentication comes after this check.
         return Err(Failure::new(
             ErrorKind::HostKeyMismatch,
             format!(
-                "the device presented host key {fingerprint} but {pinned} is pinned; no \
+                "the device presented host key {seen} but {pinned} is pinned; no \
                  credential was sent. If the key changed legitimately, re-pin it on the device"
             ),
         ));
     }
 
     authenticate(&session, &waiter, target, login_deadline)?;
+    Ok((session, waiter))
+}
 
+/// Modern key exchange, host-key and cipher algorithms; the legacy ones appended (so still
+/// last in preference) only for devices that opted in.
+fn set_algorithms(session: &Session, legacy: bool) -> Result<(), Failure> {
+    let list = |modern: &str, old: &str| {
+        if legacy {
+            format!("{modern},{old}")
+        } else {
+            modern.to_owned()
+        }
+    };
+    let prefs = [
+        (MethodType::Kex, list(KEX_MODERN, KEX_LEGACY)),
+        (MethodType::HostKey, list(HOSTKEY_MODERN, HOSTKEY_LEGACY)),
+        (MethodType::CryptCs, list(CIPHER_MODERN, CIPHER_LEGACY)),
+        (MethodType::CryptSc, list(CIPHER_MODERN, CIPHER_LEGACY)),
+    ];
+    for (method, names) in prefs {
+        session.method_pref(method, &names).map_err(|e| {
+            Failure::new(
+                ErrorKind::Internal,
+                format!("setting SSH algorithms {names}: {}", e.message()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A failed handshake. When key exchange found no algorithm both sides support, says so and
+/// points at `legacy_algorithms`.
+fn handshake_failure(e: &ssh2::Error, legacy: bool) -> Failure {
+    // LIBSSH2_ERROR_KEX_FAILURE: the algorithm lists had nothing in common (or the server hung
+    // up during key exchange because of that).
+    let kex = e.code() == ssh2::ErrorCode::Session(-5)
+        || e.message().contains("exchange encryption keys")
+        || e.message().to_ascii_lowercase().contains("agree");
+    if !kex {
+        return Failure::new(
+            ErrorKind::HandshakeFailed,
+            format!("SSH handshake failed: {}", e.message()),
+        );
+    }
+    let hint = if legacy {
+        "; legacy algorithms were offered too"
+    } else {
+        ". Only modern algorithms were offered; if the device supports only legacy ones \
+         (diffie-hellman-group14-sha1, group1-sha1, ssh-rsa, CBC ciphers), set \
+         legacy_algorithms: true on the device"
+    };
+    Failure::new(
+        ErrorKind::HandshakeFailed,
+        format!(
+            "SSH handshake failed: no common key-exchange, host-key or cipher algorithm with the \
+             device ({}){hint}",
+            e.message()
+        ),
+    )
+}
+
+fn exec(
+    session: &Session,
+    waiter: &Waiter,
+    command: &str,
+    limits: Limits,
+    attempt: &mut Attempt,
+) -> Result<(), Failure> {
     let command_deadline = Instant::now() + limits.command_timeout;
     let timed_out = || {
         Failure::new(
@@ -396,7 +685,7 @@ enum Step {
 /// Waits on the session's socket in the direction libssh2 is blocked on.
 struct Waiter {
     session: Session,
-    socket: TcpStream,
+    socket: OwnedFd,
 }
 
 struct Expired;
@@ -414,6 +703,15 @@ impl Waiter {
                 Err(e) if is_eagain(&e) => self.wait(deadline).map_err(|_| Step::Expired)?,
                 Err(e) => return Err(Step::Ssh(e)),
             }
+        }
+    }
+
+    /// The poll flags for the direction libssh2 waits on (reading when it says nothing).
+    fn direction(&self) -> PollFlags {
+        match self.session.block_directions() {
+            BlockDirections::Outbound => PollFlags::POLLOUT,
+            BlockDirections::Both => PollFlags::POLLIN | PollFlags::POLLOUT,
+            BlockDirections::Inbound | BlockDirections::None => PollFlags::POLLIN,
         }
     }
 
@@ -442,4 +740,286 @@ impl Waiter {
 fn is_eagain(e: &ssh2::Error) -> bool {
     // LIBSSH2_ERROR_EAGAIN
     e.code() == ssh2::ErrorCode::Session(-37)
+}
+
+/// An interactive CLI on a PTY shell channel: the prompt learned after login, the driver's
+/// setup lines sent, enable mode entered when there is a secret, then each line typed in turn.
+struct CliSession<'s> {
+    channel: Channel,
+    waiter: &'s Waiter,
+    driver: &'static Driver,
+    deadline: Instant,
+    timeout: Duration,
+    cap: usize,
+    prompt: Option<regex::Regex>,
+    /// The last prompt seen (to tell `>` from `#`).
+    current: String,
+    /// What the command being read printed so far, kept for a timeout.
+    partial: Vec<u8>,
+}
+
+/// The bytes a command printed, up to the cap.
+struct Collected {
+    kept: Vec<u8>,
+    truncated: bool,
+}
+
+impl<'s> CliSession<'s> {
+    fn open(
+        session: &Session,
+        waiter: &'s Waiter,
+        driver: &'static Driver,
+        limits: Limits,
+        attempt: &mut Attempt,
+    ) -> Result<Self, Failure> {
+        let deadline = Instant::now() + limits.command_timeout;
+        let mut cli = Self {
+            channel: waiter
+                .retry(deadline, || session.channel_session())
+                .map_err(|e| {
+                    step_failure(e, "opening a session channel", limits.command_timeout)
+                })?,
+            waiter,
+            driver,
+            deadline,
+            timeout: limits.command_timeout,
+            cap: limits.max_output_bytes,
+            prompt: None,
+            current: String::new(),
+            partial: Vec::new(),
+        };
+        let channel = &mut cli.channel;
+        // A wide terminal, so devices do not wrap long lines themselves.
+        waiter
+            .retry(deadline, || {
+                channel.request_pty("vt100", None, Some((511, 24, 0, 0)))
+            })
+            .map_err(|e| step_failure(e, "requesting a terminal", limits.command_timeout))?;
+        waiter
+            .retry(deadline, || channel.shell())
+            .map_err(|e| step_failure(e, "starting the shell", limits.command_timeout))?;
+
+        // Whatever the device prints first (banners), up to something that looks like a
+        // prompt; then a newline, whose answer ends with the prompt alone.
+        let banner = cli.read_until(|_, l| cli::looks_like_prompt(l), true);
+        if let Err(failure) = banner {
+            attempt.stdout.push(cli::clean(&cli.partial).as_bytes());
+            return Err(failure);
+        }
+        cli.send("\n")?;
+        let answer = cli.read_until(|_, l| cli::looks_like_prompt(l), false)?;
+        let text = cli::clean(&answer.kept);
+        let learned = cli::last_line(&text).to_owned();
+        cli.prompt = Some(cli::prompt_pattern(&learned).ok_or_else(|| {
+            Failure::new(
+                ErrorKind::InvalidOutput,
+                format!("cannot recognise the device's prompt in {learned:?}"),
+            )
+        })?);
+        cli.current = learned;
+        for line in driver.setup {
+            cli.command(line)?;
+        }
+        Ok(cli)
+    }
+
+    fn run(
+        &mut self,
+        lines: &[String],
+        enable_secret: Option<&SecretString>,
+        attempt: &mut Attempt,
+    ) -> Result<(), Failure> {
+        if let (Some(command), Some(secret)) = (self.driver.enable_command, enable_secret) {
+            self.enable(command, secret)?;
+        }
+        let mut done = Vec::new();
+        attempt.status = RunStatus::Succeeded;
+        for line in lines {
+            let collected = match self.command(line) {
+                Ok(c) => c,
+                Err(failure) => {
+                    attempt.stdout.push(cli::clean(&self.partial).as_bytes());
+                    attempt.lines = Some(done);
+                    return Err(failure);
+                }
+            };
+            let output = self.output_of(line, &collected);
+            attempt.stdout.push(output.as_bytes());
+            attempt.stdout.truncated |= collected.truncated;
+            let error = self.driver.error_line(&output).map(str::to_owned);
+            done.push(CliLine {
+                command: line.clone(),
+                output,
+                failed: error.is_some(),
+            });
+            if let Some(error) = error {
+                // Later lines may depend on this one (configuration), so they do not run.
+                attempt.status = RunStatus::Failed;
+                attempt.error_message = Some(format!("`{line}` failed on the device: {error}"));
+                break;
+            }
+        }
+        attempt.lines = Some(done);
+        // Leave the CLI politely; the connection is closed right after in any case.
+        let _ = self.channel.write(b"exit\n");
+        Ok(())
+    }
+
+    /// `enable`, answered with the secret, unless the session is privileged already.
+    fn enable(&mut self, command: &str, secret: &SecretString) -> Result<(), Failure> {
+        if self.current.trim_end().ends_with('#') {
+            return Ok(());
+        }
+        let asks_password = |l: &str| l.trim_end().to_ascii_lowercase().ends_with("password:");
+        self.send(&format!("{command}\n"))?;
+        let prompt = self.prompt.clone();
+        let is_prompt = move |l: &str| prompt.as_ref().is_some_and(|p| p.is_match(l));
+        self.read_until(|_, l| is_prompt(l) || asks_password(l), false)?;
+        if asks_password(&self.current) {
+            self.send(&format!("{}\n", secret.expose()))?;
+            self.read_until(|_, l| is_prompt(l) || asks_password(l), false)?;
+        }
+        if !self.current.trim_end().ends_with('#') {
+            return Err(Failure::new(
+                ErrorKind::AuthFailed,
+                format!(
+                    "enable mode was refused (the prompt is still {:?}): check the \
+                     credential's enable_secret",
+                    self.current.trim()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Types `line` and reads up to the next prompt, answering pagers.
+    fn command(&mut self, line: &str) -> Result<Collected, Failure> {
+        self.send(&format!("{line}\n"))?;
+        let prompt = self.prompt.clone();
+        self.read_until(
+            move |_, l| prompt.as_ref().is_some_and(|p| p.is_match(l)),
+            true,
+        )
+    }
+
+    fn output_of(&self, line: &str, collected: &Collected) -> String {
+        let text = cli::clean(&collected.kept);
+        match &self.prompt {
+            Some(prompt) => cli::strip_echo_and_prompt(&text, line, prompt),
+            None => text,
+        }
+    }
+
+    fn send(&mut self, text: &str) -> Result<(), Failure> {
+        let mut data = text.as_bytes();
+        while !data.is_empty() {
+            match self.channel.write(data) {
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.waiter
+                        .wait(self.deadline)
+                        .map_err(|_| timed_out(self.timeout))?;
+                }
+                Err(e) => {
+                    return Err(Failure::new(
+                        ErrorKind::Internal,
+                        format!("writing to the device: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads until the last unterminated line satisfies `done` (given the text so far and
+    /// that line); a pager prompt is answered with a space and dropped from the output.
+    fn read_until(
+        &mut self,
+        done: impl Fn(&str, &str) -> bool,
+        pager: bool,
+    ) -> Result<Collected, Failure> {
+        let mut kept: Vec<u8> = Vec::new();
+        let mut tail: Vec<u8> = Vec::new();
+        let mut truncated = false;
+        let mut buf = vec![0u8; 32 * 1024];
+        self.partial.clear();
+        loop {
+            match self.channel.read(&mut buf) {
+                Ok(0) => {
+                    if self.channel.eof() {
+                        self.partial = kept;
+                        return Err(Failure::new(
+                            ErrorKind::InvalidOutput,
+                            "the device closed the session before showing its prompt",
+                        ));
+                    }
+                    self.wait_or_expire(&kept)?;
+                }
+                Ok(n) => {
+                    let data = &buf[..n];
+                    let room = self.cap.saturating_sub(kept.len());
+                    kept.extend_from_slice(&data[..n.min(room)]);
+                    if n > room {
+                        truncated = true;
+                    }
+                    // The tail, always complete, is where prompts and pagers are looked for.
+                    tail.extend_from_slice(data);
+                    if tail.len() > 4096 {
+                        tail.drain(..tail.len() - 2048);
+                    }
+                    let text = cli::clean(&tail);
+                    let last = cli::last_line(&text).to_owned();
+                    if pager && self.driver.is_pager(&last) {
+                        if !truncated {
+                            let cut = kept.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                            kept.truncate(cut);
+                        }
+                        tail.clear();
+                        self.send(" ")?;
+                        continue;
+                    }
+                    if done(&text, &last) {
+                        self.current = last;
+                        return Ok(Collected { kept, truncated });
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.wait_or_expire(&kept)?;
+                }
+                Err(e) => {
+                    self.partial = kept;
+                    return Err(Failure::new(
+                        ErrorKind::Internal,
+                        format!("reading from the device: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn wait_or_expire(&mut self, kept: &[u8]) -> Result<(), Failure> {
+        if self.waiter.wait(self.deadline).is_err() {
+            self.partial = kept.to_vec();
+            let _ = self.channel.close();
+            return Err(timed_out(self.timeout));
+        }
+        Ok(())
+    }
+}
+
+fn timed_out(timeout: Duration) -> Failure {
+    Failure::new(
+        ErrorKind::Timeout,
+        format!(
+            "the command did not finish within its timeout of {} s; the output so far is kept",
+            timeout.as_secs()
+        ),
+    )
+}
+
+fn step_failure(e: Step, what: &str, timeout: Duration) -> Failure {
+    match e {
+        Step::Expired => timed_out(timeout),
+        Step::Ssh(e) => Failure::new(ErrorKind::Internal, format!("{what}: {}", e.message())),
+    }
 }
