@@ -82,6 +82,9 @@ const HOSTKEY_LEGACY: &str = "ssh-rsa,ssh-dss";
 const CIPHER_MODERN: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,\
 chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr";
 const CIPHER_LEGACY: &str = "aes128-cbc,aes192-cbc,aes256-cbc,3des-cbc";
+const MAC_MODERN: &str = "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,\
+hmac-sha2-256,hmac-sha2-512";
+const MAC_LEGACY: &str = "hmac-sha1,hmac-sha1-96";
 
 /// Deadlines and caps of one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -383,8 +386,10 @@ fn login<S: AsRawFd + AsFd + 'static>(
     Ok((session, waiter))
 }
 
-/// Modern key exchange, host-key and cipher algorithms; the legacy ones appended (so still
-/// last in preference) only for devices that opted in.
+/// Modern key exchange, host-key, cipher and MAC algorithms; the legacy ones appended (so still
+/// last in preference) only for devices that opted in. (SHA-1 key exchange and HMAC-SHA1 exist
+/// and the legacy host keys exist in libssh2 only because `.cargo/config.toml` compiles them
+/// in.)
 fn set_algorithms(session: &Session, legacy: bool) -> Result<(), Failure> {
     let list = |modern: &str, old: &str| {
         if legacy {
@@ -398,6 +403,8 @@ fn set_algorithms(session: &Session, legacy: bool) -> Result<(), Failure> {
         (MethodType::HostKey, list(HOSTKEY_MODERN, HOSTKEY_LEGACY)),
         (MethodType::CryptCs, list(CIPHER_MODERN, CIPHER_LEGACY)),
         (MethodType::CryptSc, list(CIPHER_MODERN, CIPHER_LEGACY)),
+        (MethodType::MacCs, list(MAC_MODERN, MAC_LEGACY)),
+        (MethodType::MacSc, list(MAC_MODERN, MAC_LEGACY)),
     ];
     for (method, names) in prefs {
         session.method_pref(method, &names).map_err(|e| {

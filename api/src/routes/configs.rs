@@ -133,11 +133,20 @@ async fn list_configs(
     responses((status = 200, description = "The config version", body = ConfigVersionView), ReadErrors))]
 async fn get_config(
     State(state): State<AppState>,
-    Path((device_id, version)): Path<(Uuid, i32)>,
+    Path(path): Path<VersionPath>,
 ) -> Result<axum::Json<ConfigVersionView>> {
     Ok(axum::Json(
-        service::get(&state.db, device_id, version).await?.into(),
+        service::get(&state.db, path.device_id, path.version)
+            .await?
+            .into(),
     ))
+}
+
+/// Named, so that a malformed version is reported as `version`.
+#[derive(Deserialize)]
+struct VersionPath {
+    device_id: Uuid,
+    version: i32,
 }
 
 /// Unified diff between two configuration versions (default: the latest against the one
