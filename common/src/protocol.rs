@@ -238,3 +238,30 @@ pub struct AttemptRecord {
     pub error_kind: Option<ErrorKind>,
     pub error_message: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task written before the network-device fields existed still reads, with the
+    /// defaults that mean "as before": modern algorithms, no jump host, no enable secret.
+    #[test]
+    fn tasks_without_the_network_fields_still_parse() {
+        let old = r#"{"v":1,"run_id":"01936b32-3e4f-7a51-9c6d-7e8f9a0b1c2d","schedule_id":null,
+            "trigger":"manual","scheduled_for":"2026-11-22T10:05:00Z","attempt":1,
+            "device":{"id":"01936b2f-0a1b-7c2d-8e3f-405162738495","name":"sw","host":"192.0.2.10",
+                      "port":22,"platform":"cisco_ios","host_key_fingerprint":null},
+            "credential":{"id":"01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e","username":"netops",
+                          "kind":"password","secret":"AAAA","passphrase":null},
+            "command":{"id":"01936b30-1c2d-7e3f-9a4b-5c6d7e8f9a0b","kind":"shell",
+                       "text":"show version","timeout_s":60,"max_output_bytes":1048576,
+                       "max_attempts":1}}"#;
+        let task: Task = serde_json::from_str(old).expect("old task");
+        assert!(!task.device.legacy_algorithms);
+        assert!(task.device.jump_host.is_none());
+        assert!(task.credential.enable_secret.is_none());
+        // And absent optional fields are not written either.
+        let written = serde_json::to_string(&task).expect("json");
+        assert!(!written.contains("jump_host") && !written.contains("enable_secret"));
+    }
+}

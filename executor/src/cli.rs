@@ -222,12 +222,17 @@ impl Driver {
     }
 }
 
-/// Interactive output as plain text: ANSI escape sequences stripped, CRLF as LF, a lone CR
-/// (the cursor back to the line's start) and backspaces applied to the current line, other
-/// control characters dropped. Invalid UTF-8 becomes U+FFFD.
+/// Interactive output as plain text: CRLF as LF, a lone CR (the cursor back to the line's
+/// start) and backspaces applied to the current line, then ANSI escape sequences and other
+/// control characters stripped. Invalid UTF-8 becomes U+FFFD.
 pub fn clean(raw: &[u8]) -> String {
-    let stripped = strip_ansi_escapes::strip(raw);
-    let text = String::from_utf8_lossy(&stripped);
+    // Cursor movements first: the ANSI stripper drops CR and backspace without applying them.
+    let moved = apply_cursor_moves(&String::from_utf8_lossy(raw));
+    let stripped = strip_ansi_escapes::strip(moved.as_bytes());
+    String::from_utf8_lossy(&stripped).into_owned()
+}
+
+fn apply_cursor_moves(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut line_start = 0;
     let mut chars = text.chars().peekable();
@@ -247,8 +252,6 @@ pub fn clean(raw: &[u8]) -> String {
                     out.pop();
                 }
             }
-            '\t' => out.push(c),
-            c if c.is_control() => {}
             c => out.push(c),
         }
     }
@@ -279,8 +282,9 @@ pub fn prompt_pattern(learned: &str) -> Option<Regex> {
     if base.is_empty() {
         return None;
     }
+    // A mode in parentheses (IOS `(config-if)`) or a menu path (RouterOS `/ip address`).
     Regex::new(&format!(
-        r"^\s*{}(\([^)]*\))?\s*[>#$%]\s*$",
+        r"^\s*{}(\([^)]*\))?(\s+/[^>#$%]*)?\s*[>#$%]\s*$",
         regex::escape(base)
     ))
     .ok()
