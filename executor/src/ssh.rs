@@ -1,5 +1,7 @@
-//! One SSH attempt, on a blocking thread: connect, handshake, check the host key, authenticate,
-//! run one command and collect its output.
+//! One SSH attempt, on a blocking thread: connect (directly, or through a jump host), handshake
+//! with the device's algorithm preferences, check the host key, authenticate, then either run
+//! one command on an exec channel or drive an interactive CLI on a PTY shell, and collect the
+//! output.
 //!
 //! libssh2's own timeouts apply to each blocking call, so a device that trickles one byte a
 //! second would keep a blocking session alive forever. The session is therefore used in
