@@ -38,10 +38,15 @@ impl FakeDevice {
         fake
     }
 
+    /// Replaces the file at once (write beside it, then rename), so a device reading it in the
+    /// middle of a scheduled backup never sees half a configuration.
     fn write(&self, name: &str, text: &str) {
         let path = self.dir.join(name);
-        std::fs::write(&path, text).expect("write");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let temporary = self.dir.join(format!(".{name}.new"));
+        std::fs::write(&temporary, text).expect("write");
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::rename(&temporary, &path).expect("rename");
     }
 
     fn set_config(&self, text: &str) {
