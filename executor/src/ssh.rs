@@ -210,7 +210,14 @@ fn tunnel(
     fingerprint: &mut Option<String>,
 ) -> Result<UnixStream, Failure> {
     let name = format!("jump host {}:{}", bastion.host, bastion.port);
-    let on_bastion = |f: Failure| Failure::new(f.kind, format!("{name}: {}", f.message));
+    let on_bastion = |f: Failure| {
+        // Connect errors already start with the address.
+        if f.message.starts_with(bastion.host) {
+            Failure::new(f.kind, format!("jump host {}", f.message))
+        } else {
+            Failure::new(f.kind, format!("{name}: {}", f.message))
+        }
+    };
     let stream = connect(bastion.host, bastion.port, limits.connect_timeout).map_err(on_bastion)?;
     let _ = stream.set_nodelay(true);
     let (session, waiter) = login(stream, bastion, limits, fingerprint).map_err(on_bastion)?;

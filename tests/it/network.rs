@@ -472,6 +472,25 @@ async fn jump_host_tunnels_to_the_device_with_its_own_credential() {
         "the jump host is pinned on first use too"
     );
 
+    // A device the jump host cannot reach: nothing listens on its port.
+    let nowhere = app
+        .create(
+            "/devices",
+            json!({"name": "nowhere", "host": "127.0.0.1", "port": crate::sshd::free_port(),
+                   "platform": "cisco_ios", "credential_id": target["credential_id"],
+                   "jump_host_id": id(&bastion)}),
+        )
+        .await;
+    let run = run_once(&app, &nowhere, "show clock").await;
+    assert_eq!(run["status"], "error", "{run}");
+    assert_eq!(run["error_kind"], "unreachable", "{run}");
+    assert!(
+        run["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not open a connection to 127.0.0.1:")),
+        "{run}"
+    );
+
     // A jump host that rejects its credential is named in the error.
     let bad_cred = app
         .create(
