@@ -165,6 +165,9 @@ async fn stored_device(
             port: u16::try_from(device.port).unwrap_or(22),
             platform: device.platform,
             host_key_fingerprint: device.host_key_fingerprint.clone(),
+            legacy_algorithms: device.legacy_algorithms,
+            // The one-shot inventory connects directly.
+            jump_host: None,
         },
         TaskCredential {
             id: credential.id,
@@ -175,6 +178,7 @@ async fn stored_device(
                 .passphrase
                 .as_deref()
                 .map(TaskCredential::encode_sealed),
+            enable_secret: None,
         },
         args.timeout,
     );
@@ -210,6 +214,8 @@ fn given_host(host: &str, args: &InventoryArgs) -> anyhow::Result<(Task, SecretK
             port: args.port,
             platform: Platform::Windows,
             host_key_fingerprint: args.host_key.clone(),
+            legacy_algorithms: false,
+            jump_host: None,
         },
         TaskCredential {
             id,
@@ -217,6 +223,7 @@ fn given_host(host: &str, args: &InventoryArgs) -> anyhow::Result<(Task, SecretK
             kind,
             secret: seal(&secret, "secret"),
             passphrase: passphrase.as_deref().map(|p| seal(p, "passphrase")),
+            enable_secret: None,
         },
         args.timeout,
     );

@@ -54,7 +54,8 @@ WITH u AS (
         run_id uuid, attempt int, executor_id text, started_at timestamptz, status text,
         finished_at timestamptz, duration_ms bigint, exit_code int, exit_signal text,
         stdout text, stderr text, truncated boolean, error_kind text, error_message text,
-        attempts jsonb, host_key_fingerprint text, payload jsonb)),
+        attempts jsonb, host_key_fingerprint text, payload jsonb,
+        jump_host_key_fingerprint text)),
 done AS (
     UPDATE runs r
     SET status = u.status, started_at = u.started_at, finished_at = u.finished_at,
@@ -65,18 +66,46 @@ done AS (
         executor_id = u.executor_id, attempt = u.attempt
     FROM u
     WHERE r.id = u.run_id AND r.status IN ('queued', 'running')
-    RETURNING r.id, r.device_id, r.schedule_id, u.host_key_fingerprint),
+    RETURNING r.id, r.device_id, r.schedule_id, u.host_key_fingerprint,
+              u.jump_host_key_fingerprint AS jump_fingerprint),
 pinned AS (
     UPDATE devices d SET host_key_fingerprint = p.fingerprint, updated_at = now()
     FROM (SELECT DISTINCT ON (device_id) device_id, host_key_fingerprint AS fingerprint
           FROM done WHERE host_key_fingerprint IS NOT NULL ORDER BY device_id, id) p
     WHERE d.id = p.device_id AND d.host_key_fingerprint IS NULL
-    RETURNING d.id)
+    RETURNING d.id),
+jump_pinned AS (
+    UPDATE devices j SET host_key_fingerprint = p.fingerprint, updated_at = now()
+    FROM (SELECT DISTINCT ON (d.jump_host_id) d.jump_host_id AS id, done.jump_fingerprint AS fingerprint
+          FROM done JOIN devices d ON d.id = done.device_id
+          WHERE done.jump_fingerprint IS NOT NULL AND d.jump_host_id IS NOT NULL
+          ORDER BY d.jump_host_id, done.id) p
+    WHERE j.id = p.id AND j.host_key_fingerprint IS NULL
+    RETURNING j.id)
 SELECT (SELECT count(*) FROM done) AS finished,
-       ARRAY(SELECT id FROM done) AS done_ids,
-       (SELECT count(*) FROM pinned) AS pinned,
+       (SELECT count(*) FROM pinned) + (SELECT count(*) FROM jump_pinned) AS pinned,
+       (SELECT coalesce(array_agg(done.id), '{}') FROM done) AS done_ids,
        EXISTS (SELECT 1 FROM done JOIN schedules s ON s.id = done.schedule_id
                WHERE s.overlap_policy = 'queue') AS release";
+
+/// The devices of the finished `config_backup` runs among `$1`, whose rows are then locked
+/// (in id order) so two ingest workers number one device's versions one after the other.
+const CONFIG_RUNS: &str = r"
+SELECT r.id, r.device_id FROM runs r JOIN commands c ON c.id = r.command_id
+WHERE r.id = ANY($1) AND c.kind = 'config_backup' AND r.status = 'succeeded'";
+
+const LOCK_DEVICES: &str = "SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// A new version ($1 id, $2 device, $3 content, $4 run) unless the content hash equals the
+/// device's latest version's.
+const NEW_CONFIG_VERSION: &str = r"
+WITH h AS (SELECT encode(sha256(convert_to($3::text, 'UTF8')), 'hex') AS hash),
+latest AS (SELECT version, hash FROM config_versions WHERE device_id = $2
+           ORDER BY version DESC LIMIT 1)
+INSERT INTO config_versions (id, device_id, version, hash, content, run_id, created_at)
+SELECT $1, $2, coalesce((SELECT version FROM latest), 0) + 1, h.hash, $3, $4, now()
+FROM h
+WHERE h.hash IS DISTINCT FROM (SELECT hash FROM latest)";
 
 /// What the ingest consumer needs.
 #[derive(Clone, Debug)]
@@ -428,6 +457,7 @@ impl Ingest {
                     "truncated": o.truncated, "error_kind": o.error_kind,
                     "error_message": o.error_message, "attempts": o.attempts,
                     "host_key_fingerprint": o.host_key_fingerprint, "payload": o.payload,
+                    "jump_host_key_fingerprint": o.jump_host_key_fingerprint,
                 }))
             })
             .collect();
@@ -455,6 +485,7 @@ impl Ingest {
             report.pinned += u64::try_from(row.try_get::<i64>("", "pinned")?).unwrap_or(0);
             release = row.try_get("", "release")?;
             done_ids = row.try_get("", "done_ids")?;
+            store_configs(&txn, &finished, &done_ids).await?;
         }
         // Only runs this transaction finished: a result seen twice must not count twice.
         let mut newly: Vec<Finished<'_>> = done_ids
@@ -537,6 +568,64 @@ impl Ingest {
         pipe.query_async::<()>(&mut conns.redis.clone()).await?;
         Ok(())
     }
+}
+
+/// Stores the configurations fetched by the `config_backup` runs this batch finished (`done`:
+/// replays and late duplicates are not among them), each only if it differs from the device's
+/// latest version.
+async fn store_configs(
+    txn: &sea_orm::DatabaseTransaction,
+    finished: &HashMap<Uuid, &RunResult>,
+    done: &[Uuid],
+) -> anyhow::Result<()> {
+    let candidates: Vec<Uuid> = done
+        .iter()
+        .copied()
+        .filter(|id| config_of(finished.get(id).copied()).is_some())
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let rows = txn
+        .query_all_raw(stmt(CONFIG_RUNS, vec![candidates.into()]))
+        .await?;
+    let mut runs: Vec<(Uuid, Uuid)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        runs.push((row.try_get("", "id")?, row.try_get("", "device_id")?));
+    }
+    if runs.is_empty() {
+        return Ok(());
+    }
+    // Oldest run first, so versions follow the order the configurations were fetched in.
+    runs.sort();
+    let devices: Vec<Uuid> = runs.iter().map(|(_, d)| *d).collect();
+    txn.execute_raw(stmt(LOCK_DEVICES, vec![devices.into()]))
+        .await?;
+    for (run_id, device_id) in runs {
+        let Some(content) = config_of(finished.get(&run_id).copied()) else {
+            continue;
+        };
+        txn.execute_raw(stmt(
+            NEW_CONFIG_VERSION,
+            vec![
+                Uuid::now_v7().into(),
+                device_id.into(),
+                content.to_owned().into(),
+                run_id.into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// The normalized configuration a succeeded `config_backup` run carries in its payload.
+fn config_of(result: Option<&RunResult>) -> Option<&str> {
+    let outcome = result?.outcome.as_ref()?;
+    if outcome.status != netcron_common::domain::RunStatus::Succeeded {
+        return None;
+    }
+    outcome.payload.as_ref()?.get("config")?.as_str()
 }
 
 fn stmt(sql: &str, values: Vec<Value>) -> Statement {

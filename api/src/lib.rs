@@ -61,6 +61,7 @@ pub use state::AppState;
         (name = "runs", description = "Executions and their results"),
         (name = "inventory", description = "Windows inventory collected by `windows_inventory` commands"),
         (name = "events", description = "Webhooks for operational events (the `events` stream carries the same events)"),
+        (name = "configs", description = "Configuration history collected by `config_backup` commands"),
         (name = "health", description = "Liveness and readiness (no authentication)"),
     ),
     components(schemas(error::Problem))
@@ -96,7 +97,8 @@ fn build_router_parts() -> (
         .merge(routes::schedules::router())
         .merge(routes::runs::router())
         .merge(routes::inventory::router())
-        .merge(routes::webhooks::router());
+        .merge(routes::webhooks::router())
+        .merge(routes::configs::router());
     let public = routes::health::router();
     let mut doc = protected.get_openapi().clone();
     let mut public_doc = public.get_openapi().clone();

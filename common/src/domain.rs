@@ -391,6 +391,10 @@ text_enum!(
         /// Collects a structured Windows inventory over SSH (PowerShell, with a `reg query`
         /// fallback) into the run's `payload`. `command` is ignored.
         WindowsInventory = "windows_inventory",
+        /// Fetches the device's running configuration with its platform's command (the
+        /// command text overrides it, and is required for `generic` and `linux`), strips
+        /// volatile lines and stores a new config version when the content changed.
+        ConfigBackup = "config_backup",
     }
 );
 

@@ -2,6 +2,7 @@
 //! creates; they never travel on a stream or through the API as they are.
 
 pub mod command;
+pub mod config_version;
 pub mod credential;
 pub mod device;
 pub mod run;

@@ -123,6 +123,27 @@ pub struct TaskDevice {
     pub platform: Platform,
     /// The pinned `SHA256:` host-key fingerprint; `None` means pin on first contact.
     pub host_key_fingerprint: Option<String>,
+    /// Whether legacy SSH algorithms may be offered. Absent in older messages (`false`).
+    #[serde(default)]
+    pub legacy_algorithms: bool,
+    /// The bastion to tunnel through, with its own credential and pin. Absent: direct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jump_host: Option<TaskJumpHost>,
+}
+
+/// A bastion (itself a device) through which the target is reached with a `direct-tcpip`
+/// channel. Only one hop: a jump host never has a jump host of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskJumpHost {
+    pub id: Uuid,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    /// The bastion's own pinned fingerprint; `None` pins on first contact.
+    pub host_key_fingerprint: Option<String>,
+    #[serde(default)]
+    pub legacy_algorithms: bool,
+    pub credential: TaskCredential,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +155,9 @@ pub struct TaskCredential {
     pub secret: String,
     /// Base64 of the sealed passphrase, if any.
     pub passphrase: Option<String>,
+    /// Base64 of the sealed enable secret (context `credential:<id>:enable_secret`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_secret: Option<String>,
 }
 
 impl std::fmt::Debug for TaskCredential {
@@ -203,9 +227,14 @@ pub struct Outcome {
     /// retried).
     pub attempts: Vec<AttemptRecord>,
     /// Structured result of command kinds that produce one (`windows_inventory`: an
-    /// [`crate::inventory::Inventory`]). Absent in older messages.
+    /// [`crate::inventory::Inventory`]; interactive CLI platforms: `{"lines": [...]}`, plus
+    /// `config` for `config_backup`). Absent in older messages.
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
+    /// The host key the device's jump host presented, when it has one. Ingest pins it on the
+    /// jump host if that has no pin yet. Absent in older messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jump_host_key_fingerprint: Option<String>,
 }
 
 /// One connection attempt within a run.
@@ -216,4 +245,31 @@ pub struct AttemptRecord {
     pub status: RunStatus,
     pub error_kind: Option<ErrorKind>,
     pub error_message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task written before the network-device fields existed still reads, with the
+    /// defaults that mean "as before": modern algorithms, no jump host, no enable secret.
+    #[test]
+    fn tasks_without_the_network_fields_still_parse() {
+        let old = r#"{"v":1,"run_id":"01936b32-3e4f-7a51-9c6d-7e8f9a0b1c2d","schedule_id":null,
+            "trigger":"manual","scheduled_for":"2026-11-22T10:05:00Z","attempt":1,
+            "device":{"id":"01936b2f-0a1b-7c2d-8e3f-405162738495","name":"sw","host":"192.0.2.10",
+                      "port":22,"platform":"cisco_ios","host_key_fingerprint":null},
+            "credential":{"id":"01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e","username":"netops",
+                          "kind":"password","secret":"AAAA","passphrase":null},
+            "command":{"id":"01936b30-1c2d-7e3f-9a4b-5c6d7e8f9a0b","kind":"shell",
+                       "text":"show version","timeout_s":60,"max_output_bytes":1048576,
+                       "max_attempts":1}}"#;
+        let task: Task = serde_json::from_str(old).expect("old task");
+        assert!(!task.device.legacy_algorithms);
+        assert!(task.device.jump_host.is_none());
+        assert!(task.credential.enable_secret.is_none());
+        // And absent optional fields are not written either.
+        let written = serde_json::to_string(&task).expect("json");
+        assert!(!written.contains("jump_host") && !written.contains("enable_secret"));
+    }
 }

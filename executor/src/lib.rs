@@ -9,6 +9,7 @@
 //! - a failed command or an unreachable device is a *result* (a run status), not an `Err`;
 //! - the async runtime never blocks: libssh2 runs under `spawn_blocking`.
 
+mod cli;
 mod error;
 pub mod inventory;
 pub mod metrics;

@@ -49,13 +49,18 @@ impl Capture {
         if text.contains('\0') {
             text = text.replace('\0', "\u{FFFD}");
         }
-        for secret in secrets {
-            if secret.len() >= 4 && text.contains(secret) {
-                text = text.replace(secret, "********");
-            }
-        }
-        text
+        scrub(text, secrets)
     }
+}
+
+/// Every occurrence of a secret (at least 4 bytes long) becomes `********`.
+pub fn scrub(mut text: String, secrets: &[&str]) -> String {
+    for secret in secrets {
+        if secret.len() >= 4 && text.contains(secret) {
+            text = text.replace(secret, "********");
+        }
+    }
+    text
 }
 
 #[cfg(test)]

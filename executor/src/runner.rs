@@ -15,8 +15,29 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::ExecutorConfig;
+use crate::cli::{self, ChannelMode, Driver};
 use crate::inventory;
-use crate::ssh::{self, Auth, Limits, Target};
+use crate::output::scrub;
+use crate::ssh::{self, Auth, Job, Limits, Target};
+
+/// What one connection does, owned so it can move to the blocking thread.
+#[derive(Clone)]
+enum Work {
+    Exec(String),
+    Cli {
+        driver: &'static Driver,
+        lines: Vec<String>,
+    },
+}
+
+/// Decrypted credentials of one run: the device's, its enable secret, the jump host's.
+struct Opened {
+    auth: Arc<Auth>,
+    enable: Option<Arc<SecretString>>,
+    jump: Option<Arc<Auth>>,
+    /// Everything to scrub from output.
+    secrets: Vec<SecretString>,
+}
 
 /// Runs tasks within the concurrency limits of one process.
 pub struct Runner {
@@ -94,13 +115,18 @@ impl Runner {
                     error_message: None,
                 }],
                 payload: None,
+                jump_host_key_fingerprint: None,
             };
         }
-        let (auth, secrets) = match self.open_credential(&task.credential) {
+        let opened = match self.open_all(task) {
             Ok(opened) => opened,
             Err(message) => return error_outcome(first_start, ErrorKind::Internal, message),
         };
-        let auth = Arc::new(auth);
+        let driver = cli::driver(task.device.platform);
+        let work = match self.work_of(task, driver) {
+            Ok(work) => work,
+            Err(message) => return error_outcome(first_start, ErrorKind::InvalidOutput, message),
+        };
         let device = self.device_slot(task.device.id);
         let waiting = Instant::now();
         let device_permit = device.acquire_owned().await;
@@ -123,8 +149,22 @@ impl Runner {
             max_output_bytes: usize::try_from(task.command.max_output_bytes).unwrap_or(usize::MAX),
         };
         let mut records = Vec::new();
-        let secrets: Vec<&str> = secrets.iter().map(SecretString::expose).collect();
+        let secrets: Vec<&str> = opened.secrets.iter().map(SecretString::expose).collect();
         let outcome = |last: ssh::Attempt, records: Vec<AttemptRecord>| Outcome {
+            payload: last.lines.as_ref().map(|lines| {
+                let lines: Vec<serde_json::Value> = lines
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "command": l.command,
+                            "output": scrub(l.output.clone(), &secrets),
+                            "failed": l.failed,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({ "lines": lines })
+            }),
+            jump_host_key_fingerprint: last.jump_host_key_fingerprint,
             status: last.status,
             finished_at: Utc::now(),
             duration_ms: millis(clock.elapsed()),
@@ -137,17 +177,20 @@ impl Runner {
             error_message: last.error_message,
             host_key_fingerprint: last.host_key_fingerprint,
             attempts: records,
-            payload: None,
         };
         if task.command.kind != CommandKind::WindowsInventory {
             let last = match self
-                .ssh_with_retries(task, &auth, task.command.text.clone(), limits, &mut records)
+                .ssh_with_retries(task, &opened, work, limits, &mut records)
                 .await
             {
                 Ok(last) => last,
                 Err(message) => return error_outcome(first_start, ErrorKind::Internal, message),
             };
-            return outcome(last, records);
+            let mut done = outcome(last, records);
+            if task.command.kind == CommandKind::ConfigBackup {
+                config_payload(&mut done, driver);
+            }
+            return done;
         }
 
         // Windows inventory: PowerShell first; if it ran but failed or printed something that
@@ -155,8 +198,8 @@ impl Runner {
         let ps = match self
             .ssh_with_retries(
                 task,
-                &auth,
-                inventory::powershell_command(),
+                &opened,
+                Work::Exec(inventory::powershell_command()),
                 limits,
                 &mut records,
             )
@@ -206,8 +249,8 @@ impl Runner {
         let reg = match self
             .ssh_with_retries(
                 &pinned_task,
-                &auth,
-                inventory::REG_QUERY.into(),
+                &opened,
+                Work::Exec(inventory::REG_QUERY.into()),
                 limits,
                 &mut records,
             )
@@ -250,13 +293,13 @@ impl Runner {
     async fn ssh_with_retries(
         &self,
         task: &Task,
-        auth: &Arc<Auth>,
-        command: String,
+        opened: &Opened,
+        work: Work,
         limits: Limits,
         records: &mut Vec<AttemptRecord>,
     ) -> std::result::Result<ssh::Attempt, String> {
         let max_attempts = task.command.max_attempts.max(1);
-        let command = Arc::new(command);
+        let work = Arc::new(work);
         let mut n = 1;
         loop {
             let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
@@ -265,21 +308,47 @@ impl Runner {
             let started_at = Utc::now();
             let t0 = Instant::now();
             let job = {
-                let auth = Arc::clone(auth);
-                let host = task.device.host.clone();
-                let port = task.device.port;
-                let username = task.credential.username.clone();
-                let pinned = task.device.host_key_fingerprint.clone();
-                let command = Arc::clone(&command);
+                let auth = Arc::clone(&opened.auth);
+                let enable = opened.enable.clone();
+                let jump_auth = opened.jump.clone();
+                let device = task.device.clone();
+                let driver = cli::driver(device.platform);
+                let username = driver.login_name(&task.credential.username);
+                let jump_user = device
+                    .jump_host
+                    .as_ref()
+                    .map(|j| j.credential.username.clone())
+                    .unwrap_or_default();
+                let work = Arc::clone(&work);
                 tokio::task::spawn_blocking(move || {
                     let target = Target {
-                        host: &host,
-                        port,
+                        host: &device.host,
+                        port: device.port,
                         username: &username,
                         auth: &auth,
-                        pinned_host_key: pinned.as_deref(),
+                        pinned_host_key: device.host_key_fingerprint.as_deref(),
+                        legacy_algorithms: device.legacy_algorithms,
                     };
-                    ssh::run(&target, &command, limits)
+                    let bastion = match (&device.jump_host, &jump_auth) {
+                        (Some(j), Some(auth)) => Some(Target {
+                            host: &j.host,
+                            port: j.port,
+                            username: &jump_user,
+                            auth,
+                            pinned_host_key: j.host_key_fingerprint.as_deref(),
+                            legacy_algorithms: j.legacy_algorithms,
+                        }),
+                        _ => None,
+                    };
+                    let job = match work.as_ref() {
+                        Work::Exec(text) => Job::Exec(text),
+                        Work::Cli { driver, lines } => Job::Cli {
+                            driver,
+                            lines: lines.clone(),
+                            enable_secret: enable.as_deref(),
+                        },
+                    };
+                    ssh::run(&target, bastion.as_ref(), &job, limits)
                 })
             };
             let attempt = job
@@ -317,6 +386,84 @@ impl Runner {
             .saturating_mul(1 << exp)
             .min(self.config.retry_max);
         ceiling.mul_f64(rand::random::<f64>())
+    }
+
+    /// What the command's connection does: the command text (or the platform's
+    /// configuration command) as one exec, or line by line in an interactive CLI.
+    fn work_of(&self, task: &Task, driver: &'static Driver) -> std::result::Result<Work, String> {
+        let given = task.command.text.trim();
+        let text = if task.command.kind == CommandKind::ConfigBackup && given.is_empty() {
+            driver.config_command.map(str::to_owned).ok_or_else(|| {
+                format!(
+                    "config_backup on a {} device needs the command text that prints its \
+                     configuration",
+                    task.device.platform
+                )
+            })?
+        } else {
+            task.command.text.clone()
+        };
+        Ok(match driver.mode {
+            ChannelMode::Exec => Work::Exec(text),
+            ChannelMode::Shell => Work::Cli {
+                driver,
+                lines: text
+                    .lines()
+                    .map(str::trim_end)
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            },
+        })
+    }
+
+    /// Decrypts the device's credential, its enable secret and the jump host's credential.
+    fn open_all(&self, task: &Task) -> std::result::Result<Opened, String> {
+        let (auth, mut secrets) = self.open_credential(&task.credential)?;
+        let enable = match &task.credential.enable_secret {
+            Some(sealed) => {
+                let secret = self.open_field(&task.credential, sealed, "enable_secret")?;
+                secrets.push(secret.clone());
+                Some(Arc::new(secret))
+            }
+            None => None,
+        };
+        let jump = match &task.device.jump_host {
+            Some(j) => {
+                let (auth, more) = self
+                    .open_credential(&j.credential)
+                    .map_err(|e| format!("jump host {}: {e}", j.name))?;
+                secrets.extend(more);
+                Some(Arc::new(auth))
+            }
+            None => None,
+        };
+        Ok(Opened {
+            auth: Arc::new(auth),
+            enable,
+            jump,
+            secrets,
+        })
+    }
+
+    fn open_field(
+        &self,
+        credential: &TaskCredential,
+        sealed: &str,
+        field: &str,
+    ) -> std::result::Result<SecretString, String> {
+        TaskCredential::decode_sealed(sealed)
+            .ok_or_else(|| format!("the credential's {field} is not valid base64"))
+            .and_then(|bytes| {
+                self.key
+                    .open(&bytes, &seal_context(credential.id, field))
+                    .map_err(|_| {
+                        format!(
+                            "cannot decrypt the credential's {field}: is NETCRON_SECRET_KEY \
+                             the key the API sealed it with?"
+                        )
+                    })
+            })
     }
 
     /// Decrypts the credential for one connection. The error text names no secret.
@@ -388,5 +535,32 @@ pub(crate) fn error_outcome(
             error_message: Some(message),
         }],
         payload: None,
+        jump_host_key_fingerprint: None,
     }
+}
+
+/// A config backup's outcome: the normalized configuration moves from `stdout` to
+/// `payload.config` (stored once); a truncated or failed fetch stores nothing.
+fn config_payload(done: &mut Outcome, driver: &Driver) {
+    if done.status != RunStatus::Succeeded {
+        return;
+    }
+    if done.truncated {
+        done.status = RunStatus::Error;
+        done.error_kind = Some(ErrorKind::InvalidOutput);
+        done.error_message = Some(
+            "the configuration is longer than the command's max_output_bytes; no version was \
+             stored (raise max_output_bytes)"
+                .into(),
+        );
+        return;
+    }
+    let config = driver.normalize_config(&std::mem::take(&mut done.stdout));
+    if config.is_empty() {
+        done.status = RunStatus::Error;
+        done.error_kind = Some(ErrorKind::InvalidOutput);
+        done.error_message = Some("the device printed an empty configuration".into());
+        return;
+    }
+    done.payload = Some(serde_json::json!({ "config": config }));
 }

@@ -1,5 +1,7 @@
-//! One SSH attempt, on a blocking thread: connect, handshake, check the host key, authenticate,
-//! run one command and collect its output.
+//! One SSH attempt, on a blocking thread: connect (directly, or through a jump host), handshake
+//! with the device's algorithm preferences, check the host key, authenticate, then either run
+//! one command on an exec channel or drive an interactive CLI on a PTY shell, and collect the
+//! output.
 //!
 //! libssh2's own timeouts apply to each blocking call, so a device that trickles one byte a
 //! second would keep a blocking session alive forever. The session is therefore used in
@@ -10,7 +12,7 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -18,9 +20,15 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use netcron_common::domain::{ErrorKind, RunStatus};
 use netcron_common::secret::SecretString;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use ssh2::{BlockDirections, HashType, KeyboardInteractivePrompt, Prompt, Session};
+use ssh2::{BlockDirections, HashType, KeyboardInteractivePrompt, MethodType, Prompt, Session};
 
+use crate::cli::Driver;
 use crate::output::Capture;
+
+mod interactive;
+mod jump;
+
+use interactive::CliSession;
 
 /// How to authenticate.
 pub enum Auth {
@@ -41,7 +49,46 @@ pub struct Target<'a> {
     pub auth: &'a Auth,
     /// The pinned `SHA256:` fingerprint; `None` trusts the first key seen.
     pub pinned_host_key: Option<&'a str>,
+    /// Also offer SHA-1 key exchange, `ssh-rsa`/`ssh-dss` host keys and CBC ciphers.
+    pub legacy_algorithms: bool,
 }
+
+/// What to do once logged in.
+pub enum Job<'a> {
+    /// One `exec` request with the whole text (Unix and Windows hosts).
+    Exec(&'a str),
+    /// An interactive CLI session: each line typed at the prompt in turn.
+    Cli {
+        driver: &'static Driver,
+        lines: Vec<String>,
+        enable_secret: Option<&'a SecretString>,
+    },
+}
+
+/// One line of an interactive session and what it printed (echo and prompt removed).
+#[derive(Debug, Clone)]
+pub struct CliLine {
+    pub command: String,
+    pub output: String,
+    pub failed: bool,
+}
+
+/// Modern algorithms, strongest first; libssh2 drops names it does not implement.
+const KEX_MODERN: &str = "curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,\
+ecdh-sha2-nistp384,ecdh-sha2-nistp521,diffie-hellman-group16-sha512,\
+diffie-hellman-group18-sha512,diffie-hellman-group14-sha256,\
+diffie-hellman-group-exchange-sha256";
+const KEX_LEGACY: &str =
+    "diffie-hellman-group14-sha1,diffie-hellman-group1-sha1,diffie-hellman-group-exchange-sha1";
+const HOSTKEY_MODERN: &str = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,\
+ecdsa-sha2-nistp521,rsa-sha2-512,rsa-sha2-256";
+const HOSTKEY_LEGACY: &str = "ssh-rsa,ssh-dss";
+const CIPHER_MODERN: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,\
+chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr";
+const CIPHER_LEGACY: &str = "aes128-cbc,aes192-cbc,aes256-cbc,3des-cbc";
+const MAC_MODERN: &str = "hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,\
+hmac-sha2-256,hmac-sha2-512";
+const MAC_LEGACY: &str = "hmac-sha1,hmac-sha1-96";
 
 /// Deadlines and caps of one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +110,10 @@ pub struct Attempt {
     pub error_kind: Option<ErrorKind>,
     pub error_message: Option<String>,
     pub host_key_fingerprint: Option<String>,
+    /// The jump host's key, when the connection went through one.
+    pub jump_host_key_fingerprint: Option<String>,
+    /// Interactive sessions: each line with its own output.
+    pub lines: Option<Vec<CliLine>>,
 }
 
 struct Failure {
@@ -79,8 +130,13 @@ impl Failure {
     }
 }
 
-/// Runs `command` once on `target`.
-pub fn run(target: &Target<'_>, command: &str, limits: Limits) -> Attempt {
+/// Runs `job` once on `target`, through `jump` when given.
+pub fn run(
+    target: &Target<'_>,
+    jump: Option<&Target<'_>>,
+    job: &Job<'_>,
+    limits: Limits,
+) -> Attempt {
     let mut attempt = Attempt {
         status: RunStatus::Error,
         exit_code: None,
@@ -90,8 +146,10 @@ pub fn run(target: &Target<'_>, command: &str, limits: Limits) -> Attempt {
         error_kind: None,
         error_message: None,
         host_key_fingerprint: None,
+        jump_host_key_fingerprint: None,
+        lines: None,
     };
-    match execute(target, command, limits, &mut attempt) {
+    match execute(target, jump, job, limits, &mut attempt) {
         Ok(()) => {}
         Err(failure) => {
             attempt.status = RunStatus::Error;
@@ -104,17 +162,61 @@ pub fn run(target: &Target<'_>, command: &str, limits: Limits) -> Attempt {
 
 fn execute(
     target: &Target<'_>,
-    command: &str,
+    jump: Option<&Target<'_>>,
+    job: &Job<'_>,
     limits: Limits,
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
-    let stream = connect(target.host, target.port, limits.connect_timeout)?;
-    let _ = stream.set_nodelay(true);
-    let socket = stream
-        .try_clone()
+    let (session, waiter) = match jump {
+        None => {
+            let stream = connect(target.host, target.port, limits.connect_timeout)?;
+            let _ = stream.set_nodelay(true);
+            let mut fingerprint = None;
+            let logged_in = login(stream, target, limits, &mut fingerprint);
+            attempt.host_key_fingerprint = fingerprint;
+            logged_in?
+        }
+        Some(bastion) => {
+            let mut bastion_key = None;
+            let tunnel = jump::tunnel(bastion, target, limits, &mut bastion_key);
+            attempt.jump_host_key_fingerprint = bastion_key;
+            let stream = tunnel?;
+            let mut fingerprint = None;
+            let logged_in = login(stream, target, limits, &mut fingerprint);
+            attempt.host_key_fingerprint = fingerprint;
+            logged_in?
+        }
+    };
+    match job {
+        Job::Exec(command) => exec(&session, &waiter, command, limits, attempt),
+        Job::Cli {
+            driver,
+            lines,
+            enable_secret,
+        } => {
+            let mut cli = CliSession::open(&session, &waiter, driver, limits, attempt)?;
+            let result = cli.run(lines, *enable_secret, attempt);
+            let _ = session.disconnect(None, "done", None);
+            result
+        }
+    }
+}
+
+/// Handshake (with the algorithm preferences), host-key check and authentication on an open
+/// stream, within the login timeout. `fingerprint` gets the key the server presented.
+fn login<S: AsRawFd + AsFd + 'static>(
+    stream: S,
+    target: &Target<'_>,
+    limits: Limits,
+    fingerprint: &mut Option<String>,
+) -> Result<(Session, Waiter), Failure> {
+    let socket: OwnedFd = stream
+        .as_fd()
+        .try_clone_to_owned()
         .map_err(|e| Failure::new(ErrorKind::Internal, format!("cloning the socket: {e}")))?;
     let mut session = Session::new()
         .map_err(|e| Failure::new(ErrorKind::Internal, format!("starting libssh2: {e}")))?;
+    set_algorithms(&session, target.legacy_algorithms)?;
     session.set_tcp_stream(stream);
     session.set_blocking(false);
     let waiter = Waiter {
@@ -133,32 +235,100 @@ fn execute(
                     limits.login_timeout.as_secs_f32()
                 ),
             ),
-            Step::Ssh(e) => Failure::new(
-                ErrorKind::HandshakeFailed,
-                format!("SSH handshake failed: {}", e.message()),
-            ),
+            Step::Ssh(e) => handshake_failure(&e, target.legacy_algorithms),
         })?;
 
-    let fingerprint = session
+    let seen = session
         .host_key_hash(HashType::Sha256)
         .map(|hash| format!("SHA256:{}", STANDARD_NO_PAD.encode(hash)))
         .ok_or_else(|| Failure::new(ErrorKind::HandshakeFailed, "the server sent no host key"))?;
-    attempt.host_key_fingerprint = Some(fingerprint.clone());
+    *fingerprint = Some(seen.clone());
     if let Some(pinned) = target.pinned_host_key
-        && pinned != fingerprint
+        && pinned != seen
     {
         // Nothing secret has been sent yet: authentication comes after this check.
         return Err(Failure::new(
             ErrorKind::HostKeyMismatch,
             format!(
-                "the device presented host key {fingerprint} but {pinned} is pinned; no \
+                "the device presented host key {seen} but {pinned} is pinned; no \
                  credential was sent. If the key changed legitimately, re-pin it on the device"
             ),
         ));
     }
 
     authenticate(&session, &waiter, target, login_deadline)?;
+    Ok((session, waiter))
+}
 
+/// Modern key exchange, host-key, cipher and MAC algorithms; the legacy ones appended (so still
+/// last in preference) only for devices that opted in. (SHA-1 key exchange and HMAC-SHA1 exist
+/// and the legacy host keys exist in libssh2 only because `.cargo/config.toml` compiles them
+/// in.)
+fn set_algorithms(session: &Session, legacy: bool) -> Result<(), Failure> {
+    let list = |modern: &str, old: &str| {
+        if legacy {
+            format!("{modern},{old}")
+        } else {
+            modern.to_owned()
+        }
+    };
+    let prefs = [
+        (MethodType::Kex, list(KEX_MODERN, KEX_LEGACY)),
+        (MethodType::HostKey, list(HOSTKEY_MODERN, HOSTKEY_LEGACY)),
+        (MethodType::CryptCs, list(CIPHER_MODERN, CIPHER_LEGACY)),
+        (MethodType::CryptSc, list(CIPHER_MODERN, CIPHER_LEGACY)),
+        (MethodType::MacCs, list(MAC_MODERN, MAC_LEGACY)),
+        (MethodType::MacSc, list(MAC_MODERN, MAC_LEGACY)),
+    ];
+    for (method, names) in prefs {
+        session.method_pref(method, &names).map_err(|e| {
+            Failure::new(
+                ErrorKind::Internal,
+                format!("setting SSH algorithms {names}: {}", e.message()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A failed handshake. When key exchange found no algorithm both sides support, says so and
+/// points at `legacy_algorithms`.
+fn handshake_failure(e: &ssh2::Error, legacy: bool) -> Failure {
+    // LIBSSH2_ERROR_KEX_FAILURE: the algorithm lists had nothing in common (or the server hung
+    // up during key exchange because of that).
+    let kex = e.code() == ssh2::ErrorCode::Session(-5)
+        || e.message().contains("exchange encryption keys")
+        || e.message().to_ascii_lowercase().contains("agree");
+    if !kex {
+        return Failure::new(
+            ErrorKind::HandshakeFailed,
+            format!("SSH handshake failed: {}", e.message()),
+        );
+    }
+    let hint = if legacy {
+        "; legacy algorithms were offered too"
+    } else {
+        ". Only modern algorithms were offered; if the device supports only legacy ones \
+         (diffie-hellman-group14-sha1, group1-sha1, ssh-rsa, CBC ciphers), set \
+         legacy_algorithms: true on the device"
+    };
+    Failure::new(
+        ErrorKind::HandshakeFailed,
+        format!(
+            "SSH handshake failed: no common key-exchange, host-key or cipher algorithm with the \
+             device ({}){hint}",
+            e.message()
+        ),
+    )
+}
+
+fn exec(
+    session: &Session,
+    waiter: &Waiter,
+    command: &str,
+    limits: Limits,
+    attempt: &mut Attempt,
+) -> Result<(), Failure> {
     let command_deadline = Instant::now() + limits.command_timeout;
     let timed_out = || {
         Failure::new(
@@ -396,7 +566,7 @@ enum Step {
 /// Waits on the session's socket in the direction libssh2 is blocked on.
 struct Waiter {
     session: Session,
-    socket: TcpStream,
+    socket: OwnedFd,
 }
 
 struct Expired;
@@ -414,6 +584,15 @@ impl Waiter {
                 Err(e) if is_eagain(&e) => self.wait(deadline).map_err(|_| Step::Expired)?,
                 Err(e) => return Err(Step::Ssh(e)),
             }
+        }
+    }
+
+    /// The poll flags for the direction libssh2 waits on (reading when it says nothing).
+    fn direction(&self) -> PollFlags {
+        match self.session.block_directions() {
+            BlockDirections::Outbound => PollFlags::POLLOUT,
+            BlockDirections::Both => PollFlags::POLLIN | PollFlags::POLLOUT,
+            BlockDirections::Inbound | BlockDirections::None => PollFlags::POLLIN,
         }
     }
 

@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_tables;
 mod m20261122_000002_create_task_outbox;
 mod m20261122_000003_run_attempts;
+mod m20261122_000004_network_devices;
 mod m20261122_000005_events_and_webhooks;
 
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_tables::Migration),
             Box::new(m20261122_000002_create_task_outbox::Migration),
             Box::new(m20261122_000003_run_attempts::Migration),
+            Box::new(m20261122_000004_network_devices::Migration),
             Box::new(m20261122_000005_events_and_webhooks::Migration),
         ]
     }

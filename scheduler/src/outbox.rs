@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunTrigger};
 use netcron_common::protocol::{
     FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, TASK_VERSION, Task, TaskCommand, TaskCredential,
-    TaskDevice,
+    TaskDevice, TaskJumpHost,
 };
 use redis::aio::ConnectionManager;
 use sea_orm::{
@@ -29,8 +29,14 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED)
 SELECT p.run_id, r.id, r.schedule_id, r.trigger, r.scheduled_for, r.attempt,
        d.id AS device_id, d.name AS device_name, d.host, d.port, d.platform,
-       d.host_key_fingerprint,
+       d.host_key_fingerprint, d.legacy_algorithms,
        cr.id AS credential_id, cr.username, cr.kind AS credential_kind, cr.secret, cr.passphrase,
+       cr.enable_secret,
+       j.id AS jump_id, j.name AS jump_name, j.host AS jump_host, j.port AS jump_port,
+       j.host_key_fingerprint AS jump_fingerprint, j.legacy_algorithms AS jump_legacy,
+       jc.id AS jump_credential_id, jc.username AS jump_username,
+       jc.kind AS jump_credential_kind, jc.secret AS jump_secret,
+       jc.passphrase AS jump_passphrase,
        c.id AS command_id, c.kind AS command_kind, c.command, c.timeout_s, c.max_output_bytes,
        c.max_attempts
 FROM picked p
@@ -38,6 +44,8 @@ LEFT JOIN runs r ON r.id = p.run_id AND r.status = 'queued'
 LEFT JOIN commands c ON c.id = r.command_id
 LEFT JOIN devices d ON d.id = r.device_id
 LEFT JOIN credentials cr ON cr.id = d.credential_id
+LEFT JOIN devices j ON j.id = d.jump_host_id
+LEFT JOIN credentials jc ON jc.id = j.credential_id
 ORDER BY p.run_id";
 
 const MARK: &str = "UPDATE task_outbox SET published_at = $2 WHERE run_id = ANY($1)";
@@ -59,6 +67,31 @@ fn task_of(row: &QueryResult) -> Result<Task> {
     let sealed: Vec<u8> = row.try_get("", "secret")?;
     let passphrase: Option<Vec<u8>> = row.try_get("", "passphrase")?;
     let port: i32 = row.try_get("", "port")?;
+    let enable_secret: Option<Vec<u8>> = row.try_get("", "enable_secret")?;
+    let jump_host = match row.try_get::<Option<Uuid>>("", "jump_id")? {
+        None => None,
+        Some(id) => {
+            let secret: Vec<u8> = row.try_get("", "jump_secret")?;
+            let passphrase: Option<Vec<u8>> = row.try_get("", "jump_passphrase")?;
+            let port: i32 = row.try_get("", "jump_port")?;
+            Some(TaskJumpHost {
+                id,
+                name: row.try_get("", "jump_name")?,
+                host: row.try_get("", "jump_host")?,
+                port: u16::try_from(port).unwrap_or(22),
+                host_key_fingerprint: row.try_get("", "jump_fingerprint")?,
+                legacy_algorithms: row.try_get("", "jump_legacy")?,
+                credential: TaskCredential {
+                    id: row.try_get("", "jump_credential_id")?,
+                    username: row.try_get("", "jump_username")?,
+                    kind: row.try_get::<CredentialKind>("", "jump_credential_kind")?,
+                    secret: TaskCredential::encode_sealed(&secret),
+                    passphrase: passphrase.as_deref().map(TaskCredential::encode_sealed),
+                    enable_secret: None,
+                },
+            })
+        }
+    };
     Ok(Task {
         v: TASK_VERSION,
         run_id: row.try_get("", "id")?,
@@ -73,6 +106,8 @@ fn task_of(row: &QueryResult) -> Result<Task> {
             port: u16::try_from(port).unwrap_or(22),
             platform: row.try_get::<Platform>("", "platform")?,
             host_key_fingerprint: row.try_get("", "host_key_fingerprint")?,
+            legacy_algorithms: row.try_get("", "legacy_algorithms")?,
+            jump_host,
         },
         credential: TaskCredential {
             id: row.try_get("", "credential_id")?,
@@ -80,6 +115,7 @@ fn task_of(row: &QueryResult) -> Result<Task> {
             kind: row.try_get::<CredentialKind>("", "credential_kind")?,
             secret: TaskCredential::encode_sealed(&sealed),
             passphrase: passphrase.as_deref().map(TaskCredential::encode_sealed),
+            enable_secret: enable_secret.as_deref().map(TaskCredential::encode_sealed),
         },
         command: TaskCommand {
             id: row.try_get("", "command_id")?,

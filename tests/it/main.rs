@@ -10,6 +10,7 @@ mod executor;
 mod health;
 mod helpers;
 mod inventory;
+mod network;
 mod operations;
 mod runs;
 mod scheduler;

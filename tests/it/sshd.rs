@@ -74,6 +74,13 @@ pub struct SshdOptions {
     /// `ForceCommand`: every session runs this instead of what the client asked for (the
     /// request is in `$SSH_ORIGINAL_COMMAND`), to play a device that is not a Unix shell.
     pub force_command: Option<String>,
+    /// `MaxSessions` alone (channels per connection), e.g. 1 for a device that refuses a
+    /// second exec on one connection.
+    pub max_sessions: Option<u32>,
+    /// Use an RSA host key instead of ed25519 (for a legacy-only `ssh-rsa` server).
+    pub rsa_host_key: bool,
+    /// More `sshd_config` lines, appended as they are (e.g. `KexAlgorithms …`).
+    pub extra_config: String,
 }
 
 /// A running sshd; killed and its directory removed on drop.
@@ -111,6 +118,12 @@ impl TestSshd {
         let keys = ["host_ed25519", "client", "client_encrypted", "unauthorized"];
         let passphrases = ["", "", CLIENT_KEY_PASSPHRASE, ""];
         generate_keys(&dir, &keys, &passphrases);
+        let host_key = if opts.rsa_host_key {
+            generate_rsa_host_key(&dir);
+            "host_rsa"
+        } else {
+            "host_ed25519"
+        };
 
         let mut authorized = read(&dir.join("client.pub"));
         authorized.push_str(&read(&dir.join("client_encrypted.pub")));
@@ -122,7 +135,7 @@ impl TestSshd {
 
         let mut sshd = TestSshd {
             port: 0,
-            host_key_fingerprint: fingerprint(&dir.join("host_ed25519.pub")),
+            host_key_fingerprint: fingerprint(&dir.join(format!("{host_key}.pub"))),
             client_key: read(&dir.join("client")),
             client_key_encrypted: read(&dir.join("client_encrypted")),
             unauthorized_key: read(&dir.join("unauthorized")),
@@ -439,6 +452,20 @@ fn generate_keys(dir: &Path, names: &[&str], passphrases: &[&str]) {
     }
 }
 
+/// An RSA host key `dir/host_rsa` (for servers that offer only `ssh-rsa`).
+fn generate_rsa_host_key(dir: &Path) {
+    let output = run(Command::new("ssh-keygen")
+        .args([
+            "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C", "host_rsa", "-f",
+        ])
+        .arg(dir.join("host_rsa")));
+    assert!(
+        output.status.success(),
+        "ssh-keygen -t rsa: {}",
+        describe(&output)
+    );
+}
+
 /// `SHA256:...` of a public key file, as `ssh-keygen -lf` prints it.
 fn fingerprint(public_key: &Path) -> String {
     let output = run(Command::new("ssh-keygen").arg("-lf").arg(public_key));
@@ -497,6 +524,13 @@ fn write_config(dir: &Path, port: u16, opts: &SshdOptions) {
     if let Some(command) = &opts.force_command {
         penalties.push_str(&format!("ForceCommand {command}\n"));
     }
+    penalties.push_str(&opts.extra_config);
+    let sessions = opts.max_sessions.unwrap_or(limit);
+    let host_key = if opts.rsa_host_key {
+        "host_rsa"
+    } else {
+        "host_ed25519"
+    };
     let config = format!(
         "Port {port}\n\
          ListenAddress 127.0.0.1\n\
@@ -509,14 +543,14 @@ fn write_config(dir: &Path, port: u16, opts: &SshdOptions) {
          PermitEmptyPasswords no\n\
          LogLevel VERBOSE\n\
          MaxStartups {limit}\n\
-         MaxSessions {limit}\n\
+         MaxSessions {sessions}\n\
          MaxAuthTries 6\n\
          LoginGraceTime 60\n\
          UseDNS no\n\
          PrintMotd no\n\
          PrintLastLog no\n\
          {penalties}",
-        host_key = path("host_ed25519"),
+        host_key = path(host_key),
         pid = path("sshd.pid"),
         authorized_keys = path("authorized_keys"),
     );

@@ -49,6 +49,9 @@ pub struct CredentialCreate {
     /// The private key's passphrase, if it has one.
     #[schema(value_type = Option<String>, write_only, format = Password)]
     pub passphrase: Option<SecretString>,
+    /// The enable secret of network devices (answers the `enable` command's `Password:`).
+    #[schema(value_type = Option<String>, write_only, format = Password)]
+    pub enable_secret: Option<SecretString>,
 }
 
 /// Changes to a credential. Sending `password` or `private_key` replaces the secret (and may
@@ -66,13 +69,17 @@ pub struct CredentialPatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>, write_only, format = Password)]
     pub passphrase: Option<Option<SecretString>>,
+    /// A new enable secret; `null` removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, write_only, format = Password)]
+    pub enable_secret: Option<Option<SecretString>>,
 }
 
 /// A credential as the API shows it: never its secret.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({
     "id": "01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e", "name": "lab-admin", "username": "netops",
-    "kind": "password", "has_passphrase": false,
+    "kind": "password", "has_passphrase": false, "has_enable_secret": false,
     "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"
 }))]
 pub struct CredentialView {
@@ -82,6 +89,8 @@ pub struct CredentialView {
     pub kind: CredentialKind,
     /// Whether a private key is protected by a passphrase.
     pub has_passphrase: bool,
+    /// Whether an enable secret is stored (the secret itself is never returned).
+    pub has_enable_secret: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -94,6 +103,7 @@ impl From<credential::Model> for CredentialView {
             username: m.username,
             kind: m.kind,
             has_passphrase: m.passphrase.is_some(),
+            has_enable_secret: m.enable_secret.is_some(),
             created_at: m.created_at,
             updated_at: m.updated_at,
         }
@@ -178,6 +188,10 @@ impl CredentialCreate {
             name,
             username,
             secret,
+            enable_secret: self
+                .enable_secret
+                .map(|s| non_empty("enable_secret", s))
+                .transpose()?,
         })
     }
 }
@@ -202,6 +216,10 @@ impl CredentialPatch {
             username: self.username.map(|u| parse_username(&u)).transpose()?,
             secret: parse_secret(self.password, self.private_key, secret_passphrase)?,
             passphrase,
+            enable_secret: match self.enable_secret {
+                Some(Some(s)) => Some(Some(non_empty("enable_secret", s)?)),
+                other => other,
+            },
         })
     }
 }

@@ -50,6 +50,13 @@ pub struct DeviceCreate {
     /// Disabled devices are not contacted (default true).
     #[schema(default = true)]
     pub enabled: Option<bool>,
+    /// Also offer legacy SSH algorithms (`diffie-hellman-group14-sha1`, `group1-sha1`,
+    /// `ssh-rsa`, `ssh-dss`, CBC ciphers) for old devices (default false: modern only).
+    #[schema(default = false)]
+    pub legacy_algorithms: Option<bool>,
+    /// A device to tunnel through (a bastion, with its own credential and host-key pin). It
+    /// must not itself have a jump host.
+    pub jump_host_id: Option<Uuid>,
 }
 
 /// Changes to a device. `host_key_fingerprint: null` forgets the pinned key, so the next
@@ -69,6 +76,11 @@ pub struct DevicePatch {
     #[schema(value_type = Option<String>)]
     pub host_key_fingerprint: Option<Option<String>>,
     pub enabled: Option<bool>,
+    pub legacy_algorithms: Option<bool>,
+    /// `null` connects directly again.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Uuid>)]
+    pub jump_host_id: Option<Option<Uuid>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -76,6 +88,7 @@ pub struct DevicePatch {
     "id": "01936b2f-0a1b-7c2d-8e3f-405162738495", "name": "core-sw1", "host": "192.0.2.10",
     "port": 22, "platform": "cisco_ios", "credential_id": "01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e",
     "tags": ["core", "dc1"], "host_key_fingerprint": null, "enabled": true,
+    "legacy_algorithms": false, "jump_host_id": null,
     "consecutive_failures": 0, "unreachable_since": null,
     "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"
 }))]
@@ -90,6 +103,10 @@ pub struct DeviceView {
     /// The pinned SHA-256 host-key fingerprint, or null until the first connection.
     pub host_key_fingerprint: Option<String>,
     pub enabled: bool,
+    /// Whether legacy SSH algorithms are offered to this device.
+    pub legacy_algorithms: bool,
+    /// The bastion this device is reached through, or null.
+    pub jump_host_id: Option<Uuid>,
     /// Runs in a row that could not reach the device.
     pub consecutive_failures: i32,
     /// Since when the device is considered unreachable (after `NETCRON_UNREACHABLE_AFTER`
@@ -111,6 +128,8 @@ impl From<device::Model> for DeviceView {
             tags: m.tags,
             host_key_fingerprint: m.host_key_fingerprint,
             enabled: m.enabled,
+            legacy_algorithms: m.legacy_algorithms,
+            jump_host_id: m.jump_host_id,
             consecutive_failures: m.consecutive_failures,
             unreachable_since: m.unreachable_since,
             created_at: m.created_at,
@@ -188,6 +207,8 @@ impl DeviceCreate {
                 .map(parse_fingerprint)
                 .transpose()?,
             enabled: self.enabled.unwrap_or(true),
+            legacy_algorithms: self.legacy_algorithms.unwrap_or(false),
+            jump_host_id: self.jump_host_id,
         })
     }
 }
@@ -212,6 +233,8 @@ impl DevicePatch {
                 other => other,
             },
             enabled: self.enabled,
+            legacy_algorithms: self.legacy_algorithms,
+            jump_host_id: self.jump_host_id,
         })
     }
 }
@@ -279,8 +302,8 @@ async fn update_device(
     ))
 }
 
-/// Delete a device with its commands and their run history. Refused with 409 while any of its
-/// commands has a schedule.
+/// Delete a device with its commands, their run history and its config versions. Refused with
+/// 409 while any of its commands has a schedule or another device uses it as its jump host.
 #[utoipa::path(delete, path = "/devices/{device_id}", tag = "devices",
     params(("device_id" = Uuid, Path, description = "Device id")),
     responses((status = 204, description = "Deleted"), DeleteErrors))]

@@ -2,6 +2,7 @@
 //! values, call `services`, and map the result; they hold no logic of their own.
 
 pub mod commands;
+pub mod configs;
 pub mod credentials;
 pub mod devices;
 pub mod health;

@@ -35,6 +35,7 @@ pub struct NewCredential {
     pub name: String,
     pub username: String,
     pub secret: CredentialSecret,
+    pub enable_secret: Option<SecretString>,
 }
 
 #[derive(Default)]
@@ -44,6 +45,12 @@ pub struct CredentialChanges {
     pub secret: Option<CredentialSecret>,
     /// `Some(None)` removes the passphrase of a private-key credential.
     pub passphrase: Option<Option<SecretString>>,
+    /// `Some(None)` removes the enable secret.
+    pub enable_secret: Option<Option<SecretString>>,
+}
+
+fn seal_enable(key: &SecretKey, id: Uuid, secret: &SecretString) -> Vec<u8> {
+    key.seal(secret.expose(), &seal_context(id, "enable_secret"))
 }
 
 fn seal(key: &SecretKey, id: Uuid, secret: &CredentialSecret) -> (Vec<u8>, Option<Vec<u8>>) {
@@ -73,6 +80,7 @@ pub async fn create(
         kind: Set(new.secret.kind()),
         secret: Set(secret),
         passphrase: Set(passphrase),
+        enable_secret: Set(new.enable_secret.as_ref().map(|s| seal_enable(key, id, s))),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -129,6 +137,9 @@ pub async fn update(
     if let Some(passphrase) = changes.passphrase {
         model.passphrase =
             Set(passphrase.map(|p| key.seal(p.expose(), &seal_context(id, "passphrase"))));
+    }
+    if let Some(enable) = changes.enable_secret {
+        model.enable_secret = Set(enable.map(|s| seal_enable(key, id, &s)));
     }
     model.updated_at = Set(Utc::now());
     Ok(model.update(db).await?)

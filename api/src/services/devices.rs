@@ -22,6 +22,8 @@ pub struct NewDevice {
     pub tags: Vec<String>,
     pub host_key_fingerprint: Option<String>,
     pub enabled: bool,
+    pub legacy_algorithms: bool,
+    pub jump_host_id: Option<Uuid>,
 }
 
 #[derive(Default)]
@@ -35,6 +37,9 @@ pub struct DeviceChanges {
     /// `Some(None)` forgets the pinned key: the next connection pins a new one.
     pub host_key_fingerprint: Option<Option<String>>,
     pub enabled: Option<bool>,
+    pub legacy_algorithms: Option<bool>,
+    /// `Some(None)` removes the jump host.
+    pub jump_host_id: Option<Option<Uuid>>,
 }
 
 #[derive(Default)]
@@ -54,11 +59,55 @@ async fn ensure_credential(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     }
 }
 
+/// A jump host must exist, must not be the device itself, and must not have a jump host of its
+/// own (one hop only); a device that is some other device's jump host cannot get one either.
+async fn ensure_jump_host(db: &DatabaseConnection, device: Uuid, jump_host: Uuid) -> Result<()> {
+    let field = "jump_host_id";
+    if jump_host == device {
+        return Err(ApiError::validation(
+            field,
+            "a device cannot be its own jump host",
+        ));
+    }
+    let Some(bastion) = device::Entity::find_by_id(jump_host).one(db).await? else {
+        return Err(ApiError::validation(
+            field,
+            format!("device {jump_host} does not exist"),
+        ));
+    };
+    if bastion.jump_host_id.is_some() {
+        return Err(ApiError::validation(
+            field,
+            format!(
+                "device {jump_host} has a jump host itself; netcron tunnels through one hop only"
+            ),
+        ));
+    }
+    let dependents = device::Entity::find()
+        .filter(device::Column::JumpHostId.eq(device))
+        .count(db)
+        .await?;
+    if dependents > 0 {
+        return Err(ApiError::validation(
+            field,
+            format!(
+                "this device is the jump host of {dependents} device(s); netcron tunnels through \
+                 one hop only"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::Model> {
     ensure_credential(db, new.credential_id).await?;
+    let id = new_id();
+    if let Some(jump_host) = new.jump_host_id {
+        ensure_jump_host(db, id, jump_host).await?;
+    }
     let now = Utc::now();
     let model = device::ActiveModel {
-        id: Set(new_id()),
+        id: Set(id),
         name: Set(new.name),
         host: Set(new.host.as_str().to_owned()),
         port: Set(i32::from(new.port)),
@@ -67,6 +116,8 @@ pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::M
         tags: Set(new.tags),
         host_key_fingerprint: Set(new.host_key_fingerprint),
         enabled: Set(new.enabled),
+        legacy_algorithms: Set(new.legacy_algorithms),
+        jump_host_id: Set(new.jump_host_id),
         consecutive_failures: Set(0),
         unreachable_since: Set(None),
         created_at: Set(now),
@@ -114,6 +165,9 @@ pub async fn update(
     if let Some(credential_id) = changes.credential_id {
         ensure_credential(db, credential_id).await?;
     }
+    if let Some(Some(jump_host)) = changes.jump_host_id {
+        ensure_jump_host(db, id, jump_host).await?;
+    }
     let mut model: device::ActiveModel = current.into();
     if let Some(v) = changes.name {
         model.name = Set(v);
@@ -139,6 +193,12 @@ pub async fn update(
     if let Some(v) = changes.enabled {
         model.enabled = Set(v);
     }
+    if let Some(v) = changes.legacy_algorithms {
+        model.legacy_algorithms = Set(v);
+    }
+    if let Some(v) = changes.jump_host_id {
+        model.jump_host_id = Set(v);
+    }
     model.updated_at = Set(Utc::now());
     Ok(model.update(db).await?)
 }
@@ -162,6 +222,19 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
         return Err(ApiError::conflict(
             None,
             format!("device {id} has {schedules} schedule(s); delete them first"),
+        ));
+    }
+    let tunnelled = device::Entity::find()
+        .filter(device::Column::JumpHostId.eq(id))
+        .count(db)
+        .await?;
+    if tunnelled > 0 {
+        return Err(ApiError::conflict(
+            Some("jump_host_id"),
+            format!(
+                "device {id} is the jump host of {tunnelled} device(s); change their \
+                 jump_host_id first"
+            ),
         ));
     }
     // `runs` has no foreign keys, so its rows go in the same transaction as their device.

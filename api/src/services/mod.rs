@@ -2,6 +2,7 @@
 //! domain values and returns entity models. Handlers in `routes` call these.
 
 pub mod commands;
+pub mod configs;
 pub mod credentials;
 pub mod devices;
 pub mod inventory;

@@ -2,7 +2,7 @@ use sea_orm::entity::prelude::*;
 
 use crate::domain::CredentialKind;
 
-/// A username and its secret. `secret` and `passphrase` hold AES-GCM ciphertext only
+/// A username and its secret. `secret`, `passphrase` and `enable_secret` hold AES-GCM ciphertext only
 /// (see [`crate::secret`]).
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "credentials")]
@@ -15,6 +15,8 @@ pub struct Model {
     pub kind: CredentialKind,
     pub secret: Vec<u8>,
     pub passphrase: Option<Vec<u8>>,
+    /// The sealed enable secret of network devices (context `credential:<id>:enable_secret`).
+    pub enable_secret: Option<Vec<u8>>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

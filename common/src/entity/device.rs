@@ -17,6 +17,10 @@ pub struct Model {
     /// SHA-256 fingerprint of the host key, pinned on first contact.
     pub host_key_fingerprint: Option<String>,
     pub enabled: bool,
+    /// Whether legacy SSH algorithms (SHA-1 key exchange, `ssh-rsa`, CBC ciphers) may be used.
+    pub legacy_algorithms: bool,
+    /// The device to tunnel through (a bastion), if any.
+    pub jump_host_id: Option<Uuid>,
     /// Runs in a row that could not reach the device (reset by one that did).
     pub consecutive_failures: i32,
     /// When the device was reported unreachable; `None` while it is reachable.

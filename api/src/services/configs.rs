@@ -1,0 +1,112 @@
+//! Configuration history of a device: the versions stored by ingest from `config_backup`
+//! runs, and unified diffs between them.
+
+use netcron_common::entity::config_version;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use similar::TextDiff;
+use uuid::Uuid;
+
+use super::paginate;
+use crate::error::{ApiError, Result};
+use crate::pagination::PageRequest;
+
+/// Lines of unchanged context around each change in a diff.
+const CONTEXT_LINES: usize = 3;
+
+fn of_device(device_id: Uuid) -> sea_orm::Select<config_version::Entity> {
+    config_version::Entity::find().filter(config_version::Column::DeviceId.eq(device_id))
+}
+
+/// Newest first (ids are UUIDv7 and versions are inserted in order).
+pub async fn list(
+    db: &DatabaseConnection,
+    device_id: Uuid,
+    page: PageRequest,
+) -> Result<Vec<config_version::Model>> {
+    crate::services::devices::get(db, device_id).await?;
+    Ok(
+        paginate(of_device(device_id), config_version::Column::Id, page, true)
+            .all(db)
+            .await?,
+    )
+}
+
+pub async fn get(
+    db: &DatabaseConnection,
+    device_id: Uuid,
+    version: i32,
+) -> Result<config_version::Model> {
+    crate::services::devices::get(db, device_id).await?;
+    of_device(device_id)
+        .filter(config_version::Column::Version.eq(version))
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("config version", format!("{device_id}/{version}")))
+}
+
+/// Two versions and the unified diff from the older to the newer.
+pub struct ConfigDiff {
+    pub from: i32,
+    pub to: i32,
+    pub diff: String,
+}
+
+/// `to` defaults to the latest version, `from` to the one before `to`.
+pub async fn diff(
+    db: &DatabaseConnection,
+    device_id: Uuid,
+    from: Option<i32>,
+    to: Option<i32>,
+) -> Result<ConfigDiff> {
+    crate::services::devices::get(db, device_id).await?;
+    let one = |version: i32, field: &'static str| async move {
+        of_device(device_id)
+            .filter(config_version::Column::Version.eq(version))
+            .one(db)
+            .await?
+            .ok_or_else(|| {
+                ApiError::bad_parameter(
+                    field,
+                    format!("version {version} of this device's config does not exist"),
+                )
+            })
+    };
+    let to = match to {
+        Some(v) => one(v, "to").await?,
+        None => of_device(device_id)
+            .order_by_desc(config_version::Column::Version)
+            .limit(1)
+            .one(db)
+            .await?
+            .ok_or_else(|| ApiError::not_found("config version", device_id))?,
+    };
+    let from = match from {
+        Some(v) => one(v, "from").await?,
+        None => of_device(device_id)
+            .filter(config_version::Column::Version.lt(to.version))
+            .order_by_desc(config_version::Column::Version)
+            .limit(1)
+            .one(db)
+            .await?
+            .ok_or_else(|| ApiError::not_found("earlier config version", device_id))?,
+    };
+    Ok(ConfigDiff {
+        from: from.version,
+        to: to.version,
+        diff: unified(&from, &to),
+    })
+}
+
+fn unified(from: &config_version::Model, to: &config_version::Model) -> String {
+    let old = format!(
+        "version {} ({})",
+        from.version,
+        from.created_at.to_rfc3339()
+    );
+    let new = format!("version {} ({})", to.version, to.created_at.to_rfc3339());
+    TextDiff::from_lines(&from.content, &to.content)
+        .unified_diff()
+        .context_radius(CONTEXT_LINES)
+        .header(&old, &new)
+        .to_string()
+}
