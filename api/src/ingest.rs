@@ -672,19 +672,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // Postgres being down at start is waited out with backoff, like any later outage.
-    let mut backoff = Duration::from_millis(200);
-    let db = loop {
-        match netcron_common::db::connect(&settings.database.url).await {
-            Ok(db) => break db,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest cannot reach Postgres");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
+    let url = settings.database.url.as_str();
+    let Some(db) = netcron_common::lifecycle::wait_for(
+        "ingest cannot reach Postgres",
+        &shutdown,
+        |_| true,
+        || netcron_common::db::connect(url),
+    )
+    .await?
+    else {
+        return Ok(());
     };
     telemetry.add_postgres_check(&db);
     let ingest = Ingest::new(

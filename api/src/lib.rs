@@ -283,20 +283,16 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Postgres being down at start is waited out with backoff (a container that starts before
     // its database must not crash-loop); configuration and bind errors end the process.
-    let mut backoff = std::time::Duration::from_millis(200);
-    let app = loop {
-        match Application::build(settings.clone(), telemetry.clone()).await {
-            Ok(app) => break app,
-            Err(e) if is_unreachable(&e) => {
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "api cannot reach Postgres");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
-            }
-            Err(e) => return Err(e),
-        }
+    let attempt = || Application::build(settings.clone(), telemetry.clone());
+    let Some(app) = netcron_common::lifecycle::wait_for(
+        "api cannot reach Postgres",
+        &shutdown,
+        is_unreachable,
+        attempt,
+    )
+    .await?
+    else {
+        return Ok(());
     };
     app.run_until_stopped(shutdown).await
 }

@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod entity;
 pub mod inventory;
+pub mod lifecycle;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;

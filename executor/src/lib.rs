@@ -157,19 +157,15 @@ pub async fn run(
         let groups = vec![(streams.tasks.clone(), EXECUTOR_GROUP)];
         telemetry.sample_streams(client, streams, groups, shutdown.clone());
     }
-    let mut backoff = Duration::from_millis(200);
-    let executor = loop {
-        match Executor::connect(settings.clone(), &telemetry, metrics.clone()).await {
-            Ok(executor) => break executor,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "executor cannot reach Redis");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
+    let Some(executor) = netcron_common::lifecycle::wait_for(
+        "executor cannot reach Redis",
+        &shutdown,
+        |_| true,
+        || Executor::connect(settings.clone(), &telemetry, metrics.clone()),
+    )
+    .await?
+    else {
+        return Ok(());
     };
     executor.run(shutdown).await?;
     Ok(())

@@ -471,20 +471,7 @@ impl Runner {
         &self,
         credential: &TaskCredential,
     ) -> std::result::Result<(Auth, Vec<SecretString>), String> {
-        let open = |sealed: &str, field: &str| {
-            TaskCredential::decode_sealed(sealed)
-                .ok_or_else(|| format!("the credential's {field} is not valid base64"))
-                .and_then(|bytes| {
-                    self.key
-                        .open(&bytes, &seal_context(credential.id, field))
-                        .map_err(|_| {
-                            format!(
-                                "cannot decrypt the credential's {field}: is NETCRON_SECRET_KEY \
-                                 the key the API sealed it with?"
-                            )
-                        })
-                })
-        };
+        let open = |sealed: &str, field: &str| self.open_field(credential, sealed, field);
         let secret = open(&credential.secret, "secret")?;
         let passphrase = credential
             .passphrase

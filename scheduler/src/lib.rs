@@ -515,20 +515,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Postgres being down at start is waited out like any later outage, so a container that
     // starts before its database does not crash-loop.
-    let mut backoff = StdDuration::from_millis(200);
-    let scheduler = loop {
-        match Scheduler::connect(&settings, Arc::new(SystemClock), &telemetry).await {
-            Ok(scheduler) => break Arc::new(scheduler),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "scheduler cannot reach Postgres");
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(StdDuration::from_secs(10));
-            }
-        }
+    let Some(scheduler) = netcron_common::lifecycle::wait_for(
+        "scheduler cannot reach Postgres",
+        &shutdown,
+        |_| true,
+        || Scheduler::connect(&settings, Arc::new(SystemClock), &telemetry),
+    )
+    .await?
+    else {
+        return Ok(());
     };
+    let scheduler = Arc::new(scheduler);
     telemetry.sample_streams(
         scheduler.redis_client.clone(),
         scheduler.streams.clone(),
