@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings};
 use netcron_common::db::RUN_QUEUED_CHANNEL;
+use netcron_common::domain::CommandKind;
 use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::{
     FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, INGEST_GROUP, RESULT_VERSION, RunResult, Streams,
@@ -492,6 +493,10 @@ impl Ingest {
             .iter()
             .filter_map(|id| {
                 let r = finished.get(id)?;
+                // A no-op never contacts its device: nothing to detect, no query to make.
+                if r.kind == Some(CommandKind::Noop) {
+                    return None;
+                }
                 let o = r.outcome.as_ref()?;
                 Some(Finished {
                     run_id: r.run_id,

@@ -204,6 +204,11 @@ pub struct RunResult {
     pub started_at: DateTime<Utc>,
     /// `None` for the `started` event; the outcome once the run has ended.
     pub outcome: Option<Outcome>,
+    /// The command's kind, when the executor knows it (absent on results of tasks it could
+    /// not parse). Lets ingest skip work that only concerns device contact, such as
+    /// reachability events, for `noop` runs. Optional within version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CommandKind>,
 }
 
 /// How a run ended.

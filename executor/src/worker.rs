@@ -377,6 +377,7 @@ impl Executor {
                     ErrorKind::Internal,
                     format!("dead-lettered: {}", rejected.reason),
                 )),
+                kind: None,
             };
             match serde_json::to_string(&result) {
                 Ok(body) => {
@@ -447,6 +448,7 @@ impl Executor {
             executor_id: self.config.consumer.clone(),
             started_at,
             outcome: None,
+            kind: Some(task.command.kind),
         };
         // A no-op ends as it starts; its outcome alone says both.
         if task.command.kind != CommandKind::Noop
