@@ -178,7 +178,7 @@ pub(crate) async fn get_run(app: &TestApp, run_id: &str) -> Value {
     run
 }
 
-const TERMINAL: [&str; 5] = ["succeeded", "failed", "error", "missed", "skipped"];
+pub(crate) const TERMINAL: [&str; 5] = ["succeeded", "failed", "error", "missed", "skipped"];
 
 pub(crate) async fn wait_for_status(
     app: &TestApp,
