@@ -178,7 +178,7 @@ pub(crate) async fn get_run(app: &TestApp, run_id: &str) -> Value {
     run
 }
 
-const TERMINAL: [&str; 5] = ["succeeded", "failed", "error", "missed", "skipped"];
+pub(crate) const TERMINAL: [&str; 5] = ["succeeded", "failed", "error", "missed", "skipped"];
 
 pub(crate) async fn wait_for_status(
     app: &TestApp,
@@ -206,7 +206,7 @@ pub(crate) async fn finished(app: &TestApp, run_id: &str) -> Value {
 }
 
 /// Runs `text` once on a password device of `sshd` and returns the finished run.
-async fn run_shell(app: &TestApp, sshd: &TestSshd, body: Value) -> Value {
+pub(crate) async fn run_shell(app: &TestApp, sshd: &TestSshd, body: Value) -> Value {
     let device = password_device(app, "host", sshd.port, TEST_PASSWORD).await;
     let command = command(app, &device, body).await;
     let run = run_now(app, &device, &command).await;
@@ -694,7 +694,7 @@ async fn duplicated_and_late_results_change_nothing() {
 }
 
 /// Waits until the ingest group has acknowledged everything on the results stream.
-async fn wait_until_ingested(app: &TestApp) {
+pub(crate) async fn wait_until_ingested(app: &TestApp) {
     let mut redis = app.redis().await;
     for _ in 0..100 {
         let pending: redis::streams::StreamPendingReply = redis

@@ -150,6 +150,18 @@ pub struct DeviceListParams {
     pub cursor: Option<String>,
 }
 
+/// A tag to filter by. No stored tag holds a control character (see [`parse_tags`]), and
+/// Postgres cannot even compare text with a NUL byte, so such a filter is refused.
+fn parse_tag_filter(tag: String) -> Result<String> {
+    if tag.chars().any(char::is_control) {
+        return Err(ApiError::bad_parameter(
+            "tag",
+            "must not contain control characters",
+        ));
+    }
+    Ok(tag)
+}
+
 fn parse_tags(tags: Vec<String>) -> Result<Vec<String>> {
     if tags.len() > 32 {
         return Err(ApiError::validation("tags", "at most 32 tags"));
@@ -263,7 +275,7 @@ async fn list_devices(
     }
     .parse()?;
     let filter = DeviceFilter {
-        tag: params.tag,
+        tag: params.tag.map(parse_tag_filter).transpose()?,
         platform: params.platform,
         enabled: params.enabled,
     };
