@@ -50,6 +50,11 @@ pub struct ExecutorConfig {
     /// A task delivered more often than this goes to the dead-letter stream and its run ends
     /// `error` (`NETCRON_EXECUTOR_MAX_DELIVERIES`, 5).
     pub max_deliveries: u64,
+    /// How long a finished `(run_id, attempt)` is remembered, so a copy of its task that arrives
+    /// later (the scheduler re-publishes a run still unfinished in Postgres, e.g. while ingest
+    /// is down) is dropped instead of run again (`NETCRON_EXECUTOR_DONE_TTL_S`, 86400). Redis
+    /// holds one small key per run for this long: ~120 B × runs per day.
+    pub done_ttl: Duration,
     /// On SIGTERM, how long in-flight runs may take to finish (`NETCRON_EXECUTOR_GRACE_S`, 30).
     pub grace: Duration,
     /// First retry delay for transient errors, doubled each attempt, with full jitter
@@ -70,6 +75,7 @@ impl Default for ExecutorConfig {
             connect_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(30),
             reclaim_idle: Duration::from_secs(60),
+            done_ttl: Duration::from_secs(24 * 3600),
             max_deliveries: 5,
             grace: Duration::from_secs(30),
             retry_base: Duration::from_millis(1000),
@@ -100,6 +106,7 @@ impl ExecutorConfig {
             max_deliveries: config::parsed_or("NETCRON_EXECUTOR_MAX_DELIVERIES", d.max_deliveries)?
                 .max(1),
             grace: secs("NETCRON_EXECUTOR_GRACE_S", d.grace)?,
+            done_ttl: secs("NETCRON_EXECUTOR_DONE_TTL_S", d.done_ttl)?.max(Duration::from_secs(60)),
             retry_base: config::parsed_or("NETCRON_RETRY_BASE_MS", 1000u64)
                 .map(Duration::from_millis)?,
             retry_max: d.retry_max,

@@ -30,10 +30,6 @@ use crate::{ExecutorConfig, Settings};
 /// broken and is dead-lettered without being parsed.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// How long a finished `(run_id, attempt)` is remembered, so a copy of its task that arrives
-/// later (the scheduler re-publishes tasks it is unsure about) is dropped instead of run again.
-const DONE_TTL_S: u64 = 24 * 3600;
-
 /// One executor process: a consumer in the `executors` group of the tasks stream.
 pub struct Executor {
     redis: ConnectionManager,
@@ -486,7 +482,7 @@ impl Executor {
             .arg(self.streams.claim_key(task.run_id, task.attempt))
             .arg("done")
             .arg("EX")
-            .arg(DONE_TTL_S)
+            .arg(self.config.done_ttl.as_secs().max(1))
             .ignore();
         pipe.cmd("XACK")
             .arg(&self.streams.tasks)
