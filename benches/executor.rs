@@ -22,11 +22,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netcron_api::ingest::Ingest;
 use netcron_common::config::{DatabaseSettings, RedisSettings};
 use netcron_common::metrics::Telemetry;
 use netcron_common::secret::SecretKey;
 use netcron_executor::{Executor, ExecutorConfig, ExecutorMetrics, Settings as ExecutorSettings};
+use netcron_ingest::Ingest;
 use netcron_scheduler::{Scheduler, SchedulerConfig, Settings, SystemClock};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use tokio_util::sync::CancellationToken;

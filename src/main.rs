@@ -104,10 +104,10 @@ async fn run(role: Role) -> anyhow::Result<()> {
             netcron_executor::run(settings, telemetry, shutdown).await
         }
         Role::Ingest => {
-            let settings = netcron_api::ingest::IngestSettings::from_env()?;
+            let settings = netcron_ingest::IngestSettings::from_env()?;
             let ops = ops::addr_from_env("NETCRON_INGEST_OPS_ADDR", ([0, 0, 0, 0], 9093).into())?;
             let telemetry = serve_ops(ops, &shutdown).await?;
-            netcron_api::ingest::run(settings, telemetry, shutdown).await
+            netcron_ingest::run(settings, telemetry, shutdown).await
         }
         Role::Migrate => {
             let settings = DatabaseSettings::from_env()?;

@@ -5,9 +5,7 @@
 
 mod auth;
 pub mod error;
-pub mod events;
 mod extract;
-pub mod ingest;
 pub mod metrics;
 mod pagination;
 mod routes;
@@ -161,7 +159,7 @@ fn trim_trailing_slash(mut req: Request) -> Request {
 pub struct Application {
     listener: TcpListener,
     app: Router,
-    ingest: Option<ingest::Ingest>,
+    ingest: Option<netcron_ingest::Ingest>,
     redis: redis::Client,
     streams: Streams,
     telemetry: Telemetry,
@@ -187,7 +185,7 @@ impl Application {
         telemetry.add_redis_check(&redis);
         let ingest = if settings.ingest {
             Some(
-                ingest::Ingest::new(
+                netcron_ingest::Ingest::new(
                     db.clone(),
                     &settings.redis,
                     settings.secret_key.clone(),

@@ -17,7 +17,7 @@ pub struct Settings {
     /// Concurrent ingest transactions (`NETCRON_INGEST_WORKERS`, 2).
     pub ingest_workers: usize,
     /// Event detection and webhook delivery (part of ingest).
-    pub events: crate::events::EventSettings,
+    pub events: netcron_ingest::events::EventSettings,
 }
 
 impl Settings {
@@ -32,7 +32,7 @@ impl Settings {
             ingest: config::parsed_or("NETCRON_INGEST", true)?,
             ingest_batch: config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
             ingest_workers: config::parsed_or("NETCRON_INGEST_WORKERS", 2usize)?.max(1),
-            events: crate::events::EventSettings::from_env()?,
+            events: netcron_ingest::events::EventSettings::from_env()?,
         })
     }
 }

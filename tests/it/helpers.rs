@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use netcron_api::events::EventSettings;
 use netcron_api::{Application, Settings};
 use netcron_common::config::{DatabaseSettings, HttpSettings, RedisSettings};
 use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::Task;
 use netcron_common::secret::{SecretKey, SecretString};
+use netcron_ingest::events::EventSettings;
 use netcron_scheduler::{Clock, Scheduler, SchedulerConfig, Settings as SchedulerSettings};
 use reqwest::{Method, RequestBuilder, Response};
 use sea_orm::{ConnectionTrait, DatabaseConnection};

@@ -395,7 +395,7 @@ async fn a_device_going_dark_and_coming_back_is_reported_on_the_stream_and_to_a_
         let timestamp: i64 = t.trim_start_matches("t=").parse().expect("timestamp");
         assert_eq!(
             v1.trim_start_matches("v1="),
-            netcron_api::events::sign(secret.as_bytes(), timestamp, body),
+            netcron_ingest::events::sign(secret.as_bytes(), timestamp, body),
             "the signature verifies"
         );
         let event: Value = serde_json::from_str(body).expect("JSON body");

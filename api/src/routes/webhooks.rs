@@ -11,12 +11,12 @@ use uuid::Uuid;
 
 use super::{DeleteErrors, ListErrors, ReadErrors, WriteErrors, field};
 use crate::error::{ApiError, Result};
-use crate::events::EVENT_TYPES;
 use crate::extract::{Json, Path, Query};
 use crate::pagination::{Page, PageParams};
 use crate::services::webhooks as service;
 use crate::services::webhooks::{Delivery, NewWebhook, Webhook};
 use crate::state::AppState;
+use netcron_ingest::events::EVENT_TYPES;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

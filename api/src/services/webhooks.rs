@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use super::new_id;
 use crate::error::{ApiError, Result};
-use crate::events::webhook_seal_context;
 use crate::pagination::PageRequest;
+use netcron_ingest::events::webhook_seal_context;
 
 /// A webhook as stored, without its secret.
 #[derive(Debug, FromQueryResult)]

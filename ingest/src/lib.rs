@@ -32,8 +32,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::events::{self, Dispatcher, EventSettings, Finished};
-use crate::metrics::IngestMetrics;
+pub mod events;
+mod metrics;
+
+use crate::events::{Dispatcher, EventSettings, Finished};
+pub use crate::metrics::IngestMetrics;
 
 /// Output bytes stored per transaction; a batch of large outputs is split.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
