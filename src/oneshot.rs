@@ -79,7 +79,10 @@ pub async fn run(args: InventoryArgs) -> anyhow::Result<bool> {
             ..ExecutorConfig::from_env()?
         },
     );
-    let outcome = runner.perform(&task).await;
+    // Nothing else can hold this one-off run: it starts as soon as its slots are free.
+    let Some(outcome) = runner.perform(&task, std::future::ready(true)).await else {
+        anyhow::bail!("the run did not start");
+    };
     if let Some((db, device)) = stored
         && device.host_key_fingerprint.is_none()
         && let Some(seen) = &outcome.host_key_fingerprint

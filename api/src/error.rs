@@ -186,6 +186,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<netcron_lifecycle::Error> for ApiError {
+    fn from(err: netcron_lifecycle::Error) -> Self {
+        use netcron_lifecycle::Error as E;
+        match err {
+            E::Db(e) => e.into(),
+            E::NotFound { what, id } => Self::not_found(what, id),
+            E::Conflict(reason) => Self::conflict(None, reason),
+            E::Redis(e) => Self::Internal(anyhow::Error::new(e).context("redis")),
+        }
+    }
+}
+
 impl From<DbErr> for ApiError {
     fn from(err: DbErr) -> Self {
         // Constraint violations that the services did not pre-check (a race between two

@@ -206,6 +206,7 @@ impl Application {
             tokens: Arc::from(settings.http.tokens),
             http_metrics: metrics::HttpMetrics::new(&telemetry),
             telemetry: telemetry.clone(),
+            leases: netcron_common::protocol::lease::Leases::new(streams.clone(), 24 * 3600),
         };
         let listener = TcpListener::bind(settings.http.addr)
             .await

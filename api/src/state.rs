@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use netcron_common::metrics::Telemetry;
+use netcron_common::protocol::lease::Leases;
 use netcron_common::secret::{SecretKey, SecretString};
 
 use crate::metrics::HttpMetrics;
@@ -16,4 +17,6 @@ pub struct AppState {
     pub tokens: Arc<[SecretString]>,
     pub telemetry: Telemetry,
     pub http_metrics: HttpMetrics,
+    /// The Redis side of the run lifecycle (cancelling, forgetting first-contact pins).
+    pub leases: Leases,
 }

@@ -432,6 +432,8 @@ text_enum!(
         Error = "error",
         Missed = "missed",
         Skipped = "skipped",
+        /// Cancelled by a user before any executor began it.
+        Cancelled = "cancelled",
     }
 );
 

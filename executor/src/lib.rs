@@ -1,6 +1,7 @@
 //! The `executor` role: consumes the tasks stream with a consumer group, runs each command over
 //! SSH on a blocking thread and publishes a `started` event and then the outcome to the results
-//! stream. A task is acknowledged only after its outcome is on the results stream.
+//! stream. A run's command begins only under its lease (taken once the device and global slots
+//! are held, renewed while it runs); a task is acknowledged only with its published outcome.
 //!
 //! Architecture invariants:
 //! - the executor never knows HTTP or Postgres; everything it needs is in the task;
@@ -50,10 +51,14 @@ pub struct ExecutorConfig {
     /// A task delivered more often than this goes to the dead-letter stream and its run ends
     /// `error` (`NETCRON_EXECUTOR_MAX_DELIVERIES`, 5).
     pub max_deliveries: u64,
-    /// How long a finished `(run_id, attempt)` is remembered, so a copy of its task that arrives
-    /// later (the scheduler re-publishes a run still unfinished in Postgres, e.g. while ingest
-    /// is down) is dropped instead of run again (`NETCRON_EXECUTOR_DONE_TTL_S`, 86400). Redis
-    /// holds one small key per run for this long: ~120 B × runs per day.
+    /// How long a run's lease lasts without renewal (`NETCRON_LEASE_TTL_S`, 30). The executor
+    /// renews it every sixth of that while the command runs; a run whose lease stays expired
+    /// is re-queued by the scheduler as its next attempt.
+    pub lease_ttl: Duration,
+    /// The safety-net lifetime of a run's lease key and of a first-contact host-key pin
+    /// (`NETCRON_EXECUTOR_DONE_TTL_S`, 86400). Ingest deletes a run's key as soon as it stored
+    /// the outcome, so keys normally live only while their run is in flight; this only bounds
+    /// keys whose outcome never reached ingest.
     pub done_ttl: Duration,
     /// On SIGTERM, how long in-flight runs may take to finish (`NETCRON_EXECUTOR_GRACE_S`, 30).
     pub grace: Duration,
@@ -75,6 +80,7 @@ impl Default for ExecutorConfig {
             connect_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(30),
             reclaim_idle: Duration::from_secs(60),
+            lease_ttl: Duration::from_secs(30),
             done_ttl: Duration::from_secs(24 * 3600),
             max_deliveries: 5,
             grace: Duration::from_secs(30),
@@ -106,6 +112,7 @@ impl ExecutorConfig {
             max_deliveries: config::parsed_or("NETCRON_EXECUTOR_MAX_DELIVERIES", d.max_deliveries)?
                 .max(1),
             grace: secs("NETCRON_EXECUTOR_GRACE_S", d.grace)?,
+            lease_ttl: secs("NETCRON_LEASE_TTL_S", d.lease_ttl)?.max(Duration::from_secs(1)),
             done_ttl: secs("NETCRON_EXECUTOR_DONE_TTL_S", d.done_ttl)?.max(Duration::from_secs(60)),
             retry_base: config::parsed_or("NETCRON_RETRY_BASE_MS", 1000u64)
                 .map(Duration::from_millis)?,

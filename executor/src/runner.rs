@@ -11,7 +11,7 @@ use netcron_common::domain::{CommandKind, CredentialKind, ErrorKind, RunStatus};
 use netcron_common::entity::credential::seal_context;
 use netcron_common::protocol::{AttemptRecord, Outcome, Task, TaskCredential};
 use netcron_common::secret::{SecretKey, SecretString};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::ExecutorConfig;
@@ -49,6 +49,9 @@ pub struct Runner {
     devices: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
     /// Where the time spent waiting for a device slot is recorded, when someone watches.
     slot_wait: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// Pins host keys of never-pinned devices atomically across executors (absent in the
+    /// one-shot `netcron inventory`, which has no Redis and pins nothing).
+    first_contact: Option<crate::worker::FirstContact>,
 }
 
 impl Runner {
@@ -59,7 +62,16 @@ impl Runner {
             devices: Mutex::new(HashMap::new()),
             config,
             slot_wait: None,
+            first_contact: None,
         }
+    }
+
+    /// Pins the first host key seen on a device without a pin through `pinner` before any
+    /// credential is sent.
+    #[must_use]
+    pub(crate) fn with_first_contact(mut self, pinner: crate::worker::FirstContact) -> Self {
+        self.first_contact = Some(pinner);
+        self
     }
 
     /// Records each run's wait for its device slot in `histogram` (seconds).
@@ -90,42 +102,29 @@ impl Runner {
     }
 
     /// Runs the task's command, retrying transient connection errors, and describes how it
-    /// ended.
-    pub async fn perform(&self, task: &Task) -> Outcome {
-        let first_start = Utc::now();
-        let clock = Instant::now();
+    /// ended. `start` is awaited once the run holds its device slot and a global slot, right
+    /// before the command begins; when it answers `false` nothing runs and the answer is `None`.
+    pub async fn perform(&self, task: &Task, start: impl Future<Output = bool>) -> Option<Outcome> {
         if task.command.kind == CommandKind::Noop {
-            return Outcome {
-                status: RunStatus::Succeeded,
-                finished_at: Utc::now(),
-                duration_ms: 0,
-                exit_code: Some(0),
-                exit_signal: None,
-                stdout: String::new(),
-                stderr: String::new(),
-                truncated: false,
-                error_kind: None,
-                error_message: None,
-                host_key_fingerprint: None,
-                attempts: vec![AttemptRecord {
-                    started_at: first_start,
-                    duration_ms: 0,
-                    status: RunStatus::Succeeded,
-                    error_kind: None,
-                    error_message: None,
-                }],
-                payload: None,
-                jump_host_key_fingerprint: None,
-            };
+            return start.await.then(noop_outcome);
         }
+        let first_start = Utc::now();
         let opened = match self.open_all(task) {
             Ok(opened) => opened,
-            Err(message) => return error_outcome(first_start, ErrorKind::Internal, message),
+            Err(message) => {
+                return start
+                    .await
+                    .then(|| error_outcome(first_start, ErrorKind::Internal, message));
+            }
         };
         let driver = cli::driver(task.device.platform);
         let work = match self.work_of(task, driver) {
             Ok(work) => work,
-            Err(message) => return error_outcome(first_start, ErrorKind::InvalidOutput, message),
+            Err(message) => {
+                return start
+                    .await
+                    .then(|| error_outcome(first_start, ErrorKind::InvalidOutput, message));
+            }
         };
         let device = self.device_slot(task.device.id);
         let waiting = Instant::now();
@@ -133,13 +132,31 @@ impl Runner {
         if let Some(histogram) = &self.slot_wait {
             histogram.observe(waiting.elapsed().as_secs_f64());
         }
-        let Ok(_device_permit) = device_permit else {
-            return error_outcome(
-                first_start,
-                ErrorKind::Internal,
-                "device slots closed".into(),
-            );
+        let (Ok(_device_permit), Ok(slot)) =
+            (device_permit, Arc::clone(&self.slots).acquire_owned().await)
+        else {
+            return start.await.then(|| {
+                error_outcome(first_start, ErrorKind::Internal, "executor closed".into())
+            });
         };
+        if !start.await {
+            return None;
+        }
+        Some(self.run_work(task, opened, driver, work, slot).await)
+    }
+
+    /// The command's connections, once the run holds its slots and lease.
+    async fn run_work(
+        &self,
+        task: &Task,
+        opened: Opened,
+        driver: &'static Driver,
+        work: Work,
+        slot: OwnedSemaphorePermit,
+    ) -> Outcome {
+        let first_start = Utc::now();
+        let clock = Instant::now();
+        let mut slot = Some(slot);
         let limits = Limits {
             connect_timeout: self.config.connect_timeout,
             login_timeout: self.config.login_timeout,
@@ -180,7 +197,7 @@ impl Runner {
         };
         if task.command.kind != CommandKind::WindowsInventory {
             let last = match self
-                .ssh_with_retries(task, &opened, work, limits, &mut records)
+                .ssh_with_retries(task, &opened, work, limits, &mut records, slot.take())
                 .await
             {
                 Ok(last) => last,
@@ -202,6 +219,7 @@ impl Runner {
                 Work::Exec(inventory::powershell_command()),
                 limits,
                 &mut records,
+                slot.take(),
             )
             .await
         {
@@ -253,6 +271,7 @@ impl Runner {
                 Work::Exec(inventory::REG_QUERY.into()),
                 limits,
                 &mut records,
+                None,
             )
             .await
         {
@@ -297,13 +316,18 @@ impl Runner {
         work: Work,
         limits: Limits,
         records: &mut Vec<AttemptRecord>,
+        mut held: Option<OwnedSemaphorePermit>,
     ) -> std::result::Result<ssh::Attempt, String> {
         let max_attempts = task.command.max_attempts.max(1);
         let work = Arc::new(work);
         let mut n = 1;
         loop {
-            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
-                return Err("executor closed".into());
+            let slot = match held.take() {
+                Some(slot) => slot,
+                None => Arc::clone(&self.slots)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "executor closed".to_owned())?,
             };
             let started_at = Utc::now();
             let t0 = Instant::now();
@@ -320,7 +344,15 @@ impl Runner {
                     .map(|j| j.credential.username.clone())
                     .unwrap_or_default();
                 let work = Arc::clone(&work);
+                let pinner = self.first_contact.clone();
                 tokio::task::spawn_blocking(move || {
+                    let pin_for = |id: Uuid| {
+                        pinner.clone().map(|p| {
+                            Box::new(move |seen: &str| p.pin(id, seen)) as Box<ssh::FirstContactFn>
+                        })
+                    };
+                    let device_pin = pin_for(device.id);
+                    let jump_pin = device.jump_host.as_ref().and_then(|j| pin_for(j.id));
                     let target = Target {
                         host: &device.host,
                         port: device.port,
@@ -328,6 +360,7 @@ impl Runner {
                         auth: &auth,
                         pinned_host_key: device.host_key_fingerprint.as_deref(),
                         legacy_algorithms: device.legacy_algorithms,
+                        first_contact: device_pin.as_deref(),
                     };
                     let bastion = match (&device.jump_host, &jump_auth) {
                         (Some(j), Some(auth)) => Some(Target {
@@ -337,6 +370,7 @@ impl Runner {
                             auth,
                             pinned_host_key: j.host_key_fingerprint.as_deref(),
                             legacy_algorithms: j.legacy_algorithms,
+                            first_contact: jump_pin.as_deref(),
                         }),
                         _ => None,
                     };
@@ -488,6 +522,33 @@ impl Runner {
                 passphrase.into_iter().collect(),
             ),
         })
+    }
+}
+
+/// A no-op ends as it starts, without connecting.
+fn noop_outcome() -> Outcome {
+    let now = Utc::now();
+    Outcome {
+        status: RunStatus::Succeeded,
+        finished_at: now,
+        duration_ms: 0,
+        exit_code: Some(0),
+        exit_signal: None,
+        stdout: String::new(),
+        stderr: String::new(),
+        truncated: false,
+        error_kind: None,
+        error_message: None,
+        host_key_fingerprint: None,
+        attempts: vec![AttemptRecord {
+            started_at: now,
+            duration_ms: 0,
+            status: RunStatus::Succeeded,
+            error_kind: None,
+            error_message: None,
+        }],
+        payload: None,
+        jump_host_key_fingerprint: None,
     }
 }
 

@@ -51,7 +51,13 @@ pub struct Target<'a> {
     pub pinned_host_key: Option<&'a str>,
     /// Also offer SHA-1 key exchange, `ssh-rsa`/`ssh-dss` host keys and CBC ciphers.
     pub legacy_algorithms: bool,
+    /// With no pin: pins the key seen, atomically across executors, before authentication;
+    /// `Err` refuses the key (another was pinned first, or the pin could not be taken).
+    pub first_contact: Option<&'a FirstContactFn>,
 }
+
+/// See [`Target::first_contact`].
+pub type FirstContactFn = dyn Fn(&str) -> Result<(), (ErrorKind, String)> + Send + Sync;
 
 /// What to do once logged in.
 pub enum Job<'a> {
@@ -243,6 +249,13 @@ fn login<S: AsRawFd + AsFd + 'static>(
         .map(|hash| format!("SHA256:{}", STANDARD_NO_PAD.encode(hash)))
         .ok_or_else(|| Failure::new(ErrorKind::HandshakeFailed, "the server sent no host key"))?;
     *fingerprint = Some(seen.clone());
+    if target.pinned_host_key.is_none()
+        && let Some(pin) = target.first_contact
+    {
+        // Nothing secret has been sent yet: the first key is pinned before authentication, so
+        // two runs racing to a new device cannot both trust what they see.
+        pin(&seen).map_err(|(kind, message)| Failure::new(kind, message))?;
+    }
     if let Some(pinned) = target.pinned_host_key
         && pinned != seen
     {

@@ -2,16 +2,16 @@
 //! their outcomes, keep held tasks fresh, take over tasks of dead executors, and dead-letter what
 //! cannot be run.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use netcron_common::domain::{CommandKind, ErrorKind};
 use netcron_common::metrics::Telemetry;
+use netcron_common::protocol::lease::{Leases, Start};
 use netcron_common::protocol::{
-    EXECUTOR_GROUP, FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, RESULT_VERSION, RunResult, Streams,
-    TASK_VERSION, Task,
+    EXECUTOR_GROUP, RESULT_VERSION, RunResult, Streams, Task, ensure_group, is_missing_group,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
@@ -26,10 +26,6 @@ use crate::metrics::ExecutorMetrics;
 use crate::runner::{Runner, error_outcome};
 use crate::{ExecutorConfig, Settings};
 
-/// Tasks are small (command text is capped at 64 KiB by the API); a larger body is hostile or
-/// broken and is dead-lettered without being parsed.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
-
 /// One executor process: a consumer in the `executors` group of the tasks stream.
 pub struct Executor {
     redis: ConnectionManager,
@@ -40,6 +36,9 @@ pub struct Executor {
     metrics: ExecutorMetrics,
     /// Stream entry ids this consumer holds (read and not yet acknowledged).
     held: Mutex<HashSet<String>>,
+    /// The runs whose lease this executor holds (their command began), with their attempt.
+    leased: Mutex<HashMap<Uuid, i32>>,
+    leases: Leases,
 }
 
 /// Why a stream entry cannot be run.
@@ -47,6 +46,18 @@ struct Rejected {
     reason: String,
     run_id: Option<Uuid>,
     attempt: i32,
+}
+
+impl From<netcron_common::protocol::Rejected> for Rejected {
+    fn from(r: netcron_common::protocol::Rejected) -> Self {
+        // An unreadable task's attempt is unknown; its error outcome is for the first one, and
+        // ingest records it as superseded if the run is past it.
+        Self {
+            reason: r.reason,
+            run_id: r.run_id,
+            attempt: 1,
+        }
+    }
 }
 
 impl Executor {
@@ -74,14 +85,23 @@ impl Executor {
                     .set_response_timeout(Some(settings.executor.block + Duration::from_secs(10))),
             )
             .await?;
+        let streams = Streams::new(&settings.redis.stream_prefix);
         let executor = Arc::new(Self {
+            runner: Runner::new(settings.secret_key, settings.executor.clone())
+                .with_slot_wait_metric(metrics.slot_wait.clone())
+                .with_first_contact(FirstContact {
+                    redis: redis.clone(),
+                    streams: streams.clone(),
+                    ttl_s: settings.executor.done_ttl.as_secs(),
+                    runtime: tokio::runtime::Handle::current(),
+                }),
+            leases: Leases::new(streams.clone(), settings.executor.done_ttl.as_secs()),
             redis,
             reader,
-            streams: Streams::new(&settings.redis.stream_prefix),
-            runner: Runner::new(settings.secret_key, settings.executor.clone())
-                .with_slot_wait_metric(metrics.slot_wait.clone()),
+            streams,
             metrics,
             held: Mutex::new(HashSet::new()),
+            leased: Mutex::new(HashMap::new()),
             config: settings.executor,
         });
         executor.ensure_group().await?;
@@ -93,20 +113,7 @@ impl Executor {
     }
 
     async fn ensure_group(&self) -> Result<()> {
-        // From the start of the stream, so tasks published before the first executor ever
-        // started are run too.
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.streams.tasks)
-            .arg(EXECUTOR_GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.redis.clone())
-            .await;
-        match created {
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => Ok(other?),
-        }
+        Ok(ensure_group(&mut self.redis.clone(), &self.streams.tasks, EXECUTOR_GROUP).await?)
     }
 
     /// Reads and runs tasks until `shutdown` is cancelled, then lets in-flight runs finish
@@ -160,7 +167,7 @@ impl Executor {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot read tasks");
-                        if e.to_string().contains("NOGROUP") {
+                        if matches!(&e, crate::Error::Redis(r) if is_missing_group(r)) {
                             // The stream or group vanished (Redis restarted empty or was
                             // flushed); the scheduler re-publishes what was lost.
                             let _ = self.ensure_group().await;
@@ -174,22 +181,15 @@ impl Executor {
                     }
                 }
             }
-            let parsed: Vec<_> = entries
-                .into_iter()
-                .map(|entry| {
-                    let task = parse(&entry);
-                    (entry, task)
-                })
-                .collect();
-            let claims = self.claim_many(&parsed).await;
-            for ((entry, task), claimed) in parsed.into_iter().zip(claims) {
+            for entry in entries {
+                let task = Task::decode(&entry).map_err(Rejected::from);
                 let Ok(permit) = Arc::clone(&capacity).acquire_owned().await else {
                     break;
                 };
                 self.hold(&entry.id);
                 let this = Arc::clone(&self);
                 runs.spawn(async move {
-                    this.process(&entry, task, claimed).await;
+                    this.process(&entry, task).await;
                     this.release(&entry.id);
                     drop(permit);
                 });
@@ -275,9 +275,9 @@ impl Executor {
             let deliveries = pending.ids.first().map_or(0, |p| p.times_delivered) as u64;
             tracing::info!(entry = %entry.id, deliveries, "took over a task from an idle executor");
             if deliveries > self.config.max_deliveries {
-                let (run_id, attempt) = match parse(&entry) {
+                let (run_id, attempt) = match Task::decode(&entry) {
                     Ok(task) => (Some(task.run_id), task.attempt),
-                    Err(r) => (r.run_id, r.attempt),
+                    Err(r) => (r.run_id, 1),
                 };
                 let reason = format!(
                     "the task was delivered {deliveries} times without an outcome (more than \
@@ -300,12 +300,20 @@ impl Executor {
         Ok(runnable)
     }
 
-    /// Keeps the idle time of held tasks near zero, so a long-running command is never taken
-    /// for an abandoned one. `XCLAIM … JUSTID` to ourselves does not count as a delivery.
+    /// Renews the leases of the runs this executor is running, and keeps the idle time of
+    /// the tasks it holds near zero so a task waiting for its device is never taken for an
+    /// abandoned one (`XCLAIM … JUSTID` to ourselves does not count as a delivery).
     async fn heartbeat(self: Arc<Self>) {
-        let every = self.config.reclaim_idle / 4;
+        let renew_every = (self.config.lease_ttl / 6).max(Duration::from_millis(50));
+        let touch_every = self.config.reclaim_idle / 4;
+        let mut last_touch = Instant::now();
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(renew_every).await;
+            self.renew_leases().await;
+            if last_touch.elapsed() < touch_every {
+                continue;
+            }
+            last_touch = Instant::now();
             let ids: Vec<String> = match self.held.lock() {
                 Ok(held) => held.iter().cloned().collect(),
                 Err(_) => continue,
@@ -327,22 +335,46 @@ impl Executor {
         }
     }
 
-    /// `claimed` is the outcome of the batch claim, if it got an answer.
-    async fn process(
-        &self,
-        entry: &StreamId,
-        task: std::result::Result<Task, Rejected>,
-        claimed: Option<bool>,
-    ) {
+    async fn renew_leases(&self) {
+        let leased: Vec<(Uuid, i32)> = match self.leased.lock() {
+            Ok(leased) => leased.iter().map(|(r, a)| (*r, *a)).collect(),
+            Err(_) => return,
+        };
+        let lease_ms = self.config.lease_ttl.as_millis() as u64;
+        for chunk in leased.chunks(500) {
+            match self
+                .leases
+                .renew(
+                    &mut self.redis.clone(),
+                    &self.config.consumer,
+                    lease_ms,
+                    chunk,
+                )
+                .await
+            {
+                Ok(lost) => {
+                    for (run_id, attempt) in lost {
+                        // The scheduler revoked it (we were silent past the lease) and re-queues
+                        // the run; our outcome will be recorded as superseded.
+                        tracing::warn!(%run_id, attempt, "lease lost while the command runs");
+                        if let Ok(mut leased) = self.leased.lock() {
+                            leased.remove(&run_id);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot renew leases"),
+            }
+        }
+    }
+
+    async fn process(&self, entry: &StreamId, task: std::result::Result<Task, Rejected>) {
         match task {
             Err(rejected) => self.reject(entry, rejected).await,
             Ok(task) => {
                 let span = tracing::info_span!("run", run_id = %task.run_id,
                     attempt = task.attempt, device = %task.device.name,
                     schedule_id = ?task.schedule_id);
-                self.execute(&entry.id, task, claimed)
-                    .instrument(span)
-                    .await;
+                self.execute(&entry.id, task).instrument(span).await;
             }
         }
     }
@@ -353,12 +385,9 @@ impl Executor {
         tracing::warn!(entry = %entry.id, reason = %rejected.reason, "task dead-lettered");
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let dl = self.streams.dead_letter_cmd(
-            &self.streams.tasks,
-            &entry.id,
-            &rejected.reason,
-            &entry.map,
-        );
+        let dl = self
+            .streams
+            .dead_letter_cmd(&self.streams.tasks, entry, &rejected.reason);
         pipe.add_command(dl).ignore();
         if let Some(run_id) = rejected.run_id {
             let now = Utc::now();
@@ -375,12 +404,8 @@ impl Executor {
                 )),
                 kind: None,
             };
-            match serde_json::to_string(&result) {
-                Ok(body) => {
-                    pipe.add_command(self.result_cmd(run_id, &body)).ignore();
-                }
-                Err(e) => tracing::error!(error = %e, "cannot encode a result"),
-            }
+            pipe.add_command(result.xadd(&self.streams.results))
+                .ignore();
         }
         pipe.cmd("XACK")
             .arg(&self.streams.tasks)
@@ -388,19 +413,6 @@ impl Executor {
             .arg(&entry.id)
             .ignore();
         self.until_done("dead-lettering a task", &pipe).await;
-    }
-
-    fn result_cmd(&self, run_id: Uuid, body: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.streams.results)
-            .arg("*")
-            .arg(FIELD_VERSION)
-            .arg(RESULT_VERSION)
-            .arg(FIELD_RUN_ID)
-            .arg(run_id.to_string())
-            .arg(FIELD_BODY)
-            .arg(body);
-        cmd
     }
 
     /// Runs `pipe` until Redis accepts it, backing off in between. Aborting the run task (the
@@ -419,255 +431,154 @@ impl Executor {
         }
     }
 
-    async fn execute(&self, entry_id: &str, task: Task, claimed: Option<bool>) {
-        let claimed = match claimed {
-            Some(claimed) => claimed,
-            None => self.claim(entry_id, &task).await,
-        };
-        if !claimed {
-            tracing::info!(run_id = %task.run_id, attempt = task.attempt, "duplicate task dropped");
-            let mut pipe = redis::pipe();
-            pipe.cmd("XACK")
-                .arg(&self.streams.tasks)
-                .arg(EXECUTOR_GROUP)
-                .arg(entry_id)
-                .ignore();
-            self.until_done("acknowledging a duplicate task", &pipe)
-                .await;
-            return;
-        }
-        let started_at = Utc::now();
-        let mut started = RunResult {
+    async fn execute(&self, entry_id: &str, task: Task) {
+        let mut report = RunResult {
             v: RESULT_VERSION,
             run_id: task.run_id,
             attempt: task.attempt,
             executor_id: self.config.consumer.clone(),
-            started_at,
+            started_at: Utc::now(),
             outcome: None,
             kind: Some(task.command.kind),
         };
-        // A no-op ends as it starts; its outcome alone says both.
-        if task.command.kind != CommandKind::Noop
-            && let Ok(body) = serde_json::to_string(&started)
-        {
-            let mut pipe = redis::pipe();
-            pipe.add_command(self.result_cmd(task.run_id, &body))
-                .ignore();
-            self.until_done("publishing a started event", &pipe).await;
-        }
-        self.metrics.in_flight.inc();
-        let outcome = self.runner.perform(&task).await;
-        self.metrics.in_flight.dec();
+        // The lease is taken, and `started` published, only once the device and global slots
+        // are held: the time a task waits for its device is not time its command runs.
+        let start = async {
+            report.started_at = Utc::now();
+            self.start(entry_id, &report).await
+        };
+        let Some(outcome) = self.runner.perform(&task, start).await else {
+            return;
+        };
         self.metrics.finished(outcome.status, outcome.error_kind);
-        self.metrics
-            .run_duration
-            .observe((outcome.finished_at - started_at).as_seconds_f64().max(0.0));
-        tracing::info!(status = %outcome.status, error_kind = ?outcome.error_kind,
+        self.metrics.run_duration.observe(
+            (outcome.finished_at - report.started_at)
+                .as_seconds_f64()
+                .max(0.0),
+        );
+        tracing::info!(status = %outcome.status, error_kind = outcome.error_kind.map(|k| k.as_str()),
             duration_ms = outcome.duration_ms, "run finished");
-        started.outcome = Some(outcome);
-        let body = match serde_json::to_string(&started) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a result");
-                return;
+        report.outcome = Some(outcome);
+        // Outcome, `done` lease and acknowledgement in one script: the task is acknowledged
+        // only together with its published outcome.
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self
+                .leases
+                .finish(&mut self.redis.clone(), entry_id, &report)
+                .await
+            {
+                Ok(ours) => {
+                    if !ours {
+                        tracing::warn!(run_id = %task.run_id, attempt = task.attempt,
+                            "outcome published after the lease was lost; it is recorded as superseded");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "publishing an outcome failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.metrics.in_flight.dec();
+        if let Ok(mut leased) = self.leased.lock() {
+            leased.remove(&task.run_id);
+        }
+    }
+
+    /// Takes the run's lease and publishes `started`; answers whether the command may run. A
+    /// task that may not (finished, held or begun elsewhere, superseded, cancelled) is
+    /// acknowledged and dropped here.
+    async fn start(&self, entry_id: &str, report: &RunResult) -> bool {
+        let announce = report.kind != Some(CommandKind::Noop);
+        let lease_ms = self.config.lease_ttl.as_millis() as u64;
+        let mut backoff = Duration::from_millis(100);
+        let answer = loop {
+            match self
+                .leases
+                .start(
+                    &mut self.redis.clone(),
+                    entry_id,
+                    lease_ms,
+                    report,
+                    announce,
+                )
+                .await
+            {
+                Ok(answer) => break answer,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot take a lease");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         };
-        // Outcome, "done" marker and acknowledgement in one transaction: the task is
-        // acknowledged only together with its published outcome.
+        if answer == Start::Started {
+            if let Ok(mut leased) = self.leased.lock() {
+                leased.insert(report.run_id, report.attempt);
+            }
+            self.metrics.in_flight.inc();
+            return true;
+        }
+        tracing::info!(run_id = %report.run_id, attempt = report.attempt, answer = ?answer,
+            "task not run: its attempt is finished, running elsewhere or superseded");
         let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.add_command(self.result_cmd(task.run_id, &body))
-            .ignore();
-        pipe.cmd("SET")
-            .arg(self.streams.claim_key(task.run_id, task.attempt))
-            .arg("done")
-            .arg("EX")
-            .arg(self.config.done_ttl.as_secs().max(1))
-            .ignore();
         pipe.cmd("XACK")
             .arg(&self.streams.tasks)
             .arg(EXECUTOR_GROUP)
             .arg(entry_id)
             .ignore();
-        self.until_done("publishing an outcome", &pipe).await;
+        self.until_done("acknowledging a task not to run", &pipe)
+            .await;
+        false
     }
+}
 
-    /// `SET <claim key> <entry id> NX GET EX <ttl>`: sets the claim if nobody holds it and
-    /// answers the previous holder (nil when it was free). Needs Redis 7.0 or later.
-    fn claim_cmd(&self, entry_id: &str, task: &Task) -> redis::Cmd {
-        // Long enough for every attempt and its backoff; a claim that outlives its run only
-        // keeps a duplicate from running.
-        let ttl = i64::from(task.command.timeout_s).max(1)
-            * i64::from(task.command.max_attempts.max(1))
-            + 3600;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.streams.claim_key(task.run_id, task.attempt))
-            .arg(entry_id)
-            .arg("NX")
-            .arg("GET")
-            .arg("EX")
-            .arg(ttl);
-        cmd
-    }
+/// The executor's side of first-contact host-key pinning (see
+/// [`netcron_common::protocol::lease::pin_first_contact`]), callable from an SSH thread.
+#[derive(Clone)]
+pub(crate) struct FirstContact {
+    redis: ConnectionManager,
+    streams: Streams,
+    ttl_s: u64,
+    runtime: tokio::runtime::Handle,
+}
 
-    /// Whether this entry may run `(run_id, attempt)`: nobody claimed it, or the claim is this
-    /// very entry's (a redelivery after its executor died). A claim by another entry, or a
-    /// finished run (`done`), makes this entry a duplicate.
-    fn may_run(entry_id: &str, holder: Option<&str>) -> bool {
-        holder.is_none_or(|h| h == entry_id)
-    }
-
-    /// Claims every task of a read in one round trip. `None` for entries that are not tasks,
-    /// and for all when Redis does not answer (each task then claims on its own, retrying).
-    async fn claim_many(
+impl FirstContact {
+    /// Pins `fingerprint` for `device` unless another key was pinned first. `Err` carries the
+    /// reason no credential may be sent: the other key, or Redis failing.
+    pub(crate) fn pin(
         &self,
-        parsed: &[(StreamId, std::result::Result<Task, Rejected>)],
-    ) -> Vec<Option<bool>> {
-        let mut pipe = redis::pipe();
-        for (entry, task) in parsed {
-            if let Ok(task) = task {
-                pipe.add_command(self.claim_cmd(&entry.id, task));
-            }
+        device: Uuid,
+        fingerprint: &str,
+    ) -> std::result::Result<(), (ErrorKind, String)> {
+        let mut redis = self.redis.clone();
+        let pinned = self
+            .runtime
+            .block_on(netcron_common::protocol::lease::pin_first_contact(
+                &mut redis,
+                &self.streams,
+                device,
+                fingerprint,
+                self.ttl_s,
+            ));
+        match pinned {
+            Ok(None) => Ok(()),
+            Ok(Some(other)) => Err((
+                ErrorKind::HostKeyMismatch,
+                format!(
+                    "the device presented host key {fingerprint}, but another run pinned {other} on \
+                 first contact moments ago; no credential was sent"
+                ),
+            )),
+            Err(e) => Err((
+                ErrorKind::Internal,
+                format!(
+                    "cannot pin the host key on first contact (Redis: {e}); no credential was sent"
+                ),
+            )),
         }
-        let holders: Vec<Option<String>> = if pipe.cmd_iter().next().is_none() {
-            Vec::new()
-        } else {
-            match pipe.query_async(&mut self.redis.clone()).await {
-                Ok(holders) => holders,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim tasks");
-                    return parsed.iter().map(|_| None).collect();
-                }
-            }
-        };
-        let mut holders = holders.into_iter();
-        parsed
-            .iter()
-            .map(|(entry, task)| match task {
-                Ok(_) => holders
-                    .next()
-                    .map(|holder| Self::may_run(&entry.id, holder.as_deref())),
-                Err(_) => None,
-            })
-            .collect()
-    }
-
-    /// Claims one task, retrying until Redis answers.
-    async fn claim(&self, entry_id: &str, task: &Task) -> bool {
-        loop {
-            let holder: redis::RedisResult<Option<String>> = self
-                .claim_cmd(entry_id, task)
-                .query_async(&mut self.redis.clone())
-                .await;
-            match holder {
-                Ok(holder) => return Self::may_run(entry_id, holder.as_deref()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot claim a task; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }
-}
-
-/// Reads a task entry: `v`, `run_id` and `body`, checked against each other.
-fn parse(entry: &StreamId) -> std::result::Result<Task, Rejected> {
-    let text = |field: &str| -> Option<String> {
-        match entry.map.get(field) {
-            Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
-            Some(redis::Value::SimpleString(s)) => Some(s.clone()),
-            _ => None,
-        }
-    };
-    let run_id = text(FIELD_RUN_ID).and_then(|t| Uuid::parse_str(&t).ok());
-    let reject = |reason: String| Rejected {
-        reason,
-        run_id,
-        attempt: 1,
-    };
-    let version = text(FIELD_VERSION).ok_or_else(|| reject("the entry has no `v` field".into()))?;
-    if version != TASK_VERSION.to_string() {
-        return Err(reject(format!(
-            "task version `{version}` is not supported (this executor reads version {TASK_VERSION})"
-        )));
-    }
-    let Some(redis::Value::BulkString(body)) = entry.map.get(FIELD_BODY) else {
-        return Err(reject("the entry has no `body` field".into()));
-    };
-    if body.len() > MAX_BODY_BYTES {
-        return Err(reject(format!(
-            "the body is {} bytes, more than the {MAX_BODY_BYTES} a task may have",
-            body.len()
-        )));
-    }
-    let task: Task = serde_json::from_slice(body)
-        .map_err(|e| reject(format!("the body is not a valid task: {e}")))?;
-    if Some(task.run_id) != run_id {
-        return Err(reject(
-            "the entry's `run_id` field does not match its body".into(),
-        ));
-    }
-    if task.v != TASK_VERSION {
-        return Err(reject(format!(
-            "task body version {} is not supported",
-            task.v
-        )));
-    }
-    Ok(task)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(fields: &[(&str, &[u8])]) -> StreamId {
-        StreamId {
-            id: "1-0".into(),
-            map: fields
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), redis::Value::BulkString(v.to_vec())))
-                .collect(),
-            milliseconds_elapsed_from_delivery: None,
-            delivered_count: None,
-        }
-    }
-
-    #[test]
-    fn malformed_entries_are_rejected_with_a_reason_and_their_run() {
-        let run = Uuid::now_v7().to_string();
-        let cases: Vec<(StreamId, &str)> = vec![
-            (entry(&[("run_id", run.as_bytes())]), "no `v` field"),
-            (
-                entry(&[("v", b"9"), ("run_id", run.as_bytes()), ("body", b"{}")]),
-                "version `9`",
-            ),
-            (
-                entry(&[("v", b"1"), ("run_id", run.as_bytes())]),
-                "no `body`",
-            ),
-            (
-                entry(&[
-                    ("v", b"1"),
-                    ("run_id", run.as_bytes()),
-                    ("body", b"{not json"),
-                ]),
-                "not a valid task",
-            ),
-        ];
-        for (e, expected) in cases {
-            let Err(rejected) = parse(&e) else {
-                panic!("accepted a malformed entry")
-            };
-            assert!(
-                rejected.reason.contains(expected),
-                "{} vs {expected}",
-                rejected.reason
-            );
-            assert_eq!(rejected.run_id.map(|u| u.to_string()), Some(run.clone()));
-        }
-        let Err(nameless) = parse(&entry(&[("v", b"1"), ("body", b"x")])) else {
-            panic!("accepted a malformed entry")
-        };
-        assert_eq!(nameless.run_id, None);
     }
 }

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use netcron_common::config::{self, ConfigError};
 use netcron_common::domain::{ErrorKind, RunStatus};
-use netcron_common::protocol::{EVENT_VERSION, Streams};
+use netcron_common::protocol::{EVENT_VERSION, EventEntry, Streams};
 use netcron_common::secret::SecretKey;
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, Statement,
@@ -474,20 +474,7 @@ impl Dispatcher {
             let id: Uuid = row.try_get("", "id")?;
             let kind: String = row.try_get("", "type")?;
             let body: String = row.try_get("", "body")?;
-            pipe.cmd("XADD")
-                .arg(&self.streams.events)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(100_000)
-                .arg("*")
-                .arg("v")
-                .arg(EVENT_VERSION)
-                .arg("type")
-                .arg(&kind)
-                .arg("id")
-                .arg(id.to_string())
-                .arg("body")
-                .arg(body)
+            pipe.add_command(EventEntry::xadd(&self.streams.events, id, &kind, &body))
                 .ignore();
             ids.push(id);
             kinds.push(kind);

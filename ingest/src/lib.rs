@@ -18,16 +18,15 @@ use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings}
 use netcron_common::db::RUN_QUEUED_CHANNEL;
 use netcron_common::domain::CommandKind;
 use netcron_common::metrics::Telemetry;
-use netcron_common::protocol::{
-    FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, INGEST_GROUP, RESULT_VERSION, RunResult, Streams,
-};
+use netcron_common::protocol::lease::Leases;
+use netcron_common::protocol::{INGEST_GROUP, RunResult, Streams, ensure_group, is_missing_group};
 use netcron_common::secret::SecretKey;
+use netcron_lifecycle::runs;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement, TransactionTrait, Value,
 };
-use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -43,54 +42,6 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// A consumer silent for this long has died; its unacknowledged results are taken over.
 const RECLAIM_IDLE: Duration = Duration::from_secs(60);
-
-const STARTED: &str = r"
-UPDATE runs r
-SET status = 'running', started_at = u.started_at, executor_id = u.executor_id,
-    attempt = u.attempt
-FROM jsonb_to_recordset($1::jsonb)
-     AS u(run_id uuid, attempt int, executor_id text, started_at timestamptz)
-WHERE r.id = u.run_id AND r.status = 'queued' AND u.attempt >= r.attempt";
-
-const FINISHED: &str = r"
-WITH u AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
-        run_id uuid, attempt int, executor_id text, started_at timestamptz, status text,
-        finished_at timestamptz, duration_ms bigint, exit_code int, exit_signal text,
-        stdout text, stderr text, truncated boolean, error_kind text, error_message text,
-        attempts jsonb, host_key_fingerprint text, payload jsonb,
-        jump_host_key_fingerprint text)),
-done AS (
-    UPDATE runs r
-    SET status = u.status, started_at = u.started_at, finished_at = u.finished_at,
-        duration_ms = u.duration_ms, exit_code = u.exit_code, exit_signal = u.exit_signal,
-        stdout = u.stdout, stderr = u.stderr, truncated = u.truncated,
-        error_kind = u.error_kind, error_message = u.error_message, attempts = u.attempts,
-        payload = u.payload,
-        executor_id = u.executor_id, attempt = u.attempt
-    FROM u
-    WHERE r.id = u.run_id AND r.status IN ('queued', 'running')
-    RETURNING r.id, r.device_id, r.schedule_id, u.host_key_fingerprint,
-              u.jump_host_key_fingerprint AS jump_fingerprint),
-pinned AS (
-    UPDATE devices d SET host_key_fingerprint = p.fingerprint, updated_at = now()
-    FROM (SELECT DISTINCT ON (device_id) device_id, host_key_fingerprint AS fingerprint
-          FROM done WHERE host_key_fingerprint IS NOT NULL ORDER BY device_id, id) p
-    WHERE d.id = p.device_id AND d.host_key_fingerprint IS NULL
-    RETURNING d.id),
-jump_pinned AS (
-    UPDATE devices j SET host_key_fingerprint = p.fingerprint, updated_at = now()
-    FROM (SELECT DISTINCT ON (d.jump_host_id) d.jump_host_id AS id, done.jump_fingerprint AS fingerprint
-          FROM done JOIN devices d ON d.id = done.device_id
-          WHERE done.jump_fingerprint IS NOT NULL AND d.jump_host_id IS NOT NULL
-          ORDER BY d.jump_host_id, done.id) p
-    WHERE j.id = p.id AND j.host_key_fingerprint IS NULL
-    RETURNING j.id)
-SELECT (SELECT count(*) FROM done) AS finished,
-       (SELECT count(*) FROM pinned) + (SELECT count(*) FROM jump_pinned) AS pinned,
-       (SELECT coalesce(array_agg(done.id), '{}') FROM done) AS done_ids,
-       EXISTS (SELECT 1 FROM done JOIN schedules s ON s.id = done.schedule_id
-               WHERE s.overlap_policy = 'queue') AS release";
 
 /// The devices of the finished `config_backup` runs among `$1`, whose rows are then locked
 /// (in id order) so two ingest workers number one device's versions one after the other.
@@ -147,6 +98,8 @@ pub struct IngestReport {
     pub started: u64,
     pub finished: u64,
     pub pinned: u64,
+    /// Outcomes of attempts that were not their run's current one, recorded as superseded.
+    pub superseded: u64,
     pub dead_lettered: usize,
 }
 
@@ -164,6 +117,7 @@ pub struct Ingest {
     /// Wakes the event dispatcher after a transaction wrote events.
     wake: Arc<Notify>,
     key: SecretKey,
+    leases: Leases,
 }
 
 /// A writer and a reader: a blocking read must not hold up acknowledgements.
@@ -189,6 +143,7 @@ impl Ingest {
             db,
             client: redis::Client::open(redis.url.as_str()).context("REDIS_URL")?,
             streams: Streams::new(&redis.stream_prefix),
+            leases: Leases::new(Streams::new(&redis.stream_prefix), 24 * 3600),
             consumer: format!("ingest-{}-{:08x}", std::process::id(), rand_suffix()),
             batch,
             workers: workers.max(1),
@@ -229,18 +184,12 @@ impl Ingest {
     }
 
     async fn ensure_group(&self, conns: &Conns) -> redis::RedisResult<()> {
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.streams.results)
-            .arg(INGEST_GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conns.redis.clone())
-            .await;
-        match created {
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => other,
-        }
+        ensure_group(
+            &mut conns.redis.clone(),
+            &self.streams.results,
+            INGEST_GROUP,
+        )
+        .await
     }
 
     /// Ingests until `shutdown` is cancelled. Failures are logged and retried with backoff;
@@ -309,7 +258,8 @@ impl Ingest {
                     // again first thing, rather than at the next periodic reclaim.
                     last_reclaim = None;
                     if let Some(c) = &conns
-                        && e.to_string().contains("NOGROUP")
+                        && e.downcast_ref::<redis::RedisError>()
+                            .is_some_and(is_missing_group)
                     {
                         let _ = self.ensure_group(c).await;
                     }
@@ -395,7 +345,7 @@ impl Ingest {
                 self.ack(conns, &[entry.id]).await?;
                 continue;
             }
-            match parse(&entry) {
+            match RunResult::decode(&entry) {
                 Ok(result) => {
                     chunk_bytes += result
                         .outcome
@@ -408,7 +358,7 @@ impl Ingest {
                         chunk_bytes = 0;
                     }
                 }
-                Err(reason) => bad.push((entry, reason)),
+                Err(rejected) => bad.push((entry, rejected.reason)),
             }
         }
         if !chunk.is_empty() {
@@ -427,75 +377,37 @@ impl Ingest {
         chunk: Vec<(String, RunResult)>,
         report: &mut IngestReport,
     ) -> anyhow::Result<()> {
-        // Within one batch, the newest `started` of a run and its first outcome count.
-        let mut started: HashMap<Uuid, &RunResult> = HashMap::new();
-        let mut finished: HashMap<Uuid, &RunResult> = HashMap::new();
-        for (_, r) in &chunk {
-            if r.outcome.is_some() {
-                finished.entry(r.run_id).or_insert(r);
-            } else {
-                let e = started.entry(r.run_id).or_insert(r);
-                if r.attempt > e.attempt {
-                    *e = r;
-                }
-            }
-        }
-        // A run that also finished in this batch needs only its outcome written.
-        started.retain(|run_id, _| !finished.contains_key(run_id));
-        let started_rows: Vec<serde_json::Value> = started
+        let batch = runs::first_outcomes(chunk.iter().map(|(_, r)| r));
+        let started: Vec<runs::Started<'_>> = batch
+            .started
             .values()
-            .map(|r| {
-                json!({"run_id": r.run_id, "attempt": r.attempt,
-                       "executor_id": r.executor_id, "started_at": r.started_at})
+            .map(|r| runs::Started {
+                run_id: r.run_id,
+                attempt: r.attempt,
+                executor_id: &r.executor_id,
+                started_at: r.started_at,
             })
             .collect();
-        let finished_rows: Vec<serde_json::Value> = finished
-            .values()
-            .filter_map(|r| {
-                let o = r.outcome.as_ref()?;
-                Some(json!({
-                    "run_id": r.run_id, "attempt": r.attempt, "executor_id": r.executor_id,
-                    "started_at": r.started_at, "status": o.status, "finished_at": o.finished_at,
-                    "duration_ms": o.duration_ms, "exit_code": o.exit_code,
-                    "exit_signal": o.exit_signal, "stdout": o.stdout, "stderr": o.stderr,
-                    "truncated": o.truncated, "error_kind": o.error_kind,
-                    "error_message": o.error_message, "attempts": o.attempts,
-                    "host_key_fingerprint": o.host_key_fingerprint, "payload": o.payload,
-                    "jump_host_key_fingerprint": o.jump_host_key_fingerprint,
-                }))
-            })
-            .collect();
+        let outcomes: Vec<&RunResult> = batch.finished.values().copied().collect();
         let txn = self.db.begin().await?;
-        if !started_rows.is_empty() {
-            report.started += txn
-                .execute_raw(stmt(
-                    STARTED,
-                    vec![serde_json::Value::Array(started_rows).into()],
-                ))
-                .await?
-                .rows_affected();
-        }
-        let mut release = false;
-        let mut done_ids: Vec<Uuid> = Vec::new();
-        if !finished_rows.is_empty()
-            && let Some(row) = txn
-                .query_one_raw(stmt(
-                    FINISHED,
-                    vec![serde_json::Value::Array(finished_rows).into()],
-                ))
-                .await?
-        {
-            report.finished += u64::try_from(row.try_get::<i64>("", "finished")?).unwrap_or(0);
-            report.pinned += u64::try_from(row.try_get::<i64>("", "pinned")?).unwrap_or(0);
-            release = row.try_get("", "release")?;
-            done_ids = row.try_get("", "done_ids")?;
-            store_configs(&txn, &finished, &done_ids).await?;
-        }
+        report.started += runs::started(&txn, &started).await?;
+        let finished = runs::finish(&txn, &outcomes).await?;
+        report.finished += finished.done.len() as u64;
+        report.pinned += finished.pinned;
+        report.superseded += finished.superseded;
+        // The outcome applied to each run this transaction finished (its current attempt).
+        let applied: HashMap<Uuid, &RunResult> = outcomes
+            .iter()
+            .filter(|r| finished.done.contains(&r.run_id))
+            .map(|r| (r.run_id, *r))
+            .collect();
+        store_configs(&txn, &applied, &finished.done).await?;
         // Only runs this transaction finished: a result seen twice must not count twice.
-        let mut newly: Vec<Finished<'_>> = done_ids
+        let mut newly: Vec<Finished<'_>> = finished
+            .done
             .iter()
             .filter_map(|id| {
-                let r = finished.get(id)?;
+                let r = applied.get(id)?;
                 // A no-op never contacts its device: nothing to detect, no query to make.
                 if r.kind == Some(CommandKind::Noop) {
                     return None;
@@ -515,7 +427,7 @@ impl Ingest {
         let new_events = events::record(&txn, &mut newly, &self.events).await?;
         // Outbox rows of finished runs are left to the scheduler's housekeeping, which deletes
         // them in bulk; deleting them here doubled the rows this transaction writes.
-        if release {
+        if finished.release {
             // A run of a `queue` schedule ended: wake the scheduler to release the next one.
             txn.execute_raw(stmt(
                 "SELECT pg_notify($1, '')",
@@ -527,12 +439,21 @@ impl Ingest {
         if !new_events.is_empty() {
             self.wake.notify_one();
         }
+        // The runs' leases are over: their keys go, so Redis holds keys only for runs in
+        // flight. A failure here leaves them to their safety expiry.
+        if let Err(e) = self
+            .leases
+            .forget(&mut conns.redis.clone(), &finished.done)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot forget finished runs' leases");
+        }
         let now = chrono::Utc::now();
         for _ in 0..started.len() {
             self.metrics.stored("started", None);
         }
-        for id in &done_ids {
-            if let Some(o) = finished.get(id).and_then(|r| r.outcome.as_ref()) {
+        for r in applied.values() {
+            if let Some(o) = r.outcome.as_ref() {
                 let lag = (now - o.finished_at).as_seconds_f64();
                 self.metrics.stored(o.status.as_str(), Some(lag));
             }
@@ -563,7 +484,7 @@ impl Ingest {
         tracing::warn!(entry = %entry.id, %reason, "result dead-lettered");
         let dl = self
             .streams
-            .dead_letter_cmd(&self.streams.results, &entry.id, reason, &entry.map);
+            .dead_letter_cmd(&self.streams.results, entry, reason);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .add_command(dl)
@@ -583,13 +504,13 @@ impl Ingest {
 /// latest version.
 async fn store_configs(
     txn: &sea_orm::DatabaseTransaction,
-    finished: &HashMap<Uuid, &RunResult>,
+    applied: &HashMap<Uuid, &RunResult>,
     done: &[Uuid],
 ) -> anyhow::Result<()> {
     let candidates: Vec<Uuid> = done
         .iter()
         .copied()
-        .filter(|id| config_of(finished.get(id).copied()).is_some())
+        .filter(|id| config_of(applied.get(id).copied()).is_some())
         .collect();
     if candidates.is_empty() {
         return Ok(());
@@ -610,7 +531,7 @@ async fn store_configs(
     txn.execute_raw(stmt(LOCK_DEVICES, vec![devices.into()]))
         .await?;
     for (run_id, device_id) in runs {
-        let Some(content) = config_of(finished.get(&run_id).copied()) else {
+        let Some(content) = config_of(applied.get(&run_id).copied()) else {
             continue;
         };
         txn.execute_raw(stmt(
@@ -642,31 +563,6 @@ fn stmt(sql: &str, values: Vec<Value>) -> Statement {
 
 fn rand_suffix() -> u32 {
     Uuid::new_v4().as_u128() as u32
-}
-
-fn parse(entry: &StreamId) -> Result<RunResult, String> {
-    let field = |name: &str| match entry.map.get(name) {
-        Some(redis::Value::BulkString(b)) => Some(b.as_slice()),
-        _ => None,
-    };
-    let version = field(FIELD_VERSION).ok_or("the entry has no `v` field")?;
-    if version != RESULT_VERSION.to_string().as_bytes() {
-        return Err(format!(
-            "result version `{}` is not supported (this ingest reads version {RESULT_VERSION})",
-            String::from_utf8_lossy(version)
-        ));
-    }
-    let body = field(FIELD_BODY).ok_or("the entry has no `body` field")?;
-    let result: RunResult =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not a valid result: {e}"))?;
-    let run_id = field(FIELD_RUN_ID).and_then(|b| std::str::from_utf8(b).ok());
-    if run_id != Some(result.run_id.to_string().as_str()) {
-        return Err("the entry's `run_id` field does not match its body".into());
-    }
-    if result.v != RESULT_VERSION {
-        return Err(format!("result body version {} is not supported", result.v));
-    }
-    Ok(result)
 }
 
 /// Runs result ingest alone (`netcron ingest`). Postgres and Redis being unreachable are

@@ -10,6 +10,7 @@ mod m20261122_000002_create_task_outbox;
 mod m20261122_000003_run_attempts;
 mod m20261122_000004_network_devices;
 mod m20261122_000005_events_and_webhooks;
+mod m20261129_000006_run_leases;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_run_attempts::Migration),
             Box::new(m20261122_000004_network_devices::Migration),
             Box::new(m20261122_000005_events_and_webhooks::Migration),
+            Box::new(m20261129_000006_run_leases::Migration),
         ]
     }
 }

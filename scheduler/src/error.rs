@@ -8,6 +8,8 @@ pub enum Error {
     Listen(#[from] sqlx::Error),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Lifecycle(#[from] netcron_lifecycle::Error),
     #[error("housekeeping jobs: {0}")]
     Jobs(String),
 }

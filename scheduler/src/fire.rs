@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use netcron_common::domain::{
     CronSpec, MisfirePolicy, OverlapPolicy, RunStatus, Timing, parse_timezone,
 };
+use netcron_lifecycle::runs::{self, Fires};
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, QueryResult, Statement, TransactionTrait,
     Value,
@@ -31,21 +32,6 @@ WHERE s.enabled AND s.next_fire_at <= $1
 ORDER BY s.next_fire_at
 LIMIT $2
 FOR UPDATE OF s SKIP LOCKED";
-
-/// Inserts the fire times as runs and, for those queued, their outbox rows, in one statement.
-const INSERT_RUNS: &str = r"
-WITH inserted AS (
-    INSERT INTO runs (id, schedule_id, command_id, device_id, trigger, scheduled_for, queued_at,
-                      status, finished_at, error_message)
-    SELECT id, schedule_id, command_id, device_id, 'scheduled', scheduled_for, $8,
-           status, CASE WHEN status = 'queued' THEN NULL ELSE $8 END, NULLIF(reason, '')
-    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[],
-                $7::text[])
-         AS t(id, schedule_id, command_id, device_id, scheduled_for, status, reason)
-    ON CONFLICT (schedule_id, scheduled_for) DO NOTHING
-    RETURNING id)
-INSERT INTO task_outbox (run_id)
-SELECT id FROM inserted WHERE id = ANY($9::uuid[])";
 
 const ADVANCE: &str = r"
 UPDATE schedules s SET next_fire_at = t.next
@@ -167,14 +153,7 @@ pub async fn fire_due(
         txn.commit().await?;
         return Ok(report);
     }
-    let mut run_ids = Vec::with_capacity(rows.len());
-    let mut schedule_ids = Vec::with_capacity(rows.len());
-    let mut command_ids = Vec::with_capacity(rows.len());
-    let mut device_ids = Vec::with_capacity(rows.len());
-    let mut times = Vec::with_capacity(rows.len());
-    let mut statuses = Vec::with_capacity(rows.len());
-    let mut reasons = Vec::with_capacity(rows.len());
-    let mut publish = Vec::with_capacity(rows.len());
+    let mut fires = Fires::default();
     let mut advance_ids = Vec::with_capacity(rows.len());
     let mut advance_to = Vec::with_capacity(rows.len());
     let mut ended = Vec::new();
@@ -191,17 +170,15 @@ pub async fn fire_due(
                 RunStatus::Missed => report.missed += 1,
                 _ => report.skipped += 1,
             }
-            let run_id = Uuid::now_v7();
-            if fire.publish {
-                publish.push(run_id);
-            }
-            run_ids.push(run_id);
-            schedule_ids.push(claimed.id);
-            command_ids.push(claimed.command_id);
-            device_ids.push(claimed.device_id);
-            times.push(fire.scheduled_for);
-            statuses.push(fire.status.as_str().to_owned());
-            reasons.push(fire.reason.unwrap_or_default());
+            fires.push(
+                claimed.id,
+                claimed.command_id,
+                claimed.device_id,
+                fire.scheduled_for,
+                fire.status,
+                fire.reason,
+                fire.publish,
+            );
         }
         match plan.next_fire_at {
             Some(next) => {
@@ -211,20 +188,7 @@ pub async fn fire_due(
             None => ended.push(claimed.id),
         }
     }
-    if !run_ids.is_empty() {
-        let values: Vec<Value> = vec![
-            run_ids.into(),
-            schedule_ids.into(),
-            command_ids.into(),
-            device_ids.into(),
-            times.into(),
-            statuses.into(),
-            reasons.into(),
-            now.into(),
-            publish.into(),
-        ];
-        txn.execute_raw(stmt(INSERT_RUNS, values)).await?;
-    }
+    runs::create_scheduled(&txn, fires, now).await?;
     if !advance_ids.is_empty() {
         txn.execute_raw(stmt(ADVANCE, vec![advance_ids.into(), advance_to.into()]))
             .await?;

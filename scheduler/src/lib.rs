@@ -16,7 +16,6 @@ mod error;
 pub mod fire;
 pub mod housekeeping;
 pub mod metrics;
-pub mod outbox;
 pub mod plan;
 
 use std::sync::Arc;
@@ -26,17 +25,22 @@ use chrono::Duration;
 use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings};
 use netcron_common::db::{RUN_QUEUED_CHANNEL, SCHEDULE_CHANGED_CHANNEL};
 use netcron_common::metrics::Telemetry;
+use netcron_common::protocol::lease::Leases;
 use netcron_common::protocol::{EXECUTOR_GROUP, INGEST_GROUP, Streams};
+use netcron_lifecycle::{outbox, requeue, runs};
 use redis::aio::ConnectionManager;
 use sea_orm::DatabaseConnection;
 use sqlx::postgres::PgListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, DatabaseClock, ManualClock, SkewedClock, SystemClock};
 pub use error::{Error, Result};
 pub use fire::FireReport;
 pub use metrics::Metrics;
+
+/// The safety-net lifetime of a lease key the scheduler writes (a revoked attempt): a day.
+const LEASE_SAFETY_TTL_S: u64 = 24 * 3600;
 
 /// How the scheduler behaves; every field has an environment variable (see the README).
 #[derive(Debug, Clone)]
@@ -52,10 +56,16 @@ pub struct SchedulerConfig {
     pub misfire_grace: Duration,
     /// The longest the loop sleeps without a fire time or a notification, as a safety net.
     pub max_idle: StdDuration,
-    /// Extra time beyond a command's timeout before its `running` run is presumed abandoned.
-    pub lease_margin: Duration,
-    /// How long a published run may stay unstarted before it is published again.
+    /// How long a run's expired lease must stay unrenewed, seen on two re-queue passes, before
+    /// the run is re-queued as its next attempt (`NETCRON_LEASE_CONFIRM_S`, 15). Executors
+    /// renew every sixth of their lease, so a Redis stall, which expires every lease at once,
+    /// is renewed away before the second look.
+    pub lease_confirm: StdDuration,
+    /// A queued run whose task entry is unknown (published by an older version) and that no
+    /// executor began is published again after this long (`NETCRON_QUEUED_LEASE_S`, 900).
     pub queued_lease: Duration,
+    /// How often the scheduler measures its clock against Postgres'.
+    pub clock_sync: StdDuration,
     pub retention_max_age: Duration,
     pub retention_per_schedule: u64,
     /// 6-field cron expressions (with seconds) of the housekeeping jobs, in UTC.
@@ -72,12 +82,13 @@ impl Default for SchedulerConfig {
             publish_batch: 1000,
             misfire_grace: Duration::seconds(60),
             max_idle: StdDuration::from_secs(30),
-            lease_margin: Duration::seconds(60),
+            lease_confirm: StdDuration::from_secs(15),
             queued_lease: Duration::minutes(15),
+            clock_sync: StdDuration::from_secs(30),
             retention_max_age: Duration::days(90),
             retention_per_schedule: 10_000,
             retention_cron: "0 17 3 * * *".into(),
-            requeue_cron: "*/30 * * * * *".into(),
+            requeue_cron: "*/10 * * * * *".into(),
             trim_cron: "0 * * * * *".into(),
         }
     }
@@ -106,7 +117,9 @@ impl SchedulerConfig {
             publish_batch: config::parsed_or("NETCRON_PUBLISH_BATCH", d.publish_batch)?,
             misfire_grace: secs("NETCRON_MISFIRE_GRACE_S", d.misfire_grace)?,
             max_idle: d.max_idle,
-            lease_margin: secs("NETCRON_LEASE_MARGIN_S", d.lease_margin)?,
+            lease_confirm: config::parsed_or("NETCRON_LEASE_CONFIRM_S", d.lease_confirm.as_secs())
+                .map(StdDuration::from_secs)?,
+            clock_sync: d.clock_sync,
             queued_lease: secs("NETCRON_QUEUED_LEASE_S", d.queued_lease)?,
             retention_max_age: config::parsed_or("NETCRON_RETENTION_DAYS", 90i64)
                 .map(Duration::days)?,
@@ -157,6 +170,9 @@ pub struct Scheduler {
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     specs: fire::SpecCache,
+    requeuer: Mutex<netcron_lifecycle::requeue::Requeuer>,
+    /// The clock to keep in step with Postgres, when the scheduler follows it.
+    database_clock: Option<Arc<DatabaseClock>>,
 }
 
 impl Scheduler {
@@ -174,16 +190,48 @@ impl Scheduler {
         let redis_client = redis::Client::open(settings.redis.url.as_str())?;
         telemetry.add_postgres_check(&db);
         telemetry.add_redis_check(&redis_client);
+        let streams = Streams::new(&settings.redis.stream_prefix);
+        let leases = Leases::new(streams.clone(), LEASE_SAFETY_TTL_S);
+        let requeuer = netcron_lifecycle::requeue::Requeuer::new(
+            leases,
+            settings.scheduler.lease_confirm,
+            settings.scheduler.queued_lease.to_std().unwrap_or_default(),
+        );
         Ok(Self {
             db,
             redis_client,
             redis: Mutex::new(None),
-            streams: Streams::new(&settings.redis.stream_prefix),
+            streams,
             config: settings.scheduler.clone(),
             clock,
             metrics: Metrics::new(telemetry),
             specs: fire::SpecCache::default(),
+            requeuer: Mutex::new(requeuer),
+            database_clock: None,
         })
+    }
+
+    /// Like [`Scheduler::connect`], with time taken from Postgres: `base` (the system clock in
+    /// production) corrected by its measured offset to the database's clock.
+    ///
+    /// # Errors
+    /// As [`Scheduler::connect`].
+    pub async fn connect_following_database(
+        settings: &Settings,
+        base: Arc<dyn Clock>,
+        telemetry: &Telemetry,
+    ) -> Result<Self> {
+        let clock = DatabaseClock::new(base);
+        let mut scheduler = Self::connect(settings, clock.clone(), telemetry).await?;
+        let offset = clock.sync(&scheduler.db).await?;
+        if offset.num_milliseconds().abs() > 1000 {
+            tracing::warn!(
+                offset_ms = offset.num_milliseconds(),
+                "this host's clock differs from Postgres'; the scheduler follows Postgres"
+            );
+        }
+        scheduler.database_clock = Some(clock);
+        Ok(scheduler)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -227,20 +275,21 @@ impl Scheduler {
     /// When the database or Redis fails; unpublished runs stay pending for the next pass.
     pub async fn publish_pending(&self) -> Result<usize> {
         let redis = self.redis().await?;
-        sea_orm::ConnectionTrait::execute_unprepared(&self.db, outbox::RELEASE_WAITING).await?;
+        runs::release_waiting(&self.db).await?;
         let publisher = |mut redis: ConnectionManager| async move {
             let mut total = 0;
             loop {
                 let clock = Arc::clone(&self.clock);
-                let n = outbox::publish_batch(
+                let batch = outbox::publish_batch(
                     &self.db,
                     &mut redis,
                     &self.streams.tasks,
                     self.config.publish_batch,
                     move || clock.now(),
-                    &self.metrics,
                 )
                 .await?;
+                self.metrics.published(&batch, self.clock.now());
+                let n = batch.rows;
                 total += n;
                 if (n as u64) < self.config.publish_batch {
                     return Ok::<usize, Error>(total);
@@ -316,34 +365,37 @@ impl Scheduler {
         Ok(report)
     }
 
-    /// See [`housekeeping::requeue_stale`].
+    /// One re-queue pass (see [`netcron_lifecycle::requeue`]): runs whose lease expired, or
+    /// whose task and lease Redis lost, become their next attempt. Answers how many.
     ///
     /// # Errors
-    /// When the database fails.
-    pub async fn requeue_stale(&self) -> Result<u64> {
-        let n = housekeeping::requeue_stale(
-            &self.db,
-            self.clock.now(),
-            self.config.lease_margin,
-            self.config.queued_lease,
-        )
-        .await?;
+    /// When the database or Redis fails.
+    pub async fn requeue_lost(&self) -> Result<u64> {
+        let mut redis = self.redis().await?;
+        let report = self
+            .requeuer
+            .lock()
+            .await
+            .pass(&self.db, &mut redis)
+            .await?;
+        requeue::tidy_outbox(&self.db).await?;
+        let n = report.requeued as u64;
         self.metrics.requeued_total.inc_by(n);
         Ok(n)
     }
 
-    /// See [`housekeeping::apply_retention`].
+    /// See [`runs::apply_retention`].
     ///
     /// # Errors
     /// When the database fails.
     pub async fn apply_retention(&self) -> Result<u64> {
-        housekeeping::apply_retention(
+        Ok(runs::apply_retention(
             &self.db,
             self.clock.now(),
             self.config.retention_max_age,
             self.config.retention_per_schedule,
         )
-        .await
+        .await?)
     }
 
     /// Trims the tasks and results streams behind their consumer groups.
@@ -387,7 +439,16 @@ impl Scheduler {
         let mut listener: Option<PgListener> = None;
         let mut backoff = StdDuration::from_millis(100);
         tracing::info!("scheduler started");
+        let mut synced = std::time::Instant::now();
         while !shutdown.is_cancelled() {
+            if let Some(clock) = &self.database_clock
+                && synced.elapsed() >= self.config.clock_sync
+            {
+                synced = std::time::Instant::now();
+                if let Err(e) = clock.sync(&self.db).await {
+                    tracing::warn!(error = %e, "cannot measure the clock against Postgres");
+                }
+            }
             if listener.is_none() {
                 match self.listen().await {
                     Ok(l) => listener = Some(l),
@@ -446,11 +507,9 @@ impl Scheduler {
             Job::new_async(self.config.requeue_cron.as_str(), move |_, _| {
                 let me = Arc::clone(&me);
                 Box::pin(async move {
-                    match me.requeue_stale().await {
+                    match me.requeue_lost().await {
                         Ok(0) => {}
-                        Ok(n) => {
-                            tracing::warn!(runs = n, "re-queued runs whose executor went away")
-                        }
+                        Ok(n) => tracing::warn!(runs = n, "re-queued runs whose attempt was lost"),
                         Err(e) => tracing::warn!(error = %e, "re-queue job failed"),
                     }
                 })
@@ -519,7 +578,7 @@ pub async fn run(
         "scheduler cannot reach Postgres",
         &shutdown,
         |_| true,
-        || Scheduler::connect(&settings, Arc::new(SystemClock), &telemetry),
+        || Scheduler::connect_following_database(&settings, Arc::new(SystemClock), &telemetry),
     )
     .await?
     else {

@@ -76,4 +76,17 @@ impl Metrics {
         );
         this
     }
+
+    /// Counts a publish batch and the lateness of its scheduled runs, as of `published_at`.
+    pub fn published(
+        &self,
+        batch: &netcron_lifecycle::outbox::Published,
+        published_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        self.published_total.inc_by(batch.published as u64);
+        for t in &batch.scheduled {
+            let late = (published_at - *t).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+            self.lateness.observe(late.max(0.0));
+        }
+    }
 }

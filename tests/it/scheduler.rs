@@ -7,7 +7,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use netcron_common::domain::RunStatus;
 use netcron_common::entity::run;
-use netcron_scheduler::{Clock as _, ManualClock, SchedulerConfig, SystemClock};
+use netcron_scheduler::{ManualClock, SchedulerConfig, SystemClock};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -200,7 +200,7 @@ async fn a_run_committed_but_not_published_is_published_later_once() {
 }
 
 #[tokio::test]
-async fn a_lost_stream_entry_is_published_again_after_its_lease() {
+async fn a_lost_stream_entry_is_published_again_as_the_next_attempt() {
     let app = TestApp::spawn().await;
     let s = scheduled(&app, "d", json!({"cron_expression": "0 0 * * * *"})).await;
     let clock = ManualClock::new(time(&s["next_fire_at"]));
@@ -208,6 +208,11 @@ async fn a_lost_stream_entry_is_published_again_after_its_lease() {
         .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
         .await;
     assert_eq!(scheduler.tick().await.expect("tick").published, 1);
+    assert_eq!(
+        scheduler.requeue_lost().await.expect("requeue"),
+        0,
+        "a task waiting on the stream is not lost"
+    );
     // Redis loses the stream (a restart without persistence, a FLUSHALL).
     let mut redis = app.redis().await;
     let _: () = redis::cmd("DEL")
@@ -215,52 +220,106 @@ async fn a_lost_stream_entry_is_published_again_after_its_lease() {
         .query_async(&mut redis)
         .await
         .expect("DEL");
-    clock.advance(Duration::minutes(10));
-    assert_eq!(
-        scheduler.requeue_stale().await.expect("requeue"),
-        0,
-        "within its lease"
-    );
-    clock.advance(Duration::minutes(6));
-    assert_eq!(scheduler.requeue_stale().await.expect("requeue"), 1);
+    assert_eq!(scheduler.requeue_lost().await.expect("requeue"), 1);
     scheduler.publish_pending().await.expect("publish");
     let tasks = app.tasks().await;
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].run_id, runs_of(&app, &s).await[0].id);
+    assert_eq!(
+        tasks[0].attempt, 2,
+        "a run that may have begun comes back as a new attempt"
+    );
 }
 
-#[tokio::test]
-async fn a_run_whose_executor_died_is_queued_again_with_the_next_attempt() {
-    let app = TestApp::spawn().await;
-    let s = scheduled(&app, "d", json!({"cron_expression": "0 0 * * * *"})).await;
-    let clock = ManualClock::new(time(&s["next_fire_at"]));
-    let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
-        .await;
-    scheduler.tick().await.expect("tick");
-    let run = &runs_of(&app, &s).await[0];
-    // An executor started it (command timeout 60 s) and then vanished.
+/// Writes the lease an executor would hold on `run_id`'s attempt 1, expiring `in_ms` from
+/// Redis' now (negative: already expired).
+async fn lease(app: &TestApp, run_id: Uuid, in_ms: i64) {
+    let mut redis = app.redis().await;
+    let (secs, micros): (i64, i64) = redis::cmd("TIME")
+        .query_async(&mut redis)
+        .await
+        .expect("TIME");
+    let expiry = secs * 1000 + micros / 1000 + in_ms;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{}run:{run_id}", app.stream_prefix))
+        .arg(&["a", "1", "s", "leased", "h", "ghost-executor", "x", "0-1"])
+        .arg("e")
+        .arg(expiry)
+        .query_async(&mut redis)
+        .await
+        .expect("HSET");
     app.db
         .execute_unprepared(&format!(
-            "UPDATE runs SET status = 'running', started_at = '{}' WHERE id = '{}'",
-            (clock.now() + Duration::seconds(1)).to_rfc3339(),
-            run.id
+            "UPDATE runs SET status = 'running', started_at = now(), executor_id = 'ghost-executor' \
+             WHERE id = '{run_id}'"
         ))
         .await
         .expect("start");
-    clock.advance(Duration::seconds(100));
+}
+
+#[tokio::test]
+async fn a_run_whose_lease_stays_expired_is_queued_again_with_the_next_attempt() {
+    let app = TestApp::spawn().await;
+    let s = scheduled(&app, "d", json!({"cron_expression": "0 0 * * * *"})).await;
+    let clock = ManualClock::new(time(&s["next_fire_at"]));
+    let config = SchedulerConfig {
+        lease_confirm: StdDuration::ZERO,
+        ..SchedulerConfig::default()
+    };
+    let scheduler = app.scheduler(config, Arc::new(clock.clone())).await;
+    scheduler.tick().await.expect("tick");
+    let run = &runs_of(&app, &s).await[0];
+    lease(&app, run.id, -1).await;
+    // However long ago it started, and whatever the clocks say, one look is not enough: a
+    // Redis stall expires every lease at once, and live holders renew before the second look.
+    clock.advance(Duration::hours(3));
     assert_eq!(
-        scheduler.requeue_stale().await.expect("requeue"),
+        scheduler.requeue_lost().await.expect("requeue"),
         0,
-        "timeout + margin not over"
+        "seen expired once"
     );
-    clock.advance(Duration::seconds(30));
-    assert_eq!(scheduler.requeue_stale().await.expect("requeue"), 1);
+    assert_eq!(
+        scheduler.requeue_lost().await.expect("requeue"),
+        1,
+        "still expired"
+    );
     scheduler.publish_pending().await.expect("publish");
     let tasks = app.tasks().await;
     assert_eq!(tasks.len(), 2);
     assert_eq!(tasks[1].run_id, run.id);
     assert_eq!(tasks[1].attempt, 2);
+    let requeued = &runs_of(&app, &s).await[0];
+    assert_eq!(requeued.status, RunStatus::Queued);
+    let note = &requeued.attempts.as_ref().expect("attempts")[0];
+    assert_eq!(note["attempt"], 1);
+    assert_eq!(note["executor_id"], "ghost-executor");
+    assert!(
+        note["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("lease expired"),
+        "{note}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_with_a_live_lease_is_never_queued_again_however_long_it_runs() {
+    let app = TestApp::spawn().await;
+    let s = scheduled(&app, "d", json!({"cron_expression": "0 0 * * * *"})).await;
+    let clock = ManualClock::new(time(&s["next_fire_at"]));
+    let config = SchedulerConfig {
+        lease_confirm: StdDuration::ZERO,
+        ..SchedulerConfig::default()
+    };
+    let scheduler = app.scheduler(config, Arc::new(clock.clone())).await;
+    scheduler.tick().await.expect("tick");
+    let run = &runs_of(&app, &s).await[0];
+    lease(&app, run.id, 60_000).await;
+    for _ in 0..3 {
+        clock.advance(Duration::days(1));
+        assert_eq!(scheduler.requeue_lost().await.expect("requeue"), 0);
+    }
+    assert_eq!(app.tasks().await.len(), 1);
 }
 
 #[tokio::test]

@@ -309,9 +309,28 @@ async fn update_device(
     Path(id): Path<Uuid>,
     Json(body): Json<DevicePatch>,
 ) -> Result<axum::Json<DeviceView>> {
-    Ok(axum::Json(
-        service::update(&state.db, id, body.parse()?).await?.into(),
-    ))
+    let changes = body.parse()?;
+    let repin = changes.host_key_fingerprint.is_some() || changes.host.is_some();
+    let device = service::update(&state.db, id, changes).await?;
+    if repin && device.host_key_fingerprint.is_none() {
+        // The pin was cleared or the device moved: executors pin the next key they see, not
+        // the one a run saw on first contact before.
+        forget_first_contact(&state, id).await;
+    }
+    Ok(axum::Json(device.into()))
+}
+
+/// Drops the executors' first-contact pin of a device. Best effort: a pin that stays behind
+/// (Redis down) only refuses a changed key until its expiry.
+async fn forget_first_contact(state: &AppState, id: Uuid) {
+    let forgotten = async {
+        let mut conn = state.redis.get_multiplexed_async_connection().await?;
+        netcron_common::protocol::lease::forget_first_contact(&mut conn, state.leases.streams(), id)
+            .await
+    };
+    if let Err(e) = forgotten.await {
+        tracing::warn!(device_id = %id, error = %e, "cannot forget the device's first-contact pin");
+    }
 }
 
 /// Delete a device with its commands, their run history and its config versions. Refused with

@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(device_results))
         .routes(routes!(list_runs))
         .routes(routes!(get_run))
+        .routes(routes!(cancel_run))
 }
 
 /// One run of a command: queued, in progress, or finished with its output.
@@ -63,14 +64,19 @@ pub struct RunView {
     pub duration_ms: Option<i64>,
     /// Structured results of command kinds that produce them.
     pub payload: Option<serde_json::Value>,
-    /// 1 for the first delivery of the task; higher when the run was re-queued after its
-    /// executor went away.
+    /// 1 for the first attempt; higher when the run was re-queued because its attempt was lost
+    /// (its executor's lease expired, or Redis lost the task). Only the current attempt's
+    /// outcome is the run's.
     pub attempt: i32,
     pub executor_id: Option<String>,
-    /// Each connection attempt of the last delivery, oldest first: `started_at`,
-    /// `duration_ms`, `status`, `error_kind`, `error_message`. More than one when transient
-    /// errors (`unreachable`, `connection_refused`) were retried up to the command's
-    /// `max_attempts`.
+    /// The run's history of attempts, oldest first. Each connection attempt: `attempt` (the
+    /// run attempt it belongs to), `executor_id`, `started_at`, `duration_ms`, `status`,
+    /// `error_kind`, `error_message` — more than one per attempt when transient errors
+    /// (`unreachable`, `connection_refused`) were retried up to the command's `max_attempts`.
+    /// A lost attempt: `attempt`, `executor_id`, `requeued_at`, `reason`. An outcome that
+    /// arrived for an attempt that was no longer current: `superseded: true` with its
+    /// `attempt`, `executor_id`, `status`, times, `exit_code`, `error_kind`, `error_message`,
+    /// `stdout_bytes`, `stderr_bytes` and the first 512 characters of its stdout as `output`.
     #[schema(value_type = Option<Vec<Object>>)]
     pub attempts: Option<serde_json::Value>,
 }
@@ -216,4 +222,18 @@ async fn get_run(
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<RunView>> {
     Ok(axum::Json(service::get(&state.db, id).await?.into()))
+}
+
+/// Cancel a queued run that no executor has begun. Its task, if already on the tasks stream,
+/// is dropped by the executor that reads it. A run that began (or ended) answers 409.
+#[utoipa::path(post, path = "/runs/{run_id}/cancel", tag = "runs",
+    params(("run_id" = Uuid, Path, description = "Run id")),
+    responses((status = 200, description = "The cancelled run", body = RunView), ReadErrors,
+        (status = 409, description = "The run is not queued, or began meanwhile", body = crate::error::Problem, content_type = "application/problem+json")))]
+async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<RunView>> {
+    let run = service::cancel(&state.db, &state.redis, &state.leases, id).await?;
+    Ok(axum::Json(run.into()))
 }

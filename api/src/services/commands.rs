@@ -126,7 +126,8 @@ pub async fn delete(db: &DatabaseConnection, device_id: Uuid, id: Uuid) -> Resul
         ));
     }
     let txn = db.begin().await?;
-    super::delete_runs_where(&txn, "command_id", id).await?;
+    netcron_lifecycle::runs::delete_where(&txn, netcron_lifecycle::runs::RunOwner::Command, id)
+        .await?;
     command::Entity::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;
     Ok(())

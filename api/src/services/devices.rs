@@ -239,7 +239,8 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     }
     // `runs` has no foreign keys, so its rows go in the same transaction as their device.
     let txn = db.begin().await?;
-    super::delete_runs_where(&txn, "device_id", id).await?;
+    netcron_lifecycle::runs::delete_where(&txn, netcron_lifecycle::runs::RunOwner::Device, id)
+        .await?;
     device::Entity::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;
     Ok(())

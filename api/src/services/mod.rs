@@ -36,30 +36,6 @@ pub fn paginate<E: EntityTrait>(
     select.limit(page.limit + 1)
 }
 
-/// Deletes the runs (and their outbox rows) whose `column` is `id`, inside the caller's
-/// transaction; `column` is one of netcron's own column names, never input.
-pub async fn delete_runs_where(
-    txn: &sea_orm::DatabaseTransaction,
-    column: &'static str,
-    id: Uuid,
-) -> Result<(), sea_orm::DbErr> {
-    use sea_orm::ConnectionTrait as _;
-    for sql in [
-        format!(
-            "DELETE FROM task_outbox WHERE run_id IN (SELECT id FROM runs WHERE {column} = $1)"
-        ),
-        format!("DELETE FROM runs WHERE {column} = $1"),
-    ] {
-        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-            sea_orm::DatabaseBackend::Postgres,
-            sql,
-            [id.into()],
-        ))
-        .await?;
-    }
-    Ok(())
-}
-
 /// A new time-ordered id.
 pub fn new_id() -> Uuid {
     Uuid::now_v7()

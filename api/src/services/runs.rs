@@ -1,14 +1,11 @@
 use chrono::{DateTime, Utc};
-use netcron_common::db::RUN_QUEUED_CHANNEL;
-use netcron_common::domain::{RunStatus, RunTrigger};
+use netcron_common::domain::RunStatus;
 use netcron_common::entity::run;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    Set, Statement, TransactionTrait,
-};
+use netcron_common::protocol::lease::Leases;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
-use super::{new_id, paginate};
+use super::paginate;
 use crate::error::{ApiError, Result};
 use crate::pagination::PageRequest;
 
@@ -74,59 +71,19 @@ pub async fn create_manual(
             format!("device {device_id} is disabled; enable it to run commands on it"),
         ));
     }
-    let txn = db.begin().await?;
-    // `runs` has no foreign keys (see the schema); holding a key-share lock on the command
-    // until commit keeps it, and so its device, from being deleted under the new run.
-    let locked = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            txn.get_database_backend(),
-            "SELECT id FROM commands WHERE id = $1 AND device_id = $2 FOR KEY SHARE",
-            [command_id.into(), device_id.into()],
-        ))
-        .await?;
-    if locked.is_none() {
-        return Err(ApiError::not_found("command", command_id));
-    }
-    let now = Utc::now();
-    let model = run::ActiveModel {
-        id: Set(new_id()),
-        schedule_id: Set(None),
-        command_id: Set(command_id),
-        device_id: Set(device_id),
-        trigger: Set(RunTrigger::Manual),
-        scheduled_for: Set(now),
-        queued_at: Set(now),
-        started_at: Set(None),
-        finished_at: Set(None),
-        status: Set(RunStatus::Queued),
-        exit_code: Set(None),
-        exit_signal: Set(None),
-        stdout: Set(None),
-        stderr: Set(None),
-        truncated: Set(false),
-        error_kind: Set(None),
-        error_message: Set(None),
-        duration_ms: Set(None),
-        payload: Set(None),
-        attempt: Set(1),
-        executor_id: Set(None),
-        attempts: Set(None),
-    }
-    .insert(&txn)
-    .await?;
-    txn.execute_raw(Statement::from_sql_and_values(
-        txn.get_database_backend(),
-        "INSERT INTO task_outbox (run_id) VALUES ($1)",
-        [model.id.into()],
-    ))
-    .await?;
-    // Delivered on commit: wakes the outbox publisher so a manual run leaves at once.
-    txn.execute_raw(Statement::from_sql_and_values(
-        txn.get_database_backend(),
-        "SELECT pg_notify($1, $2)",
-        [RUN_QUEUED_CHANNEL.into(), model.id.to_string().into()],
-    ))
-    .await?;
-    txn.commit().await?;
-    Ok(model)
+    Ok(netcron_lifecycle::runs::create_manual(db, device_id, command_id).await?)
+}
+
+/// Cancels a queued run that no executor has begun.
+pub async fn cancel(
+    db: &DatabaseConnection,
+    redis: &redis::Client,
+    leases: &Leases,
+    run_id: Uuid,
+) -> Result<run::Model> {
+    let mut conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("redis")))?;
+    Ok(netcron_lifecycle::runs::cancel(db, &mut conn, leases, run_id).await?)
 }

@@ -214,12 +214,7 @@ pub async fn update(
 pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     get(db, id).await?;
     let txn = db.begin().await?;
-    txn.execute_raw(Statement::from_sql_and_values(
-        txn.get_database_backend(),
-        "UPDATE runs SET schedule_id = NULL WHERE schedule_id = $1",
-        [id.into()],
-    ))
-    .await?;
+    netcron_lifecycle::runs::detach_schedule(&txn, id).await?;
     schedule::Entity::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;
     notify(db, id).await

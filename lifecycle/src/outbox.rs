@@ -1,22 +1,22 @@
-//! The transactional outbox: runs committed as `queued` have a `task_outbox` row; the publisher
-//! puts their tasks on the tasks stream, then marks the rows published. Rows are locked while they are published, so two
-//! replicas never publish the same run at once; a crash between XADD and the commit publishes
-//! the run again later, and consumers treat a run id seen twice as one.
+//! *published*: the transactional outbox. Runs committed as `queued` have a `task_outbox` row;
+//! the publisher puts their tasks on the tasks stream, then marks the rows published with the
+//! stream entry's id (which the re-queue check looks for). Rows are locked while they are
+//! published, so two replicas never publish the same run at once. A crash between `XADD` and
+//! the commit publishes the run again later as the same attempt; the run's lease makes sure
+//! only one of the two copies ever starts.
 
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunTrigger};
 use netcron_common::protocol::{
-    FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, TASK_VERSION, Task, TaskCommand, TaskCredential,
-    TaskDevice, TaskJumpHost,
+    TASK_VERSION, Task, TaskCommand, TaskCredential, TaskDevice, TaskJumpHost,
 };
 use redis::aio::ConnectionManager;
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, QueryResult, Statement, TransactionTrait,
 };
-use uuid::Uuid;
 
-use crate::error::Result;
-use crate::metrics::Metrics;
+use crate::Result;
+use uuid::Uuid;
 
 /// Up to `$1` unpublished outbox rows, oldest first, locked, with what their tasks need. A row
 /// whose run is gone or no longer queued comes back with NULL run columns and is only marked.
@@ -48,20 +48,10 @@ LEFT JOIN devices j ON j.id = d.jump_host_id
 LEFT JOIN credentials jc ON jc.id = j.credential_id
 ORDER BY p.run_id";
 
-const MARK: &str = "UPDATE task_outbox SET published_at = $2 WHERE run_id = ANY($1)";
-
-/// Under the `queue` overlap policy a schedule's waiting runs enter the outbox one at a time:
-/// the oldest unfinished run of each such schedule, once it is the only one ahead.
-pub const RELEASE_WAITING: &str = r"
-INSERT INTO task_outbox (run_id)
-SELECT w.id
-FROM schedules s
-CROSS JOIN LATERAL (
-    SELECT r.id, r.status FROM runs r
-    WHERE r.schedule_id = s.id AND r.status IN ('queued', 'running')
-    ORDER BY r.id LIMIT 1) w
-WHERE s.overlap_policy = 'queue' AND w.status = 'queued'
-ON CONFLICT (run_id) DO NOTHING";
+const MARK: &str = r"
+UPDATE task_outbox o SET published_at = $3, stream_id = NULLIF(t.stream_id, '')
+FROM unnest($1::uuid[], $2::text[]) AS t(run_id, stream_id)
+WHERE o.run_id = t.run_id";
 
 fn task_of(row: &QueryResult) -> Result<Task> {
     let sealed: Vec<u8> = row.try_get("", "secret")?;
@@ -128,16 +118,28 @@ fn task_of(row: &QueryResult) -> Result<Task> {
     })
 }
 
-/// Publishes up to `limit` pending runs; returns how many. `now` stamps `published_at` and
-/// measures lateness.
+/// What one publish batch did.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Outbox rows handled (published, or dropped because their run left `queued`).
+    pub rows: usize,
+    /// The `scheduled_for` of each scheduled run published, for lateness.
+    pub scheduled: Vec<DateTime<Utc>>,
+    /// Runs published.
+    pub published: usize,
+}
+
+/// Publishes up to `limit` pending runs to `stream`. `now` stamps `published_at`.
+///
+/// # Errors
+/// When the database or Redis fails; the rows stay pending then.
 pub async fn publish_batch(
     db: &DatabaseConnection,
     redis: &mut ConnectionManager,
     stream: &str,
     limit: u64,
     now: impl Fn() -> DateTime<Utc>,
-    metrics: &Metrics,
-) -> Result<usize> {
+) -> Result<Published> {
     let txn = db.begin().await?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = txn
@@ -147,51 +149,43 @@ pub async fn publish_batch(
             [limit.into()],
         ))
         .await?;
+    let mut report = Published {
+        rows: rows.len(),
+        ..Published::default()
+    };
     if rows.is_empty() {
         txn.commit().await?;
-        return Ok(0);
+        return Ok(report);
     }
     let mut pipe = redis::pipe();
-    let mut ids: Vec<Uuid> = Vec::with_capacity(rows.len());
-    let mut scheduled = Vec::with_capacity(rows.len());
     let mut marked: Vec<Uuid> = Vec::with_capacity(rows.len());
+    let mut published: Vec<usize> = Vec::with_capacity(rows.len());
     for row in &rows {
         marked.push(row.try_get("", "run_id")?);
         if row.try_get::<Option<Uuid>>("", "id")?.is_none() {
             continue;
         }
         let task = task_of(row)?;
-        let body = serde_json::to_string(&task).unwrap_or_default();
-        pipe.cmd("XADD")
-            .arg(stream)
-            .arg("*")
-            .arg(FIELD_VERSION)
-            .arg(TASK_VERSION)
-            .arg(FIELD_RUN_ID)
-            .arg(task.run_id.to_string())
-            .arg(FIELD_BODY)
-            .arg(body)
-            .ignore();
-        ids.push(task.run_id);
+        pipe.add_command(task.xadd(stream));
+        published.push(marked.len() - 1);
         if task.trigger == RunTrigger::Scheduled {
-            scheduled.push(task.scheduled_for);
+            report.scheduled.push(task.scheduled_for);
         }
     }
-    if !ids.is_empty() {
-        pipe.query_async::<()>(redis).await?;
+    let mut stream_ids = vec![String::new(); marked.len()];
+    if !published.is_empty() {
+        let ids: Vec<String> = pipe.query_async(redis).await?;
+        for (slot, id) in published.iter().zip(ids) {
+            stream_ids[*slot] = id;
+        }
     }
-    let published_at = now();
+    report.published = published.len();
     txn.execute_raw(Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
         MARK,
-        [marked.into(), published_at.into()],
+        [marked.into(), stream_ids.into(), now().into()],
     ))
     .await?;
     txn.commit().await?;
-    metrics.published_total.inc_by(ids.len() as u64);
-    for t in scheduled {
-        let late = (published_at - t).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
-        metrics.lateness.observe(late.max(0.0));
-    }
-    Ok(rows.len())
+    Ok(report)
 }

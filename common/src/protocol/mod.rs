@@ -8,6 +8,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod lease;
+pub mod stream;
+
+pub use stream::{
+    DeadLetter, EventEntry, FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, Rejected, ensure_group,
+    is_missing_group,
+};
+
 use crate::domain::{CommandKind, CredentialKind, ErrorKind, Platform, RunStatus, RunTrigger};
 
 /// The version of [`Task`] this build writes and reads.
@@ -20,18 +28,6 @@ pub const RESULT_VERSION: u32 = 1;
 /// `v=<version> type=<event type> id=<event uuid> body=<JSON>`; docs/PROTOCOL.md describes the
 /// body of each type.
 pub const EVENT_VERSION: u32 = 1;
-
-/// Stream entry field names. An entry is `v=<version> run_id=<uuid> body=<JSON>`; the run id is
-/// outside the body so a consumer can dead-letter an entry whose body it cannot parse and still
-/// say which run it was.
-pub const FIELD_VERSION: &str = "v";
-pub const FIELD_RUN_ID: &str = "run_id";
-pub const FIELD_BODY: &str = "body";
-
-/// Dead-letter entry fields, besides the original entry's own fields copied as they were.
-pub const FIELD_DL_SOURCE: &str = "dl_source";
-pub const FIELD_DL_ID: &str = "dl_id";
-pub const FIELD_DL_REASON: &str = "dl_reason";
 
 /// Consumer group names.
 pub const EXECUTOR_GROUP: &str = "executors";
@@ -59,40 +55,14 @@ impl Streams {
         }
     }
 
-    /// `XADD` of a rejected entry of `source` to the dead-letter stream: the entry's own fields
-    /// as they were, plus where it came from and why. The stream is capped (`MAXLEN ~ 100000`),
-    /// since nothing consumes it.
-    pub fn dead_letter_cmd(
-        &self,
-        source: &str,
-        entry_id: &str,
-        reason: &str,
-        fields: &std::collections::HashMap<String, redis::Value>,
-    ) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.dead_letter)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(100_000)
-            .arg("*")
-            .arg(FIELD_DL_SOURCE)
-            .arg(source)
-            .arg(FIELD_DL_ID)
-            .arg(entry_id)
-            .arg(FIELD_DL_REASON)
-            .arg(reason);
-        for (field, value) in fields {
-            if let redis::Value::BulkString(bytes) = value {
-                cmd.arg(field).arg(bytes.as_slice());
-            }
-        }
-        cmd
+    /// The lease of a run (see [`lease`]).
+    pub fn run_key(&self, run_id: Uuid) -> String {
+        format!("{}run:{run_id}", self.prefix)
     }
 
-    /// The key an executor sets (`SET NX`) before running `(run_id, attempt)`, so a task that
-    /// is on the stream twice runs once.
-    pub fn claim_key(&self, run_id: Uuid, attempt: i32) -> String {
-        format!("{}claim:{run_id}:{attempt}", self.prefix)
+    /// The first-contact host-key pin of a device (see [`lease::pin_first_contact`]).
+    pub fn host_key_pin(&self, device_id: Uuid) -> String {
+        format!("{}hostkey:{device_id}", self.prefix)
     }
 }
 

@@ -1,0 +1,192 @@
+//! *re-queued*: finding runs whose attempt was lost and giving them a new one.
+//!
+//! A run that Postgres holds as `queued` (published) or `running` is asked about in Redis
+//! ([`Leases::check`]). It is left alone while its task waits on the stream or in an executor's
+//! hands, while an executor holds a live lease on it, and while its outcome waits for ingest.
+//! It is re-queued when:
+//! - its lease was seen expired, with the same expiry, on two passes at least `confirm` apart
+//!   (its holder died, froze or lost Redis for that long: a Redis stall alone expires every
+//!   lease at once, and live holders renew theirs before the second look), or
+//! - neither its lease nor its task exists any more (Redis lost its data).
+//!
+//! Before the run is re-queued in Postgres its attempt is revoked in Redis, atomically with a
+//! last check that the lease is still the expired one: the old holder can no longer renew, and
+//! no copy of the old task can start. The old attempt's command may still be running (a
+//! frozen executor); its outcome, if it ever comes, is recorded as superseded.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use netcron_common::protocol::lease::{Found, Leases, Probe};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection};
+use uuid::Uuid;
+
+use crate::{Result, runs, stmt};
+
+/// Runs that may have lost their attempt, oldest first: running ones, and queued ones whose
+/// task was published. `overdue` marks queued runs published longer ago than `$2` seconds
+/// (only used when the task's entry id is unknown).
+const CANDIDATES: &str = r"
+SELECT r.id, r.attempt, r.status, o.stream_id,
+       coalesce(o.published_at < now() - make_interval(secs => $2), false) AS overdue
+FROM runs r LEFT JOIN task_outbox o ON o.run_id = r.id
+WHERE r.status = 'running'
+   OR (r.status = 'queued' AND o.published_at IS NOT NULL)
+ORDER BY r.id
+LIMIT $1";
+
+/// Runs checked per pass.
+const PASS_LIMIT: i64 = 5000;
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub checked: usize,
+    /// Leases seen expired for the first time (re-queued on a later pass if still so).
+    pub expiring: usize,
+    pub requeued: usize,
+}
+
+/// The re-queue pass of one scheduler replica. It remembers the expired leases it saw, to
+/// re-queue them only when a later pass sees them unchanged.
+pub struct Requeuer {
+    leases: Leases,
+    /// How long an expired lease must stay unrenewed, as seen by this replica.
+    confirm: Duration,
+    /// A queued run with an unknown task entry (published by an older version) is re-queued
+    /// when published longer ago than this.
+    queued_lease: Duration,
+    seen: HashMap<(Uuid, i32), (i64, Instant)>,
+}
+
+impl Requeuer {
+    pub fn new(leases: Leases, confirm: Duration, queued_lease: Duration) -> Self {
+        Self {
+            leases,
+            confirm,
+            queued_lease,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// One pass.
+    ///
+    /// # Errors
+    /// When Postgres or Redis fails; nothing is re-queued then that was not revoked.
+    pub async fn pass(
+        &mut self,
+        db: &DatabaseConnection,
+        redis: &mut (impl redis::aio::ConnectionLike + Send),
+    ) -> Result<Report> {
+        let rows = db
+            .query_all_raw(stmt(
+                CANDIDATES,
+                vec![PASS_LIMIT.into(), (self.queued_lease.as_secs_f64()).into()],
+            ))
+            .await?;
+        let mut probes = Vec::with_capacity(rows.len());
+        let mut facts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let status: String = row.try_get("", "status")?;
+            let overdue: bool = row.try_get("", "overdue")?;
+            probes.push(Probe {
+                run_id: row.try_get("", "id")?,
+                attempt: row.try_get("", "attempt")?,
+                entry_id: row.try_get("", "stream_id")?,
+            });
+            facts.push((status == "running", overdue));
+        }
+        let found = self.leases.check(redis, &probes).await?;
+        let mut report = Report {
+            checked: probes.len(),
+            ..Report::default()
+        };
+        let now = Instant::now();
+        let mut next_seen = HashMap::new();
+        let mut revoke: Vec<(Uuid, i32, i64, &'static str)> = Vec::new();
+        for ((probe, found), (running, overdue)) in probes.iter().zip(found).zip(facts) {
+            let key = (probe.run_id, probe.attempt);
+            match found {
+                Found::Expired { expiry } => match self.seen.get(&key) {
+                    Some((seen, at))
+                        if *seen == expiry && now.duration_since(*at) >= self.confirm =>
+                    {
+                        revoke.push((
+                            probe.run_id,
+                            probe.attempt,
+                            expiry,
+                            "its executor's lease expired",
+                        ));
+                    }
+                    Some((seen, at)) if *seen == expiry => {
+                        next_seen.insert(key, (expiry, *at));
+                    }
+                    _ => {
+                        report.expiring += 1;
+                        next_seen.insert(key, (expiry, now));
+                    }
+                },
+                Found::Revoked => {
+                    revoke.push((probe.run_id, probe.attempt, 0, "its attempt was revoked"));
+                }
+                Found::Lost => revoke.push((
+                    probe.run_id,
+                    probe.attempt,
+                    0,
+                    "its task and lease were lost with Redis' data",
+                )),
+                Found::Unknown if running || overdue => revoke.push((
+                    probe.run_id,
+                    probe.attempt,
+                    0,
+                    "no lease and no task for it could be found",
+                )),
+                _ => {}
+            }
+        }
+        self.seen = next_seen;
+        if revoke.is_empty() {
+            return Ok(report);
+        }
+        let revoked = self
+            .leases
+            .revoke(
+                redis,
+                &revoke
+                    .iter()
+                    .map(|(r, a, e, _)| (*r, *a, *e))
+                    .collect::<Vec<_>>(),
+            )
+            .await?;
+        let lost: Vec<(Uuid, i32, String)> = revoke
+            .into_iter()
+            .zip(revoked)
+            .filter(|(_, ok)| *ok)
+            .map(|((run, attempt, _, reason), _)| {
+                (run, attempt, format!("attempt {attempt} lost: {reason}"))
+            })
+            .collect();
+        let moved = runs::requeue(db, &lost).await?;
+        for (run_id, attempt, reason) in lost.iter().filter(|l| moved.contains(&l.0)) {
+            tracing::warn!(%run_id, attempt, %reason, "run re-queued as its next attempt");
+        }
+        report.requeued = moved.len();
+        Ok(report)
+    }
+}
+
+/// Drops outbox rows of runs that left `queued`, published or not.
+///
+/// # Errors
+/// When the database fails.
+pub async fn tidy_outbox(db: &DatabaseConnection) -> Result<u64> {
+    Ok(db
+        .execute_raw(stmt(
+            r"DELETE FROM task_outbox o
+              WHERE o.published_at IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = o.run_id AND r.status = 'queued')",
+            vec![],
+        ))
+        .await?
+        .rows_affected())
+}

@@ -1,0 +1,557 @@
+//! Every transition of a `runs` row. Each function is one statement, or one transaction, whose
+//! `WHERE` clause is the transition's guard: applying it twice, late, or racing another role
+//! changes nothing it should not.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use netcron_common::db::RUN_QUEUED_CHANNEL;
+use netcron_common::domain::RunStatus;
+use netcron_common::entity::run;
+use netcron_common::protocol::RunResult;
+use netcron_common::protocol::lease::Leases;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait, Value,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{Error, Result, stmt};
+
+/// Fire times of scheduled runs, column by column, for one insert.
+#[derive(Default)]
+pub struct Fires {
+    ids: Vec<Uuid>,
+    schedule_ids: Vec<Uuid>,
+    command_ids: Vec<Uuid>,
+    device_ids: Vec<Uuid>,
+    times: Vec<DateTime<Utc>>,
+    statuses: Vec<String>,
+    reasons: Vec<String>,
+    publish: Vec<Uuid>,
+}
+
+impl Fires {
+    /// Adds a fire time as a run: `queued` (entering the outbox when `publish`), or already
+    /// ended as `missed`/`skipped` with its reason. Answers the new run's id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        schedule_id: Uuid,
+        command_id: Uuid,
+        device_id: Uuid,
+        scheduled_for: DateTime<Utc>,
+        status: RunStatus,
+        reason: Option<String>,
+        publish: bool,
+    ) -> Uuid {
+        let id = Uuid::now_v7();
+        if publish {
+            self.publish.push(id);
+        }
+        self.ids.push(id);
+        self.schedule_ids.push(schedule_id);
+        self.command_ids.push(command_id);
+        self.device_ids.push(device_id);
+        self.times.push(scheduled_for);
+        self.statuses.push(status.as_str().to_owned());
+        self.reasons.push(reason.unwrap_or_default());
+        id
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Inserts the fire times as runs and, for those to publish, their outbox rows, in one
+/// statement. `UNIQUE (schedule_id, scheduled_for)` makes a fire time written twice one run.
+const CREATE_SCHEDULED: &str = r"
+WITH inserted AS (
+    INSERT INTO runs (id, schedule_id, command_id, device_id, trigger, scheduled_for, queued_at,
+                      status, finished_at, error_message)
+    SELECT id, schedule_id, command_id, device_id, 'scheduled', scheduled_for, $8,
+           status, CASE WHEN status = 'queued' THEN NULL ELSE $8 END, NULLIF(reason, '')
+    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::text[],
+                $7::text[])
+         AS t(id, schedule_id, command_id, device_id, scheduled_for, status, reason)
+    ON CONFLICT (schedule_id, scheduled_for) DO NOTHING
+    RETURNING id)
+INSERT INTO task_outbox (run_id)
+SELECT id FROM inserted WHERE id = ANY($9::uuid[])";
+
+/// *created* (scheduled): writes `fires` inside the caller's transaction, which holds the
+/// schedule rows locked. `now` stamps `queued_at` (and `finished_at` of missed/skipped runs).
+///
+/// # Errors
+/// When the database fails.
+pub async fn create_scheduled(
+    txn: &DatabaseTransaction,
+    fires: Fires,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if fires.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<Value> = vec![
+        fires.ids.into(),
+        fires.schedule_ids.into(),
+        fires.command_ids.into(),
+        fires.device_ids.into(),
+        fires.times.into(),
+        fires.statuses.into(),
+        fires.reasons.into(),
+        now.into(),
+        fires.publish.into(),
+    ];
+    txn.execute_raw(stmt(CREATE_SCHEDULED, values)).await?;
+    Ok(())
+}
+
+const CREATE_MANUAL: &str = r"
+WITH cmd AS (
+    SELECT c.id, c.device_id FROM commands c JOIN devices d ON d.id = c.device_id
+    WHERE c.id = $2 AND c.device_id = $3
+    FOR KEY SHARE OF c, d),
+inserted AS (
+    INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, queued_at, status)
+    SELECT $1, cmd.id, cmd.device_id, 'manual', now(), now(), 'queued' FROM cmd
+    RETURNING id),
+outbox AS (INSERT INTO task_outbox (run_id) SELECT id FROM inserted)
+SELECT count(*) AS n FROM inserted";
+
+/// *created* (manual): a run of `command_id` on `device_id` now, entering the outbox in the
+/// same transaction, with a notification that wakes the publisher at commit. The command and
+/// device rows are key-share locked by the insert itself, so neither can be deleted under the
+/// new run (`runs` has no foreign keys).
+///
+/// # Errors
+/// [`Error::NotFound`] when the command does not exist on that device.
+pub async fn create_manual(
+    db: &DatabaseConnection,
+    device_id: Uuid,
+    command_id: Uuid,
+) -> Result<run::Model> {
+    let id = Uuid::now_v7();
+    let txn = db.begin().await?;
+    let row = txn
+        .query_one_raw(stmt(
+            CREATE_MANUAL,
+            vec![id.into(), command_id.into(), device_id.into()],
+        ))
+        .await?;
+    let n: i64 = row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);
+    if n == 0 {
+        return Err(Error::NotFound {
+            what: "command",
+            id: command_id,
+        });
+    }
+    txn.execute_raw(stmt(
+        "SELECT pg_notify($1, $2)",
+        vec![RUN_QUEUED_CHANNEL.into(), id.to_string().into()],
+    ))
+    .await?;
+    let model = run::Entity::find_by_id(id)
+        .one(&txn)
+        .await?
+        .ok_or(Error::NotFound { what: "run", id })?;
+    txn.commit().await?;
+    Ok(model)
+}
+
+/// Under the `queue` overlap policy a schedule's waiting runs enter the outbox one at a time:
+/// the oldest unfinished run of each such schedule, once it is the only one ahead.
+const RELEASE_WAITING: &str = r"
+INSERT INTO task_outbox (run_id)
+SELECT w.id
+FROM schedules s
+CROSS JOIN LATERAL (
+    SELECT r.id, r.status FROM runs r
+    WHERE r.schedule_id = s.id AND r.status IN ('queued', 'running')
+    ORDER BY r.id LIMIT 1) w
+WHERE s.overlap_policy = 'queue' AND w.status = 'queued'
+ON CONFLICT (run_id) DO NOTHING";
+
+/// *queued → outbox* for `queue` schedules whose previous run ended.
+///
+/// # Errors
+/// When the database fails.
+pub async fn release_waiting(db: &impl ConnectionTrait) -> Result<()> {
+    db.execute_unprepared(RELEASE_WAITING).await?;
+    Ok(())
+}
+
+/// An executor's report that it began a run's command.
+pub struct Started<'a> {
+    pub run_id: Uuid,
+    pub attempt: i32,
+    pub executor_id: &'a str,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Fenced: only the run's current attempt, only from `queued`.
+const STARTED: &str = r"
+UPDATE runs r
+SET status = 'running', started_at = u.started_at, executor_id = u.executor_id
+FROM jsonb_to_recordset($1::jsonb)
+     AS u(run_id uuid, attempt int, executor_id text, started_at timestamptz)
+WHERE r.id = u.run_id AND r.status = 'queued' AND r.attempt = u.attempt";
+
+/// *started*: `queued → running` for each report of the run's current attempt. Answers how
+/// many runs moved.
+///
+/// # Errors
+/// When the database fails.
+pub async fn started(txn: &DatabaseTransaction, reports: &[Started<'_>]) -> Result<u64> {
+    if reports.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            json!({"run_id": r.run_id, "attempt": r.attempt, "executor_id": r.executor_id,
+                   "started_at": r.started_at})
+        })
+        .collect();
+    Ok(txn
+        .execute_raw(stmt(STARTED, vec![serde_json::Value::Array(rows).into()]))
+        .await?
+        .rows_affected())
+}
+
+/// Applies outcomes of the runs' current attempts (first outcome wins), appends each
+/// connection attempt tagged with its run attempt and executor to `attempts` (earlier
+/// attempts' records stay), and pins first-seen host keys.
+const FINISHED: &str = r"
+WITH u AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
+        run_id uuid, attempt int, executor_id text, started_at timestamptz, status text,
+        finished_at timestamptz, duration_ms bigint, exit_code int, exit_signal text,
+        stdout text, stderr text, truncated boolean, error_kind text, error_message text,
+        attempts jsonb, host_key_fingerprint text, payload jsonb,
+        jump_host_key_fingerprint text)),
+done AS (
+    UPDATE runs r
+    SET status = u.status, started_at = u.started_at, finished_at = u.finished_at,
+        duration_ms = u.duration_ms, exit_code = u.exit_code, exit_signal = u.exit_signal,
+        stdout = u.stdout, stderr = u.stderr, truncated = u.truncated,
+        error_kind = u.error_kind, error_message = u.error_message,
+        attempts = coalesce(r.attempts, '[]'::jsonb) || coalesce(
+            (SELECT jsonb_agg(e || jsonb_build_object('attempt', u.attempt,
+                                                      'executor_id', u.executor_id))
+             FROM jsonb_array_elements(coalesce(u.attempts, '[]'::jsonb)) e), '[]'::jsonb),
+        payload = u.payload, executor_id = u.executor_id
+    FROM u
+    WHERE r.id = u.run_id AND r.status IN ('queued', 'running') AND r.attempt = u.attempt
+    RETURNING r.id, r.device_id, r.schedule_id, u.host_key_fingerprint,
+              u.jump_host_key_fingerprint AS jump_fingerprint),
+pinned AS (
+    UPDATE devices d SET host_key_fingerprint = p.fingerprint, updated_at = now()
+    FROM (SELECT DISTINCT ON (device_id) device_id, host_key_fingerprint AS fingerprint
+          FROM done WHERE host_key_fingerprint IS NOT NULL ORDER BY device_id, id) p
+    WHERE d.id = p.device_id AND d.host_key_fingerprint IS NULL
+    RETURNING d.id),
+jump_pinned AS (
+    UPDATE devices j SET host_key_fingerprint = p.fingerprint, updated_at = now()
+    FROM (SELECT DISTINCT ON (d.jump_host_id) d.jump_host_id AS id, done.jump_fingerprint AS fingerprint
+          FROM done JOIN devices d ON d.id = done.device_id
+          WHERE done.jump_fingerprint IS NOT NULL AND d.jump_host_id IS NOT NULL
+          ORDER BY d.jump_host_id, done.id) p
+    WHERE j.id = p.id AND j.host_key_fingerprint IS NULL
+    RETURNING j.id)
+SELECT (SELECT count(*) FROM pinned) + (SELECT count(*) FROM jump_pinned) AS pinned,
+       (SELECT coalesce(array_agg(done.id), '{}') FROM done) AS done_ids,
+       EXISTS (SELECT 1 FROM done JOIN schedules s ON s.id = done.schedule_id
+               WHERE s.overlap_policy = 'queue') AS release";
+
+/// Records outcomes of attempts that are not their run's current one (the run was re-queued
+/// after their lease expired) on the run's `attempts`, once each, with their executor and a
+/// summary of what they printed. Answers the runs concerned.
+const SUPERSEDED: &str = r"
+WITH u AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
+        run_id uuid, attempt int, executor_id text, started_at timestamptz, status text,
+        finished_at timestamptz, duration_ms bigint, exit_code int, stdout text, stderr text,
+        truncated boolean, error_kind text, error_message text))
+UPDATE runs r
+SET attempts = coalesce(r.attempts, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+        'attempt', u.attempt, 'executor_id', u.executor_id, 'superseded', true,
+        'status', u.status, 'started_at', u.started_at, 'finished_at', u.finished_at,
+        'duration_ms', u.duration_ms, 'exit_code', u.exit_code, 'error_kind', u.error_kind,
+        'error_message', u.error_message, 'truncated', u.truncated,
+        'stdout_bytes', octet_length(u.stdout), 'stderr_bytes', octet_length(u.stderr),
+        'output', left(u.stdout, 512)))
+FROM u
+WHERE r.id = u.run_id AND r.attempt <> u.attempt
+  AND NOT EXISTS (
+      SELECT 1 FROM jsonb_array_elements(coalesce(r.attempts, '[]'::jsonb)) e
+      WHERE e->>'superseded' = 'true' AND (e->>'attempt')::int = u.attempt)
+RETURNING r.id";
+
+/// What [`finish`] did.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Runs this call moved to their final status (replays and late duplicates are not).
+    pub done: Vec<Uuid>,
+    /// Outcomes recorded as superseded attempts.
+    pub superseded: u64,
+    /// Host keys pinned on first sight (devices and jump hosts).
+    pub pinned: u64,
+    /// Whether a run of a `queue` schedule ended, so its next run may be released.
+    pub release: bool,
+}
+
+/// *finished* and *superseded*: applies each outcome to its run if it is the run's current
+/// attempt and the run has not ended; records it as superseded if it is another attempt's.
+/// `results` holds at most one outcome per `(run, attempt)`.
+///
+/// # Errors
+/// When the database fails.
+pub async fn finish(txn: &DatabaseTransaction, results: &[&RunResult]) -> Result<Finished> {
+    let mut report = Finished::default();
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .filter_map(|r| {
+            let o = r.outcome.as_ref()?;
+            Some(json!({
+                "run_id": r.run_id, "attempt": r.attempt, "executor_id": r.executor_id,
+                "started_at": r.started_at, "status": o.status, "finished_at": o.finished_at,
+                "duration_ms": o.duration_ms, "exit_code": o.exit_code,
+                "exit_signal": o.exit_signal, "stdout": o.stdout, "stderr": o.stderr,
+                "truncated": o.truncated, "error_kind": o.error_kind,
+                "error_message": o.error_message, "attempts": o.attempts,
+                "host_key_fingerprint": o.host_key_fingerprint, "payload": o.payload,
+                "jump_host_key_fingerprint": o.jump_host_key_fingerprint,
+            }))
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(report);
+    }
+    let rows = serde_json::Value::Array(rows);
+    if let Some(row) = txn
+        .query_one_raw(stmt(FINISHED, vec![rows.clone().into()]))
+        .await?
+    {
+        report.pinned = u64::try_from(row.try_get::<i64>("", "pinned")?).unwrap_or(0);
+        report.release = row.try_get("", "release")?;
+        report.done = row.try_get("", "done_ids")?;
+    }
+    // A run finished just now by one outcome cannot also take another of its attempts in the
+    // same statement, so superseded outcomes are a second statement.
+    report.superseded = txn
+        .execute_raw(stmt(SUPERSEDED, vec![rows.into()]))
+        .await?
+        .rows_affected();
+    Ok(report)
+}
+
+/// Puts back in the queue, as their next attempt, the runs whose attempt was lost (lease
+/// expired, or task and lease lost with Redis' data): only while the run is still `queued` or
+/// `running` at exactly that attempt. The lost attempt is noted on `attempts`.
+const REQUEUE: &str = r"
+WITH t AS (SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[]) AS t(id, attempt, reason)),
+requeued AS (
+    UPDATE runs r
+    SET status = 'queued', started_at = NULL, executor_id = NULL, attempt = r.attempt + 1,
+        attempts = coalesce(r.attempts, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+            'attempt', r.attempt, 'executor_id', r.executor_id, 'requeued_at', now(),
+            'reason', t.reason))
+    FROM t
+    WHERE r.id = t.id AND r.attempt = t.attempt AND r.status IN ('queued', 'running')
+    RETURNING r.id)
+INSERT INTO task_outbox (run_id) SELECT id FROM requeued
+ON CONFLICT (run_id) DO UPDATE SET published_at = NULL, stream_id = NULL
+RETURNING run_id";
+
+/// *re-queued*: each `(run, attempt, reason)` becomes attempt + 1 and enters the outbox.
+/// Answers the runs that moved.
+///
+/// # Errors
+/// When the database fails.
+pub async fn requeue(db: &impl ConnectionTrait, lost: &[(Uuid, i32, String)]) -> Result<Vec<Uuid>> {
+    if lost.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = lost.iter().map(|l| l.0).collect();
+    let attempts: Vec<i32> = lost.iter().map(|l| l.1).collect();
+    let reasons: Vec<String> = lost.iter().map(|l| l.2.clone()).collect();
+    let rows = db
+        .query_all_raw(stmt(
+            REQUEUE,
+            vec![ids.into(), attempts.into(), reasons.into()],
+        ))
+        .await?;
+    let mut moved = Vec::with_capacity(rows.len());
+    for row in rows {
+        moved.push(row.try_get("", "run_id")?);
+    }
+    Ok(moved)
+}
+
+/// *cancelled*: a `queued` run that no executor has begun ends `cancelled`. The attempt is
+/// fenced in Redis first, so a task already on the stream can no longer start; a run that
+/// began is refused ([`Error::Conflict`]).
+///
+/// # Errors
+/// [`Error::NotFound`], [`Error::Conflict`], or a database or Redis failure.
+pub async fn cancel(
+    db: &DatabaseConnection,
+    redis: &mut (impl redis::aio::ConnectionLike + Send),
+    leases: &Leases,
+    run_id: Uuid,
+) -> Result<run::Model> {
+    let run = run::Entity::find_by_id(run_id)
+        .one(db)
+        .await?
+        .ok_or(Error::NotFound {
+            what: "run",
+            id: run_id,
+        })?;
+    if run.status != RunStatus::Queued {
+        return Err(Error::Conflict(format!(
+            "run {run_id} is {}; only a queued run can be cancelled",
+            run.status
+        )));
+    }
+    if !leases.cancel(redis, run_id, run.attempt).await? {
+        return Err(Error::Conflict(format!(
+            "run {run_id} has already started on an executor; it can no longer be cancelled"
+        )));
+    }
+    let txn = db.begin().await?;
+    let moved = txn
+        .execute_raw(stmt(
+            "UPDATE runs SET status = 'cancelled', finished_at = now(),
+                    error_message = 'cancelled before it started'
+             WHERE id = $1 AND status = 'queued' AND attempt = $2",
+            vec![run_id.into(), run.attempt.into()],
+        ))
+        .await?
+        .rows_affected();
+    txn.execute_raw(stmt(
+        "DELETE FROM task_outbox WHERE run_id = $1",
+        vec![run_id.into()],
+    ))
+    .await?;
+    if moved == 0 {
+        return Err(Error::Conflict(format!(
+            "run {run_id} changed while it was being cancelled"
+        )));
+    }
+    let model = run::Entity::find_by_id(run_id)
+        .one(&txn)
+        .await?
+        .ok_or(Error::NotFound {
+            what: "run",
+            id: run_id,
+        })?;
+    txn.commit().await?;
+    Ok(model)
+}
+
+/// Deletes the runs (and their outbox rows) whose `column` (`device_id` or `command_id`) is
+/// `id`, inside the transaction that deletes that device or command.
+///
+/// # Errors
+/// When the database fails.
+pub async fn delete_where(txn: &DatabaseTransaction, column: RunOwner, id: Uuid) -> Result<()> {
+    let column = match column {
+        RunOwner::Device => "device_id",
+        RunOwner::Command => "command_id",
+    };
+    for sql in [
+        format!(
+            "DELETE FROM task_outbox WHERE run_id IN (SELECT id FROM runs WHERE {column} = $1)"
+        ),
+        format!("DELETE FROM runs WHERE {column} = $1"),
+    ] {
+        txn.execute_raw(stmt(&sql, vec![id.into()])).await?;
+    }
+    Ok(())
+}
+
+/// Whose runs [`delete_where`] deletes.
+#[derive(Debug, Clone, Copy)]
+pub enum RunOwner {
+    Device,
+    Command,
+}
+
+/// Keeps a deleted schedule's runs in the history, with no schedule.
+///
+/// # Errors
+/// When the database fails.
+pub async fn detach_schedule(txn: &DatabaseTransaction, schedule_id: Uuid) -> Result<()> {
+    txn.execute_raw(stmt(
+        "UPDATE runs SET schedule_id = NULL WHERE schedule_id = $1",
+        vec![schedule_id.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Deletes ended runs older than `max_age`, and beyond the newest `keep_per_schedule` of each
+/// schedule. Queued and running runs are never deleted.
+///
+/// # Errors
+/// When the database fails.
+pub async fn apply_retention(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+    max_age: Duration,
+    keep_per_schedule: u64,
+) -> Result<u64> {
+    let old = db
+        .execute_raw(stmt(
+            "DELETE FROM runs WHERE status NOT IN ('queued', 'running') AND scheduled_for < $1",
+            vec![(now - max_age).into()],
+        ))
+        .await?
+        .rows_affected();
+    let keep = i64::try_from(keep_per_schedule).unwrap_or(i64::MAX);
+    let excess = db
+        .execute_raw(stmt(
+            r"DELETE FROM runs WHERE id IN (
+                SELECT id FROM (
+                  SELECT id, row_number() OVER (PARTITION BY schedule_id ORDER BY id DESC) AS n
+                  FROM runs
+                  WHERE schedule_id IS NOT NULL AND status NOT IN ('queued', 'running')
+                ) ranked WHERE n > $1)",
+            vec![keep.into()],
+        ))
+        .await?
+        .rows_affected();
+    Ok(old + excess)
+}
+
+/// Keeps at most one outcome per `(run, attempt)` of `results` (the first), and the newest
+/// `started` report per run: what one ingest batch applies.
+pub fn first_outcomes<'a>(results: impl IntoIterator<Item = &'a RunResult>) -> Batch<'a> {
+    let mut batch = Batch::default();
+    for r in results {
+        if r.outcome.is_some() {
+            batch.finished.entry((r.run_id, r.attempt)).or_insert(r);
+        } else {
+            let e = batch.started.entry(r.run_id).or_insert(r);
+            if r.attempt > e.attempt {
+                *e = r;
+            }
+        }
+    }
+    // A run that also finished in this batch needs only its outcome written.
+    let finished_runs: std::collections::HashSet<Uuid> =
+        batch.finished.keys().map(|(run, _)| *run).collect();
+    batch
+        .started
+        .retain(|run_id, _| !finished_runs.contains(run_id));
+    batch
+}
+
+/// The results of one ingest batch, de-duplicated by [`first_outcomes`].
+#[derive(Default)]
+pub struct Batch<'a> {
+    pub started: HashMap<Uuid, &'a RunResult>,
+    pub finished: HashMap<(Uuid, i32), &'a RunResult>,
+}
