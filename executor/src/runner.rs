@@ -345,6 +345,11 @@ impl Runner {
                     .unwrap_or_default();
                 let work = Arc::clone(&work);
                 let pinner = self.first_contact.clone();
+                // The command can tell its run and attempt apart, e.g. to make a change once.
+                let env = [
+                    ("NETCRON_RUN_ID", task.run_id.to_string()),
+                    ("NETCRON_ATTEMPT", task.attempt.to_string()),
+                ];
                 tokio::task::spawn_blocking(move || {
                     let pin_for = |id: Uuid| {
                         pinner.clone().map(|p| {
@@ -375,7 +380,10 @@ impl Runner {
                         _ => None,
                     };
                     let job = match work.as_ref() {
-                        Work::Exec(text) => Job::Exec(text),
+                        Work::Exec(text) => Job::Exec {
+                            command: text,
+                            env: &env,
+                        },
                         Work::Cli { driver, lines } => Job::Cli {
                             driver,
                             lines: lines.clone(),

@@ -61,8 +61,12 @@ pub type FirstContactFn = dyn Fn(&str) -> Result<(), (ErrorKind, String)> + Send
 
 /// What to do once logged in.
 pub enum Job<'a> {
-    /// One `exec` request with the whole text (Unix and Windows hosts).
-    Exec(&'a str),
+    /// One `exec` request with the whole text (Unix and Windows hosts), with environment
+    /// variables the server may accept (OpenSSH: `AcceptEnv NETCRON_*`).
+    Exec {
+        command: &'a str,
+        env: &'a [(&'static str, String)],
+    },
     /// An interactive CLI session: each line typed at the prompt in turn.
     Cli {
         driver: &'static Driver,
@@ -194,7 +198,7 @@ fn execute(
         }
     };
     match job {
-        Job::Exec(command) => exec(&session, &waiter, command, limits, attempt),
+        Job::Exec { command, env } => exec(&session, &waiter, command, env, limits, attempt),
         Job::Cli {
             driver,
             lines,
@@ -339,6 +343,7 @@ fn exec(
     session: &Session,
     waiter: &Waiter,
     command: &str,
+    env: &[(&'static str, String)],
     limits: Limits,
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
@@ -361,6 +366,11 @@ fn exec(
             Step::Expired => timed_out(),
             Step::Ssh(e) => protocol("opening a session channel", e),
         })?;
+    for (name, value) in env {
+        // A server that does not accept the variable refuses the request; the command runs
+        // all the same, without it.
+        let _ = waiter.retry(command_deadline, || channel.setenv(name, value));
+    }
     waiter
         .retry(command_deadline, || channel.exec(command))
         .map_err(|e| match e {

@@ -443,7 +443,7 @@ impl Ingest {
         // flight. A failure here leaves them to their safety expiry.
         if let Err(e) = self
             .leases
-            .forget(&mut conns.redis.clone(), &finished.done)
+            .stored(&mut conns.redis.clone(), &finished.done)
             .await
         {
             tracing::warn!(error = %e, "cannot forget finished runs' leases");

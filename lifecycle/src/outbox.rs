@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunTrigger};
 use netcron_common::protocol::{
-    TASK_VERSION, Task, TaskCommand, TaskCredential, TaskDevice, TaskJumpHost,
+    Streams, TASK_VERSION, Task, TaskCommand, TaskCredential, TaskDevice, TaskJumpHost,
 };
 use redis::aio::ConnectionManager;
 use sea_orm::{
@@ -129,14 +129,18 @@ pub struct Published {
     pub published: usize,
 }
 
-/// Publishes up to `limit` pending runs to `stream`. `now` stamps `published_at`.
+/// A ticket's safety-net lifetime: longer than any outage between publishing a task and
+/// recording it (a day).
+const TICKET_TTL_S: u64 = 24 * 3600;
+
+/// Publishes up to `limit` pending runs to the tasks stream, each at most once per attempt. `now` stamps `published_at`.
 ///
 /// # Errors
 /// When the database or Redis fails; the rows stay pending then.
 pub async fn publish_batch(
     db: &DatabaseConnection,
     redis: &mut ConnectionManager,
-    stream: &str,
+    streams: &Streams,
     limit: u64,
     now: impl Fn() -> DateTime<Utc>,
 ) -> Result<Published> {
@@ -160,13 +164,15 @@ pub async fn publish_batch(
     let mut pipe = redis::pipe();
     let mut marked: Vec<Uuid> = Vec::with_capacity(rows.len());
     let mut published: Vec<usize> = Vec::with_capacity(rows.len());
+    let mut tickets: Vec<String> = Vec::with_capacity(rows.len());
     for row in &rows {
         marked.push(row.try_get("", "run_id")?);
         if row.try_get::<Option<Uuid>>("", "id")?.is_none() {
             continue;
         }
         let task = task_of(row)?;
-        pipe.add_command(task.xadd(stream));
+        pipe.add_command(task.publish_once(streams, TICKET_TTL_S));
+        tickets.push(streams.publish_ticket(task.run_id, task.attempt));
         published.push(marked.len() - 1);
         if task.trigger == RunTrigger::Scheduled {
             report.scheduled.push(task.scheduled_for);
@@ -187,5 +193,10 @@ pub async fn publish_batch(
     ))
     .await?;
     txn.commit().await?;
+    // The publication is recorded: the tickets have served. One left behind (Redis failing
+    // here) only expires later.
+    if !tickets.is_empty() {
+        let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(tickets).query_async(redis).await;
+    }
     Ok(report)
 }

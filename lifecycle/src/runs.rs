@@ -387,6 +387,14 @@ pub async fn requeue(db: &impl ConnectionTrait, lost: &[(Uuid, i32, String)]) ->
     for row in rows {
         moved.push(row.try_get("", "run_id")?);
     }
+    if !moved.is_empty() {
+        // Wakes every scheduler's publisher: the new attempts leave at once.
+        db.execute_raw(stmt(
+            "SELECT pg_notify($1, '')",
+            vec![RUN_QUEUED_CHANNEL.into()],
+        ))
+        .await?;
+    }
     Ok(moved)
 }
 

@@ -283,7 +283,7 @@ impl Scheduler {
                 let batch = outbox::publish_batch(
                     &self.db,
                     &mut redis,
-                    &self.streams.tasks,
+                    &self.streams,
                     self.config.publish_batch,
                     move || clock.now(),
                 )

@@ -51,8 +51,13 @@ pub(crate) async fn start_scheduler(app: &TestApp) -> Running {
     // These tests count entries on the streams, so the trim job (every minute by default,
     // dropping entries every consumer group has acknowledged) must not run in the middle of
     // one: it is set to a day that comes every four years.
+    //
+    // Lost attempts are looked for every second, and a lease seen expired is re-queued when it
+    // stays so for two seconds (executors' leases last three, see `config`).
     let config = SchedulerConfig {
         trim_cron: "0 0 0 29 2 *".into(),
+        requeue_cron: "* * * * * *".into(),
+        lease_confirm: Duration::from_secs(2),
         ..SchedulerConfig::default()
     };
     let scheduler = app.scheduler(config, Arc::new(SystemClock)).await;
@@ -73,6 +78,7 @@ pub(crate) fn config() -> ExecutorConfig {
         connect_timeout: Duration::from_secs(2),
         login_timeout: Duration::from_secs(3),
         reclaim_idle: Duration::from_secs(4),
+        lease_ttl: Duration::from_secs(3),
         grace: Duration::from_secs(10),
         retry_base: Duration::from_millis(50),
         block: Duration::from_millis(500),
@@ -178,7 +184,14 @@ pub(crate) async fn get_run(app: &TestApp, run_id: &str) -> Value {
     run
 }
 
-pub(crate) const TERMINAL: [&str; 5] = ["succeeded", "failed", "error", "missed", "skipped"];
+pub(crate) const TERMINAL: [&str; 6] = [
+    "succeeded",
+    "failed",
+    "error",
+    "missed",
+    "skipped",
+    "cancelled",
+];
 
 pub(crate) async fn wait_for_status(
     app: &TestApp,
@@ -584,8 +597,11 @@ async fn runs_on_one_device_take_turns() {
     );
 }
 
+/// The executor dies mid-command (its task aborted, like `kill -9`: nothing is published). Its
+/// lease expires, and the run comes back as attempt 2 on another executor: the repeat is
+/// unavoidable (the command may have run) and recorded.
 #[tokio::test]
-async fn a_run_of_a_crashed_executor_is_taken_over_and_finishes_once() {
+async fn a_run_of_a_crashed_executor_is_queued_again_as_its_next_attempt() {
     let app = TestApp::spawn().await;
     let sshd = TestSshd::start();
     let scheduler = start_scheduler(&app).await;
@@ -602,6 +618,11 @@ async fn a_run_of_a_crashed_executor_is_taken_over_and_finishes_once() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["stdout"], "done\n");
     assert_eq!(run["executor_id"], second_name.as_str());
+    assert_eq!(run["attempt"], 2, "{run}");
+    let lost = &run["attempts"][0];
+    assert_eq!(lost["attempt"], 1, "{run}");
+    assert_eq!(lost["executor_id"], first_name.as_str(), "{run}");
+    assert!(lost["requeued_at"].is_string(), "{run}");
     // Give a late duplicate every chance to show up, then count outcomes.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(outcomes_of(&app, &run_id).await.len(), 1);

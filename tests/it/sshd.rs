@@ -549,6 +549,7 @@ fn write_config(dir: &Path, port: u16, opts: &SshdOptions) {
          UseDNS no\n\
          PrintMotd no\n\
          PrintLastLog no\n\
+         AcceptEnv NETCRON_*\n\
          {penalties}",
         host_key = path(host_key),
         pid = path("sshd.pid"),

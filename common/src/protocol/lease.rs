@@ -12,11 +12,13 @@
 //! - `done`: the outcome is on the results stream (set in the same script that adds it);
 //! - `revoked`: the scheduler found the lease expired twice in a row and re-queues the run as
 //!   a new attempt; the old holder can no longer renew, and no copy of the old attempt starts;
-//! - `cancelled`: the run was cancelled before it started.
+//! - `cancelled`: the run was cancelled before it started;
+//! - `stored`: ingest stored the outcome; the key expires [`STORED_TTL_S`] later.
 //!
-//! The key of a run is deleted by ingest once the outcome is stored, so keys live as long as
-//! a run is in flight (plus ingest's lag); the `EXPIRE` on every write is only a safety net
-//! for keys whose run vanished.
+//! Keys therefore live while a run is in flight, plus ingest's lag, plus [`STORED_TTL_S`]
+//! (a copy of a finished attempt's task read within that time is dropped; netcron itself never
+//! publishes a second copy of an attempt, see `Task::publish_once`). The `EXPIRE` on every other
+//! write is only a safety net for keys whose run vanished.
 
 use redis::FromRedisValue as _;
 use uuid::Uuid;
@@ -121,11 +123,9 @@ for i = 2, #ARGV, 3 do
     end
   elseif entry == '' then
     state = 'unknown'
-  elseif delivered == nil then
-    state = 'lost'
   elseif #redis.call('XRANGE', KEYS[1], entry, entry) == 0 then
     state = 'lost'
-  elseif after(id_of(entry), delivered) then
+  elseif delivered == nil or after(id_of(entry), delivered) then
     state = 'waiting'
   elseif #redis.call('XPENDING', KEYS[1], ARGV[1], entry, entry, 1) > 0 then
     state = 'waiting'
@@ -165,6 +165,17 @@ end
 return out
 ";
 
+/// KEYS: run keys. ARGV: ttl s. Marks the attempts of stored outcomes `stored` for a while.
+const STORED: &str = r"
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 's', 'stored')
+    redis.call('EXPIRE', key, ARGV[1])
+  end
+end
+return 0
+";
+
 /// KEYS: run key. ARGV: attempt, safety ttl s. Cancels an attempt that has not begun.
 const CANCEL: &str = r"
 local cur = redis.call('HMGET', KEYS[1], 'a', 's')
@@ -175,6 +186,9 @@ redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 'cancelled')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
+
+/// How long a run's key stays after ingest stored its outcome.
+pub const STORED_TTL_S: u64 = 120;
 
 fn script(body: &str) -> redis::Script {
     redis::Script::new(&format!("{NOW}{body}"))
@@ -238,6 +252,7 @@ pub struct Leases {
     check: redis::Script,
     revoke: redis::Script,
     cancel: redis::Script,
+    stored: redis::Script,
     /// Safety-net lifetime of a run key whose run vanished (seconds).
     pub safety_ttl_s: u64,
 }
@@ -261,6 +276,7 @@ impl Leases {
             check: script(CHECK),
             revoke: script(REVOKE),
             cancel: script(CANCEL),
+            stored: script(STORED),
             safety_ttl_s: safety_ttl_s.max(60),
         }
     }
@@ -393,7 +409,7 @@ impl Leases {
             found.push(match state.as_str() {
                 "alive" => Found::Alive,
                 "expired" => Found::Expired { expiry },
-                "done" => Found::Done,
+                "done" | "stored" => Found::Done,
                 "revoked" => Found::Revoked,
                 "cancelled" => Found::Cancelled,
                 "ahead" => Found::Ahead,
@@ -449,11 +465,12 @@ impl Leases {
         Ok(done == 1)
     }
 
-    /// Forgets the keys of runs whose outcome is stored (ingest calls this after its commit).
+    /// Marks the runs whose outcome is stored (ingest calls this after its commit): their keys
+    /// expire [`STORED_TTL_S`] later.
     ///
     /// # Errors
     /// When Redis fails.
-    pub async fn forget<C: redis::aio::ConnectionLike + Send>(
+    pub async fn stored<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
         runs: &[Uuid],
@@ -461,8 +478,12 @@ impl Leases {
         if runs.is_empty() {
             return Ok(());
         }
-        let keys: Vec<String> = runs.iter().map(|r| self.streams.run_key(*r)).collect();
-        redis::cmd("UNLINK").arg(keys).query_async(conn).await
+        let mut call = self.stored.prepare_invoke();
+        call.arg(STORED_TTL_S);
+        for run in runs {
+            call.key(self.streams.run_key(*run));
+        }
+        call.invoke_async::<i64>(conn).await.map(|_| ())
     }
 }
 

@@ -60,6 +60,11 @@ impl Streams {
         format!("{}run:{run_id}", self.prefix)
     }
 
+    /// The ticket of a task's publication (see [`Task::publish_once`]).
+    pub fn publish_ticket(&self, run_id: Uuid, attempt: i32) -> String {
+        format!("{}published:{run_id}:{attempt}", self.prefix)
+    }
+
     /// The first-contact host-key pin of a device (see [`lease::pin_first_contact`]).
     pub fn host_key_pin(&self, device_id: Uuid) -> String {
         format!("{}hostkey:{device_id}", self.prefix)

@@ -111,7 +111,35 @@ fn envelope(stream: &str, version: u32, run_id: Uuid, body: &str) -> redis::Cmd 
     cmd
 }
 
+/// KEYS: ticket, tasks stream. ARGV: ticket ttl s, `v`, `run_id`, `body`. Adds the task unless
+/// its ticket says an earlier call did; answers the entry's id either way.
+const PUBLISH_ONCE: &str = r"
+local id = redis.call('GET', KEYS[1])
+if id then return id end
+id = redis.call('XADD', KEYS[2], '*', 'v', ARGV[2], 'run_id', ARGV[3], 'body', ARGV[4])
+redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
+return id
+";
+
 impl Task {
+    /// Adds this task to the tasks stream once per `(run, attempt)`: a ticket key remembers
+    /// the entry, so a publisher that crashed before recording the publication publishes the
+    /// same entry again instead of a second copy. The publisher deletes the ticket once the
+    /// publication is recorded ([`Streams::publish_ticket`]); `ttl_s` bounds a ticket that is
+    /// never deleted. Answers the entry id.
+    pub fn publish_once(&self, streams: &Streams, ttl_s: u64) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PUBLISH_ONCE)
+            .arg(2)
+            .arg(streams.publish_ticket(self.run_id, self.attempt))
+            .arg(&streams.tasks)
+            .arg(ttl_s.max(60))
+            .arg(TASK_VERSION)
+            .arg(self.run_id.to_string())
+            .arg(self.body());
+        cmd
+    }
+
     /// The JSON body of this task's entry.
     pub fn body(&self) -> String {
         // A struct of strings, numbers and enums always serializes.
