@@ -244,8 +244,13 @@ done AS (
         payload = u.payload, executor_id = u.executor_id
     FROM u
     WHERE r.id = u.run_id AND r.status IN ('queued', 'running') AND r.attempt = u.attempt
-    RETURNING r.id, r.device_id, r.schedule_id, u.host_key_fingerprint,
-              u.jump_host_key_fingerprint AS jump_fingerprint),
+    RETURNING r.id, r.device_id, r.schedule_id,
+              -- A refused key is never pinned: with no pin in Postgres yet, a run can still be
+              -- refused because another run pinned a different key on first contact.
+              CASE WHEN u.error_kind = 'host_key_mismatch' THEN NULL
+                   ELSE u.host_key_fingerprint END AS host_key_fingerprint,
+              CASE WHEN u.error_kind = 'host_key_mismatch' THEN NULL
+                   ELSE u.jump_host_key_fingerprint END AS jump_fingerprint),
 pinned AS (
     UPDATE devices d SET host_key_fingerprint = p.fingerprint, updated_at = now()
     FROM (SELECT DISTINCT ON (device_id) device_id, host_key_fingerprint AS fingerprint

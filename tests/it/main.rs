@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod inventory;
+mod lifecycle;
 mod network;
 mod operations;
 mod runs;

@@ -1,0 +1,490 @@
+//! The run lifecycle under ordinary pressure: busy devices, stopped ingest, a frozen executor,
+//! skewed clocks and a first-contact race. Every promise is counted where it happens: each
+//! execution appends `<run id> <attempt>` to a file on the SSH host (the executor passes
+//! `NETCRON_RUN_ID` and `NETCRON_ATTEMPT`, which the test sshd accepts), and the test compares
+//! those lines with the run history.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::Duration;
+
+use netcron_common::config::RedisSettings;
+use netcron_ingest::Ingest;
+use netcron_scheduler::{Scheduler, SchedulerConfig, SkewedClock, SystemClock};
+use sea_orm::ConnectionTrait as _;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{
+    TERMINAL, command, config, finished, get_run, password_device, run_now, start_executor,
+    start_scheduler, wait_for_status,
+};
+use crate::helpers::TestApp;
+use crate::sshd::{TEST_PASSWORD, TestSshd};
+
+/// A file on the SSH host that every execution appends `<run id> <attempt>` to.
+struct Executions {
+    dir: PathBuf,
+}
+
+impl Executions {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("netcron-exec-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("executions dir");
+        // The test user runs the commands.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        Self { dir }
+    }
+
+    /// Shell text that records the execution, then does `then`.
+    fn command(&self, then: &str) -> String {
+        format!(
+            "echo \"$NETCRON_RUN_ID $NETCRON_ATTEMPT\" >> {}/log; {then}",
+            self.dir.display()
+        )
+    }
+
+    /// Every execution so far, as (run id, attempt).
+    fn lines(&self) -> Vec<(String, i64)> {
+        std::fs::read_to_string(self.dir.join("log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (run, attempt) = l.split_once(' ')?;
+                Some((run.to_owned(), attempt.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// How many times each (run, attempt) executed.
+    fn counts(&self) -> HashMap<(String, i64), usize> {
+        let mut counts = HashMap::new();
+        for line in self.lines() {
+            *counts.entry(line).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    async fn wait_for(&self, n: usize, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.lines().len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} executions within {within:?}, expected {n}",
+                self.lines().len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Executions {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Asserts that each run executed exactly once, as attempt 1, and succeeded.
+async fn assert_each_ran_once(app: &TestApp, runs: &[String], executions: &Executions) {
+    let counts = executions.counts();
+    assert_eq!(
+        executions.lines().len(),
+        runs.len(),
+        "executions on the host: {counts:?}"
+    );
+    for run_id in runs {
+        let run = finished(app, run_id).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert_eq!(run["attempt"], 1, "{run}");
+        assert_eq!(counts.get(&(run_id.clone(), 1)), Some(&1), "{counts:?}");
+    }
+}
+
+#[tokio::test]
+async fn runs_queued_on_a_busy_device_execute_exactly_once_each() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let _scheduler = start_scheduler(&app).await;
+    // One command at a time on the device; each takes 2 s of a 3 s timeout, so the sixth waits
+    // about 10 s: far longer than its timeout, a lease (3 s) and the re-queue confirmation
+    // (2 s) together.
+    let (_executor, _) = start_executor(&app, config()).await;
+    let device = password_device(&app, "busy", sshd.port, TEST_PASSWORD).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"command": executions.command("sleep 2"), "timeout_s": 3}),
+    )
+    .await;
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        runs.push(run_now(&app, &device, &c).await);
+    }
+    for run_id in &runs {
+        wait_for_status(&app, run_id, &TERMINAL, Duration::from_secs(60)).await;
+    }
+    // Time for a wrongly re-queued attempt to show up.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_each_ran_once(&app, &runs, &executions).await;
+}
+
+#[tokio::test]
+async fn ingest_stopped_for_longer_than_a_lease_executes_nothing_twice() {
+    let app = TestApp::spawn_with(|s| s.ingest = false).await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let _scheduler = start_scheduler(&app).await;
+    let (_executor, _) = start_executor(&app, config()).await;
+    let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"command": executions.command("sleep 1"), "timeout_s": 2}),
+    )
+    .await;
+    let runs = vec![
+        run_now(&app, &device, &c).await,
+        run_now(&app, &device, &c).await,
+        run_now(&app, &device, &c).await,
+    ];
+    executions.wait_for(3, Duration::from_secs(30)).await;
+    // Nobody stores the outcomes: Postgres still says `queued` well past every command's
+    // timeout, every lease and several re-queue passes.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for run_id in &runs {
+        assert_eq!(get_run(&app, run_id).await["status"], "queued");
+    }
+    let shutdown = CancellationToken::new();
+    let ingest = Ingest::new(
+        app.db.clone(),
+        &RedisSettings {
+            url: app.redis_url.clone(),
+            stream_prefix: app.stream_prefix.clone(),
+        },
+        app.key.clone(),
+        100,
+        1,
+        &app.telemetry,
+    )
+    .expect("ingest");
+    let ingesting = tokio::spawn(ingest.run(shutdown.clone()));
+    for run_id in &runs {
+        wait_for_status(&app, run_id, &TERMINAL, Duration::from_secs(30)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_each_ran_once(&app, &runs, &executions).await;
+    shutdown.cancel();
+    ingesting.await.expect("ingest stops");
+}
+
+/// `netcron executor` as its own process, so it can be frozen with SIGSTOP.
+struct ExecutorProcess(Child);
+
+impl ExecutorProcess {
+    fn start(app: &TestApp, wrapper: &[&str]) -> Self {
+        let (program, args): (&str, Vec<&str>) = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut args = rest.to_vec();
+                args.push(env!("CARGO_BIN_EXE_netcron"));
+                (first, args)
+            }
+            None => (env!("CARGO_BIN_EXE_netcron"), Vec::new()),
+        };
+        let child = Command::new(program)
+            .args(args)
+            .arg("executor")
+            .env("REDIS_URL", &app.redis_url)
+            .env("NETCRON_STREAM_PREFIX", &app.stream_prefix)
+            .env("NETCRON_SECRET_KEY", &app.key_text)
+            .env("NETCRON_LEASE_TTL_S", "2")
+            .env("NETCRON_EXECUTOR_RECLAIM_IDLE_S", "4")
+            .env("NETCRON_EXECUTOR_OPS_ADDR", "off")
+            .env("NETCRON_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("netcron executor");
+        Self(child)
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+}
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_executor_is_superseded_once_and_its_late_outcome_is_recorded() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let _scheduler = start_scheduler(&app).await;
+    let frozen = ExecutorProcess::start(&app, &[]);
+    let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"command": executions.command("sleep 3; echo \"attempt $NETCRON_ATTEMPT\""),
+               "timeout_s": 30}),
+    )
+    .await;
+    let run_id = run_now(&app, &device, &c).await;
+    executions.wait_for(1, Duration::from_secs(30)).await;
+    frozen.signal("STOP");
+    // Its lease (2 s) expires; the run comes back as attempt 2 on a live executor.
+    let (_live, live_name) = start_executor(&app, config()).await;
+    let run = wait_for_status(&app, &run_id, &TERMINAL, Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["attempt"], 2, "{run}");
+    assert_eq!(run["executor_id"], live_name.as_str(), "{run}");
+    assert_eq!(run["stdout"], "attempt 2\n", "{run}");
+    let frozen_name = run["attempts"][0]["executor_id"]
+        .as_str()
+        .expect("the lost attempt names its executor")
+        .to_owned();
+    assert_ne!(frozen_name, live_name);
+
+    // Thawed, the frozen executor finishes attempt 1 and publishes its outcome.
+    frozen.signal("CONT");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let superseded = loop {
+        let run = get_run(&app, &run_id).await;
+        let attempts = run["attempts"].as_array().cloned().unwrap_or_default();
+        if let Some(s) = attempts.iter().find(|a| a["superseded"] == true) {
+            break (run.clone(), s.clone());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no superseded outcome recorded: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (run, late) = superseded;
+    assert_eq!(late["attempt"], 1, "{run}");
+    assert_eq!(late["executor_id"], frozen_name.as_str(), "{run}");
+    assert_eq!(late["status"], "succeeded", "{run}");
+    assert_eq!(late["output"], "attempt 1\n", "{run}");
+    // The run's own outcome is still attempt 2's, and the repeat is exactly the one recorded.
+    assert_eq!(run["attempt"], 2, "{run}");
+    assert_eq!(run["stdout"], "attempt 2\n", "{run}");
+    assert_eq!(run["executor_id"], live_name.as_str(), "{run}");
+    let counts = executions.counts();
+    assert_eq!(counts.get(&(run_id.clone(), 1)), Some(&1), "{counts:?}");
+    assert_eq!(counts.get(&(run_id.clone(), 2)), Some(&1), "{counts:?}");
+    assert_eq!(executions.lines().len(), 2, "{counts:?}");
+    // A second copy of the late outcome (a redelivery) is not recorded twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = get_run(&app, &run_id).await;
+    let recorded = run["attempts"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|a| a["superseded"] == true).count());
+    assert_eq!(recorded, 1, "{run}");
+}
+
+#[tokio::test]
+async fn clocks_skewed_by_minutes_neither_fire_early_nor_run_twice() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    // The scheduler's host runs five minutes fast; the executor's five minutes slow.
+    let config = SchedulerConfig {
+        requeue_cron: "* * * * * *".into(),
+        lease_confirm: Duration::from_secs(2),
+        ..SchedulerConfig::default()
+    };
+    let fast = Arc::new(SkewedClock(
+        Arc::new(SystemClock),
+        chrono::Duration::minutes(5),
+    ));
+    let scheduler = Arc::new(
+        Scheduler::connect_following_database(
+            &app.scheduler_settings(config),
+            fast,
+            &app.telemetry,
+        )
+        .await
+        .expect("scheduler"),
+    );
+    let shutdown = CancellationToken::new();
+    let scheduling = tokio::spawn({
+        let scheduler = Arc::clone(&scheduler);
+        let shutdown = shutdown.clone();
+        async move { scheduler.run(shutdown).await.expect("scheduler loop") }
+    });
+    let _slow = ExecutorProcess::start(
+        &app,
+        &["faketime", "-m", "--exclude-monotonic", "-f", "-5m"],
+    );
+    let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"command": executions.command("true"), "timeout_s": 5}),
+    )
+    .await;
+    let schedule = app
+        .create(
+            &format!(
+                "/devices/{}/commands/{}/schedules",
+                device["id"].as_str().unwrap_or_default(),
+                c["id"].as_str().unwrap_or_default()
+            ),
+            json!({"cron_expression": "* * * * * *", "overlap_policy": "allow"}),
+        )
+        .await;
+    // For six seconds, no run may exist whose fire time is still ahead of Postgres' clock.
+    for _ in 0..30 {
+        let row = app
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT count(*) AS early FROM runs WHERE scheduled_for > clock_timestamp()",
+            ))
+            .await
+            .expect("query")
+            .expect("row");
+        let early: i64 = row.try_get("", "early").expect("early");
+        assert_eq!(early, 0, "a run fired before its time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = crate::helpers::json_of(
+        app.patch(
+            &format!("/schedules/{}", schedule["id"].as_str().unwrap_or_default()),
+            &json!({"enabled": false}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, page) = crate::helpers::json_of(
+        app.get(&format!(
+            "/runs?schedule_id={}&limit=500",
+            schedule["id"].as_str().unwrap_or_default()
+        ))
+        .await,
+    )
+    .await;
+    let runs: Vec<String> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|r| r["status"] != "missed" && r["status"] != "skipped")
+        .map(|r| r["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(runs.len() >= 3, "the schedule fired: {page}");
+    for run_id in &runs {
+        wait_for_status(&app, run_id, &TERMINAL, Duration::from_secs(30)).await;
+    }
+    // Well past a lease and its confirmation: a clock-based re-queue would have struck.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_each_ran_once(&app, &runs, &executions).await;
+    shutdown.cancel();
+    scheduling.await.expect("scheduler stops");
+}
+
+/// A TCP front that sends connections to two backends in turn: one device address behind
+/// which two hosts with different host keys answer (a spoofed address, a failover pair that
+/// does not share its keys).
+async fn alternating_front(backends: [u16; 2]) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut turn = 0usize;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let backend = backends[turn % 2];
+            turn += 1;
+            tokio::spawn(async move {
+                if let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn two_runs_racing_to_first_contact_pin_one_key_and_the_other_is_refused_before_login() {
+    let app = TestApp::spawn().await;
+    let first = TestSshd::start();
+    let second = TestSshd::start();
+    assert_ne!(first.host_key_fingerprint, second.host_key_fingerprint);
+    let front = alternating_front([first.port, second.port]).await;
+    let _scheduler = start_scheduler(&app).await;
+    // Both runs of the device may run at once: they reach it together.
+    let (_executor, _) = start_executor(
+        &app,
+        netcron_executor::ExecutorConfig {
+            per_device: 2,
+            ..config()
+        },
+    )
+    .await;
+    let device = password_device(&app, "new", front, TEST_PASSWORD).await;
+    let c = command(&app, &device, json!({"command": "echo hello"})).await;
+    let runs = [
+        run_now(&app, &device, &c).await,
+        run_now(&app, &device, &c).await,
+    ];
+    let mut outcomes: Vec<Value> = Vec::new();
+    for run_id in &runs {
+        outcomes.push(finished(&app, run_id).await);
+    }
+    let succeeded: Vec<&Value> = outcomes
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .collect();
+    let refused: Vec<&Value> = outcomes
+        .iter()
+        .filter(|r| r["error_kind"] == "host_key_mismatch")
+        .collect();
+    assert_eq!(succeeded.len(), 1, "{outcomes:?}");
+    assert_eq!(refused.len(), 1, "{outcomes:?}");
+    // The key pinned is the one the succeeding run saw, and only that host saw a login.
+    let (_, shown) = crate::helpers::json_of(
+        app.get(&format!(
+            "/devices/{}",
+            device["id"].as_str().unwrap_or_default()
+        ))
+        .await,
+    )
+    .await;
+    let pinned = shown["host_key_fingerprint"]
+        .as_str()
+        .expect("pinned")
+        .to_owned();
+    let (winner, loser) = if pinned == first.host_key_fingerprint {
+        (&first, &second)
+    } else {
+        (&second, &first)
+    };
+    assert_eq!(pinned, winner.host_key_fingerprint);
+    assert!(
+        !winner.auth_attempts().is_empty(),
+        "the pinned host saw the login"
+    );
+    assert!(
+        loser.auth_attempts().is_empty(),
+        "no credential reached the other host: {:?}",
+        loser.auth_attempts()
+    );
+}
