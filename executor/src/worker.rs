@@ -415,20 +415,12 @@ impl Executor {
         self.until_done("dead-lettering a task", &pipe).await;
     }
 
-    /// Runs `pipe` until Redis accepts it, backing off in between. Aborting the run task (the
-    /// grace period ended) is the only way out, and leaves the task for another executor.
+    /// Runs `pipe` until Redis accepts it. See [`until_ok`].
     async fn until_done(&self, what: &str, pipe: &redis::Pipeline) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match pipe.query_async::<()>(&mut self.redis.clone()).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what} failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        until_ok(what, || async {
+            pipe.query_async::<()>(&mut self.redis.clone()).await
+        })
+        .await;
     }
 
     async fn execute(&self, entry_id: &str, task: Task) {
@@ -461,26 +453,15 @@ impl Executor {
         report.outcome = Some(outcome);
         // Outcome, `done` lease and acknowledgement in one script: the task is acknowledged
         // only together with its published outcome.
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self
-                .leases
+        let ours = until_ok("publishing an outcome", || async {
+            self.leases
                 .finish(&mut self.redis.clone(), entry_id, &report)
                 .await
-            {
-                Ok(ours) => {
-                    if !ours {
-                        tracing::warn!(run_id = %task.run_id, attempt = task.attempt,
-                            "outcome published after the lease was lost; it is recorded as superseded");
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "publishing an outcome failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        })
+        .await;
+        if !ours {
+            tracing::warn!(run_id = %task.run_id, attempt = task.attempt,
+                "outcome published after the lease was lost; it is recorded as superseded");
         }
         self.metrics.in_flight.dec();
         if let Ok(mut leased) = self.leased.lock() {
@@ -494,10 +475,8 @@ impl Executor {
     async fn start(&self, entry_id: &str, report: &RunResult) -> bool {
         let announce = report.kind != Some(CommandKind::Noop);
         let lease_ms = self.config.lease_ttl.as_millis() as u64;
-        let mut backoff = Duration::from_millis(100);
-        let answer = loop {
-            match self
-                .leases
+        let answer = until_ok("taking a lease", || async {
+            self.leases
                 .start(
                     &mut self.redis.clone(),
                     entry_id,
@@ -506,15 +485,8 @@ impl Executor {
                     announce,
                 )
                 .await
-            {
-                Ok(answer) => break answer,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot take a lease");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
+        })
+        .await;
         if answer == Start::Started {
             if let Ok(mut leased) = self.leased.lock() {
                 leased.insert(report.run_id, report.attempt);
@@ -533,6 +505,27 @@ impl Executor {
         self.until_done("acknowledging a task not to run", &pipe)
             .await;
         false
+    }
+}
+
+/// Runs `step` until Redis answers, backing off in between (100 ms doubling to 5 s). Aborting
+/// the run task (the grace period ended) is the only way out, and leaves the task for another
+/// executor.
+async fn until_ok<T, F, Fut>(what: &str, mut step: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(value) => return value,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what} failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 

@@ -231,6 +231,23 @@ async fn a_lost_stream_entry_is_published_again_as_the_next_attempt() {
     );
 }
 
+/// A scheduler that re-queues an expired lease on its second look, and the one run it fired
+/// for `s`.
+async fn fired_once_confirming_at_once(
+    app: &TestApp,
+    s: &Value,
+) -> (ManualClock, Arc<netcron_scheduler::Scheduler>, run::Model) {
+    let clock = ManualClock::new(time(&s["next_fire_at"]));
+    let config = SchedulerConfig {
+        lease_confirm: StdDuration::ZERO,
+        ..SchedulerConfig::default()
+    };
+    let scheduler = app.scheduler(config, Arc::new(clock.clone())).await;
+    scheduler.tick().await.expect("tick");
+    let run = runs_of(app, s).await.remove(0);
+    (clock, scheduler, run)
+}
+
 /// Writes the lease an executor would hold on `run_id`'s attempt 1, expiring `in_ms` from
 /// Redis' now (negative: already expired).
 async fn lease(app: &TestApp, run_id: Uuid, in_ms: i64) {
@@ -261,14 +278,8 @@ async fn lease(app: &TestApp, run_id: Uuid, in_ms: i64) {
 async fn a_run_whose_lease_stays_expired_is_queued_again_with_the_next_attempt() {
     let app = TestApp::spawn().await;
     let s = scheduled(&app, "d", json!({"cron_expression": "0 0 * * * *"})).await;
-    let clock = ManualClock::new(time(&s["next_fire_at"]));
-    let config = SchedulerConfig {
-        lease_confirm: StdDuration::ZERO,
-        ..SchedulerConfig::default()
-    };
-    let scheduler = app.scheduler(config, Arc::new(clock.clone())).await;
-    scheduler.tick().await.expect("tick");
-    let run = &runs_of(&app, &s).await[0];
+    let (clock, scheduler, run) = fired_once_confirming_at_once(&app, &s).await;
+    let run = &run;
     lease(&app, run.id, -1).await;
     // However long ago it started, and whatever the clocks say, one look is not enough: a
     // Redis stall expires every lease at once, and live holders renew before the second look.
@@ -306,14 +317,8 @@ async fn a_run_whose_lease_stays_expired_is_queued_again_with_the_next_attempt()
 async fn a_run_with_a_live_lease_is_never_queued_again_however_long_it_runs() {
     let app = TestApp::spawn().await;
     let s = scheduled(&app, "d", json!({"cron_expression": "0 0 * * * *"})).await;
-    let clock = ManualClock::new(time(&s["next_fire_at"]));
-    let config = SchedulerConfig {
-        lease_confirm: StdDuration::ZERO,
-        ..SchedulerConfig::default()
-    };
-    let scheduler = app.scheduler(config, Arc::new(clock.clone())).await;
-    scheduler.tick().await.expect("tick");
-    let run = &runs_of(&app, &s).await[0];
+    let (clock, scheduler, run) = fired_once_confirming_at_once(&app, &s).await;
+    let run = &run;
     lease(&app, run.id, 60_000).await;
     for _ in 0..3 {
         clock.advance(Duration::days(1));
