@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use netcron_common::domain::{CommandKind, ErrorKind};
+use netcron_common::domain::{CommandKind, ErrorKind, RunStatus};
 use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::lease::{Leases, Start};
 use netcron_common::protocol::{
@@ -181,18 +181,31 @@ impl Executor {
                     }
                 }
             }
+            // No-ops need neither a device nor SSH: they start and finish together, all of a
+            // read in one script, so the pipeline's own cost stays measurable.
+            let mut noops = Vec::new();
             for entry in entries {
                 let task = Task::decode(&entry).map_err(Rejected::from);
                 let Ok(permit) = Arc::clone(&capacity).acquire_owned().await else {
                     break;
                 };
                 self.hold(&entry.id);
+                if let Ok(task) = &task
+                    && task.command.kind == CommandKind::Noop
+                {
+                    noops.push((entry.id.clone(), task.clone(), permit));
+                    continue;
+                }
                 let this = Arc::clone(&self);
                 runs.spawn(async move {
                     this.process(&entry, task).await;
                     this.release(&entry.id);
                     drop(permit);
                 });
+            }
+            if !noops.is_empty() {
+                let this = Arc::clone(&self);
+                runs.spawn(async move { this.run_noops(noops).await });
             }
         }
         if !runs.is_empty() {
@@ -376,6 +389,44 @@ impl Executor {
                     schedule_id = ?task.schedule_id);
                 self.execute(&entry.id, task).instrument(span).await;
             }
+        }
+    }
+
+    /// Runs no-op tasks: each starts and ends in the same step, under the same rules as
+    /// [`Executor::start`] (a finished, begun or superseded attempt is dropped).
+    async fn run_noops(&self, noops: Vec<(String, Task, tokio::sync::OwnedSemaphorePermit)>) {
+        let results: Vec<(String, RunResult)> = noops
+            .iter()
+            .map(|(entry_id, task, _)| {
+                let outcome = crate::runner::noop_outcome();
+                let report = RunResult {
+                    v: RESULT_VERSION,
+                    run_id: task.run_id,
+                    attempt: task.attempt,
+                    executor_id: self.config.consumer.clone(),
+                    started_at: outcome.finished_at,
+                    outcome: Some(outcome),
+                    kind: Some(CommandKind::Noop),
+                };
+                (entry_id.clone(), report)
+            })
+            .collect();
+        let ran = until_ok("running no-ops", || async {
+            self.leases
+                .run_noops(&mut self.redis.clone(), &results)
+                .await
+        })
+        .await;
+        for ((entry_id, task, permit), ran) in noops.into_iter().zip(ran) {
+            if ran {
+                self.metrics.finished(RunStatus::Succeeded, None);
+                self.metrics.run_duration.observe(0.0);
+            } else {
+                tracing::info!(run_id = %task.run_id, attempt = task.attempt,
+                    "no-op not run: its attempt is finished, running elsewhere or superseded");
+            }
+            self.release(&entry_id);
+            drop(permit);
         }
     }
 

@@ -162,6 +162,7 @@ pub async fn publish_batch(
         return Ok(report);
     }
     let mut pipe = redis::pipe();
+    netcron_common::protocol::stream::load_publish_script(&mut pipe);
     let mut marked: Vec<Uuid> = Vec::with_capacity(rows.len());
     let mut published: Vec<usize> = Vec::with_capacity(rows.len());
     let mut tickets: Vec<String> = Vec::with_capacity(rows.len());
@@ -171,7 +172,7 @@ pub async fn publish_batch(
             continue;
         }
         let task = task_of(row)?;
-        pipe.add_command(task.publish_once(streams, TICKET_TTL_S));
+        task.publish_once(&mut pipe, streams, TICKET_TTL_S);
         tickets.push(streams.publish_ticket(task.run_id, task.attempt));
         published.push(marked.len() - 1);
         if task.trigger == RunTrigger::Scheduled {

@@ -55,6 +55,30 @@ end
 return 'started'
 ";
 
+/// KEYS: tasks stream, results stream. ARGV: group, holder, safety ttl s, result version, then
+/// per no-op task: run key, attempt, entry id, run id, outcome body. Each task whose entry is
+/// pending and whose attempt has not begun starts and finishes at once (lease `done`, outcome
+/// added); the others are only acknowledged. Answers 1/0 (ran) per task.
+const NOOPS: &str = r"
+local out = {}
+for i = 5, #ARGV, 5 do
+  local key, attempt, entry = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local ran = 0
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], entry, entry, 1) > 0 then
+    local a = redis.call('HGET', key, 'a')
+    if not a or tonumber(a) < attempt then
+      redis.call('HSET', key, 'a', ARGV[i + 1], 's', 'done', 'h', ARGV[2], 'e', now, 'x', entry)
+      redis.call('EXPIRE', key, ARGV[3])
+      redis.call('XADD', KEYS[2], '*', 'v', ARGV[4], 'run_id', ARGV[i + 3], 'body', ARGV[i + 4])
+      ran = 1
+    end
+    redis.call('XACK', KEYS[1], ARGV[1], entry)
+  end
+  table.insert(out, ran)
+end
+return out
+";
+
 /// KEYS: run keys. ARGV: holder, lease ms, then one attempt per key. Answers the 1-based
 /// positions of the keys whose lease this holder no longer has.
 const RENEW: &str = r"
@@ -253,6 +277,7 @@ pub struct Leases {
     revoke: redis::Script,
     cancel: redis::Script,
     stored: redis::Script,
+    noops: redis::Script,
     /// Safety-net lifetime of a run key whose run vanished (seconds).
     pub safety_ttl_s: u64,
 }
@@ -277,6 +302,7 @@ impl Leases {
             revoke: script(REVOKE),
             cancel: script(CANCEL),
             stored: script(STORED),
+            noops: script(NOOPS),
             safety_ttl_s: safety_ttl_s.max(60),
         }
     }
@@ -323,6 +349,37 @@ impl Leases {
             "held" => Start::Held,
             other => Start::Began(other.trim_start_matches("began:").to_owned()),
         })
+    }
+
+    /// Starts and finishes no-op runs in one step (see the `NOOPS` script): `results` are
+    /// their outcomes with the entries that carried them. Answers, per run, whether it ran.
+    ///
+    /// # Errors
+    /// When Redis fails; then nothing happened.
+    pub async fn run_noops<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        results: &[(String, RunResult)],
+    ) -> redis::RedisResult<Vec<bool>> {
+        let Some((_, first)) = results.first() else {
+            return Ok(Vec::new());
+        };
+        let mut call = self.noops.prepare_invoke();
+        call.key(&self.streams.tasks)
+            .key(&self.streams.results)
+            .arg(self.group)
+            .arg(&first.executor_id)
+            .arg(self.safety_ttl_s)
+            .arg(super::RESULT_VERSION);
+        for (entry_id, result) in results {
+            call.arg(self.streams.run_key(result.run_id))
+                .arg(result.attempt)
+                .arg(entry_id)
+                .arg(result.run_id.to_string())
+                .arg(result.body());
+        }
+        let ran: Vec<i64> = call.invoke_async(conn).await?;
+        Ok(ran.into_iter().map(|r| r == 1).collect())
     }
 
     /// Renews `holder`'s leases on `(run, attempt)`; answers the runs whose lease it lost.

@@ -121,23 +121,31 @@ redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
 ";
 
+/// The publish script, hashed once; [`load_publish_script`] makes sure Redis knows it.
+static PUBLISH_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(PUBLISH_ONCE));
+
+/// Loads the publish script at the head of `pipe` (its answer ignored), so the
+/// [`Task::publish_once`] calls after it can run by hash even on a Redis that restarted.
+pub fn load_publish_script(pipe: &mut redis::Pipeline) {
+    pipe.load_script(&PUBLISH_SCRIPT).ignore();
+}
+
 impl Task {
     /// Adds this task to the tasks stream once per `(run, attempt)`: a ticket key remembers
     /// the entry, so a publisher that crashed before recording the publication publishes the
     /// same entry again instead of a second copy. The publisher deletes the ticket once the
     /// publication is recorded ([`Streams::publish_ticket`]); `ttl_s` bounds a ticket that is
-    /// never deleted. Answers the entry id.
-    pub fn publish_once(&self, streams: &Streams, ttl_s: u64) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PUBLISH_ONCE)
-            .arg(2)
-            .arg(streams.publish_ticket(self.run_id, self.attempt))
-            .arg(&streams.tasks)
+    /// never deleted. Added to `pipe` (after [`load_publish_script`]), it answers the entry id.
+    pub fn publish_once(&self, pipe: &mut redis::Pipeline, streams: &Streams, ttl_s: u64) {
+        let mut call = PUBLISH_SCRIPT.prepare_invoke();
+        call.key(streams.publish_ticket(self.run_id, self.attempt))
+            .key(&streams.tasks)
             .arg(ttl_s.max(60))
             .arg(TASK_VERSION)
             .arg(self.run_id.to_string())
             .arg(self.body());
-        cmd
+        pipe.invoke_script(&call);
     }
 
     /// The JSON body of this task's entry.
