@@ -244,7 +244,7 @@ done AS (
         payload = u.payload, executor_id = u.executor_id
     FROM u
     WHERE r.id = u.run_id AND r.status IN ('queued', 'running') AND r.attempt = u.attempt
-    RETURNING r.id, r.device_id, r.schedule_id,
+    RETURNING r.id, r.device_id, r.schedule_id, u.attempt,
               -- A refused key is never pinned: with no pin in Postgres yet, a run can still be
               -- refused because another run pinned a different key on first contact.
               CASE WHEN u.error_kind = 'host_key_mismatch' THEN NULL
@@ -266,7 +266,8 @@ jump_pinned AS (
     WHERE j.id = p.id AND j.host_key_fingerprint IS NULL
     RETURNING j.id)
 SELECT (SELECT count(*) FROM pinned) + (SELECT count(*) FROM jump_pinned) AS pinned,
-       (SELECT coalesce(array_agg(done.id), '{}') FROM done) AS done_ids,
+       (SELECT coalesce(array_agg(done.id ORDER BY done.id), '{}') FROM done) AS done_ids,
+       (SELECT coalesce(array_agg(done.attempt ORDER BY done.id), '{}') FROM done) AS done_attempts,
        EXISTS (SELECT 1 FROM done JOIN schedules s ON s.id = done.schedule_id
                WHERE s.overlap_policy = 'queue') AS release";
 
@@ -334,21 +335,38 @@ pub async fn finish(txn: &DatabaseTransaction, results: &[&RunResult]) -> Result
     if rows.is_empty() {
         return Ok(report);
     }
-    let rows = serde_json::Value::Array(rows);
+    let mut applied = std::collections::HashSet::new();
     if let Some(row) = txn
-        .query_one_raw(stmt(FINISHED, vec![rows.clone().into()]))
+        .query_one_raw(stmt(
+            FINISHED,
+            vec![serde_json::Value::Array(rows.clone()).into()],
+        ))
         .await?
     {
         report.pinned = u64::try_from(row.try_get::<i64>("", "pinned")?).unwrap_or(0);
         report.release = row.try_get("", "release")?;
         report.done = row.try_get("", "done_ids")?;
+        let attempts: Vec<i32> = row.try_get("", "done_attempts")?;
+        applied.extend(report.done.iter().copied().zip(attempts));
     }
-    // A run finished just now by one outcome cannot also take another of its attempts in the
-    // same statement, so superseded outcomes are a second statement.
-    report.superseded = txn
-        .execute_raw(stmt(SUPERSEDED, vec![rows.into()]))
-        .await?
-        .rows_affected();
+    // Only outcomes that were not applied can be another attempt's; usually there are none,
+    // and the batch's JSON is not parsed a second time. A run finished just now by one outcome
+    // cannot take another of its attempts in the same statement, hence a second statement.
+    let others: Vec<serde_json::Value> = rows
+        .into_iter()
+        .zip(results.iter().filter(|r| r.outcome.is_some()))
+        .filter(|(_, r)| !applied.contains(&(r.run_id, r.attempt)))
+        .map(|(row, _)| row)
+        .collect();
+    if !others.is_empty() {
+        report.superseded = txn
+            .execute_raw(stmt(
+                SUPERSEDED,
+                vec![serde_json::Value::Array(others).into()],
+            ))
+            .await?
+            .rows_affected();
+    }
     Ok(report)
 }
 
