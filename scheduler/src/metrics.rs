@@ -61,7 +61,7 @@ impl Metrics {
         );
         telemetry.register(
             "netcron_scheduler_requeued",
-            "Runs queued again after their executor went away",
+            "Runs re-queued as their next attempt because the attempt was lost",
             this.requeued_total.clone(),
         );
         telemetry.register(
