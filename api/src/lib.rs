@@ -283,7 +283,7 @@ pub async fn run(
     // Postgres being down at start is waited out with backoff (a container that starts before
     // its database must not crash-loop); configuration and bind errors end the process.
     let attempt = || Application::build(settings.clone(), telemetry.clone());
-    let Some(app) = netcron_common::lifecycle::wait_for(
+    let Some(app) = netcron_common::startup::wait_for(
         "api cannot reach Postgres",
         &shutdown,
         is_unreachable,

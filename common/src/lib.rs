@@ -11,11 +11,11 @@ pub mod db;
 pub mod domain;
 pub mod entity;
 pub mod inventory;
-pub mod lifecycle;
 pub mod metrics;
 pub mod ops;
 pub mod protocol;
 pub mod secret;
+pub mod startup;
 pub mod telemetry;
 
 pub use config::ConfigError;

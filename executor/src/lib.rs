@@ -12,6 +12,7 @@
 
 mod cli;
 mod error;
+mod first_contact;
 pub mod inventory;
 pub mod metrics;
 mod output;
@@ -171,7 +172,7 @@ pub async fn run(
         let groups = vec![(streams.tasks.clone(), EXECUTOR_GROUP)];
         telemetry.sample_streams(client, streams, groups, shutdown.clone());
     }
-    let Some(executor) = netcron_common::lifecycle::wait_for(
+    let Some(executor) = netcron_common::startup::wait_for(
         "executor cannot reach Redis",
         &shutdown,
         |_| true,

@@ -51,7 +51,7 @@ pub struct Runner {
     slot_wait: Option<prometheus_client::metrics::histogram::Histogram>,
     /// Pins host keys of never-pinned devices atomically across executors (absent in the
     /// one-shot `netcron inventory`, which has no Redis and pins nothing).
-    first_contact: Option<crate::worker::FirstContact>,
+    first_contact: Option<crate::first_contact::FirstContact>,
 }
 
 impl Runner {
@@ -69,7 +69,7 @@ impl Runner {
     /// Pins the first host key seen on a device without a pin through `pinner` before any
     /// credential is sent.
     #[must_use]
-    pub(crate) fn with_first_contact(mut self, pinner: crate::worker::FirstContact) -> Self {
+    pub(crate) fn with_first_contact(mut self, pinner: crate::first_contact::FirstContact) -> Self {
         self.first_contact = Some(pinner);
         self
     }

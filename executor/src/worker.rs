@@ -22,6 +22,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::error::Result;
+use crate::first_contact::FirstContact;
 use crate::metrics::ExecutorMetrics;
 use crate::runner::{Runner, error_outcome};
 use crate::{ExecutorConfig, Settings};
@@ -576,53 +577,6 @@ where
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-        }
-    }
-}
-
-/// The executor's side of first-contact host-key pinning (see
-/// [`netcron_common::protocol::lease::pin_first_contact`]), callable from an SSH thread.
-#[derive(Clone)]
-pub(crate) struct FirstContact {
-    redis: ConnectionManager,
-    streams: Streams,
-    ttl_s: u64,
-    runtime: tokio::runtime::Handle,
-}
-
-impl FirstContact {
-    /// Pins `fingerprint` for `device` unless another key was pinned first. `Err` carries the
-    /// reason no credential may be sent: the other key, or Redis failing.
-    pub(crate) fn pin(
-        &self,
-        device: Uuid,
-        fingerprint: &str,
-    ) -> std::result::Result<(), (ErrorKind, String)> {
-        let mut redis = self.redis.clone();
-        let pinned = self
-            .runtime
-            .block_on(netcron_common::protocol::lease::pin_first_contact(
-                &mut redis,
-                &self.streams,
-                device,
-                fingerprint,
-                self.ttl_s,
-            ));
-        match pinned {
-            Ok(None) => Ok(()),
-            Ok(Some(other)) => Err((
-                ErrorKind::HostKeyMismatch,
-                format!(
-                    "the device presented host key {fingerprint}, but another run pinned {other} on \
-                 first contact moments ago; no credential was sent"
-                ),
-            )),
-            Err(e) => Err((
-                ErrorKind::Internal,
-                format!(
-                    "cannot pin the host key on first contact (Redis: {e}); no credential was sent"
-                ),
-            )),
         }
     }
 }

@@ -577,7 +577,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Postgres being down at start is waited out with backoff, like any later outage.
     let url = settings.database.url.as_str();
-    let Some(db) = netcron_common::lifecycle::wait_for(
+    let Some(db) = netcron_common::startup::wait_for(
         "ingest cannot reach Postgres",
         &shutdown,
         |_| true,

@@ -574,7 +574,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Postgres being down at start is waited out like any later outage, so a container that
     // starts before its database does not crash-loop.
-    let Some(scheduler) = netcron_common::lifecycle::wait_for(
+    let Some(scheduler) = netcron_common::startup::wait_for(
         "scheduler cannot reach Postgres",
         &shutdown,
         |_| true,
