@@ -127,6 +127,8 @@ pub struct Published {
     pub scheduled: Vec<DateTime<Utc>>,
     /// Runs published.
     pub published: usize,
+    /// Runs ended `error` because their row could not become a task.
+    pub failed: u64,
 }
 
 /// A ticket's safety-net lifetime: longer than any outage between publishing a task and
@@ -166,12 +168,22 @@ pub async fn publish_batch(
     let mut marked: Vec<Uuid> = Vec::with_capacity(rows.len());
     let mut published: Vec<usize> = Vec::with_capacity(rows.len());
     let mut tickets: Vec<String> = Vec::with_capacity(rows.len());
+    let mut unpublishable: Vec<(Uuid, String)> = Vec::new();
     for row in &rows {
         marked.push(row.try_get("", "run_id")?);
         if row.try_get::<Option<Uuid>>("", "id")?.is_none() {
             continue;
         }
-        let task = task_of(row)?;
+        // One row that cannot become a task (its command deleted meanwhile, a value this
+        // build does not know) ends its own run; it never holds up the others.
+        let task = match task_of(row) {
+            Ok(task) => task,
+            Err(e) => {
+                let run_id = marked[marked.len() - 1];
+                unpublishable.push((run_id, format!("the run cannot be published: {e}")));
+                continue;
+            }
+        };
         task.publish_once(&mut pipe, streams, TICKET_TTL_S);
         tickets.push(streams.publish_ticket(task.run_id, task.attempt));
         published.push(marked.len() - 1);
@@ -193,6 +205,7 @@ pub async fn publish_batch(
         [marked.into(), stream_ids.into(), now().into()],
     ))
     .await?;
+    report.failed = crate::runs::fail_unpublishable(&txn, &unpublishable).await?;
     txn.commit().await?;
     // The publication is recorded: the tickets have served. One left behind (Redis failing
     // here) only expires later.

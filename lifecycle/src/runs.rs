@@ -370,6 +370,36 @@ pub async fn finish(txn: &DatabaseTransaction, results: &[&RunResult]) -> Result
     Ok(report)
 }
 
+/// Ends queued runs that cannot be published, with the reason.
+const FAIL_UNPUBLISHABLE: &str = r"
+UPDATE runs r
+SET status = 'error', error_kind = 'internal', error_message = t.reason, finished_at = now()
+FROM unnest($1::uuid[], $2::text[]) AS t(id, reason)
+WHERE r.id = t.id AND r.status = 'queued'";
+
+/// *queued → error*: runs whose row cannot become a task (a value this build does not know, a
+/// command deleted under it). Answers how many ended.
+///
+/// # Errors
+/// When the database fails.
+pub async fn fail_unpublishable(
+    txn: &DatabaseTransaction,
+    failed: &[(Uuid, String)],
+) -> Result<u64> {
+    if failed.is_empty() {
+        return Ok(0);
+    }
+    for (run_id, reason) in failed {
+        tracing::error!(%run_id, %reason, "a queued run cannot be published; it ends in error");
+    }
+    let ids: Vec<Uuid> = failed.iter().map(|f| f.0).collect();
+    let reasons: Vec<String> = failed.iter().map(|f| f.1.clone()).collect();
+    Ok(txn
+        .execute_raw(stmt(FAIL_UNPUBLISHABLE, vec![ids.into(), reasons.into()]))
+        .await?
+        .rows_affected())
+}
+
 /// Puts back in the queue, as their next attempt, the runs whose attempt was lost (lease
 /// expired, or task and lease lost with Redis' data): only while the run is still `queued` or
 /// `running` at exactly that attempt. The lost attempt is noted on `attempts`.

@@ -87,12 +87,30 @@ struct Claimed {
     due: Option<Due>,
 }
 
+/// A text-backed enum column, or `fallback` (logged) when its value is not one this build
+/// knows.
+fn tolerant<T: std::str::FromStr>(
+    row: &QueryResult,
+    schedule_id: Uuid,
+    column: &str,
+    fallback: T,
+) -> Result<T> {
+    let text: String = row.try_get("", column)?;
+    Ok(text.parse().unwrap_or_else(|_| {
+        tracing::warn!(%schedule_id, column, value = %text,
+            "unknown value (from a newer version?); using the most conservative one");
+        fallback
+    }))
+}
+
 fn parse_row(row: &QueryResult, specs: &SpecCache) -> Result<Claimed> {
     let id: Uuid = row.try_get("", "id")?;
     let cron: String = row.try_get("", "cron_expression")?;
     let zone: String = row.try_get("", "timezone")?;
-    let misfire: MisfirePolicy = row.try_get("", "misfire_policy")?;
-    let overlap: OverlapPolicy = row.try_get("", "overlap_policy")?;
+    // A policy this build does not know (written by a newer version) falls back to the most
+    // conservative one: never more runs than the schedule asked for.
+    let misfire = tolerant(row, id, "misfire_policy", MisfirePolicy::Skip)?;
+    let overlap = tolerant(row, id, "overlap_policy", OverlapPolicy::Skip)?;
     // A row the API validated always parses; one edited behind its back is ended with a log
     // line rather than stopping every other schedule.
     let timing = match (specs.parse(&cron), parse_timezone(&zone)) {
@@ -158,7 +176,17 @@ pub async fn fire_due(
     let mut advance_to = Vec::with_capacity(rows.len());
     let mut ended = Vec::new();
     for row in &rows {
-        let claimed = parse_row(row, specs)?;
+        let claimed = match parse_row(row, specs) {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // A row that cannot be read at all (NULL where none may be) must not stop
+                // every other schedule: it is ended, loudly.
+                let id: Option<Uuid> = row.try_get("", "id").ok();
+                tracing::error!(schedule_id = ?id, error = %e, "a due schedule cannot be read; it is ended");
+                ended.extend(id);
+                continue;
+            }
+        };
         let Some(due) = claimed.due else {
             ended.push(claimed.id);
             continue;

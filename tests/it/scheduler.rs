@@ -786,3 +786,84 @@ async fn stream_trimming_never_drops_unprocessed_entries() {
         .expect("XLEN");
     assert_eq!(len, 4, "pending and undelivered entries stay");
 }
+
+/// A row this build cannot turn into a task (a platform written by a newer version, with the
+/// newer version's wider constraint) ends its own run `error`, naming the column; a schedule
+/// policy it does not know falls back to the most conservative one. The hundred other
+/// schedules fire and publish in the same passes.
+#[tokio::test]
+async fn a_row_this_build_cannot_read_ends_its_own_run_and_the_others_fire_on_time() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("fine").await;
+    let mut good = Vec::new();
+    for _ in 0..100 {
+        good.push(
+            app.schedule(&device, &command, json!({"cron_expression": "* * * * * *"}))
+                .await,
+        );
+    }
+    let bad = scheduled(
+        &app,
+        "from-the-future",
+        json!({"cron_expression": "* * * * * *"}),
+    )
+    .await;
+    app.db
+        .execute_unprepared(&format!(
+            "ALTER TABLE devices DROP CONSTRAINT devices_platform_check;
+             ALTER TABLE schedules DROP CONSTRAINT schedules_overlap_policy_check;
+             UPDATE devices SET platform = 'cisco_quantum'
+               WHERE id = (SELECT c.device_id FROM commands c JOIN schedules s ON s.command_id = c.id
+                           WHERE s.id = '{bad}');
+             UPDATE schedules SET overlap_policy = 'merge' WHERE id = '{bad}'",
+            bad = id(&bad)
+        ))
+        .await
+        .expect("a newer version's rows");
+    let first = time(&good[0]["next_fire_at"]).max(time(&bad["next_fire_at"]));
+    let clock = ManualClock::new(first + Duration::milliseconds(500));
+    let scheduler = app
+        .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
+        .await;
+    for _ in 0..3 {
+        let report = scheduler
+            .tick()
+            .await
+            .expect("a pass is not stopped by one row");
+        assert_eq!(report.fired.claimed, 101, "{report:?}");
+        clock.advance(Duration::seconds(1));
+    }
+    for s in &good {
+        let runs = runs_of(&app, s).await;
+        let queued: Vec<_> = runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Queued)
+            .collect();
+        assert!(!queued.is_empty(), "{runs:?}");
+        for run in queued {
+            assert!(
+                published_at(&app, run.id).await.is_some(),
+                "published on time"
+            );
+        }
+        assert!(
+            runs.iter().all(|r| r.status != RunStatus::Error),
+            "{runs:?}"
+        );
+    }
+    let refused = runs_of(&app, &bad).await;
+    assert!(
+        refused.len() >= 3,
+        "the unknown overlap policy still fires (as `skip`)"
+    );
+    for run in refused {
+        assert_eq!(run.status, RunStatus::Error);
+        assert_eq!(run.error_kind.as_deref(), Some("internal"));
+        let message = run.error_message.unwrap_or_default();
+        let lower = message.to_lowercase();
+        assert!(
+            lower.contains("platform") && lower.contains("cisco_quantum"),
+            "{message}"
+        );
+    }
+}
