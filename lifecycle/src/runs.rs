@@ -518,10 +518,18 @@ pub async fn cancel(
 /// # Errors
 /// When the database fails.
 pub async fn delete_where(txn: &DatabaseTransaction, column: RunOwner, id: Uuid) -> Result<()> {
-    let column = match column {
-        RunOwner::Device => "device_id",
-        RunOwner::Command => "command_id",
+    let (column, parent) = match column {
+        RunOwner::Device => ("device_id", "devices"),
+        RunOwner::Command => ("command_id", "commands"),
     };
+    // The parent row first: a manual run being created holds it `FOR KEY SHARE` until its
+    // insert commits, so this waits for that run and then deletes it too — or, locking first,
+    // makes the new run find no command. Either way no run outlives its device or command.
+    txn.execute_raw(stmt(
+        &format!("SELECT id FROM {parent} WHERE id = $1 FOR UPDATE"),
+        vec![id.into()],
+    ))
+    .await?;
     for sql in [
         format!(
             "DELETE FROM task_outbox WHERE run_id IN (SELECT id FROM runs WHERE {column} = $1)"

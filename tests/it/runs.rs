@@ -1,3 +1,4 @@
+use sea_orm::ConnectionTrait as _;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -172,4 +173,41 @@ async fn unknown_run_is_404() {
         Some("run_id"),
     )
     .await;
+}
+
+/// A device deleted while manual runs of its command are being created leaves no run behind:
+/// each run either lands before the delete (and goes with it) or finds no command (404).
+#[tokio::test]
+async fn a_delete_racing_manual_runs_leaves_no_orphan() {
+    let app = TestApp::spawn().await;
+    for round in 0..20 {
+        let (device, command) = app.command(&format!("racer-{round}")).await;
+        let run_path = format!("/devices/{}/commands/{}/run", id(&device), id(&command));
+        let delete_path = format!("/devices/{}", id(&device));
+        let body = json!({});
+        let (a, b, deleted, c) = tokio::join!(
+            app.post(&run_path, &body),
+            app.post(&run_path, &body),
+            app.delete(&delete_path),
+            app.post(&run_path, &body),
+        );
+        assert_eq!(deleted.status(), 204);
+        for response in [a, b, c] {
+            let status = response.status().as_u16();
+            assert!(status == 202 || status == 404, "{status}");
+        }
+    }
+    let orphans = app
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT count(*) AS n FROM runs r
+             WHERE NOT EXISTS (SELECT 1 FROM commands c WHERE c.id = r.command_id)
+                OR NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = r.device_id)",
+        ))
+        .await
+        .expect("query")
+        .expect("row");
+    let n: i64 = orphans.try_get("", "n").expect("n");
+    assert_eq!(n, 0, "runs without their device or command");
 }
