@@ -100,6 +100,8 @@ pub struct IngestReport {
     pub pinned: u64,
     /// Outcomes of attempts that were not their run's current one, recorded as superseded.
     pub superseded: u64,
+    /// Bytes of the entries read (all their fields).
+    pub bytes: usize,
     pub dead_lettered: usize,
 }
 
@@ -230,13 +232,16 @@ impl Ingest {
         let mut backoff = Duration::from_millis(100);
         let mut last_reclaim: Option<Instant> = None;
         let mut conns: Option<Conns> = None;
+        // Entries read per call: the batch size, less while entries are large, so one read
+        // never holds more than about MAX_BATCH_BYTES of results (a result can be 200 MiB).
+        let mut count = self.batch;
         while !shutdown.is_cancelled() {
             let reclaim = last_reclaim.is_none_or(|t| t.elapsed() >= RECLAIM_IDLE / 2);
             if reclaim {
                 last_reclaim = Some(Instant::now());
             }
             let step = match &conns {
-                Some(c) => self.step(c, reclaim, Duration::from_secs(1)).await,
+                Some(c) => self.step(c, reclaim, Duration::from_secs(1), count).await,
                 None => match self.connect(consumer).await {
                     Ok(c) => {
                         conns = Some(c);
@@ -248,6 +253,7 @@ impl Ingest {
             match step {
                 Ok(report) => {
                     backoff = Duration::from_millis(100);
+                    count = next_count(count, self.batch, &report);
                     if report.entries > 0 {
                         tracing::debug!(?report, "ingested results");
                     }
@@ -283,11 +289,12 @@ impl Ingest {
         conns: &Conns,
         reclaim: bool,
         block: Duration,
+        count: usize,
     ) -> anyhow::Result<IngestReport> {
         let mut entries = Vec::new();
         if reclaim {
             // Our own pending entries first (a failed commit), then other consumers' idle ones.
-            entries = self.read(conns, "0", None).await?;
+            entries = self.read(conns, "0", None, count).await?;
             if entries.is_empty() {
                 let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
                     .arg(&self.streams.results)
@@ -296,14 +303,14 @@ impl Ingest {
                     .arg(RECLAIM_IDLE.as_millis() as u64)
                     .arg("0-0")
                     .arg("COUNT")
-                    .arg(self.batch)
+                    .arg(count)
                     .query_async(&mut conns.redis.clone())
                     .await?;
                 entries = claimed.claimed;
             }
         }
         if entries.is_empty() {
-            entries = self.read(conns, ">", Some(block)).await?;
+            entries = self.read(conns, ">", Some(block), count).await?;
         }
         self.store(conns, entries).await
     }
@@ -313,13 +320,14 @@ impl Ingest {
         conns: &Conns,
         from: &str,
         block: Option<Duration>,
+        count: usize,
     ) -> anyhow::Result<Vec<StreamId>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(INGEST_GROUP)
             .arg(&conns.consumer)
             .arg("COUNT")
-            .arg(self.batch);
+            .arg(count);
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
@@ -334,6 +342,7 @@ impl Ingest {
     async fn store(&self, conns: &Conns, entries: Vec<StreamId>) -> anyhow::Result<IngestReport> {
         let mut report = IngestReport {
             entries: entries.len(),
+            bytes: entries.iter().map(entry_bytes).sum(),
             ..IngestReport::default()
         };
         let mut chunk: Vec<(String, RunResult)> = Vec::new();
@@ -565,6 +574,33 @@ fn rand_suffix() -> u32 {
     Uuid::new_v4().as_u128() as u32
 }
 
+/// The size of an entry's fields.
+fn entry_bytes(entry: &StreamId) -> usize {
+    entry
+        .map
+        .iter()
+        .map(|(k, v)| {
+            k.len()
+                + match v {
+                    redis::Value::BulkString(b) => b.len(),
+                    _ => 0,
+                }
+        })
+        .sum()
+}
+
+/// How many entries to read next: halved after a read of more than [`MAX_BATCH_BYTES`],
+/// doubled back (up to `batch`) after a read of less than a quarter of it.
+fn next_count(count: usize, batch: usize, last: &IngestReport) -> usize {
+    if last.bytes > MAX_BATCH_BYTES {
+        (count / 2).max(1)
+    } else if last.bytes < MAX_BATCH_BYTES / 4 {
+        (count * 2).min(batch)
+    } else {
+        count
+    }
+}
+
 /// Runs result ingest alone (`netcron ingest`). Postgres and Redis being unreachable are
 /// waited out.
 ///
@@ -600,4 +636,30 @@ pub async fn run(
     telemetry.add_redis_check(&ingest.client);
     ingest.run(shutdown).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_shrink_while_results_are_large_and_grow_back() {
+        let big = IngestReport {
+            bytes: MAX_BATCH_BYTES * 3,
+            ..IngestReport::default()
+        };
+        let small = IngestReport {
+            bytes: 1024,
+            ..IngestReport::default()
+        };
+        let mut count = 1000;
+        for _ in 0..12 {
+            count = next_count(count, 1000, &big);
+        }
+        assert_eq!(count, 1, "one large result at a time");
+        for _ in 0..12 {
+            count = next_count(count, 1000, &small);
+        }
+        assert_eq!(count, 1000, "back to the batch size");
+    }
 }
