@@ -211,3 +211,30 @@ async fn a_delete_racing_manual_runs_leaves_no_orphan() {
     let n: i64 = orphans.try_get("", "n").expect("n");
     assert_eq!(n, 0, "runs without their device or command");
 }
+
+/// Two configuration versions too large to diff answer a problem naming the limit, at once;
+/// the process does not stall on them.
+#[tokio::test]
+async fn a_diff_of_versions_too_large_is_refused_with_a_problem() {
+    let app = TestApp::spawn().await;
+    let device = app.device("huge-config").await;
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO config_versions (id, device_id, version, hash, content, run_id)
+             SELECT gen_random_uuid(), '{device}', v, md5(v::text), repeat('interface x' || v || E'\\n', 1500000),
+                    gen_random_uuid()
+             FROM generate_series(1, 2) AS v",
+            device = id(&device)
+        ))
+        .await
+        .expect("two large versions");
+    let started = std::time::Instant::now();
+    let response = app
+        .get(&format!(
+            "/devices/{}/configs/diff?from=1&to=2",
+            id(&device)
+        ))
+        .await;
+    assert_problem(response, 422, "validation", Some("to")).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

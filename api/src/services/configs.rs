@@ -90,12 +90,35 @@ pub async fn diff(
             .await?
             .ok_or_else(|| ApiError::not_found("earlier config version", device_id))?,
     };
+    let size = from.content.len() + to.content.len();
+    if size > MAX_DIFF_BYTES {
+        return Err(ApiError::validation(
+            "to",
+            format!(
+                "versions {} and {} are {size} bytes together, more than the {MAX_DIFF_BYTES} \
+                 a diff is computed for; fetch the two versions instead",
+                from.version, to.version
+            ),
+        ));
+    }
+    let (from_version, to_version) = (from.version, to.version);
+    // Diffing is CPU work proportional to the configurations: off the async runtime, and
+    // bounded in time (past the deadline `similar` settles for a larger, still correct, diff).
+    let diff = tokio::task::spawn_blocking(move || unified(&from, &to))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the diff task failed: {e}")))?;
     Ok(ConfigDiff {
-        from: from.version,
-        to: to.version,
-        diff: unified(&from, &to),
+        from: from_version,
+        to: to_version,
+        diff,
     })
 }
+
+/// The most configuration text (both versions together) a diff is computed for.
+const MAX_DIFF_BYTES: usize = 32 * 1024 * 1024;
+
+/// How long a diff may search for the smallest edit script.
+const DIFF_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn unified(from: &config_version::Model, to: &config_version::Model) -> String {
     let old = format!(
@@ -104,7 +127,9 @@ fn unified(from: &config_version::Model, to: &config_version::Model) -> String {
         from.created_at.to_rfc3339()
     );
     let new = format!("version {} ({})", to.version, to.created_at.to_rfc3339());
-    TextDiff::from_lines(&from.content, &to.content)
+    TextDiff::configure()
+        .timeout(DIFF_DEADLINE)
+        .diff_lines(&from.content, &to.content)
         .unified_diff()
         .context_radius(CONTEXT_LINES)
         .header(&old, &new)
