@@ -1,10 +1,34 @@
-//! Stream trimming, one of the scheduler role's periodic jobs (the others, retention and the
-//! re-queue pass, are run transitions and live in `netcron-lifecycle`). Every job is
+//! Stream trimming and configuration-version retention, periodic jobs of the scheduler role
+//! (run retention and the re-queue pass are run transitions and live in `netcron-lifecycle`). Every job is
 //! idempotent, so replicas may all run them.
 
 use redis::aio::ConnectionManager;
+use sea_orm::{ConnectionTrait as _, DatabaseConnection};
 
 use crate::error::Result;
+
+/// Deletes each device's configuration versions beyond its newest `keep` (0 keeps all). The
+/// versions left stay numbered without gaps among themselves; numbering goes on from the
+/// newest.
+///
+/// # Errors
+/// When the database fails.
+pub async fn trim_config_versions(db: &DatabaseConnection, keep: u64) -> Result<u64> {
+    if keep == 0 {
+        return Ok(0);
+    }
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    Ok(db
+        .execute_raw(crate::fire::stmt(
+            r"DELETE FROM config_versions c
+              USING (SELECT device_id, max(version) AS newest FROM config_versions
+                     GROUP BY device_id) n
+              WHERE c.device_id = n.device_id AND c.version <= n.newest - $1",
+            vec![keep.into()],
+        ))
+        .await?
+        .rows_affected())
+}
 
 fn parse_id(id: &str) -> Option<(u64, u64)> {
     let (ms, seq) = id.split_once('-')?;

@@ -68,6 +68,9 @@ pub struct SchedulerConfig {
     pub clock_sync: StdDuration,
     pub retention_max_age: Duration,
     pub retention_per_schedule: u64,
+    /// Configuration versions kept per device, newest first (`NETCRON_CONFIG_VERSIONS_KEEP`,
+    /// 1000; 0 keeps every version).
+    pub config_versions_keep: u64,
     /// 6-field cron expressions (with seconds) of the housekeeping jobs, in UTC.
     pub retention_cron: String,
     pub requeue_cron: String,
@@ -87,6 +90,7 @@ impl Default for SchedulerConfig {
             clock_sync: StdDuration::from_secs(30),
             retention_max_age: Duration::days(90),
             retention_per_schedule: 10_000,
+            config_versions_keep: 1000,
             retention_cron: "0 17 3 * * *".into(),
             requeue_cron: "*/10 * * * * *".into(),
             trim_cron: "0 * * * * *".into(),
@@ -126,6 +130,10 @@ impl SchedulerConfig {
             retention_per_schedule: config::parsed_or(
                 "NETCRON_RETENTION_PER_SCHEDULE",
                 d.retention_per_schedule,
+            )?,
+            config_versions_keep: config::parsed_or(
+                "NETCRON_CONFIG_VERSIONS_KEEP",
+                d.config_versions_keep,
             )?,
             retention_cron: cron("NETCRON_RETENTION_CRON", d.retention_cron)?,
             requeue_cron: cron("NETCRON_REQUEUE_CRON", d.requeue_cron)?,
@@ -389,13 +397,19 @@ impl Scheduler {
     /// # Errors
     /// When the database fails.
     pub async fn apply_retention(&self) -> Result<u64> {
-        Ok(runs::apply_retention(
+        let runs = runs::apply_retention(
             &self.db,
             self.clock.now(),
             self.config.retention_max_age,
             self.config.retention_per_schedule,
         )
-        .await?)
+        .await?;
+        let versions =
+            housekeeping::trim_config_versions(&self.db, self.config.config_versions_keep).await?;
+        if versions > 0 {
+            tracing::info!(versions, "old configuration versions deleted");
+        }
+        Ok(runs)
     }
 
     /// Trims the tasks and results streams behind their consumer groups.

@@ -867,3 +867,35 @@ async fn a_row_this_build_cannot_read_ends_its_own_run_and_the_others_fire_on_ti
         );
     }
 }
+
+#[tokio::test]
+async fn retention_keeps_the_newest_config_versions_of_each_device() {
+    let app = TestApp::spawn().await;
+    let (device, _) = app.command("backed-up").await;
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO config_versions (id, device_id, version, hash, content, run_id)
+             SELECT gen_random_uuid(), '{device}', v, md5(v::text), 'hostname sw' || v,
+                    gen_random_uuid()
+             FROM generate_series(1, 5) AS v",
+            device = id(&device)
+        ))
+        .await
+        .expect("versions");
+    let config = SchedulerConfig {
+        config_versions_keep: 2,
+        ..SchedulerConfig::default()
+    };
+    let scheduler = app.scheduler(config, Arc::new(SystemClock)).await;
+    scheduler.apply_retention().await.expect("retention");
+    let (status, page) = json_of(app.get(&format!("/devices/{}/configs", id(&device))).await).await;
+    assert_eq!(status, 200, "{page}");
+    let mut versions: Vec<i64> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|v| v["version"].as_i64())
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, [4, 5], "{page}");
+}
