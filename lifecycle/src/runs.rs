@@ -108,11 +108,15 @@ pub async fn create_scheduled(
     Ok(())
 }
 
+/// The device row first, then the command (always in this order, as deletes take them), so
+/// a delete and a manual run never wait on each other in a circle.
+const LOCK_DEVICE: &str = "SELECT id FROM devices WHERE id = $1 FOR KEY SHARE";
+
 const CREATE_MANUAL: &str = r"
 WITH cmd AS (
-    SELECT c.id, c.device_id FROM commands c JOIN devices d ON d.id = c.device_id
+    SELECT c.id, c.device_id FROM commands c
     WHERE c.id = $2 AND c.device_id = $3
-    FOR KEY SHARE OF c, d),
+    FOR KEY SHARE),
 inserted AS (
     INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, queued_at, status)
     SELECT $1, cmd.id, cmd.device_id, 'manual', now(), now(), 'queued' FROM cmd
@@ -134,6 +138,8 @@ pub async fn create_manual(
 ) -> Result<run::Model> {
     let id = Uuid::now_v7();
     let txn = db.begin().await?;
+    txn.execute_raw(stmt(LOCK_DEVICE, vec![device_id.into()]))
+        .await?;
     let row = txn
         .query_one_raw(stmt(
             CREATE_MANUAL,
