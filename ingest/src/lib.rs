@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod events;
+pub mod webhook_policy;
 mod metrics;
 
 use crate::events::{Dispatcher, EventSettings, Finished};
