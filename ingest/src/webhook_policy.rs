@@ -367,4 +367,38 @@ mod tests {
              never reach"
         );
     }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_a_name_that_resolves_to_a_refused_address() {
+        let name = || "localhost".parse::<Name>().expect("name");
+        let strict = VettingResolver {
+            policy: WebhookPolicy::default(),
+        };
+        let Err(error) = strict.resolve(name()).await else {
+            panic!("localhost was resolved under the default policy");
+        };
+        let refusal = error.downcast_ref::<Refusal>().expect("a refusal");
+        assert!(
+            refusal.to_string().starts_with("localhost resolves to "),
+            "{refusal}"
+        );
+        let lenient = VettingResolver {
+            policy: WebhookPolicy {
+                allow_loopback: true,
+                ..WebhookPolicy::default()
+            },
+        };
+        let Ok(addrs) = lenient.resolve(name()).await else {
+            panic!("localhost was refused with loopback allowed");
+        };
+        assert!(addrs.map(|a| a.ip()).all(|ip| ip.is_loopback()));
+    }
+
+    #[test]
+    fn only_a_literal_host_is_checked_before_resolution() {
+        let policy = WebhookPolicy::default();
+        let url = |u: &str| Url::parse(u).expect("URL");
+        assert!(policy.check_literal(&url("http://localhost:9/")).is_ok());
+        assert!(policy.check_literal(&url("http://127.0.0.1:9/")).is_err());
+    }
 }

@@ -287,10 +287,10 @@ async fn a_redirect_is_not_followed() {
 }
 
 #[tokio::test]
-async fn what_an_endpoint_answers_is_recorded_only_up_to_a_kibibyte() {
+async fn an_endpoints_answer_is_recorded_as_its_status_only() {
     let app = TestApp::spawn_with(|s| s.events.webhook_max_attempts = 1).await;
     let (base, _) = endpoint(|| {
-        (StatusCode::INTERNAL_SERVER_ERROR, "é".repeat(100_000)).into_response()
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal secret ".repeat(10_000)).into_response()
     })
     .await;
     let webhook = app
@@ -303,10 +303,10 @@ async fn what_an_endpoint_answers_is_recorded_only_up_to_a_kibibyte() {
     emit_event(&app).await;
     let delivery = settled_delivery(&app, id(&webhook)).await;
     assert_eq!(delivery["last_status_code"], 500, "{delivery}");
-    let error = delivery["last_error"].as_str().expect("last_error");
-    assert!(error.starts_with("the endpoint answered 500"), "{error}");
-    assert!(error.contains("éé"), "an excerpt of the body is kept: {error}");
-    assert!(error.len() <= 1024, "{} bytes recorded", error.len());
+    assert_eq!(
+        delivery["last_error"], "the endpoint answered 500 Internal Server Error",
+        "the body is not recorded: {delivery}"
+    );
 }
 
 /// Inserts an event created `age_days` ago (published then too, unless `published` is false)
