@@ -242,20 +242,22 @@ pub struct VettingResolver {
 
 impl Resolve for VettingResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            // Port 0: the client puts the URL's port in.
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
-            if addrs.is_empty() {
-                return Err(format!("{host} resolves to no address").into());
-            }
-            policy.check_resolved(&host, &addrs)?;
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
+        Box::pin(resolve_vetted(self.policy, name.as_str().to_owned()))
     }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn resolve_vetted(policy: WebhookPolicy, host: String) -> Result<Addrs, BoxError> {
+    // Port 0: the client puts the URL's port in.
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+        .await?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{host} resolves to no address").into());
+    }
+    policy.check_resolved(&host, &addrs)?;
+    Ok(Box::new(addrs.into_iter()))
 }
 
 #[cfg(test)]
@@ -304,9 +306,9 @@ mod tests {
 
     #[test]
     fn the_policy_is_parsed_from_a_comma_list() {
-        assert_eq!("".parse(), Ok(WebhookPolicy::default()));
+        assert_eq!("".parse::<WebhookPolicy>(), Ok(WebhookPolicy::default()));
         assert_eq!(
-            " private , Loopback ".parse(),
+            " private , Loopback ".parse::<WebhookPolicy>(),
             Ok(WebhookPolicy {
                 allow_private: true,
                 allow_loopback: true
