@@ -32,8 +32,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod events;
-pub mod webhook_policy;
 mod metrics;
+pub mod webhook_policy;
 
 use crate::events::{Dispatcher, EventSettings, Finished};
 pub use crate::metrics::IngestMetrics;

@@ -219,7 +219,11 @@ impl fmt::Display for Refusal {
         if self.host == self.address.to_string() {
             write!(f, "{} is a {kind} address", self.address)?;
         } else {
-            write!(f, "{} resolves to {}, a {kind} address", self.host, self.address)?;
+            write!(
+                f,
+                "{} resolves to {}, a {kind} address",
+                self.host, self.address
+            )?;
         }
         match self.class {
             AddressClass::Private | AddressClass::Loopback => write!(
@@ -250,9 +254,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn resolve_vetted(policy: WebhookPolicy, host: String) -> Result<Addrs, BoxError> {
     // Port 0: the client puts the URL's port in.
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-        .await?
-        .collect();
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
     if addrs.is_empty() {
         return Err(format!("{host} resolves to no address").into());
     }
@@ -270,7 +272,13 @@ mod tests {
 
     #[test]
     fn addresses_are_classified() {
-        for public in ["192.0.2.10", "8.8.8.8", "100.128.0.1", "172.32.0.1", "2001:db8::1"] {
+        for public in [
+            "192.0.2.10",
+            "8.8.8.8",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2001:db8::1",
+        ] {
             assert_eq!(class(public), AddressClass::Public, "{public}");
         }
         for private in [
@@ -286,7 +294,13 @@ mod tests {
         ] {
             assert_eq!(class(private), AddressClass::Private, "{private}");
         }
-        for loopback in ["127.0.0.1", "127.255.0.9", "::1", "::ffff:127.0.0.1", "64:ff9b::7f00:1"] {
+        for loopback in [
+            "127.0.0.1",
+            "127.255.0.9",
+            "::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::7f00:1",
+        ] {
             assert_eq!(class(loopback), AddressClass::Loopback, "{loopback}");
         }
         for (forbidden, kind) in [
@@ -300,7 +314,11 @@ mod tests {
             ("255.255.255.255", "broadcast"),
             ("::ffff:169.254.169.254", "link-local"),
         ] {
-            assert_eq!(class(forbidden), AddressClass::Forbidden(kind), "{forbidden}");
+            assert_eq!(
+                class(forbidden),
+                AddressClass::Forbidden(kind),
+                "{forbidden}"
+            );
         }
     }
 
@@ -324,7 +342,11 @@ mod tests {
     fn the_default_refuses_everything_but_public_addresses() {
         let policy = WebhookPolicy::default();
         let url = |u: &str| Url::parse(u).expect("URL");
-        assert!(policy.check_url(&url("https://hooks.example.net/x")).is_ok());
+        assert!(
+            policy
+                .check_url(&url("https://hooks.example.net/x"))
+                .is_ok()
+        );
         assert!(policy.check_url(&url("http://192.0.2.1:8080/x")).is_ok());
         let refused = policy
             .check_url(&url("http://127.0.0.1:9/x"))
@@ -362,7 +384,9 @@ mod tests {
             SocketAddr::new(ip("192.0.2.1"), 0),
             SocketAddr::new(ip("169.254.169.254"), 0),
         ];
-        let refused = policy.check_resolved("evil.example", &addrs).expect_err("one bad");
+        let refused = policy
+            .check_resolved("evil.example", &addrs)
+            .expect_err("one bad");
         assert_eq!(
             refused.to_string(),
             "evil.example resolves to 169.254.169.254, a link-local address, which webhooks \

@@ -98,13 +98,17 @@ async fn emit_event(app: &TestApp) -> Uuid {
 
 /// The webhook's only delivery once it is no longer pending.
 async fn settled_delivery(app: &TestApp, webhook_id: &str) -> Value {
-    eventually("the delivery is settled", Duration::from_secs(20), || async {
-        let (status, page) =
-            json_of(app.get(&format!("/webhooks/{webhook_id}/deliveries")).await).await;
-        assert_eq!(status, 200, "{page}");
-        let delivery = page["items"].as_array()?.first()?.clone();
-        (delivery["status"] != "pending").then_some(delivery)
-    })
+    eventually(
+        "the delivery is settled",
+        Duration::from_secs(20),
+        || async {
+            let (status, page) =
+                json_of(app.get(&format!("/webhooks/{webhook_id}/deliveries")).await).await;
+            assert_eq!(status, 200, "{page}");
+            let delivery = page["items"].as_array()?.first()?.clone();
+            (delivery["status"] != "pending").then_some(delivery)
+        },
+    )
     .await
 }
 
@@ -137,7 +141,10 @@ async fn made_up_methods_from_anonymous_clients_add_no_metric_series() {
         "duration series:\n{text}"
     );
     assert!(text.contains(r#"method="other""#), "{text}");
-    assert!(!text.contains("method=\"X"), "a made-up method became a label:\n{text}");
+    assert!(
+        !text.contains("method=\"X"),
+        "a made-up method became a label:\n{text}"
+    );
 }
 
 #[tokio::test]
@@ -171,9 +178,12 @@ async fn a_webhook_to_an_internal_address_is_refused_at_creation() {
         );
     }
     // Public addresses and names are fine; names are checked again when delivering.
-    for (i, url) in ["https://hooks.example.net/netcron", "http://192.0.2.7:8080/hook"]
-        .iter()
-        .enumerate()
+    for (i, url) in [
+        "https://hooks.example.net/netcron",
+        "http://192.0.2.7:8080/hook",
+    ]
+    .iter()
+    .enumerate()
     {
         app.create(
             "/webhooks",
@@ -226,12 +236,7 @@ async fn a_stored_webhook_to_a_refused_address_is_not_called_on_delivery() {
             &app,
             "INSERT INTO webhooks (id, name, url, secret_ciphertext, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, now(), now())",
-            vec![
-                webhook_id.into(),
-                name.into(),
-                url.into(),
-                sealed.into(),
-            ],
+            vec![webhook_id.into(), name.into(), url.into(), sealed.into()],
         )
         .await;
         webhooks.push(webhook_id.to_string());
@@ -283,14 +288,22 @@ async fn a_redirect_is_not_followed() {
         "{delivery}"
     );
     assert_eq!(redirector_hits.load(Ordering::SeqCst), 1);
-    assert_eq!(target_hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+    assert_eq!(
+        target_hits.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
 }
 
 #[tokio::test]
 async fn an_endpoints_answer_is_recorded_as_its_status_only() {
     let app = TestApp::spawn_with(|s| s.events.webhook_max_attempts = 1).await;
     let (base, _) = endpoint(|| {
-        (StatusCode::INTERNAL_SERVER_ERROR, "internal secret ".repeat(10_000)).into_response()
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal secret ".repeat(10_000),
+        )
+            .into_response()
     })
     .await;
     let webhook = app
@@ -374,7 +387,8 @@ async fn retention_deletes_old_published_events_and_finished_deliveries_only() {
         )
         .await;
     let hook = id(&webhook);
-    let (old_delivered, old_delivered_d) = aged_event(&app, hook, 40, true, Some("delivered")).await;
+    let (old_delivered, old_delivered_d) =
+        aged_event(&app, hook, 40, true, Some("delivered")).await;
     let (old_failed, old_failed_d) = aged_event(&app, hook, 40, true, Some("failed")).await;
     let (old_plain, _) = aged_event(&app, hook, 40, true, None).await;
     let (old_pending, old_pending_d) = aged_event(&app, hook, 40, true, Some("pending")).await;
@@ -395,13 +409,19 @@ async fn retention_deletes_old_published_events_and_finished_deliveries_only() {
         assert!(!exists(&app, "events", gone).await, "event {gone} kept");
     }
     for gone in [old_delivered_d, old_failed_d].into_iter().flatten() {
-        assert!(!exists(&app, "webhook_deliveries", gone).await, "delivery {gone} kept");
+        assert!(
+            !exists(&app, "webhook_deliveries", gone).await,
+            "delivery {gone} kept"
+        );
     }
     for kept in [old_pending, old_unpublished, young] {
         assert!(exists(&app, "events", kept).await, "event {kept} deleted");
     }
     for kept in [old_pending_d, young_d].into_iter().flatten() {
-        assert!(exists(&app, "webhook_deliveries", kept).await, "delivery {kept} deleted");
+        assert!(
+            exists(&app, "webhook_deliveries", kept).await,
+            "delivery {kept} deleted"
+        );
     }
     // A second pass finds nothing more.
     let again = apply_retention(&app.db, EventSettings::default().retention)
@@ -424,10 +444,14 @@ async fn the_dispatcher_applies_retention_by_itself() {
     let (old, old_d) = aged_event(&app, hook, 40, true, Some("delivered")).await;
     let (pending, pending_d) = aged_event(&app, hook, 40, true, Some("pending")).await;
     let old_d = old_d.expect("delivery");
-    eventually("the old rows are deleted", Duration::from_secs(15), || async {
-        (!exists(&app, "events", old).await && !exists(&app, "webhook_deliveries", old_d).await)
-            .then_some(())
-    })
+    eventually(
+        "the old rows are deleted",
+        Duration::from_secs(15),
+        || async {
+            (!exists(&app, "events", old).await && !exists(&app, "webhook_deliveries", old_d).await)
+                .then_some(())
+        },
+    )
     .await;
     assert!(exists(&app, "events", pending).await);
     assert!(exists(&app, "webhook_deliveries", pending_d.expect("delivery")).await);

@@ -118,7 +118,9 @@ impl WebhookCreate {
         let url = self.url.trim().to_owned();
         let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
         let well_formed = scheme_ok && url.len() <= 2048 && !url.contains(char::is_whitespace);
-        let parsed = reqwest::Url::parse(&url).ok().filter(|u| u.host_str().is_some());
+        let parsed = reqwest::Url::parse(&url)
+            .ok()
+            .filter(|u| u.host_str().is_some());
         let Some(parsed) = parsed.filter(|_| well_formed) else {
             return Err(ApiError::validation(
                 "url",
