@@ -207,6 +207,7 @@ impl Application {
             http_metrics: metrics::HttpMetrics::new(&telemetry),
             telemetry: telemetry.clone(),
             leases: netcron_common::protocol::lease::Leases::new(streams.clone(), 24 * 3600),
+            webhook_policy: settings.events.webhook_policy,
         };
         let listener = TcpListener::bind(settings.http.addr)
             .await

@@ -4,6 +4,7 @@ use axum::extract::FromRef;
 use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::lease::Leases;
 use netcron_common::secret::{SecretKey, SecretString};
+use netcron_ingest::webhook_policy::WebhookPolicy;
 
 use crate::metrics::HttpMetrics;
 use sea_orm::DatabaseConnection;
@@ -19,4 +20,6 @@ pub struct AppState {
     pub http_metrics: HttpMetrics,
     /// The Redis side of the run lifecycle (cancelling, forgetting first-contact pins).
     pub leases: Leases,
+    /// Which addresses a webhook's URL may name (the dispatcher checks again on delivery).
+    pub webhook_policy: WebhookPolicy,
 }

@@ -7,7 +7,12 @@
 //! - publication is at least once: a crash between `XADD` and marking the row published
 //!   publishes it again, with the same `id`, which consumers use to de-duplicate;
 //! - a webhook delivery is retried with exponential backoff until a 2xx answer or
-//!   `webhook_max_attempts`; every attempt is recorded on its delivery row.
+//!   `webhook_max_attempts`; every attempt is recorded on its delivery row, its text bounded
+//!   by [`MAX_RECORDED_TEXT`];
+//! - a webhook reaches only addresses its [`WebhookPolicy`] allows, and never follows a
+//!   redirect;
+//! - published events and finished deliveries are deleted after `retention`; an unpublished
+//!   event, a pending delivery and the event a delivery still refers to are never deleted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::{DeliveryLabels, EventLabels, IngestMetrics};
+use crate::webhook_policy::{self, Refusal, VettingResolver, WebhookPolicy};
 
 /// Event types, as they appear in the `type` field and in webhooks' `event_types`.
 pub const DEVICE_UNREACHABLE: &str = "device_unreachable";
@@ -58,6 +64,12 @@ pub struct EventSettings {
     pub webhook_max_attempts: i32,
     /// One POST's timeout (`NETCRON_WEBHOOK_TIMEOUT_S`, 10).
     pub webhook_timeout: Duration,
+    /// Which non-public addresses webhooks may reach (`NETCRON_WEBHOOK_ALLOW`, empty: public
+    /// addresses only).
+    pub webhook_policy: WebhookPolicy,
+    /// Published events and finished webhook deliveries older than this are deleted
+    /// (`NETCRON_EVENTS_RETENTION_DAYS`, 30; fractions allowed).
+    pub retention: Duration,
 }
 
 impl Default for EventSettings {
@@ -67,6 +79,8 @@ impl Default for EventSettings {
             webhook_retry_base: Duration::from_secs(5),
             webhook_max_attempts: 8,
             webhook_timeout: Duration::from_secs(10),
+            webhook_policy: WebhookPolicy::default(),
+            retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -88,8 +102,29 @@ impl EventSettings {
             .max(1),
             webhook_timeout: config::parsed_or("NETCRON_WEBHOOK_TIMEOUT_S", 10u64)
                 .map(Duration::from_secs)?,
+            webhook_policy: config::parsed_or(webhook_policy::VARIABLE, d.webhook_policy)?,
+            retention: retention_from_env()?,
         })
     }
+
+    /// How often the retention pass runs: a 24th of the retention, between a second and an
+    /// hour, so a retention of days is applied hourly and a short one (tests) promptly.
+    #[must_use]
+    pub fn retention_interval(&self) -> Duration {
+        (self.retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+    }
+}
+
+fn retention_from_env() -> Result<Duration, ConfigError> {
+    const NAME: &str = "NETCRON_EVENTS_RETENTION_DAYS";
+    let days: f64 = config::parsed_or(NAME, 30.0)?;
+    Duration::try_from_secs_f64(days * 86_400.0)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| ConfigError {
+            name: NAME,
+            reason: format!("`{days}` is not a positive number of days"),
+        })
 }
 
 /// What ingest knows about one newly finished run.
@@ -418,13 +453,94 @@ SET status = $2, attempts = attempts + 1, last_status_code = $3, last_error = $4
     next_attempt_at = now() + make_interval(secs => $5)
 WHERE id = $1";
 
+/// Rows deleted per retention statement, so one pass never holds long locks.
+const RETENTION_BATCH: i64 = 5_000;
+
+/// Finished deliveries older than `$1` seconds, at most `$2`.
+const DELETE_OLD_DELIVERIES: &str = r"
+DELETE FROM webhook_deliveries WHERE id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE status <> 'pending' AND created_at < now() - make_interval(secs => $1)
+    LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+/// Published events older than `$1` seconds that no delivery refers to any more (a pending
+/// delivery, or a finished one younger than the retention, keeps its event), at most `$2`.
+const DELETE_OLD_EVENTS: &str = r"
+DELETE FROM events WHERE id IN (
+    SELECT e.id FROM events e
+    WHERE e.published_at IS NOT NULL AND e.created_at < now() - make_interval(secs => $1)
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)
+    LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+/// What a retention pass deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub events: u64,
+    pub deliveries: u64,
+}
+
+/// Deletes webhook deliveries that are no longer pending and published events, both older
+/// than `older_than`, in batches. Unpublished events and pending deliveries stay whatever their
+/// age, and so does an event while a delivery refers to it.
+///
+/// # Errors
+/// When Postgres fails; what earlier batches deleted stays deleted.
+pub async fn apply_retention(
+    db: &DatabaseConnection,
+    older_than: Duration,
+) -> Result<Removed, sea_orm::DbErr> {
+    let seconds = older_than.as_secs_f64();
+    let mut removed = Removed::default();
+    for (sql, count) in [
+        (DELETE_OLD_DELIVERIES, &mut removed.deliveries),
+        (DELETE_OLD_EVENTS, &mut removed.events),
+    ] {
+        loop {
+            let deleted = db
+                .execute_raw(stmt(sql, vec![seconds.into(), RETENTION_BATCH.into()]))
+                .await?
+                .rows_affected();
+            *count += deleted;
+            if deleted < RETENTION_BATCH.unsigned_abs() {
+                break;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let publisher = tokio::spawn(Arc::clone(&this).publish_loop(shutdown.clone()));
-        let deliverer = tokio::spawn(Arc::clone(&this).deliver_loop(shutdown));
+        let deliverer = tokio::spawn(Arc::clone(&this).deliver_loop(shutdown.clone()));
+        let retention = tokio::spawn(Arc::clone(&this).retention_loop(shutdown));
         let _ = publisher.await;
         let _ = deliverer.await;
+        let _ = retention.await;
+    }
+
+    /// Applies [`apply_retention`] now and every [`EventSettings::retention_interval`]. Every
+    /// dispatcher runs it; concurrent passes skip each other's rows.
+    async fn retention_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = self.settings.retention_interval();
+        while !shutdown.is_cancelled() {
+            match apply_retention(&self.db, self.settings.retention).await {
+                Ok(removed) if removed.events + removed.deliveries > 0 => {
+                    tracing::info!(
+                        events = removed.events,
+                        deliveries = removed.deliveries,
+                        "deleted old events and webhook deliveries"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "event retention pass failed"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
     }
 
     async fn publish_loop(self: Arc<Self>, shutdown: CancellationToken) {
@@ -500,9 +616,16 @@ impl Dispatcher {
     }
 
     async fn deliver_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        // No redirects (a redirect could lead past the policy) and no proxy from the
+        // environment (the policy must see the address the client connects to).
         let client = match reqwest::Client::builder()
             .timeout(self.settings.webhook_timeout)
             .user_agent(concat!("netcron/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(VettingResolver {
+                policy: self.settings.webhook_policy,
+            }))
             .build()
         {
             Ok(c) => c,
@@ -580,32 +703,18 @@ impl Dispatcher {
             Ok(secret) => {
                 let timestamp = Utc::now().timestamp();
                 let signature = sign(secret.expose().as_bytes(), timestamp, &body);
-                let sent = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("x-netcron-event", &kind)
-                    .header("x-netcron-event-id", event_id.to_string())
-                    .header("x-netcron-delivery", id.to_string())
-                    .header(
-                        "x-netcron-signature",
-                        format!("t={timestamp},v1={signature}"),
-                    )
-                    .body(body)
-                    .send()
-                    .await;
-                match sent {
-                    Ok(response) if response.status().is_success() => {
-                        Ok(response.status().as_u16())
-                    }
-                    Ok(response) => Err((
-                        Some(response.status().as_u16()),
-                        format!("the endpoint answered {}", response.status()),
-                    )),
-                    // Without the URL: it may carry a token in its query.
-                    Err(e) => Err((None, e.without_url().to_string())),
-                }
+                let request = Post {
+                    url: &url,
+                    kind: &kind,
+                    event_id,
+                    delivery_id: id,
+                    signature: format!("t={timestamp},v1={signature}"),
+                    body,
+                };
+                self.send(client, request).await
             }
-        };
+        }
+        .map_err(|(code, error)| (code, bounded(error, MAX_RECORDED_TEXT)));
         let attempt = attempts + 1;
         let (status, code, error, retry_in) = match outcome {
             Ok(code) => ("delivered", Some(i32::from(code)), None, 0.0),
@@ -657,6 +766,97 @@ impl Dispatcher {
     }
 }
 
+/// One signed POST of an event to a webhook.
+struct Post<'a> {
+    url: &'a str,
+    kind: &'a str,
+    event_id: Uuid,
+    delivery_id: Uuid,
+    /// The `X-Netcron-Signature` value.
+    signature: String,
+    body: String,
+}
+
+impl Dispatcher {
+    /// Sends `post` if the policy allows its target: the status code of a 2xx answer, or the
+    /// status code (if any) and a description of what went wrong.
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        post: Post<'_>,
+    ) -> Result<u16, (Option<u16>, String)> {
+        let parsed = reqwest::Url::parse(post.url)
+            .map_err(|e| (None, format!("the webhook's URL is not valid: {e}")))?;
+        // A literal address never goes through the resolver, which vets names.
+        self.settings
+            .webhook_policy
+            .check_literal(&parsed)
+            .map_err(|refusal| (None, format!("refused: {refusal}")))?;
+        let sent = client
+            .post(parsed)
+            .header("content-type", "application/json")
+            .header("x-netcron-event", post.kind)
+            .header("x-netcron-event-id", post.event_id.to_string())
+            .header("x-netcron-delivery", post.delivery_id.to_string())
+            .header("x-netcron-signature", post.signature)
+            .body(post.body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => Ok(response.status().as_u16()),
+            Ok(response) => {
+                // The body is never recorded: deliveries are readable through the API, and a
+                // webhook must not become a way to read what an address answers.
+                let status = response.status();
+                let mut error = format!("the endpoint answered {status}");
+                if status.is_redirection() {
+                    error.push_str(" (webhooks do not follow redirects)");
+                }
+                Err((Some(status.as_u16()), error))
+            }
+            Err(e) => Err((None, describe(e))),
+        }
+    }
+}
+
+/// At most this many bytes of text are recorded per delivery attempt (`last_error`); error
+/// chains of the HTTP stack are otherwise unbounded in principle.
+pub const MAX_RECORDED_TEXT: usize = 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary, marked with `…` when cut.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// What went wrong with a request, without its URL (it may carry a token in its query): a
+/// policy refusal by the resolver as such, anything else as its chain of causes.
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut parts = vec![error.to_string()];
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(e) = cause {
+        if let Some(refusal) = e.downcast_ref::<Refusal>() {
+            return format!("refused: {refusal}");
+        }
+        cause = e.source();
+        if let Some(next) = cause.map(ToString::to_string) {
+            // Wrappers often repeat their cause's text.
+            if !parts.iter().any(|p| p.contains(&next)) {
+                parts.push(next);
+            }
+        }
+    }
+    parts.join(": ")
+}
+
 fn rand_unit() -> f64 {
     f64::from(Uuid::new_v4().as_u128() as u32) / f64::from(u32::MAX)
 }
@@ -699,5 +899,13 @@ mod tests {
             "the timestamp is signed"
         );
         assert_ne!(a, sign(b"k", 1_700_000_000, "{ }"), "the body is signed");
+    }
+
+    #[test]
+    fn recorded_text_is_cut_on_a_character_boundary() {
+        assert_eq!(bounded("short".to_owned(), 1024), "short");
+        let cut = bounded("é".repeat(1000), 1024);
+        assert!(cut.len() <= 1024, "{}", cut.len());
+        assert!(cut.ends_with("é…"), "{cut}");
     }
 }

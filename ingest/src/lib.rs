@@ -33,6 +33,7 @@ use uuid::Uuid;
 
 pub mod events;
 mod metrics;
+pub mod webhook_policy;
 
 use crate::events::{Dispatcher, EventSettings, Finished};
 pub use crate::metrics::IngestMetrics;

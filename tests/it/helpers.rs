@@ -16,6 +16,7 @@ use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::Task;
 use netcron_common::secret::{SecretKey, SecretString};
 use netcron_ingest::events::EventSettings;
+use netcron_ingest::webhook_policy::WebhookPolicy;
 use netcron_scheduler::{Clock, Scheduler, SchedulerConfig, Settings as SchedulerSettings};
 use reqwest::{Method, RequestBuilder, Response};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
@@ -170,6 +171,11 @@ impl TestApp {
             ingest_workers: 2,
             events: EventSettings {
                 webhook_retry_base: std::time::Duration::from_millis(200),
+                // Tests' webhook endpoints listen on 127.0.0.1; `edges.rs` checks the default.
+                webhook_policy: WebhookPolicy {
+                    allow_loopback: true,
+                    ..WebhookPolicy::default()
+                },
                 ..EventSettings::default()
             },
         };

@@ -6,6 +6,7 @@ mod commands;
 mod credentials;
 mod devices;
 mod docs;
+mod edges;
 mod executor;
 mod health;
 mod helpers;

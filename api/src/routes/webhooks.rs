@@ -17,6 +17,7 @@ use crate::services::webhooks as service;
 use crate::services::webhooks::{Delivery, NewWebhook, Webhook};
 use crate::state::AppState;
 use netcron_ingest::events::EVENT_TYPES;
+use netcron_ingest::webhook_policy::WebhookPolicy;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -34,7 +35,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct WebhookCreate {
     /// Unique name, 1 to 128 characters.
     pub name: String,
-    /// An `http://` or `https://` URL.
+    /// An `http://` or `https://` URL. Its host must be a public address or a name: loopback,
+    /// link-local, unspecified, multicast and broadcast addresses are refused, and so are
+    /// private ones unless the operator allowed them (`NETCRON_WEBHOOK_ALLOW`). Redirects are
+    /// not followed.
     pub url: String,
     /// Which events to send (`device_unreachable`, `device_recovered`, `host_key_changed`,
     /// `schedule_auto_paused`, `run_failed`); absent or empty: all of them.
@@ -109,15 +113,22 @@ impl From<Delivery> for DeliveryView {
 }
 
 impl WebhookCreate {
-    fn parse(self) -> Result<NewWebhook> {
+    fn parse(self, policy: WebhookPolicy) -> Result<NewWebhook> {
         let name = field("name", parse_name(&self.name, 128))?;
         let url = self.url.trim().to_owned();
         let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-        if !scheme_ok || url.len() > 2048 || url.contains(char::is_whitespace) {
+        let well_formed = scheme_ok && url.len() <= 2048 && !url.contains(char::is_whitespace);
+        let parsed = reqwest::Url::parse(&url)
+            .ok()
+            .filter(|u| u.host_str().is_some());
+        let Some(parsed) = parsed.filter(|_| well_formed) else {
             return Err(ApiError::validation(
                 "url",
                 "must be an http:// or https:// URL of at most 2048 characters",
             ));
+        };
+        if let Err(refusal) = policy.check_url(&parsed) {
+            return Err(ApiError::validation("url", refusal));
         }
         let mut event_types = self.event_types.unwrap_or_default();
         if let Some(bad) = event_types
@@ -159,7 +170,8 @@ async fn create_webhook(
     State(state): State<AppState>,
     Json(body): Json<WebhookCreate>,
 ) -> Result<(StatusCode, axum::Json<WebhookView>)> {
-    let webhook = service::create(&state.db, &state.key, body.parse()?).await?;
+    let new = body.parse(state.webhook_policy)?;
+    let webhook = service::create(&state.db, &state.key, new).await?;
     Ok((StatusCode::CREATED, axum::Json(webhook.into())))
 }
 
