@@ -14,7 +14,7 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_problem, id, json_of};
+use crate::helpers::{TestApp, assert_problem, eventually, id, json_of};
 
 /// A TestApp with the production webhook policy (public addresses only) and one attempt per
 /// delivery, so an outcome is final at once.
@@ -35,25 +35,6 @@ async fn sql(app: &TestApp, query: &str, values: Vec<sea_orm::Value>) {
         ))
         .await
         .unwrap_or_else(|e| panic!("{query}: {e}"));
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, or fails after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// An HTTP endpoint on loopback answering every request with `answer`; returns its base URL

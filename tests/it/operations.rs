@@ -15,27 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::{
     command, entries, finished, password_device, pipeline, run_now, streams, wait_for_status,
 };
-use crate::helpers::{TestApp, id, json_of, metric, metric_sum};
+use crate::helpers::{TestApp, eventually, id, json_of, metric, metric_sum};
 use crate::sshd::{TEST_PASSWORD, TestSshd, free_port};
-
-/// Polls `check` every 200 ms until it returns `Some`, or fails after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test]
 async fn metrics_move_as_a_scheduled_run_happens() {
