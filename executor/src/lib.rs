@@ -15,6 +15,8 @@ mod error;
 pub mod inventory;
 pub mod metrics;
 mod output;
+#[cfg(test)]
+mod properties;
 pub mod runner;
 mod ssh;
 mod worker;

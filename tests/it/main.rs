@@ -19,3 +19,4 @@ mod scheduler;
 mod schedules;
 mod security;
 mod sshd;
+mod text_safety;
