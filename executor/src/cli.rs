@@ -182,12 +182,13 @@ impl Driver {
         }
     }
 
-    /// The first output line that marks a failure, if any.
+    /// The first output line that marks a failure, if any. Markers are compared as bytes, so a
+    /// multi-byte character where a marker would end cannot split anything.
     pub fn error_line<'a>(&self, output: &'a str) -> Option<&'a str> {
         output.lines().map(str::trim).find(|line| {
             self.error_markers
                 .iter()
-                .any(|m| line.len() >= m.len() && line[..m.len()].eq_ignore_ascii_case(m))
+                .any(|m| starts_with_ignore_ascii_case(line, m))
         })
     }
 
@@ -214,7 +215,7 @@ impl Driver {
             .iter()
             .rposition(|l| !l.is_empty())
             .map_or(start, |i| i + 1);
-        let mut out = lines[start..end].join("\n");
+        let mut out = lines.get(start..end).unwrap_or_default().join("\n");
         if !out.is_empty() {
             out.push('\n');
         }
@@ -232,30 +233,39 @@ pub fn clean(raw: &[u8]) -> String {
     String::from_utf8_lossy(&stripped).into_owned()
 }
 
+/// The current line is its own buffer, so a carriage return clears it and a backspace pops a
+/// whole character: no byte offset into the text is ever taken.
 fn apply_cursor_moves(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut line_start = 0;
+    let mut line = String::new();
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '\n' => {
+                out.push_str(&line);
                 out.push('\n');
-                line_start = out.len();
+                line.clear();
             }
             '\r' => {
                 if chars.peek() != Some(&'\n') && chars.peek() != Some(&'\r') {
-                    out.truncate(line_start);
+                    line.clear();
                 }
             }
             '\u{8}' => {
-                if out.len() > line_start {
-                    out.pop();
-                }
+                line.pop();
             }
-            c => out.push(c),
+            c => line.push(c),
         }
     }
+    out.push_str(&line);
     out
+}
+
+/// Whether `text` begins with `prefix`, ASCII letters compared without case.
+fn starts_with_ignore_ascii_case(text: &str, prefix: &str) -> bool {
+    text.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// The last, unterminated line of `text` (what a prompt or pager looks like).
@@ -275,8 +285,8 @@ pub fn looks_like_prompt(line: &str) -> bool {
 pub fn prompt_pattern(learned: &str) -> Option<Regex> {
     let t = learned.trim();
     let base = t.strip_suffix(['>', '#', '$', '%'])?.trim_end();
-    let base = match base.rfind('(') {
-        Some(i) if base.ends_with(')') => &base[..i],
+    let base = match base.rsplit_once('(') {
+        Some((name, _)) if base.ends_with(')') => name,
         _ => base,
     };
     if base.is_empty() {
@@ -300,13 +310,11 @@ pub fn strip_echo_and_prompt(text: &str, command: &str, prompt: &Regex) -> Strin
         lines.pop();
     }
     let command = command.trim();
-    if let Some(first) = lines.first()
-        && !command.is_empty()
-        && first.trim_end().ends_with(command)
-    {
-        lines.remove(0);
-    }
-    let mut out = lines.join("\n");
+    let echoed = lines
+        .first()
+        .is_some_and(|first| !command.is_empty() && first.trim_end().ends_with(command));
+    let kept = lines.get(usize::from(echoed)..).unwrap_or_default();
+    let mut out = kept.join("\n");
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
@@ -386,6 +394,21 @@ mod tests {
             let d = driver(*platform);
             assert!(RegexSet::new(d.volatile).is_ok(), "{platform}");
         }
+    }
+
+    #[test]
+    fn a_multi_byte_character_where_a_marker_ends_is_neither_a_panic_nor_an_error() {
+        // `% Invalid input` is 15 bytes; the 15th byte of this line is inside `ñ`.
+        let config = "interface GigabitEthernet0/1\n description Señal de prueba\n!\n";
+        for platform in Platform::ALL {
+            assert_eq!(driver(*platform).error_line(config), None, "{platform}");
+        }
+        let ios = driver(Platform::CiscoIos);
+        assert_eq!(ios.error_line("% Invalid inpuñ"), None);
+        assert_eq!(
+            ios.error_line("% INVALID INPUT: Señal"),
+            Some("% INVALID INPUT: Señal")
+        );
     }
 
     #[test]

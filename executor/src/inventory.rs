@@ -235,23 +235,20 @@ enum RegValue {
     Int(i64),
 }
 
-/// `Name    REG_TYPE    Data` → (name, type, data); data may be absent.
-fn split_value(line: &str) -> Option<(&str, &str, &str)> {
-    let mut search = 0;
-    while let Some(pos) = line[search..].find("    REG_") {
-        let start = search + pos + 4;
-        let rest = &line[start..];
-        let end = rest
+/// `Name    REG_TYPE    Data` → (name, type, data); data may be absent. Cuts are made only
+/// through `match_indices`, `get` and `split_at_checked`, so no text can make it panic.
+pub(crate) fn split_value(line: &str) -> Option<(&str, &str, &str)> {
+    const GAP: &str = "    ";
+    line.match_indices("    REG_").find_map(|(at, _)| {
+        let name = line.get(..at)?;
+        let rest = line.get(at + GAP.len()..)?;
+        let len = rest
             .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
             .unwrap_or(rest.len());
-        let kind = &rest[..end];
-        let after = &rest[end..];
-        if kind.len() > 4 && (after.is_empty() || after.starts_with("    ")) {
-            return Some((line[..start - 4].trim_end(), kind, after.trim()));
-        }
-        search = start;
-    }
-    None
+        let (kind, after) = rest.split_at_checked(len)?;
+        (kind.len() > "REG_".len() && (after.is_empty() || after.starts_with(GAP)))
+            .then(|| (name.trim_end(), kind, after.trim()))
+    })
 }
 
 struct RawOs {

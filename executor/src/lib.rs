@@ -16,6 +16,8 @@ mod first_contact;
 pub mod inventory;
 pub mod metrics;
 mod output;
+#[cfg(test)]
+mod properties;
 pub mod runner;
 mod ssh;
 mod worker;

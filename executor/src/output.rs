@@ -1,66 +1,198 @@
-//! Captured command output: capped bytes, turned into storable text.
+//! Captured command output: capped bytes, turned into storable text, and the run's secrets
+//! scrubbed from everything a device sends back — before anything is cut, so a secret that
+//! straddles a cap never leaves its beginning behind.
+
+/// What a secret becomes.
+pub const MASK: &str = "********";
+
+/// Secrets shorter than this are not scrubbed: masking every `ab` of the output would destroy
+/// it and protect nothing.
+const MIN_SECRET_LEN: usize = 4;
+
+/// The run's secrets (the credential's password or passphrase, the enable secret, the jump
+/// host's), to be replaced by [`MASK`] in every text that came from a device. Its `Debug`
+/// names no secret.
+#[derive(Default)]
+pub struct Scrubber<'a> {
+    /// Longest first, so a secret that begins another one never leaves the rest behind.
+    secrets: Vec<&'a str>,
+    /// Whether a byte can begin a secret, so most of the output is skipped at once.
+    starts: Vec<bool>,
+}
+
+impl<'a> Scrubber<'a> {
+    pub fn new(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut secrets: Vec<&'a str> = secrets
+            .into_iter()
+            .filter(|s| s.len() >= MIN_SECRET_LEN)
+            .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        let mut starts = vec![false; 256];
+        for secret in &secrets {
+            if let Some(flag) = secret
+                .as_bytes()
+                .first()
+                .and_then(|b| starts.get_mut(usize::from(*b)))
+            {
+                *flag = true;
+            }
+        }
+        Self { secrets, starts }
+    }
+
+    /// How many bytes past a cap must be kept so that a secret beginning before the cap can be
+    /// recognised whole.
+    pub fn lookahead(&self) -> usize {
+        self.secrets.first().map_or(0, |s| s.len())
+    }
+
+    /// `text` with every occurrence of a secret replaced by [`MASK`].
+    pub fn scrub(&self, text: &str) -> String {
+        if self.secrets.is_empty() {
+            return text.to_owned();
+        }
+        let masked = self.mask_until(text.as_bytes(), usize::MAX);
+        // Whole secrets were replaced by ASCII in valid UTF-8, which stays valid.
+        String::from_utf8(masked).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
+    }
+
+    /// `text` scrubbed, then without a trailing piece that begins a secret: for text that was
+    /// cut where the rest of a secret may have followed.
+    pub fn scrub_cut(&self, text: &str) -> String {
+        let mut out = self.scrub(text);
+        let keep = out.len() - self.partial_tail(out.as_bytes());
+        // `partial_tail` ends on a character boundary (a secret's prefix at the end of valid
+        // UTF-8 starts on one); `floor` only guards against a mistake there.
+        out.truncate(floor_char_boundary(&out, keep));
+        out
+    }
+
+    /// `bytes` up to `cut`, each secret beginning before `cut` replaced by [`MASK`] whole (even
+    /// when it ends past `cut`).
+    fn mask_until(&self, bytes: &[u8], cut: usize) -> Vec<u8> {
+        let end = bytes.len().min(cut);
+        let mut out = Vec::with_capacity(end);
+        let mut i = 0;
+        while i < end {
+            let rest = bytes.get(i..).unwrap_or_default();
+            if let Some(secret) = self.secrets.iter().find(|s| rest.starts_with(s.as_bytes())) {
+                out.extend_from_slice(MASK.as_bytes());
+                i += secret.len();
+                continue;
+            }
+            // Copy up to the next byte that could begin a secret.
+            let skip = rest
+                .iter()
+                .take(end - i)
+                .skip(1)
+                .position(|b| self.starts.get(usize::from(*b)).copied().unwrap_or(false))
+                .map_or(end - i, |p| p + 1);
+            out.extend_from_slice(rest.get(..skip).unwrap_or_default());
+            i += skip;
+        }
+        out
+    }
+
+    /// The length of the longest end of `bytes` that is a proper beginning of a secret.
+    fn partial_tail(&self, bytes: &[u8]) -> usize {
+        self.secrets
+            .iter()
+            .filter_map(|s| {
+                let s = s.as_bytes();
+                (1..s.len())
+                    .rev()
+                    .find(|&n| s.get(..n).is_some_and(|prefix| bytes.ends_with(prefix)))
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl std::fmt::Debug for Scrubber<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scrubber({} secrets)", self.secrets.len())
+    }
+}
+
+/// The largest character boundary of `text` at or below `at`.
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    (0..=at.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// `text` cut to at most `cap` bytes, on a character boundary.
+#[cfg(test)]
+pub fn cap_text(text: &str, cap: usize) -> &str {
+    text.get(..floor_char_boundary(text, cap))
+        .unwrap_or_default()
+}
 
 /// One output stream, kept up to `cap` bytes. Bytes past the cap are read (so the command is
-/// never blocked by a full SSH window) but dropped, and `truncated` is set.
+/// never blocked by a full SSH window) but dropped, and `truncated` is set — except for
+/// `lookahead` bytes past the cap, kept so that a secret straddling the cap is recognised and
+/// masked whole before the text is cut.
 #[derive(Debug)]
 pub struct Capture {
     bytes: Vec<u8>,
     cap: usize,
+    lookahead: usize,
     pub truncated: bool,
 }
 
 impl Capture {
-    pub fn new(cap: usize) -> Self {
+    pub fn new(cap: usize, lookahead: usize) -> Self {
         Self {
             bytes: Vec::new(),
             cap,
+            lookahead,
             truncated: false,
         }
     }
 
     pub fn push(&mut self, data: &[u8]) {
-        let room = self.cap.saturating_sub(self.bytes.len());
-        if data.len() > room {
+        if self.bytes.len().saturating_add(data.len()) > self.cap {
             self.truncated = true;
         }
-        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+        let room = self
+            .cap
+            .saturating_add(self.lookahead)
+            .saturating_sub(self.bytes.len());
+        self.bytes
+            .extend_from_slice(data.get(..data.len().min(room)).unwrap_or_default());
     }
 
     #[cfg(test)]
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        self.bytes
+            .get(..self.cap.min(self.bytes.len()))
+            .unwrap_or_default()
     }
 
     /// The output as text:
+    /// - every occurrence of a secret becomes [`MASK`], in case the device echoes the password
+    ///   back — a secret that begins before the cap too, whole, before the text is cut there;
     /// - each invalid UTF-8 sequence becomes U+FFFD (`String::from_utf8_lossy`), except a
     ///   multi-byte character cut in half by the cap, which is dropped;
-    /// - NUL becomes U+FFFD too, because Postgres text cannot hold it;
-    /// - every occurrence of a secret (at least 4 bytes long) becomes `********`, in case the
-    ///   device echoes the password back.
-    pub fn to_text(&self, secrets: &[&str]) -> String {
-        let mut bytes = self.bytes.as_slice();
+    /// - NUL becomes U+FFFD too, because Postgres text cannot hold it.
+    pub fn to_text(&self, scrubber: &Scrubber<'_>) -> String {
+        let masked = scrubber.mask_until(&self.bytes, self.cap);
+        let mut bytes = masked.as_slice();
         if self.truncated
             && let Err(e) = std::str::from_utf8(bytes)
             && e.error_len().is_none()
         {
-            bytes = &bytes[..e.valid_up_to()];
+            bytes = bytes.get(..e.valid_up_to()).unwrap_or_default();
         }
-        let mut text = String::from_utf8_lossy(bytes).into_owned();
+        let text = String::from_utf8_lossy(bytes);
         if text.contains('\0') {
-            text = text.replace('\0', "\u{FFFD}");
-        }
-        scrub(text, secrets)
-    }
-}
-
-/// Every occurrence of a secret (at least 4 bytes long) becomes `********`.
-pub fn scrub(mut text: String, secrets: &[&str]) -> String {
-    for secret in secrets {
-        if secret.len() >= 4 && text.contains(secret) {
-            text = text.replace(secret, "********");
+            text.replace('\0', "\u{FFFD}")
+        } else {
+            text.into_owned()
         }
     }
-    text
 }
 
 #[cfg(test)]
@@ -69,33 +201,82 @@ mod tests {
 
     #[test]
     fn caps_and_flags_truncation() {
-        let mut c = Capture::new(5);
+        let mut c = Capture::new(5, 0);
         c.push(b"abc");
         assert!(!c.truncated);
         c.push(b"defgh");
         assert!(c.truncated);
         assert_eq!(c.as_bytes(), b"abcde");
+        assert_eq!(c.to_text(&Scrubber::default()), "abcde");
     }
 
     #[test]
     fn invalid_utf8_and_nul_become_replacement_characters() {
-        let mut c = Capture::new(100);
+        let mut c = Capture::new(100, 0);
         c.push(b"ok\xff\0end");
-        assert_eq!(c.to_text(&[]), "ok\u{FFFD}\u{FFFD}end");
+        assert_eq!(c.to_text(&Scrubber::default()), "ok\u{FFFD}\u{FFFD}end");
     }
 
     #[test]
     fn a_character_cut_by_the_cap_is_dropped() {
-        let mut c = Capture::new(3);
+        let mut c = Capture::new(3, 0);
         c.push("abé!".as_bytes()); // a b 0xC3 | 0xA9 !
         assert!(c.truncated);
-        assert_eq!(c.to_text(&[]), "ab");
+        assert_eq!(c.to_text(&Scrubber::default()), "ab");
     }
 
     #[test]
     fn echoed_secrets_are_scrubbed() {
-        let mut c = Capture::new(100);
+        let mut c = Capture::new(100, 8);
         c.push(b"Password: hunter22\nok");
-        assert_eq!(c.to_text(&["hunter22"]), "Password: ********\nok");
+        assert_eq!(
+            c.to_text(&Scrubber::new(["hunter22"])),
+            "Password: ********\nok"
+        );
+    }
+
+    #[test]
+    fn a_secret_straddling_the_cap_leaves_no_prefix() {
+        let scrubber = Scrubber::new(["hunter22"]);
+        for cap in 0..=20 {
+            let mut c = Capture::new(cap, scrubber.lookahead());
+            // Pushed in small pieces, as the SSH window delivers it.
+            for piece in b"Password: hunter22 and more".chunks(3) {
+                c.push(piece);
+            }
+            let text = c.to_text(&scrubber);
+            for n in 2..="hunter22".len() {
+                assert!(!text.contains(&"hunter22"[..n]), "cap {cap}: {text:?}");
+            }
+            assert!(text.len() <= cap + MASK.len(), "cap {cap}: {text:?}");
+        }
+    }
+
+    #[test]
+    fn the_longest_secret_wins_and_short_ones_are_kept() {
+        let s = Scrubber::new(["pass", "password1", "pw"]);
+        assert_eq!(s.scrub("password1 pass pw"), "******** ******** pw");
+        assert_eq!(s.scrub("no secret here"), "no secret here");
+        assert_eq!(
+            Scrubber::new(["Señal-pw"]).scrub("x Señal-pw y"),
+            "x ******** y"
+        );
+    }
+
+    #[test]
+    fn a_cut_text_loses_a_trailing_secret_prefix() {
+        let s = Scrubber::new(["hunter22"]);
+        assert_eq!(s.scrub_cut("echo hunter22 hunt"), "echo ******** ");
+        assert_eq!(s.scrub_cut("echo h"), "echo ");
+        assert_eq!(s.scrub_cut("echo x"), "echo x");
+        assert_eq!(Scrubber::new(["ñandú-secret"]).scrub_cut("a ñan"), "a ");
+    }
+
+    #[test]
+    fn cap_text_cuts_on_a_character_boundary() {
+        assert_eq!(cap_text("abé", 3), "ab");
+        assert_eq!(cap_text("abé", 4), "abé");
+        assert_eq!(cap_text("abé", 100), "abé");
+        assert_eq!(cap_text("é", 0), "");
     }
 }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::ExecutorConfig;
 use crate::cli::{self, ChannelMode, Driver};
 use crate::inventory;
-use crate::output::scrub;
+use crate::output::Scrubber;
 use crate::ssh::{self, Auth, Job, Limits, Target};
 
 /// What one connection does, owned so it can move to the blocking thread.
@@ -35,8 +35,8 @@ struct Opened {
     auth: Arc<Auth>,
     enable: Option<Arc<SecretString>>,
     jump: Option<Arc<Auth>>,
-    /// Everything to scrub from output.
-    secrets: Vec<SecretString>,
+    /// Everything to scrub from what the device sends back.
+    secrets: Arc<Vec<SecretString>>,
 }
 
 /// Runs tasks within the concurrency limits of one process.
@@ -145,7 +145,8 @@ impl Runner {
         Some(self.run_work(task, opened, driver, work, slot).await)
     }
 
-    /// The command's connections, once the run holds its slots and lease.
+    /// The command's connections, once the run holds its slots and lease. Whatever the outcome
+    /// says leaves scrubbed of the run's secrets.
     async fn run_work(
         &self,
         task: &Task,
@@ -153,6 +154,26 @@ impl Runner {
         driver: &'static Driver,
         work: Work,
         slot: OwnedSemaphorePermit,
+    ) -> Outcome {
+        let secrets = Arc::clone(&opened.secrets);
+        let scrubber = Scrubber::new(secrets.iter().map(SecretString::expose));
+        let mut done = self
+            .connections(task, opened, driver, work, slot, &scrubber)
+            .await;
+        scrub_messages(&mut done, &scrubber);
+        done
+    }
+
+    /// The connections of [`Runner::run_work`]: one, or for a Windows inventory PowerShell and
+    /// perhaps `reg query`. Output and messages of each connection come back scrubbed.
+    async fn connections(
+        &self,
+        task: &Task,
+        opened: Opened,
+        driver: &'static Driver,
+        work: Work,
+        slot: OwnedSemaphorePermit,
+        scrubber: &Scrubber<'_>,
     ) -> Outcome {
         let first_start = Utc::now();
         let clock = Instant::now();
@@ -166,15 +187,15 @@ impl Runner {
             max_output_bytes: usize::try_from(task.command.max_output_bytes).unwrap_or(usize::MAX),
         };
         let mut records = Vec::new();
-        let secrets: Vec<&str> = opened.secrets.iter().map(SecretString::expose).collect();
         let outcome = |last: ssh::Attempt, records: Vec<AttemptRecord>| Outcome {
             payload: last.lines.as_ref().map(|lines| {
+                // Each line's output was scrubbed by the session that read it.
                 let lines: Vec<serde_json::Value> = lines
                     .iter()
                     .map(|l| {
                         serde_json::json!({
                             "command": l.command,
-                            "output": scrub(l.output.clone(), &secrets),
+                            "output": l.output,
                             "failed": l.failed,
                         })
                     })
@@ -187,8 +208,8 @@ impl Runner {
             duration_ms: millis(clock.elapsed()),
             exit_code: last.exit_code,
             exit_signal: last.exit_signal,
-            stdout: last.stdout.to_text(&secrets),
-            stderr: last.stderr.to_text(&secrets),
+            stdout: last.stdout.to_text(scrubber),
+            stderr: last.stderr.to_text(scrubber),
             truncated: last.stdout.truncated || last.stderr.truncated,
             error_kind: last.error_kind,
             error_message: last.error_message,
@@ -230,7 +251,7 @@ impl Runner {
             // The device could not be reached or refused us: no point in a fallback.
             return outcome(ps, records);
         }
-        let ps_text = ps.stdout.to_text(&secrets);
+        let ps_text = ps.stdout.to_text(scrubber);
         let ps_failure = if ps.status == RunStatus::Succeeded {
             match inventory::parse_powershell(&ps_text, Utc::now()) {
                 Ok(inventory) => {
@@ -243,7 +264,7 @@ impl Runner {
                 Err(e) => e,
             }
         } else {
-            let stderr = ps.stderr.to_text(&secrets);
+            let stderr = ps.stderr.to_text(scrubber);
             let detail = stderr
                 .lines()
                 .chain(ps_text.lines())
@@ -281,7 +302,7 @@ impl Runner {
         if reg.error_kind.is_some() {
             return outcome(reg, records);
         }
-        let reg_text = reg.stdout.to_text(&secrets);
+        let reg_text = reg.stdout.to_text(scrubber);
         let parsed = if reg.status == RunStatus::Succeeded {
             inventory::parse_reg_query(&reg_text, Utc::now(), vec![ps_error.clone()])
         } else {
@@ -333,6 +354,7 @@ impl Runner {
             let t0 = Instant::now();
             let job = {
                 let auth = Arc::clone(&opened.auth);
+                let secrets = Arc::clone(&opened.secrets);
                 let enable = opened.enable.clone();
                 let jump_auth = opened.jump.clone();
                 let device = task.device.clone();
@@ -351,6 +373,7 @@ impl Runner {
                     ("NETCRON_ATTEMPT", task.attempt.to_string()),
                 ];
                 tokio::task::spawn_blocking(move || {
+                    let scrubber = Scrubber::new(secrets.iter().map(SecretString::expose));
                     let pin_for = |id: Uuid| {
                         pinner.clone().map(|p| {
                             Box::new(move |seen: &str| p.pin(id, seen)) as Box<ssh::FirstContactFn>
@@ -390,7 +413,7 @@ impl Runner {
                             enable_secret: enable.as_deref(),
                         },
                     };
-                    ssh::run(&target, bastion.as_ref(), &job, limits)
+                    ssh::run(&target, bastion.as_ref(), &job, limits, &scrubber)
                 })
             };
             let attempt = job
@@ -484,7 +507,7 @@ impl Runner {
             auth: Arc::new(auth),
             enable,
             jump,
-            secrets,
+            secrets: Arc::new(secrets),
         })
     }
 
@@ -530,6 +553,16 @@ impl Runner {
                 passphrase.into_iter().collect(),
             ),
         })
+    }
+}
+
+/// The outcome's messages scrubbed once more, whatever built them: they go on to events and
+/// webhooks. Output was scrubbed where it was made, before it was cut.
+fn scrub_messages(done: &mut Outcome, scrubber: &Scrubber<'_>) {
+    let messages = std::iter::once(&mut done.error_message)
+        .chain(done.attempts.iter_mut().map(|a| &mut a.error_message));
+    for message in messages.flatten() {
+        *message = scrubber.scrub(message);
     }
 }
 

@@ -23,7 +23,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use ssh2::{BlockDirections, HashType, KeyboardInteractivePrompt, MethodType, Prompt, Session};
 
 use crate::cli::Driver;
-use crate::output::Capture;
+use crate::output::{Capture, Scrubber};
 
 mod interactive;
 mod jump;
@@ -140,26 +140,29 @@ impl Failure {
     }
 }
 
-/// Runs `job` once on `target`, through `jump` when given.
+/// Runs `job` once on `target`, through `jump` when given. Interactive output and the error
+/// message leave scrubbed by `scrubber`; exec output is captured with room to scrub it before
+/// it is cut (see [`Capture::to_text`]).
 pub fn run(
     target: &Target<'_>,
     jump: Option<&Target<'_>>,
     job: &Job<'_>,
     limits: Limits,
+    scrubber: &Scrubber<'_>,
 ) -> Attempt {
     let mut attempt = Attempt {
         status: RunStatus::Error,
         exit_code: None,
         exit_signal: None,
-        stdout: Capture::new(limits.max_output_bytes),
-        stderr: Capture::new(limits.max_output_bytes),
+        stdout: Capture::new(limits.max_output_bytes, scrubber.lookahead()),
+        stderr: Capture::new(limits.max_output_bytes, scrubber.lookahead()),
         error_kind: None,
         error_message: None,
         host_key_fingerprint: None,
         jump_host_key_fingerprint: None,
         lines: None,
     };
-    match execute(target, jump, job, limits, &mut attempt) {
+    match execute(target, jump, job, limits, scrubber, &mut attempt) {
         Ok(()) => {}
         Err(failure) => {
             attempt.status = RunStatus::Error;
@@ -167,6 +170,8 @@ pub fn run(
             attempt.error_message = Some(failure.message);
         }
     }
+    // A message may quote the device (a CLI error line, a prompt).
+    attempt.error_message = attempt.error_message.map(|m| scrubber.scrub(&m));
     attempt
 }
 
@@ -175,6 +180,7 @@ fn execute(
     jump: Option<&Target<'_>>,
     job: &Job<'_>,
     limits: Limits,
+    scrubber: &Scrubber<'_>,
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
     let (session, waiter) = match jump {
@@ -204,7 +210,7 @@ fn execute(
             lines,
             enable_secret,
         } => {
-            let mut cli = CliSession::open(&session, &waiter, driver, limits, attempt)?;
+            let mut cli = CliSession::open(&session, &waiter, driver, scrubber, limits, attempt)?;
             let result = cli.run(lines, *enable_secret, attempt);
             let _ = session.disconnect(None, "done", None);
             result
@@ -570,7 +576,7 @@ fn drain(reader: &mut impl Read, capture: &mut Capture, buf: &mut [u8]) -> std::
         match reader.read(buf) {
             Ok(0) => break,
             Ok(n) => {
-                capture.push(&buf[..n]);
+                capture.push(buf.get(..n).unwrap_or_default());
                 progressed = true;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

@@ -20,3 +20,4 @@ mod scheduler;
 mod schedules;
 mod security;
 mod sshd;
+mod text_safety;

@@ -16,18 +16,18 @@ use crate::helpers::{TestApp, assert_problem, id, json_of};
 use crate::sshd::{SshdOptions, TEST_PASSWORD, TEST_USER, TestSshd};
 
 const FAKE_DEVICE: &str = include_str!("fixtures/fake_device.py");
-const ENABLE_PASSWORD: &str = "Enable-pw-1";
+pub(crate) const ENABLE_PASSWORD: &str = "Enable-pw-1";
 const IOS_CONFIG: &str =
     "hostname edge-sw1\n!\ninterface GigabitEthernet0/1\n description uplink\n!\n";
 
 /// A fake device's directory: the script, its running configuration and mode files.
-struct FakeDevice {
+pub(crate) struct FakeDevice {
     dir: PathBuf,
     platform: &'static str,
 }
 
 impl FakeDevice {
-    fn new(platform: &'static str) -> Self {
+    pub(crate) fn new(platform: &'static str) -> Self {
         let dir =
             std::env::temp_dir().join(format!("netcron-fakedev-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -40,7 +40,7 @@ impl FakeDevice {
 
     /// Replaces the file at once (write beside it, then rename), so a device reading it in the
     /// middle of a scheduled backup never sees half a configuration.
-    fn write(&self, name: &str, text: &str) {
+    pub(crate) fn write(&self, name: &str, text: &str) {
         let path = self.dir.join(name);
         let temporary = self.dir.join(format!(".{name}.new"));
         std::fs::write(&temporary, text).expect("write");
@@ -49,11 +49,11 @@ impl FakeDevice {
         std::fs::rename(&temporary, &path).expect("rename");
     }
 
-    fn set_config(&self, text: &str) {
+    pub(crate) fn set_config(&self, text: &str) {
         self.write("config", text);
     }
 
-    fn options(&self) -> SshdOptions {
+    pub(crate) fn options(&self) -> SshdOptions {
         SshdOptions {
             force_command: Some(format!(
                 "/usr/bin/python3 {dir}/fake_device.py {platform} {dir}",
@@ -66,7 +66,7 @@ impl FakeDevice {
         }
     }
 
-    fn sshd(&self) -> TestSshd {
+    pub(crate) fn sshd(&self) -> TestSshd {
         TestSshd::start_with(self.options())
     }
 }
@@ -107,7 +107,7 @@ fn ensure_ct_user() {
 }
 
 /// A device on `sshd` logging in with the server's client key, plus `extra` device fields.
-async fn device(
+pub(crate) async fn device(
     app: &TestApp,
     name: &str,
     platform: &str,

@@ -9,6 +9,7 @@ use ssh2::{Channel, Session};
 
 use super::{Attempt, CliLine, Failure, Limits, Step, Waiter};
 use crate::cli::{self, Driver};
+use crate::output::Scrubber;
 
 /// An interactive CLI on a PTY shell channel: the prompt learned after login, the driver's
 /// setup lines sent, enable mode entered when there is a secret, then each line typed in turn.
@@ -16,6 +17,8 @@ pub(super) struct CliSession<'s> {
     channel: Channel,
     waiter: &'s Waiter,
     driver: &'static Driver,
+    /// Every text the device sends back goes through it before it leaves the session.
+    scrubber: &'s Scrubber<'s>,
     deadline: Instant,
     timeout: Duration,
     cap: usize,
@@ -23,10 +26,11 @@ pub(super) struct CliSession<'s> {
     /// The last prompt seen (to tell `>` from `#`).
     current: String,
     /// What the command being read printed so far, kept for a timeout.
-    partial: Vec<u8>,
+    partial: Collected,
 }
 
 /// The bytes a command printed, up to the cap.
+#[derive(Default)]
 struct Collected {
     kept: Vec<u8>,
     truncated: bool,
@@ -37,6 +41,7 @@ impl<'s> CliSession<'s> {
         session: &Session,
         waiter: &'s Waiter,
         driver: &'static Driver,
+        scrubber: &'s Scrubber<'s>,
         limits: Limits,
         attempt: &mut Attempt,
     ) -> Result<Self, Failure> {
@@ -49,12 +54,13 @@ impl<'s> CliSession<'s> {
                 })?,
             waiter,
             driver,
+            scrubber,
             deadline,
             timeout: limits.command_timeout,
             cap: limits.max_output_bytes,
             prompt: None,
             current: String::new(),
-            partial: Vec::new(),
+            partial: Collected::default(),
         };
         let channel = &mut cli.channel;
         // A wide terminal, so devices do not wrap long lines themselves.
@@ -71,7 +77,7 @@ impl<'s> CliSession<'s> {
         // prompt; then a newline, whose answer ends with the prompt alone.
         let banner = cli.read_until(|_, l| cli::looks_like_prompt(l), true);
         if let Err(failure) = banner {
-            attempt.stdout.push(cli::clean(&cli.partial).as_bytes());
+            cli.keep_partial(attempt);
             return Err(failure);
         }
         cli.send("\n")?;
@@ -79,9 +85,13 @@ impl<'s> CliSession<'s> {
         let text = cli::clean(&answer.kept);
         let learned = cli::last_line(&text).to_owned();
         cli.prompt = Some(cli::prompt_pattern(&learned).ok_or_else(|| {
+            // Scrubbed before `{:?}` escapes it beyond recognition.
             Failure::new(
                 ErrorKind::InvalidOutput,
-                format!("cannot recognise the device's prompt in {learned:?}"),
+                format!(
+                    "cannot recognise the device's prompt in {:?}",
+                    scrubber.scrub(&learned)
+                ),
             )
         })?);
         cli.current = learned;
@@ -106,7 +116,7 @@ impl<'s> CliSession<'s> {
             let collected = match self.command(line) {
                 Ok(c) => c,
                 Err(failure) => {
-                    attempt.stdout.push(cli::clean(&self.partial).as_bytes());
+                    self.keep_partial(attempt);
                     attempt.lines = Some(done);
                     return Err(failure);
                 }
@@ -153,7 +163,7 @@ impl<'s> CliSession<'s> {
                 format!(
                     "enable mode was refused (the prompt is still {:?}): check the \
                      credential's enable_secret",
-                    self.current.trim()
+                    self.scrubber.scrub(self.current.trim())
                 ),
             ));
         }
@@ -170,19 +180,38 @@ impl<'s> CliSession<'s> {
         )
     }
 
+    /// A command's output as sent back: scrubbed, echo and prompt removed.
     fn output_of(&self, line: &str, collected: &Collected) -> String {
-        let text = cli::clean(&collected.kept);
+        let text = self.text_of(collected);
         match &self.prompt {
-            Some(prompt) => cli::strip_echo_and_prompt(&text, line, prompt),
+            // The echo is compared scrubbed, as the text now is.
+            Some(prompt) => cli::strip_echo_and_prompt(&text, &self.scrubber.scrub(line), prompt),
             None => text,
         }
+    }
+
+    /// Collected bytes as text without terminal control, scrubbed; when the cap cut them, a
+    /// trailing beginning of a secret goes too (its rest was past the cap).
+    fn text_of(&self, collected: &Collected) -> String {
+        let text = cli::clean(&collected.kept);
+        if collected.truncated {
+            self.scrubber.scrub_cut(&text)
+        } else {
+            self.scrubber.scrub(&text)
+        }
+    }
+
+    /// Keeps what the interrupted read collected as the attempt's output.
+    fn keep_partial(&self, attempt: &mut Attempt) {
+        attempt.stdout.push(self.text_of(&self.partial).as_bytes());
+        attempt.stdout.truncated |= self.partial.truncated;
     }
 
     fn send(&mut self, text: &str) -> Result<(), Failure> {
         let mut data = text.as_bytes();
         while !data.is_empty() {
             match self.channel.write(data) {
-                Ok(n) => data = &data[n..],
+                Ok(n) => data = data.get(n..).unwrap_or_default(),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     self.waiter
                         .wait(self.deadline)
@@ -210,30 +239,30 @@ impl<'s> CliSession<'s> {
         let mut tail: Vec<u8> = Vec::new();
         let mut truncated = false;
         let mut buf = vec![0u8; 32 * 1024];
-        self.partial.clear();
+        self.partial = Collected::default();
         loop {
             match self.channel.read(&mut buf) {
                 Ok(0) => {
                     if self.channel.eof() {
-                        self.partial = kept;
+                        self.partial = Collected { kept, truncated };
                         return Err(Failure::new(
                             ErrorKind::InvalidOutput,
                             "the device closed the session before showing its prompt",
                         ));
                     }
-                    self.wait_or_expire(&kept)?;
+                    self.wait_or_expire(&kept, truncated)?;
                 }
                 Ok(n) => {
-                    let data = &buf[..n];
+                    let data = buf.get(..n).unwrap_or_default();
                     let room = self.cap.saturating_sub(kept.len());
-                    kept.extend_from_slice(&data[..n.min(room)]);
+                    kept.extend_from_slice(data.get(..room).unwrap_or(data));
                     if n > room {
                         truncated = true;
                     }
                     // The tail, always complete, is where prompts and pagers are looked for.
                     tail.extend_from_slice(data);
                     if tail.len() > 4096 {
-                        tail.drain(..tail.len() - 2048);
+                        tail.drain(..tail.len().saturating_sub(2048));
                     }
                     let text = cli::clean(&tail);
                     let last = cli::last_line(&text).to_owned();
@@ -252,10 +281,10 @@ impl<'s> CliSession<'s> {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.wait_or_expire(&kept)?;
+                    self.wait_or_expire(&kept, truncated)?;
                 }
                 Err(e) => {
-                    self.partial = kept;
+                    self.partial = Collected { kept, truncated };
                     return Err(Failure::new(
                         ErrorKind::Internal,
                         format!("reading from the device: {e}"),
@@ -265,9 +294,12 @@ impl<'s> CliSession<'s> {
         }
     }
 
-    fn wait_or_expire(&mut self, kept: &[u8]) -> Result<(), Failure> {
+    fn wait_or_expire(&mut self, kept: &[u8], truncated: bool) -> Result<(), Failure> {
         if self.waiter.wait(self.deadline).is_err() {
-            self.partial = kept.to_vec();
+            self.partial = Collected {
+                kept: kept.to_vec(),
+                truncated,
+            };
             let _ = self.channel.close();
             return Err(timed_out(self.timeout));
         }
