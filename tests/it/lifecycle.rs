@@ -185,17 +185,12 @@ async fn ingest_stopped_for_longer_than_a_lease_executes_nothing_twice() {
 struct ExecutorProcess(Child);
 
 impl ExecutorProcess {
-    fn start(app: &TestApp, wrapper: &[&str]) -> Self {
-        let (program, args): (&str, Vec<&str>) = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut args = rest.to_vec();
-                args.push(env!("CARGO_BIN_EXE_netcron"));
-                (first, args)
-            }
-            None => (env!("CARGO_BIN_EXE_netcron"), Vec::new()),
-        };
-        let child = Command::new(program)
-            .args(args)
+    /// Starts `netcron executor`; with `skew` (libfaketime's `FAKETIME`, e.g. `-5m`) its wall
+    /// clock is shifted by preloading libfaketime into the process itself, so the child is the
+    /// executor and nothing outlives the test.
+    fn start(app: &TestApp, skew: Option<&str>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_netcron"));
+        command
             .arg("executor")
             .env("REDIS_URL", &app.redis_url)
             .env("NETCRON_STREAM_PREFIX", &app.stream_prefix)
@@ -204,10 +199,18 @@ impl ExecutorProcess {
             .env("NETCRON_EXECUTOR_RECLAIM_IDLE_S", "4")
             .env("NETCRON_EXECUTOR_OPS_ADDR", "off")
             .env("NETCRON_LOG", "warn")
+            // Never the test harness's own pipes: a process holding them keeps its reader
+            // (CI's `tee`) waiting.
+            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("netcron executor");
-        Self(child)
+            .stderr(std::process::Stdio::null());
+        if let Some(skew) = skew {
+            command
+                .env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME", skew)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        Self(command.spawn().expect("netcron executor"))
     }
 
     fn signal(&self, signal: &str) {
@@ -218,6 +221,16 @@ impl ExecutorProcess {
             .expect("kill");
         assert!(status.success(), "kill -{signal}");
     }
+}
+
+/// Debian's multi-threaded libfaketime (package `faketime`, which `.ci/run` installs).
+fn libfaketime() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .expect("/usr/lib")
+        .filter_map(Result::ok)
+        .map(|dir| dir.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|path| path.exists())
+        .expect("libfaketime is missing: apt-get install faketime (see .ci/run)")
 }
 
 impl Drop for ExecutorProcess {
@@ -234,7 +247,7 @@ async fn a_frozen_executor_is_superseded_once_and_its_late_outcome_is_recorded()
     let sshd = TestSshd::start();
     let executions = Executions::new();
     let _scheduler = start_scheduler(&app).await;
-    let frozen = ExecutorProcess::start(&app, &[]);
+    let frozen = ExecutorProcess::start(&app, None);
     let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
     let c = command(
         &app,
@@ -326,10 +339,7 @@ async fn clocks_skewed_by_minutes_neither_fire_early_nor_run_twice() {
         let shutdown = shutdown.clone();
         async move { scheduler.run(shutdown).await.expect("scheduler loop") }
     });
-    let _slow = ExecutorProcess::start(
-        &app,
-        &["faketime", "-m", "--exclude-monotonic", "-f", "-5m"],
-    );
+    let _slow = ExecutorProcess::start(&app, Some("-5m"));
     let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
     let c = command(
         &app,
@@ -393,6 +403,19 @@ async fn clocks_skewed_by_minutes_neither_fire_early_nor_run_twice() {
     // Well past a lease and its confirmation: a clock-based re-queue would have struck.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_each_ran_once(&app, &runs, &executions).await;
+    // The executor really did live five minutes in the past: its own record of when each
+    // command began is minutes before the run was queued.
+    for run_id in &runs {
+        let run = get_run(&app, run_id).await;
+        let at = |field: &str| {
+            run[field]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .expect("timestamp")
+        };
+        let behind = at("queued_at") - at("started_at");
+        assert!(behind > chrono::Duration::minutes(4), "{run}");
+    }
     shutdown.cancel();
     scheduling.await.expect("scheduler stops");
 }
