@@ -511,3 +511,47 @@ async fn two_runs_racing_to_first_contact_pin_one_key_and_the_other_is_refused_b
         loser.auth_attempts()
     );
 }
+
+#[tokio::test]
+async fn a_cancelled_run_whose_task_is_already_on_the_stream_never_executes() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let _scheduler = start_scheduler(&app).await;
+    let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"command": executions.command("true")}),
+    )
+    .await;
+    let run_id = run_now(&app, &device, &c).await;
+    // Published, and no executor has read it yet.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while crate::executor::entries(&app, &crate::executor::streams(&app).tasks)
+        .await
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task was not published"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, run) = crate::helpers::json_of(
+        app.post(&format!("/runs/{run_id}/cancel"), &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["status"], "cancelled");
+    let again = app
+        .post(&format!("/runs/{run_id}/cancel"), &json!({}))
+        .await;
+    crate::helpers::assert_problem(again, 409, "conflict", None).await;
+    // An executor now reads the task: the attempt is fenced, so it is dropped, not run.
+    let (_executor, _) = start_executor(&app, config()).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(executions.lines().is_empty(), "{:?}", executions.lines());
+    assert_eq!(get_run(&app, &run_id).await["status"], "cancelled");
+}
