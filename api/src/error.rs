@@ -40,6 +40,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A `Range` header that names no byte of the resource.
+    #[error("{reason} (the output has {total} bytes)")]
+    RangeNotSatisfiable { total: u64, reason: &'static str },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -114,6 +117,11 @@ impl ApiError {
                 "unauthorized",
                 "Missing or invalid bearer token",
             ),
+            Self::RangeNotSatisfiable { .. } => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range-not-satisfiable",
+                "Range not satisfiable",
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -177,6 +185,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
         );
+        if let Self::RangeNotSatisfiable { total, .. } = &self
+            && let Ok(value) = HeaderValue::from_str(&format!("bytes */{total}"))
+        {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
         if matches!(self, Self::Unauthorized(_)) {
             response
                 .headers_mut()

@@ -26,6 +26,7 @@ const REQUIRED_PATHS: &[(&str, &[&str])] = &[
     ("/devices/{device_id}/configs/{version}", &["get"]),
     ("/devices/{device_id}/configs/diff", &["get"]),
     ("/runs/{run_id}", &["get"]),
+    ("/runs/{run_id}/output", &["get"]),
     ("/credentials", &["post", "get"]),
     ("/credentials/{credential_id}", &["get", "patch", "delete"]),
     ("/health", &["get"]),

@@ -298,7 +298,12 @@ async fn key_auth_runs_the_command_and_pins_the_host_key_on_first_use() {
     let (status, page) = json_of(app.get(&format!("/devices/{}/results", id(&device))).await).await;
     assert_eq!(status, 200);
     assert_eq!(page["items"][0]["id"], run_id.as_str());
-    assert_eq!(page["items"][0]["stdout"], hostname());
+    // Lists carry sizes, not output.
+    assert_eq!(page["items"][0]["stdout_bytes"], hostname().len());
+    assert!(page["items"][0].get("stdout").is_none());
+    let output = app.get(&format!("/runs/{run_id}/output")).await;
+    assert_eq!(output.status(), 200);
+    assert_eq!(output.text().await.expect("body"), hostname());
 }
 
 #[tokio::test]

@@ -256,7 +256,10 @@ async fn first_finished_run(app: &TestApp, command: &Value) -> Value {
                 .cloned()
         });
         if let Some(run) = done {
-            return run;
+            // Lists carry summaries; the run itself has the output and payload.
+            return json_of(app.get(&format!("/runs/{}", id(&run))).await)
+                .await
+                .1;
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -115,7 +115,7 @@ async fn runs_filter_by_device_command_status_and_time() {
     assert_eq!(count(&by_command), 2);
     let (_, succeeded) = json_of(app.get("/runs?status=succeeded").await).await;
     assert_eq!(count(&succeeded), 1);
-    assert_eq!(succeeded["items"][0]["stdout"], "ok");
+    assert_eq!(succeeded["items"][0]["stdout_bytes"], 2);
     let (_, old) = json_of(
         app.get("/runs?from=2025-12-31T00:00:00Z&to=2026-01-02T00:00:00Z")
             .await,
@@ -237,4 +237,181 @@ async fn a_diff_of_versions_too_large_is_refused_with_a_problem() {
         .await;
     assert_problem(response, 422, "validation", Some("to")).await;
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// Two runs with 100 MiB of stdout and 100 MiB of stderr each: a page of 500 runs stays
+/// small, and the output is read in slices by byte range.
+#[tokio::test]
+async fn large_outputs_list_as_summaries_and_read_in_slices() {
+    const MIB_100: u64 = 100 * 1024 * 1024;
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("big").await;
+    let mut big = Vec::new();
+    for _ in 0..2 {
+        let run_id = Uuid::now_v7();
+        // stdout: "0123456789" repeated; stderr: "€rr" (5 bytes, the euro sign is 3).
+        app.db
+            .execute_unprepared(&format!(
+                "INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, status, \
+                 exit_code, stdout, stderr, error_message) VALUES ('{run_id}', '{}', '{}', \
+                 'manual', now(), 'failed', 1, repeat('0123456789', {}), repeat('€rr', {}), \
+                 repeat('e', 100000))",
+                id(&command),
+                id(&device),
+                MIB_100 / 10,
+                MIB_100 / 5
+            ))
+            .await
+            .expect("insert");
+        big.push(run_id);
+    }
+    let small = json_of(
+        app.post(
+            &format!("/devices/{}/commands/{}/run", id(&device), id(&command)),
+            &json!({}),
+        )
+        .await,
+    )
+    .await
+    .1;
+
+    for path in [
+        "/runs?limit=500".to_owned(),
+        format!("/devices/{}/results?limit=500", id(&device)),
+    ] {
+        let response = app.get(&path).await;
+        assert_eq!(response.status(), 200);
+        let body = response.bytes().await.expect("body");
+        assert!(body.len() < 16 * 1024, "{path}: {} bytes", body.len());
+        let page: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let items = page["items"].as_array().expect("items");
+        assert_eq!(items.len(), 3);
+        for item in &items[1..] {
+            assert_eq!(item["stdout_bytes"], MIB_100);
+            assert_eq!(item["stderr_bytes"], MIB_100);
+            assert_eq!(item["error_message"].as_str().map(str::len), Some(1024));
+            assert!(item.get("stdout").is_none() && item.get("payload").is_none());
+        }
+        assert_eq!(items[0]["id"], small["id"]);
+        assert_eq!(items[0]["stdout_bytes"], serde_json::Value::Null);
+    }
+
+    let output = format!("/runs/{}/output", big[0]);
+    let ranged = |range: &'static str| {
+        app.request(reqwest::Method::GET, &output)
+            .header("Range", range)
+            .send()
+    };
+    // The last ten bytes, by a suffix range and by an explicit one.
+    for range in ["bytes=-10", "bytes=104857590-104857599"] {
+        let response = ranged(range).await.expect("send");
+        assert_eq!(response.status(), 206, "{range}");
+        assert_eq!(
+            response.headers()["content-range"],
+            "bytes 104857590-104857599/104857600"
+        );
+        assert_eq!(response.text().await.expect("body"), "0123456789");
+    }
+    // Without a range: the first 8 MiB, marked as partial.
+    let response = app.get(&output).await;
+    assert_eq!(response.status(), 206);
+    assert_eq!(
+        response.headers()["content-range"],
+        "bytes 0-8388607/104857600"
+    );
+    let body = response.bytes().await.expect("body");
+    assert_eq!(body.len(), 8 * 1024 * 1024);
+    assert!(body.starts_with(b"0123456789012"));
+    // Past the end: 416 with the size.
+    let response = ranged("bytes=104857600-").await.expect("send");
+    assert_eq!(response.headers()["content-range"], "bytes */104857600");
+    assert_problem(response, 416, "range-not-satisfiable", None).await;
+
+    // JSON slices of stderr move off the middle of a character and end on one.
+    let response = app
+        .request(
+            reqwest::Method::GET,
+            &format!("{output}?stream=stderr&offset=1&limit=4"),
+        )
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .expect("send");
+    let (status, slice) = json_of(response).await;
+    assert_eq!(status, 200, "{slice}");
+    assert_eq!(
+        slice,
+        json!({"stream": "stderr", "offset": 3, "next_offset": 5, "total_bytes": MIB_100,
+               "truncated": false, "data": "rr"})
+    );
+    let response = app
+        .request(
+            reqwest::Method::GET,
+            &format!("{output}?stream=stderr&offset=5&limit=1"),
+        )
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .expect("send");
+    let (_, slice) = json_of(response).await;
+    assert_eq!(
+        (slice["data"].as_str(), slice["next_offset"].as_u64()),
+        (Some("€"), Some(8))
+    );
+
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("offset=104857601", "offset"),
+        ("stream=both", "stream"),
+    ] {
+        assert_problem(
+            app.get(&format!("{output}?{query}")).await,
+            400,
+            "invalid-parameter",
+            Some(field),
+        )
+        .await;
+    }
+    assert_problem(
+        ranged("bytes=0-1,5-9").await.expect("send"),
+        400,
+        "invalid-parameter",
+        Some("Range"),
+    )
+    .await;
+    assert_problem(
+        app.get(&format!("/runs/{}/output", Uuid::now_v7())).await,
+        404,
+        "not-found",
+        None,
+    )
+    .await;
+    // A queued run has no output yet: an empty, whole answer.
+    let response = app.get(&format!("/runs/{}/output", id(&small))).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("body"), "");
+}
+
+/// A run whose output is a few MiB still comes whole from `GET /runs/{id}` (serialized off the
+/// async threads).
+#[tokio::test]
+async fn a_run_with_megabytes_of_output_is_served_whole() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("mid").await;
+    let run_id = Uuid::now_v7();
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, status, \
+             exit_code, stdout, stderr) VALUES ('{run_id}', '{}', '{}', 'manual', now(), \
+             'succeeded', 0, repeat('line \"quoted\"' || chr(10), 300000), '')",
+            id(&command),
+            id(&device),
+        ))
+        .await
+        .expect("insert");
+    let (status, run) = json_of(app.get(&format!("/runs/{run_id}")).await).await;
+    assert_eq!(status, 200);
+    let stdout = run["stdout"].as_str().expect("stdout");
+    assert_eq!(stdout.len(), 14 * 300_000);
+    assert!(stdout.starts_with("line \"quoted\"\n"));
 }

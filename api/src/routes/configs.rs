@@ -164,7 +164,7 @@ async fn config_diff(
     headers: HeaderMap,
 ) -> Result<Response> {
     let diff = service::diff(&state.db, device_id, params.from, params.to).await?;
-    if wants_json(&headers) {
+    if super::wants_json(&headers) {
         return Ok(axum::Json(ConfigDiffView {
             from: diff.from,
             to: diff.to,
@@ -180,52 +180,4 @@ async fn config_diff(
         diff.diff,
     )
         .into_response())
-}
-
-/// Whether `Accept` names JSON (and not plain text before it). `*/*` or no header: text.
-fn wants_json(headers: &HeaderMap) -> bool {
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let mut json = None;
-    let mut text = None;
-    for (i, item) in accept.split(',').enumerate() {
-        let media = item.split(';').next().unwrap_or_default().trim();
-        if media.eq_ignore_ascii_case("application/json") && json.is_none() {
-            json = Some(i);
-        }
-        if media.eq_ignore_ascii_case("text/plain") && text.is_none() {
-            text = Some(i);
-        }
-    }
-    match (json, text) {
-        (Some(j), Some(t)) => j < t,
-        (Some(_), None) => true,
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn accept(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_str(value).expect("header"),
-        );
-        h
-    }
-
-    #[test]
-    fn json_only_when_asked_for() {
-        assert!(!wants_json(&HeaderMap::new()));
-        assert!(!wants_json(&accept("*/*")));
-        assert!(!wants_json(&accept("text/plain, application/json")));
-        assert!(wants_json(&accept("application/json")));
-        assert!(wants_json(&accept(
-            "application/json; q=1.0, text/plain; q=0.5"
-        )));
-    }
 }

@@ -11,6 +11,7 @@ pub mod runs;
 pub mod schedules;
 pub mod webhooks;
 
+use axum::http::{HeaderMap, header};
 use serde::{Deserialize, Deserializer};
 use utoipa::IntoResponses;
 
@@ -104,4 +105,53 @@ pub enum DeleteErrors {
     /// Other resources still depend on this one; `detail` says which.
     #[response(status = 409, content_type = "application/problem+json")]
     Conflict(Problem),
+}
+
+/// Whether `Accept` names JSON (and not plain text before it). `*/*` or no header: text.
+pub(crate) fn wants_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut json = None;
+    let mut text = None;
+    for (i, item) in accept.split(',').enumerate() {
+        let media = item.split(';').next().unwrap_or_default().trim();
+        if media.eq_ignore_ascii_case("application/json") && json.is_none() {
+            json = Some(i);
+        }
+        if media.eq_ignore_ascii_case("text/plain") && text.is_none() {
+            text = Some(i);
+        }
+    }
+    match (json, text) {
+        (Some(j), Some(t)) => j < t,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_str(value).expect("header"),
+        );
+        h
+    }
+
+    #[test]
+    fn json_only_when_asked_for() {
+        assert!(!wants_json(&HeaderMap::new()));
+        assert!(!wants_json(&accept("*/*")));
+        assert!(!wants_json(&accept("text/plain, application/json")));
+        assert!(wants_json(&accept("application/json")));
+        assert!(wants_json(&accept(
+            "application/json; q=1.0, text/plain; q=0.5"
+        )));
+    }
 }

@@ -1,5 +1,6 @@
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{RunStatus, RunTrigger};
 use netcron_common::entity::run;
@@ -23,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(device_results))
         .routes(routes!(list_runs))
         .routes(routes!(get_run))
+        .routes(routes!(run_output))
         .routes(routes!(cancel_run))
 }
 
@@ -110,6 +112,76 @@ impl From<run::Model> for RunView {
     }
 }
 
+/// A run as list endpoints show it: status, times, exit code and output sizes, without the
+/// output itself (`GET /runs/{run_id}` or `GET /runs/{run_id}/output` has it).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "01936b32-3e4f-7a51-9c6d-7e8f9a0b1c2d", "schedule_id": null,
+    "command_id": "01936b30-1c2d-7e3f-9a4b-5c6d7e8f9a0b", "device_id": "01936b2f-0a1b-7c2d-8e3f-405162738495",
+    "trigger": "manual", "status": "succeeded", "scheduled_for": "2026-11-22T10:00:00Z",
+    "queued_at": "2026-11-22T10:00:00Z", "started_at": "2026-11-22T10:00:00.120Z",
+    "finished_at": "2026-11-22T10:00:00.480Z", "exit_code": 0, "exit_signal": null,
+    "stdout_bytes": 9, "stderr_bytes": 0, "truncated": false, "has_payload": false,
+    "error_kind": null, "error_message": null, "duration_ms": 360, "attempt": 1,
+    "executor_id": "executor-a1b2"
+}))]
+pub struct RunSummaryView {
+    pub id: Uuid,
+    pub schedule_id: Option<Uuid>,
+    pub command_id: Uuid,
+    pub device_id: Uuid,
+    pub trigger: RunTrigger,
+    pub status: RunStatus,
+    pub scheduled_for: DateTime<Utc>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<String>,
+    /// Size of the stored stdout in bytes; null until the run has finished.
+    pub stdout_bytes: Option<i64>,
+    /// Size of the stored stderr in bytes; null until the run has finished.
+    pub stderr_bytes: Option<i64>,
+    /// Whether stdout or stderr was cut at the command's `max_output_bytes`.
+    pub truncated: bool,
+    /// Whether the run has a structured `payload` (see `GET /runs/{run_id}`).
+    pub has_payload: bool,
+    pub error_kind: Option<String>,
+    /// At most its first 1,024 characters; the run itself has all of it.
+    pub error_message: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub attempt: i32,
+    pub executor_id: Option<String>,
+}
+
+impl From<service::RunSummary> for RunSummaryView {
+    fn from(m: service::RunSummary) -> Self {
+        Self {
+            id: m.id,
+            schedule_id: m.schedule_id,
+            command_id: m.command_id,
+            device_id: m.device_id,
+            trigger: m.trigger,
+            status: m.status,
+            scheduled_for: m.scheduled_for,
+            queued_at: m.queued_at,
+            started_at: m.started_at,
+            finished_at: m.finished_at,
+            exit_code: m.exit_code,
+            exit_signal: m.exit_signal,
+            stdout_bytes: m.stdout_bytes,
+            stderr_bytes: m.stderr_bytes,
+            truncated: m.truncated,
+            has_payload: m.has_payload,
+            error_kind: m.error_kind,
+            error_message: m.error_message,
+            duration_ms: m.duration_ms,
+            attempt: m.attempt,
+            executor_id: m.executor_id,
+        }
+    }
+}
+
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RunListParams {
@@ -150,15 +222,15 @@ async fn run_command(
     Ok((StatusCode::ACCEPTED, axum::Json(model.into())))
 }
 
-/// A device's runs, newest first.
+/// A device's runs, newest first, as summaries (no output).
 #[utoipa::path(get, path = "/devices/{device_id}/results", tag = "runs",
     params(("device_id" = Uuid, Path, description = "Device id"), DeviceResultParams),
-    responses((status = 200, description = "One page of runs", body = Page<RunView>), ListErrors))]
+    responses((status = 200, description = "One page of runs", body = Page<RunSummaryView>), ListErrors))]
 async fn device_results(
     State(state): State<AppState>,
     Path(device_id): Path<Uuid>,
     Query(params): Query<DeviceResultParams>,
-) -> Result<axum::Json<Page<RunView>>> {
+) -> Result<axum::Json<Page<RunSummaryView>>> {
     let page = PageParams {
         limit: params.limit,
         cursor: params.cursor,
@@ -175,17 +247,18 @@ async fn device_results(
         rows,
         page,
         |r| r.id,
-        RunView::from,
+        RunSummaryView::from,
     )))
 }
 
-/// Runs, newest first, filtered by device, command, schedule, status and time range.
+/// Runs, newest first, filtered by device, command, schedule, status and time range, as
+/// summaries: sizes instead of output, so a page stays small whatever the runs printed.
 #[utoipa::path(get, path = "/runs", tag = "runs", params(RunListParams),
-    responses((status = 200, description = "One page of runs", body = Page<RunView>), ListErrors))]
+    responses((status = 200, description = "One page of runs", body = Page<RunSummaryView>), ListErrors))]
 async fn list_runs(
     State(state): State<AppState>,
     Query(params): Query<RunListParams>,
-) -> Result<axum::Json<Page<RunView>>> {
+) -> Result<axum::Json<Page<RunSummaryView>>> {
     let page = PageParams {
         limit: params.limit,
         cursor: params.cursor,
@@ -209,19 +282,255 @@ async fn list_runs(
         rows,
         page,
         |r| r.id,
-        RunView::from,
+        RunSummaryView::from,
     )))
 }
 
-/// Get a run.
+/// Get a run with its whole output and payload. For large outputs, `GET /runs/{run_id}/output`
+/// reads them in slices.
 #[utoipa::path(get, path = "/runs/{run_id}", tag = "runs",
     params(("run_id" = Uuid, Path, description = "Run id")),
     responses((status = 200, description = "The run", body = RunView), ReadErrors))]
-async fn get_run(
+async fn get_run(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Response> {
+    let view = RunView::from(service::get(&state.db, id).await?);
+    let size =
+        view.stdout.as_ref().map_or(0, String::len) + view.stderr.as_ref().map_or(0, String::len);
+    if size < BLOCKING_SERIALIZE_BYTES {
+        return Ok(axum::Json(view).into_response());
+    }
+    // Escaping up to 2 x 100 MiB of text takes long enough to stall the other requests of an
+    // async worker thread, so it happens on a blocking thread.
+    let body = tokio::task::spawn_blocking(move || serde_json::to_vec(&view))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("serializing a run")))?
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("serializing a run")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// Outputs at least this large are serialized on a blocking thread.
+const BLOCKING_SERIALIZE_BYTES: usize = 1024 * 1024;
+
+/// Which output of a run.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStreamName {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OutputParams {
+    /// `stdout` (default) or `stderr`.
+    pub stream: Option<OutputStreamName>,
+    /// The first byte to return (default 0). A `Range` header takes precedence.
+    pub offset: Option<u64>,
+    /// At most this many bytes, 1 to 8,388,608 (the default).
+    #[param(minimum = 1, maximum = 8_388_608)]
+    pub limit: Option<u64>,
+}
+
+/// A slice of a run's output, as JSON.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"stream": "stdout", "offset": 0, "next_offset": 9, "total_bytes": 9,
+    "truncated": false, "data": "core-sw1\n"}))]
+pub struct RunOutputView {
+    pub stream: OutputStreamName,
+    /// Byte offset of `data` in the output. JSON slices begin and end on character
+    /// boundaries: an offset inside a character moves to the next character.
+    pub offset: u64,
+    /// Where the next slice begins; equal to `total_bytes` at the end of the output.
+    pub next_offset: u64,
+    /// The output's size in bytes (0 while the run has none).
+    pub total_bytes: u64,
+    /// Whether the executor cut the output at the command's `max_output_bytes`.
+    pub truncated: bool,
+    pub data: String,
+}
+
+/// A run's stdout or stderr, whole or in slices of at most 8 MiB: `text/plain` by default
+/// (with `Range: bytes=…` or `offset`/`limit`; a partial answer is 206 with `Content-Range`,
+/// a `Range` larger than 8 MiB gets its first 8 MiB), or JSON with `Accept: application/json`.
+#[utoipa::path(get, path = "/runs/{run_id}/output", tag = "runs",
+    params(("run_id" = Uuid, Path, description = "Run id"), OutputParams,
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=0-1023`, `bytes=1024-` or `bytes=-1024`")),
+    responses(
+        (status = 200, description = "The whole output", content(
+            (String = "text/plain", example = "core-sw1\n"), (RunOutputView = "application/json"))),
+        (status = 206, description = "A part of the output; `Content-Range` says which", content(
+            (String = "text/plain"))),
+        (status = 416, description = "The range names no byte of the output", body = crate::error::Problem, content_type = "application/problem+json"),
+        ReadErrors))]
+async fn run_output(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
-) -> Result<axum::Json<RunView>> {
-    Ok(axum::Json(service::get(&state.db, id).await?.into()))
+    Query(params): Query<OutputParams>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let name = params.stream.unwrap_or_default();
+    let stream = match name {
+        OutputStreamName::Stdout => service::OutputStream::Stdout,
+        OutputStreamName::Stderr => service::OutputStream::Stderr,
+    };
+    let limit = params.limit.unwrap_or(service::MAX_OUTPUT_SLICE);
+    if !(1..=service::MAX_OUTPUT_SLICE).contains(&limit) {
+        return Err(ApiError::bad_parameter(
+            "limit",
+            format!("must be 1 to {}", service::MAX_OUTPUT_SLICE),
+        ));
+    }
+    let range = match headers.get(header::RANGE) {
+        Some(value) => Some(ByteRange::parse(value.to_str().unwrap_or_default())?),
+        None => None,
+    };
+    let json = super::wants_json(&headers);
+    let total = service::output_size(&state.db, id, stream).await?;
+    let (offset, len) = match range {
+        Some(range) => range.resolve(total)?,
+        None => {
+            let offset = params.offset.unwrap_or(0);
+            if offset > total {
+                return Err(ApiError::bad_parameter(
+                    "offset",
+                    format!("is beyond the end of the output ({total} bytes)"),
+                ));
+            }
+            (offset, limit.min(total - offset))
+        }
+    };
+    let len = len.min(service::MAX_OUTPUT_SLICE);
+    if json {
+        // Up to three more bytes so that a slice that ends inside a character can end after it.
+        let slice = service::output(&state.db, id, stream, offset, len + 3).await?;
+        let (skip, end) = char_bounds(&slice.bytes, len);
+        let view = RunOutputView {
+            stream: name,
+            offset: offset + skip as u64,
+            next_offset: offset + end as u64,
+            total_bytes: slice.total,
+            truncated: slice.truncated,
+            data: String::from_utf8_lossy(&slice.bytes[skip..end]).into_owned(),
+        };
+        return Ok(axum::Json(view).into_response());
+    }
+    let slice = service::output(&state.db, id, stream, offset, len).await?;
+    let mut response = slice.bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if offset > 0 || len < total {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let last = (offset + len).saturating_sub(1);
+        if let Ok(value) = HeaderValue::from_str(&format!("bytes {offset}-{last}/{total}")) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Where a JSON slice's text begins and ends in `bytes` (fetched from a byte offset with a
+/// few bytes to spare): after any continuation bytes a cut left at the start, and at the
+/// first character boundary at or after `len`.
+fn char_bounds(bytes: &[u8], len: u64) -> (usize, usize) {
+    let is_continuation = |b: &u8| (b & 0b1100_0000) == 0b1000_0000;
+    let skip = bytes
+        .iter()
+        .take(3)
+        .take_while(|b| is_continuation(b))
+        .count();
+    let mut end = usize::try_from(len)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len())
+        .max(skip);
+    while end < bytes.len() && is_continuation(&bytes[end]) {
+        end += 1;
+    }
+    (skip, end)
+}
+
+/// A single HTTP byte range (RFC 9110, section 14.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteRange {
+    /// `bytes=first-` or `bytes=first-last`.
+    From { first: u64, last: Option<u64> },
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    fn parse(text: &str) -> Result<Self> {
+        let bad = |reason: &str| {
+            ApiError::bad_parameter(
+                "Range",
+                format!(
+                    "{reason}; expected one range such as `bytes=0-1023`, `bytes=1024-` or `bytes=-1024`"
+                ),
+            )
+        };
+        let spec = text
+            .trim()
+            .strip_prefix("bytes=")
+            .ok_or_else(|| bad("the unit must be `bytes`"))?;
+        if spec.contains(',') {
+            return Err(bad("only one range per request is supported"));
+        }
+        let (first, last) = spec
+            .split_once('-')
+            .ok_or_else(|| bad("a range needs a `-`"))?;
+        let number = |s: &str| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| bad("bounds must be numbers"))
+        };
+        match (first.trim().is_empty(), last.trim().is_empty()) {
+            (true, true) => Err(bad("a range needs a first or a last byte")),
+            (true, false) => Ok(Self::Suffix(number(last)?)),
+            (false, true) => Ok(Self::From {
+                first: number(first)?,
+                last: None,
+            }),
+            (false, false) => {
+                let (first, last) = (number(first)?, number(last)?);
+                if last < first {
+                    return Err(bad("the last byte comes before the first"));
+                }
+                Ok(Self::From {
+                    first,
+                    last: Some(last),
+                })
+            }
+        }
+    }
+
+    /// The offset and length this range names in an output of `total` bytes.
+    fn resolve(self, total: u64) -> Result<(u64, u64)> {
+        match self {
+            Self::Suffix(0) => Err(ApiError::RangeNotSatisfiable {
+                total,
+                reason: "a suffix range of 0 bytes names nothing",
+            }),
+            Self::Suffix(n) => Ok((total.saturating_sub(n), n.min(total))),
+            Self::From { first, .. } if first >= total => Err(ApiError::RangeNotSatisfiable {
+                total,
+                reason: "the range begins at or after the end of the output",
+            }),
+            Self::From { first, last } => {
+                let end = last.map_or(total, |l| l.saturating_add(1).min(total));
+                Ok((first, end - first))
+            }
+        }
+    }
 }
 
 /// Cancel a queued run that no executor has begun. Its task, if already on the tasks stream,
@@ -236,4 +545,54 @@ async fn cancel_run(
 ) -> Result<axum::Json<RunView>> {
     let run = service::cancel(&state.db, &state.redis, &state.leases, id).await?;
     Ok(axum::Json(run.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_ranges_resolve_as_rfc_9110_says() {
+        let r = |t: &str| ByteRange::parse(t).expect(t);
+        assert_eq!(r("bytes=0-9").resolve(100).ok(), Some((0, 10)));
+        assert_eq!(r("bytes=90-200").resolve(100).ok(), Some((90, 10)));
+        assert_eq!(r("bytes=10-").resolve(100).ok(), Some((10, 90)));
+        assert_eq!(r("bytes=-30").resolve(100).ok(), Some((70, 30)));
+        assert_eq!(r("bytes=-300").resolve(100).ok(), Some((0, 100)));
+        assert!(r("bytes=100-").resolve(100).is_err());
+        assert!(r("bytes=0-").resolve(0).is_err());
+        assert!(r("bytes=-0").resolve(100).is_err());
+        for bad in [
+            "items=0-1",
+            "bytes=0-1,4-5",
+            "bytes=-",
+            "bytes=5-1",
+            "bytes=a-b",
+            "bytes=0",
+        ] {
+            assert!(ByteRange::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_slices_begin_and_end_on_characters() {
+        let text = "aé€😀b".as_bytes(); // 1 + 2 + 3 + 4 + 1 bytes
+        // From every offset, consecutive slices of every length rebuild the text exactly.
+        for len in 1..=6u64 {
+            let mut offset = 0usize;
+            let mut rebuilt = Vec::new();
+            while offset < text.len() {
+                let fetched = &text[offset..(offset + len as usize + 3).min(text.len())];
+                let (skip, end) = char_bounds(fetched, len);
+                assert_eq!(skip, 0, "a slice from next_offset starts on a character");
+                assert!(end > 0, "every slice makes progress");
+                rebuilt.extend_from_slice(&fetched[skip..end]);
+                offset += end;
+            }
+            assert_eq!(rebuilt, text);
+        }
+        // An offset inside a character moves to the next one.
+        let (skip, end) = char_bounds(&text[2..], 2);
+        assert_eq!((skip, end), (1, 4));
+    }
 }

@@ -1,8 +1,12 @@
 use chrono::{DateTime, Utc};
-use netcron_common::domain::RunStatus;
+use netcron_common::domain::{RunStatus, RunTrigger};
 use netcron_common::entity::run;
 use netcron_common::protocol::lease::Leases;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter,
+    QuerySelect, Statement,
+};
 use uuid::Uuid;
 
 use super::paginate;
@@ -21,12 +25,44 @@ pub struct RunFilter {
     pub to: Option<DateTime<Utc>>,
 }
 
-/// Newest first.
+/// A run without its output, payload or attempt history: what list endpoints answer. The
+/// sizes come from Postgres' `octet_length`, which reads a stored value's header and not
+/// the value, so a page of runs with 100 MiB outputs costs what a page of empty ones does.
+#[derive(Debug, FromQueryResult)]
+pub struct RunSummary {
+    pub id: Uuid,
+    pub schedule_id: Option<Uuid>,
+    pub command_id: Uuid,
+    pub device_id: Uuid,
+    pub trigger: RunTrigger,
+    pub status: RunStatus,
+    pub scheduled_for: DateTime<Utc>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<String>,
+    pub truncated: bool,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub attempt: i32,
+    pub executor_id: Option<String>,
+    pub stdout_bytes: Option<i64>,
+    pub stderr_bytes: Option<i64>,
+    pub has_payload: bool,
+}
+
+/// Error messages are device text of bounded but unchecked length; a summary carries at most
+/// this many characters of one (the run itself has all of it).
+pub const SUMMARY_ERROR_CHARS: i32 = 1024;
+
+/// Newest first, as summaries.
 pub async fn list(
     db: &DatabaseConnection,
     filter: RunFilter,
     page: PageRequest,
-) -> Result<Vec<run::Model>> {
+) -> Result<Vec<RunSummary>> {
     let mut select = run::Entity::find();
     if let Some(v) = filter.device_id {
         select = select.filter(run::Column::DeviceId.eq(v));
@@ -46,9 +82,122 @@ pub async fn list(
     if let Some(v) = filter.to {
         select = select.filter(run::Column::ScheduledFor.lt(v));
     }
-    Ok(paginate(select, run::Column::Id, page, true)
+    use run::Column as C;
+    Ok(paginate(select, C::Id, page, true)
+        .select_only()
+        .columns([
+            C::Id,
+            C::ScheduleId,
+            C::CommandId,
+            C::DeviceId,
+            C::Trigger,
+            C::Status,
+            C::ScheduledFor,
+            C::QueuedAt,
+            C::StartedAt,
+            C::FinishedAt,
+            C::ExitCode,
+            C::ExitSignal,
+            C::Truncated,
+            C::ErrorKind,
+            C::DurationMs,
+            C::Attempt,
+            C::ExecutorId,
+        ])
+        .column_as(
+            Expr::cust(format!("left(error_message, {SUMMARY_ERROR_CHARS})")),
+            "error_message",
+        )
+        .column_as(Expr::cust("octet_length(stdout)::int8"), "stdout_bytes")
+        .column_as(Expr::cust("octet_length(stderr)::int8"), "stderr_bytes")
+        .column_as(Expr::cust("payload IS NOT NULL"), "has_payload")
+        .into_model::<RunSummary>()
         .all(db)
         .await?)
+}
+
+/// Which of a run's two outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    fn column(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+/// A byte range of one of a run's outputs.
+#[derive(Debug)]
+pub struct OutputSlice {
+    /// The output's length in bytes (0 while the run has none).
+    pub total: u64,
+    pub bytes: Vec<u8>,
+    /// Whether the executor cut the run's output at its `max_output_bytes`.
+    pub truncated: bool,
+}
+
+/// The largest slice one request answers; larger outputs are read in several requests.
+pub const MAX_OUTPUT_SLICE: u64 = 8 * 1024 * 1024;
+
+/// The size in bytes of a run's stdout or stderr (0 while it has none).
+pub async fn output_size(db: &DatabaseConnection, id: Uuid, stream: OutputStream) -> Result<u64> {
+    let sql = format!(
+        "SELECT coalesce(octet_length({}), 0)::int8 AS total FROM runs WHERE id = $1",
+        stream.column()
+    );
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [id.into()],
+        ))
+        .await?
+        .ok_or_else(|| ApiError::not_found("run", id))?;
+    let total: i64 = row.try_get("", "total")?;
+    Ok(total.unsigned_abs())
+}
+
+/// Bytes `offset .. offset + limit` of a run's stdout or stderr (fewer at the end), cut by
+/// Postgres so that only the slice travels. Offsets are in bytes of the UTF-8 text, as HTTP
+/// ranges are; a slice may therefore begin or end inside a character.
+pub async fn output(
+    db: &DatabaseConnection,
+    id: Uuid,
+    stream: OutputStream,
+    offset: u64,
+    limit: u64,
+) -> Result<OutputSlice> {
+    let column = stream.column();
+    // Three bytes over the cap: JSON slices read past their end to finish a character.
+    let limit = limit.min(MAX_OUTPUT_SLICE + 3);
+    // Both bounds fit in i64: the slice is capped and `offset` is checked against the total
+    // by the caller before anything depends on it.
+    let start = i64::try_from(offset.saturating_add(1)).unwrap_or(i64::MAX);
+    let sql = format!(
+        "SELECT coalesce(octet_length({column}), 0)::int8 AS total, truncated, \
+         substring(convert_to(coalesce({column}, ''), 'UTF8') FROM $2::int4 FOR $3::int4) AS slice \
+         FROM runs WHERE id = $1"
+    );
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            [id.into(), start.into(), (limit as i64).into()],
+        ))
+        .await?
+        .ok_or_else(|| ApiError::not_found("run", id))?;
+    let total: i64 = row.try_get("", "total")?;
+    Ok(OutputSlice {
+        total: total.unsigned_abs(),
+        bytes: row.try_get("", "slice")?,
+        truncated: row.try_get("", "truncated")?,
+    })
 }
 
 pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<run::Model> {
