@@ -40,6 +40,22 @@ pub fn required(name: &'static str) -> Result<String, ConfigError> {
     })
 }
 
+/// A positive number of days from `name` (fractions allowed, so tests and soaks can use
+/// minutes), or `default_days` when unset.
+///
+/// # Errors
+/// When the value is not a positive number of days.
+pub fn days_or(name: &'static str, default_days: f64) -> Result<std::time::Duration, ConfigError> {
+    let days: f64 = parsed_or(name, default_days)?;
+    std::time::Duration::try_from_secs_f64(days * 86_400.0)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| ConfigError {
+            name,
+            reason: format!("`{days}` is not a positive number of days"),
+        })
+}
+
 /// A variable parsed with `FromStr`, or `default` when unset.
 ///
 /// # Errors

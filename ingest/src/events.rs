@@ -103,7 +103,7 @@ impl EventSettings {
             webhook_timeout: config::parsed_or("NETCRON_WEBHOOK_TIMEOUT_S", 10u64)
                 .map(Duration::from_secs)?,
             webhook_policy: config::parsed_or(webhook_policy::VARIABLE, d.webhook_policy)?,
-            retention: retention_from_env()?,
+            retention: config::days_or("NETCRON_EVENTS_RETENTION_DAYS", 30.0)?,
         })
     }
 
@@ -113,18 +113,6 @@ impl EventSettings {
     pub fn retention_interval(&self) -> Duration {
         (self.retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(3600))
     }
-}
-
-fn retention_from_env() -> Result<Duration, ConfigError> {
-    const NAME: &str = "NETCRON_EVENTS_RETENTION_DAYS";
-    let days: f64 = config::parsed_or(NAME, 30.0)?;
-    Duration::try_from_secs_f64(days * 86_400.0)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| ConfigError {
-            name: NAME,
-            reason: format!("`{days}` is not a positive number of days"),
-        })
 }
 
 /// What ingest knows about one newly finished run.

@@ -125,8 +125,8 @@ impl SchedulerConfig {
                 .map(StdDuration::from_secs)?,
             clock_sync: d.clock_sync,
             queued_lease: secs("NETCRON_QUEUED_LEASE_S", d.queued_lease)?,
-            retention_max_age: config::parsed_or("NETCRON_RETENTION_DAYS", 90i64)
-                .map(Duration::days)?,
+            retention_max_age: Duration::from_std(config::days_or("NETCRON_RETENTION_DAYS", 90.0)?)
+                .unwrap_or(d.retention_max_age),
             retention_per_schedule: config::parsed_or(
                 "NETCRON_RETENTION_PER_SCHEDULE",
                 d.retention_per_schedule,
