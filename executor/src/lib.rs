@@ -65,6 +65,10 @@ pub struct ExecutorConfig {
     pub done_ttl: Duration,
     /// On SIGTERM, how long in-flight runs may take to finish (`NETCRON_EXECUTOR_GRACE_S`, 30).
     pub grace: Duration,
+    /// How long decoding, scrubbing, normalizing and parsing one run's output may take on its
+    /// blocking thread before the run ends `error` (`NETCRON_EXECUTOR_PROCESSING_TIMEOUT_S`,
+    /// 60). 2 x 100 MiB takes about a second.
+    pub processing_timeout: Duration,
     /// First retry delay for transient errors, doubled each attempt, with full jitter
     /// (`NETCRON_RETRY_BASE_MS`, 1000), capped at `retry_max`.
     pub retry_base: Duration,
@@ -87,6 +91,7 @@ impl Default for ExecutorConfig {
             done_ttl: Duration::from_secs(24 * 3600),
             max_deliveries: 5,
             grace: Duration::from_secs(30),
+            processing_timeout: Duration::from_secs(60),
             retry_base: Duration::from_millis(1000),
             retry_max: Duration::from_secs(30),
             block: Duration::from_secs(2),
@@ -115,6 +120,11 @@ impl ExecutorConfig {
             max_deliveries: config::parsed_or("NETCRON_EXECUTOR_MAX_DELIVERIES", d.max_deliveries)?
                 .max(1),
             grace: secs("NETCRON_EXECUTOR_GRACE_S", d.grace)?,
+            processing_timeout: secs(
+                "NETCRON_EXECUTOR_PROCESSING_TIMEOUT_S",
+                d.processing_timeout,
+            )?
+            .max(Duration::from_secs(1)),
             lease_ttl: secs("NETCRON_LEASE_TTL_S", d.lease_ttl)?.max(Duration::from_secs(1)),
             done_ttl: secs("NETCRON_EXECUTOR_DONE_TTL_S", d.done_ttl)?.max(Duration::from_secs(60)),
             retry_base: config::parsed_or("NETCRON_RETRY_BASE_MS", 1000u64)

@@ -157,15 +157,16 @@ impl Runner {
     ) -> Outcome {
         let secrets = Arc::clone(&opened.secrets);
         let scrubber = Scrubber::new(secrets.iter().map(SecretString::expose));
-        let mut done = self
-            .connections(task, opened, driver, work, slot, &scrubber)
-            .await;
+        let mut done = self.connections(task, opened, driver, work, slot).await;
         scrub_messages(&mut done, &scrubber);
         done
     }
 
     /// The connections of [`Runner::run_work`]: one, or for a Windows inventory PowerShell and
-    /// perhaps `reg query`. Output and messages of each connection come back scrubbed.
+    /// perhaps `reg query`. Output and messages of each connection come back scrubbed. What
+    /// is done with the output afterwards (decoding, scrubbing, normalizing, parsing; up to
+    /// 2 x `max_output_bytes` of text) runs on a blocking thread under a deadline, never on
+    /// the async threads that renew every other run's lease.
     async fn connections(
         &self,
         task: &Task,
@@ -173,10 +174,10 @@ impl Runner {
         driver: &'static Driver,
         work: Work,
         slot: OwnedSemaphorePermit,
-        scrubber: &Scrubber<'_>,
     ) -> Outcome {
         let first_start = Utc::now();
         let clock = Instant::now();
+        let secrets = Arc::clone(&opened.secrets);
         let mut slot = Some(slot);
         let limits = Limits {
             connect_timeout: self.config.connect_timeout,
@@ -187,36 +188,8 @@ impl Runner {
             max_output_bytes: usize::try_from(task.command.max_output_bytes).unwrap_or(usize::MAX),
         };
         let mut records = Vec::new();
-        let outcome = |last: ssh::Attempt, records: Vec<AttemptRecord>| Outcome {
-            payload: last.lines.as_ref().map(|lines| {
-                // Each line's output was scrubbed by the session that read it.
-                let lines: Vec<serde_json::Value> = lines
-                    .iter()
-                    .map(|l| {
-                        serde_json::json!({
-                            "command": l.command,
-                            "output": l.output,
-                            "failed": l.failed,
-                        })
-                    })
-                    .collect();
-                serde_json::json!({ "lines": lines })
-            }),
-            jump_host_key_fingerprint: last.jump_host_key_fingerprint,
-            status: last.status,
-            finished_at: Utc::now(),
-            duration_ms: millis(clock.elapsed()),
-            exit_code: last.exit_code,
-            exit_signal: last.exit_signal,
-            stdout: last.stdout.to_text(scrubber),
-            stderr: last.stderr.to_text(scrubber),
-            truncated: last.stdout.truncated || last.stderr.truncated,
-            error_kind: last.error_kind,
-            error_message: last.error_message,
-            host_key_fingerprint: last.host_key_fingerprint,
-            attempts: records,
-        };
-        if task.command.kind != CommandKind::WindowsInventory {
+        let kind = task.command.kind;
+        if kind != CommandKind::WindowsInventory {
             let last = match self
                 .ssh_with_retries(task, &opened, work, limits, &mut records, slot.take())
                 .await
@@ -224,11 +197,15 @@ impl Runner {
                 Ok(last) => last,
                 Err(message) => return error_outcome(first_start, ErrorKind::Internal, message),
             };
-            let mut done = outcome(last, records);
-            if task.command.kind == CommandKind::ConfigBackup {
-                config_payload(&mut done, driver);
-            }
-            return done;
+            return self
+                .processed(&secrets, first_start, move |scrubber| {
+                    let mut done = build_outcome(last, records, clock, scrubber);
+                    if kind == CommandKind::ConfigBackup {
+                        config_payload(&mut done, driver);
+                    }
+                    done
+                })
+                .await;
         }
 
         // Windows inventory: PowerShell first; if it ran but failed or printed something that
@@ -249,41 +226,31 @@ impl Runner {
         };
         if ps.error_kind.is_some_and(|k| k != ErrorKind::Timeout) {
             // The device could not be reached or refused us: no point in a fallback.
-            return outcome(ps, records);
+            return self
+                .processed(&secrets, first_start, move |scrubber| {
+                    build_outcome(ps, records, clock, scrubber)
+                })
+                .await;
         }
-        let ps_text = ps.stdout.to_text(scrubber);
-        let ps_failure = if ps.status == RunStatus::Succeeded {
-            match inventory::parse_powershell(&ps_text, Utc::now()) {
-                Ok(inventory) => {
-                    let mut done = outcome(ps, records);
-                    // The payload holds what stdout said, parsed; the raw JSON is not kept twice.
-                    done.stdout = String::new();
-                    done.payload = serde_json::to_value(&inventory).ok();
-                    return done;
-                }
-                Err(e) => e,
-            }
-        } else {
-            let stderr = ps.stderr.to_text(scrubber);
-            let detail = stderr
-                .lines()
-                .chain(ps_text.lines())
-                .find(|l| !l.trim().is_empty());
-            match (ps.error_message.as_deref(), ps.exit_code, detail) {
-                (Some(m), _, _) => m.to_owned(),
-                (None, Some(code), Some(line)) => format!("exited with {code}: {}", line.trim()),
-                (None, code, _) => format!("exited with {code:?}"),
-            }
+        let step = self
+            .processed(&secrets, first_start, move |scrubber| {
+                powershell_step(ps, records, clock, scrubber)
+            })
+            .await;
+        let (ps_error, ps_host_key, records) = match step {
+            PowershellStep::Done(done) => return done,
+            PowershellStep::Fallback {
+                ps_error,
+                host_key,
+                records,
+            } => (ps_error, host_key, records),
         };
-        let ps_error = format!("powershell: {ps_failure}");
         tracing::info!(run_id = %task.run_id, reason = %ps_error, "falling back to reg query");
+        let mut records = records;
         let mut pinned_task = task.clone();
         if pinned_task.device.host_key_fingerprint.is_none() {
             // The first connection just saw the key; the second must present the same one.
-            pinned_task
-                .device
-                .host_key_fingerprint
-                .clone_from(&ps.host_key_fingerprint);
+            pinned_task.device.host_key_fingerprint = ps_host_key;
         }
         let reg = match self
             .ssh_with_retries(
@@ -299,30 +266,47 @@ impl Runner {
             Ok(last) => last,
             Err(message) => return error_outcome(first_start, ErrorKind::Internal, message),
         };
-        if reg.error_kind.is_some() {
-            return outcome(reg, records);
-        }
-        let reg_text = reg.stdout.to_text(scrubber);
-        let parsed = if reg.status == RunStatus::Succeeded {
-            inventory::parse_reg_query(&reg_text, Utc::now(), vec![ps_error.clone()])
-        } else {
-            Err(format!("reg query exited with {:?}", reg.exit_code))
+        self.processed(&secrets, first_start, move |scrubber| {
+            reg_query_outcome(reg, records, clock, scrubber, &ps_error)
+        })
+        .await
+    }
+
+    /// Runs `process` with a scrubber of the run's secrets on a blocking thread, for at most
+    /// the executor's processing deadline; a deadline missed (or a panic) ends the run
+    /// `error`/`internal` and the thread's late answer is dropped.
+    async fn processed<T, F>(
+        &self,
+        secrets: &Arc<Vec<SecretString>>,
+        first_start: chrono::DateTime<Utc>,
+        process: F,
+    ) -> T
+    where
+        T: From<Outcome> + Send + 'static,
+        F: FnOnce(&Scrubber<'_>) -> T + Send + 'static,
+    {
+        let secrets = Arc::clone(secrets);
+        let job = tokio::task::spawn_blocking(move || {
+            let scrubber = Scrubber::new(secrets.iter().map(SecretString::expose));
+            process(&scrubber)
+        });
+        let deadline = self.config.processing_timeout;
+        let message = match tokio::time::timeout(deadline, job).await {
+            Ok(Ok(value)) => return value,
+            Ok(Err(e)) => format!("processing the output failed: {e}"),
+            Err(_) if deadline < Duration::from_secs(1) => format!(
+                "processing the output took longer than {} ms \
+                 (NETCRON_EXECUTOR_PROCESSING_TIMEOUT_S)",
+                deadline.as_millis()
+            ),
+            Err(_) => format!(
+                "processing the output took longer than {} s \
+                 (NETCRON_EXECUTOR_PROCESSING_TIMEOUT_S)",
+                deadline.as_secs()
+            ),
         };
-        let mut done = outcome(reg, records);
-        match parsed {
-            Ok(inventory) => {
-                done.stdout = String::new();
-                done.payload = serde_json::to_value(&inventory).ok();
-            }
-            Err(reg_error) => {
-                done.status = RunStatus::Error;
-                done.error_kind = Some(ErrorKind::InvalidOutput);
-                done.error_message = Some(format!(
-                    "no inventory could be collected: {ps_error}; reg query: {reg_error}"
-                ));
-            }
-        }
-        done
+        tracing::error!(reason = %message, "output processing failed");
+        T::from(error_outcome(first_start, ErrorKind::Internal, message))
     }
 
     /// Runs `command` on the task's device, retrying transient errors up to the command's
@@ -554,6 +538,136 @@ impl Runner {
             ),
         })
     }
+}
+
+/// The outcome of a connection's last attempt, its output decoded and scrubbed.
+fn build_outcome(
+    last: ssh::Attempt,
+    records: Vec<AttemptRecord>,
+    clock: Instant,
+    scrubber: &Scrubber<'_>,
+) -> Outcome {
+    Outcome {
+        payload: last.lines.as_ref().map(|lines| {
+            // Each line's output was scrubbed by the session that read it.
+            let lines: Vec<serde_json::Value> = lines
+                .iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "command": l.command,
+                        "output": l.output,
+                        "failed": l.failed,
+                    })
+                })
+                .collect();
+            serde_json::json!({ "lines": lines })
+        }),
+        jump_host_key_fingerprint: last.jump_host_key_fingerprint,
+        status: last.status,
+        finished_at: Utc::now(),
+        duration_ms: millis(clock.elapsed()),
+        exit_code: last.exit_code,
+        exit_signal: last.exit_signal,
+        stdout: last.stdout.to_text(scrubber),
+        stderr: last.stderr.to_text(scrubber),
+        truncated: last.stdout.truncated || last.stderr.truncated,
+        error_kind: last.error_kind,
+        error_message: last.error_message,
+        host_key_fingerprint: last.host_key_fingerprint,
+        attempts: records,
+    }
+}
+
+/// After the PowerShell connection of a Windows inventory: the run's outcome, or why to fall
+/// back to `reg query`.
+enum PowershellStep {
+    Done(Outcome),
+    Fallback {
+        ps_error: String,
+        /// The key the PowerShell connection saw; the fallback must meet the same one.
+        host_key: Option<String>,
+        records: Vec<AttemptRecord>,
+    },
+}
+
+impl From<Outcome> for PowershellStep {
+    fn from(done: Outcome) -> Self {
+        Self::Done(done)
+    }
+}
+
+fn powershell_step(
+    ps: ssh::Attempt,
+    records: Vec<AttemptRecord>,
+    clock: Instant,
+    scrubber: &Scrubber<'_>,
+) -> PowershellStep {
+    let ps_text = ps.stdout.to_text(scrubber);
+    let failure = if ps.status == RunStatus::Succeeded {
+        match inventory::parse_powershell(&ps_text, Utc::now()) {
+            Ok(inventory) => {
+                let mut done = build_outcome(ps, records, clock, scrubber);
+                // The payload holds what stdout said, parsed; the raw JSON is not kept twice.
+                done.stdout = String::new();
+                done.payload = serde_json::to_value(&inventory).ok();
+                return PowershellStep::Done(done);
+            }
+            Err(e) => e,
+        }
+    } else {
+        let stderr = ps.stderr.to_text(scrubber);
+        let detail = stderr
+            .lines()
+            .chain(ps_text.lines())
+            .find(|l| !l.trim().is_empty());
+        match (ps.error_message.as_deref(), ps.exit_code, detail) {
+            (Some(m), _, _) => m.to_owned(),
+            (None, Some(code), Some(line)) => format!("exited with {code}: {}", line.trim()),
+            (None, Some(code), None) => format!("exited with {code}"),
+            (None, None, _) => "ended without an exit code".to_owned(),
+        }
+    };
+    PowershellStep::Fallback {
+        ps_error: format!("powershell: {failure}"),
+        host_key: ps.host_key_fingerprint,
+        records,
+    }
+}
+
+/// The outcome of a Windows inventory that fell back to `reg query`.
+fn reg_query_outcome(
+    reg: ssh::Attempt,
+    records: Vec<AttemptRecord>,
+    clock: Instant,
+    scrubber: &Scrubber<'_>,
+    ps_error: &str,
+) -> Outcome {
+    if reg.error_kind.is_some() {
+        return build_outcome(reg, records, clock, scrubber);
+    }
+    let reg_text = reg.stdout.to_text(scrubber);
+    let parsed = match (reg.status, reg.exit_code) {
+        (RunStatus::Succeeded, _) => {
+            inventory::parse_reg_query(&reg_text, Utc::now(), vec![ps_error.to_owned()])
+        }
+        (_, Some(code)) => Err(format!("reg query exited with {code}")),
+        (_, None) => Err("reg query ended without an exit code".to_owned()),
+    };
+    let mut done = build_outcome(reg, records, clock, scrubber);
+    match parsed {
+        Ok(inventory) => {
+            done.stdout = String::new();
+            done.payload = serde_json::to_value(&inventory).ok();
+        }
+        Err(reg_error) => {
+            done.status = RunStatus::Error;
+            done.error_kind = Some(ErrorKind::InvalidOutput);
+            done.error_message = Some(format!(
+                "no inventory could be collected: {ps_error}; reg query: {reg_error}"
+            ));
+        }
+    }
+    done
 }
 
 /// The outcome's messages scrubbed once more, whatever built them: they go on to events and

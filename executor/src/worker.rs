@@ -503,11 +503,12 @@ impl Executor {
         tracing::info!(status = %outcome.status, error_kind = outcome.error_kind.map(|k| k.as_str()),
             duration_ms = outcome.duration_ms, "run finished");
         report.outcome = Some(outcome);
+        let (report, body) = serialized(report).await;
         // Outcome, `done` lease and acknowledgement in one script: the task is acknowledged
         // only together with its published outcome.
         let ours = until_ok("publishing an outcome", || async {
             self.leases
-                .finish(&mut self.redis.clone(), entry_id, &report)
+                .finish(&mut self.redis.clone(), entry_id, &report, &body)
                 .await
         })
         .await;
@@ -579,4 +580,31 @@ where
             }
         }
     }
+}
+
+/// Outcomes with this much output are serialized on a blocking thread.
+const BLOCKING_SERIALIZE_BYTES: usize = 1024 * 1024;
+
+/// The result's entry body, made once: on a blocking thread when the output is large, since
+/// escaping 200 MiB of text would hold up the lease renewals of every other run.
+async fn serialized(report: RunResult) -> (Arc<RunResult>, String) {
+    let size = report
+        .outcome
+        .as_ref()
+        .map_or(0, |o| o.stdout.len() + o.stderr.len());
+    let report = Arc::new(report);
+    if size < BLOCKING_SERIALIZE_BYTES {
+        let body = report.body();
+        return (report, body);
+    }
+    let shared = Arc::clone(&report);
+    let body = match tokio::task::spawn_blocking(move || shared.body()).await {
+        Ok(body) => body,
+        Err(e) => {
+            // Serializing does not fail; should the thread have panicked, it is done here.
+            tracing::error!(run_id = %report.run_id, error = %e, "serializing an outcome failed");
+            report.body()
+        }
+    };
+    (report, body)
 }

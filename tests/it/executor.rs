@@ -465,6 +465,46 @@ async fn output_past_the_cap_is_truncated() {
     assert!(stdout.bytes().all(|b| b == b'x'));
 }
 
+/// Output processing runs on a blocking thread under a deadline: one that is missed ends the
+/// run with a clear error instead of holding up the executor.
+#[tokio::test]
+async fn output_processing_past_its_deadline_ends_the_run_with_an_error() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let _scheduler = start_scheduler(&app).await;
+    let (_executor, _) = start_executor(
+        &app,
+        ExecutorConfig {
+            processing_timeout: Duration::from_millis(1),
+            ..config()
+        },
+    )
+    .await;
+    let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
+    let big = command(
+        &app,
+        &device,
+        json!({"name": "big", "command": "head -c 20000000 /dev/zero | tr '\\0' x"}),
+    )
+    .await;
+    let run = finished(&app, &run_now(&app, &device, &big).await).await;
+    assert_eq!(run["status"], "error", "{}", run["error_message"]);
+    assert_eq!(run["error_kind"], "internal");
+    assert_eq!(
+        run["error_message"],
+        "processing the output took longer than 1 ms (NETCRON_EXECUTOR_PROCESSING_TIMEOUT_S)"
+    );
+    // The executor goes on: the next run of the device succeeds.
+    let small = command(
+        &app,
+        &device,
+        json!({"name": "small", "command": "echo fine"}),
+    )
+    .await;
+    let run = finished(&app, &run_now(&app, &device, &small).await).await;
+    assert_eq!(run["stdout"], "fine\n", "{run}");
+}
+
 #[tokio::test]
 async fn large_stdout_and_stderr_together_do_not_deadlock() {
     let app = TestApp::spawn().await;
@@ -856,7 +896,8 @@ async fn an_every_second_schedule_runs_hostname_end_to_end() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     for run in &items {
-        assert_eq!(run["stdout"], hostname());
         assert_eq!(run["trigger"], "scheduled");
+        let output = app.get(&format!("/runs/{}/output", id(run))).await;
+        assert_eq!(output.text().await.expect("body"), hostname());
     }
 }

@@ -419,6 +419,7 @@ impl Leases {
         conn: &mut C,
         entry_id: &str,
         result: &RunResult,
+        body: &str,
     ) -> redis::RedisResult<bool> {
         let mut call = self.finish.prepare_invoke();
         call.key(self.streams.run_key(result.run_id))
@@ -429,7 +430,7 @@ impl Leases {
             .arg(entry_id)
             .arg(self.group)
             .arg(self.safety_ttl_s);
-        for (_, value) in result.fields() {
+        for (_, value) in result.fields_with(body) {
             call.arg(value);
         }
         let ours: i64 = call.invoke_async(conn).await?;

@@ -183,10 +183,16 @@ impl RunResult {
 
     /// The fields of this result's entry, for a script that adds it itself.
     pub fn fields(&self) -> [(&'static str, String); 3] {
+        self.fields_with(&self.body())
+    }
+
+    /// The fields of this result's entry with its [`RunResult::body`] already made (a large
+    /// outcome's body is serialized once, off the async threads).
+    pub fn fields_with(&self, body: &str) -> [(&'static str, String); 3] {
         [
             (FIELD_VERSION, RESULT_VERSION.to_string()),
             (FIELD_RUN_ID, self.run_id.to_string()),
-            (FIELD_BODY, self.body()),
+            (FIELD_BODY, body.to_owned()),
         ]
     }
 
