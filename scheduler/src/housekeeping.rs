@@ -71,3 +71,24 @@ pub async fn trim_stream(redis: &mut ConnectionManager, stream: &str) -> Result<
         .await?;
     Ok(removed)
 }
+
+/// Trims the entries of `stream` older than `age`, by Redis' own clock (entry ids are Redis
+/// timestamps, so the scheduler's clock does not matter). For streams nothing in netcron
+/// consumes: `events` (read by other systems) and `dead-letter` (read by people). Returns the
+/// number of entries removed.
+pub async fn trim_stream_by_age(
+    redis: &mut ConnectionManager,
+    stream: &str,
+    age: std::time::Duration,
+) -> Result<u64> {
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(redis).await?;
+    let now_ms = seconds.saturating_mul(1000) + micros / 1000;
+    let cutoff = now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+    let removed: u64 = redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MINID")
+        .arg(cutoff)
+        .query_async(redis)
+        .await?;
+    Ok(removed)
+}

@@ -75,6 +75,9 @@ pub struct SchedulerConfig {
     pub retention_cron: String,
     pub requeue_cron: String,
     pub trim_cron: String,
+    /// Entries of the events and dead-letter streams older than this are trimmed by the trim
+    /// job (`NETCRON_STREAM_RETENTION_DAYS`, 7; fractions allowed).
+    pub stream_retention: StdDuration,
 }
 
 impl Default for SchedulerConfig {
@@ -94,6 +97,7 @@ impl Default for SchedulerConfig {
             retention_cron: "0 17 3 * * *".into(),
             requeue_cron: "*/10 * * * * *".into(),
             trim_cron: "0 * * * * *".into(),
+            stream_retention: StdDuration::from_secs(7 * 86_400),
         }
     }
 }
@@ -138,6 +142,7 @@ impl SchedulerConfig {
             retention_cron: cron("NETCRON_RETENTION_CRON", d.retention_cron)?,
             requeue_cron: cron("NETCRON_REQUEUE_CRON", d.requeue_cron)?,
             trim_cron: cron("NETCRON_TRIM_CRON", d.trim_cron)?,
+            stream_retention: config::days_or("NETCRON_STREAM_RETENTION_DAYS", 7.0)?,
         })
     }
 }
@@ -412,7 +417,8 @@ impl Scheduler {
         Ok(runs)
     }
 
-    /// Trims the tasks and results streams behind their consumer groups.
+    /// Trims the tasks and results streams behind their consumer groups, and the events and
+    /// dead-letter streams by age (they are also capped by length where they are written).
     ///
     /// # Errors
     /// When Redis fails.
@@ -421,6 +427,11 @@ impl Scheduler {
         let mut removed = 0;
         for stream in [&self.streams.tasks, &self.streams.results] {
             removed += housekeeping::trim_stream(&mut redis, stream).await?;
+        }
+        for stream in [&self.streams.events, &self.streams.dead_letter] {
+            removed +=
+                housekeeping::trim_stream_by_age(&mut redis, stream, self.config.stream_retention)
+                    .await?;
         }
         Ok(removed)
     }

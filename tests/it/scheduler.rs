@@ -787,6 +787,49 @@ async fn stream_trimming_never_drops_unprocessed_entries() {
     assert_eq!(len, 4, "pending and undelivered entries stay");
 }
 
+/// The events and dead-letter streams, which nothing in netcron consumes, lose entries by age.
+#[tokio::test]
+async fn events_and_dead_letter_streams_are_trimmed_by_age() {
+    let app = TestApp::spawn().await;
+    let mut redis = app.redis().await;
+    let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).expect("after 1970");
+    let day_ms = 86_400_000;
+    for name in ["events", "dead-letter"] {
+        let stream = format!("{}{name}", app.stream_prefix);
+        // Eight and six days old, then one added now.
+        for id in [
+            format!("{}-0", now_ms - 8 * day_ms),
+            format!("{}-0", now_ms - 6 * day_ms),
+            "*".into(),
+        ] {
+            let _: String = redis::cmd("XADD")
+                .arg(&stream)
+                .arg(&id)
+                .arg("n")
+                .arg(1)
+                .query_async(&mut redis)
+                .await
+                .expect("XADD");
+        }
+    }
+    let scheduler = app
+        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .await;
+    assert_eq!(
+        scheduler.trim_streams().await.expect("trim"),
+        2,
+        "one per stream"
+    );
+    for name in ["events", "dead-letter"] {
+        let len: i64 = redis::cmd("XLEN")
+            .arg(format!("{}{name}", app.stream_prefix))
+            .query_async(&mut redis)
+            .await
+            .expect("XLEN");
+        assert_eq!(len, 2, "{name}: entries younger than 7 days stay");
+    }
+}
+
 /// A row this build cannot turn into a task (a platform written by a newer version, with the
 /// newer version's wider constraint) ends its own run `error`, naming the column; a schedule
 /// policy it does not know falls back to the most conservative one. The hundred other
