@@ -6,8 +6,9 @@
 //! - monotonic: a `started` event never moves a finished run backwards, nor a run re-queued
 //!   with a newer attempt;
 //! - entries are acknowledged only after the transaction that stored them commits;
-//! - writes are batched: one transaction per read of up to `batch` entries (and at most
-//!   [`MAX_BATCH_BYTES`] of output).
+//! - reads and writes are batched and bounded: a read takes up to `batch` entries and stops
+//!   once it holds [`MAX_BATCH_BYTES`] (plus at most one entry); a transaction stores at most
+//!   about that much output.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,11 +20,12 @@ use netcron_common::db::RUN_QUEUED_CHANNEL;
 use netcron_common::domain::CommandKind;
 use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::lease::Leases;
+use netcron_common::protocol::stream::BoundedReader;
 use netcron_common::protocol::{INGEST_GROUP, RunResult, Streams, ensure_group, is_missing_group};
 use netcron_common::secret::SecretKey;
 use netcron_lifecycle::runs;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamId, StreamReadReply};
 use sea_orm::{
     ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement, TransactionTrait, Value,
 };
@@ -121,6 +123,7 @@ pub struct Ingest {
     wake: Arc<Notify>,
     key: SecretKey,
     leases: Leases,
+    reader: BoundedReader,
 }
 
 /// A writer and a reader: a blocking read must not hold up acknowledgements.
@@ -154,6 +157,7 @@ impl Ingest {
             events: EventSettings::default(),
             wake: Arc::new(Notify::new()),
             key,
+            reader: BoundedReader::new(&Streams::new(&redis.stream_prefix).results, INGEST_GROUP),
         })
     }
 
@@ -233,16 +237,13 @@ impl Ingest {
         let mut backoff = Duration::from_millis(100);
         let mut last_reclaim: Option<Instant> = None;
         let mut conns: Option<Conns> = None;
-        // Entries read per call: the batch size, less while entries are large, so one read
-        // never holds more than about MAX_BATCH_BYTES of results (a result can be 200 MiB).
-        let mut count = self.batch;
         while !shutdown.is_cancelled() {
             let reclaim = last_reclaim.is_none_or(|t| t.elapsed() >= RECLAIM_IDLE / 2);
             if reclaim {
                 last_reclaim = Some(Instant::now());
             }
             let step = match &conns {
-                Some(c) => self.step(c, reclaim, Duration::from_secs(1), count).await,
+                Some(c) => self.step(c, reclaim, Duration::from_secs(1)).await,
                 None => match self.connect(consumer).await {
                     Ok(c) => {
                         conns = Some(c);
@@ -254,7 +255,6 @@ impl Ingest {
             match step {
                 Ok(report) => {
                     backoff = Duration::from_millis(100);
-                    count = next_count(count, self.batch, &report);
                     if report.entries > 0 {
                         tracing::debug!(?report, "ingested results");
                     }
@@ -281,7 +281,8 @@ impl Ingest {
     }
 
     /// Reads one batch (after taking over idle entries of dead consumers, when `reclaim`),
-    /// stores it and acknowledges it. Waits up to `block` for entries.
+    /// stores it and acknowledges it. Waits up to `block` for entries. Every read is bounded
+    /// by [`MAX_BATCH_BYTES`] as well as by `batch` entries (see [`BoundedReader`]).
     ///
     /// # Errors
     /// When Redis or Postgres fails; nothing is acknowledged then.
@@ -290,53 +291,66 @@ impl Ingest {
         conns: &Conns,
         reclaim: bool,
         block: Duration,
-        count: usize,
     ) -> anyhow::Result<IngestReport> {
         let mut entries = Vec::new();
         if reclaim {
-            // Our own pending entries first (a failed commit), then other consumers' idle ones.
-            entries = self.read(conns, "0", None, count).await?;
+            // Our own pending entries first (a failed commit), then other consumers' idle ones,
+            // taken over by id only and then read like our own.
+            entries = self.read_bounded(conns, "0").await?;
             if entries.is_empty() {
-                let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                let _: redis::Value = redis::cmd("XAUTOCLAIM")
                     .arg(&self.streams.results)
                     .arg(INGEST_GROUP)
                     .arg(&conns.consumer)
                     .arg(RECLAIM_IDLE.as_millis() as u64)
                     .arg("0-0")
                     .arg("COUNT")
-                    .arg(count)
+                    .arg(self.batch)
+                    .arg("JUSTID")
                     .query_async(&mut conns.redis.clone())
                     .await?;
-                entries = claimed.claimed;
+                entries = self.read_bounded(conns, "0").await?;
             }
         }
         if entries.is_empty() {
-            entries = self.read(conns, ">", Some(block), count).await?;
+            entries = self.read_bounded(conns, ">").await?;
+        }
+        if entries.is_empty() {
+            // Nothing waiting: block for the next entry alone, then read on without blocking.
+            entries = self.read_blocking(conns, block).await?;
         }
         self.store(conns, entries).await
     }
 
-    async fn read(
-        &self,
-        conns: &Conns,
-        from: &str,
-        block: Option<Duration>,
-        count: usize,
-    ) -> anyhow::Result<Vec<StreamId>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
+    async fn read_bounded(&self, conns: &Conns, from: &str) -> anyhow::Result<Vec<StreamId>> {
+        Ok(self
+            .reader
+            .read(
+                &mut conns.reader.clone(),
+                &conns.consumer,
+                from,
+                self.batch,
+                MAX_BATCH_BYTES,
+            )
+            .await?)
+    }
+
+    async fn read_blocking(&self, conns: &Conns, block: Duration) -> anyhow::Result<Vec<StreamId>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
             .arg(INGEST_GROUP)
             .arg(&conns.consumer)
             .arg("COUNT")
-            .arg(count);
-        if let Some(block) = block {
-            cmd.arg("BLOCK").arg(block.as_millis() as u64);
-        }
-        cmd.arg("STREAMS").arg(&self.streams.results).arg(from);
-        let reply: Option<StreamReadReply> = cmd.query_async(&mut conns.reader.clone()).await?;
+            .arg(1)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.streams.results)
+            .arg(">")
+            .query_async(&mut conns.reader.clone())
+            .await?;
         Ok(reply
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            // Reading our own pending list returns deleted entries with no fields; skip them.
             .unwrap_or_default())
     }
 
@@ -590,18 +604,6 @@ fn entry_bytes(entry: &StreamId) -> usize {
         .sum()
 }
 
-/// How many entries to read next: halved after a read of more than [`MAX_BATCH_BYTES`],
-/// doubled back (up to `batch`) after a read of less than a quarter of it.
-fn next_count(count: usize, batch: usize, last: &IngestReport) -> usize {
-    if last.bytes > MAX_BATCH_BYTES {
-        (count / 2).max(1)
-    } else if last.bytes < MAX_BATCH_BYTES / 4 {
-        (count * 2).min(batch)
-    } else {
-        count
-    }
-}
-
 /// Runs result ingest alone (`netcron ingest`). Postgres and Redis being unreachable are
 /// waited out.
 ///
@@ -637,30 +639,4 @@ pub async fn run(
     telemetry.add_redis_check(&ingest.client);
     ingest.run(shutdown).await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_shrink_while_results_are_large_and_grow_back() {
-        let big = IngestReport {
-            bytes: MAX_BATCH_BYTES * 3,
-            ..IngestReport::default()
-        };
-        let small = IngestReport {
-            bytes: 1024,
-            ..IngestReport::default()
-        };
-        let mut count = 1000;
-        for _ in 0..12 {
-            count = next_count(count, 1000, &big);
-        }
-        assert_eq!(count, 1, "one large result at a time");
-        for _ in 0..12 {
-            count = next_count(count, 1000, &small);
-        }
-        assert_eq!(count, 1000, "back to the batch size");
-    }
 }

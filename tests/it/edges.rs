@@ -437,3 +437,84 @@ async fn the_dispatcher_applies_retention_by_itself() {
     assert!(exists(&app, "events", pending).await);
     assert!(exists(&app, "webhook_deliveries", pending_d.expect("delivery")).await);
 }
+
+/// Reads of the results stream stop at their byte budget (plus one entry), whatever the entry
+/// count allows, and pick up where they stopped; pending entries are read back the same way.
+#[tokio::test]
+async fn stream_reads_are_bounded_by_bytes_as_well_as_count() {
+    use netcron_common::protocol::stream::BoundedReader;
+    let app = TestApp::spawn_with(|s| s.ingest = false).await;
+    let stream = format!("{}bounded", app.stream_prefix);
+    let mut redis = app.redis().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut redis)
+        .await
+        .expect("group");
+    let mib = "x".repeat(1024 * 1024);
+    for i in 0..10 {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .arg("body")
+            .arg(&mib)
+            .query_async(&mut redis)
+            .await
+            .expect("XADD");
+    }
+    for i in 10..20 {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .query_async(&mut redis)
+            .await
+            .expect("XADD");
+    }
+    let reader = BoundedReader::new(&stream, "g");
+    let n = |entries: &[redis::streams::StreamId]| -> Vec<i64> {
+        entries
+            .iter()
+            .map(|e| e.get::<i64>("n").expect("n"))
+            .collect()
+    };
+    let budget = 3 * 1024 * 1024;
+    // 1 MiB entries: three reach the budget, though a thousand are allowed.
+    let first = reader
+        .read(&mut redis, "c", ">", 1000, budget)
+        .await
+        .expect("read");
+    assert_eq!(n(&first), [0, 1, 2]);
+    let second = reader
+        .read(&mut redis, "c", ">", 1000, budget)
+        .await
+        .expect("read");
+    assert_eq!(n(&second), [3, 4, 5]);
+    // Small entries: the count bounds the read.
+    let mut rest = Vec::new();
+    loop {
+        let page = reader
+            .read(&mut redis, "c", ">", 5, budget)
+            .await
+            .expect("read");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 5);
+        rest.extend(n(&page));
+    }
+    assert_eq!(rest, (6..20).collect::<Vec<_>>());
+    // Nothing was acknowledged: the pending list reads back from the start, bounded too.
+    let pending = reader
+        .read(&mut redis, "c", "0", 1000, budget)
+        .await
+        .expect("read");
+    assert_eq!(n(&pending), [0, 1, 2]);
+}

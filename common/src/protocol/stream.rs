@@ -419,3 +419,75 @@ mod tests {
         );
     }
 }
+
+/// Reads a consumer group's entries one at a time inside Redis until `max_count` entries or
+/// `max_bytes` of field values are read, so that a read never carries more than the byte
+/// budget plus one entry to the client (results can be 200 MiB each, and a batch of them read
+/// in one `XREADGROUP COUNT n` would be n times that). `from` is `>` (new entries) or an id
+/// (this consumer's pending entries after it). Answers in `XREADGROUP`'s shape.
+const READ_BOUNDED: &str = r"
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local max_count, max_bytes, from = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local out, bytes = {}, 0
+while #out < max_count and bytes < max_bytes do
+    local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1,
+                             'STREAMS', stream, from)
+    if not reply then break end
+    local entry = reply[1][2][1]
+    if not entry then break end
+    out[#out + 1] = entry
+    if from ~= '>' then from = entry[1] end
+    local fields = entry[2]
+    if type(fields) == 'table' then
+        for i = 2, #fields, 2 do bytes = bytes + #fields[i] end
+    end
+end
+if #out == 0 then return false end
+return {{stream, out}}";
+
+/// A consumer group's reads bounded by bytes as well as by count (see [`READ_BOUNDED`]).
+#[derive(Clone)]
+pub struct BoundedReader {
+    script: redis::Script,
+    stream: String,
+    group: String,
+}
+
+impl BoundedReader {
+    pub fn new(stream: &str, group: &str) -> Self {
+        Self {
+            script: redis::Script::new(READ_BOUNDED),
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+        }
+    }
+
+    /// Up to `max_count` entries for `consumer`, stopping once their field values reach
+    /// `max_bytes` (so at most `max_bytes` plus one entry). `from` is `>` for new entries or
+    /// `0` for the consumer's own pending ones. Never blocks.
+    ///
+    /// # Errors
+    /// When Redis fails, or the group does not exist.
+    pub async fn read<C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        consumer: &str,
+        from: &str,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> redis::RedisResult<Vec<StreamId>> {
+        let reply: Option<redis::streams::StreamReadReply> = self
+            .script
+            .key(&self.stream)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(max_count)
+            .arg(max_bytes)
+            .arg(from)
+            .invoke_async(conn)
+            .await?;
+        Ok(reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default())
+    }
+}
