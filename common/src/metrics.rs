@@ -27,6 +27,74 @@ use crate::protocol::Streams;
 /// scrapes natively).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The content type of the Prometheus text format, version 0.0.4 (what `promtool`, older
+/// scrapers and people with curl read).
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The metrics in the format an `Accept` header asks for: OpenMetrics when it names
+/// `application/openmetrics-text` (as Prometheus' scraper does), the Prometheus text format
+/// otherwise. Answers the content type and the body.
+pub fn negotiate(telemetry: &Telemetry, accept: Option<&str>) -> (&'static str, String) {
+    let open_metrics = accept.is_some_and(|a| {
+        a.split(',').any(|item| {
+            item.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/openmetrics-text")
+            })
+        })
+    });
+    let text = telemetry.encode();
+    if open_metrics {
+        (CONTENT_TYPE, text)
+    } else {
+        (PROMETHEUS_CONTENT_TYPE, to_prometheus_text(&text))
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text 0.0.4: a counter family's `# HELP` and
+/// `# TYPE` name its samples (`x_total`, not `x`), `# UNIT` and `# EOF` go, `info` and
+/// `unknown` families become `gauge` and `untyped`, and exemplars are dropped.
+pub fn to_prometheus_text(open_metrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in open_metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, "counter")) = rest.split_once(' ')
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut out = String::with_capacity(open_metrics.len());
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("HELP", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
+        if let Some((keyword, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let name = if counters.contains(name) && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            let tail = match (keyword, tail) {
+                ("TYPE", "info") => "gauge",
+                ("TYPE", "unknown" | "stateset" | "gaugehistogram") => "untyped",
+                _ => tail,
+            };
+            out.push_str(&format!("# {keyword} {name} {tail}\n"));
+            continue;
+        }
+        // A sample with an exemplar: `name{labels} value # {labels} value`.
+        let sample = line.split_once(" # ").map_or(line, |(s, _)| s);
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
+}
+
 /// How long one readiness check may take before it counts as failed: a hung dependency must
 /// not hang the probe.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -155,7 +223,7 @@ impl Telemetry {
         (ready, results.into_iter().collect())
     }
 
-    /// The metrics in the OpenMetrics text format.
+    /// The metrics in the OpenMetrics text format ([`negotiate`] answers either format).
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.

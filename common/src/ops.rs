@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigError};
-use crate::metrics::{CONTENT_TYPE, Telemetry};
+use crate::metrics::{Telemetry, negotiate};
 
 /// Reads an ops listener address (for example `NETCRON_SCHEDULER_OPS_ADDR`); `off` disables it.
 ///
@@ -126,7 +126,14 @@ async fn respond(telemetry: &Telemetry, req: &Request<Incoming>) -> Response<Ful
             };
             reply(status, "application/json", body)
         }
-        "/metrics" => reply(StatusCode::OK, CONTENT_TYPE, telemetry.encode()),
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let (content_type, body) = negotiate(telemetry, accept);
+            reply(StatusCode::OK, content_type, body)
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -157,7 +157,7 @@ async fn the_ops_endpoint_answers_health_metrics_and_readiness_through_a_redis_o
     assert!(
         headers["content-type"]
             .to_str()
-            .is_ok_and(|c| c.starts_with("application/openmetrics-text")),
+            .is_ok_and(|c| c.starts_with("text/plain; version=0.0.4")),
         "{headers:?}"
     );
     assert!(body.contains("process_resident_memory_bytes"), "{body}");
@@ -705,4 +705,70 @@ async fn a_scheduler_without_its_database_stays_up_unready_and_backs_off() {
     let _ = std::fs::remove_file(&log_path);
     // A busy loop would log hundreds of attempts; backoff keeps it to a few.
     assert!(attempts <= elapsed, "{attempts} attempts in {elapsed} s");
+}
+
+/// `/metrics` answers the Prometheus text format by default and OpenMetrics when asked, and
+/// the Prometheus text passes `promtool check metrics` (Debian's `prometheus` package).
+#[tokio::test]
+async fn metrics_negotiate_their_format_and_pass_promtool() {
+    use std::io::Write as _;
+    let app = TestApp::spawn().await;
+    // Families with samples: requests, a 404, and a device.
+    app.get("/devices").await;
+    app.get("/no-such-route").await;
+    app.credential("c").await;
+    let response = app
+        .request(reqwest::Method::GET, "/metrics")
+        .header("Accept", "text/plain; version=0.0.4")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.expect("body");
+    assert!(!text.contains("# EOF"));
+    assert!(
+        text.contains("# TYPE netcron_http_requests_total counter"),
+        "{text}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let response = app
+        .request(reqwest::Method::GET, "/metrics")
+        .header(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
+        .send()
+        .await
+        .expect("GET");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|c| c.starts_with("application/openmetrics-text"))
+    );
+    let text = response.text().await.expect("body");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(text.contains("# TYPE netcron_http_requests counter"));
 }

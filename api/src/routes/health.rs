@@ -1,5 +1,5 @@
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -57,14 +57,16 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Readine
     (status, axum::Json(body))
 }
 
-/// Prometheus metrics of this process (OpenMetrics text). No authentication, like the other
-/// operational endpoints; it carries no secret and no per-device data.
+/// Prometheus metrics of this process: OpenMetrics text when `Accept` names
+/// `application/openmetrics-text` (as Prometheus does), the Prometheus text format 0.0.4
+/// otherwise. No authentication, like the other operational endpoints; it carries no secret
+/// and no per-device data.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Metrics in the OpenMetrics text format",
-               content_type = "application/openmetrics-text", body = String)))]
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, netcron_common::metrics::CONTENT_TYPE)],
-        state.telemetry.encode(),
-    )
+    responses((status = 200, description = "The metrics", content(
+        (String = "text/plain; version=0.0.4"),
+        (String = "application/openmetrics-text")))))]
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = netcron_common::metrics::negotiate(&state.telemetry, accept);
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
