@@ -132,14 +132,9 @@ impl ApiError {
 }
 
 /// An RFC 9457 problem document.
+///
+/// Each response that can carry one shows an example of its own status.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({
-    "type": "urn:netcron:problem:validation",
-    "title": "A field is invalid",
-    "status": 422,
-    "detail": "port: 70000 is not a TCP port (1-65535)",
-    "field": "port"
-}))]
 pub struct Problem {
     /// A stable URI naming the kind of problem: `urn:netcron:problem:<kind>`.
     #[serde(rename = "type")]

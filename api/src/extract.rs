@@ -112,13 +112,31 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
             Err(PathRejection::FailedToDeserializePathParams(e)) => {
                 use axum::extract::path::ErrorKind;
                 let kind = e.into_kind();
-                let field = match &kind {
-                    ErrorKind::ParseErrorAtKey { key, .. }
-                    | ErrorKind::DeserializeError { key, .. }
-                    | ErrorKind::InvalidUtf8InPathParam { key } => key.clone(),
-                    _ => "path".to_owned(),
+                // Every path parameter but a config version is an id; say so plainly rather
+                // than pass on the UUID parser's character-level complaint.
+                let (field, reason) = match &kind {
+                    ErrorKind::ParseErrorAtKey {
+                        key,
+                        value,
+                        expected_type,
+                    } if expected_type.contains("Uuid") => {
+                        (key.clone(), format!("`{value}` is not a UUID"))
+                    }
+                    ErrorKind::DeserializeError {
+                        key,
+                        value,
+                        message,
+                    } if message.contains("UUID") => {
+                        (key.clone(), format!("`{value}` is not a UUID"))
+                    }
+                    ErrorKind::ParseErrorAtKey { key, value, .. } => {
+                        (key.clone(), format!("`{value}` is not a whole number"))
+                    }
+                    ErrorKind::DeserializeError { key, .. }
+                    | ErrorKind::InvalidUtf8InPathParam { key } => (key.clone(), kind.to_string()),
+                    _ => ("path".to_owned(), kind.to_string()),
                 };
-                Err(ApiError::bad_parameter(field, kind))
+                Err(ApiError::bad_parameter(field, reason))
             }
             Err(other) => Err(ApiError::Internal(anyhow::anyhow!(other.body_text()))),
         }

@@ -121,6 +121,12 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .merge(Router::from(public))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        // A person who opens the server's address in a browser lands on the API's
+        // documentation (the operator console will take this place).
+        .route(
+            "/",
+            axum::routing::get(|| async { axum::response::Redirect::to("/docs/") }),
+        )
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))

@@ -94,6 +94,35 @@ async fn spec_documents_error_statuses_and_examples() {
             "GET /runs/{{id}} lacks {status}"
         );
     }
+    // Every documented problem has an example of its own status, 405 and 500 included.
+    let mut checked = 0;
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            let Some(responses) = op["responses"].as_object() else {
+                continue;
+            };
+            for (status, response) in responses {
+                let problem = &response["content"]["application/problem+json"];
+                if problem.is_null() {
+                    continue;
+                }
+                let example = &problem["example"];
+                assert_eq!(
+                    example["status"].as_u64().map(|s| s.to_string()).as_deref(),
+                    Some(status.as_str()),
+                    "{method} {path} {status}: {example}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100, "{checked} problem responses");
+    for status in ["405", "500"] {
+        assert!(
+            create["responses"][status].is_object(),
+            "POST /devices lacks {status}"
+        );
+    }
     // Health needs no token: its security requirement is the empty one.
     assert_eq!(
         spec["paths"]["/health"]["get"]["security"],
@@ -174,4 +203,27 @@ async fn paths_work_with_and_without_a_trailing_slash() {
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().expect("id");
     assert_eq!(app.get(&format!("/credentials/{id}/")).await.status(), 200);
+}
+
+/// A browser pointed at the server's address lands on the documentation, without a token.
+#[tokio::test]
+async fn the_root_redirects_to_the_docs() {
+    let app = TestApp::spawn().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let response = client.get(app.url("/")).send().await.expect("GET /");
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/docs/");
+    let followed = app.client.get(app.url("/")).send().await.expect("GET /");
+    assert_eq!(followed.status(), 200);
+    assert!(
+        followed
+            .text()
+            .await
+            .expect("body")
+            .to_lowercase()
+            .contains("swagger")
+    );
 }

@@ -415,3 +415,27 @@ async fn a_run_with_megabytes_of_output_is_served_whole() {
     assert_eq!(stdout.len(), 14 * 300_000);
     assert!(stdout.starts_with("line \"quoted\"\n"));
 }
+
+/// Parameter errors say what was expected.
+#[tokio::test]
+async fn parameter_errors_name_the_expected_format() {
+    let app = TestApp::spawn().await;
+    for (path, field, detail) in [
+        (
+            "/runs?from=yesterday",
+            "from",
+            "from: `yesterday` is not an RFC 3339 date and time, such as 2026-11-29T02:00:00Z",
+        ),
+        (
+            "/devices/core-sw1",
+            "device_id",
+            "device_id: `core-sw1` is not a UUID",
+        ),
+        ("/runs/42/output", "run_id", "run_id: `42` is not a UUID"),
+    ] {
+        let (status, problem) = json_of(app.get(path).await).await;
+        assert_eq!(status, 400, "{path}: {problem}");
+        assert_eq!(problem["field"], field, "{path}");
+        assert_eq!(problem["detail"], detail, "{path}");
+    }
+}

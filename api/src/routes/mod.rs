@@ -13,6 +13,7 @@ pub mod webhooks;
 
 use axum::http::{HeaderMap, header};
 use serde::{Deserialize, Deserializer};
+use serde_json::json;
 use utoipa::IntoResponses;
 
 use crate::error::{ApiError, Problem};
@@ -27,6 +28,24 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// An optional RFC 3339 instant in a query string, with an error that says which format is
+/// expected (chrono's own says only "input contains invalid characters").
+pub fn rfc3339<'de, D>(d: D) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    chrono::DateTime::parse_from_rfc3339(&text)
+        .map(|t| Some(t.with_timezone(&chrono::Utc)))
+        .map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not an RFC 3339 date and time, such as 2026-11-29T02:00:00Z"
+            ))
+        })
+}
+
 /// Turns a domain parse failure into a 422 naming `field`.
 pub fn field<T, E: std::fmt::Display>(field: &str, r: Result<T, E>) -> Result<T, ApiError> {
     r.map_err(|e| ApiError::validation(field, e))
@@ -37,14 +56,25 @@ pub fn field<T, E: std::fmt::Display>(field: &str, r: Result<T, E>) -> Result<T,
 #[allow(dead_code)]
 pub enum ListErrors {
     /// A query parameter is malformed (names it in `field`).
-    #[response(status = 400, content_type = "application/problem+json")]
+    #[response(status = 400, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:invalid-parameter", "title": "A parameter is invalid", "status": 400, "detail": "from: `yesterday` is not an RFC 3339 date and time, such as 2026-11-29T02:00:00Z", "field": "from"}))]
     BadRequest(Problem),
     /// The bearer token is missing or wrong.
-    #[response(status = 401, content_type = "application/problem+json")]
+    #[response(status = 401, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:unauthorized", "title": "Missing or invalid bearer token", "status": 401, "detail": "the bearer token is not valid"}))]
     Unauthorized(Problem),
     /// A resource named in the path does not exist.
-    #[response(status = 404, content_type = "application/problem+json")]
+    #[response(status = 404, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:not-found", "title": "Not found", "status": 404, "detail": "device 01936b2f-0a1b-7c2d-8e3f-405162738495 does not exist"}))]
     NotFound(Problem),
+    /// The path exists but does not take this method.
+    #[response(status = 405, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:method-not-allowed", "title": "Method not allowed", "status": 405, "detail": "this method is not allowed on this path"}))]
+    MethodNotAllowed(Problem),
+    /// An unexpected failure; its cause is logged, not sent.
+    #[response(status = 500, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:internal", "title": "Internal server error", "status": 500, "detail": "The server failed to handle this request; the cause has been logged."}))]
+    Internal(Problem),
 }
 
 /// Errors of endpoints that read one resource or act on it without a body.
@@ -52,14 +82,25 @@ pub enum ListErrors {
 #[allow(dead_code)]
 pub enum ReadErrors {
     /// An id in the path is not a UUID (names it in `field`).
-    #[response(status = 400, content_type = "application/problem+json")]
+    #[response(status = 400, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:invalid-parameter", "title": "A parameter is invalid", "status": 400, "detail": "device_id: `core-sw1` is not a UUID", "field": "device_id"}))]
     BadRequest(Problem),
     /// The bearer token is missing or wrong.
-    #[response(status = 401, content_type = "application/problem+json")]
+    #[response(status = 401, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:unauthorized", "title": "Missing or invalid bearer token", "status": 401, "detail": "the bearer token is not valid"}))]
     Unauthorized(Problem),
     /// The resource does not exist.
-    #[response(status = 404, content_type = "application/problem+json")]
+    #[response(status = 404, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:not-found", "title": "Not found", "status": 404, "detail": "device 01936b2f-0a1b-7c2d-8e3f-405162738495 does not exist"}))]
     NotFound(Problem),
+    /// The path exists but does not take this method.
+    #[response(status = 405, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:method-not-allowed", "title": "Method not allowed", "status": 405, "detail": "this method is not allowed on this path"}))]
+    MethodNotAllowed(Problem),
+    /// An unexpected failure; its cause is logged, not sent.
+    #[response(status = 500, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:internal", "title": "Internal server error", "status": 500, "detail": "The server failed to handle this request; the cause has been logged."}))]
+    Internal(Problem),
 }
 
 /// Errors of endpoints that take a JSON body.
@@ -67,26 +108,41 @@ pub enum ReadErrors {
 #[allow(dead_code)]
 pub enum WriteErrors {
     /// The body is not well-formed JSON, or an id in the path is not a UUID.
-    #[response(status = 400, content_type = "application/problem+json")]
+    #[response(status = 400, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:malformed-body", "title": "The body is not valid JSON", "status": 400, "detail": "the body is not valid JSON: EOF while parsing an object at line 1 column 15"}))]
     BadRequest(Problem),
     /// The bearer token is missing or wrong.
-    #[response(status = 401, content_type = "application/problem+json")]
+    #[response(status = 401, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:unauthorized", "title": "Missing or invalid bearer token", "status": 401, "detail": "the bearer token is not valid"}))]
     Unauthorized(Problem),
     /// A resource named in the path does not exist.
-    #[response(status = 404, content_type = "application/problem+json")]
+    #[response(status = 404, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:not-found", "title": "Not found", "status": 404, "detail": "device 01936b2f-0a1b-7c2d-8e3f-405162738495 does not exist"}))]
     NotFound(Problem),
     /// The name is taken, or the change conflicts with dependent resources.
-    #[response(status = 409, content_type = "application/problem+json")]
+    #[response(status = 409, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:conflict", "title": "Conflict", "status": 409, "detail": "name: another resource already has this name", "field": "name"}))]
     Conflict(Problem),
     /// The body is larger than 256 KiB.
-    #[response(status = 413, content_type = "application/problem+json")]
+    #[response(status = 413, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:payload-too-large", "title": "The body is too large", "status": 413, "detail": "the body is larger than the limit of 262144 bytes"}))]
     PayloadTooLarge(Problem),
     /// The body is not sent as `application/json`.
-    #[response(status = 415, content_type = "application/problem+json")]
+    #[response(status = 415, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:unsupported-media-type", "title": "Unsupported media type", "status": 415, "detail": "the body must be JSON, sent with Content-Type: application/json"}))]
     UnsupportedMediaType(Problem),
     /// A field is missing, unknown or invalid; `field` names it and `detail` says why.
-    #[response(status = 422, content_type = "application/problem+json")]
+    #[response(status = 422, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:validation", "title": "A field is invalid", "status": 422, "detail": "port: 70000 is not a TCP port (1-65535)", "field": "port"}))]
     Invalid(Problem),
+    /// The path exists but does not take this method.
+    #[response(status = 405, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:method-not-allowed", "title": "Method not allowed", "status": 405, "detail": "this method is not allowed on this path"}))]
+    MethodNotAllowed(Problem),
+    /// An unexpected failure; its cause is logged, not sent.
+    #[response(status = 500, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:internal", "title": "Internal server error", "status": 500, "detail": "The server failed to handle this request; the cause has been logged."}))]
+    Internal(Problem),
 }
 
 /// Errors of delete endpoints.
@@ -94,17 +150,29 @@ pub enum WriteErrors {
 #[allow(dead_code)]
 pub enum DeleteErrors {
     /// An id in the path is not a UUID.
-    #[response(status = 400, content_type = "application/problem+json")]
+    #[response(status = 400, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:invalid-parameter", "title": "A parameter is invalid", "status": 400, "detail": "device_id: `core-sw1` is not a UUID", "field": "device_id"}))]
     BadRequest(Problem),
     /// The bearer token is missing or wrong.
-    #[response(status = 401, content_type = "application/problem+json")]
+    #[response(status = 401, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:unauthorized", "title": "Missing or invalid bearer token", "status": 401, "detail": "the bearer token is not valid"}))]
     Unauthorized(Problem),
     /// The resource does not exist.
-    #[response(status = 404, content_type = "application/problem+json")]
+    #[response(status = 404, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:not-found", "title": "Not found", "status": 404, "detail": "device 01936b2f-0a1b-7c2d-8e3f-405162738495 does not exist"}))]
     NotFound(Problem),
     /// Other resources still depend on this one; `detail` says which.
-    #[response(status = 409, content_type = "application/problem+json")]
+    #[response(status = 409, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:conflict", "title": "Conflict", "status": 409, "detail": "device 01936b2f-0a1b-7c2d-8e3f-405162738495 has 2 schedule(s); delete them first"}))]
     Conflict(Problem),
+    /// The path exists but does not take this method.
+    #[response(status = 405, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:method-not-allowed", "title": "Method not allowed", "status": 405, "detail": "this method is not allowed on this path"}))]
+    MethodNotAllowed(Problem),
+    /// An unexpected failure; its cause is logged, not sent.
+    #[response(status = 500, content_type = "application/problem+json",
+        example = json!({"type": "urn:netcron:problem:internal", "title": "Internal server error", "status": 500, "detail": "The server failed to handle this request; the cause has been logged."}))]
+    Internal(Problem),
 }
 
 /// Whether `Accept` names JSON (and not plain text before it). `*/*` or no header: text.

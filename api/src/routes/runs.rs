@@ -189,9 +189,11 @@ pub struct RunListParams {
     pub command_id: Option<Uuid>,
     pub schedule_id: Option<Uuid>,
     pub status: Option<RunStatus>,
-    /// Runs scheduled at or after this instant (RFC 3339).
+    /// Runs scheduled at or after this instant (RFC 3339, such as 2026-11-29T02:00:00Z).
+    #[serde(default, deserialize_with = "super::rfc3339")]
     pub from: Option<DateTime<Utc>>,
     /// Runs scheduled before this instant (RFC 3339).
+    #[serde(default, deserialize_with = "super::rfc3339")]
     pub to: Option<DateTime<Utc>>,
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u64>,
@@ -213,7 +215,9 @@ pub struct DeviceResultParams {
     params(("device_id" = Uuid, Path, description = "Device id"),
            ("command_id" = Uuid, Path, description = "Command id")),
     responses((status = 202, description = "The queued run", body = RunView), ReadErrors,
-        (status = 409, description = "The device is disabled", body = crate::error::Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The device is disabled", body = crate::error::Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:netcron:problem:conflict", "title": "Conflict", "status": 409,
+                "detail": "device 01936b2f-0a1b-7c2d-8e3f-405162738495 is disabled; enable it to run commands on it"}))))]
 async fn run_command(
     State(state): State<AppState>,
     Path((device_id, command_id)): Path<(Uuid, Uuid)>,
@@ -367,7 +371,9 @@ pub struct RunOutputView {
             (String = "text/plain", example = "core-sw1\n"), (RunOutputView = "application/json"))),
         (status = 206, description = "A part of the output; `Content-Range` says which", content(
             (String = "text/plain"))),
-        (status = 416, description = "The range names no byte of the output", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 416, description = "The range names no byte of the output", body = crate::error::Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:netcron:problem:range-not-satisfiable", "title": "Range not satisfiable", "status": 416,
+                "detail": "the range begins at or after the end of the output (the output has 9 bytes)"})),
         ReadErrors))]
 async fn run_output(
     State(state): State<AppState>,
@@ -538,7 +544,9 @@ impl ByteRange {
 #[utoipa::path(post, path = "/runs/{run_id}/cancel", tag = "runs",
     params(("run_id" = Uuid, Path, description = "Run id")),
     responses((status = 200, description = "The cancelled run", body = RunView), ReadErrors,
-        (status = 409, description = "The run is not queued, or began meanwhile", body = crate::error::Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "The run is not queued, or began meanwhile", body = crate::error::Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:netcron:problem:conflict", "title": "Conflict", "status": 409,
+                "detail": "run 01936b32-3e4f-7a51-9c6d-7e8f9a0b1c2d is running; only a queued run can be cancelled"}))))]
 async fn cancel_run(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
