@@ -109,7 +109,7 @@ pub async fn run(args: InventoryArgs) -> anyhow::Result<bool> {
     if succeeded {
         tracing::info!(out = %args.out.display(), "inventory written");
     } else {
-        tracing::warn!(out = %args.out.display(), error = ?outcome.error_message, "inventory failed; the result says why");
+        tracing::warn!(out = %args.out.display(), error = outcome.error_message.as_deref(), "inventory failed; the result says why");
     }
     Ok(succeeded)
 }

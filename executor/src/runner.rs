@@ -414,7 +414,7 @@ impl Runner {
             let transient = attempt.error_kind.is_some_and(ErrorKind::is_transient);
             if transient && n < max_attempts {
                 let delay = self.backoff(n);
-                tracing::info!(run_id = %task.run_id, attempt = n, error_kind = ?attempt.error_kind,
+                tracing::info!(run_id = %task.run_id, attempt = n, error_kind = attempt.error_kind.map(ErrorKind::as_str),
                     retry_in_ms = delay.as_millis() as u64, "transient error; retrying");
                 tokio::time::sleep(delay).await;
                 n += 1;

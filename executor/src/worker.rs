@@ -387,7 +387,7 @@ impl Executor {
             Ok(task) => {
                 let span = tracing::info_span!("run", run_id = %task.run_id,
                     attempt = task.attempt, device = %task.device.name,
-                    schedule_id = ?task.schedule_id);
+                    schedule_id = task.schedule_id.map(tracing::field::display));
                 self.execute(&entry.id, task).instrument(span).await;
             }
         }

@@ -736,7 +736,7 @@ impl Dispatcher {
             .get_or_create(&DeliveryLabels { outcome: label })
             .inc();
         if status != "delivered" {
-            tracing::warn!(webhook = %webhook_id, event = %event_id, attempt, status, error = ?error, "webhook delivery failed");
+            tracing::warn!(webhook = %webhook_id, event = %event_id, attempt, status, error = error.as_deref(), "webhook delivery failed");
         }
         self.db
             .execute_raw(stmt(

@@ -121,10 +121,12 @@ fn parse_row(row: &QueryResult, specs: &SpecCache) -> Result<Claimed> {
             end_at: row.try_get("", "end_at")?,
         }),
         (cron, tz) => {
+            let cron = cron.err().map(|e| format!("cron_expression: {e}"));
+            let tz = tz.err().map(|e| format!("timezone: {e}"));
+            let reason = cron.into_iter().chain(tz).collect::<Vec<_>>().join("; ");
             tracing::error!(
                 schedule_id = %id,
-                cron = ?cron.err(),
-                timezone = ?tz.err(),
+                reason,
                 "schedule has an invalid stored timing; it is ended"
             );
             None
@@ -182,7 +184,7 @@ pub async fn fire_due(
                 // A row that cannot be read at all (NULL where none may be) must not stop
                 // every other schedule: it is ended, loudly.
                 let id: Option<Uuid> = row.try_get("", "id").ok();
-                tracing::error!(schedule_id = ?id, error = %e, "a due schedule cannot be read; it is ended");
+                tracing::error!(schedule_id = id.map(tracing::field::display), error = %e, "a due schedule cannot be read; it is ended");
                 ended.extend(id);
                 continue;
             }

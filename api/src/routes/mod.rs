@@ -13,7 +13,6 @@ pub mod webhooks;
 
 use axum::http::{HeaderMap, header};
 use serde::{Deserialize, Deserializer};
-use serde_json::json;
 use utoipa::IntoResponses;
 
 use crate::error::{ApiError, Problem};
