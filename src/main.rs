@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             if let Some(config) = e.downcast_ref::<ConfigError>() {
                 eprintln!("netcron: {config}");
             } else {
-                eprintln!("netcron: {e:#}");
+                eprintln!("netcron: {}", netcron_common::startup::describe(&e));
             }
             ExitCode::FAILURE
         }
@@ -133,26 +133,31 @@ async fn run(role: Role) -> anyhow::Result<()> {
 /// Single-node mode: every role in this process, sharing one shutdown signal. If one role
 /// fails, the others are stopped too, so the process never runs half of netcron.
 async fn run_all(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let api = netcron_api::Settings::from_env()?;
+    let mut api = netcron_api::Settings::from_env()?;
     let scheduler = netcron_scheduler::Settings::from_env()?;
     let executor = netcron_executor::Settings::from_env()?;
-    netcron_common::db::create_database_if_missing(&api.database.url).await?;
-    if api.database.auto_migrate {
-        // Before any role starts, so the scheduler never polls a schema that is not there yet.
-        let db = netcron_common::db::connect(&api.database.url).await?;
-        Migrator::up(&db, None).await?;
-        db.close().await?;
-    }
-    // One process, one set of metrics and readiness checks, served on the api's port.
+    api.create_database = true;
+    // One process, one set of metrics and readiness checks, served on the api's port, which
+    // is bound first: while Postgres is away the process is alive and says why it is not ready.
     let telemetry = Telemetry::default();
     let mut roles = tokio::task::JoinSet::new();
-    roles.spawn(netcron_api::run(api, telemetry.clone(), shutdown.clone()));
-    roles.spawn(netcron_scheduler::run(
-        scheduler,
+    let (built, api_built) = tokio::sync::oneshot::channel();
+    roles.spawn(netcron_api::run_reporting(
+        api,
         telemetry.clone(),
         shutdown.clone(),
+        Some(built),
     ));
-    roles.spawn(netcron_executor::run(executor, telemetry, shutdown.clone()));
+    // The other roles start once the api has created and migrated the database, so the
+    // scheduler never polls a schema that is not there yet.
+    if api_built.await.is_ok() {
+        roles.spawn(netcron_scheduler::run(
+            scheduler,
+            telemetry.clone(),
+            shutdown.clone(),
+        ));
+        roles.spawn(netcron_executor::run(executor, telemetry, shutdown.clone()));
+    }
     let mut result = Ok(());
     while let Some(joined) = roles.join_next().await {
         let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);

@@ -40,6 +40,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The api is bound but not yet connected to Postgres.
+    #[error("netcron is starting and cannot reach Postgres yet; /ready says why")]
+    Starting,
     /// A `Range` header that names no byte of the resource.
     #[error("{reason} (the output has {total} bytes)")]
     RangeNotSatisfiable { total: u64, reason: &'static str },
@@ -117,6 +120,7 @@ impl ApiError {
                 "unauthorized",
                 "Missing or invalid bearer token",
             ),
+            Self::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting", "Starting"),
             Self::RangeNotSatisfiable { .. } => (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "range-not-satisfiable",

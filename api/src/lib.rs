@@ -24,6 +24,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::{EXECUTOR_GROUP, INGEST_GROUP, Streams};
+use netcron_common::startup::{Waiting, wait_for};
 use netcron_migration::{Migrator, MigratorTrait};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -164,23 +165,26 @@ fn trim_trailing_slash(mut req: Request) -> Request {
 /// The api role, bound and ready to serve.
 pub struct Application {
     listener: TcpListener,
+    connected: Connected,
+    telemetry: Telemetry,
+}
+
+/// What the api serves once connected: the router, and result ingest unless disabled.
+struct Connected {
     app: Router,
     ingest: Option<netcron_ingest::Ingest>,
     redis: redis::Client,
     streams: Streams,
-    telemetry: Telemetry,
 }
 
-impl Application {
-    /// Connects to Postgres, applies migrations unless disabled, and binds the listener
-    /// (port 0 picks a free port; see [`Application::port`]).
-    ///
-    /// # Errors
-    /// When Postgres is unreachable, a migration fails or the address cannot be bound.
-    pub async fn build(settings: Settings, telemetry: Telemetry) -> anyhow::Result<Self> {
-        let db = netcron_common::db::connect(&settings.database.url)
-            .await
-            .context("connecting to Postgres (DATABASE_URL)")?;
+impl Connected {
+    /// Connects to Postgres (creating its database first when `settings.database` asks, as
+    /// `all` does), applies migrations unless disabled, and builds the router.
+    async fn connect(settings: Settings, telemetry: Telemetry) -> anyhow::Result<Self> {
+        if settings.create_database {
+            netcron_common::db::create_database_if_missing(&settings.database.url).await?;
+        }
+        let db = netcron_common::db::connect(&settings.database.url).await?;
         telemetry.add_postgres_check(&db);
         if settings.database.auto_migrate {
             Migrator::up(&db, None)
@@ -215,15 +219,69 @@ impl Application {
             leases: netcron_common::protocol::lease::Leases::new(streams.clone(), 24 * 3600),
             webhook_policy: settings.events.webhook_policy,
         };
-        let listener = TcpListener::bind(settings.http.addr)
-            .await
-            .with_context(|| format!("binding the API to {}", settings.http.addr))?;
         Ok(Self {
-            listener,
             app: router(state),
             ingest,
             redis,
             streams,
+        })
+    }
+
+    /// Samples the streams and starts ingest; answers ingest's task.
+    fn start_background(
+        &mut self,
+        telemetry: &Telemetry,
+        shutdown: &CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        telemetry.sample_streams(
+            self.redis.clone(),
+            self.streams.clone(),
+            vec![
+                (self.streams.tasks.clone(), EXECUTOR_GROUP),
+                (self.streams.results.clone(), INGEST_GROUP),
+            ],
+            shutdown.clone(),
+        );
+        self.ingest
+            .take()
+            .map(|ingest| tokio::spawn(ingest.run(shutdown.clone())))
+    }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the API to {addr} (NETCRON_API_ADDR)"))
+}
+
+/// Serves `service` on `listener` until `shutdown`, then finishes in-flight requests.
+async fn serve(
+    listener: TcpListener,
+    service: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let service = MapRequestLayer::new(trim_trailing_slash).layer(service);
+    axum::serve(
+        listener,
+        axum::ServiceExt::<Request>::into_make_service(service),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+    .context("serving HTTP")
+}
+
+impl Application {
+    /// Connects to Postgres, applies migrations unless disabled, and binds the listener
+    /// (port 0 picks a free port; see [`Application::port`]).
+    ///
+    /// # Errors
+    /// When Postgres is unreachable, a migration fails or the address cannot be bound.
+    pub async fn build(settings: Settings, telemetry: Telemetry) -> anyhow::Result<Self> {
+        let addr = settings.http.addr;
+        let connected = Connected::connect(settings, telemetry.clone()).await?;
+        Ok(Self {
+            listener: bind(addr).await?,
+            connected,
             telemetry,
         })
     }
@@ -245,30 +303,8 @@ impl Application {
     /// When the listener fails.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "api listening");
-        self.telemetry.sample_streams(
-            self.redis.clone(),
-            self.streams.clone(),
-            vec![
-                (self.streams.tasks.clone(), EXECUTOR_GROUP),
-                (self.streams.results.clone(), INGEST_GROUP),
-            ],
-            shutdown.clone(),
-        );
-        let ingest = self
-            .ingest
-            .take()
-            .map(|ingest| tokio::spawn(ingest.run(shutdown.clone())));
-        let service = MapRequestLayer::new(trim_trailing_slash).layer(self.app);
-        let served = axum::serve(
-            self.listener,
-            axum::ServiceExt::<Request>::into_make_service(service),
-        )
-        .with_graceful_shutdown({
-            let shutdown = shutdown.clone();
-            async move { shutdown.cancelled().await }
-        })
-        .await
-        .context("serving HTTP");
+        let ingest = self.connected.start_background(&self.telemetry, &shutdown);
+        let served = serve(self.listener, self.connected.app, shutdown.clone()).await;
         // Whether serving ended by shutdown or by failure, stop ingesting with it.
         shutdown.cancel();
         if let Some(ingest) = ingest {
@@ -281,26 +317,118 @@ impl Application {
 /// Runs the api role until `shutdown` is cancelled.
 ///
 /// # Errors
-/// See [`Application::build`] and [`Application::run_until_stopped`].
+/// See [`run_reporting`].
 pub async fn run(
     settings: Settings,
     telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Postgres being down at start is waited out with backoff (a container that starts before
-    // its database must not crash-loop); configuration and bind errors end the process.
-    let attempt = || Application::build(settings.clone(), telemetry.clone());
-    let Some(app) = netcron_common::startup::wait_for(
-        "api cannot reach Postgres",
+    run_reporting(settings, telemetry, shutdown, None).await
+}
+
+/// Runs the api role until `shutdown` is cancelled. The port is bound first: while Postgres is
+/// away (waited out with backoff, so a container that starts before its database does not
+/// crash-loop) `/health` answers 200, `/ready` 503 naming Postgres and why, and every other
+/// path 503. `built` hears once the database is connected (and created and migrated, when the
+/// settings ask): `all` starts its other roles then.
+///
+/// # Errors
+/// Configuration errors: the address cannot be bound, a URL is malformed, a migration fails.
+pub async fn run_reporting(
+    settings: Settings,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+    built: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<()> {
+    let listener = bind(settings.http.addr).await?;
+    let addr = listener.local_addr().unwrap_or(settings.http.addr);
+    tracing::info!(%addr, "api listening");
+    let slot: Arc<std::sync::OnceLock<Router>> = Arc::default();
+    let front = front_door(Arc::clone(&slot), telemetry.clone());
+    let server = tokio::spawn(serve(listener, front, shutdown.clone()));
+    let connected = wait_for(
+        Waiting {
+            what: "api cannot reach Postgres",
+            dependency: "postgres",
+            telemetry: Some(&telemetry),
+        },
         &shutdown,
         is_unreachable,
-        attempt,
+        || Connected::connect(settings.clone(), telemetry.clone()),
     )
-    .await?
-    else {
-        return Ok(());
+    .await;
+    let mut connected = match connected {
+        Ok(Some(connected)) => connected,
+        Ok(None) => return server.await.context("the HTTP server task")?,
+        Err(e) => {
+            shutdown.cancel();
+            let _ = server.await;
+            return Err(e);
+        }
     };
-    app.run_until_stopped(shutdown).await
+    let ingest = connected.start_background(&telemetry, &shutdown);
+    let _ = slot.set(connected.app);
+    tracing::info!("api connected to Postgres");
+    if let Some(built) = built {
+        let _ = built.send(());
+    }
+    let served = server.await.context("the HTTP server task")?;
+    shutdown.cancel();
+    if let Some(ingest) = ingest {
+        let _ = ingest.await;
+    }
+    served
+}
+
+/// The service on the api's port: the API once `slot` holds it; until then the operational
+/// endpoints, and 503 with a problem document everywhere else.
+fn front_door(slot: Arc<std::sync::OnceLock<Router>>, telemetry: Telemetry) -> Router {
+    use tower::ServiceExt as _;
+    Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let slot = Arc::clone(&slot);
+        let telemetry = telemetry.clone();
+        async move {
+            if let Some(app) = slot.get() {
+                return app.clone().oneshot(req).await;
+            }
+            let path = req.uri().path().to_owned();
+            let accept = req
+                .headers()
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            Ok::<_, std::convert::Infallible>(starting(&telemetry, &path, accept.as_deref()).await)
+        }
+    }))
+}
+
+/// An answer while the api waits for Postgres.
+async fn starting(telemetry: &Telemetry, path: &str, accept: Option<&str>) -> Response {
+    use axum::http::{StatusCode, header};
+    match path {
+        "/health" => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+        "/ready" => {
+            let (_, body) = netcron_common::ops::readiness_body(telemetry).await;
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+        "/metrics" => {
+            let (content_type, body) = netcron_common::metrics::negotiate(telemetry, accept);
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        _ => {
+            let mut response = ApiError::Starting.into_response();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+            response
+        }
+    }
 }
 
 /// Whether a build failure is a database that is not (yet) there, worth waiting for.

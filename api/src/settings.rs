@@ -18,6 +18,9 @@ pub struct Settings {
     pub ingest_workers: usize,
     /// Event detection and webhook delivery (part of ingest).
     pub events: netcron_ingest::events::EventSettings,
+    /// Whether to create the database named in `DATABASE_URL` when it is missing (`all` does;
+    /// the api alone does not).
+    pub create_database: bool,
 }
 
 impl Settings {
@@ -33,6 +36,7 @@ impl Settings {
             ingest_batch: config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
             ingest_workers: config::parsed_or("NETCRON_INGEST_WORKERS", 2usize)?.max(1),
             events: netcron_ingest::events::EventSettings::from_env()?,
+            create_database: false,
         })
     }
 }

@@ -9,6 +9,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbE
 /// # Errors
 /// When Postgres cannot be reached or refuses the connection.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    probe(url).await?;
     let mut options = ConnectOptions::new(url);
     options
         .max_connections(20)
@@ -18,6 +19,45 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         .sqlx_logging(false);
     Database::connect(options).await
 }
+
+/// One direct connection, to learn why Postgres cannot be used: the pool reports every
+/// failure as "pool timed out", while a connection says "connection refused", "password
+/// authentication failed for user …" or "database … does not exist". The message names the
+/// server and the database, never the password.
+///
+/// # Errors
+/// `DbErr::Conn` when Postgres cannot be reached or refuses us (worth waiting for: it may be
+/// restarting, or its user or database may be created later); `DbErr::Custom` when the URL
+/// itself is malformed.
+async fn probe(url: &str) -> Result<(), DbErr> {
+    use sqlx::Connection as _;
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| DbErr::Custom(format!("DATABASE_URL is not a Postgres URL: {e}")))?;
+    let target = format!(
+        "Postgres at {}:{} (database {})",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres")
+    );
+    let reason =
+        match tokio::time::timeout(PROBE_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Ok(Err(sqlx::Error::Io(e))) => e.to_string(),
+            Ok(Err(sqlx::Error::Database(e))) => e.message().to_owned(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+        };
+    Err(DbErr::Conn(sea_orm::RuntimeErr::Internal(format!(
+        "{target}: {reason}"
+    ))))
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Splits `postgres://…/name?opts` into the URL of the server's `postgres` database and `name`.
 fn split_database(url: &str) -> Option<(String, String)> {

@@ -111,6 +111,8 @@ pub struct Telemetry {
 struct Inner {
     registry: Mutex<Registry>,
     checks: Mutex<Vec<(&'static str, Check)>>,
+    /// While a role waits for a dependency at start: which one and why it is not there yet.
+    waiting: Mutex<Option<(&'static str, String)>>,
     streams_sampled: AtomicBool,
     streams: StreamMetrics,
 }
@@ -137,6 +139,7 @@ impl Default for Telemetry {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
                 checks: Mutex::new(Vec::new()),
+                waiting: Mutex::new(None),
                 streams_sampled: AtomicBool::new(false),
                 streams,
             }),
@@ -169,6 +172,12 @@ impl Telemetry {
             return;
         }
         checks.push((name, Arc::new(move || Box::pin(check()))));
+    }
+
+    /// Records that the role is waiting for `dependency` at start, and why: `/ready` says so
+    /// until the role's checks are added.
+    pub fn waiting_for(&self, dependency: &'static str, reason: String) {
+        *lock(&self.inner.waiting) = Some((dependency, reason));
     }
 
     /// Adds the standard Postgres check on `db`.
@@ -215,8 +224,12 @@ impl Telemetry {
             }))
             .await;
         if results.is_empty() {
-            // Checks are added once a role has connected; until then it is starting, not ready.
-            let starting = BTreeMap::from([("startup", "connecting to dependencies".to_owned())]);
+            // Checks are added once a role has connected; until then it is starting, not ready,
+            // and says what it waits for when it knows.
+            let starting = match lock(&self.inner.waiting).clone() {
+                Some((dependency, reason)) => BTreeMap::from([(dependency, reason)]),
+                None => BTreeMap::from([("startup", "connecting to dependencies".to_owned())]),
+            };
             return (false, starting);
         }
         let ready = results.iter().all(|(_, v)| v == "ok");

@@ -28,6 +28,7 @@ use netcron_common::config::{self, ConfigError, RedisSettings};
 use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::{EXECUTOR_GROUP, Streams};
 use netcron_common::secret::SecretKey;
+use netcron_common::startup::{Waiting, wait_for};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
@@ -184,8 +185,12 @@ pub async fn run(
         let groups = vec![(streams.tasks.clone(), EXECUTOR_GROUP)];
         telemetry.sample_streams(client, streams, groups, shutdown.clone());
     }
-    let Some(executor) = netcron_common::startup::wait_for(
-        "executor cannot reach Redis",
+    let Some(executor) = wait_for(
+        Waiting {
+            what: "executor cannot reach Redis",
+            dependency: "redis",
+            telemetry: Some(&telemetry),
+        },
         &shutdown,
         |_| true,
         || Executor::connect(settings.clone(), &telemetry, metrics.clone()),

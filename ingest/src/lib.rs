@@ -23,6 +23,7 @@ use netcron_common::protocol::lease::Leases;
 use netcron_common::protocol::stream::BoundedReader;
 use netcron_common::protocol::{INGEST_GROUP, RunResult, Streams, ensure_group, is_missing_group};
 use netcron_common::secret::SecretKey;
+use netcron_common::startup::{Waiting, wait_for};
 use netcron_lifecycle::runs;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamReadReply};
@@ -616,8 +617,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Postgres being down at start is waited out with backoff, like any later outage.
     let url = settings.database.url.as_str();
-    let Some(db) = netcron_common::startup::wait_for(
-        "ingest cannot reach Postgres",
+    let Some(db) = wait_for(
+        Waiting {
+            what: "ingest cannot reach Postgres",
+            dependency: "postgres",
+            telemetry: Some(&telemetry),
+        },
         &shutdown,
         |_| true,
         || netcron_common::db::connect(url),

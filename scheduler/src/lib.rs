@@ -27,6 +27,7 @@ use netcron_common::db::{RUN_QUEUED_CHANNEL, SCHEDULE_CHANGED_CHANNEL};
 use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::lease::Leases;
 use netcron_common::protocol::{EXECUTOR_GROUP, INGEST_GROUP, Streams};
+use netcron_common::startup::{Waiting, wait_for};
 use netcron_lifecycle::{outbox, requeue, runs};
 use redis::aio::ConnectionManager;
 use sea_orm::DatabaseConnection;
@@ -599,8 +600,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Postgres being down at start is waited out like any later outage, so a container that
     // starts before its database does not crash-loop.
-    let Some(scheduler) = netcron_common::startup::wait_for(
-        "scheduler cannot reach Postgres",
+    let Some(scheduler) = wait_for(
+        Waiting {
+            what: "scheduler cannot reach Postgres",
+            dependency: "postgres",
+            telemetry: Some(&telemetry),
+        },
         &shutdown,
         |_| true,
         || Scheduler::connect_following_database(&settings, Arc::new(SystemClock), &telemetry),

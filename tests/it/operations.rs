@@ -550,8 +550,9 @@ async fn netcron_all_logs_runs_in_spans_without_secrets_and_stops_on_sigterm() {
     let process = Process { child };
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    eventually("the api is up", Duration::from_secs(30), || async {
-        client.get(format!("{base}/health")).send().await.ok()
+    eventually("the api is ready", Duration::from_secs(30), || async {
+        let response = client.get(format!("{base}/ready")).send().await.ok()?;
+        response.status().is_success().then_some(())
     })
     .await;
     let post = |path: &str, body: Value| {
@@ -648,7 +649,16 @@ async fn netcron_all_logs_runs_in_spans_without_secrets_and_stops_on_sigterm() {
     let span = &line["span"];
     assert_eq!(span["run_id"], run_id.as_str(), "{line}");
     assert_eq!(span["device"], "logged", "{line}");
-    assert!(span.get("schedule_id").is_some(), "{line}");
+    // A manual run has no schedule: the field is left out, never printed as `None`.
+    assert!(span.get("schedule_id").is_none(), "{line}");
+    // What a person reads at the default level (info and above; libraries' own debug lines
+    // are theirs).
+    let debug: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains(r#""level":"DEBUG""#) && !l.contains(r#""level":"TRACE""#))
+        .filter(|l| l.contains("None") || l.contains("Some("))
+        .collect();
+    assert!(debug.is_empty(), "debug formatting in the log: {debug:#?}");
 }
 
 #[tokio::test]
@@ -771,4 +781,119 @@ async fn metrics_negotiate_their_format_and_pass_promtool() {
     let text = response.text().await.expect("body");
     assert!(text.ends_with("# EOF\n"), "{text}");
     assert!(text.contains("# TYPE netcron_http_requests counter"));
+}
+
+/// `netcron api` and `netcron all` with Postgres away: the port is bound at once, `/health`
+/// answers 200, `/ready` 503 naming Postgres, where and why, other paths 503, and SIGTERM
+/// stops the process within 2 s. A configuration mistake ends the process with one line.
+#[tokio::test]
+async fn roles_are_alive_and_say_why_while_postgres_is_away() {
+    let app = TestApp::spawn().await;
+    let closed = free_port();
+    let cases = [
+        (
+            "api",
+            format!("postgres://postgres@127.0.0.1:{closed}/netcron_nowhere"),
+            format!(
+                "Postgres at 127.0.0.1:{closed} (database netcron_nowhere): Connection refused"
+            ),
+        ),
+        (
+            "all",
+            format!("postgres://postgres@127.0.0.1:{closed}/netcron_nowhere"),
+            format!("Postgres at 127.0.0.1:{closed} (database postgres): Connection refused"),
+        ),
+        (
+            "api",
+            "postgres://postgres@127.0.0.1:5432/netcron_no_such_database".to_owned(),
+            "database \"netcron_no_such_database\" does not exist".to_owned(),
+        ),
+    ];
+    for (role, url, reason) in cases {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_netcron"))
+            .arg(role)
+            .env("DATABASE_URL", &url)
+            .env("REDIS_URL", &app.redis_url)
+            .env("NETCRON_API_ADDR", format!("127.0.0.1:{port}"))
+            .env("NETCRON_API_TOKEN", "t")
+            .env("NETCRON_SECRET_KEY", &app.key_text)
+            .env("NETCRON_EXECUTOR_OPS_ADDR", "off")
+            .env("NETCRON_SCHEDULER_OPS_ADDR", "off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("netcron");
+        let mut process = Process { child };
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let health = eventually("the port is bound", Duration::from_secs(10), || async {
+            client.get(format!("{base}/health")).send().await.ok()
+        })
+        .await;
+        assert_eq!(health.status(), 200, "{role}");
+        let ready = eventually(
+            "/ready names the cause",
+            Duration::from_secs(10),
+            || async {
+                let response = client.get(format!("{base}/ready")).send().await.ok()?;
+                let status = response.status();
+                let body: Value = response.json().await.ok()?;
+                body["checks"]["postgres"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(&reason))
+                    .then_some((status, body))
+            },
+        )
+        .await;
+        assert_eq!(ready.0, 503, "{role}: {}", ready.1);
+        let text = ready.1["checks"]["postgres"].as_str().unwrap_or_default();
+        assert_eq!(text.matches(&reason).count(), 1, "said once: {text}");
+        let (status, problem) = json_of(
+            client
+                .get(format!("{base}/devices"))
+                .bearer_auth("t")
+                .send()
+                .await
+                .expect("GET"),
+        )
+        .await;
+        assert_eq!(
+            (status, problem["type"].as_str()),
+            (503, Some("urn:netcron:problem:starting"))
+        );
+        let asked = std::time::Instant::now();
+        let killed = Command::new("kill")
+            .args(["-TERM", &process.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let exit = loop {
+            if let Some(exit) = process.child.try_wait().expect("wait") {
+                break exit;
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(2),
+                "{role} still running 2 s after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(exit.success(), "{role}: {exit}");
+    }
+
+    // A configuration mistake: exit 1 with one line that names the variable.
+    let output = Command::new(env!("CARGO_BIN_EXE_netcron"))
+        .arg("api")
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x")
+        .env("REDIS_URL", &app.redis_url)
+        .env("NETCRON_API_ADDR", "localhost-8080")
+        .env("NETCRON_API_TOKEN", "t")
+        .env("NETCRON_SECRET_KEY", &app.key_text)
+        .env("NETCRON_LOG", "off")
+        .output()
+        .expect("netcron api");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("NETCRON_API_ADDR"), "{stderr}");
 }
