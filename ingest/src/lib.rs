@@ -158,7 +158,10 @@ impl Ingest {
             events: EventSettings::default(),
             wake: Arc::new(Notify::new()),
             key,
-            reader: BoundedReader::new(&Streams::new(&redis.stream_prefix).results, INGEST_GROUP),
+            reader: {
+                let streams = Streams::new(&redis.stream_prefix);
+                BoundedReader::new(&streams.results, &streams.results_large, INGEST_GROUP)
+            },
         })
     }
 

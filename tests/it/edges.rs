@@ -440,11 +440,13 @@ async fn the_dispatcher_applies_retention_by_itself() {
 
 /// Reads of the results stream stop at their byte budget (plus one entry), whatever the entry
 /// count allows, and pick up where they stopped; pending entries are read back the same way.
+/// While no large entry is unread, a read takes a whole batch at once.
 #[tokio::test]
 async fn stream_reads_are_bounded_by_bytes_as_well_as_count() {
-    use netcron_common::protocol::stream::BoundedReader;
+    use netcron_common::protocol::stream::{BoundedReader, LARGE_RESULT_BYTES};
     let app = TestApp::spawn_with(|s| s.ingest = false).await;
     let stream = format!("{}bounded", app.stream_prefix);
+    let counter = format!("{}bounded-large", app.stream_prefix);
     let mut redis = app.redis().await;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -455,30 +457,36 @@ async fn stream_reads_are_bounded_by_bytes_as_well_as_count() {
         .query_async(&mut redis)
         .await
         .expect("group");
-    let mib = "x".repeat(1024 * 1024);
-    for i in 0..10 {
-        let _: String = redis::cmd("XADD")
+    // Entries added as the executor's finish script adds them: a large one is counted.
+    let add = |n: i64, body: String| {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XADD")
             .arg(&stream)
             .arg("*")
             .arg("n")
-            .arg(i)
+            .arg(n)
             .arg("body")
-            .arg(&mib)
+            .arg(&body)
+            .ignore();
+        if body.len() > LARGE_RESULT_BYTES {
+            pipe.cmd("INCR").arg(&counter).ignore();
+        }
+        pipe
+    };
+    let mib = "x".repeat(1024 * 1024);
+    for i in 0..10 {
+        let () = add(i, mib.clone())
             .query_async(&mut redis)
             .await
             .expect("XADD");
     }
     for i in 10..20 {
-        let _: String = redis::cmd("XADD")
-            .arg(&stream)
-            .arg("*")
-            .arg("n")
-            .arg(i)
+        let () = add(i, "small".into())
             .query_async(&mut redis)
             .await
             .expect("XADD");
     }
-    let reader = BoundedReader::new(&stream, "g");
+    let reader = BoundedReader::new(&stream, &counter, "g");
     let n = |entries: &[redis::streams::StreamId]| -> Vec<i64> {
         entries
             .iter()
@@ -497,20 +505,36 @@ async fn stream_reads_are_bounded_by_bytes_as_well_as_count() {
         .await
         .expect("read");
     assert_eq!(n(&second), [3, 4, 5]);
-    // Small entries: the count bounds the read.
-    let mut rest = Vec::new();
-    loop {
-        let page = reader
-            .read(&mut redis, "c", ">", 5, budget)
+    let third = reader
+        .read(&mut redis, "c", ">", 1000, budget)
+        .await
+        .expect("read");
+    assert_eq!(n(&third), [6, 7, 8]);
+    // The last large one; then the small ones follow one by one up to the end of the stream,
+    // which resets the counter.
+    let fourth = reader
+        .read(&mut redis, "c", ">", 1000, budget)
+        .await
+        .expect("read");
+    assert_eq!(n(&fourth), (9..20).collect::<Vec<_>>());
+    let left: Option<i64> = redis::cmd("GET")
+        .arg(&counter)
+        .query_async(&mut redis)
+        .await
+        .expect("GET");
+    assert_eq!(left, Some(0));
+    // No large entry unread: one read takes the whole batch (bounded by its count).
+    for i in 20..40 {
+        let () = add(i, "small".into())
+            .query_async(&mut redis)
             .await
-            .expect("read");
-        if page.is_empty() {
-            break;
-        }
-        assert!(page.len() <= 5);
-        rest.extend(n(&page));
+            .expect("XADD");
     }
-    assert_eq!(rest, (6..20).collect::<Vec<_>>());
+    let batch = reader
+        .read(&mut redis, "c", ">", 15, budget)
+        .await
+        .expect("read");
+    assert_eq!(n(&batch), (20..35).collect::<Vec<_>>());
     // Nothing was acknowledged: the pending list reads back from the start, bounded too.
     let pending = reader
         .read(&mut redis, "c", "0", 1000, budget)

@@ -94,11 +94,13 @@ end
 return lost
 ";
 
-/// KEYS: run key, tasks stream, results stream. ARGV: attempt, holder, entry id, group,
-/// safety ttl s, then the outcome's `v`, `run_id`, `body`. The outcome is always published:
-/// one of a revoked lease is recorded by ingest as superseded, never dropped.
+/// KEYS: run key, tasks stream, results stream, large-results counter. ARGV: attempt, holder,
+/// entry id, group, safety ttl s, then the outcome's `v`, `run_id`, `body`, then the size
+/// above which a result counts as large. The outcome is always published: one of a revoked
+/// lease is recorded by ingest as superseded, never dropped.
 const FINISH: &str = r"
 redis.call('XADD', KEYS[3], '*', 'v', ARGV[6], 'run_id', ARGV[7], 'body', ARGV[8])
+if string.len(ARGV[8]) > tonumber(ARGV[9]) then redis.call('INCR', KEYS[4]) end
 redis.call('XACK', KEYS[2], ARGV[4], ARGV[3])
 local cur = redis.call('HMGET', KEYS[1], 'a', 's', 'h')
 if cur[1] == ARGV[1] and cur[2] == 'leased' and cur[3] == ARGV[2] then
@@ -425,6 +427,7 @@ impl Leases {
         call.key(self.streams.run_key(result.run_id))
             .key(&self.streams.tasks)
             .key(&self.streams.results)
+            .key(&self.streams.results_large)
             .arg(result.attempt)
             .arg(&result.executor_id)
             .arg(entry_id)
@@ -433,6 +436,7 @@ impl Leases {
         for (_, value) in result.fields_with(body) {
             call.arg(value);
         }
+        call.arg(super::stream::LARGE_RESULT_BYTES);
         let ours: i64 = call.invoke_async(conn).await?;
         Ok(ours == 1)
     }

@@ -41,6 +41,9 @@ pub struct Streams {
     /// Operational events for other systems (see [`Event`]).
     pub events: String,
     pub dead_letter: String,
+    /// A counter of results entries larger than [`stream::LARGE_RESULT_BYTES`] that ingest
+    /// has not read yet (see [`stream::BoundedReader`]).
+    pub results_large: String,
     prefix: String,
 }
 
@@ -51,6 +54,7 @@ impl Streams {
             results: format!("{prefix}results"),
             events: format!("{prefix}events"),
             dead_letter: format!("{prefix}dead-letter"),
+            results_large: format!("{prefix}results-large"),
             prefix: prefix.to_owned(),
         }
     }

@@ -420,51 +420,73 @@ mod tests {
     }
 }
 
-/// Reads a consumer group's entries one at a time inside Redis until `max_count` entries or
-/// `max_bytes` of field values are read, so that a read never carries more than the byte
-/// budget plus one entry to the client (results can be 200 MiB each, and a batch of them read
-/// in one `XREADGROUP COUNT n` would be n times that). `from` is `>` (new entries) or an id
-/// (this consumer's pending entries after it). Answers in `XREADGROUP`'s shape.
+/// A result whose body is larger than this is counted as large when the executor publishes
+/// it (in `<prefix>results-large`): while no unread large result exists, ingest reads a whole
+/// batch in one `XREADGROUP`, which then holds at most `batch` x this many bytes.
+pub const LARGE_RESULT_BYTES: usize = 16 * 1024;
+
+/// Reads a consumer group's new entries, bounded by count and by bytes. While the counter of
+/// unread large results (KEYS[2]) is 0, one `XREADGROUP COUNT n` with n small enough that n
+/// small entries fit the budget. Otherwise, or for a consumer's pending entries (`from` an
+/// id), one entry at a time inside Redis until `max_count` entries or `max_bytes` of field
+/// values are read, so that a read never carries more than the budget plus one entry to the
+/// client (a result can be 200 MiB). Large entries read count the counter down; reading the
+/// stream to its end resets it (nothing unread is left then). Answers in `XREADGROUP`'s shape.
 const READ_BOUNDED: &str = r"
-local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local stream, counter = KEYS[1], KEYS[2]
+local group, consumer = ARGV[1], ARGV[2]
 local max_count, max_bytes, from = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local large = tonumber(ARGV[6])
+if from == '>' and tonumber(redis.call('GET', counter) or '0') <= 0 then
+    local count = math.max(1, math.min(max_count, math.floor(max_bytes / large)))
+    return redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+                      'STREAMS', stream, '>')
+end
 local out, bytes = {}, 0
 while #out < max_count and bytes < max_bytes do
     local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1,
                              'STREAMS', stream, from)
-    if not reply then break end
-    local entry = reply[1][2][1]
-    if not entry then break end
+    local entry = reply and reply[1][2][1]
+    if not entry then
+        if from == '>' then redis.call('SET', counter, 0) end
+        break
+    end
     out[#out + 1] = entry
     if from ~= '>' then from = entry[1] end
-    local fields = entry[2]
+    local fields, size = entry[2], 0
     if type(fields) == 'table' then
-        for i = 2, #fields, 2 do bytes = bytes + #fields[i] end
+        for i = 2, #fields, 2 do size = size + #fields[i] end
+    end
+    bytes = bytes + size
+    if from == '>' and size > large and tonumber(redis.call('GET', counter) or '0') > 0 then
+        redis.call('DECR', counter)
     end
 end
 if #out == 0 then return false end
 return {{stream, out}}";
-
 /// A consumer group's reads bounded by bytes as well as by count (see [`READ_BOUNDED`]).
 #[derive(Clone)]
 pub struct BoundedReader {
     script: redis::Script,
     stream: String,
+    counter: String,
     group: String,
 }
 
 impl BoundedReader {
-    pub fn new(stream: &str, group: &str) -> Self {
+    /// Reads `stream` (whose large entries are counted in `counter`) for `group`.
+    pub fn new(stream: &str, counter: &str, group: &str) -> Self {
         Self {
             script: redis::Script::new(READ_BOUNDED),
             stream: stream.to_owned(),
+            counter: counter.to_owned(),
             group: group.to_owned(),
         }
     }
 
-    /// Up to `max_count` entries for `consumer`, stopping once their field values reach
-    /// `max_bytes` (so at most `max_bytes` plus one entry). `from` is `>` for new entries or
-    /// `0` for the consumer's own pending ones. Never blocks.
+    /// Up to `max_count` entries for `consumer`, at most `max_bytes` of field values plus one
+    /// entry (see [`READ_BOUNDED`]). `from` is `>` for new entries or `0` for the consumer's
+    /// own pending ones. Never blocks.
     ///
     /// # Errors
     /// When Redis fails, or the group does not exist.
@@ -479,11 +501,13 @@ impl BoundedReader {
         let reply: Option<redis::streams::StreamReadReply> = self
             .script
             .key(&self.stream)
+            .key(&self.counter)
             .arg(&self.group)
             .arg(consumer)
             .arg(max_count)
             .arg(max_bytes)
             .arg(from)
+            .arg(LARGE_RESULT_BYTES)
             .invoke_async(conn)
             .await?;
         Ok(reply
