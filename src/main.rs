@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use netcron_common::catalog;
 use netcron_common::config::{self, ConfigError, DatabaseSettings};
 use netcron_common::metrics::Telemetry;
 use netcron_common::ops;
@@ -29,16 +30,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Role {
     /// Serve the REST API (applies migrations first unless NETCRON_AUTO_MIGRATE=false).
+    #[command(after_help = catalog::help("api"))]
     Api,
     /// Turn due cron fire times into runs on the tasks stream.
+    #[command(after_help = catalog::help("scheduler"))]
     Scheduler,
     /// Run tasks from the tasks stream over SSH.
+    #[command(after_help = catalog::help("executor"))]
     Executor,
     /// Store results from the results stream in Postgres (also part of `api`).
+    #[command(after_help = catalog::help("ingest"))]
     Ingest,
     /// Apply pending database migrations and exit.
+    #[command(after_help = catalog::help("migrate"))]
     Migrate,
     /// Every role in one process (single-node mode); creates the database if it is missing.
+    #[command(after_help = catalog::help("all"))]
     All,
     /// Print a new random NETCRON_SECRET_KEY.
     Keygen,

@@ -27,14 +27,15 @@ impl Settings {
     /// # Errors
     /// The first variable that is missing or malformed.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let (ingest_batch, ingest_workers) = netcron_ingest::batching_from_env()?;
         Ok(Self {
             database: DatabaseSettings::from_env()?,
             redis: RedisSettings::from_env()?,
             http: HttpSettings::from_env()?,
             secret_key: config::secret_key_from_env()?,
             ingest: config::parsed_or("NETCRON_INGEST", true)?,
-            ingest_batch: config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
-            ingest_workers: config::parsed_or("NETCRON_INGEST_WORKERS", 2usize)?.max(1),
+            ingest_batch,
+            ingest_workers,
             events: netcron_ingest::events::EventSettings::from_env()?,
             create_database: false,
         })

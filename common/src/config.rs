@@ -5,6 +5,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use crate::catalog::{self, Fallback, Setting};
 use crate::secret::{SecretKey, SecretString};
 
 /// One configuration variable that is missing or malformed. Its `Display` is the single line
@@ -29,15 +30,48 @@ fn var(name: &'static str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The catalog entry of `name`: every variable netcron reads is documented there.
+fn documented(name: &'static str) -> Result<&'static Setting, ConfigError> {
+    catalog::find(name).ok_or(ConfigError {
+        name,
+        reason: "is not in the settings catalog (common/src/catalog.rs); this is a bug".into(),
+    })
+}
+
+/// `reason`, with the catalog's example of the variable.
+fn with_example(setting: &Setting, reason: String) -> ConfigError {
+    ConfigError {
+        name: setting.name,
+        reason: format!("{reason}; for example {}={}", setting.name, setting.example),
+    }
+}
+
 /// A variable that must be set.
 ///
 /// # Errors
 /// When it is unset or empty.
 pub fn required(name: &'static str) -> Result<String, ConfigError> {
-    var(name).ok_or(ConfigError {
-        name,
-        reason: "is not set".into(),
-    })
+    let setting = documented(name)?;
+    var(name).ok_or_else(|| with_example(setting, "is not set".into()))
+}
+
+/// A variable whose absence means something of its own (its catalog default is `Unset`).
+///
+/// # Errors
+/// When it is set but does not parse.
+pub fn parsed_opt<T>(name: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    let setting = documented(name)?;
+    match var(name) {
+        None => Ok(None),
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|e| with_example(setting, format!("`{text}` is not valid: {e}"))),
+    }
 }
 
 /// A positive number of days from `name` (fractions allowed, so tests and soaks can use
@@ -50,27 +84,42 @@ pub fn days_or(name: &'static str, default_days: f64) -> Result<std::time::Durat
     std::time::Duration::try_from_secs_f64(days * 86_400.0)
         .ok()
         .filter(|d| !d.is_zero())
-        .ok_or_else(|| ConfigError {
-            name,
-            reason: format!("`{days}` is not a positive number of days"),
+        .ok_or_else(|| {
+            with_example(
+                documented(name).unwrap_or(&catalog::SETTINGS[0]),
+                format!("`{days}` is not a positive number of days"),
+            )
         })
 }
 
-/// A variable parsed with `FromStr`, or `default` when unset.
+/// A variable parsed with `FromStr`, or `default` when unset. `default` must be the one the
+/// catalog documents, so the documentation cannot drift from the code.
 ///
 /// # Errors
-/// When it is set but does not parse.
+/// When it is set but does not parse, or (a bug) the variable or its default is not the
+/// catalog's.
 pub fn parsed_or<T>(name: &'static str, default: T) -> Result<T, ConfigError>
 where
-    T: FromStr,
+    T: FromStr + Display,
     T::Err: Display,
 {
+    let setting = documented(name)?;
+    let in_code = default.to_string();
+    if !matches!(setting.default, Fallback::Value(documented) if documented == in_code) {
+        return Err(ConfigError {
+            name,
+            reason: format!(
+                "the default in the code ({default}) differs from the catalog's ({:?}); this is \
+                 a bug",
+                setting.default
+            ),
+        });
+    }
     match var(name) {
         None => Ok(default),
-        Some(text) => text.parse().map_err(|e| ConfigError {
-            name,
-            reason: format!("`{text}` is not valid: {e}"),
-        }),
+        Some(text) => text
+            .parse()
+            .map_err(|e| with_example(setting, format!("`{text}` is not valid: {e}"))),
     }
 }
 
@@ -180,6 +229,7 @@ impl HttpSettings {
 /// generate one.
 pub fn secret_key_from_env() -> Result<SecretKey, ConfigError> {
     const HOW: &str = "generate one with `netcron keygen` or `openssl rand -base64 32`";
+    documented("NETCRON_SECRET_KEY")?;
     let text = var("NETCRON_SECRET_KEY").ok_or(ConfigError {
         name: "NETCRON_SECRET_KEY",
         reason: format!("is not set; {HOW}"),

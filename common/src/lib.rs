@@ -6,6 +6,7 @@
 //! `utoipa::ToSchema` derives to domain enums so the `api` crate can describe them; no other
 //! crate enables it.
 
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod domain;

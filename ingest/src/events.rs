@@ -102,7 +102,8 @@ impl EventSettings {
             .max(1),
             webhook_timeout: config::parsed_or("NETCRON_WEBHOOK_TIMEOUT_S", 10u64)
                 .map(Duration::from_secs)?,
-            webhook_policy: config::parsed_or(webhook_policy::VARIABLE, d.webhook_policy)?,
+            webhook_policy: config::parsed_opt(webhook_policy::VARIABLE)?
+                .unwrap_or(d.webhook_policy),
             retention: config::days_or("NETCRON_EVENTS_RETENTION_DAYS", 30.0)?,
         })
     }

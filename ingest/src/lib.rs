@@ -84,15 +84,28 @@ impl IngestSettings {
     /// # Errors
     /// The first variable that is missing or malformed.
     pub fn from_env() -> Result<Self, ConfigError> {
+        let (batch, workers) = batching_from_env()?;
         Ok(Self {
             database: DatabaseSettings::from_env()?,
             redis: RedisSettings::from_env()?,
-            batch: config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
-            workers: config::parsed_or("NETCRON_INGEST_WORKERS", 2usize)?.max(1),
+            batch,
+            workers,
             secret_key: config::secret_key_from_env()?,
             events: EventSettings::from_env()?,
         })
     }
+}
+
+/// Results per transaction and concurrent transactions (`NETCRON_INGEST_BATCH`,
+/// `NETCRON_INGEST_WORKERS`), for `netcron ingest` and for the api that ingests in-process.
+///
+/// # Errors
+/// When either is malformed.
+pub fn batching_from_env() -> Result<(usize, usize), ConfigError> {
+    Ok((
+        config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
+        config::parsed_or("NETCRON_INGEST_WORKERS", 2usize)?.max(1),
+    ))
 }
 
 /// What one batch did.

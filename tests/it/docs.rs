@@ -227,3 +227,110 @@ async fn the_root_redirects_to_the_docs() {
             .contains("swagger")
     );
 }
+
+/// `docs/CONFIGURATION.md` is what the settings catalog generates
+/// (`NETCRON_WRITE_DOCS=1 cargo test --test it configuration_reference` rewrites it).
+#[test]
+fn configuration_reference_is_generated_from_the_catalog() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFIGURATION.md");
+    let generated = netcron_common::catalog::markdown();
+    if std::env::var_os("NETCRON_WRITE_DOCS").is_some() {
+        std::fs::write(path, &generated).expect("write docs/CONFIGURATION.md");
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/CONFIGURATION.md is out of date: NETCRON_WRITE_DOCS=1 cargo test --test it \
+         configuration_reference"
+    );
+}
+
+/// Every variable the code reads is in the catalog, and every catalog entry is read somewhere:
+/// the documentation can neither miss a setting nor list a dead one.
+#[test]
+fn every_variable_the_code_reads_is_in_the_catalog() {
+    fn sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in [
+        "src",
+        "api/src",
+        "common/src",
+        "executor/src",
+        "ingest/src",
+        "lifecycle/src",
+        "scheduler/src",
+    ] {
+        sources(&root.join(dir), &mut files);
+    }
+    // Variables netcron sets for the commands it runs, not settings.
+    let not_settings = ["NETCRON_RUN_ID", "NETCRON_ATTEMPT", "NETCRON_WRITE_DOCS"];
+    let mut read = std::collections::BTreeSet::new();
+    for file in files.iter().filter(|f| !f.ends_with("catalog.rs")) {
+        let text = std::fs::read_to_string(file).expect("read");
+        for (i, _) in text.match_indices('"') {
+            let rest = &text[i + 1..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let is_variable =
+                name.starts_with("NETCRON_") || name == "DATABASE_URL" || name == "REDIS_URL";
+            if is_variable
+                && rest[name.len()..].starts_with('"')
+                && !not_settings.contains(&name.as_str())
+            {
+                read.insert(name);
+            }
+        }
+    }
+    let documented: std::collections::BTreeSet<String> = netcron_common::catalog::SETTINGS
+        .iter()
+        .map(|s| s.name.to_owned())
+        .collect();
+    let missing: Vec<_> = read.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "read but not in the catalog: {missing:?}"
+    );
+    let dead: Vec<_> = documented.difference(&read).collect();
+    assert!(dead.is_empty(), "in the catalog but never read: {dead:?}");
+}
+
+/// Each command's `--help` lists every variable it reads, with its default.
+#[test]
+fn every_command_help_lists_its_settings() {
+    for role in ["api", "scheduler", "executor", "ingest", "migrate", "all"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_netcron"))
+            .args([role, "--help"])
+            .output()
+            .expect("netcron --help");
+        assert!(output.status.success(), "{role}");
+        let help = String::from_utf8_lossy(&output.stdout);
+        for setting in netcron_common::catalog::for_role(role) {
+            assert!(
+                help.contains(setting.name),
+                "{role} --help lacks {}",
+                setting.name
+            );
+        }
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_netcron"))
+        .args(["executor", "--help"])
+        .output()
+        .expect("netcron --help");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("NETCRON_EXECUTOR_CONCURRENCY  [default: 64]"),
+        "{help}"
+    );
+}

@@ -1,0 +1,455 @@
+//! Every setting netcron reads, in one place: the variable, the roles that read it, its
+//! default as it would be written in the environment, what it means and an example. The
+//! parsers in [`crate::config`] refuse a variable that is not here and a default in code that
+//! differs from the one here; each role's `--help` and `docs/CONFIGURATION.md` are generated
+//! from this list (a test keeps the file in sync).
+
+use std::fmt::Write as _;
+
+/// A setting's value when its variable is unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// This value, as it would be written in the environment.
+    Value(&'static str),
+    /// The role does not start without it.
+    Required,
+    /// No value; what that means.
+    Unset(&'static str),
+}
+
+/// One environment variable.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub name: &'static str,
+    /// The `netcron` commands that read it.
+    pub roles: &'static [&'static str],
+    pub default: Fallback,
+    pub meaning: &'static str,
+    /// A value it could have, shown in error messages.
+    pub example: &'static str,
+}
+
+use Fallback::{Required, Unset, Value};
+
+/// Every setting, in the order the documentation lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "DATABASE_URL",
+        roles: &["api", "scheduler", "ingest", "migrate", "all"],
+        default: Required,
+        meaning: "Postgres URL, `postgres://user[:password]@host:port/db`",
+        example: "postgres://netcron:secret@db.example.net:5432/netcron",
+    },
+    Setting {
+        name: "REDIS_URL",
+        roles: &["api", "scheduler", "executor", "ingest", "all"],
+        default: Required,
+        meaning: "Redis URL, `redis://host:port`",
+        example: "redis://redis.example.net:6379",
+    },
+    Setting {
+        name: "NETCRON_API_ADDR",
+        roles: &["api", "all"],
+        default: Value("127.0.0.1:8080"),
+        meaning: "Where the API listens",
+        example: "0.0.0.0:8080",
+    },
+    Setting {
+        name: "NETCRON_API_TOKEN",
+        roles: &["api", "all"],
+        default: Required,
+        meaning: "Accepted bearer tokens, comma-separated",
+        example: "token-a,token-b",
+    },
+    Setting {
+        name: "NETCRON_SECRET_KEY",
+        roles: &["api", "executor", "ingest", "all"],
+        default: Required,
+        meaning: "Base64 of 32 random bytes; `netcron keygen` or `openssl rand -base64 32` makes one",
+        example: "(output of netcron keygen)",
+    },
+    Setting {
+        name: "NETCRON_AUTO_MIGRATE",
+        roles: &["api", "all"],
+        default: Value("true"),
+        meaning: "Whether `api` and `all` apply migrations at start",
+        example: "false",
+    },
+    Setting {
+        name: "NETCRON_STREAM_PREFIX",
+        roles: &["api", "scheduler", "executor", "ingest", "all"],
+        default: Value("netcron:"),
+        meaning: "Prefix of the Redis stream names",
+        example: "site-a:",
+    },
+    Setting {
+        name: "NETCRON_MISFIRE_GRACE_S",
+        roles: &["scheduler", "all"],
+        default: Value("60"),
+        meaning: "A fire time older than this when processed is a misfire",
+        example: "120",
+    },
+    Setting {
+        name: "NETCRON_SCHEDULER_BATCH",
+        roles: &["scheduler", "all"],
+        default: Value("1000"),
+        meaning: "Schedules claimed per transaction",
+        example: "2000",
+    },
+    Setting {
+        name: "NETCRON_SCHEDULER_WORKERS",
+        roles: &["scheduler", "all"],
+        default: Value("2"),
+        meaning: "Concurrent claim transactions during a pass",
+        example: "4",
+    },
+    Setting {
+        name: "NETCRON_PUBLISH_BATCH",
+        roles: &["scheduler", "all"],
+        default: Value("1000"),
+        meaning: "Tasks published per outbox transaction",
+        example: "2000",
+    },
+    Setting {
+        name: "NETCRON_LEASE_TTL_S",
+        roles: &["executor", "all"],
+        default: Value("30"),
+        meaning: "How long an executor's lease on a running command lasts unrenewed (renewed every sixth of it)",
+        example: "60",
+    },
+    Setting {
+        name: "NETCRON_LEASE_CONFIRM_S",
+        roles: &["scheduler", "all"],
+        default: Value("15"),
+        meaning: "An expired lease must stay unrenewed this long, seen on two re-queue passes, before its run is re-queued as the next attempt",
+        example: "30",
+    },
+    Setting {
+        name: "NETCRON_QUEUED_LEASE_S",
+        roles: &["scheduler", "all"],
+        default: Value("900"),
+        meaning: "Only for tasks published by an older netcron (no recorded stream entry): published again when not started within this",
+        example: "1800",
+    },
+    Setting {
+        name: "NETCRON_RETENTION_DAYS",
+        roles: &["scheduler", "all"],
+        default: Value("90"),
+        meaning: "Finished runs older than this are deleted, by the job `NETCRON_RETENTION_CRON` (fractions allowed: `0.007` is about 10 minutes)",
+        example: "30",
+    },
+    Setting {
+        name: "NETCRON_RETENTION_PER_SCHEDULE",
+        roles: &["scheduler", "all"],
+        default: Value("10000"),
+        meaning: "Finished runs kept per schedule, newest first",
+        example: "20000",
+    },
+    Setting {
+        name: "NETCRON_CONFIG_VERSIONS_KEEP",
+        roles: &["scheduler", "all"],
+        default: Value("1000"),
+        meaning: "Configuration versions kept per device, newest first (`0` keeps all)",
+        example: "2000",
+    },
+    Setting {
+        name: "NETCRON_RETENTION_CRON",
+        roles: &["scheduler", "all"],
+        default: Value("0 17 3 * * *"),
+        meaning: "When retention runs (6-field cron with seconds, UTC)",
+        example: "0 30 2 * * *",
+    },
+    Setting {
+        name: "NETCRON_REQUEUE_CRON",
+        roles: &["scheduler", "all"],
+        default: Value("*/10 * * * * *"),
+        meaning: "When runs whose attempt was lost are looked for and re-queued",
+        example: "*/30 * * * * *",
+    },
+    Setting {
+        name: "NETCRON_TRIM_CRON",
+        roles: &["scheduler", "all"],
+        default: Value("0 * * * * *"),
+        meaning: "When streams are trimmed",
+        example: "0 */5 * * * *",
+    },
+    Setting {
+        name: "NETCRON_STREAM_RETENTION_DAYS",
+        roles: &["scheduler", "all"],
+        default: Value("7"),
+        meaning: "Entries of the `events` and `dead-letter` streams older than this are trimmed by the trim job (fractions allowed; both are also capped at ~100,000 entries)",
+        example: "1.5",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_CONCURRENCY",
+        roles: &["executor", "all"],
+        default: Value("64"),
+        meaning: "Commands running at once per executor process",
+        example: "128",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_PER_DEVICE",
+        roles: &["executor", "all"],
+        default: Value("1"),
+        meaning: "Commands running at once per device (per executor)",
+        example: "2",
+    },
+    Setting {
+        name: "NETCRON_SSH_CONNECT_TIMEOUT_S",
+        roles: &["executor", "all"],
+        default: Value("10"),
+        meaning: "TCP connect timeout",
+        example: "20",
+    },
+    Setting {
+        name: "NETCRON_SSH_LOGIN_TIMEOUT_S",
+        roles: &["executor", "all"],
+        default: Value("30"),
+        meaning: "SSH handshake plus authentication",
+        example: "60",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_RECLAIM_IDLE_S",
+        roles: &["executor", "all"],
+        default: Value("60"),
+        meaning: "A task untouched this long is taken over from its (dead) executor",
+        example: "120",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_MAX_DELIVERIES",
+        roles: &["executor", "all"],
+        default: Value("5"),
+        meaning: "A task delivered more often is dead-lettered and its run ends `error`",
+        example: "10",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_GRACE_S",
+        roles: &["executor", "all"],
+        default: Value("30"),
+        meaning: "On SIGTERM, how long in-flight runs may take to finish",
+        example: "60",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_PROCESSING_TIMEOUT_S",
+        roles: &["executor", "all"],
+        default: Value("60"),
+        meaning: "How long decoding, secret scrubbing, normalizing and parsing one run's output may take (on a blocking thread) before the run ends `error` / `internal`",
+        example: "120",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_DONE_TTL_S",
+        roles: &["executor", "all"],
+        default: Value("86400"),
+        meaning: "Safety-net lifetime of a run's lease key whose outcome never reached ingest, and of a first-contact host-key pin. Keys of stored runs go 120 s after ingest stores them, so Redis holds ~244 B per run in flight plus two minutes of finished runs (~30 MB at 1,000 runs/s)",
+        example: "172800",
+    },
+    Setting {
+        name: "NETCRON_RETRY_BASE_MS",
+        roles: &["executor", "all"],
+        default: Value("1000"),
+        meaning: "First retry delay for transient connection errors",
+        example: "2000",
+    },
+    Setting {
+        name: "NETCRON_INGEST",
+        roles: &["api", "all"],
+        default: Value("true"),
+        meaning: "Whether `api` also ingests results (turn off when running `netcron ingest` separately)",
+        example: "false",
+    },
+    Setting {
+        name: "NETCRON_INGEST_BATCH",
+        roles: &["api", "ingest", "all"],
+        default: Value("1000"),
+        meaning: "Results stored per transaction",
+        example: "2000",
+    },
+    Setting {
+        name: "NETCRON_INGEST_WORKERS",
+        roles: &["api", "ingest", "all"],
+        default: Value("2"),
+        meaning: "Concurrent ingest transactions",
+        example: "4",
+    },
+    Setting {
+        name: "NETCRON_SCHEDULER_OPS_ADDR",
+        roles: &["scheduler"],
+        default: Value("0.0.0.0:9091"),
+        meaning: "`netcron scheduler`'s `/health`, `/ready`, `/metrics` (`off` disables)",
+        example: "127.0.0.1:9091",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_OPS_ADDR",
+        roles: &["executor"],
+        default: Value("0.0.0.0:9092"),
+        meaning: "The same for `netcron executor`",
+        example: "off",
+    },
+    Setting {
+        name: "NETCRON_INGEST_OPS_ADDR",
+        roles: &["ingest"],
+        default: Value("0.0.0.0:9093"),
+        meaning: "The same for `netcron ingest` (the api and `all` serve them on the API port)",
+        example: "127.0.0.1:9093",
+    },
+    Setting {
+        name: "NETCRON_UNREACHABLE_AFTER",
+        roles: &["api", "ingest", "all"],
+        default: Value("3"),
+        meaning: "Runs in a row that cannot reach a device before `device_unreachable`",
+        example: "6",
+    },
+    Setting {
+        name: "NETCRON_WEBHOOK_RETRY_BASE_MS",
+        roles: &["api", "ingest", "all"],
+        default: Value("5000"),
+        meaning: "First webhook retry delay, doubled per attempt (capped at an hour)",
+        example: "10000",
+    },
+    Setting {
+        name: "NETCRON_WEBHOOK_MAX_ATTEMPTS",
+        roles: &["api", "ingest", "all"],
+        default: Value("8"),
+        meaning: "Webhook attempts before a delivery is `failed`",
+        example: "16",
+    },
+    Setting {
+        name: "NETCRON_WEBHOOK_TIMEOUT_S",
+        roles: &["api", "ingest", "all"],
+        default: Value("10"),
+        meaning: "Timeout of one webhook POST",
+        example: "20",
+    },
+    Setting {
+        name: "NETCRON_WEBHOOK_ALLOW",
+        roles: &["api", "ingest", "all"],
+        default: Unset("public addresses only"),
+        meaning: "Which non-public addresses webhooks may reach, comma-separated: `private` (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), `loopback` (127/8, ::1). Link-local (169.254/16, so the cloud metadata address, and fe80::/10), unspecified, multicast and broadcast addresses are always refused; checked at creation (422) and on every address a name resolves to at delivery; redirects are never followed",
+        example: "private,loopback",
+    },
+    Setting {
+        name: "NETCRON_EVENTS_RETENTION_DAYS",
+        roles: &["api", "ingest", "all"],
+        default: Value("30"),
+        meaning: "Published events and finished (`delivered`, `failed`) webhook deliveries older than this are deleted, hourly (fractions allowed); unpublished events and pending deliveries are kept",
+        example: "7",
+    },
+    Setting {
+        name: "NETCRON_LOG",
+        roles: &[
+            "api",
+            "scheduler",
+            "executor",
+            "ingest",
+            "migrate",
+            "all",
+            "inventory",
+        ],
+        default: Value("info,sqlx=warn,sea_orm=warn,tokio_cron_scheduler=warn"),
+        meaning: "Log filter (`tracing` syntax, e.g. `info,netcron_api=debug`); `RUST_LOG` also works",
+        example: "info,netcron_executor=debug",
+    },
+    Setting {
+        name: "NETCRON_LOG_FORMAT",
+        roles: &[
+            "api",
+            "scheduler",
+            "executor",
+            "ingest",
+            "migrate",
+            "all",
+            "inventory",
+        ],
+        default: Unset("human-readable text"),
+        meaning: "`json` for JSON lines",
+        example: "json",
+    },
+];
+
+/// The setting named `name`.
+pub fn find(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
+
+/// The settings `role` reads.
+pub fn for_role(role: &str) -> impl Iterator<Item = &'static Setting> {
+    SETTINGS.iter().filter(move |s| s.roles.contains(&role))
+}
+
+fn default_text(default: Fallback) -> String {
+    match default {
+        Value(v) => format!("`{v}`"),
+        Required => "required".to_owned(),
+        Unset(what) => format!("unset: {what}"),
+    }
+}
+
+/// The settings of `role`, for its `--help`.
+pub fn help(role: &str) -> String {
+    let mut text = String::from(
+        "Settings (environment variables; `.env` in the working directory is read too, and the \
+         environment wins):\n",
+    );
+    for s in for_role(role) {
+        let _ = write!(
+            text,
+            "\n  {}  [{}]\n      {}\n",
+            s.name,
+            match s.default {
+                Value(v) => format!("default: {v}"),
+                Required => "required".to_owned(),
+                Unset(what) => format!("unset: {what}"),
+            },
+            s.meaning.replace('`', "")
+        );
+    }
+    text.push_str("\nAll settings with examples: docs/CONFIGURATION.md\n");
+    text
+}
+
+/// `docs/CONFIGURATION.md`.
+pub fn markdown() -> String {
+    let mut text = String::from(
+        "# Configuration\n\n\
+         <!-- Generated from common/src/catalog.rs by `NETCRON_WRITE_DOCS=1 cargo test --test it \
+         configuration_reference`; edit the catalog, not this file. -->\n\n\
+         netcron reads its settings from the environment; `.env` in the working directory is \
+         read too, and the environment wins. A setting that is set but malformed stops the \
+         process with one line naming the variable, what is wrong and an example. Each \
+         command's `--help` lists the settings it reads.\n\n\
+         | Variable | Read by | Default | Meaning | Example |\n|---|---|---|---|---|\n",
+    );
+    for s in SETTINGS {
+        let _ = writeln!(
+            text,
+            "| `{}` | {} | {} | {} | `{}` |",
+            s.name,
+            s.roles
+                .iter()
+                .map(|r| format!("`{r}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            default_text(s.default),
+            s.meaning.replace('|', "\\|"),
+            s.example
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_every_setting_has_a_role() {
+        for (i, s) in SETTINGS.iter().enumerate() {
+            assert!(!s.roles.is_empty(), "{}", s.name);
+            assert!(
+                SETTINGS[..i].iter().all(|t| t.name != s.name),
+                "{} twice",
+                s.name
+            );
+        }
+    }
+}
