@@ -6,9 +6,10 @@ use tracing_subscriber::EnvFilter;
 /// human-readable otherwise; the filter comes from `NETCRON_LOG` (or `RUST_LOG`), default `info`
 /// with the libraries' own chatter (sqlx, sea-orm, the cron job runner) at `warn`.
 pub fn init() {
-    let filter = std::env::var("NETCRON_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn,tokio_cron_scheduler=warn".into());
+    let set = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+    let filter = set("NETCRON_LOG")
+        .or_else(|| set("RUST_LOG"))
+        .unwrap_or_else(|| "info,sqlx=warn,sea_orm=warn,tokio_cron_scheduler=warn".into());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("NETCRON_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
