@@ -251,6 +251,13 @@ pub const SETTINGS: &[Setting] = &[
         example: "2000",
     },
     Setting {
+        name: "NETCRON_RETRY_MAX_MS",
+        roles: &["executor", "all"],
+        default: Value("30000"),
+        meaning: "Longest delay between retries of transient connection errors (the delay doubles from `NETCRON_RETRY_BASE_MS` up to this)",
+        example: "60000",
+    },
+    Setting {
         name: "NETCRON_INGEST",
         roles: &["api", "all"],
         default: Value("true"),

@@ -130,7 +130,8 @@ impl ExecutorConfig {
             done_ttl: secs("NETCRON_EXECUTOR_DONE_TTL_S", d.done_ttl)?.max(Duration::from_secs(60)),
             retry_base: config::parsed_or("NETCRON_RETRY_BASE_MS", 1000u64)
                 .map(Duration::from_millis)?,
-            retry_max: d.retry_max,
+            retry_max: config::parsed_or("NETCRON_RETRY_MAX_MS", 30_000u64)
+                .map(Duration::from_millis)?,
             block: d.block,
             consumer: d.consumer,
         })
