@@ -6,7 +6,11 @@ use tracing_subscriber::EnvFilter;
 /// human-readable otherwise; the filter comes from `NETCRON_LOG` (or `RUST_LOG`), default `info`
 /// with the libraries' own chatter (sqlx, sea-orm, the cron job runner) at `warn`.
 pub fn init() {
-    let set = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+    let set = |name| {
+        std::env::var(name)
+            .ok()
+            .filter(|v: &String| !v.trim().is_empty())
+    };
     let filter = set("NETCRON_LOG")
         .or_else(|| set("RUST_LOG"))
         .unwrap_or_else(|| "info,sqlx=warn,sea_orm=warn,tokio_cron_scheduler=warn".into());

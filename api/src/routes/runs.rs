@@ -2,7 +2,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use netcron_common::domain::{RunStatus, RunTrigger};
+use netcron_common::domain::RunStatus;
 use netcron_common::entity::run;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -15,7 +15,7 @@ use crate::error::{ApiError, Result};
 use crate::extract::{Path, Query};
 use crate::pagination::{Page, PageParams};
 use crate::services::runs as service;
-use crate::services::runs::RunFilter;
+use crate::services::runs::{RunFilter, RunSummary};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -36,41 +36,18 @@ pub fn router() -> OpenApiRouter<AppState> {
     "trigger": "manual", "status": "succeeded", "scheduled_for": "2026-11-22T10:00:00Z",
     "queued_at": "2026-11-22T10:00:00Z", "started_at": "2026-11-22T10:00:00.120Z",
     "finished_at": "2026-11-22T10:00:00.480Z", "exit_code": 0, "exit_signal": null,
+    "stdout_bytes": 9, "stderr_bytes": 0, "has_payload": false,
     "stdout": "core-sw1\n", "stderr": "", "truncated": false, "error_kind": null,
     "error_message": null, "duration_ms": 360, "payload": null, "attempt": 1, "executor_id": "executor-a1b2",
     "attempts": [{"started_at": "2026-11-22T10:00:00.120Z", "duration_ms": 360, "status": "succeeded", "error_kind": null, "error_message": null}]
 }))]
 pub struct RunView {
-    pub id: Uuid,
-    pub schedule_id: Option<Uuid>,
-    pub command_id: Uuid,
-    pub device_id: Uuid,
-    pub trigger: RunTrigger,
-    pub status: RunStatus,
-    /// The fire time this run belongs to (for manual runs, when it was requested).
-    pub scheduled_for: DateTime<Utc>,
-    pub queued_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub exit_code: Option<i32>,
-    /// The signal that ended the command, if one did.
-    pub exit_signal: Option<String>,
+    #[serde(flatten)]
+    pub summary: RunSummary,
     pub stdout: Option<String>,
     pub stderr: Option<String>,
-    /// Whether stdout or stderr was cut at the command's `max_output_bytes`.
-    pub truncated: bool,
-    /// For status `error`: `unreachable`, `connection_refused`, `handshake_failed`,
-    /// `host_key_mismatch`, `auth_failed`, `timeout` or `internal`.
-    pub error_kind: Option<String>,
-    pub error_message: Option<String>,
-    pub duration_ms: Option<i64>,
     /// Structured results of command kinds that produce them.
     pub payload: Option<serde_json::Value>,
-    /// 1 for the first attempt; higher when the run was re-queued because its attempt was lost
-    /// (its executor's lease expired, or Redis lost the task). Only the current attempt's
-    /// outcome is the run's.
-    pub attempt: i32,
-    pub executor_id: Option<String>,
     /// The run's history of attempts, oldest first. Each connection attempt: `attempt` (the
     /// run attempt it belongs to), `executor_id`, `started_at`, `duration_ms`, `status`,
     /// `error_kind`, `error_message` — more than one per attempt when transient errors
@@ -86,98 +63,11 @@ pub struct RunView {
 impl From<run::Model> for RunView {
     fn from(m: run::Model) -> Self {
         Self {
-            id: m.id,
-            schedule_id: m.schedule_id,
-            command_id: m.command_id,
-            device_id: m.device_id,
-            trigger: m.trigger,
-            status: m.status,
-            scheduled_for: m.scheduled_for,
-            queued_at: m.queued_at,
-            started_at: m.started_at,
-            finished_at: m.finished_at,
-            exit_code: m.exit_code,
-            exit_signal: m.exit_signal,
+            summary: RunSummary::from(&m),
             stdout: m.stdout,
             stderr: m.stderr,
-            truncated: m.truncated,
-            error_kind: m.error_kind,
-            error_message: m.error_message,
-            duration_ms: m.duration_ms,
             payload: m.payload,
-            attempt: m.attempt,
-            executor_id: m.executor_id,
             attempts: m.attempts,
-        }
-    }
-}
-
-/// A run as list endpoints show it: status, times, exit code and output sizes, without the
-/// output itself (`GET /runs/{run_id}` or `GET /runs/{run_id}/output` has it).
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({
-    "id": "01936b32-3e4f-7a51-9c6d-7e8f9a0b1c2d", "schedule_id": null,
-    "command_id": "01936b30-1c2d-7e3f-9a4b-5c6d7e8f9a0b", "device_id": "01936b2f-0a1b-7c2d-8e3f-405162738495",
-    "trigger": "manual", "status": "succeeded", "scheduled_for": "2026-11-22T10:00:00Z",
-    "queued_at": "2026-11-22T10:00:00Z", "started_at": "2026-11-22T10:00:00.120Z",
-    "finished_at": "2026-11-22T10:00:00.480Z", "exit_code": 0, "exit_signal": null,
-    "stdout_bytes": 9, "stderr_bytes": 0, "truncated": false, "has_payload": false,
-    "error_kind": null, "error_message": null, "duration_ms": 360, "attempt": 1,
-    "executor_id": "executor-a1b2"
-}))]
-pub struct RunSummaryView {
-    pub id: Uuid,
-    pub schedule_id: Option<Uuid>,
-    pub command_id: Uuid,
-    pub device_id: Uuid,
-    pub trigger: RunTrigger,
-    pub status: RunStatus,
-    pub scheduled_for: DateTime<Utc>,
-    pub queued_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub exit_code: Option<i32>,
-    pub exit_signal: Option<String>,
-    /// Size of the stored stdout in bytes; null until the run has finished.
-    pub stdout_bytes: Option<i64>,
-    /// Size of the stored stderr in bytes; null until the run has finished.
-    pub stderr_bytes: Option<i64>,
-    /// Whether stdout or stderr was cut at the command's `max_output_bytes`.
-    pub truncated: bool,
-    /// Whether the run has a structured `payload` (see `GET /runs/{run_id}`).
-    pub has_payload: bool,
-    pub error_kind: Option<String>,
-    /// At most its first 1,024 characters; the run itself has all of it.
-    pub error_message: Option<String>,
-    pub duration_ms: Option<i64>,
-    pub attempt: i32,
-    pub executor_id: Option<String>,
-}
-
-impl From<service::RunSummary> for RunSummaryView {
-    fn from(m: service::RunSummary) -> Self {
-        Self {
-            id: m.id,
-            schedule_id: m.schedule_id,
-            command_id: m.command_id,
-            device_id: m.device_id,
-            trigger: m.trigger,
-            status: m.status,
-            scheduled_for: m.scheduled_for,
-            queued_at: m.queued_at,
-            started_at: m.started_at,
-            finished_at: m.finished_at,
-            exit_code: m.exit_code,
-            exit_signal: m.exit_signal,
-            stdout_bytes: m.stdout_bytes,
-            stderr_bytes: m.stderr_bytes,
-            truncated: m.truncated,
-            has_payload: m.has_payload,
-            error_kind: m.error_kind,
-            error_message: m.error_message,
-            duration_ms: m.duration_ms,
-            attempt: m.attempt,
-            executor_id: m.executor_id,
         }
     }
 }
@@ -229,12 +119,12 @@ async fn run_command(
 /// A device's runs, newest first, as summaries (no output).
 #[utoipa::path(get, path = "/devices/{device_id}/results", tag = "runs",
     params(("device_id" = Uuid, Path, description = "Device id"), DeviceResultParams),
-    responses((status = 200, description = "One page of runs", body = Page<RunSummaryView>), ListErrors))]
+    responses((status = 200, description = "One page of runs", body = Page<RunSummary>), ListErrors))]
 async fn device_results(
     State(state): State<AppState>,
     Path(device_id): Path<Uuid>,
     Query(params): Query<DeviceResultParams>,
-) -> Result<axum::Json<Page<RunSummaryView>>> {
+) -> Result<axum::Json<Page<RunSummary>>> {
     let page = PageParams {
         limit: params.limit,
         cursor: params.cursor,
@@ -251,18 +141,18 @@ async fn device_results(
         rows,
         page,
         |r| r.id,
-        RunSummaryView::from,
+        std::convert::identity,
     )))
 }
 
 /// Runs, newest first, filtered by device, command, schedule, status and time range, as
 /// summaries: sizes instead of output, so a page stays small whatever the runs printed.
 #[utoipa::path(get, path = "/runs", tag = "runs", params(RunListParams),
-    responses((status = 200, description = "One page of runs", body = Page<RunSummaryView>), ListErrors))]
+    responses((status = 200, description = "One page of runs", body = Page<RunSummary>), ListErrors))]
 async fn list_runs(
     State(state): State<AppState>,
     Query(params): Query<RunListParams>,
-) -> Result<axum::Json<Page<RunSummaryView>>> {
+) -> Result<axum::Json<Page<RunSummary>>> {
     let page = PageParams {
         limit: params.limit,
         cursor: params.cursor,
@@ -286,7 +176,7 @@ async fn list_runs(
         rows,
         page,
         |r| r.id,
-        RunSummaryView::from,
+        std::convert::identity,
     )))
 }
 

@@ -7,6 +7,8 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter,
     QuerySelect, Statement,
 };
+use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::paginate;
@@ -25,10 +27,21 @@ pub struct RunFilter {
     pub to: Option<DateTime<Utc>>,
 }
 
-/// A run without its output, payload or attempt history: what list endpoints answer. The
-/// sizes come from Postgres' `octet_length`, which reads a stored value's header and not
-/// the value, so a page of runs with 100 MiB outputs costs what a page of empty ones does.
-#[derive(Debug, FromQueryResult)]
+/// A run without its output, payload or attempt history: what list endpoints answer, and the
+/// first part of a whole run. In lists the sizes come from Postgres' `octet_length`, which
+/// reads a stored value's header and not the value, so a page of runs with 100 MiB outputs
+/// costs what a page of empty ones does.
+#[derive(Debug, FromQueryResult, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "01936b32-3e4f-7a51-9c6d-7e8f9a0b1c2d", "schedule_id": null,
+    "command_id": "01936b30-1c2d-7e3f-9a4b-5c6d7e8f9a0b", "device_id": "01936b2f-0a1b-7c2d-8e3f-405162738495",
+    "trigger": "manual", "status": "succeeded", "scheduled_for": "2026-11-22T10:00:00Z",
+    "queued_at": "2026-11-22T10:00:00Z", "started_at": "2026-11-22T10:00:00.120Z",
+    "finished_at": "2026-11-22T10:00:00.480Z", "exit_code": 0, "exit_signal": null,
+    "stdout_bytes": 9, "stderr_bytes": 0, "truncated": false, "has_payload": false,
+    "error_kind": null, "error_message": null, "duration_ms": 360, "attempt": 1,
+    "executor_id": "executor-a1b2"
+}))]
 pub struct RunSummary {
     pub id: Uuid,
     pub schedule_id: Option<Uuid>,
@@ -36,21 +49,65 @@ pub struct RunSummary {
     pub device_id: Uuid,
     pub trigger: RunTrigger,
     pub status: RunStatus,
+    /// The fire time this run belongs to (for manual runs, when it was requested).
     pub scheduled_for: DateTime<Utc>,
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub exit_code: Option<i32>,
+    /// The signal that ended the command, if one did.
     pub exit_signal: Option<String>,
+    /// Whether stdout or stderr was cut at the command's `max_output_bytes`.
     pub truncated: bool,
+    /// For status `error`: `unreachable`, `connection_refused`, `handshake_failed`,
+    /// `host_key_mismatch`, `auth_failed`, `timeout`, `invalid_output` or `internal`.
     pub error_kind: Option<String>,
+    /// In lists, at most its first 1,024 characters; the run itself has all of it.
     pub error_message: Option<String>,
     pub duration_ms: Option<i64>,
+    /// 1 for the first attempt; higher when the run was re-queued because its attempt was lost
+    /// (its executor's lease expired, or Redis lost the task). Only the current attempt's
+    /// outcome is the run's.
     pub attempt: i32,
     pub executor_id: Option<String>,
+    /// Size of the stored stdout in bytes; null until the run has finished.
     pub stdout_bytes: Option<i64>,
+    /// Size of the stored stderr in bytes; null until the run has finished.
     pub stderr_bytes: Option<i64>,
+    /// Whether the run has a structured `payload` (see `GET /runs/{run_id}`).
     pub has_payload: bool,
+}
+
+impl From<&run::Model> for RunSummary {
+    fn from(m: &run::Model) -> Self {
+        let size = |text: &Option<String>| {
+            text.as_ref()
+                .map(|t| i64::try_from(t.len()).unwrap_or(i64::MAX))
+        };
+        Self {
+            id: m.id,
+            schedule_id: m.schedule_id,
+            command_id: m.command_id,
+            device_id: m.device_id,
+            trigger: m.trigger,
+            status: m.status,
+            scheduled_for: m.scheduled_for,
+            queued_at: m.queued_at,
+            started_at: m.started_at,
+            finished_at: m.finished_at,
+            exit_code: m.exit_code,
+            exit_signal: m.exit_signal.clone(),
+            truncated: m.truncated,
+            error_kind: m.error_kind.clone(),
+            error_message: m.error_message.clone(),
+            duration_ms: m.duration_ms,
+            attempt: m.attempt,
+            executor_id: m.executor_id.clone(),
+            stdout_bytes: size(&m.stdout),
+            stderr_bytes: size(&m.stderr),
+            has_payload: m.payload.is_some(),
+        }
+    }
 }
 
 /// Error messages are device text of bounded but unchecked length; a summary carries at most
