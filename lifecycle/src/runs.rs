@@ -567,24 +567,50 @@ pub async fn detach_schedule(txn: &DatabaseTransaction, schedule_id: Uuid) -> Re
     Ok(())
 }
 
-/// Deletes ended runs older than `max_age`, and beyond the newest `keep_per_schedule` of each
-/// schedule. Queued and running runs are never deleted.
+/// Runs deleted per statement by [`apply_retention`], so that a day of runs at hundreds per
+/// second is deleted in short transactions instead of one that holds millions of row locks.
+const RETENTION_BATCH: i64 = 5_000;
+
+/// One batch of ended runs older than `$1`, after id `$2` in id order (ids are UUIDv7, so the
+/// walk goes from the oldest and never visits a deleted row again). Rows another replica is
+/// deleting are skipped. Answers how many went and the last id.
+const DELETE_OLD_RUNS: &str = r"
+WITH doomed AS (
+    SELECT id FROM runs
+    WHERE id > $2 AND status NOT IN ('queued', 'running') AND scheduled_for < $1
+    ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED),
+gone AS (DELETE FROM runs r USING doomed WHERE r.id = doomed.id RETURNING r.id)
+SELECT count(*) AS n, (SELECT id FROM gone ORDER BY id DESC LIMIT 1) AS last FROM gone";
+
+/// Deletes ended runs older than `max_age` (in batches of [`RETENTION_BATCH`]), and beyond the
+/// newest `keep_per_schedule` of each schedule. Queued and running runs are never deleted.
 ///
 /// # Errors
-/// When the database fails.
+/// When the database fails; what earlier batches deleted stays deleted.
 pub async fn apply_retention(
     db: &DatabaseConnection,
     now: DateTime<Utc>,
     max_age: Duration,
     keep_per_schedule: u64,
 ) -> Result<u64> {
-    let old = db
-        .execute_raw(stmt(
-            "DELETE FROM runs WHERE status NOT IN ('queued', 'running') AND scheduled_for < $1",
-            vec![(now - max_age).into()],
-        ))
-        .await?
-        .rows_affected();
+    let cutoff = now - max_age;
+    let mut old = 0u64;
+    let mut after = Uuid::nil();
+    loop {
+        let row = db
+            .query_one_raw(stmt(
+                DELETE_OLD_RUNS,
+                vec![cutoff.into(), after.into(), RETENTION_BATCH.into()],
+            ))
+            .await?;
+        let Some(row) = row else { break };
+        let deleted: i64 = row.try_get("", "n")?;
+        old += deleted.unsigned_abs();
+        match row.try_get::<Option<Uuid>>("", "last")? {
+            Some(last) if deleted >= RETENTION_BATCH => after = last,
+            _ => break,
+        }
+    }
     let keep = i64::try_from(keep_per_schedule).unwrap_or(i64::MAX);
     let excess = db
         .execute_raw(stmt(

@@ -723,6 +723,25 @@ async fn retention_keeps_unfinished_runs_and_trims_old_history() {
         .collect();
     assert_eq!(left.len(), 2);
     assert!(left.contains(&RunStatus::Queued) && left.contains(&RunStatus::Failed));
+    // A backlog larger than one batch goes in one pass, batch after batch.
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, status) \
+             SELECT gen_random_uuid(), '{}', '{}', 'manual', now() - interval '100 days', 'succeeded' \
+             FROM generate_series(1, 12001)",
+            id(&command),
+            id(&device)
+        ))
+        .await
+        .expect("insert");
+    assert_eq!(
+        scheduler.apply_retention().await.expect("retention"),
+        12_001
+    );
+    assert_eq!(
+        run::Entity::find().all(&app.db).await.expect("runs").len(),
+        2
+    );
 }
 
 #[tokio::test]
