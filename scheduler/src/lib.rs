@@ -484,8 +484,10 @@ impl Scheduler {
             let wait = match self.tick().await {
                 Ok(report) => {
                     backoff = StdDuration::from_millis(100);
+                    // Every pass's counts are in the metrics; at `info` this line would repeat
+                    // every second for every-second schedules (14 MB of log a day).
                     if report.fired.claimed > 0 || report.published > 0 {
-                        tracing::info!(
+                        tracing::debug!(
                             claimed = report.fired.claimed,
                             queued = report.fired.queued,
                             missed = report.fired.missed,
