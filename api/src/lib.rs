@@ -110,7 +110,61 @@ fn build_router_parts() -> (
         }
     }
     doc.merge(public_doc);
+    add_common_errors(&mut doc);
     (protected, doc, public)
+}
+
+/// Documents on every operation the two problems any path can answer: 405 (the path exists,
+/// the method does not) and 500, each with an example of its own status. One place rather than
+/// a variant in every error enum.
+fn add_common_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let problem = |status: u16, kind: &str, title: &str, detail: &str, description: &str| {
+        let example = serde_json::json!({"type": format!("urn:netcron:problem:{kind}"),
+            "title": title, "status": status, "detail": detail});
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                error::PROBLEM_CONTENT_TYPE,
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .example(Some(example))
+                    .build(),
+            )
+            .build()
+    };
+    let not_allowed = problem(
+        405,
+        "method-not-allowed",
+        "Method not allowed",
+        "this method is not allowed on this path",
+        "The path exists but does not take this method.",
+    );
+    let internal = problem(
+        500,
+        "internal",
+        "Internal server error",
+        "The server failed to handle this request; the cause has been logged.",
+        "An unexpected failure; its cause is logged, not sent.",
+    );
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let responses = &mut op.responses.responses;
+            responses
+                .entry("405".to_owned())
+                .or_insert_with(|| not_allowed.clone().into());
+            responses
+                .entry("500".to_owned())
+                .or_insert_with(|| internal.clone().into());
+        }
+    }
 }
 
 /// Builds the complete HTTP service for `state`.

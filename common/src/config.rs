@@ -80,13 +80,14 @@ where
 /// # Errors
 /// When the value is not a positive number of days.
 pub fn days_or(name: &'static str, default_days: f64) -> Result<std::time::Duration, ConfigError> {
+    let setting = documented(name)?;
     let days: f64 = parsed_or(name, default_days)?;
     std::time::Duration::try_from_secs_f64(days * 86_400.0)
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| {
             with_example(
-                documented(name).unwrap_or(&catalog::SETTINGS[0]),
+                setting,
                 format!("`{days}` is not a positive number of days"),
             )
         })

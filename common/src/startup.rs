@@ -88,6 +88,12 @@ pub fn describe(error: &impl Display) -> String {
 mod tests {
     use super::*;
 
+    const TEST: Waiting<'static> = Waiting {
+        what: "test",
+        dependency: "test",
+        telemetry: None,
+    };
+
     #[test]
     fn causes_are_said_once() {
         let repeated = "Connection Error: Postgres at 127.0.0.1:5433 (database x): Connection \
@@ -108,11 +114,7 @@ mod tests {
         let mut calls = 0;
         let started = tokio::time::Instant::now();
         let got = wait_for(
-            Waiting {
-                what: "test",
-                dependency: "test",
-                telemetry: None,
-            },
+            TEST,
             &shutdown,
             |_: &String| true,
             || {
@@ -132,11 +134,7 @@ mod tests {
         // 200 + 400 + 800 ms of backoff.
         assert_eq!(started.elapsed(), Duration::from_millis(1400));
         let permanent = wait_for(
-            Waiting {
-                what: "test",
-                dependency: "test",
-                telemetry: None,
-            },
+            TEST,
             &shutdown,
             |e: &String| e != "bad",
             || async { Err::<(), _>("bad".to_owned()) },
@@ -145,11 +143,7 @@ mod tests {
         assert_eq!(permanent, Err("bad".to_owned()));
         shutdown.cancel();
         let cancelled = wait_for(
-            Waiting {
-                what: "test",
-                dependency: "test",
-                telemetry: None,
-            },
+            TEST,
             &shutdown,
             |_: &String| true,
             || async { Err::<(), _>("x".to_owned()) },

@@ -66,14 +66,6 @@ pub enum ListErrors {
     #[response(status = 404, content_type = "application/problem+json",
         example = json!({"type": "urn:netcron:problem:not-found", "title": "Not found", "status": 404, "detail": "device 01936b2f-0a1b-7c2d-8e3f-405162738495 does not exist"}))]
     NotFound(Problem),
-    /// The path exists but does not take this method.
-    #[response(status = 405, content_type = "application/problem+json",
-        example = json!({"type": "urn:netcron:problem:method-not-allowed", "title": "Method not allowed", "status": 405, "detail": "this method is not allowed on this path"}))]
-    MethodNotAllowed(Problem),
-    /// An unexpected failure; its cause is logged, not sent.
-    #[response(status = 500, content_type = "application/problem+json",
-        example = json!({"type": "urn:netcron:problem:internal", "title": "Internal server error", "status": 500, "detail": "The server failed to handle this request; the cause has been logged."}))]
-    Internal(Problem),
 }
 
 /// Errors of endpoints that read one resource or act on it without a body.
@@ -92,14 +84,6 @@ pub enum ReadErrors {
     #[response(status = 404, content_type = "application/problem+json",
         example = json!({"type": "urn:netcron:problem:not-found", "title": "Not found", "status": 404, "detail": "device 01936b2f-0a1b-7c2d-8e3f-405162738495 does not exist"}))]
     NotFound(Problem),
-    /// The path exists but does not take this method.
-    #[response(status = 405, content_type = "application/problem+json",
-        example = json!({"type": "urn:netcron:problem:method-not-allowed", "title": "Method not allowed", "status": 405, "detail": "this method is not allowed on this path"}))]
-    MethodNotAllowed(Problem),
-    /// An unexpected failure; its cause is logged, not sent.
-    #[response(status = 500, content_type = "application/problem+json",
-        example = json!({"type": "urn:netcron:problem:internal", "title": "Internal server error", "status": 500, "detail": "The server failed to handle this request; the cause has been logged."}))]
-    Internal(Problem),
 }
 
 /// Errors of endpoints that take a JSON body.
@@ -134,14 +118,6 @@ pub enum WriteErrors {
     #[response(status = 422, content_type = "application/problem+json",
         example = json!({"type": "urn:netcron:problem:validation", "title": "A field is invalid", "status": 422, "detail": "port: 70000 is not a TCP port (1-65535)", "field": "port"}))]
     Invalid(Problem),
-    /// The path exists but does not take this method.
-    #[response(status = 405, content_type = "application/problem+json",
-        example = json!({"type": "urn:netcron:problem:method-not-allowed", "title": "Method not allowed", "status": 405, "detail": "this method is not allowed on this path"}))]
-    MethodNotAllowed(Problem),
-    /// An unexpected failure; its cause is logged, not sent.
-    #[response(status = 500, content_type = "application/problem+json",
-        example = json!({"type": "urn:netcron:problem:internal", "title": "Internal server error", "status": 500, "detail": "The server failed to handle this request; the cause has been logged."}))]
-    Internal(Problem),
 }
 
 /// Errors of delete endpoints.
@@ -164,14 +140,6 @@ pub enum DeleteErrors {
     #[response(status = 409, content_type = "application/problem+json",
         example = json!({"type": "urn:netcron:problem:conflict", "title": "Conflict", "status": 409, "detail": "device 01936b2f-0a1b-7c2d-8e3f-405162738495 has 2 schedule(s); delete them first"}))]
     Conflict(Problem),
-    /// The path exists but does not take this method.
-    #[response(status = 405, content_type = "application/problem+json",
-        example = json!({"type": "urn:netcron:problem:method-not-allowed", "title": "Method not allowed", "status": 405, "detail": "this method is not allowed on this path"}))]
-    MethodNotAllowed(Problem),
-    /// An unexpected failure; its cause is logged, not sent.
-    #[response(status = 500, content_type = "application/problem+json",
-        example = json!({"type": "urn:netcron:problem:internal", "title": "Internal server error", "status": 500, "detail": "The server failed to handle this request; the cause has been logged."}))]
-    Internal(Problem),
 }
 
 /// Whether `Accept` names JSON (and not plain text before it). `*/*` or no header: text.
