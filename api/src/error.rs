@@ -40,6 +40,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The request is understood and authenticated but refused (a console form without its
+    /// CSRF token).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The api is bound but not yet connected to Postgres.
     #[error("netcron is starting and cannot reach Postgres yet; /ready says why")]
     Starting,
@@ -79,7 +83,7 @@ impl ApiError {
         }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+    pub(crate) fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             Self::Validation { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -120,6 +124,7 @@ impl ApiError {
                 "unauthorized",
                 "Missing or invalid bearer token",
             ),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Self::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting", "Starting"),
             Self::RangeNotSatisfiable { .. } => (
                 StatusCode::RANGE_NOT_SATISFIABLE,

@@ -4,6 +4,7 @@
 //! OpenAPI schemas. It never decrypts a secret: it only seals what clients send.
 
 mod auth;
+mod console;
 pub mod error;
 mod extract;
 pub mod metrics;
@@ -176,12 +177,8 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .merge(Router::from(public))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
-        // A person who opens the server's address in a browser lands on the API's
-        // documentation (the operator console will take this place).
-        .route(
-            "/",
-            axum::routing::get(|| async { axum::response::Redirect::to("/docs/") }),
-        )
+        // The operator console: `/` and `/console/…`, signed in by cookie, not bearer token.
+        .merge(console::router())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))

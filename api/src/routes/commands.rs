@@ -146,7 +146,7 @@ fn check_text(kind: CommandKind, text: &str) -> Result<()> {
 }
 
 impl CommandCreate {
-    fn parse(self) -> Result<NewCommand> {
+    pub(crate) fn parse(self) -> Result<NewCommand> {
         let kind = self.kind.unwrap_or(CommandKind::Shell);
         check_text(kind, &self.command)?;
         Ok(NewCommand {
@@ -169,7 +169,7 @@ impl CommandCreate {
 }
 
 impl CommandPatch {
-    fn parse(self) -> Result<CommandChanges> {
+    pub(crate) fn parse(self) -> Result<CommandChanges> {
         Ok(CommandChanges {
             name: self
                 .name

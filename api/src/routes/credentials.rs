@@ -165,7 +165,7 @@ fn parse_secret(
 }
 
 impl CredentialCreate {
-    fn parse(self) -> Result<NewCredential> {
+    pub(crate) fn parse(self) -> Result<NewCredential> {
         let name = field("name", parse_name(&self.name, 128))?;
         let username = parse_username(&self.username)?;
         let secret = parse_secret(self.password, self.private_key, self.passphrase)?
@@ -197,7 +197,7 @@ impl CredentialCreate {
 }
 
 impl CredentialPatch {
-    fn parse(self) -> Result<CredentialChanges> {
+    pub(crate) fn parse(self) -> Result<CredentialChanges> {
         let with_key = self.private_key.is_some();
         let (secret_passphrase, passphrase) = if with_key {
             (self.passphrase.flatten(), None)

@@ -145,6 +145,8 @@ pub struct DeviceListParams {
     pub tag: Option<String>,
     pub platform: Option<Platform>,
     pub enabled: Option<bool>,
+    /// Only devices counted unreachable (`true`: `unreachable_since` is set) or reachable.
+    pub unreachable: Option<bool>,
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u64>,
     pub cursor: Option<String>,
@@ -206,7 +208,7 @@ fn parse_port_field(port: i64) -> Result<u16> {
 }
 
 impl DeviceCreate {
-    fn parse(self) -> Result<NewDevice> {
+    pub(crate) fn parse(self) -> Result<NewDevice> {
         Ok(NewDevice {
             name: field("name", parse_name(&self.name, 128))?,
             host: field("host", Host::parse(&self.host))?,
@@ -226,7 +228,7 @@ impl DeviceCreate {
 }
 
 impl DevicePatch {
-    fn parse(self) -> Result<DeviceChanges> {
+    pub(crate) fn parse(self) -> Result<DeviceChanges> {
         Ok(DeviceChanges {
             name: self
                 .name
@@ -278,6 +280,7 @@ async fn list_devices(
         tag: params.tag.map(parse_tag_filter).transpose()?,
         platform: params.platform,
         enabled: params.enabled,
+        unreachable: params.unreachable,
     };
     let rows = service::list(&state.db, filter, page).await?;
     Ok(axum::Json(Page::from_rows(
@@ -322,7 +325,7 @@ async fn update_device(
 
 /// Drops the executors' first-contact pin of a device. Best effort: a pin that stays behind
 /// (Redis down) only refuses a changed key until its expiry.
-async fn forget_first_contact(state: &AppState, id: Uuid) {
+pub(crate) async fn forget_first_contact(state: &AppState, id: Uuid) {
     let forgotten = async {
         let mut conn = state.redis.get_multiplexed_async_connection().await?;
         netcron_common::protocol::lease::forget_first_contact(&mut conn, state.leases.streams(), id)

@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_runs))
         .routes(routes!(get_run))
         .routes(routes!(run_output))
+        .routes(routes!(live_output))
         .routes(routes!(cancel_run))
 }
 
@@ -493,4 +494,67 @@ mod tests {
         let (skip, end) = char_bounds(&text[2..], 2);
         assert_eq!((skip, end), (1, 4));
     }
+}
+
+/// Follow a run's output while it runs, as Server-Sent Events. Each `output` event carries a
+/// chunk, scrubbed of the run's secrets, as `{"stream": "stdout"|"stderr", "attempt": n,
+/// "data": text}` with the chunk's id (send it back as `Last-Event-ID` to resume after it); one
+/// `end` event `{"status": …}` follows once the run's outcome is stored, after which
+/// `GET /runs/{run_id}/output` has the whole output. For a run that has already ended the
+/// stream is just that `end`. Live output is a best-effort view (a slow client may miss chunks
+/// trimmed meanwhile); the stored output is the record. See docs/PROTOCOL.md.
+#[utoipa::path(get, path = "/runs/{run_id}/output/live", tag = "runs",
+    params(("run_id" = Uuid, Path, description = "Run id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses((status = 200, description = "An event stream of `output` events, then one `end` event",
+        content_type = "text/event-stream", body = String,
+        example = "event: output\nid: 1764381600000-0\ndata: {\"stream\":\"stdout\",\"attempt\":1,\"data\":\"line 1\\n\"}\n\nevent: end\ndata: {\"status\":\"succeeded\"}\n\n"),
+        ReadErrors))]
+async fn live_output(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    live_events(&state, id, &headers).await
+}
+
+/// The live output of `id` as an SSE response, resuming after the request's `Last-Event-ID`
+/// (the console's run page uses the same).
+pub(crate) async fn live_events(state: &AppState, id: Uuid, headers: &HeaderMap) -> Result<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt as _;
+    use crate::services::live::Update;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let updates =
+        crate::services::live::follow(&state.db, &state.redis, state.leases.streams(), id, after)
+            .await?;
+    let events = updates.map(|update| {
+        let event = match update {
+            Update::Output {
+                id,
+                stream,
+                attempt,
+                data,
+            } => Event::default().event("output").id(id).data(
+                serde_json::json!({"stream": stream, "attempt": attempt, "data": data})
+                    .to_string(),
+            ),
+            Update::End { status } => Event::default()
+                .event("end")
+                .data(serde_json::json!({"status": status}).to_string()),
+        };
+        Ok::<_, std::convert::Infallible>(event)
+    });
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    // Proxies such as nginx buffer responses unless told not to, which would hold the
+    // output back until the run ends.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
 }

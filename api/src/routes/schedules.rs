@@ -139,7 +139,7 @@ impl From<schedule::Model> for ScheduleView {
 }
 
 impl ScheduleCreate {
-    fn parse(self) -> Result<NewSchedule> {
+    pub(crate) fn parse(self) -> Result<NewSchedule> {
         Ok(NewSchedule {
             cron: field("cron_expression", CronSpec::parse(&self.cron_expression))?,
             tz: field(
@@ -171,7 +171,7 @@ fn parse_pause_after(n: i32) -> Result<i32> {
 }
 
 impl SchedulePatch {
-    fn parse(self) -> Result<ScheduleChanges> {
+    pub(crate) fn parse(self) -> Result<ScheduleChanges> {
         Ok(ScheduleChanges {
             cron: self
                 .cron_expression

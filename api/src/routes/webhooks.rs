@@ -14,15 +14,15 @@ use crate::error::{ApiError, Result};
 use crate::extract::{Json, Path, Query};
 use crate::pagination::{Page, PageParams};
 use crate::services::webhooks as service;
-use crate::services::webhooks::{Delivery, NewWebhook, Webhook};
+use crate::services::webhooks::{Delivery, NewWebhook, Webhook, WebhookChanges};
 use crate::state::AppState;
-use netcron_ingest::events::EVENT_TYPES;
+pub use netcron_ingest::events::EVENT_TYPES;
 use netcron_ingest::webhook_policy::WebhookPolicy;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_webhook, list_webhooks))
-        .routes(routes!(get_webhook, delete_webhook))
+        .routes(routes!(get_webhook, update_webhook, delete_webhook))
         .routes(routes!(list_deliveries))
 }
 
@@ -112,54 +112,109 @@ impl From<Delivery> for DeliveryView {
     }
 }
 
+fn parse_url(url: &str, policy: WebhookPolicy) -> Result<String> {
+    let url = url.trim().to_owned();
+    let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+    let well_formed = scheme_ok && url.len() <= 2048 && !url.contains(char::is_whitespace);
+    let parsed = reqwest::Url::parse(&url)
+        .ok()
+        .filter(|u| u.host_str().is_some());
+    let Some(parsed) = parsed.filter(|_| well_formed) else {
+        return Err(ApiError::validation(
+            "url",
+            "must be an http:// or https:// URL of at most 2048 characters",
+        ));
+    };
+    if let Err(refusal) = policy.check_url(&parsed) {
+        return Err(ApiError::validation("url", refusal));
+    }
+    Ok(url)
+}
+
+fn parse_event_types(mut event_types: Vec<String>) -> Result<Vec<String>> {
+    if let Some(bad) = event_types
+        .iter()
+        .find(|t| !EVENT_TYPES.contains(&t.as_str()))
+    {
+        return Err(ApiError::validation(
+            "event_types",
+            format!(
+                "`{bad}` is not an event type; use {}",
+                EVENT_TYPES.join(", ")
+            ),
+        ));
+    }
+    event_types.sort();
+    event_types.dedup();
+    Ok(event_types)
+}
+
+fn parse_webhook_secret(secret: SecretString) -> Result<SecretString> {
+    if (16..=1024).contains(&secret.expose().len()) {
+        Ok(secret)
+    } else {
+        Err(ApiError::validation(
+            "secret",
+            "must be 16 to 1024 bytes long",
+        ))
+    }
+}
+
 impl WebhookCreate {
-    fn parse(self, policy: WebhookPolicy) -> Result<NewWebhook> {
-        let name = field("name", parse_name(&self.name, 128))?;
-        let url = self.url.trim().to_owned();
-        let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
-        let well_formed = scheme_ok && url.len() <= 2048 && !url.contains(char::is_whitespace);
-        let parsed = reqwest::Url::parse(&url)
-            .ok()
-            .filter(|u| u.host_str().is_some());
-        let Some(parsed) = parsed.filter(|_| well_formed) else {
-            return Err(ApiError::validation(
-                "url",
-                "must be an http:// or https:// URL of at most 2048 characters",
-            ));
-        };
-        if let Err(refusal) = policy.check_url(&parsed) {
-            return Err(ApiError::validation("url", refusal));
-        }
-        let mut event_types = self.event_types.unwrap_or_default();
-        if let Some(bad) = event_types
-            .iter()
-            .find(|t| !EVENT_TYPES.contains(&t.as_str()))
-        {
-            return Err(ApiError::validation(
-                "event_types",
-                format!(
-                    "`{bad}` is not an event type; use {}",
-                    EVENT_TYPES.join(", ")
-                ),
-            ));
-        }
-        event_types.sort();
-        event_types.dedup();
-        let secret_len = self.secret.expose().len();
-        if !(16..=1024).contains(&secret_len) {
-            return Err(ApiError::validation(
-                "secret",
-                "must be 16 to 1024 bytes long",
-            ));
-        }
+    pub(crate) fn parse(self, policy: WebhookPolicy) -> Result<NewWebhook> {
         Ok(NewWebhook {
-            name,
-            url,
-            event_types,
-            secret: self.secret,
+            name: field("name", parse_name(&self.name, 128))?,
+            url: parse_url(&self.url, policy)?,
+            event_types: parse_event_types(self.event_types.unwrap_or_default())?,
+            secret: parse_webhook_secret(self.secret)?,
             enabled: self.enabled.unwrap_or(true),
         })
     }
+}
+
+/// Changes to a webhook; absent fields keep their value. A new `secret` replaces the old one
+/// (deliveries are signed with it from then on).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"enabled": false}))]
+pub struct WebhookPatch {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    /// An empty list sends every event type.
+    pub event_types: Option<Vec<String>>,
+    #[schema(value_type = Option<String>, write_only, format = Password)]
+    pub secret: Option<SecretString>,
+    pub enabled: Option<bool>,
+}
+
+impl WebhookPatch {
+    pub(crate) fn parse(self, policy: WebhookPolicy) -> Result<WebhookChanges> {
+        Ok(WebhookChanges {
+            name: self
+                .name
+                .map(|n| field("name", parse_name(&n, 128)))
+                .transpose()?,
+            url: self.url.map(|u| parse_url(&u, policy)).transpose()?,
+            event_types: self.event_types.map(parse_event_types).transpose()?,
+            secret: self.secret.map(parse_webhook_secret).transpose()?,
+            enabled: self.enabled,
+        })
+    }
+}
+
+/// Change a webhook.
+#[utoipa::path(patch, path = "/webhooks/{webhook_id}", tag = "events",
+    params(("webhook_id" = Uuid, Path, description = "Webhook id")),
+    request_body = WebhookPatch,
+    responses((status = 200, description = "The webhook, without its secret", body = WebhookView), WriteErrors))]
+async fn update_webhook(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Json(body): Json<WebhookPatch>,
+) -> Result<axum::Json<WebhookView>> {
+    let changes = body.parse(state.webhook_policy)?;
+    let webhook = service::update(&state.db, &state.key, id, changes).await?;
+    Ok(axum::Json(webhook.into()))
 }
 
 /// Create a webhook.

@@ -47,6 +47,8 @@ pub struct DeviceFilter {
     pub tag: Option<String>,
     pub platform: Option<Platform>,
     pub enabled: Option<bool>,
+    /// Only devices the executors currently count as unreachable (`Some(true)`) or not.
+    pub unreachable: Option<bool>,
 }
 
 async fn ensure_credential(db: &DatabaseConnection, id: Uuid) -> Result<()> {
@@ -150,6 +152,11 @@ pub async fn list(
     }
     if let Some(enabled) = filter.enabled {
         select = select.filter(device::Column::Enabled.eq(enabled));
+    }
+    match filter.unreachable {
+        Some(true) => select = select.filter(device::Column::UnreachableSince.is_not_null()),
+        Some(false) => select = select.filter(device::Column::UnreachableSince.is_null()),
+        None => {}
     }
     Ok(paginate(select, device::Column::Id, page, false)
         .all(db)

@@ -6,6 +6,8 @@ pub mod configs;
 pub mod credentials;
 pub mod devices;
 pub mod inventory;
+pub mod live;
+pub mod overview;
 pub mod runs;
 pub mod schedules;
 pub mod webhooks;

@@ -293,3 +293,14 @@ pub async fn cancel(
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("redis")))?;
     Ok(netcron_lifecycle::runs::cancel(db, &mut conn, leases, run_id).await?)
 }
+
+/// A run's status alone (the live-output follower polls it).
+pub async fn status(db: &DatabaseConnection, id: Uuid) -> Result<RunStatus> {
+    run::Entity::find_by_id(id)
+        .select_only()
+        .column(run::Column::Status)
+        .into_tuple::<RunStatus>()
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("run", id))
+}

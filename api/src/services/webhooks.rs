@@ -44,6 +44,16 @@ pub struct NewWebhook {
     pub enabled: bool,
 }
 
+/// Changes to a webhook; `None` keeps a value.
+#[derive(Default)]
+pub struct WebhookChanges {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub secret: Option<SecretString>,
+    pub enabled: Option<bool>,
+}
+
 const COLUMNS: &str = "id, name, url, event_types, enabled, created_at, updated_at";
 
 fn stmt(sql: &str, values: Vec<Value>) -> Statement {
@@ -97,6 +107,37 @@ pub async fn list(db: &DatabaseConnection, page: PageRequest) -> Result<Vec<Webh
     ))
     .all(db)
     .await?)
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    key: &SecretKey,
+    id: Uuid,
+    changes: WebhookChanges,
+) -> Result<Webhook> {
+    let sealed = changes
+        .secret
+        .as_ref()
+        .map(|s| key.seal(s.expose(), &webhook_seal_context(id)));
+    let sql = format!(
+        "UPDATE webhooks SET name = coalesce($2, name), url = coalesce($3, url), \
+         event_types = coalesce($4, event_types), secret_ciphertext = coalesce($5, secret_ciphertext), \
+         enabled = coalesce($6, enabled), updated_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    Webhook::find_by_statement(stmt(
+        &sql,
+        vec![
+            id.into(),
+            changes.name.into(),
+            changes.url.into(),
+            changes.event_types.into(),
+            sealed.into(),
+            changes.enabled.into(),
+        ],
+    ))
+    .one(db)
+    .await?
+    .ok_or_else(|| ApiError::not_found("webhook", id))
 }
 
 pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {

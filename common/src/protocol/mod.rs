@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod lease;
+pub mod live;
 pub mod stream;
 
 pub use stream::{
@@ -57,6 +58,11 @@ impl Streams {
             results_large: format!("{prefix}results-large"),
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// The live output of a run while it runs (see [`live`]).
+    pub fn live_key(&self, run_id: Uuid) -> String {
+        format!("{}live:{run_id}", self.prefix)
     }
 
     /// The lease of a run (see [`lease`]).

@@ -1,0 +1,167 @@
+//! HTML form posts, turned into the REST API's own request bodies.
+//!
+//! The console has no validation of its own: a form becomes the JSON body the REST endpoint
+//! takes (`DeviceCreate`, `ScheduleCreate`, …), and goes through that type's deserializer and
+//! `parse`, then the same service. A rule changed for the API is changed for the console.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// The fields of a posted form, in order (a name may repeat, as checkboxes do). Forms carry
+/// secrets, so its `Debug` names the fields only.
+#[derive(Default, Clone)]
+pub struct Fields(Vec<(String, String)>);
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+    }
+}
+
+/// How one form field maps onto the JSON body.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    /// Trimmed text; empty means absent.
+    Text,
+    /// Text as typed (secrets: leading spaces may matter); empty means absent.
+    Raw,
+    /// Trimmed text; empty means `null` (clears a nullable value on update).
+    Nullable,
+    /// A whole number; empty means absent.
+    Int,
+    /// A whole number; empty means `null`.
+    NullableInt,
+    /// A checkbox: present is true, absent false. (A form always says, so it is never absent.)
+    Check,
+    /// Words separated by commas or spaces, as a list; empty is the empty list.
+    List,
+    /// Repeated fields (checkboxes sharing a name), as a list.
+    Repeated,
+}
+
+impl Fields {
+    pub fn parse(body: &[u8]) -> Self {
+        Self(
+            form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        Self(pairs)
+    }
+
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The trimmed value, `None` when absent or blank.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.get(name).map(str::trim).filter(|v| !v.is_empty())
+    }
+
+    fn all(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Builds the JSON body `spec` describes and deserializes it as the REST API would; a
+    /// field that does not parse is named in the 422.
+    pub fn body<T: DeserializeOwned>(&self, spec: &[(&str, Kind)]) -> Result<T, ApiError> {
+        let mut map = Map::new();
+        for &(name, kind) in spec {
+            let text = self.text(name);
+            let value = match kind {
+                Kind::Text => text.map(|t| Value::String(t.to_owned())),
+                Kind::Raw => self
+                    .get(name)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| Value::String(v.to_owned())),
+                Kind::Nullable => Some(text.map_or(Value::Null, |t| Value::String(t.to_owned()))),
+                Kind::Int => text.map(|t| whole(name, t)).transpose()?,
+                Kind::NullableInt => {
+                    Some(text.map(|t| whole(name, t)).transpose()?.unwrap_or(Value::Null))
+                }
+                Kind::Check => Some(Value::Bool(self.get(name).is_some())),
+                Kind::List => Some(Value::Array(
+                    text.unwrap_or_default()
+                        .split(|c: char| c == ',' || c.is_whitespace())
+                        .filter(|w| !w.is_empty())
+                        .map(|w| Value::String(w.to_owned()))
+                        .collect(),
+                )),
+                Kind::Repeated => Some(Value::Array(
+                    self.all(name).map(|w| Value::String(w.to_owned())).collect(),
+                )),
+            };
+            if let Some(value) = value {
+                map.insert(name.to_owned(), value);
+            }
+        }
+        serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+            let field = e.path().to_string();
+            let reason = e.into_inner().to_string();
+            ApiError::validation(if field == "." { "body".to_owned() } else { field }, reason)
+        })
+    }
+}
+
+fn whole(name: &str, text: &str) -> Result<Value, ApiError> {
+    text.parse::<i64>()
+        .map(Value::from)
+        .map_err(|_| ApiError::validation(name, format!("`{text}` is not a whole number")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        name: String,
+        port: Option<i64>,
+        tags: Vec<String>,
+        enabled: bool,
+        fingerprint: Option<Option<String>>,
+    }
+
+    #[test]
+    fn forms_become_bodies_with_named_errors() {
+        let f = Fields::parse(b"name=+sw1+&port=&tags=a%2C+b+c&enabled=on&fingerprint=");
+        let b: Body = f
+            .body(&[
+                ("name", Kind::Text),
+                ("port", Kind::Int),
+                ("tags", Kind::List),
+                ("enabled", Kind::Check),
+                ("fingerprint", Kind::Nullable),
+            ])
+            .unwrap();
+        assert_eq!(b.name, "sw1");
+        assert_eq!(b.port, None);
+        assert_eq!(b.tags, ["a", "b", "c"]);
+        assert!(b.enabled);
+        assert_eq!(b.fingerprint, None, "null deserializes as None without `nullable`");
+        let err = Fields::parse(b"name=x&port=22a")
+            .body::<Body>(&[("name", Kind::Text), ("port", Kind::Int)])
+            .unwrap_err();
+        assert_eq!(err.to_string(), "port: `22a` is not a whole number");
+        let err = Fields::parse(b"port=1")
+            .body::<Body>(&[("port", Kind::Int)])
+            .unwrap_err();
+        assert!(err.to_string().contains("missing field `name`"), "{err}");
+    }
+}

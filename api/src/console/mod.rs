@@ -1,0 +1,250 @@
+//! The operator console: server-rendered HTML pages (askama templates in `api/templates/`) over
+//! the same services as the REST API, at `/` and `/console/…`.
+//!
+//! Architecture invariants:
+//! - Every page reads and every form writes through `crate::services` (forms become the REST
+//!   API's own request bodies, see [`forms`]), so the console has no rules of its own.
+//! - Nothing is loaded from elsewhere: htmx and the console's script and stylesheet are
+//!   embedded in the binary, and the Content-Security-Policy allows only this origin, no inline
+//!   script or style, and no framing.
+//! - A state-changing request needs a session cookie *and* that session's CSRF token
+//!   ([`session::Action`]).
+
+mod admin;
+mod devices;
+mod forms;
+mod overview;
+mod runs;
+mod schedules;
+pub mod session;
+mod view;
+
+use axum::Router;
+use axum::extract::{Path, Query};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{Next, from_fn};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum_extra::extract::cookie::CookieJar;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What every signed-in page shows around its content.
+pub struct Chrome {
+    pub csrf: String,
+    /// The navigation entry to mark as current.
+    pub section: &'static str,
+}
+
+impl Chrome {
+    pub fn new(operator: &session::Operator, section: &'static str) -> Self {
+        Self {
+            csrf: operator.csrf.clone(),
+            section,
+        }
+    }
+}
+
+/// An error shown as an HTML page (the REST API shows the same error as problem+json).
+pub struct Shown(pub ApiError);
+
+impl From<ApiError> for Shown {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl From<sea_orm::DbErr> for Shown {
+    fn from(e: sea_orm::DbErr) -> Self {
+        Self(e.into())
+    }
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/error.html")]
+struct ErrorPage {
+    status: u16,
+    title: &'static str,
+    detail: String,
+}
+
+impl IntoResponse for Shown {
+    fn into_response(self) -> Response {
+        let (status, _, title) = self.0.parts();
+        let detail = match &self.0 {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "console request failed");
+                "The server failed to handle this request; the cause has been logged.".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let page = ErrorPage {
+            status: status.as_u16(),
+            title,
+            detail,
+        };
+        let body = askama::Template::render(&page)
+            .unwrap_or_else(|_| format!("{} {title}", status.as_u16()));
+        (status, Html(body)).into_response()
+    }
+}
+
+pub type Result<T, E = Shown> = std::result::Result<T, E>;
+
+/// Renders a template as a page; a template that fails to render is a 500.
+pub fn render<T: askama::Template>(template: &T) -> Result<Response> {
+    template
+        .render()
+        .map(|html| Html(html).into_response())
+        .map_err(|e| Shown(ApiError::Internal(anyhow::Error::new(e).context("rendering a page"))))
+}
+
+/// After a successful form post, the browser is sent to the page that shows the result (so a
+/// reload does not post twice).
+pub fn see_other(location: &str) -> Response {
+    Redirect::to(location).into_response()
+}
+
+/// The console's routes. The signed-out pages (sign-in, assets) need no session; every other
+/// handler takes a [`session::Operator`] or [`session::Action`], which send a signed-out
+/// browser to sign in.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(overview::show))
+        .route("/console", get(|| async { Redirect::to("/") }))
+        .route("/console/sign-in", get(sign_in_page).post(sign_in))
+        .route("/console/sign-out", post(sign_out))
+        .route("/console/assets/{name}", get(asset))
+        .merge(devices::router())
+        .merge(schedules::router())
+        .merge(runs::router())
+        .merge(admin::router())
+        .layer(from_fn(secure_headers))
+}
+
+/// Headers of every console response: a strict CSP (scripts, styles, images and connections
+/// from this origin only; no inline code; no framing), no sniffing, no referrer leaving the
+/// origin, and no caching of pages that show data.
+async fn secure_headers(request: axum::extract::Request, next: Next) -> Response {
+    let is_asset = request.uri().path().starts_with("/console/assets/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !is_asset {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The embedded static files. htmx comes unmodified from its npm package (`htmx.org` 2.0.11,
+/// BSD-0), so no page ever asks a CDN for it.
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "htmx.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/htmx-2.0.11.min.js"),
+    ),
+    (
+        "console.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../assets/console.js"),
+    ),
+    (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../assets/console.css"),
+    ),
+];
+
+async fn asset(Path(name): Path<String>) -> Response {
+    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, content_type, body)) => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => Shown(ApiError::RouteNotFound).into_response(),
+    }
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/sign_in.html")]
+struct SignInPage {
+    next: String,
+    error: Option<&'static str>,
+}
+
+#[derive(Deserialize)]
+struct NextParam {
+    next: Option<String>,
+}
+
+/// Only a path of this origin is followed after sign-in, never another site.
+fn local_path(next: Option<&str>) -> String {
+    match next {
+        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => {
+            p.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+async fn sign_in_page(Query(params): Query<NextParam>) -> Result<Response> {
+    render(&SignInPage {
+        next: local_path(params.next.as_deref()),
+        error: None,
+    })
+}
+
+/// Exchanges an API token for a session cookie. The token travels once, in a POST body; it is
+/// never put in a URL, a page or a log line.
+async fn sign_in(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    headers: axum::http::HeaderMap,
+    jar: CookieJar,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    let form = forms::Fields::parse(&body);
+    let next = local_path(form.get("next"));
+    let token = form.get("token").unwrap_or_default().trim();
+    if token.is_empty() || !session::token_matches(&state, token) {
+        let mut response = render(&SignInPage {
+            next,
+            error: Some("That token is not one of this server's API tokens."),
+        })?;
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        return Ok(response);
+    }
+    let cookie = session::open(&state, token, session::behind_tls(&headers)).await?;
+    Ok((jar.add(cookie), Redirect::to(&next)).into_response())
+}
+
+async fn sign_out(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    jar: CookieJar,
+    _action: session::Action,
+) -> Result<Response> {
+    session::close(&state.db, &jar).await?;
+    Ok((
+        jar.remove(session::removal()),
+        Redirect::to("/console/sign-in"),
+    )
+        .into_response())
+}

@@ -1,0 +1,328 @@
+//! Runs: the filtered list and a run's page (status, attempts, timing, exit code, error, and its
+//! output shown safely and in pages, or live while it runs).
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use netcron_common::domain::RunStatus;
+use netcron_common::entity::{command, device};
+use sea_orm::EntityTrait;
+use serde::Deserialize;
+
+use super::devices::id;
+use super::session::Operator;
+use super::view::{self, RunRow};
+use super::{Chrome, Result, Shown, render};
+use crate::error::ApiError;
+use crate::pagination::{PageParams, encode_cursor};
+use crate::services::runs::{self, OutputStream};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console/runs", get(list))
+        .route("/console/runs/{id}", get(show))
+        .route("/console/runs/{id}/live", get(live))
+}
+
+#[derive(Deserialize, Default)]
+struct ListParams {
+    status: Option<String>,
+    device_id: Option<String>,
+    schedule_id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/runs.html")]
+struct ListPage {
+    chrome: Chrome,
+    rows: Vec<RunRow>,
+    statuses: Vec<&'static str>,
+    status: String,
+    device_id: String,
+    schedule_id: String,
+    from: String,
+    to: String,
+    devices: Vec<(String, String)>,
+    next: Option<String>,
+}
+
+/// An instant typed into a filter: RFC 3339, or a plain date (midnight UTC).
+fn instant(text: &str, field: &str) -> Result<Option<DateTime<Utc>>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(t.with_timezone(&Utc)));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        && let Some(t) = d.and_hms_opt(0, 0, 0)
+    {
+        return Ok(Some(t.and_utc()));
+    }
+    Err(Shown(ApiError::bad_parameter(
+        field,
+        format!("`{text}` is neither a date (2026-11-29) nor an RFC 3339 instant"),
+    )))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(params): Query<ListParams>,
+) -> Result<Response> {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default().trim().to_owned();
+    let (status, device_id, schedule_id) = (
+        text(&params.status),
+        text(&params.device_id),
+        text(&params.schedule_id),
+    );
+    let (from, to) = (text(&params.from), text(&params.to));
+    let filter = runs::RunFilter {
+        status: if status.is_empty() {
+            None
+        } else {
+            Some(
+                status
+                    .parse::<RunStatus>()
+                    .map_err(|e| Shown(ApiError::bad_parameter("status", e)))?,
+            )
+        },
+        device_id: (!device_id.is_empty())
+            .then(|| id(&device_id, "device_id"))
+            .transpose()?,
+        schedule_id: (!schedule_id.is_empty())
+            .then(|| id(&schedule_id, "schedule_id"))
+            .transpose()?,
+        from: instant(&from, "from")?,
+        to: instant(&to, "to")?,
+        ..Default::default()
+    };
+    let page = PageParams {
+        limit: Some(50),
+        cursor: params.cursor.clone().filter(|c| !c.is_empty()),
+    }
+    .parse()?;
+    let mut found = runs::list(&state.db, filter, page).await?;
+    let next = (found.len() > 50).then(|| {
+        found.truncate(50);
+        found.last().map(|r| encode_cursor(r.id))
+    });
+    let next = next.flatten().map(|cursor| {
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("status", status.as_str()),
+                ("device_id", device_id.as_str()),
+                ("schedule_id", schedule_id.as_str()),
+                ("from", from.as_str()),
+                ("to", to.as_str()),
+                ("cursor", cursor.as_str()),
+            ])
+            .finish()
+    });
+    let devices = crate::services::devices::list(
+        &state.db,
+        crate::services::devices::DeviceFilter::default(),
+        crate::pagination::PageRequest {
+            limit: 500,
+            after: None,
+        },
+    )
+    .await?
+    .into_iter()
+    .map(|d| (d.id.to_string(), d.name))
+    .collect();
+    render(&ListPage {
+        chrome: Chrome::new(&operator, "runs"),
+        rows: view::run_rows(&state.db, found).await?,
+        statuses: RunStatus::ALL.iter().map(|s| s.as_str()).collect(),
+        status,
+        device_id,
+        schedule_id,
+        from,
+        to,
+        devices,
+        next,
+    })
+}
+
+/// How much output one page of the run page shows.
+const OUTPUT_PAGE: u64 = 64 * 1024;
+
+pub struct AttemptRow {
+    pub n: usize,
+    pub started: String,
+    pub duration: String,
+    pub status: String,
+    pub error: String,
+}
+
+pub struct OutputView {
+    pub name: &'static str,
+    pub text: String,
+    pub total: String,
+    pub offset: u64,
+    pub prev: Option<u64>,
+    pub next: Option<u64>,
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/run.html")]
+struct RunPage {
+    chrome: Chrome,
+    id: String,
+    status: String,
+    live: bool,
+    device_id: String,
+    device: String,
+    command: String,
+    schedule_id: String,
+    trigger: String,
+    attempt: i32,
+    scheduled_for: String,
+    started_at: String,
+    finished_at: String,
+    duration: String,
+    exit: String,
+    error_kind: String,
+    error_message: String,
+    truncated: bool,
+    attempts: Vec<AttemptRow>,
+    outputs: Vec<OutputView>,
+    payload: String,
+}
+
+#[derive(Deserialize, Default)]
+struct ShowParams {
+    stdout: Option<u64>,
+    stderr: Option<u64>,
+}
+
+async fn output_view(
+    state: &AppState,
+    run_id: uuid::Uuid,
+    stream: OutputStream,
+    offset: u64,
+) -> Result<OutputView> {
+    let slice = runs::output(&state.db, run_id, stream, offset, OUTPUT_PAGE).await?;
+    // A page may begin or end inside a character: the pieces show as U+FFFD, which is
+    // honest about the cut.
+    let text = view::terminal_text(&String::from_utf8_lossy(&slice.bytes));
+    let end = offset + slice.bytes.len() as u64;
+    Ok(OutputView {
+        name: match stream {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        },
+        text,
+        total: view::bytes(i64::try_from(slice.total).ok()),
+        offset,
+        prev: (offset > 0).then(|| offset.saturating_sub(OUTPUT_PAGE)),
+        next: (end < slice.total).then_some(end),
+    })
+}
+
+async fn show(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(run_id): Path<String>,
+    Query(params): Query<ShowParams>,
+) -> Result<Response> {
+    let run_id = id(&run_id, "run_id")?;
+    let run = runs::get(&state.db, run_id).await?;
+    let device = device::Entity::find_by_id(run.device_id)
+        .one(&state.db)
+        .await?
+        .map(|d| d.name)
+        .unwrap_or_default();
+    let command = command::Entity::find_by_id(run.command_id)
+        .one(&state.db)
+        .await?
+        .map(|c| c.name)
+        .unwrap_or_default();
+    let attempts = run
+        .attempts
+        .as_ref()
+        .and_then(|a| a.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let field = |name: &str| a.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            AttemptRow {
+                n: i + 1,
+                started: field("started_at"),
+                duration: view::duration_ms(a.get("duration_ms").and_then(serde_json::Value::as_i64)),
+                status: field("status"),
+                error: [field("error_kind"), field("error_message")]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(": "),
+            }
+        })
+        .collect();
+    let live = !run.status.is_terminal();
+    let mut outputs = Vec::new();
+    if !live {
+        for (stream, offset) in [
+            (OutputStream::Stdout, params.stdout.unwrap_or(0)),
+            (OutputStream::Stderr, params.stderr.unwrap_or(0)),
+        ] {
+            let out = output_view(&state, run_id, stream, offset).await?;
+            if !out.text.is_empty() || offset > 0 || stream == OutputStream::Stdout {
+                outputs.push(out);
+            }
+        }
+    }
+    let payload = match &run.payload {
+        Some(p) => serde_json::to_string_pretty(p).unwrap_or_default(),
+        None => String::new(),
+    };
+    render(&RunPage {
+        chrome: Chrome::new(&operator, "runs"),
+        id: run.id.to_string(),
+        status: run.status.to_string(),
+        live,
+        device_id: run.device_id.to_string(),
+        device,
+        command,
+        schedule_id: run.schedule_id.map(|s| s.to_string()).unwrap_or_default(),
+        trigger: run.trigger.to_string(),
+        attempt: run.attempt,
+        scheduled_for: view::when(run.scheduled_for),
+        started_at: view::when_opt(run.started_at),
+        finished_at: view::when_opt(run.finished_at),
+        duration: view::duration_ms(run.duration_ms),
+        exit: match (run.exit_code, &run.exit_signal) {
+            (_, Some(signal)) => format!("signal {signal}"),
+            (Some(code), None) => code.to_string(),
+            (None, None) => String::new(),
+        },
+        error_kind: run.error_kind.clone().unwrap_or_default(),
+        error_message: view::terminal_text(run.error_message.as_deref().unwrap_or_default()),
+        truncated: run.truncated,
+        attempts,
+        outputs,
+        payload,
+    })
+}
+
+/// The run's live output for the run page (an `EventSource` sends the session cookie, not a
+/// bearer token); the same events as `GET /runs/{run_id}/output/live`.
+async fn live(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let run_id = id(&run_id, "run_id")?;
+    Ok(crate::routes::runs::live_events(&state, run_id, &headers).await?)
+}

@@ -1,0 +1,476 @@
+//! Schedules: the list with next fire times, the create and edit forms with a live preview of
+//! the fire times as the cron expression and time zone are typed, pause and resume.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use chrono::Utc;
+use netcron_common::domain::{MisfirePolicy, OverlapPolicy, Timing};
+use netcron_common::entity::{command, device, schedule};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::devices::{field_error, id};
+use super::forms::{Fields, Kind};
+use super::session::{Action, Operator};
+use super::view;
+use super::{Chrome, Result, Shown, render, see_other};
+use crate::error::ApiError;
+use crate::pagination::PageRequest;
+use crate::routes::schedules::{ScheduleCreate, SchedulePatch};
+use crate::services::schedules;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console/schedules", get(list).post(create))
+        .route("/console/schedules/new", get(new_form))
+        .route("/console/schedules/preview", post(preview))
+        .route("/console/schedules/{id}", post(update))
+        .route("/console/schedules/{id}/edit", get(edit_form))
+        .route("/console/schedules/{id}/pause", post(pause))
+        .route("/console/schedules/{id}/resume", post(resume))
+}
+
+/// Each schedule with "command on device", in two queries.
+pub async fn labelled(
+    db: &DatabaseConnection,
+    rows: Vec<schedule::Model>,
+) -> Result<Vec<(schedule::Model, String)>> {
+    let command_ids: Vec<Uuid> = rows.iter().map(|s| s.command_id).collect();
+    let commands: Vec<command::Model> = command::Entity::find()
+        .filter(command::Column::Id.is_in(command_ids))
+        .all(db)
+        .await?;
+    let device_ids: Vec<Uuid> = commands.iter().map(|c| c.device_id).collect();
+    let devices: HashMap<Uuid, String> = device::Entity::find()
+        .filter(device::Column::Id.is_in(device_ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|d| (d.id, d.name))
+        .collect();
+    let labels: HashMap<Uuid, String> = commands
+        .into_iter()
+        .map(|c| {
+            let device = devices.get(&c.device_id).cloned().unwrap_or_default();
+            (c.id, format!("{} on {device}", c.name))
+        })
+        .collect();
+    Ok(rows
+        .into_iter()
+        .map(|s| {
+            let label = labels.get(&s.command_id).cloned().unwrap_or_default();
+            (s, label)
+        })
+        .collect())
+}
+
+pub struct ScheduleRow {
+    pub id: String,
+    pub label: String,
+    pub cron: String,
+    pub timezone: String,
+    pub next: String,
+    pub enabled: bool,
+    pub paused_reason: String,
+    pub policies: String,
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/schedules.html")]
+struct ListPage {
+    chrome: Chrome,
+    rows: Vec<ScheduleRow>,
+}
+
+async fn list(State(state): State<AppState>, operator: Operator) -> Result<Response> {
+    let page = PageRequest {
+        limit: 500,
+        after: None,
+    };
+    let rows = schedules::list(&state.db, schedules::ScheduleFilter::default(), page).await?;
+    let rows = labelled(&state.db, rows)
+        .await?
+        .into_iter()
+        .map(|(s, label)| ScheduleRow {
+            id: s.id.to_string(),
+            label,
+            cron: s.cron_expression,
+            timezone: s.timezone,
+            next: if s.enabled {
+                view::when_opt(s.next_fire_at)
+            } else {
+                String::new()
+            },
+            enabled: s.enabled,
+            paused_reason: s.paused_reason.unwrap_or_default(),
+            policies: format!(
+                "misfire {}, overlap {}",
+                s.misfire_policy, s.overlap_policy
+            ),
+        })
+        .collect();
+    render(&ListPage {
+        chrome: Chrome::new(&operator, "schedules"),
+        rows,
+    })
+}
+
+/// The options of a policy select, each with what it means (the domain's own words).
+pub struct Choice {
+    pub value: &'static str,
+    pub meaning: &'static str,
+}
+
+fn misfire_choices() -> Vec<Choice> {
+    MisfirePolicy::ALL
+        .iter()
+        .map(|p| Choice {
+            value: p.as_str(),
+            meaning: match p {
+                MisfirePolicy::Skip => {
+                    "drop fire times that passed while netcron was down; each is recorded as a missed run"
+                }
+                MisfirePolicy::RunOnce => {
+                    "run once to catch up; the other passed fire times are recorded as missed"
+                }
+                MisfirePolicy::RunAll => "run every passed fire time (at most 100), oldest first",
+            },
+        })
+        .collect()
+}
+
+fn overlap_choices() -> Vec<Choice> {
+    OverlapPolicy::ALL
+        .iter()
+        .map(|p| Choice {
+            value: p.as_str(),
+            meaning: match p {
+                OverlapPolicy::Skip => {
+                    "if the previous run is unfinished, do not start another; record a skipped run"
+                }
+                OverlapPolicy::Queue => "queue the new run behind the unfinished one",
+                OverlapPolicy::Allow => "start it anyway, in parallel",
+            },
+        })
+        .collect()
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/schedule_form.html")]
+struct FormPage {
+    chrome: Chrome,
+    /// `None` for a new schedule.
+    schedule_id: Option<String>,
+    /// The command it runs (fixed when editing).
+    command_label: String,
+    commands: Vec<(String, String)>,
+    values: Fields,
+    error: Option<(String, String)>,
+    misfire: Vec<Choice>,
+    overlap: Vec<Choice>,
+    preview: Preview,
+}
+
+impl FormPage {
+    fn value(&self, name: &str) -> &str {
+        self.values.get(name).unwrap_or_default()
+    }
+
+    fn checked(&self, name: &str) -> bool {
+        self.values.get(name).is_some()
+    }
+
+    fn error_for(&self, name: &str) -> Option<&str> {
+        self.error
+            .as_ref()
+            .filter(|(f, _)| f == name)
+            .map(|(_, m)| m.as_str())
+    }
+}
+
+/// The live preview: the next fire times of what the form holds, or why there are none.
+#[derive(askama::Template)]
+#[template(path = "console/schedule_preview.html")]
+pub struct Preview {
+    times: Vec<(String, String)>,
+    problem: Option<String>,
+    timezone: String,
+}
+
+const FIELDS: [(&str, Kind); 8] = [
+    ("cron_expression", Kind::Text),
+    ("timezone", Kind::Text),
+    ("enabled", Kind::Check),
+    ("misfire_policy", Kind::Text),
+    ("overlap_policy", Kind::Text),
+    ("start_at", Kind::Text),
+    ("end_at", Kind::Text),
+    ("pause_after_failures", Kind::Int),
+];
+
+/// Parses the form exactly as a create would, and lists the next fire times.
+fn preview_of(form: &Fields) -> Preview {
+    let timezone = form.text("timezone").unwrap_or("UTC").to_owned();
+    let parsed = form
+        .body::<ScheduleCreate>(&FIELDS)
+        .and_then(ScheduleCreate::parse);
+    match parsed {
+        Ok(new) => {
+            let timing = Timing {
+                cron: new.cron,
+                tz: new.tz,
+                start_at: new.start_at,
+                end_at: new.end_at,
+            };
+            let times: Vec<(String, String)> = timing
+                .upcoming(Utc::now(), 5)
+                .into_iter()
+                .map(|t| {
+                    (
+                        t.with_timezone(&timing.tz)
+                            .format("%a %Y-%m-%d %H:%M:%S %Z")
+                            .to_string(),
+                        view::when(t),
+                    )
+                })
+                .collect();
+            let problem = times
+                .is_empty()
+                .then(|| "This schedule has no future fire time.".to_owned());
+            Preview {
+                times,
+                problem,
+                timezone,
+            }
+        }
+        Err(e) => Preview {
+            times: Vec::new(),
+            problem: Some(e.to_string()),
+            timezone,
+        },
+    }
+}
+
+/// Answers the preview fragment that htmx swaps in while the operator types.
+async fn preview(_operator: Operator, body: axum::body::Bytes) -> Result<Response> {
+    render(&preview_of(&Fields::parse(&body)))
+}
+
+async fn command_choices(db: &DatabaseConnection) -> Result<Vec<(String, String)>> {
+    let commands = command::Entity::find()
+        .order_by_asc(command::Column::Name)
+        .all(db)
+        .await?;
+    let ids: Vec<Uuid> = commands.iter().map(|c| c.device_id).collect();
+    let devices: HashMap<Uuid, String> = device::Entity::find()
+        .filter(device::Column::Id.is_in(ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|d| (d.id, d.name))
+        .collect();
+    Ok(commands
+        .into_iter()
+        .map(|c| {
+            let device = devices.get(&c.device_id).cloned().unwrap_or_default();
+            (c.id.to_string(), format!("{} on {device}", c.name))
+        })
+        .collect())
+}
+
+async fn form_page(
+    state: &AppState,
+    operator: &Operator,
+    schedule_id: Option<Uuid>,
+    command_label: String,
+    values: Fields,
+    error: Option<(String, String)>,
+) -> Result<Response> {
+    let commands = if schedule_id.is_none() {
+        command_choices(&state.db).await?
+    } else {
+        Vec::new()
+    };
+    let preview = preview_of(&values);
+    let mut response = render(&FormPage {
+        chrome: Chrome::new(operator, "schedules"),
+        schedule_id: schedule_id.map(|s| s.to_string()),
+        command_label,
+        commands,
+        values,
+        error: error.clone(),
+        misfire: misfire_choices(),
+        overlap: overlap_choices(),
+        preview,
+    })?;
+    if error.is_some() {
+        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct NewParams {
+    command_id: Option<String>,
+}
+
+async fn new_form(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(params): Query<NewParams>,
+) -> Result<Response> {
+    let values = {
+    let mut values = form_urlencoded::Serializer::new(String::new());
+    values.extend_pairs([
+        ("cron_expression", "0 2 * * *"),
+        ("timezone", "UTC"),
+        ("enabled", "on"),
+        ("misfire_policy", "run_once"),
+        ("overlap_policy", "skip"),
+    ]);
+    if let Some(c) = &params.command_id {
+        values.append_pair("command_id", c);
+    }
+    Fields::parse(values.finish().as_bytes())
+    };
+    form_page(&state, &operator, None, String::new(), values, None).await
+}
+
+async fn create(State(state): State<AppState>, action: Action) -> Result<Response> {
+    let created = async {
+        let command_id = action
+            .form
+            .text("command_id")
+            .ok_or_else(|| ApiError::validation("command_id", "choose the command to schedule"))
+            .and_then(|c| {
+                Uuid::parse_str(c)
+                    .map_err(|_| ApiError::validation("command_id", format!("`{c}` is not a UUID")))
+            })?;
+        let command = command::Entity::find_by_id(command_id)
+            .one(&state.db)
+            .await?
+            .ok_or_else(|| {
+                ApiError::validation("command_id", format!("command {command_id} does not exist"))
+            })?;
+        let body: ScheduleCreate = action.form.body(&FIELDS)?;
+        schedules::create(&state.db, command.device_id, command_id, body.parse()?).await
+    }
+    .await;
+    match created {
+        Ok(_) => Ok(see_other("/console/schedules")),
+        Err(e) => match field_error(&e) {
+            Some(err) => {
+                form_page(&state, &action.operator, None, String::new(), action.form, Some(err))
+                    .await
+            }
+            None => Err(e.into()),
+        },
+    }
+}
+
+async fn edit_form(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(schedule_id): Path<String>,
+) -> Result<Response> {
+    let schedule_id = id(&schedule_id, "schedule_id")?;
+    let s = schedules::get(&state.db, schedule_id).await?;
+    let values = {
+    let mut values = form_urlencoded::Serializer::new(String::new());
+    values.extend_pairs([
+        ("cron_expression", s.cron_expression.clone()),
+        ("timezone", s.timezone.clone()),
+        ("misfire_policy", s.misfire_policy.to_string()),
+        ("overlap_policy", s.overlap_policy.to_string()),
+        ("start_at", s.start_at.map(|t| t.to_rfc3339()).unwrap_or_default()),
+        ("end_at", s.end_at.map(|t| t.to_rfc3339()).unwrap_or_default()),
+        (
+            "pause_after_failures",
+            s.pause_after_failures.map(|n| n.to_string()).unwrap_or_default(),
+        ),
+    ]);
+    if s.enabled {
+        values.append_pair("enabled", "on");
+    }
+    Fields::parse(values.finish().as_bytes())
+    };
+    let label = labelled(&state.db, vec![s])
+        .await?
+        .pop()
+        .map(|(_, l)| l)
+        .unwrap_or_default();
+    form_page(&state, &operator, Some(schedule_id), label, values, None).await
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(schedule_id): Path<String>,
+    action: Action,
+) -> Result<Response> {
+    let schedule_id = id(&schedule_id, "schedule_id")?;
+    let mut spec = FIELDS.to_vec();
+    // Empty window bounds and failure limits on the edit form clear them.
+    spec[5] = ("start_at", Kind::Nullable);
+    spec[6] = ("end_at", Kind::Nullable);
+    spec[7] = ("pause_after_failures", Kind::NullableInt);
+    let updated = async {
+        let body: SchedulePatch = action.form.body(&spec)?;
+        schedules::update(&state.db, schedule_id, body.parse()?).await
+    }
+    .await;
+    match updated {
+        Ok(_) => Ok(see_other("/console/schedules")),
+        Err(e) => match field_error(&e) {
+            Some(err) => {
+                let label = match schedules::get(&state.db, schedule_id).await {
+                    Ok(s) => labelled(&state.db, vec![s]).await?.pop().map(|(_, l)| l),
+                    Err(_) => None,
+                };
+                form_page(
+                    &state,
+                    &action.operator,
+                    Some(schedule_id),
+                    label.unwrap_or_default(),
+                    action.form,
+                    Some(err),
+                )
+                .await
+            }
+            None => Err(e.into()),
+        },
+    }
+}
+
+async fn set_enabled(state: &AppState, schedule_id: &str, enabled: bool) -> Result<Response> {
+    let schedule_id = id(schedule_id, "schedule_id")?;
+    let changes = schedules::ScheduleChanges {
+        enabled: Some(enabled),
+        ..Default::default()
+    };
+    schedules::update(&state.db, schedule_id, changes)
+        .await
+        .map_err(Shown)?;
+    Ok(see_other("/console/schedules"))
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    Path(schedule_id): Path<String>,
+    _action: Action,
+) -> Result<Response> {
+    set_enabled(&state, &schedule_id, false).await
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    Path(schedule_id): Path<String>,
+    _action: Action,
+) -> Result<Response> {
+    set_enabled(&state, &schedule_id, true).await
+}

@@ -1,0 +1,246 @@
+//! Signing in to the console: an API token is exchanged once for a session cookie, and every
+//! state-changing form carries the session's CSRF token.
+//!
+//! The cookie holds 256 random bits; Postgres holds only their SHA-256 (`console_sessions`), so
+//! neither the table nor a log line can sign anyone in. A session is bound to the token that
+//! opened it by an HMAC keyed with that token: taking the token out of `NETCRON_API_TOKEN`
+//! ends its sessions on their next request, as it ends the token's API access.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{Duration, Utc};
+use hmac::{Hmac, Mac};
+use rand::RngCore as _;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "netcron_session";
+
+/// How long a session lasts from sign-in: a working day, as AWX and Rundeck default to.
+pub const LIFETIME_HOURS: i64 = 12;
+
+/// A signed-in operator, with the CSRF token their forms must carry.
+#[derive(Clone, Debug)]
+pub struct Operator {
+    pub csrf: String,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hash(cookie: &str) -> Vec<u8> {
+    Sha256::digest(cookie.as_bytes()).to_vec()
+}
+
+fn binding(token: &str, id_hash: &[u8]) -> Vec<u8> {
+    // HMAC takes keys of any length, so this never fails; were it to, the empty binding
+    // would match no stored one and the session would simply be refused.
+    match <Hmac<Sha256> as Mac>::new_from_slice(token.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(id_hash);
+            mac.finalize().into_bytes().to_vec()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Whether `presented` is one of the configured API tokens, in constant time.
+pub fn token_matches(state: &AppState, presented: &str) -> bool {
+    let mut matched = subtle::Choice::from(0);
+    for candidate in state.tokens.iter() {
+        matched |= candidate.expose().as_bytes().ct_eq(presented.as_bytes());
+    }
+    bool::from(matched)
+}
+
+/// Opens a session for a verified token; answers the cookie to set.
+pub async fn open(
+    state: &AppState,
+    token: &str,
+    secure: bool,
+) -> Result<Cookie<'static>, ApiError> {
+    let cookie = random_token();
+    let id_hash = hash(&cookie);
+    let expires = Utc::now() + Duration::hours(LIFETIME_HOURS);
+    // Expired sessions go when a new one comes: cheap on the expiry index, and no timer.
+    state
+        .db
+        .execute_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "DELETE FROM console_sessions WHERE expires_at < now()",
+        ))
+        .await?;
+    state
+        .db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO console_sessions (id_hash, csrf_token, token_binding, expires_at) \
+             VALUES ($1, $2, $3, $4)",
+            [
+                id_hash.clone().into(),
+                random_token().into(),
+                binding(token, &id_hash).into(),
+                expires.into(),
+            ],
+        ))
+        .await?;
+    Ok(Cookie::build((COOKIE, cookie))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(secure)
+        .path("/")
+        .max_age(cookie::time::Duration::hours(LIFETIME_HOURS))
+        .build())
+}
+
+/// Ends the session named by the cookie, if any.
+pub async fn close(db: &DatabaseConnection, jar: &CookieJar) -> Result<(), ApiError> {
+    if let Some(c) = jar.get(COOKIE) {
+        db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "DELETE FROM console_sessions WHERE id_hash = $1",
+            [hash(c.value()).into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// The cookie that deletes the session cookie in the browser.
+pub fn removal() -> Cookie<'static> {
+    Cookie::build((COOKIE, "")).path("/").build()
+}
+
+/// Whether the request reached us over TLS, as far as a terminating proxy tells: the cookie is
+/// then marked `Secure`. netcron itself serves plain HTTP (put TLS in front of it).
+pub fn behind_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+async fn lookup(state: &AppState, jar: &CookieJar) -> Result<Option<Operator>, ApiError> {
+    let Some(cookie) = jar.get(COOKIE) else {
+        return Ok(None);
+    };
+    let id_hash = hash(cookie.value());
+    let row = state
+        .db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT csrf_token, token_binding FROM console_sessions \
+             WHERE id_hash = $1 AND expires_at > now()",
+            [id_hash.clone().into()],
+        ))
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let csrf: String = row.try_get("", "csrf_token")?;
+    let stored: Vec<u8> = row.try_get("", "token_binding")?;
+    let mut bound = subtle::Choice::from(0);
+    for token in state.tokens.iter() {
+        bound |= binding(token.expose(), &id_hash).ct_eq(&stored);
+    }
+    Ok(bool::from(bound).then_some(Operator { csrf }))
+}
+
+/// Where a signed-out browser goes: the sign-in page, which returns it to `next` afterwards.
+pub fn sign_in_redirect(parts: &Parts) -> Response {
+    let next = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let target = format!(
+        "/console/sign-in?next={}",
+        form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+    );
+    if parts.headers.contains_key("hx-request") {
+        // htmx follows a redirect inside the fragment; this header makes it load the page.
+        return ([("hx-redirect", target)], axum::http::StatusCode::UNAUTHORIZED).into_response();
+    }
+    Redirect::to(&target).into_response()
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let jar = CookieJar::from_headers(&parts.headers);
+        match lookup(state, &jar).await {
+            Ok(Some(operator)) => Ok(operator),
+            Ok(None) => Err(sign_in_redirect(parts)),
+            Err(e) => Err(super::Shown(e).into_response()),
+        }
+    }
+}
+
+/// A state-changing form post from a signed-in operator whose CSRF token matched.
+pub struct Action {
+    pub operator: Operator,
+    pub form: super::forms::Fields,
+}
+
+/// A browser sends `Origin` with every POST; a page of another origin cannot forge it. Checked
+/// besides the token, as OWASP recommends, so one defence failing is not enough.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+}
+
+impl FromRequest<AppState> for Action {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let operator = Operator::from_request_parts(&mut parts, state).await?;
+        if parts.method != Method::POST {
+            return Err(super::Shown(ApiError::MethodNotAllowed).into_response());
+        }
+        let header_token = parts
+            .headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let origin_ok = same_origin(&parts.headers);
+        let bytes = axum::body::to_bytes(body, crate::extract::BODY_LIMIT)
+            .await
+            .map_err(|_| {
+                super::Shown(ApiError::PayloadTooLarge(crate::extract::BODY_LIMIT)).into_response()
+            })?;
+        let form = super::forms::Fields::parse(&bytes);
+        let presented = header_token.or_else(|| form.get("csrf").map(str::to_owned));
+        let token_ok = presented
+            .is_some_and(|p| bool::from(p.as_bytes().ct_eq(operator.csrf.as_bytes())));
+        if !(token_ok && origin_ok) {
+            return Err(super::Shown(ApiError::Forbidden(
+                "this form was not sent by this console session (its CSRF token is missing or \
+                 stale); reload the page and submit it again",
+            ))
+            .into_response());
+        }
+        Ok(Self { operator, form })
+    }
+}

@@ -1,0 +1,125 @@
+//! What templates show, formatted in Rust: templates only place text, so escaping is askama's
+//! and formatting is tested Rust.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use netcron_common::entity::{command, device};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use uuid::Uuid;
+
+use crate::services::runs::RunSummary;
+
+/// An instant as operators read it in a table: UTC, to the second.
+pub fn when(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+pub fn when_opt(t: Option<DateTime<Utc>>) -> String {
+    t.map(when).unwrap_or_default()
+}
+
+/// A duration in the unit that reads best.
+pub fn duration_ms(ms: Option<i64>) -> String {
+    match ms {
+        None => String::new(),
+        Some(ms) if ms < 1_000 => format!("{ms} ms"),
+        Some(ms) if ms < 60_000 => format!("{:.1} s", ms as f64 / 1_000.0),
+        Some(ms) => format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1_000),
+    }
+}
+
+pub fn bytes(n: Option<i64>) -> String {
+    match n {
+        None => String::new(),
+        Some(n) if n < 1024 => format!("{n} B"),
+        Some(n) if n < 1024 * 1024 => format!("{:.1} KiB", n as f64 / 1024.0),
+        Some(n) => format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// One run in a table.
+pub struct RunRow {
+    pub id: String,
+    pub status: String,
+    pub device_id: String,
+    pub device: String,
+    pub command: String,
+    pub trigger: String,
+    pub scheduled_for: String,
+    pub duration: String,
+    pub exit_code: String,
+    pub error: String,
+}
+
+/// Device and command names for a page of runs, in two queries whatever the page size.
+pub async fn run_rows(db: &DatabaseConnection, runs: Vec<RunSummary>) -> Result<Vec<RunRow>, sea_orm::DbErr> {
+    let device_ids: Vec<Uuid> = runs.iter().map(|r| r.device_id).collect();
+    let command_ids: Vec<Uuid> = runs.iter().map(|r| r.command_id).collect();
+    let devices: HashMap<Uuid, String> = device::Entity::find()
+        .select_only()
+        .columns([device::Column::Id, device::Column::Name])
+        .filter(device::Column::Id.is_in(device_ids))
+        .into_tuple::<(Uuid, String)>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect();
+    let commands: HashMap<Uuid, String> = command::Entity::find()
+        .select_only()
+        .columns([command::Column::Id, command::Column::Name])
+        .filter(command::Column::Id.is_in(command_ids))
+        .into_tuple::<(Uuid, String)>()
+        .all(db)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(runs
+        .into_iter()
+        .map(|r| RunRow {
+            id: r.id.to_string(),
+            status: r.status.to_string(),
+            device_id: r.device_id.to_string(),
+            device: devices.get(&r.device_id).cloned().unwrap_or_default(),
+            command: commands.get(&r.command_id).cloned().unwrap_or_default(),
+            trigger: r.trigger.to_string(),
+            scheduled_for: when(r.scheduled_for),
+            duration: duration_ms(r.duration_ms),
+            exit_code: r.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            error: match (r.error_kind, r.error_message) {
+                (Some(kind), Some(msg)) => format!("{kind}: {msg}"),
+                (Some(kind), None) => kind,
+                (None, Some(msg)) => msg,
+                (None, None) => String::new(),
+            },
+        })
+        .collect())
+}
+
+/// Terminal output made safe to show: control sequences (colours, cursor moves) removed, and
+/// the remaining control characters except newline and tab dropped. Escaping for HTML is the
+/// template's.
+pub fn terminal_text(text: &str) -> String {
+    let stripped = strip_ansi_escapes::strip_str(text);
+    stripped
+        .chars()
+        .filter(|c| !c.is_control() || *c == '\n' || *c == '\t')
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_sequences_are_removed() {
+        assert_eq!(terminal_text("\x1b[31mred\x1b[0m\r\nok\x07"), "red\nok");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration_ms(Some(250)), "250 ms");
+        assert_eq!(duration_ms(Some(2_500)), "2.5 s");
+        assert_eq!(duration_ms(Some(125_000)), "2m 05s");
+    }
+}

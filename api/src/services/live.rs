@@ -1,0 +1,148 @@
+//! Following a run's live output (see `netcron_common::protocol::live`): the entries of its
+//! live stream as they arrive, then an end once Postgres has the run's final state, so a
+//! client switches to the stored output knowing it is complete.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::Stream;
+use netcron_common::protocol::Streams;
+use netcron_common::protocol::live::LiveEntry;
+use redis::AsyncCommands as _;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::error::{ApiError, Result};
+
+/// What a follower sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// Output of the current attempt, with the live stream's entry id (an SSE client's
+    /// `Last-Event-ID` to resume after it).
+    Output {
+        id: String,
+        stream: &'static str,
+        attempt: i32,
+        data: String,
+    },
+    /// The run is over, with its final status; its whole output is stored.
+    End { status: String },
+}
+
+/// How long one blocking read waits before the run's state is checked in Postgres again (a
+/// run whose executor died leaves no end entry; re-queueing or ingest ends it there).
+const POLL: Duration = Duration::from_secs(2);
+
+struct Follower {
+    conn: redis::aio::MultiplexedConnection,
+    db: DatabaseConnection,
+    key: String,
+    run_id: Uuid,
+    last_id: String,
+    pending: VecDeque<Update>,
+    done: bool,
+}
+
+/// The updates of `run_id` after live entry `after` (from the start when `None`). Fails at once
+/// when the run does not exist.
+///
+/// # Errors
+/// The run does not exist, or Redis cannot be reached.
+pub async fn follow(
+    db: &DatabaseConnection,
+    redis: &redis::Client,
+    streams: &Streams,
+    run_id: Uuid,
+    after: Option<String>,
+) -> Result<impl Stream<Item = Update> + use<>> {
+    super::runs::status(db, run_id).await?;
+    // A connection of its own: its blocking reads must not hold up other requests.
+    let conn = redis
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("redis")))?;
+    let follower = Follower {
+        conn,
+        db: db.clone(),
+        key: streams.live_key(run_id),
+        run_id,
+        last_id: after
+            .filter(|id| is_entry_id(id))
+            .unwrap_or_else(|| "0-0".to_owned()),
+        pending: VecDeque::new(),
+        done: false,
+    };
+    Ok(futures::stream::unfold(follower, |mut f| async move {
+        loop {
+            if let Some(update) = f.pending.pop_front() {
+                return Some((update, f));
+            }
+            if f.done {
+                return None;
+            }
+            // Postgres first: once the run is terminal, drain what is left and end.
+            let terminal = match super::runs::status(&f.db, f.run_id).await {
+                Ok(status) => status.is_terminal().then(|| status.to_string()),
+                Err(_) => Some("deleted".to_owned()),
+            };
+            let block = if terminal.is_some() { None } else { Some(POLL) };
+            match f.read(block).await {
+                Ok(read) if read > 0 => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(run_id = %f.run_id, error = %e, "reading live output");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+            if let Some(status) = terminal {
+                f.pending.push_back(Update::End { status });
+                f.done = true;
+            }
+        }
+    }))
+}
+
+fn is_entry_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.bytes().all(|b| b.is_ascii_digit())
+            && seq.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+impl Follower {
+    /// Reads the next entries into `pending`; answers how many were read.
+    async fn read(&mut self, block: Option<Duration>) -> redis::RedisResult<usize> {
+        let mut options = StreamReadOptions::default().count(200);
+        if let Some(block) = block {
+            options = options.block(usize::try_from(block.as_millis()).unwrap_or(2_000));
+        }
+        let reply: Option<StreamReadReply> = self
+            .conn
+            .xread_options(&[&self.key], &[&self.last_id], &options)
+            .await?;
+        let mut n = 0;
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                n += 1;
+                self.last_id.clone_from(&entry.id);
+                if let Some(LiveEntry::Output {
+                    stream,
+                    attempt,
+                    data,
+                }) = LiveEntry::parse(&entry.map)
+                {
+                    self.pending.push_back(Update::Output {
+                        id: entry.id,
+                        stream: stream.as_str(),
+                        attempt,
+                        data,
+                    });
+                }
+            }
+        }
+        Ok(n)
+    }
+}
