@@ -14,6 +14,7 @@ mod cli;
 mod error;
 mod first_contact;
 pub mod inventory;
+mod live;
 pub mod metrics;
 mod output;
 #[cfg(test)]

@@ -71,6 +71,40 @@ impl<'a> Scrubber<'a> {
     /// `bytes` up to `cut`, each secret beginning before `cut` replaced by [`MASK`] whole (even
     /// when it ends past `cut`).
     fn mask_until(&self, bytes: &[u8], cut: usize) -> Vec<u8> {
+        self.mask_prefix(bytes, cut).0
+    }
+
+    /// Scrubs the start of a growing output for showing it live: answers the text safe to show
+    /// now and how many bytes of `bytes` it covers. Unless `last`, bytes that may begin a
+    /// secret (whose rest has not arrived) or a character are held back for the next call;
+    /// a secret is masked whole, so no part of it is ever shown.
+    pub fn scrub_prefix(&self, bytes: &[u8], last: bool) -> (String, usize) {
+        let hold = if last {
+            0
+        } else {
+            self.lookahead().saturating_sub(1)
+        };
+        let cut = bytes.len().saturating_sub(hold);
+        // A secret beginning before `cut` ends within `bytes` (it is at most `lookahead` long),
+        // so masking up to `cut` sees it whole; `consumed` is where masking stopped.
+        let (mut masked, mut consumed) = self.mask_prefix(bytes, cut);
+        if !last
+            && let Err(e) = std::str::from_utf8(&masked)
+            && e.error_len().is_none()
+        {
+            // An incomplete character at the end waits for its other bytes. Masks are ASCII,
+            // so these trailing bytes are the output's own.
+            let incomplete = masked.len() - e.valid_up_to();
+            masked.truncate(e.valid_up_to());
+            consumed -= incomplete;
+        }
+        let text = String::from_utf8_lossy(&masked).replace('\0', "\u{FFFD}");
+        (text, consumed)
+    }
+
+    /// [`Self::mask_until`], also answering how far into `bytes` masking went (past `cut` when
+    /// a secret straddles it).
+    fn mask_prefix(&self, bytes: &[u8], cut: usize) -> (Vec<u8>, usize) {
         let end = bytes.len().min(cut);
         let mut out = Vec::with_capacity(end);
         let mut i = 0;
@@ -91,7 +125,7 @@ impl<'a> Scrubber<'a> {
             out.extend_from_slice(rest.get(..skip).unwrap_or_default());
             i += skip;
         }
-        out
+        (out, i)
     }
 
     /// The length of the longest end of `bytes` that is a proper beginning of a secret.
@@ -140,6 +174,8 @@ pub struct Capture {
     cap: usize,
     lookahead: usize,
     pub truncated: bool,
+    /// Where kept bytes are also sent as they arrive (live output), if anyone follows.
+    live: Option<(crate::live::Tap, netcron_common::protocol::live::Which)>,
 }
 
 impl Capture {
@@ -149,7 +185,13 @@ impl Capture {
             cap,
             lookahead,
             truncated: false,
+            live: None,
         }
+    }
+
+    /// Sends what is kept to `tap` as well, as `which`.
+    pub fn follow(&mut self, tap: Option<crate::live::Tap>, which: netcron_common::protocol::live::Which) {
+        self.live = tap.map(|t| (t, which));
     }
 
     pub fn push(&mut self, data: &[u8]) {
@@ -160,8 +202,11 @@ impl Capture {
             .cap
             .saturating_add(self.lookahead)
             .saturating_sub(self.bytes.len());
-        self.bytes
-            .extend_from_slice(data.get(..data.len().min(room)).unwrap_or_default());
+        let kept = data.get(..data.len().min(room)).unwrap_or_default();
+        self.bytes.extend_from_slice(kept);
+        if let Some((tap, which)) = &self.live {
+            tap.send(*which, kept);
+        }
     }
 
     #[cfg(test)]
@@ -278,5 +323,31 @@ mod tests {
         assert_eq!(cap_text("abé", 4), "abé");
         assert_eq!(cap_text("abé", 100), "abé");
         assert_eq!(cap_text("é", 0), "");
+    }
+
+    #[test]
+    fn live_output_never_shows_part_of_a_secret_whatever_the_chunking() {
+        let scrubber = Scrubber::new(["hunter22", "pässwörd"]);
+        let output = "login hunter22 ok\npässwörd é hunter2 hunter22".as_bytes();
+        for size in 1..output.len() {
+            let mut pending: Vec<u8> = Vec::new();
+            let mut shown = String::new();
+            for piece in output.chunks(size) {
+                pending.extend_from_slice(piece);
+                let (text, consumed) = scrubber.scrub_prefix(&pending, false);
+                pending.drain(..consumed);
+                // The pieces shown, put together, must be the scrubbed whole: a piece with
+                // part of a secret in it would make them differ.
+                shown.push_str(&text);
+            }
+            let (text, consumed) = scrubber.scrub_prefix(&pending, true);
+            assert_eq!(consumed, pending.len());
+            shown.push_str(&text);
+            assert_eq!(
+                shown,
+                scrubber.scrub(std::str::from_utf8(output).unwrap()),
+                "chunks of {size} bytes"
+            );
+        }
     }
 }

@@ -52,6 +52,8 @@ pub struct Runner {
     /// Pins host keys of never-pinned devices atomically across executors (absent in the
     /// one-shot `netcron inventory`, which has no Redis and pins nothing).
     first_contact: Option<crate::first_contact::FirstContact>,
+    /// Where live output goes (absent in the one-shot `netcron inventory`).
+    live: Option<crate::live::LiveSink>,
 }
 
 impl Runner {
@@ -63,6 +65,7 @@ impl Runner {
             config,
             slot_wait: None,
             first_contact: None,
+            live: None,
         }
     }
 
@@ -71,6 +74,13 @@ impl Runner {
     #[must_use]
     pub(crate) fn with_first_contact(mut self, pinner: crate::first_contact::FirstContact) -> Self {
         self.first_contact = Some(pinner);
+        self
+    }
+
+    /// Publishes each attempt's output live to `sink` while it runs.
+    #[must_use]
+    pub(crate) fn with_live(mut self, sink: crate::live::LiveSink) -> Self {
+        self.live = Some(sink);
         self
     }
 
@@ -336,6 +346,11 @@ impl Runner {
             };
             let started_at = Utc::now();
             let t0 = Instant::now();
+            let live = self
+                .live
+                .as_ref()
+                .map(|sink| sink.start(task.run_id, task.attempt, Arc::clone(&opened.secrets)));
+            let tap = live.as_ref().map(crate::live::Live::tap);
             let job = {
                 let auth = Arc::clone(&opened.auth);
                 let secrets = Arc::clone(&opened.secrets);
@@ -397,12 +412,14 @@ impl Runner {
                             enable_secret: enable.as_deref(),
                         },
                     };
-                    ssh::run(&target, bastion.as_ref(), &job, limits, &scrubber)
+                    ssh::run(&target, bastion.as_ref(), &job, limits, &scrubber, tap.as_ref())
                 })
             };
-            let attempt = job
-                .await
-                .map_err(|e| format!("the SSH worker thread failed: {e}"))?;
+            let attempt = job.await;
+            if let Some(live) = live {
+                live.finish().await;
+            }
+            let attempt = attempt.map_err(|e| format!("the SSH worker thread failed: {e}"))?;
             drop(slot);
             records.push(AttemptRecord {
                 started_at,

@@ -149,6 +149,7 @@ pub fn run(
     job: &Job<'_>,
     limits: Limits,
     scrubber: &Scrubber<'_>,
+    live: Option<&crate::live::Tap>,
 ) -> Attempt {
     let mut attempt = Attempt {
         status: RunStatus::Error,
@@ -162,6 +163,9 @@ pub fn run(
         jump_host_key_fingerprint: None,
         lines: None,
     };
+    use netcron_common::protocol::live::Which;
+    attempt.stdout.follow(live.cloned(), Which::Stdout);
+    attempt.stderr.follow(live.cloned(), Which::Stderr);
     match execute(target, jump, job, limits, scrubber, &mut attempt) {
         Ok(()) => {}
         Err(failure) => {

@@ -95,6 +95,10 @@ impl Executor {
                     streams: streams.clone(),
                     ttl_s: settings.executor.done_ttl.as_secs(),
                     runtime: tokio::runtime::Handle::current(),
+                })
+                .with_live(crate::live::LiveSink {
+                    redis: redis.clone(),
+                    streams: streams.clone(),
                 }),
             leases: Leases::new(streams.clone(), settings.executor.done_ttl.as_secs()),
             redis,

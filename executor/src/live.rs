@@ -1,0 +1,193 @@
+//! Live output, the executor's side (see `netcron_common::protocol::live`): what a command
+//! prints is forwarded from the SSH thread through a bounded channel to a task that batches
+//! it (every [`FLUSH`], or a full chunk), scrubs the run's secrets and appends it to the run's
+//! live stream.
+//!
+//! Invariants: the SSH thread never waits for Redis (a full channel drops the chunk: live
+//! output is a view, the stored output the record); no byte leaves unscrubbed, which needs
+//! the last `lookahead − 1` bytes held back until more output shows whether they begin a
+//! secret; an attempt's end entry is written before its result is published.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use netcron_common::protocol::Streams;
+use netcron_common::protocol::live::{EXPIRE_S, LiveEntry, MAX_CHUNK_BYTES, MAX_ENTRIES, Which};
+use netcron_common::secret::SecretString;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::output::Scrubber;
+
+/// How often buffered output is published: fast enough to read as it happens, slow enough
+/// that a chatty command costs a handful of writes a second.
+const FLUSH: Duration = Duration::from_millis(100);
+
+/// Chunks in flight from the SSH thread; beyond this, chunks are dropped.
+const CHANNEL: usize = 256;
+
+enum Message {
+    Data(Which, Vec<u8>),
+    End,
+}
+
+/// Where the SSH thread sends what the command prints. Cloning is cheap.
+#[derive(Clone, Debug)]
+pub struct Tap {
+    tx: mpsc::Sender<Message>,
+}
+
+impl Tap {
+    /// Forwards `data` without waiting; drops it when the publisher is behind.
+    pub fn send(&self, which: Which, data: &[u8]) {
+        if !data.is_empty() {
+            let _ = self.tx.try_send(Message::Data(which, data.to_vec()));
+        }
+    }
+}
+
+/// The Redis side: where live streams go.
+#[derive(Clone)]
+pub(crate) struct LiveSink {
+    pub(crate) redis: ConnectionManager,
+    pub(crate) streams: Streams,
+}
+
+/// One attempt's live output: its tap and the task that publishes it.
+pub(crate) struct Live {
+    tap: Tap,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LiveSink {
+    /// Starts publishing attempt `attempt` of `run_id`, scrubbing `secrets`.
+    pub(crate) fn start(&self, run_id: Uuid, attempt: i32, secrets: Arc<Vec<SecretString>>) -> Live {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let publisher = Publisher {
+            redis: self.redis.clone(),
+            key: self.streams.live_key(run_id),
+            attempt,
+            secrets,
+            pending: [Vec::new(), Vec::new()],
+        };
+        Live {
+            tap: Tap { tx },
+            task: tokio::spawn(publisher.run(rx)),
+        }
+    }
+}
+
+impl Live {
+    pub(crate) fn tap(&self) -> Tap {
+        self.tap.clone()
+    }
+
+    /// Publishes what is left and the end entry, and waits until they are written (or failed).
+    pub(crate) async fn finish(self) {
+        let _ = self.tap.tx.send(Message::End).await;
+        drop(self.tap);
+        let _ = self.task.await;
+    }
+}
+
+struct Publisher {
+    redis: ConnectionManager,
+    key: String,
+    attempt: i32,
+    secrets: Arc<Vec<SecretString>>,
+    /// Unpublished bytes of stdout and stderr.
+    pending: [Vec<u8>; 2],
+}
+
+fn slot(which: Which) -> usize {
+    match which {
+        Which::Stdout => 0,
+        Which::Stderr => 1,
+    }
+}
+
+impl Publisher {
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        let mut tick = tokio::time::interval(FLUSH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = rx.recv() => match message {
+                    Some(Message::Data(which, data)) => {
+                        self.pending[slot(which)].extend_from_slice(&data);
+                        if self.pending[slot(which)].len() >= MAX_CHUNK_BYTES {
+                            self.flush(false).await;
+                        }
+                    }
+                    Some(Message::End) | None => break,
+                },
+                _ = tick.tick() => self.flush(false).await,
+            }
+        }
+        self.flush(true).await;
+        let end = LiveEntry::End {
+            attempt: self.attempt,
+        };
+        self.append(vec![end]).await;
+    }
+
+    /// Publishes the pending output that is safe to show: scrubbed, and (unless `last`)
+    /// without a tail that may be the beginning of a secret or of a character.
+    async fn flush(&mut self, last: bool) {
+        let scrubber = Scrubber::new(self.secrets.iter().map(SecretString::expose));
+        let mut entries = Vec::new();
+        for which in [Which::Stdout, Which::Stderr] {
+            let pending = &mut self.pending[slot(which)];
+            if pending.is_empty() {
+                continue;
+            }
+            let (text, consumed) = scrubber.scrub_prefix(pending, last);
+            pending.drain(..consumed);
+            for chunk in chunks(&text, MAX_CHUNK_BYTES) {
+                entries.push(LiveEntry::Output {
+                    stream: which,
+                    attempt: self.attempt,
+                    data: chunk.to_owned(),
+                });
+            }
+        }
+        if !entries.is_empty() {
+            self.append(entries).await;
+        }
+    }
+
+    async fn append(&mut self, entries: Vec<LiveEntry>) {
+        let mut pipe = redis::pipe();
+        for entry in &entries {
+            pipe.cmd("XADD")
+                .arg(&self.key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(MAX_ENTRIES)
+                .arg("*")
+                .arg(entry.fields())
+                .ignore();
+        }
+        pipe.cmd("EXPIRE").arg(&self.key).arg(EXPIRE_S).ignore();
+        if let Err(e) = pipe.query_async::<()>(&mut self.redis).await {
+            tracing::debug!(error = %e, "live output not published");
+        }
+    }
+}
+
+/// `text` in pieces of at most `max` bytes, cut on character boundaries.
+fn chunks(text: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(max);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = rest.split_at(cut);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
