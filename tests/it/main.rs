@@ -3,6 +3,7 @@
 
 mod auth;
 mod commands;
+mod console;
 mod credentials;
 mod devices;
 mod docs;

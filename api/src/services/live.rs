@@ -42,7 +42,13 @@ struct Follower {
     last_id: String,
     pending: VecDeque<Update>,
     done: bool,
+    /// An attempt's end entry was read: its outcome is on its way to Postgres, so the run's
+    /// state is checked often until it lands.
+    attempt_ended: bool,
 }
+
+/// How often the run's state is checked once its attempt has ended.
+const SETTLING: Duration = Duration::from_millis(100);
 
 /// The updates of `run_id` after live entry `after` (from the start when `None`). Fails at once
 /// when the run does not exist.
@@ -57,9 +63,11 @@ pub async fn follow(
     after: Option<String>,
 ) -> Result<impl Stream<Item = Update> + use<>> {
     super::runs::status(db, run_id).await?;
-    // A connection of its own: its blocking reads must not hold up other requests.
+    // A connection of its own: its blocking reads must not hold up other requests, and its
+    // response timeout must outlast them (the default would cut every blocking read short).
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(POLL * 3));
     let conn = redis
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("redis")))?;
     let follower = Follower {
@@ -72,6 +80,7 @@ pub async fn follow(
             .unwrap_or_else(|| "0-0".to_owned()),
         pending: VecDeque::new(),
         done: false,
+        attempt_ended: false,
     };
     Ok(futures::stream::unfold(follower, |mut f| async move {
         loop {
@@ -86,7 +95,11 @@ pub async fn follow(
                 Ok(status) => status.is_terminal().then(|| status.to_string()),
                 Err(_) => Some("deleted".to_owned()),
             };
-            let block = if terminal.is_some() { None } else { Some(POLL) };
+            let block = match (&terminal, f.attempt_ended) {
+                (Some(_), _) => None,
+                (None, true) => Some(SETTLING),
+                (None, false) => Some(POLL),
+            };
             match f.read(block).await {
                 Ok(read) if read > 0 => continue,
                 Ok(_) => {}
@@ -128,18 +141,22 @@ impl Follower {
             for entry in key.ids {
                 n += 1;
                 self.last_id.clone_from(&entry.id);
-                if let Some(LiveEntry::Output {
-                    stream,
-                    attempt,
-                    data,
-                }) = LiveEntry::parse(&entry.map)
-                {
-                    self.pending.push_back(Update::Output {
-                        id: entry.id,
-                        stream: stream.as_str(),
+                match LiveEntry::parse(&entry.map) {
+                    Some(LiveEntry::Output {
+                        stream,
                         attempt,
                         data,
-                    });
+                    }) => {
+                        self.attempt_ended = false;
+                        self.pending.push_back(Update::Output {
+                            id: entry.id,
+                            stream: stream.as_str(),
+                            attempt,
+                            data,
+                        });
+                    }
+                    Some(LiveEntry::End { .. }) => self.attempt_ended = true,
+                    None => {}
                 }
             }
         }

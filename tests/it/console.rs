@@ -1,0 +1,695 @@
+//! The operator console in a real browser: Debian's Chromium driven through chromedriver
+//! (WebDriver), against the real api, scheduler, executor, sshd and fake network devices.
+//! Screenshots land in `target/console-screenshots/` (the best ones are copied to
+//! `docs/console/` for the README).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::executor::{finished, pipeline, run_now};
+use crate::helpers::{TOKEN, TestApp, id};
+use crate::network::{ENABLE_PASSWORD, FakeDevice, device as network_device};
+use crate::sshd::{TEST_PASSWORD, TEST_USER, TestSshd, free_port};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Browsers are heavy on a two-core machine: one at a time.
+static ONE_BROWSER: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// The W3C WebDriver key of an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A headless Chromium session on the app, with its own chromedriver, spoken to in plain W3C
+/// WebDriver over HTTP.
+struct Browser {
+    http: reqwest::Client,
+    /// `http://127.0.0.1:<port>/session/<id>`
+    session: String,
+    driver: Child,
+    base: String,
+    _turn: tokio::sync::SemaphorePermit<'static>,
+}
+
+/// An element of the current page.
+struct Element<'b> {
+    browser: &'b Browser,
+    id: String,
+}
+
+impl Element<'_> {
+    fn url(&self, rest: &str) -> String {
+        format!("{}/element/{}/{rest}", self.browser.session, self.id)
+    }
+
+    async fn text(&self) -> String {
+        self.browser.get_value(&self.url("text")).await.as_str().unwrap_or_default().to_owned()
+    }
+
+    async fn attr(&self, name: &str) -> Option<String> {
+        self.browser.get_value(&self.url(&format!("attribute/{name}"))).await.as_str().map(str::to_owned)
+    }
+
+    async fn prop(&self, name: &str) -> Option<String> {
+        self.browser.get_value(&self.url(&format!("property/{name}"))).await.as_str().map(str::to_owned)
+    }
+
+    async fn css(&self, name: &str) -> String {
+        self.browser.get_value(&self.url(&format!("css/{name}"))).await.as_str().unwrap_or_default().to_owned()
+    }
+
+    async fn displayed(&self) -> bool {
+        self.browser.get_value(&self.url("displayed")).await.as_bool().unwrap_or(false)
+    }
+
+    async fn click(&self) {
+        self.browser.post(&self.url("click"), json!({})).await;
+    }
+
+    async fn clear(&self) {
+        self.browser.post(&self.url("clear"), json!({})).await;
+    }
+
+    async fn send_keys(&self, text: &str) {
+        self.browser.post(&self.url("value"), json!({"text": text})).await;
+    }
+}
+
+impl Browser {
+    async fn open(base: &str) -> Browser {
+        assert!(
+            std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
+            "the console tests need Debian's chromium and chromium-driver (.ci/run installs them)"
+        );
+        let turn = ONE_BROWSER.acquire().await.expect("browser turn");
+        let port = free_port();
+        let driver = {
+            use std::os::unix::process::CommandExt as _;
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                // Its own process group, so Chromium goes with it whatever happens.
+                .process_group(0)
+                .spawn()
+                .expect("start chromedriver")
+        };
+        let http = reqwest::Client::new();
+        let root = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while http.get(format!("{root}/status")).send().await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not listen on port {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let created: Value = http
+            .post(format!("{root}/session"))
+            .json(&json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {"binary": CHROMIUM, "args": [
+                    "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                    "--window-size=1280,1000", "--lang=en-US", "--no-first-run",
+                ]}
+            }}}))
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .expect("session json");
+        let id = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("chromedriver started no session: {created}"));
+        Browser {
+            http,
+            session: format!("{root}/session/{id}"),
+            driver,
+            base: base.to_owned(),
+            _turn: turn,
+        }
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, Value> {
+        let response = request.send().await.expect("webdriver request");
+        let ok = response.status().is_success();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if ok {
+            Ok(body["value"].clone())
+        } else {
+            Err(body["value"].clone())
+        }
+    }
+
+    async fn post(&self, url: &str, body: Value) -> Value {
+        self.call(self.http.post(url).json(&body))
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+    }
+
+    async fn get_value(&self, url: &str) -> Value {
+        self.call(self.http.get(url))
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    async fn goto(&self, path: &str) {
+        self.post(
+            &format!("{}/url", self.session),
+            json!({"url": format!("{}{path}", self.base)}),
+        )
+        .await;
+    }
+
+    /// The current path and query.
+    async fn path(&self) -> String {
+        let url = self.get_value(&format!("{}/url", self.session)).await;
+        let url = url.as_str().unwrap_or_default();
+        url.strip_prefix(&self.base).unwrap_or(url).to_owned()
+    }
+
+    async fn try_find(&self, css: &str) -> Option<Element<'_>> {
+        let found = self
+            .call(
+                self.http
+                    .post(format!("{}/element", self.session))
+                    .json(&json!({"using": "css selector", "value": css})),
+            )
+            .await
+            .ok()?;
+        Some(Element {
+            browser: self,
+            id: found[ELEMENT].as_str()?.to_owned(),
+        })
+    }
+
+    async fn find(&self, css: &str) -> Element<'_> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(element) = self.try_find(css).await {
+                return element;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no element `{css}` on {}",
+                self.path().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn find_all(&self, css: &str) -> Vec<Element<'_>> {
+        let found = self
+            .post(
+                &format!("{}/elements", self.session),
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e[ELEMENT].as_str())
+            .map(|id| Element {
+                browser: self,
+                id: id.to_owned(),
+            })
+            .collect()
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.find(css).await.text().await
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let field = self.find(css).await;
+        field.clear().await;
+        field.send_keys(value).await;
+    }
+
+    async fn click(&self, css: &str) {
+        self.find(css).await.click().await;
+    }
+
+    /// Chooses the option of a `<select>` whose text is `label`.
+    async fn select(&self, css: &str, label: &str) {
+        for option in self.find_all(&format!("{css} option")).await {
+            if option.text().await == label {
+                option.click().await;
+                return;
+            }
+        }
+        panic!("`{css}` has no option `{label}`");
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.post(
+            &format!("{}/execute/sync", self.session),
+            json!({"script": script, "args": []}),
+        )
+        .await
+    }
+
+    /// Presses a key on whatever has the focus (a WebDriver key code such as Tab, U+E004).
+    async fn press(&self, key: char) {
+        let key = key.to_string();
+        self.post(
+            &format!("{}/actions", self.session),
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}),
+        )
+        .await;
+    }
+
+    async fn active(&self) -> Element<'_> {
+        let found = self
+            .get_value(&format!("{}/element/active", self.session))
+            .await;
+        Element {
+            browser: self,
+            id: found[ELEMENT].as_str().unwrap_or_default().to_owned(),
+        }
+    }
+
+    async fn resize(&self, width: u32, height: u32) {
+        self.post(
+            &format!("{}/window/rect", self.session),
+            json!({"width": width, "height": height}),
+        )
+        .await;
+    }
+
+    async fn source(&self) -> String {
+        self.get_value(&format!("{}/source", self.session))
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Whether a JavaScript dialog (`alert`) is open.
+    async fn alert_open(&self) -> bool {
+        self.call(self.http.get(format!("{}/alert/text", self.session)))
+            .await
+            .is_ok()
+    }
+
+    /// A cookie of the current page, as WebDriver describes it.
+    async fn cookie(&self, name: &str) -> Value {
+        self.get_value(&format!("{}/cookie/{name}", self.session)).await
+    }
+
+    /// Waits until `check` holds for the text of `css`.
+    async fn wait_text(&self, css: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = match self.try_find(css).await {
+                Some(e) => e.text().await,
+                None => String::new(),
+            };
+            if check(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: `{css}` on {} shows {text:?}",
+                self.path().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn shot(&self, name: &str) {
+        use base64::Engine as _;
+        let png = self
+            .get_value(&format!("{}/screenshot", self.session))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or_default())
+            .expect("screenshot PNG");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        std::fs::write(dir.join(format!("{name}.png")), png).expect("save screenshot");
+    }
+
+    async fn sign_in(&self) {
+        self.goto("/console/sign-in").await;
+        self.fill("#token", TOKEN).await;
+        self.click("main button[type=submit]").await;
+        self.find("header.top").await;
+    }
+
+    /// The session cookie's value, for requests made outside the browser.
+    async fn session_cookie(&self) -> String {
+        self.cookie("netcron_session").await["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn close(self) {
+        // Ends the session (and Chromium) cleanly when chromedriver answers in time; `Drop`
+        // stops chromedriver and whatever is left of its process group either way.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.http.delete(&self.session).send(),
+        )
+        .await;
+    }
+}
+
+fn kill_group(driver: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &format!("-{}", driver.id())])
+        .status();
+    let _ = driver.wait();
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        kill_group(&mut self.driver);
+    }
+}
+
+/// The whole first use, as a person who has never used curl would do it: sign in, register a
+/// credential, a device and a command through the forms, run it and watch its output arrive
+/// line by line, schedule it with the preview, pause the schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
+    let app = TestApp::spawn().await;
+    let _pipeline = pipeline(&app).await;
+    let sshd = TestSshd::start();
+    let b = Browser::open(&app.base).await;
+
+    // A signed-out browser is sent to sign in, and back where it was going afterwards.
+    b.goto("/console/devices").await;
+    assert_eq!(b.path().await, "/console/sign-in?next=%2Fconsole%2Fdevices");
+    b.fill("#token", "not-the-token").await;
+    b.click("main button[type=submit]").await;
+    assert_eq!(
+        b.text("#sign-in-error").await,
+        "That token is not one of this server's API tokens."
+    );
+    b.fill("#token", TOKEN).await;
+    b.click("main button[type=submit]").await;
+    b.find("h1").await;
+    assert_eq!(b.path().await, "/console/devices");
+    let cookie = b.cookie("netcron_session").await;
+    assert_eq!(cookie["httpOnly"], json!(true), "{cookie}");
+    assert_eq!(cookie["sameSite"], json!("Strict"), "{cookie}");
+    assert!(
+        !b.source().await.contains(TOKEN),
+        "the token never appears in a page"
+    );
+
+    // A credential: the password is write-only.
+    b.goto("/console/credentials/new").await;
+    b.fill("#name", "lab").await;
+    b.fill("#username", TEST_USER).await;
+    b.fill("#password", TEST_PASSWORD).await;
+    b.click("form.stack button[type=submit]").await;
+    b.wait_text("main table", "credential listed", |t| t.contains("lab"))
+        .await;
+    assert_eq!(b.path().await, "/console/credentials");
+    assert!(!b.source().await.contains(TEST_PASSWORD));
+
+    // A device, first with a bad port: the API's own rule, shown beside the field.
+    b.goto("/console/devices/new").await;
+    b.fill("#name", "lab-host").await;
+    b.fill("#host", "127.0.0.1").await;
+    b.fill("#port", "70000").await;
+    b.select("#credential_id", "lab").await;
+    b.click("form.stack button[type=submit]").await;
+    let problem = b.text(".field-error").await;
+    assert!(problem.contains("port"), "{problem}");
+    assert_eq!(b.find("#name").await.prop("value").await.as_deref(), Some("lab-host"));
+    b.fill("#port", &sshd.port.to_string()).await;
+    b.click("form.stack button[type=submit]").await;
+    assert_eq!(b.text("#device-name").await, "lab-host");
+    let device_path = b.path().await;
+    assert!(device_path.starts_with("/console/devices/"), "{device_path}");
+
+    // A command that prints slowly, run now: its lines appear while it runs.
+    b.click("#commands summary").await;
+    b.fill("#command-name", "slow").await;
+    b.fill(
+        "#command-text",
+        "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.7; done",
+    )
+    .await;
+    b.click("#commands form.stack button[type=submit]").await;
+    b.wait_text("#commands table", "command listed", |t| t.contains("slow"))
+        .await;
+    b.shot("device").await;
+    b.click("#commands button[aria-label='Run slow now']").await;
+    let live = b
+        .wait_text("#live-output", "first line live", |t| t.contains("line 1"))
+        .await;
+    assert!(
+        !live.contains("line 6"),
+        "the first line shows before the command ends: {live:?}"
+    );
+    b.wait_text("#live-output", "third line live", |t| t.contains("line 3"))
+        .await;
+    b.shot("run-live").await;
+    // When the run ends the page shows the stored output and the final status.
+    b.wait_text("#run-status", "run finished", |t| t == "succeeded")
+        .await;
+    let stored = b.text("#stdout").await;
+    assert_eq!(
+        stored,
+        "line 1\nline 2\nline 3\nline 4\nline 5\nline 6",
+        "the stored output, in order"
+    );
+    b.shot("run").await;
+
+    // A schedule, with the fire times previewed as the expression and time zone are typed.
+    b.goto(&device_path).await;
+    b.click("#commands a[href^='/console/schedules/new']").await;
+    b.fill("#cron_expression", "*/15 * * * *").await;
+    let preview = b
+        .wait_text("#preview", "preview of */15", |t| t.contains("Next fire times"))
+        .await;
+    assert_eq!(
+        b.js("return document.querySelectorAll('#preview tbody tr').length").await,
+        json!(5),
+        "{preview}"
+    );
+    assert!(
+        [":00:00 UTC", ":15:00 UTC", ":30:00 UTC", ":45:00 UTC"]
+            .iter()
+            .any(|m| preview.contains(m)),
+        "{preview}"
+    );
+    b.fill("#cron_expression", "61 * * * *").await;
+    b.wait_text("#preview", "invalid expression explained", |t| {
+        t.contains("cron_expression")
+    })
+    .await;
+    b.fill("#cron_expression", "30 2 * * *").await;
+    b.fill("#timezone", "Europe/Berlin").await;
+    let preview = b
+        .wait_text("#preview", "Berlin wall clock", |t| {
+            t.contains("Europe/Berlin") && t.contains("02:30:00 CE")
+        })
+        .await;
+    assert!(preview.contains(":30:00 UTC"), "{preview}");
+    b.shot("schedule-form").await;
+    b.click("#schedule-form button[type=submit]").await;
+    let row = b
+        .wait_text("main table", "schedule listed", |t| t.contains("slow on lab-host"))
+        .await;
+    assert!(row.contains("active"), "{row}");
+    b.click("button[aria-label='Pause slow on lab-host']").await;
+    b.wait_text("main table", "schedule paused", |t| t.contains("paused"))
+        .await;
+    let schedules = app.get("/schedules").await.json::<Value>().await.expect("json");
+    assert_eq!(schedules["items"][0]["enabled"], json!(false), "{schedules}");
+    assert_eq!(schedules["items"][0]["timezone"], json!("Europe/Berlin"));
+
+    // The overview: a chart of the day's runs, and the run that succeeded.
+    b.goto("/").await;
+    let legend = b.text(".legend").await;
+    assert!(legend.contains("succeeded: 1"), "{legend}");
+    assert_eq!(
+        b.js("return document.querySelectorAll('.chart rect.ok').length")
+            .await,
+        json!(1)
+    );
+    b.shot("overview").await;
+
+    // Keyboard: the first Tab reaches the skip link, which leads to the content.
+    b.press('\u{E004}').await;
+    assert_eq!(b.active().await.attr("class").await.as_deref(), Some("skip"));
+
+    // Phone width: nothing wider than the screen, the navigation still there.
+    b.resize(390, 844).await;
+    for page in ["/", device_path.as_str(), "/console/runs"] {
+        b.goto(page).await;
+        let fits = b
+            .js("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+            .await;
+        assert_eq!(fits, json!(true), "{page} is wider than a phone");
+        assert!(b.find("header nav").await.displayed().await);
+    }
+    b.goto("/").await;
+    b.shot("overview-phone").await;
+    b.close().await;
+}
+
+/// A configuration change on a fake switch shows as a coloured diff, unified and side by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_change_on_a_switch_shows_as_a_diff_in_the_browser() {
+    let app = TestApp::spawn().await;
+    let _pipeline = pipeline(&app).await;
+    let switch = FakeDevice::new("cisco_ios");
+    let sshd = switch.sshd();
+    let device = network_device(
+        &app,
+        "edge-sw1",
+        "cisco_ios",
+        &sshd,
+        Some(ENABLE_PASSWORD),
+        json!({}),
+    )
+    .await;
+    let backup = app
+        .create(
+            &format!("/devices/{}/commands", id(&device)),
+            json!({"name": "backup", "kind": "config_backup"}),
+        )
+        .await;
+    let first = run_now(&app, &device, &backup).await;
+    assert_eq!(finished(&app, &first).await["status"], "succeeded");
+    switch.set_config(
+        "hostname edge-sw1\n!\ninterface GigabitEthernet0/1\n description uplink to core\n!\nntp server 192.0.2.123\n!\n",
+    );
+    let second = run_now(&app, &device, &backup).await;
+    assert_eq!(finished(&app, &second).await["status"], "succeeded");
+
+    let b = Browser::open(&app.base).await;
+    b.sign_in().await;
+    b.goto(&format!("/console/devices/{}", id(&device))).await;
+    b.click("#configs-title ~ form button[type=submit]").await;
+    let removed = b.text("table.diff tr.removed").await;
+    assert!(removed.contains("description uplink"), "{removed}");
+    let mut added: Vec<String> = Vec::new();
+    for row in b.find_all("table.diff tr.added").await {
+        added.push(row.text().await);
+    }
+    assert!(
+        added.iter().any(|t| t.contains("description uplink to core"))
+            && added.iter().any(|t| t.contains("ntp server 192.0.2.123")),
+        "{added:?}"
+    );
+    // Added lines are green: the stylesheet applies under the CSP.
+    let colour = b
+        .find("table.diff tr.added td")
+        .await
+        .css("background-color")
+        .await;
+    assert_eq!(colour, "rgba(230, 255, 236, 1)");
+    b.shot("config-diff").await;
+    b.click("main p a[href*='layout=split']").await;
+    let changed = b.text("table.diff.split tr.changed").await;
+    assert!(
+        changed.contains("description uplink") && changed.contains("description uplink to core"),
+        "{changed}"
+    );
+    b.shot("config-diff-split").await;
+    b.close().await;
+}
+
+/// Hostile names render as text; a form without its CSRF token, or from another origin, is
+/// refused; signing out ends the session on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_escapes_names_refuses_forged_forms_and_signs_out() {
+    let app = TestApp::spawn().await;
+    let hostile = "<script>alert(1)</script>";
+    let cred = app
+        .create(
+            "/credentials",
+            json!({"name": "c", "username": "u", "password": "pw-1234"}),
+        )
+        .await;
+    let device = app
+        .create(
+            "/devices",
+            json!({"name": hostile, "host": "192.0.2.1", "platform": "linux",
+                   "credential_id": cred["id"], "tags": ["<b>x</b>"]}),
+        )
+        .await;
+    let b = Browser::open(&app.base).await;
+    b.sign_in().await;
+    b.goto("/console/devices").await;
+    assert_eq!(b.text("main table tbody td a").await, hostile);
+    assert_eq!(b.text("main table tbody td:nth-child(4)").await, "<b>x</b>");
+    b.goto(&format!("/console/devices/{}", id(&device))).await;
+    assert_eq!(b.text("#device-name").await, hostile);
+    assert!(!b.alert_open().await, "no script ran: no alert is open");
+    assert_eq!(
+        b.js("return Array.from(document.scripts).map(s => s.getAttribute('src')).join(',')")
+            .await,
+        json!("/console/assets/htmx.min.js,/console/assets/console.js"),
+        "only the console's own scripts are on the page"
+    );
+
+    // Forms outside the browser, with the browser's session cookie.
+    let session = b.session_cookie().await;
+    let csrf = b
+        .find("input[name=csrf]")
+        .await
+        .attr("value")
+        .await
+        .expect("csrf value");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let post = |body: String, origin: Option<&str>| {
+        let mut request = client
+            .post(format!("{}/console/credentials", app.base))
+            .header("cookie", format!("netcron_session={session}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    let form = format!("name=forged&username=u&password={TEST_PASSWORD}");
+    let missing = post(form.clone(), None).await.expect("post");
+    assert_eq!(missing.status(), 403);
+    assert!(missing.text().await.expect("body").contains("CSRF token"));
+    let wrong = post(format!("{form}&csrf=not-{csrf}"), None).await.expect("post");
+    assert_eq!(wrong.status(), 403);
+    let cross = post(format!("{form}&csrf={csrf}"), Some("http://evil.example"))
+        .await
+        .expect("post");
+    assert_eq!(cross.status(), 403, "another origin is refused even with the token");
+    let names = app.get("/credentials").await.json::<Value>().await.expect("json");
+    assert_eq!(names["items"].as_array().map(Vec::len), Some(1), "{names}");
+    let genuine = post(format!("{form}&csrf={csrf}"), None).await.expect("post");
+    assert_eq!(genuine.status(), 303, "the same form with its token is accepted");
+
+    // Signing out ends the session on the server, not only in this browser.
+    b.click("header .sign-out button").await;
+    b.find("#token").await;
+    let after = client
+        .get(format!("{}/", app.base))
+        .header("cookie", format!("netcron_session={session}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(after.status(), 303);
+    assert_eq!(
+        after.headers()["location"].to_str().expect("location"),
+        "/console/sign-in?next=%2F"
+    );
+    b.close().await;
+}
