@@ -363,10 +363,17 @@ impl Browser {
     }
 }
 
+/// Kills chromedriver's process group (chromedriver and the Chromium it started), never
+/// anything else: the group is the one `process_group(0)` gave it, named by its own pid.
 fn kill_group(driver: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &format!("-{}", driver.id())])
-        .status();
+    if let Ok(pid) = i32::try_from(driver.id())
+        && pid > 1
+    {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     let _ = driver.wait();
 }
 

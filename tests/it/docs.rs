@@ -205,9 +205,10 @@ async fn paths_work_with_and_without_a_trailing_slash() {
     assert_eq!(app.get(&format!("/credentials/{id}/")).await.status(), 200);
 }
 
-/// A browser pointed at the server's address lands on the documentation, without a token.
+/// A browser pointed at the server's address lands on the console's sign-in page (the API's
+/// documentation stays at `/docs/`, without a token).
 #[tokio::test]
-async fn the_root_redirects_to_the_docs() {
+async fn the_root_is_the_console_behind_its_sign_in() {
     let app = TestApp::spawn().await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -215,17 +216,25 @@ async fn the_root_redirects_to_the_docs() {
         .expect("client");
     let response = client.get(app.url("/")).send().await.expect("GET /");
     assert_eq!(response.status(), 303);
-    assert_eq!(response.headers()["location"], "/docs/");
+    assert_eq!(response.headers()["location"], "/console/sign-in?next=%2F");
     let followed = app.client.get(app.url("/")).send().await.expect("GET /");
     assert_eq!(followed.status(), 200);
+    let csp = followed.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp")
+        .to_owned();
     assert!(
-        followed
-            .text()
-            .await
-            .expect("body")
-            .to_lowercase()
-            .contains("swagger")
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
     );
+    let page = followed.text().await.expect("body");
+    assert!(page.contains("name=\"token\""), "{page}");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no external address: {page}"
+    );
+    let docs = app.client.get(app.url("/docs/")).send().await.expect("GET /docs/");
+    assert!(docs.text().await.expect("body").to_lowercase().contains("swagger"));
 }
 
 /// `docs/CONFIGURATION.md` is what the settings catalog generates
