@@ -15,6 +15,12 @@ function followLiveOutput(pre) {
     if (empty) {
       pre.textContent = "";
       empty = false;
+      // Output means an executor has started the run.
+      const status = document.getElementById("run-status");
+      if (status && status.textContent === "queued") {
+        status.textContent = "running";
+        status.className = "status running";
+      }
     }
     const text = chunk.data.replace(CONTROL, "");
     if (chunk.stream === "stderr") {

@@ -62,7 +62,12 @@ pub(crate) struct Live {
 
 impl LiveSink {
     /// Starts publishing attempt `attempt` of `run_id`, scrubbing `secrets`.
-    pub(crate) fn start(&self, run_id: Uuid, attempt: i32, secrets: Arc<Vec<SecretString>>) -> Live {
+    pub(crate) fn start(
+        &self,
+        run_id: Uuid,
+        attempt: i32,
+        secrets: Arc<Vec<SecretString>>,
+    ) -> Live {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let publisher = Publisher {
             redis: self.redis.clone(),

@@ -190,7 +190,11 @@ impl Capture {
     }
 
     /// Sends what is kept to `tap` as well, as `which`.
-    pub fn follow(&mut self, tap: Option<crate::live::Tap>, which: netcron_common::protocol::live::Which) {
+    pub fn follow(
+        &mut self,
+        tap: Option<crate::live::Tap>,
+        which: netcron_common::protocol::live::Which,
+    ) {
         self.live = tap.map(|t| (t, which));
     }
 

@@ -412,7 +412,14 @@ impl Runner {
                             enable_secret: enable.as_deref(),
                         },
                     };
-                    ssh::run(&target, bastion.as_ref(), &job, limits, &scrubber, tap.as_ref())
+                    ssh::run(
+                        &target,
+                        bastion.as_ref(),
+                        &job,
+                        limits,
+                        &scrubber,
+                        tap.as_ref(),
+                    )
                 })
             };
             let attempt = job.await;

@@ -45,23 +45,45 @@ impl Element<'_> {
     }
 
     async fn text(&self) -> String {
-        self.browser.get_value(&self.url("text")).await.as_str().unwrap_or_default().to_owned()
+        self.browser
+            .get_value(&self.url("text"))
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     async fn attr(&self, name: &str) -> Option<String> {
-        self.browser.get_value(&self.url(&format!("attribute/{name}"))).await.as_str().map(str::to_owned)
+        self.browser
+            .get_value(&self.url(&format!("attribute/{name}")))
+            .await
+            .as_str()
+            .map(str::to_owned)
     }
 
     async fn prop(&self, name: &str) -> Option<String> {
-        self.browser.get_value(&self.url(&format!("property/{name}"))).await.as_str().map(str::to_owned)
+        self.browser
+            .get_value(&self.url(&format!("property/{name}")))
+            .await
+            .as_str()
+            .map(str::to_owned)
     }
 
     async fn css(&self, name: &str) -> String {
-        self.browser.get_value(&self.url(&format!("css/{name}"))).await.as_str().unwrap_or_default().to_owned()
+        self.browser
+            .get_value(&self.url(&format!("css/{name}")))
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     async fn displayed(&self) -> bool {
-        self.browser.get_value(&self.url("displayed")).await.as_bool().unwrap_or(false)
+        self.browser
+            .get_value(&self.url("displayed"))
+            .await
+            .as_bool()
+            .unwrap_or(false)
     }
 
     async fn click(&self) {
@@ -73,7 +95,9 @@ impl Element<'_> {
     }
 
     async fn send_keys(&self, text: &str) {
-        self.browser.post(&self.url("value"), json!({"text": text})).await;
+        self.browser
+            .post(&self.url("value"), json!({"text": text}))
+            .await;
     }
 }
 
@@ -300,7 +324,8 @@ impl Browser {
 
     /// A cookie of the current page, as WebDriver describes it.
     async fn cookie(&self, name: &str) -> Value {
-        self.get_value(&format!("{}/cookie/{name}", self.session)).await
+        self.get_value(&format!("{}/cookie/{name}", self.session))
+            .await
     }
 
     /// Waits until `check` holds for the text of `css`.
@@ -434,12 +459,18 @@ async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
     b.click("form.stack button[type=submit]").await;
     let problem = b.text(".field-error").await;
     assert!(problem.contains("port"), "{problem}");
-    assert_eq!(b.find("#name").await.prop("value").await.as_deref(), Some("lab-host"));
+    assert_eq!(
+        b.find("#name").await.prop("value").await.as_deref(),
+        Some("lab-host")
+    );
     b.fill("#port", &sshd.port.to_string()).await;
     b.click("form.stack button[type=submit]").await;
     assert_eq!(b.text("#device-name").await, "lab-host");
     let device_path = b.path().await;
-    assert!(device_path.starts_with("/console/devices/"), "{device_path}");
+    assert!(
+        device_path.starts_with("/console/devices/"),
+        "{device_path}"
+    );
 
     // A command that prints slowly, run now: its lines appear while it runs.
     b.click("#commands summary").await;
@@ -469,8 +500,7 @@ async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
         .await;
     let stored = b.text("#stdout").await;
     assert_eq!(
-        stored,
-        "line 1\nline 2\nline 3\nline 4\nline 5\nline 6",
+        stored, "line 1\nline 2\nline 3\nline 4\nline 5\nline 6",
         "the stored output, in order"
     );
     b.shot("run").await;
@@ -480,10 +510,13 @@ async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
     b.click("#commands a[href^='/console/schedules/new']").await;
     b.fill("#cron_expression", "*/15 * * * *").await;
     let preview = b
-        .wait_text("#preview", "preview of */15", |t| t.contains("Next fire times"))
+        .wait_text("#preview", "preview of */15", |t| {
+            t.contains("Next fire times")
+        })
         .await;
     assert_eq!(
-        b.js("return document.querySelectorAll('#preview tbody tr').length").await,
+        b.js("return document.querySelectorAll('#preview tbody tr').length")
+            .await,
         json!(5),
         "{preview}"
     );
@@ -509,14 +542,25 @@ async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
     b.shot("schedule-form").await;
     b.click("#schedule-form button[type=submit]").await;
     let row = b
-        .wait_text("main table", "schedule listed", |t| t.contains("slow on lab-host"))
+        .wait_text("main table", "schedule listed", |t| {
+            t.contains("slow on lab-host")
+        })
         .await;
     assert!(row.contains("active"), "{row}");
     b.click("button[aria-label='Pause slow on lab-host']").await;
     b.wait_text("main table", "schedule paused", |t| t.contains("paused"))
         .await;
-    let schedules = app.get("/schedules").await.json::<Value>().await.expect("json");
-    assert_eq!(schedules["items"][0]["enabled"], json!(false), "{schedules}");
+    let schedules = app
+        .get("/schedules")
+        .await
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(
+        schedules["items"][0]["enabled"],
+        json!(false),
+        "{schedules}"
+    );
     assert_eq!(schedules["items"][0]["timezone"], json!("Europe/Berlin"));
 
     // The overview: a chart of the day's runs, and the run that succeeded.
@@ -532,7 +576,10 @@ async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
 
     // Keyboard: the first Tab reaches the skip link, which leads to the content.
     b.press('\u{E004}').await;
-    assert_eq!(b.active().await.attr("class").await.as_deref(), Some("skip"));
+    assert_eq!(
+        b.active().await.attr("class").await.as_deref(),
+        Some("skip")
+    );
 
     // Phone width: nothing wider than the screen, the navigation still there.
     b.resize(390, 844).await;
@@ -590,7 +637,9 @@ async fn a_config_change_on_a_switch_shows_as_a_diff_in_the_browser() {
         added.push(row.text().await);
     }
     assert!(
-        added.iter().any(|t| t.contains("description uplink to core"))
+        added
+            .iter()
+            .any(|t| t.contains("description uplink to core"))
             && added.iter().any(|t| t.contains("ntp server 192.0.2.123")),
         "{added:?}"
     );
@@ -673,16 +722,33 @@ async fn the_console_escapes_names_refuses_forged_forms_and_signs_out() {
     let missing = post(form.clone(), None).await.expect("post");
     assert_eq!(missing.status(), 403);
     assert!(missing.text().await.expect("body").contains("CSRF token"));
-    let wrong = post(format!("{form}&csrf=not-{csrf}"), None).await.expect("post");
+    let wrong = post(format!("{form}&csrf=not-{csrf}"), None)
+        .await
+        .expect("post");
     assert_eq!(wrong.status(), 403);
     let cross = post(format!("{form}&csrf={csrf}"), Some("http://evil.example"))
         .await
         .expect("post");
-    assert_eq!(cross.status(), 403, "another origin is refused even with the token");
-    let names = app.get("/credentials").await.json::<Value>().await.expect("json");
+    assert_eq!(
+        cross.status(),
+        403,
+        "another origin is refused even with the token"
+    );
+    let names = app
+        .get("/credentials")
+        .await
+        .json::<Value>()
+        .await
+        .expect("json");
     assert_eq!(names["items"].as_array().map(Vec::len), Some(1), "{names}");
-    let genuine = post(format!("{form}&csrf={csrf}"), None).await.expect("post");
-    assert_eq!(genuine.status(), 303, "the same form with its token is accepted");
+    let genuine = post(format!("{form}&csrf={csrf}"), None)
+        .await
+        .expect("post");
+    assert_eq!(
+        genuine.status(),
+        303,
+        "the same form with its token is accepted"
+    );
 
     // Signing out ends the session on the server, not only in this browser.
     b.click("header .sign-out button").await;

@@ -233,8 +233,19 @@ async fn the_root_is_the_console_behind_its_sign_in() {
         !page.contains("http://") && !page.contains("https://"),
         "no external address: {page}"
     );
-    let docs = app.client.get(app.url("/docs/")).send().await.expect("GET /docs/");
-    assert!(docs.text().await.expect("body").to_lowercase().contains("swagger"));
+    let docs = app
+        .client
+        .get(app.url("/docs/"))
+        .send()
+        .await
+        .expect("GET /docs/");
+    assert!(
+        docs.text()
+            .await
+            .expect("body")
+            .to_lowercase()
+            .contains("swagger")
+    );
 }
 
 /// `docs/CONFIGURATION.md` is what the settings catalog generates

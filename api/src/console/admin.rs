@@ -5,8 +5,8 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use sea_orm::EntityTrait as _;
 use netcron_common::entity::credential;
+use sea_orm::EntityTrait as _;
 
 use super::devices::{field_error, id};
 use super::forms::{Fields, Kind};
@@ -21,7 +21,10 @@ use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/console/credentials", get(credential_list).post(credential_create))
+        .route(
+            "/console/credentials",
+            get(credential_list).post(credential_create),
+        )
         .route("/console/credentials/new", get(credential_new))
         .route("/console/credentials/{id}", post(credential_update))
         .route("/console/credentials/{id}/edit", get(credential_edit))
@@ -143,7 +146,13 @@ async fn credential_create(State(state): State<AppState>, action: Action) -> Res
     match created {
         Ok(_) => Ok(see_other("/console/credentials")),
         Err(e) => match field_error(&e) {
-            Some(err) => credential_form(&action.operator, None, &action.form, String::new(), Some(err)),
+            Some(err) => credential_form(
+                &action.operator,
+                None,
+                &action.form,
+                String::new(),
+                Some(err),
+            ),
             None => Err(e.into()),
         },
     }
@@ -162,7 +171,13 @@ async fn credential_edit(
             .finish()
             .as_bytes(),
     );
-    credential_form(&operator, Some(c.id.to_string()), &form, c.kind.to_string(), None)
+    credential_form(
+        &operator,
+        Some(c.id.to_string()),
+        &form,
+        c.kind.to_string(),
+        None,
+    )
 }
 
 async fn credential_update(
@@ -325,7 +340,13 @@ async fn webhook_create(State(state): State<AppState>, action: Action) -> Result
         Ok(_) => Ok(see_other("/console/webhooks")),
         Err(e) => match field_error(&e) {
             Some(err) => {
-                webhook_page(&state, &action.operator, without_secret(&action.form), Some(err)).await
+                webhook_page(
+                    &state,
+                    &action.operator,
+                    without_secret(&action.form),
+                    Some(err),
+                )
+                .await
             }
             None => Err(e.into()),
         },
@@ -363,11 +384,20 @@ async fn webhook_edit(
     let webhook_id = id(&webhook_id, "webhook_id")?;
     let w = webhooks::get(&state.db, webhook_id).await?;
     let mut pairs = vec![("name".to_owned(), w.name), ("url".to_owned(), w.url)];
-    pairs.extend(w.event_types.into_iter().map(|t| ("event_types".to_owned(), t)));
+    pairs.extend(
+        w.event_types
+            .into_iter()
+            .map(|t| ("event_types".to_owned(), t)),
+    );
     if w.enabled {
         pairs.push(("enabled".into(), "on".into()));
     }
-    webhook_edit_page(&operator, webhook_id.to_string(), Fields::from_pairs(pairs), None)
+    webhook_edit_page(
+        &operator,
+        webhook_id.to_string(),
+        Fields::from_pairs(pairs),
+        None,
+    )
 }
 
 async fn webhook_update(
@@ -378,7 +408,13 @@ async fn webhook_update(
     let webhook_id = id(&webhook_id, "webhook_id")?;
     let updated = async {
         let body: WebhookPatch = action.form.body(&WEBHOOK_FIELDS)?;
-        webhooks::update(&state.db, &state.key, webhook_id, body.parse(state.webhook_policy)?).await
+        webhooks::update(
+            &state.db,
+            &state.key,
+            webhook_id,
+            body.parse(state.webhook_policy)?,
+        )
+        .await
     }
     .await;
     match updated {

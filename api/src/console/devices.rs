@@ -28,17 +28,27 @@ pub fn router() -> Router<AppState> {
         .route("/console/devices/new", get(new_form))
         .route("/console/devices/{id}", get(show).post(update))
         .route("/console/devices/{id}/edit", get(edit_form))
-        .route("/console/devices/{id}/repin", get(repin_confirm).post(repin))
+        .route(
+            "/console/devices/{id}/repin",
+            get(repin_confirm).post(repin),
+        )
         .route("/console/devices/{id}/commands", post(create_command))
-        .route("/console/devices/{id}/commands/{command_id}/run", post(run_now))
+        .route(
+            "/console/devices/{id}/commands/{command_id}/run",
+            post(run_now),
+        )
         .route("/console/devices/{id}/configs", get(config_diff))
         .route("/console/devices/{id}/inventory", get(inventory_diff))
 }
 
 /// Parses a path id for the console, naming it as the API does.
 pub fn id(text: &str, name: &str) -> Result<Uuid> {
-    Uuid::parse_str(text)
-        .map_err(|_| Shown(ApiError::bad_parameter(name, format!("`{text}` is not a UUID"))))
+    Uuid::parse_str(text).map_err(|_| {
+        Shown(ApiError::bad_parameter(
+            name,
+            format!("`{text}` is not a UUID"),
+        ))
+    })
 }
 
 pub struct DeviceRow {
@@ -171,9 +181,10 @@ pub fn field_error(e: &ApiError) -> Option<(String, String)> {
         ApiError::Validation { field, reason } | ApiError::BadParameter { field, reason } => {
             Some((field.clone(), reason.clone()))
         }
-        ApiError::Conflict { field, reason } => {
-            Some((field.clone().unwrap_or_else(|| "form".into()), reason.clone()))
-        }
+        ApiError::Conflict { field, reason } => Some((
+            field.clone().unwrap_or_else(|| "form".into()),
+            reason.clone(),
+        )),
         _ => None,
     }
 }
@@ -320,7 +331,14 @@ async fn update(
         Ok(device) => Ok(see_other(&format!("/console/devices/{}", device.id))),
         Err(e) => match field_error(&e) {
             Some(err) => {
-                form_page(&state, &action.operator, Some(device_id), action.form, Some(err)).await
+                form_page(
+                    &state,
+                    &action.operator,
+                    Some(device_id),
+                    action.form,
+                    Some(err),
+                )
+                .await
             }
             None => Err(e.into()),
         },
@@ -432,44 +450,58 @@ async fn device_page(
         },
     )
     .await?;
-    let versions = configs::list(db, device_id, PageRequest { limit: 50, after: None })
-        .await?
-        .into_iter()
-        .map(|v| Version {
-            version: v.version,
-            collected: view::when(v.created_at),
-            run_id: v.run_id.to_string(),
-        })
-        .collect();
-    let inventories = inventory::history(db, device_id, PageRequest { limit: 20, after: None })
-        .await?
-        .into_iter()
-        .map(|c| {
-            let i = c.inventory;
-            InventoryView {
-                run_id: c.run_id.to_string(),
-                collected: view::when(i.collected_at),
-                source: format!("{:?}", i.source).to_lowercase(),
-                os: [i.os.name, i.os.display_version, i.os.full_build]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(" · "),
-                host: [i.system.hostname, i.system.domain]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join("."),
-                hardware: [i.system.manufacturer, i.system.model, i.system.cpu]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(" · "),
-                software: i.software.len(),
-                hotfixes: i.hotfixes.len(),
-            }
-        })
-        .collect();
+    let versions = configs::list(
+        db,
+        device_id,
+        PageRequest {
+            limit: 50,
+            after: None,
+        },
+    )
+    .await?
+    .into_iter()
+    .map(|v| Version {
+        version: v.version,
+        collected: view::when(v.created_at),
+        run_id: v.run_id.to_string(),
+    })
+    .collect();
+    let inventories = inventory::history(
+        db,
+        device_id,
+        PageRequest {
+            limit: 20,
+            after: None,
+        },
+    )
+    .await?
+    .into_iter()
+    .map(|c| {
+        let i = c.inventory;
+        InventoryView {
+            run_id: c.run_id.to_string(),
+            collected: view::when(i.collected_at),
+            source: format!("{:?}", i.source).to_lowercase(),
+            os: [i.os.name, i.os.display_version, i.os.full_build]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" · "),
+            host: [i.system.hostname, i.system.domain]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("."),
+            hardware: [i.system.manufacturer, i.system.model, i.system.cpu]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" · "),
+            software: i.software.len(),
+            hotfixes: i.hotfixes.len(),
+        }
+    })
+    .collect();
     let mut response = render(&DevicePage {
         chrome: Chrome::new(operator, "devices"),
         id: d.id.to_string(),
@@ -504,7 +536,14 @@ async fn show(
     Path(device_id): Path<String>,
 ) -> Result<Response> {
     let device_id = id(&device_id, "device_id")?;
-    device_page(&state, &operator, device_id, Fields::parse(b"kind=shell&timeout_s=60"), None).await
+    device_page(
+        &state,
+        &operator,
+        device_id,
+        Fields::parse(b"kind=shell&timeout_s=60"),
+        None,
+    )
+    .await
 }
 
 async fn create_command(
@@ -527,7 +566,9 @@ async fn create_command(
     match created {
         Ok(_) => Ok(see_other(&format!("/console/devices/{device_id}#commands"))),
         Err(e) => match field_error(&e) {
-            Some(err) => device_page(&state, &action.operator, device_id, action.form, Some(err)).await,
+            Some(err) => {
+                device_page(&state, &action.operator, device_id, action.form, Some(err)).await
+            }
             None => Err(e.into()),
         },
     }
@@ -680,7 +721,10 @@ fn version(text: Option<&str>, field: &str) -> Result<Option<i32>> {
     match text.map(str::trim).filter(|t| !t.is_empty()) {
         None => Ok(None),
         Some(t) => t.parse().map(Some).map_err(|_| {
-            Shown(ApiError::bad_parameter(field, format!("`{t}` is not a version number")))
+            Shown(ApiError::bad_parameter(
+                field,
+                format!("`{t}` is not a version number"),
+            ))
         }),
     }
 }
@@ -737,7 +781,10 @@ async fn inventory_diff(
     let mut changes: Vec<(&'static str, String)> = Vec::new();
     let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
     if let Some(build) = &diff.os_build_changed {
-        changes.push(("changed", format!("OS build {} → {}", version(&build.from), version(&build.to))));
+        changes.push((
+            "changed",
+            format!("OS build {} → {}", version(&build.from), version(&build.to)),
+        ));
     }
     for s in &diff.software_added {
         changes.push(("added", format!("{} {}", s.name, version(&s.version))));
@@ -748,7 +795,12 @@ async fn inventory_diff(
     for s in &diff.software_upgraded {
         changes.push((
             "changed",
-            format!("{} {} → {}", s.name, version(&s.from_version), version(&s.to_version)),
+            format!(
+                "{} {} → {}",
+                s.name,
+                version(&s.from_version),
+                version(&s.to_version)
+            ),
         ));
     }
     for h in &diff.hotfixes_added {

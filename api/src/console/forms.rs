@@ -16,7 +16,9 @@ pub struct Fields(Vec<(String, String)>);
 
 impl std::fmt::Debug for Fields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
     }
 }
 
@@ -91,9 +93,11 @@ impl Fields {
                     .map(|v| Value::String(v.to_owned())),
                 Kind::Nullable => Some(text.map_or(Value::Null, |t| Value::String(t.to_owned()))),
                 Kind::Int => text.map(|t| whole(name, t)).transpose()?,
-                Kind::NullableInt => {
-                    Some(text.map(|t| whole(name, t)).transpose()?.unwrap_or(Value::Null))
-                }
+                Kind::NullableInt => Some(
+                    text.map(|t| whole(name, t))
+                        .transpose()?
+                        .unwrap_or(Value::Null),
+                ),
                 Kind::Check => Some(Value::Bool(self.get(name).is_some())),
                 Kind::List => Some(Value::Array(
                     text.unwrap_or_default()
@@ -103,7 +107,9 @@ impl Fields {
                         .collect(),
                 )),
                 Kind::Repeated => Some(Value::Array(
-                    self.all(name).map(|w| Value::String(w.to_owned())).collect(),
+                    self.all(name)
+                        .map(|w| Value::String(w.to_owned()))
+                        .collect(),
                 )),
             };
             if let Some(value) = value {
@@ -113,7 +119,14 @@ impl Fields {
         serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
             let field = e.path().to_string();
             let reason = e.into_inner().to_string();
-            ApiError::validation(if field == "." { "body".to_owned() } else { field }, reason)
+            ApiError::validation(
+                if field == "." {
+                    "body".to_owned()
+                } else {
+                    field
+                },
+                reason,
+            )
         })
     }
 }
@@ -154,7 +167,10 @@ mod tests {
         assert_eq!(b.port, None);
         assert_eq!(b.tags, ["a", "b", "c"]);
         assert!(b.enabled);
-        assert_eq!(b.fingerprint, None, "null deserializes as None without `nullable`");
+        assert_eq!(
+            b.fingerprint, None,
+            "null deserializes as None without `nullable`"
+        );
         let err = Fields::parse(b"name=x&port=22a")
             .body::<Body>(&[("name", Kind::Text), ("port", Kind::Int)])
             .unwrap_err();

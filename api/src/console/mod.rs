@@ -98,7 +98,11 @@ pub fn render<T: askama::Template>(template: &T) -> Result<Response> {
     template
         .render()
         .map(|html| Html(html).into_response())
-        .map_err(|e| Shown(ApiError::Internal(anyhow::Error::new(e).context("rendering a page"))))
+        .map_err(|e| {
+            Shown(ApiError::Internal(
+                anyhow::Error::new(e).context("rendering a page"),
+            ))
+        })
 }
 
 /// After a successful form post, the browser is sent to the page that shows the result (so a
@@ -142,7 +146,10 @@ async fn secure_headers(request: axum::extract::Request, next: Next) -> Response
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !is_asset {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -199,9 +206,7 @@ struct NextParam {
 /// Only a path of this origin is followed after sign-in, never another site.
 fn local_path(next: Option<&str>) -> String {
     match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => {
-            p.to_owned()
-        }
+        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_owned(),
         _ => "/".to_owned(),
     }
 }

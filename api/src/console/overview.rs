@@ -78,10 +78,7 @@ const BAR_STEP: i64 = 30;
 
 fn chart(counts: &[overview::HourCount]) -> (Vec<Bar>, [i64; 4]) {
     let now = Utc::now();
-    let first = now
-        .duration_trunc(Duration::hours(1))
-        .unwrap_or(now)
-        - Duration::hours(23);
+    let first = now.duration_trunc(Duration::hours(1)).unwrap_or(now) - Duration::hours(23);
     let mut slots = [[0i64; 4]; 24];
     let mut totals = [0i64; 4];
     for c in counts {
@@ -93,7 +90,12 @@ fn chart(counts: &[overview::HourCount]) -> (Vec<Bar>, [i64; 4]) {
             totals[group(&c.status)] += c.runs;
         }
     }
-    let peak = slots.iter().map(|s| s.iter().sum::<i64>()).max().unwrap_or(0).max(1);
+    let peak = slots
+        .iter()
+        .map(|s| s.iter().sum::<i64>())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let bars = slots
         .iter()
         .enumerate()
@@ -125,7 +127,10 @@ fn chart(counts: &[overview::HourCount]) -> (Vec<Bar>, [i64; 4]) {
     (bars, totals)
 }
 
-pub async fn show(State(state): State<AppState>, operator: super::session::Operator) -> Result<Response> {
+pub async fn show(
+    State(state): State<AppState>,
+    operator: super::session::Operator,
+) -> Result<Response> {
     let db = &state.db;
     let (bars, totals) = chart(&overview::runs_by_hour(db).await?);
     let recent = PageRequest {
@@ -154,7 +159,7 @@ pub async fn show(State(state): State<AppState>, operator: super::session::Opera
         };
         failures.extend(runs::list(db, filter, recent).await?);
     }
-    failures.sort_by(|a, b| b.id.cmp(&a.id));
+    failures.sort_by_key(|r| std::cmp::Reverse(r.id));
     failures.truncate(10);
     let unreachable = overview::unreachable_devices(db)
         .await?

@@ -255,11 +255,18 @@ async fn show(
         .into_iter()
         .enumerate()
         .map(|(i, a)| {
-            let field = |name: &str| a.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let field = |name: &str| {
+                a.get(name)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             AttemptRow {
                 n: i + 1,
                 started: field("started_at"),
-                duration: view::duration_ms(a.get("duration_ms").and_then(serde_json::Value::as_i64)),
+                duration: view::duration_ms(
+                    a.get("duration_ms").and_then(serde_json::Value::as_i64),
+                ),
                 status: field("status"),
                 error: [field("error_kind"), field("error_message")]
                     .into_iter()

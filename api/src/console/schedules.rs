@@ -109,10 +109,7 @@ async fn list(State(state): State<AppState>, operator: Operator) -> Result<Respo
             },
             enabled: s.enabled,
             paused_reason: s.paused_reason.unwrap_or_default(),
-            policies: format!(
-                "misfire {}, overlap {}",
-                s.misfire_policy, s.overlap_policy
-            ),
+            policies: format!("misfire {}, overlap {}", s.misfire_policy, s.overlap_policy),
         })
         .collect();
     render(&ListPage {
@@ -326,18 +323,18 @@ async fn new_form(
     Query(params): Query<NewParams>,
 ) -> Result<Response> {
     let values = {
-    let mut values = form_urlencoded::Serializer::new(String::new());
-    values.extend_pairs([
-        ("cron_expression", "0 2 * * *"),
-        ("timezone", "UTC"),
-        ("enabled", "on"),
-        ("misfire_policy", "run_once"),
-        ("overlap_policy", "skip"),
-    ]);
-    if let Some(c) = &params.command_id {
-        values.append_pair("command_id", c);
-    }
-    Fields::parse(values.finish().as_bytes())
+        let mut values = form_urlencoded::Serializer::new(String::new());
+        values.extend_pairs([
+            ("cron_expression", "0 2 * * *"),
+            ("timezone", "UTC"),
+            ("enabled", "on"),
+            ("misfire_policy", "run_once"),
+            ("overlap_policy", "skip"),
+        ]);
+        if let Some(c) = &params.command_id {
+            values.append_pair("command_id", c);
+        }
+        Fields::parse(values.finish().as_bytes())
     };
     form_page(&state, &operator, None, String::new(), values, None).await
 }
@@ -366,8 +363,15 @@ async fn create(State(state): State<AppState>, action: Action) -> Result<Respons
         Ok(_) => Ok(see_other("/console/schedules")),
         Err(e) => match field_error(&e) {
             Some(err) => {
-                form_page(&state, &action.operator, None, String::new(), action.form, Some(err))
-                    .await
+                form_page(
+                    &state,
+                    &action.operator,
+                    None,
+                    String::new(),
+                    action.form,
+                    Some(err),
+                )
+                .await
             }
             None => Err(e.into()),
         },
@@ -382,23 +386,31 @@ async fn edit_form(
     let schedule_id = id(&schedule_id, "schedule_id")?;
     let s = schedules::get(&state.db, schedule_id).await?;
     let values = {
-    let mut values = form_urlencoded::Serializer::new(String::new());
-    values.extend_pairs([
-        ("cron_expression", s.cron_expression.clone()),
-        ("timezone", s.timezone.clone()),
-        ("misfire_policy", s.misfire_policy.to_string()),
-        ("overlap_policy", s.overlap_policy.to_string()),
-        ("start_at", s.start_at.map(|t| t.to_rfc3339()).unwrap_or_default()),
-        ("end_at", s.end_at.map(|t| t.to_rfc3339()).unwrap_or_default()),
-        (
-            "pause_after_failures",
-            s.pause_after_failures.map(|n| n.to_string()).unwrap_or_default(),
-        ),
-    ]);
-    if s.enabled {
-        values.append_pair("enabled", "on");
-    }
-    Fields::parse(values.finish().as_bytes())
+        let mut values = form_urlencoded::Serializer::new(String::new());
+        values.extend_pairs([
+            ("cron_expression", s.cron_expression.clone()),
+            ("timezone", s.timezone.clone()),
+            ("misfire_policy", s.misfire_policy.to_string()),
+            ("overlap_policy", s.overlap_policy.to_string()),
+            (
+                "start_at",
+                s.start_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            ),
+            (
+                "end_at",
+                s.end_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            ),
+            (
+                "pause_after_failures",
+                s.pause_after_failures
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+            ),
+        ]);
+        if s.enabled {
+            values.append_pair("enabled", "on");
+        }
+        Fields::parse(values.finish().as_bytes())
     };
     let label = labelled(&state.db, vec![s])
         .await?

@@ -172,7 +172,11 @@ pub fn sign_in_redirect(parts: &Parts) -> Response {
     );
     if parts.headers.contains_key("hx-request") {
         // htmx follows a redirect inside the fragment; this header makes it load the page.
-        return ([("hx-redirect", target)], axum::http::StatusCode::UNAUTHORIZED).into_response();
+        return (
+            [("hx-redirect", target)],
+            axum::http::StatusCode::UNAUTHORIZED,
+        )
+            .into_response();
     }
     Redirect::to(&target).into_response()
 }
@@ -232,8 +236,8 @@ impl FromRequest<AppState> for Action {
             })?;
         let form = super::forms::Fields::parse(&bytes);
         let presented = header_token.or_else(|| form.get("csrf").map(str::to_owned));
-        let token_ok = presented
-            .is_some_and(|p| bool::from(p.as_bytes().ct_eq(operator.csrf.as_bytes())));
+        let token_ok =
+            presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(operator.csrf.as_bytes())));
         if !(token_ok && origin_ok) {
             return Err(super::Shown(ApiError::Forbidden(
                 "this form was not sent by this console session (its CSRF token is missing or \

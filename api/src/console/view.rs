@@ -53,7 +53,10 @@ pub struct RunRow {
 }
 
 /// Device and command names for a page of runs, in two queries whatever the page size.
-pub async fn run_rows(db: &DatabaseConnection, runs: Vec<RunSummary>) -> Result<Vec<RunRow>, sea_orm::DbErr> {
+pub async fn run_rows(
+    db: &DatabaseConnection,
+    runs: Vec<RunSummary>,
+) -> Result<Vec<RunRow>, sea_orm::DbErr> {
     let device_ids: Vec<Uuid> = runs.iter().map(|r| r.device_id).collect();
     let command_ids: Vec<Uuid> = runs.iter().map(|r| r.command_id).collect();
     let devices: HashMap<Uuid, String> = device::Entity::find()

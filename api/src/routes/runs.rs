@@ -520,10 +520,14 @@ async fn live_output(
 
 /// The live output of `id` as an SSE response, resuming after the request's `Last-Event-ID`
 /// (the console's run page uses the same).
-pub(crate) async fn live_events(state: &AppState, id: Uuid, headers: &HeaderMap) -> Result<Response> {
+pub(crate) async fn live_events(
+    state: &AppState,
+    id: Uuid,
+    headers: &HeaderMap,
+) -> Result<Response> {
+    use crate::services::live::Update;
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt as _;
-    use crate::services::live::Update;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -539,8 +543,7 @@ pub(crate) async fn live_events(state: &AppState, id: Uuid, headers: &HeaderMap)
                 attempt,
                 data,
             } => Event::default().event("output").id(id).data(
-                serde_json::json!({"stream": stream, "attempt": attempt, "data": data})
-                    .to_string(),
+                serde_json::json!({"stream": stream, "attempt": attempt, "data": data}).to_string(),
             ),
             Update::End { status } => Event::default()
                 .event("end")
