@@ -766,3 +766,120 @@ async fn the_console_escapes_names_refuses_forged_forms_and_signs_out() {
     );
     b.close().await;
 }
+
+/// Reads Server-Sent Events from `response` until an `end` event: each event's name, id and
+/// JSON data.
+async fn read_events(mut response: reqwest::Response) -> Vec<(String, Option<String>, Value)> {
+    let mut events = Vec::new();
+    let mut buffer = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        response.chunk(),
+    )
+    .await
+    {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut name, mut id, mut data) = (String::new(), None, Value::Null);
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    name = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).expect("event data is JSON");
+                }
+            }
+            if name.is_empty() {
+                continue; // a keep-alive comment
+            }
+            let done = name == "end";
+            events.push((name, id, data));
+            if done {
+                return events;
+            }
+        }
+    }
+    panic!("no end event within 30 s; got {events:?}");
+}
+
+/// The live feed over the API: chunks arrive while the command runs, the password the device
+/// echoes is masked in them as in the stored output, a client resumes after the last id it saw,
+/// and a finished run's feed is only its end.
+#[tokio::test]
+async fn live_output_streams_scrubbed_chunks_then_the_end_over_sse() {
+    let app = TestApp::spawn().await;
+    let _pipeline = pipeline(&app).await;
+    let sshd = TestSshd::start();
+    let device = crate::executor::password_device(&app, "live", sshd.port, TEST_PASSWORD).await;
+    let command = crate::executor::command(
+        &app,
+        &device,
+        json!({"command": format!(
+            "echo start; sleep 1; echo 'pw={TEST_PASSWORD}'; sleep 1; echo done >&2"
+        )}),
+    )
+    .await;
+    let run = run_now(&app, &device, &command).await;
+    let started = Instant::now();
+    let response = app.get(&format!("/runs/{run}/output/live")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().expect("type"),
+        "text/event-stream"
+    );
+    let events = read_events(response).await;
+    let outputs: Vec<&Value> = events
+        .iter()
+        .filter(|(name, _, _)| name == "output")
+        .map(|(_, _, data)| data)
+        .collect();
+    let stdout: String = outputs
+        .iter()
+        .filter(|d| d["stream"] == "stdout")
+        .map(|d| d["data"].as_str().unwrap_or_default())
+        .collect();
+    let stderr: String = outputs
+        .iter()
+        .filter(|d| d["stream"] == "stderr")
+        .map(|d| d["data"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(stdout, "start\npw=********\n");
+    assert_eq!(stderr, "done\n");
+    assert!(
+        outputs.len() >= 2,
+        "the output came in pieces as it was printed: {outputs:?}"
+    );
+    let (_, _, end) = events.last().expect("end");
+    assert_eq!(end["status"], "succeeded");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it followed the run"
+    );
+    let stored = finished(&app, &run).await;
+    assert_eq!(
+        stored["stdout"],
+        json!(stdout),
+        "live and stored output agree"
+    );
+
+    // Resuming after the first chunk's id gives the rest, and the end.
+    let first_id = events[0].1.clone().expect("output events have ids");
+    let resumed = app
+        .request(reqwest::Method::GET, &format!("/runs/{run}/output/live"))
+        .header("last-event-id", first_id)
+        .send()
+        .await
+        .expect("resume");
+    let rest = read_events(resumed).await;
+    assert_eq!(rest.len(), events.len() - 1, "{rest:?}");
+    assert_eq!(rest.last().map(|e| e.0.as_str()), Some("end"));
+
+    // Without a token: 401, as every API route.
+    let anonymous = reqwest::get(app.url(&format!("/runs/{run}/output/live")))
+        .await
+        .expect("get");
+    assert_eq!(anonymous.status(), 401);
+}
