@@ -18,7 +18,8 @@ use crate::ExecutorConfig;
 use crate::cli::{self, ChannelMode, Driver};
 use crate::inventory;
 use crate::output::Scrubber;
-use crate::ssh::{self, Auth, Job, Limits, Target};
+use crate::metrics::SessionMetrics;
+use crate::ssh::{self, Auth, Job, Limits, Pool, Reuse, SessionKey, Target};
 
 /// What one connection does, owned so it can move to the blocking thread.
 #[derive(Clone)]
@@ -52,6 +53,9 @@ pub struct Runner {
     /// Pins host keys of never-pinned devices atomically across executors (absent in the
     /// one-shot `netcron inventory`, which has no Redis and pins nothing).
     first_contact: Option<crate::first_contact::FirstContact>,
+    /// Sessions kept open between runs of a device (absent in the one-shot `netcron
+    /// inventory`, which runs once).
+    sessions: Option<Arc<Pool>>,
 }
 
 impl Runner {
@@ -63,6 +67,28 @@ impl Runner {
             config,
             slot_wait: None,
             first_contact: None,
+            sessions: None,
+        }
+    }
+
+    /// Keeps SSH sessions open for `NETCRON_SSH_IDLE_S` after a run, for the device's next
+    /// run. At most four per global slot are kept idle, so a fan-out over thousands of devices
+    /// cannot pile up open sockets.
+    #[must_use]
+    pub fn with_session_pool(mut self, metrics: SessionMetrics) -> Self {
+        let max_idle = self.config.concurrency.saturating_mul(4);
+        self.sessions = Some(Pool::start(self.config.ssh_idle, max_idle, metrics));
+        self
+    }
+
+    /// Closes the pooled sessions cleanly (the executor is stopping); later runs log in afresh
+    /// and close their sessions when done.
+    pub async fn close_sessions(&self) {
+        if let Some(pool) = &self.sessions {
+            let pool = Arc::clone(pool);
+            if let Err(e) = tokio::task::spawn_blocking(move || pool.close_all()).await {
+                tracing::warn!(error = %e, "closing pooled SSH sessions failed");
+            }
         }
     }
 
@@ -351,6 +377,8 @@ impl Runner {
                     .unwrap_or_default();
                 let work = Arc::clone(&work);
                 let pinner = self.first_contact.clone();
+                let pool = self.sessions.clone();
+                let key = session_key(task, &username);
                 // The command can tell its run and attempt apart, e.g. to make a change once.
                 let env = [
                     ("NETCRON_RUN_ID", task.run_id.to_string()),
@@ -397,7 +425,20 @@ impl Runner {
                             enable_secret: enable.as_deref(),
                         },
                     };
-                    ssh::run(&target, bastion.as_ref(), &job, limits, &scrubber)
+                    let reuse = pool.as_deref().map(|pool| Reuse {
+                        pool,
+                        device: device.id,
+                        key,
+                        keep: device.session_reuse,
+                    });
+                    ssh::run(
+                        &target,
+                        bastion.as_ref(),
+                        &job,
+                        limits,
+                        &scrubber,
+                        reuse.as_ref(),
+                    )
                 })
             };
             let attempt = job
@@ -538,6 +579,54 @@ impl Runner {
             ),
         })
     }
+}
+
+/// What a pooled session of the task's device must match: every field that decides which
+/// server is reached, how and as whom — the credential as its sealed bytes, so an edit (sealed
+/// anew) never meets a session of the old one. The device's own pin is compared apart (see
+/// `ssh::pool`); the jump host's is part of the key.
+fn session_key(task: &Task, login_name: &str) -> SessionKey {
+    let d = &task.device;
+    let c = &task.credential;
+    let port = d.port.to_string();
+    let device_id = d.id.to_string();
+    let credential_id = c.id.to_string();
+    let mut parts: Vec<&str> = vec![
+        &device_id,
+        &d.host,
+        &port,
+        d.platform.as_str(),
+        if d.legacy_algorithms { "legacy" } else { "modern" },
+        login_name,
+        &credential_id,
+        c.kind.as_str(),
+        &c.secret,
+        c.passphrase.as_deref().unwrap_or("-"),
+        c.enable_secret.as_deref().unwrap_or("-"),
+    ];
+    let jump = d.jump_host.as_ref().map(|j| {
+        (
+            j.id.to_string(),
+            j.port.to_string(),
+            j.credential.id.to_string(),
+        )
+    });
+    match (&d.jump_host, &jump) {
+        (Some(j), Some((id, port, credential_id))) => parts.extend([
+            "jump",
+            id.as_str(),
+            &j.host,
+            port.as_str(),
+            j.host_key_fingerprint.as_deref().unwrap_or("-"),
+            if j.legacy_algorithms { "legacy" } else { "modern" },
+            credential_id.as_str(),
+            &j.credential.username,
+            &j.credential.secret,
+            j.credential.passphrase.as_deref().unwrap_or("-"),
+        ]),
+        _ => parts.push("direct"),
+    }
+    SessionKey::of(parts)
 }
 
 /// The outcome of a connection's last attempt, its output decoded and scrubbed.
