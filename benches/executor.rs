@@ -546,7 +546,9 @@ async fn main() {
 async fn reuse_phase(bench: &Bench, ssh_runs: usize, same_device: &[usize]) {
     let sshd = Sshd::start();
     let key = std::fs::read_to_string(&sshd.key).expect("key");
-    println!("\n## Session reuse: {ssh_runs} SSH runs (`true`), reuse off vs on vs OpenSSH ControlMaster\n");
+    println!(
+        "\n## Session reuse: {ssh_runs} SSH runs (`true`), reuse off vs on vs OpenSSH ControlMaster\n"
+    );
     println!(
         "| workload | concurrency | reuse off runs/s | reuse on runs/s | on/off | ControlMaster runs/s | on/ControlMaster | errors (off, on, CM) | netcron CPU ms/run (off, on) |"
     );
@@ -558,7 +560,9 @@ async fn reuse_phase(bench: &Bench, ssh_runs: usize, same_device: &[usize]) {
     workloads.push(("20 devices".to_owned(), 20, 20, 1));
     let mut errors = Vec::new();
     for (name, devices, concurrency, per_device) in workloads {
-        let fleet = bench.fleet(&sshd.user, &key, sshd.port, devices, "shell").await;
+        let fleet = bench
+            .fleet(&sshd.user, &key, sshd.port, devices, "shell")
+            .await;
         let mut measured = Vec::new();
         for idle in [Duration::ZERO, Duration::from_secs(30)] {
             let (token, handle) = bench.executor_with(concurrency, per_device, idle).await;
@@ -576,7 +580,11 @@ async fn reuse_phase(bench: &Bench, ssh_runs: usize, same_device: &[usize]) {
             if bad > 0 {
                 errors.push((name.clone(), bench.error_kinds(&ids).await));
             }
-            measured.push((ssh_runs as f64 / elapsed, bad, cpu / ssh_runs as f64 * 1000.0));
+            measured.push((
+                ssh_runs as f64 / elapsed,
+                bad,
+                cpu / ssh_runs as f64 * 1000.0,
+            ));
         }
         let (cm, cm_failures) = sshd.openssh_control_master(ssh_runs, concurrency, devices);
         let (off, on) = (measured[0], measured[1]);

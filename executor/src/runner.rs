@@ -17,8 +17,8 @@ use uuid::Uuid;
 use crate::ExecutorConfig;
 use crate::cli::{self, ChannelMode, Driver};
 use crate::inventory;
-use crate::output::Scrubber;
 use crate::metrics::SessionMetrics;
+use crate::output::Scrubber;
 use crate::ssh::{self, Auth, Job, Limits, Pool, Reuse, SessionKey, Target};
 
 /// What one connection does, owned so it can move to the blocking thread.
@@ -596,7 +596,11 @@ fn session_key(task: &Task, login_name: &str) -> SessionKey {
         &d.host,
         &port,
         d.platform.as_str(),
-        if d.legacy_algorithms { "legacy" } else { "modern" },
+        if d.legacy_algorithms {
+            "legacy"
+        } else {
+            "modern"
+        },
         login_name,
         &credential_id,
         c.kind.as_str(),
@@ -618,7 +622,11 @@ fn session_key(task: &Task, login_name: &str) -> SessionKey {
             &j.host,
             port.as_str(),
             j.host_key_fingerprint.as_deref().unwrap_or("-"),
-            if j.legacy_algorithms { "legacy" } else { "modern" },
+            if j.legacy_algorithms {
+                "legacy"
+            } else {
+                "modern"
+            },
             credential_id.as_str(),
             &j.credential.username,
             &j.credential.secret,

@@ -243,7 +243,9 @@ fn execute(
             }
         };
         attempt.host_key_fingerprint.clone_from(&conn.host_key);
-        attempt.jump_host_key_fingerprint.clone_from(&conn.jump_host_key);
+        attempt
+            .jump_host_key_fingerprint
+            .clone_from(&conn.jump_host_key);
         if let Some(pump) = &conn.pump {
             pump.extend(limits);
         }
@@ -273,7 +275,9 @@ fn execute(
             Use::Ran { result, reusable } => (result, reusable),
         };
         match (keep, reusable) {
-            (Some(r), Ok(())) => r.pool.checkin(r.device, r.key, target.pinned_host_key, conn),
+            (Some(r), Ok(())) => r
+                .pool
+                .checkin(r.device, r.key, target.pinned_host_key, conn),
             (Some(r), Err(reason)) => r.pool.close(conn, reason),
             (None, _) => conn.close("done"),
         }
@@ -527,7 +531,15 @@ fn exec(
             })
     };
     let ran = opened.and_then(|channel| {
-        run_on(channel, waiter, command, env, limits, command_deadline, attempt)
+        run_on(
+            channel,
+            waiter,
+            command,
+            env,
+            limits,
+            command_deadline,
+            attempt,
+        )
     });
     match ran {
         Ok(closed) => Use::Ran {

@@ -187,9 +187,13 @@ impl TestSshd {
         self.log()
             .lines()
             .filter(|line| {
-                ["Accepted publickey", "Accepted password", "Accepted keyboard"]
-                    .iter()
-                    .any(|m| line.contains(m))
+                [
+                    "Accepted publickey",
+                    "Accepted password",
+                    "Accepted keyboard",
+                ]
+                .iter()
+                .any(|m| line.contains(m))
             })
             .count()
     }
@@ -343,7 +347,12 @@ fn descendants(root: u32) -> Vec<u32> {
     let mut found = vec![root];
     let mut i = 0;
     while let Some(&parent) = found.get(i) {
-        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     found.retain(|p| *p != root);

@@ -160,7 +160,8 @@ impl<'s> CliSession<'s> {
             match driver.leave_mode {
                 Some(command) if !left_mode => {
                     left_mode = true;
-                    cli.send(&format!("{command}\n")).map_err(|_| Discard::Dead)?;
+                    cli.send(&format!("{command}\n"))
+                        .map_err(|_| Discard::Dead)?;
                     cli.command_probe()?;
                 }
                 _ => return Err(Discard::Prompt),

@@ -276,8 +276,9 @@ impl Pool {
         let mut gone = Vec::new();
         let mut next: Option<Instant> = None;
         for sessions in state.devices.values_mut() {
-            let (old, young): (Vec<Idle>, Vec<Idle>) =
-                std::mem::take(sessions).into_iter().partition(|i| i.until <= now);
+            let (old, young): (Vec<Idle>, Vec<Idle>) = std::mem::take(sessions)
+                .into_iter()
+                .partition(|i| i.until <= now);
             gone.extend(old.into_iter().map(|i| i.conn));
             for i in &young {
                 next = Some(next.map_or(i.until, |n| n.min(i.until)));
@@ -307,7 +308,11 @@ fn take_oldest(state: &mut State) -> Option<Connection> {
     let (device, index) = state
         .devices
         .iter()
-        .flat_map(|(d, v)| v.iter().enumerate().map(move |(i, idle)| (*d, i, idle.until)))
+        .flat_map(|(d, v)| {
+            v.iter()
+                .enumerate()
+                .map(move |(i, idle)| (*d, i, idle.until))
+        })
         .min_by_key(|(_, _, until)| *until)
         .map(|(d, i, _)| (d, i))?;
     let sessions = state.devices.get_mut(&device)?;
@@ -338,7 +343,10 @@ fn reap(weak: &Weak<Pool>) {
             return;
         }
         // Bounded, so that a pool dropped while this waits is noticed.
-        let wait = next.unwrap_or(pool.idle).min(pool.idle).min(Duration::from_secs(5));
+        let wait = next
+            .unwrap_or(pool.idle)
+            .min(pool.idle)
+            .min(Duration::from_secs(5));
         let _ = pool.changed.wait_timeout(state, wait);
     }
 }
