@@ -583,8 +583,8 @@ impl Runner {
 
 /// What a pooled session of the task's device must match: every field that decides which
 /// server is reached, how and as whom — the credential as its sealed bytes, so an edit (sealed
-/// anew) never meets a session of the old one. The device's own pin is compared apart (see
-/// `ssh::pool`); the jump host's is part of the key.
+/// anew) never meets a session of the old one. The pins of the device and of the jump host are
+/// compared apart (see `ssh::pool`), so that first contact confirmed is no change.
 fn session_key(task: &Task, login_name: &str) -> SessionKey {
     let d = &task.device;
     let c = &task.credential;
@@ -621,7 +621,6 @@ fn session_key(task: &Task, login_name: &str) -> SessionKey {
             id.as_str(),
             &j.host,
             port.as_str(),
-            j.host_key_fingerprint.as_deref().unwrap_or("-"),
             if j.legacy_algorithms {
                 "legacy"
             } else {

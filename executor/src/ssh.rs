@@ -229,7 +229,7 @@ fn execute(
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
     let keep = reuse.filter(|r| r.keep && r.pool.enabled());
-    let mut pooled = keep.and_then(|r| r.pool.checkout(r.device, r.key, target));
+    let mut pooled = keep.and_then(|r| r.pool.checkout(r.device, r.key, target, jump));
     loop {
         let reused = pooled.is_some();
         let mut conn = match pooled.take() {
@@ -275,9 +275,10 @@ fn execute(
             Use::Ran { result, reusable } => (result, reusable),
         };
         match (keep, reusable) {
-            (Some(r), Ok(())) => r
-                .pool
-                .checkin(r.device, r.key, target.pinned_host_key, conn),
+            (Some(r), Ok(())) => {
+                let pins = (target.pinned_host_key, jump.and_then(|j| j.pinned_host_key));
+                r.pool.checkin(r.device, r.key, pins, conn);
+            }
             (Some(r), Err(reason)) => r.pool.close(conn, reason),
             (None, _) => conn.close("done"),
         }

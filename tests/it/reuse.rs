@@ -526,3 +526,36 @@ async fn no_idle_time_means_one_login_per_run() {
         assert_eq!(sshd.logins(), n, "{}", sshd.log());
     }
 }
+
+#[tokio::test]
+async fn a_session_through_a_jump_host_is_reused_with_its_tunnel() {
+    let app = TestApp::spawn().await;
+    let bastion_sshd = TestSshd::start();
+    let fake = FakeDevice::new("cisco_ios");
+    let target_sshd = fake.sshd();
+    let _roles = pipeline_with_idle(&app, Duration::from_secs(30)).await;
+    let bastion = linux_device(&app, "bastion", &bastion_sshd, json!({})).await;
+    let target = device(
+        &app,
+        "behind",
+        "cisco_ios",
+        &target_sshd,
+        Some(ENABLE_PASSWORD),
+        json!({"jump_host_id": id(&bastion)}),
+    )
+    .await;
+    for n in 0..3 {
+        let run = run_text(&app, &target, &format!("echo through {n}"), 30).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert_eq!(stdout(&run), format!("through {n}\n"), "{run}");
+    }
+    assert_eq!(bastion_sshd.logins(), 1, "{}", bastion_sshd.log());
+    assert_eq!(target_sshd.logins(), 1, "{}", target_sshd.log());
+
+    // The bastion's session dying takes the tunnel with it; the next run builds both anew.
+    assert!(bastion_sshd.kill_sessions() > 0);
+    let run = run_text(&app, &target, "echo again", 30).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(stdout(&run), "again\n", "{run}");
+    assert_eq!(bastion_sshd.logins(), 2, "{}", bastion_sshd.log());
+}

@@ -90,6 +90,8 @@ struct Idle {
     key: SessionKey,
     /// The device's pin when the session logged in (`None`: first contact).
     pin: Option<String>,
+    /// The jump host's pin then, likewise.
+    jump_pin: Option<String>,
     conn: Connection,
     until: Instant,
 }
@@ -163,7 +165,9 @@ impl Pool {
         device: Uuid,
         key: SessionKey,
         target: &Target<'_>,
+        jump: Option<&Target<'_>>,
     ) -> Option<Connection> {
+        let jump_pin = jump.and_then(|j| j.pinned_host_key);
         let now = Instant::now();
         let mut found = None;
         let mut stale = Vec::new();
@@ -177,7 +181,15 @@ impl Pool {
                     Some(Discard::Idle)
                 } else if idle.key != key {
                     Some(Discard::Changed)
-                } else if !pin_allows(target.pinned_host_key, idle.pin.as_deref(), &idle.conn) {
+                } else if !pin_allows(
+                    target.pinned_host_key,
+                    idle.pin.as_deref(),
+                    idle.conn.host_key.as_deref(),
+                ) || !pin_allows(
+                    jump_pin,
+                    idle.jump_pin.as_deref(),
+                    idle.conn.jump_host_key.as_deref(),
+                ) {
                     Some(Discard::HostKey)
                 } else {
                     None
@@ -218,7 +230,7 @@ impl Pool {
         &self,
         device: Uuid,
         key: SessionKey,
-        pin: Option<&str>,
+        pins: (Option<&str>, Option<&str>),
         conn: Connection,
     ) {
         let mut evicted = None;
@@ -234,7 +246,8 @@ impl Pool {
             }
             state.devices.entry(device).or_default().push(Idle {
                 key,
-                pin: pin.map(str::to_owned),
+                pin: pins.0.map(str::to_owned),
+                jump_pin: pins.1.map(str::to_owned),
                 conn,
                 until: Instant::now() + self.idle,
             });
@@ -292,14 +305,14 @@ impl Pool {
     }
 }
 
-/// Whether a session that logged in under pin `at_login` and saw `conn.host_key` may serve a
-/// run whose device is pinned to `now`. The same pin as at login, or first contact since
-/// confirmed (the pin is now the key the session saw). A pin cleared or changed since — a
-/// re-pin — never reuses: the next run must meet whatever key the device presents now.
-fn pin_allows(now: Option<&str>, at_login: Option<&str>, conn: &Connection) -> bool {
+/// Whether a session that logged in under pin `at_login` and saw key `seen` may serve a run
+/// whose device (or jump host) is pinned to `now`. The same pin as at login, or first contact
+/// since confirmed (the pin is now the key the session saw). A pin cleared or changed since —
+/// a re-pin — never reuses: the next run must meet whatever key the server presents now.
+fn pin_allows(now: Option<&str>, at_login: Option<&str>, seen: Option<&str>) -> bool {
     match (now, at_login) {
         (now, at_login) if now == at_login => true,
-        (Some(now), None) => conn.host_key.as_deref() == Some(now),
+        (Some(now), None) => seen == Some(now),
         _ => false,
     }
 }
