@@ -171,24 +171,27 @@ impl Sshd {
     /// `concurrency` at a time. The masters are started (and so logged in) before the clock
     /// starts, as netcron's sessions are warmed. Runs/s and failures.
     fn openssh_control_master(&self, n: usize, concurrency: usize, devices: usize) -> (f64, usize) {
-        let sockets = self.dir.join(format!("cm-{}", Uuid::new_v4().simple()));
+        // A short directory: a control socket's path (plus the 17 characters ssh appends while
+        // creating it) must fit in a sockaddr_un's 108 bytes.
+        let suffix = Uuid::new_v4().simple().to_string();
+        let sockets = PathBuf::from(format!("/tmp/cm-{}", suffix.get(..8).unwrap_or("x")));
         std::fs::create_dir_all(&sockets).expect("control socket dir");
+        // Options first: whatever follows the destination is the remote command.
         let ssh = format!(
             "ssh -q -i {key} -p {port} -o BatchMode=yes -o StrictHostKeyChecking=no \
              -o UserKnownHostsFile=/dev/null -o KexAlgorithms=curve25519-sha256 \
-             -o HostKeyAlgorithms=ssh-ed25519 -o ControlMaster=auto -o ControlPersist=120 \
-             {user}@127.0.0.1",
+             -o HostKeyAlgorithms=ssh-ed25519 -o ControlMaster=auto -o ControlPersist=120",
             key = self.key.display(),
             port = self.port,
-            user = self.user,
         );
+        let to = format!("{}@127.0.0.1", self.user);
         for d in 0..devices {
-            let warm = format!("{ssh} -o ControlPath={}/{d} true", sockets.display());
+            let warm = format!("{ssh} -o ControlPath={}/{d} {to} true", sockets.display());
             let _ = Command::new("sh").arg("-c").arg(warm).status();
         }
         let script = format!(
             "seq 0 {last} | xargs -P {concurrency} -I{{}} sh -c '{ssh} \
-             -o ControlPath={dir}/$(({{}} % {devices})) true || echo FAIL'",
+             -o ControlPath={dir}/$(({{}} % {devices})) {to} true || echo FAIL'",
             last = n.saturating_sub(1),
             dir = sockets.display(),
         );
@@ -200,13 +203,14 @@ impl Sshd {
             .expect("xargs");
         let elapsed = started.elapsed().as_secs_f64();
         for d in 0..devices {
-            let stop = format!("{ssh} -o ControlPath={}/{d} -O exit", sockets.display());
+            let stop = format!("{ssh} -o ControlPath={}/{d} -O exit {to}", sockets.display());
             let _ = Command::new("sh")
                 .arg("-c")
                 .arg(stop)
                 .stderr(Stdio::null())
                 .status();
         }
+        let _ = std::fs::remove_dir_all(&sockets);
         let failures = String::from_utf8_lossy(&out.stdout).matches("FAIL").count();
         (n as f64 / elapsed, failures)
     }
