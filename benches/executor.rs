@@ -203,7 +203,10 @@ impl Sshd {
             .expect("xargs");
         let elapsed = started.elapsed().as_secs_f64();
         for d in 0..devices {
-            let stop = format!("{ssh} -o ControlPath={}/{d} -O exit {to}", sockets.display());
+            let stop = format!(
+                "{ssh} -o ControlPath={}/{d} -O exit {to}",
+                sockets.display()
+            );
             let _ = Command::new("sh")
                 .arg("-c")
                 .arg(stop)
