@@ -11,6 +11,13 @@
 //! picks the levels. Login and command timeouts default to 300 s (`LOGIN_TIMEOUT_S`,
 //! `COMMAND_TIMEOUT_S`) so that only the server limits throughput: at concurrency 200 the local
 //! sshd needs about a minute per connection, longer than the product's defaults allow.
+//!
+//! The concurrency levels measure fresh connections (session reuse off, `NETCRON_SSH_IDLE_S`
+//! = 0), as against the OpenSSH client without multiplexing. The session-reuse section then
+//! measures `SSH_RUNS` runs on one device (at per-device concurrency `SAME_DEVICE`, default
+//! `1,8`) and over 20 devices (concurrency 20), reuse off and on, beside OpenSSH with
+//! `ControlMaster=auto`/`ControlPersist` running the same command at the same concurrency with
+//! one control socket per device. `REUSE_ONLY=1` runs only that section.
 
 // A benchmark reports on stdout; that is its whole job.
 #![allow(clippy::print_stdout)]
@@ -153,6 +160,60 @@ impl Sshd {
             .output()
             .expect("xargs");
         let elapsed = started.elapsed().as_secs_f64();
+        let failures = String::from_utf8_lossy(&out.stdout).matches("FAIL").count();
+        (n as f64 / elapsed, failures)
+    }
+}
+
+impl Sshd {
+    /// `n` runs of `ssh … true` through OpenSSH connection multiplexing (`ControlMaster=auto`,
+    /// `ControlPersist`), one control socket per device, run `i` on device `i % devices`,
+    /// `concurrency` at a time. The masters are started (and so logged in) before the clock
+    /// starts, as netcron's sessions are warmed. Runs/s and failures.
+    fn openssh_control_master(&self, n: usize, concurrency: usize, devices: usize) -> (f64, usize) {
+        // A short directory: a control socket's path (plus the 17 characters ssh appends while
+        // creating it) must fit in a sockaddr_un's 108 bytes.
+        let suffix = Uuid::new_v4().simple().to_string();
+        let sockets = PathBuf::from(format!("/tmp/cm-{}", suffix.get(..8).unwrap_or("x")));
+        std::fs::create_dir_all(&sockets).expect("control socket dir");
+        // Options first: whatever follows the destination is the remote command.
+        let ssh = format!(
+            "ssh -q -i {key} -p {port} -o BatchMode=yes -o StrictHostKeyChecking=no \
+             -o UserKnownHostsFile=/dev/null -o KexAlgorithms=curve25519-sha256 \
+             -o HostKeyAlgorithms=ssh-ed25519 -o ControlMaster=auto -o ControlPersist=120",
+            key = self.key.display(),
+            port = self.port,
+        );
+        let to = format!("{}@127.0.0.1", self.user);
+        for d in 0..devices {
+            let warm = format!("{ssh} -o ControlPath={}/{d} {to} true", sockets.display());
+            let _ = Command::new("sh").arg("-c").arg(warm).status();
+        }
+        let script = format!(
+            "seq 0 {last} | xargs -P {concurrency} -I{{}} sh -c '{ssh} \
+             -o ControlPath={dir}/$(({{}} % {devices})) {to} true || echo FAIL'",
+            last = n.saturating_sub(1),
+            dir = sockets.display(),
+        );
+        let started = Instant::now();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("xargs");
+        let elapsed = started.elapsed().as_secs_f64();
+        for d in 0..devices {
+            let stop = format!(
+                "{ssh} -o ControlPath={}/{d} -O exit {to}",
+                sockets.display()
+            );
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(stop)
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&sockets);
         let failures = String::from_utf8_lossy(&out.stdout).matches("FAIL").count();
         (n as f64 / elapsed, failures)
     }
@@ -358,6 +419,16 @@ impl Bench {
         &self,
         concurrency: usize,
     ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        self.executor_with(concurrency, 1, Duration::ZERO).await
+    }
+
+    /// An executor with `per_device` slots per device, keeping sessions `idle` long.
+    async fn executor_with(
+        &self,
+        concurrency: usize,
+        per_device: usize,
+        idle: Duration,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let settings = ExecutorSettings {
             redis: self.redis.clone(),
             secret_key: SecretKey::from_base64(&self.key_text).expect("key"),
@@ -367,6 +438,8 @@ impl Bench {
                     env_usize("LOGIN_TIMEOUT_S", 300).try_into().unwrap_or(300),
                 ),
                 block: Duration::from_millis(200),
+                per_device,
+                ssh_idle: idle,
                 ..ExecutorConfig::default()
             },
         };
@@ -424,6 +497,12 @@ async fn main() {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
+    let reuse_only = std::env::var("REUSE_ONLY").is_ok_and(|v| v == "1");
+    let same_device: Vec<usize> = std::env::var("SAME_DEVICE")
+        .unwrap_or_else(|_| "1,8".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
     let bench = Bench::new().await;
     let shutdown = CancellationToken::new();
 
@@ -460,6 +539,82 @@ async fn main() {
     println!("# Executor benchmark\n");
     println!("{cores} cores; {ssh_runs} SSH runs per level, {noop_runs} noop runs.\n");
 
+    if !reuse_only {
+        fresh_phases(&bench, ssh_runs, noop_runs, &levels).await;
+    }
+    reuse_phase(&bench, ssh_runs, &same_device).await;
+    shutdown.cancel();
+    let _ = scheduler_task.await;
+    let _ = ingest_task.await;
+    bench.drop_all().await;
+}
+
+/// Session reuse: one device, then 20 devices; reuse off, on, and OpenSSH `ControlMaster`.
+async fn reuse_phase(bench: &Bench, ssh_runs: usize, same_device: &[usize]) {
+    let sshd = Sshd::start();
+    let key = std::fs::read_to_string(&sshd.key).expect("key");
+    println!(
+        "\n## Session reuse: {ssh_runs} SSH runs (`true`), reuse off vs on vs OpenSSH ControlMaster\n"
+    );
+    println!(
+        "| workload | concurrency | reuse off runs/s | reuse on runs/s | on/off | ControlMaster runs/s | on/ControlMaster | errors (off, on, CM) | netcron CPU ms/run (off, on) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut workloads: Vec<(String, usize, usize, usize)> = same_device
+        .iter()
+        .map(|&c| ("1 device".to_owned(), 1, c, c))
+        .collect();
+    workloads.push(("20 devices".to_owned(), 20, 20, 1));
+    let mut errors = Vec::new();
+    for (name, devices, concurrency, per_device) in workloads {
+        let fleet = bench
+            .fleet(&sshd.user, &key, sshd.port, devices, "shell")
+            .await;
+        let mut measured = Vec::new();
+        for idle in [Duration::ZERO, Duration::from_secs(30)] {
+            let (token, handle) = bench.executor_with(concurrency, per_device, idle).await;
+            // Warm-up: one run per session the workload will hold (and the pipeline's caches).
+            let warm = bench.enqueue(&fleet, concurrency.max(devices)).await;
+            bench.wait(&warm).await;
+            let ids = bench.enqueue(&fleet, ssh_runs).await;
+            let cpu0 = cpu_seconds();
+            let started = Instant::now();
+            let bad = bench.wait(&ids).await;
+            let elapsed = started.elapsed().as_secs_f64();
+            let cpu = cpu_seconds() - cpu0;
+            token.cancel();
+            let _ = handle.await;
+            if bad > 0 {
+                errors.push((name.clone(), bench.error_kinds(&ids).await));
+            }
+            measured.push((
+                ssh_runs as f64 / elapsed,
+                bad,
+                cpu / ssh_runs as f64 * 1000.0,
+            ));
+        }
+        let (cm, cm_failures) = sshd.openssh_control_master(ssh_runs, concurrency, devices);
+        let (off, on) = (measured[0], measured[1]);
+        println!(
+            "| {name} | {concurrency} | {:.0} | {:.0} | {:.1}x | {cm:.0} | {:.0}% | {}, {}, {cm_failures} | {:.2}, {:.2} |",
+            off.0,
+            on.0,
+            on.0 / off.0,
+            on.0 / cm * 100.0,
+            off.1,
+            on.1,
+            off.2,
+            on.2
+        );
+    }
+    for (name, kinds) in errors {
+        println!("\nErrors ({name}): {kinds}");
+    }
+}
+
+/// The fresh-connection phases: noop pipeline, then SSH at each concurrency level against the
+/// OpenSSH client's ceiling (no reuse on either side).
+async fn fresh_phases(bench: &Bench, ssh_runs: usize, noop_runs: usize, levels: &[usize]) {
     // No-op runs: the pipeline without SSH.
     let fleet = bench.fleet("nobody", "unused", 22, 1, "noop").await;
     let (token, handle) = bench.executor(64).await;
@@ -498,7 +653,7 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     let mut errors = Vec::new();
-    for &c in &levels {
+    for &c in levels {
         let (ceiling, failures) = sshd.openssh_ceiling(ssh_runs, c);
         // One device per concurrent slot: the per-device limit (1) would serialise otherwise.
         let fleet = bench.fleet(&sshd.user, &key, sshd.port, c, "shell").await;
@@ -527,8 +682,4 @@ async fn main() {
     for (c, kinds) in errors {
         println!("\nErrors at concurrency {c}: {kinds}");
     }
-    shutdown.cancel();
-    let _ = scheduler_task.await;
-    let _ = ingest_task.await;
-    bench.drop_all().await;
 }

@@ -171,6 +171,7 @@ async fn stored_device(
             legacy_algorithms: device.legacy_algorithms,
             // The one-shot inventory connects directly.
             jump_host: None,
+            session_reuse: device.session_reuse,
         },
         TaskCredential {
             id: credential.id,
@@ -219,6 +220,7 @@ fn given_host(host: &str, args: &InventoryArgs) -> anyhow::Result<(Task, SecretK
             host_key_fingerprint: args.host_key.clone(),
             legacy_algorithms: false,
             jump_host: None,
+            session_reuse: true,
         },
         TaskCredential {
             id,

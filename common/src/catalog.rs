@@ -195,6 +195,13 @@ pub const SETTINGS: &[Setting] = &[
         example: "2",
     },
     Setting {
+        name: "NETCRON_SSH_IDLE_S",
+        roles: &["executor", "all"],
+        default: Value("5"),
+        meaning: "Seconds an SSH session stays open after a run for the same device's next run (a burst logs in once); 0 logs in for every run. A device with `session_reuse: false` always logs in afresh",
+        example: "30",
+    },
+    Setting {
         name: "NETCRON_SSH_CONNECT_TIMEOUT_S",
         roles: &["executor", "all"],
         default: Value("10"),

@@ -36,6 +36,10 @@ pub struct Driver {
     pub config_command: Option<&'static str>,
     /// Regexes of configuration lines that change without a configuration change.
     pub volatile: &'static [&'static str],
+    /// Returns a pooled session from a configuration mode (or submenu) to its base prompt
+    /// before the next run; `None`: the platform has no such command, and a session found
+    /// anywhere but at its base prompt is closed instead.
+    pub leave_mode: Option<&'static str>,
 }
 
 const CISCO_ERRORS: &[&str] = &[
@@ -109,6 +113,7 @@ static LINUX: Driver = Driver {
     pagers: &[],
     config_command: None,
     volatile: &[],
+    leave_mode: None,
 };
 static IOS: Driver = Driver {
     mode: ChannelMode::Shell,
@@ -119,6 +124,7 @@ static IOS: Driver = Driver {
     pagers: PAGERS,
     config_command: Some("show running-config"),
     volatile: IOS_VOLATILE,
+    leave_mode: Some("end"),
 };
 static NXOS: Driver = Driver {
     volatile: NXOS_VOLATILE,
@@ -137,6 +143,7 @@ static JUNOS: Driver = Driver {
     pagers: PAGERS,
     config_command: Some("show configuration | display set"),
     volatile: JUNOS_VOLATILE,
+    leave_mode: Some("exit configuration-mode"),
 };
 static ROUTEROS: Driver = Driver {
     mode: ChannelMode::Shell,
@@ -147,6 +154,7 @@ static ROUTEROS: Driver = Driver {
     pagers: PAGERS,
     config_command: Some("/export"),
     volatile: ROUTEROS_VOLATILE,
+    leave_mode: Some("/"),
 };
 static GENERIC: Driver = Driver {
     mode: ChannelMode::Shell,
@@ -157,6 +165,7 @@ static GENERIC: Driver = Driver {
     pagers: PAGERS,
     config_command: None,
     volatile: GENERIC_VOLATILE,
+    leave_mode: None,
 };
 
 /// The driver of `platform`.

@@ -33,7 +33,7 @@ use netcron_common::startup::{Waiting, wait_for};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
-pub use metrics::ExecutorMetrics;
+pub use metrics::{ExecutorMetrics, SessionMetrics};
 pub use runner::Runner;
 pub use worker::Executor;
 
@@ -45,6 +45,9 @@ pub struct ExecutorConfig {
     /// Commands running at once on one device (`NETCRON_EXECUTOR_PER_DEVICE`, 1): network
     /// gear has few VTY lines.
     pub per_device: usize,
+    /// How long an SSH session stays open after a run for the device's next run
+    /// (`NETCRON_SSH_IDLE_S`, 5; 0 logs in for every run).
+    pub ssh_idle: Duration,
     /// TCP connect timeout (`NETCRON_SSH_CONNECT_TIMEOUT_S`, 10).
     pub connect_timeout: Duration,
     /// Handshake plus authentication (`NETCRON_SSH_LOGIN_TIMEOUT_S`, 30).
@@ -86,6 +89,7 @@ impl Default for ExecutorConfig {
         Self {
             concurrency: 64,
             per_device: 1,
+            ssh_idle: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(30),
             reclaim_idle: Duration::from_secs(60),
@@ -113,6 +117,7 @@ impl ExecutorConfig {
         Ok(Self {
             concurrency: config::parsed_or("NETCRON_EXECUTOR_CONCURRENCY", d.concurrency)?.max(1),
             per_device: config::parsed_or("NETCRON_EXECUTOR_PER_DEVICE", d.per_device)?.max(1),
+            ssh_idle: secs("NETCRON_SSH_IDLE_S", d.ssh_idle)?,
             connect_timeout: secs("NETCRON_SSH_CONNECT_TIMEOUT_S", d.connect_timeout)?
                 .max(Duration::from_secs(1)),
             login_timeout: secs("NETCRON_SSH_LOGIN_TIMEOUT_S", d.login_timeout)?

@@ -9,6 +9,27 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    /// One of a closed set (`ssh::pool::Discard`), so the series cannot multiply.
+    reason: &'static str,
+}
+
+/// The SSH session pool's series, shared with the pool's threads.
+#[derive(Clone, Debug, Default)]
+pub struct SessionMetrics {
+    pub(crate) opened: Counter,
+    pub(crate) reused: Counter,
+    discarded: Family<ReasonLabels, Counter>,
+    pub(crate) pooled: Gauge,
+}
+
+impl SessionMetrics {
+    pub(crate) fn discarded(&self, reason: &'static str) {
+        self.discarded.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RunLabels {
     status: &'static str,
     /// `none` when the run has no error kind, so the label is always present.
@@ -22,6 +43,7 @@ pub struct ExecutorMetrics {
     pub(crate) run_duration: Histogram,
     pub(crate) in_flight: Gauge,
     pub(crate) slot_wait: Histogram,
+    pub(crate) sessions: SessionMetrics,
 }
 
 impl ExecutorMetrics {
@@ -32,6 +54,7 @@ impl ExecutorMetrics {
             run_duration: duration_histogram(),
             in_flight: Gauge::default(),
             slot_wait: duration_histogram(),
+            sessions: SessionMetrics::default(),
         };
         telemetry.register(
             "netcron_executor_runs",
@@ -52,6 +75,26 @@ impl ExecutorMetrics {
             "netcron_executor_device_slot_wait_seconds",
             "Time a run waited for a free per-device slot (NETCRON_EXECUTOR_PER_DEVICE)",
             this.slot_wait.clone(),
+        );
+        telemetry.register(
+            "netcron_executor_ssh_sessions_opened",
+            "SSH sessions logged in afresh (connect, key exchange, authentication)",
+            this.sessions.opened.clone(),
+        );
+        telemetry.register(
+            "netcron_executor_ssh_sessions_reused",
+            "Runs that used a pooled SSH session instead of logging in (NETCRON_SSH_IDLE_S)",
+            this.sessions.reused.clone(),
+        );
+        telemetry.register(
+            "netcron_executor_ssh_sessions_discarded",
+            "Pooled SSH sessions closed instead of serving another run, by reason",
+            this.sessions.discarded.clone(),
+        );
+        telemetry.register(
+            "netcron_executor_ssh_sessions_pooled",
+            "Idle SSH sessions this executor keeps open now",
+            this.sessions.pooled.clone(),
         );
         this
     }

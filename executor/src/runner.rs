@@ -17,8 +17,9 @@ use uuid::Uuid;
 use crate::ExecutorConfig;
 use crate::cli::{self, ChannelMode, Driver};
 use crate::inventory;
+use crate::metrics::SessionMetrics;
 use crate::output::Scrubber;
-use crate::ssh::{self, Auth, Job, Limits, Target};
+use crate::ssh::{self, Auth, Job, Limits, Pool, Reuse, SessionKey, Target};
 
 /// What one connection does, owned so it can move to the blocking thread.
 #[derive(Clone)]
@@ -54,6 +55,9 @@ pub struct Runner {
     first_contact: Option<crate::first_contact::FirstContact>,
     /// Where live output goes (absent in the one-shot `netcron inventory`).
     live: Option<crate::live::LiveSink>,
+    /// Sessions kept open between runs of a device (absent in the one-shot `netcron
+    /// inventory`, which runs once).
+    sessions: Option<Arc<Pool>>,
 }
 
 impl Runner {
@@ -66,6 +70,28 @@ impl Runner {
             slot_wait: None,
             first_contact: None,
             live: None,
+            sessions: None,
+        }
+    }
+
+    /// Keeps SSH sessions open for `NETCRON_SSH_IDLE_S` after a run, for the device's next
+    /// run. At most four per global slot are kept idle, so a fan-out over thousands of devices
+    /// cannot pile up open sockets.
+    #[must_use]
+    pub fn with_session_pool(mut self, metrics: SessionMetrics) -> Self {
+        let max_idle = self.config.concurrency.saturating_mul(4);
+        self.sessions = Some(Pool::start(self.config.ssh_idle, max_idle, metrics));
+        self
+    }
+
+    /// Closes the pooled sessions cleanly (the executor is stopping); later runs log in afresh
+    /// and close their sessions when done.
+    pub async fn close_sessions(&self) {
+        if let Some(pool) = &self.sessions {
+            let pool = Arc::clone(pool);
+            if let Err(e) = tokio::task::spawn_blocking(move || pool.close_all()).await {
+                tracing::warn!(error = %e, "closing pooled SSH sessions failed");
+            }
         }
     }
 
@@ -366,6 +392,8 @@ impl Runner {
                     .unwrap_or_default();
                 let work = Arc::clone(&work);
                 let pinner = self.first_contact.clone();
+                let pool = self.sessions.clone();
+                let key = session_key(task, &username);
                 // The command can tell its run and attempt apart, e.g. to make a change once.
                 let env = [
                     ("NETCRON_RUN_ID", task.run_id.to_string()),
@@ -412,12 +440,19 @@ impl Runner {
                             enable_secret: enable.as_deref(),
                         },
                     };
+                    let reuse = pool.as_deref().map(|pool| Reuse {
+                        pool,
+                        device: device.id,
+                        key,
+                        keep: device.session_reuse,
+                    });
                     ssh::run(
                         &target,
                         bastion.as_ref(),
                         &job,
                         limits,
                         &scrubber,
+                        reuse.as_ref(),
                         tap.as_ref(),
                     )
                 })
@@ -562,6 +597,61 @@ impl Runner {
             ),
         })
     }
+}
+
+/// What a pooled session of the task's device must match: every field that decides which
+/// server is reached, how and as whom — the credential as its sealed bytes, so an edit (sealed
+/// anew) never meets a session of the old one. The pins of the device and of the jump host are
+/// compared apart (see `ssh::pool`), so that first contact confirmed is no change.
+fn session_key(task: &Task, login_name: &str) -> SessionKey {
+    let d = &task.device;
+    let c = &task.credential;
+    let port = d.port.to_string();
+    let device_id = d.id.to_string();
+    let credential_id = c.id.to_string();
+    let mut parts: Vec<&str> = vec![
+        &device_id,
+        &d.host,
+        &port,
+        d.platform.as_str(),
+        if d.legacy_algorithms {
+            "legacy"
+        } else {
+            "modern"
+        },
+        login_name,
+        &credential_id,
+        c.kind.as_str(),
+        &c.secret,
+        c.passphrase.as_deref().unwrap_or("-"),
+        c.enable_secret.as_deref().unwrap_or("-"),
+    ];
+    let jump = d.jump_host.as_ref().map(|j| {
+        (
+            j.id.to_string(),
+            j.port.to_string(),
+            j.credential.id.to_string(),
+        )
+    });
+    match (&d.jump_host, &jump) {
+        (Some(j), Some((id, port, credential_id))) => parts.extend([
+            "jump",
+            id.as_str(),
+            &j.host,
+            port.as_str(),
+            if j.legacy_algorithms {
+                "legacy"
+            } else {
+                "modern"
+            },
+            credential_id.as_str(),
+            &j.credential.username,
+            &j.credential.secret,
+            j.credential.passphrase.as_deref().unwrap_or("-"),
+        ]),
+        _ => parts.push("direct"),
+    }
+    SessionKey::of(parts)
 }
 
 /// The outcome of a connection's last attempt, its output decoded and scrubbed.

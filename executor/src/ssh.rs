@@ -27,8 +27,10 @@ use crate::output::{Capture, Scrubber};
 
 mod interactive;
 mod jump;
+pub mod pool;
 
 use interactive::CliSession;
+pub use pool::{Discard, Pool, Reuse, SessionKey};
 
 /// How to authenticate.
 pub enum Auth {
@@ -140,15 +142,57 @@ impl Failure {
     }
 }
 
-/// Runs `job` once on `target`, through `jump` when given. Interactive output and the error
-/// message leave scrubbed by `scrubber`; exec output is captured with room to scrub it before
-/// it is cut (see [`Capture::to_text`]).
+/// An authenticated session, fresh or from the [`Pool`].
+pub(crate) struct Connection {
+    session: Session,
+    waiter: Waiter,
+    /// The key the device presented at login.
+    host_key: Option<String>,
+    /// The jump host's key, when the session goes through one.
+    jump_host_key: Option<String>,
+    /// CLI platforms: the shell a previous run left at its base prompt.
+    shell: Option<interactive::Shell>,
+    /// Through a jump host: how long its pump thread may live, extended at every use.
+    pump: Option<jump::PumpLease>,
+}
+
+impl Connection {
+    /// Leaves politely (a CLI gets `exit`) and sends the disconnect message, within a second.
+    fn close(self, why: &str) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        if let Some(mut shell) = self.shell {
+            let _ = std::io::Write::write(&mut shell.channel, b"exit\n");
+            let _ = shell.channel.close();
+        }
+        let _ = self
+            .waiter
+            .retry(deadline, || self.session.disconnect(None, why, None));
+    }
+}
+
+/// How a run went on a connection.
+enum Use {
+    /// A pooled session turned out unusable before anything of the run was sent to it (dead,
+    /// or a CLI not back at its prompt): the run goes on with a fresh one, none the wiser.
+    Stale(Discard),
+    /// The run happened; its result, and whether the session may serve another run.
+    Ran {
+        result: Result<(), Failure>,
+        reusable: Result<(), Discard>,
+    },
+}
+
+/// Runs `job` once on `target`, through `jump` when given, on a session from `reuse`'s pool
+/// when one matches (else a fresh login, kept for the next run afterwards). Interactive output
+/// and the error message leave scrubbed by `scrubber`; exec output is captured with room to
+/// scrub it before it is cut (see [`Capture::to_text`]).
 pub fn run(
     target: &Target<'_>,
     jump: Option<&Target<'_>>,
     job: &Job<'_>,
     limits: Limits,
     scrubber: &Scrubber<'_>,
+    reuse: Option<&Reuse<'_>>,
     live: Option<&crate::live::Tap>,
 ) -> Attempt {
     let mut attempt = Attempt {
@@ -166,7 +210,7 @@ pub fn run(
     use netcron_common::protocol::live::Which;
     attempt.stdout.follow(live.cloned(), Which::Stdout);
     attempt.stderr.follow(live.cloned(), Which::Stderr);
-    match execute(target, jump, job, limits, scrubber, &mut attempt) {
+    match execute(target, jump, job, limits, scrubber, reuse, &mut attempt) {
         Ok(()) => {}
         Err(failure) => {
             attempt.status = RunStatus::Error;
@@ -185,41 +229,154 @@ fn execute(
     job: &Job<'_>,
     limits: Limits,
     scrubber: &Scrubber<'_>,
+    reuse: Option<&Reuse<'_>>,
     attempt: &mut Attempt,
 ) -> Result<(), Failure> {
-    let (session, waiter) = match jump {
+    let keep = reuse.filter(|r| r.keep && r.pool.enabled());
+    let mut pooled = keep.and_then(|r| r.pool.checkout(r.device, r.key, target, jump));
+    loop {
+        let reused = pooled.is_some();
+        let mut conn = match pooled.take() {
+            Some(conn) => conn,
+            None => {
+                let conn = connect_and_login(target, jump, limits, attempt)?;
+                if let Some(r) = reuse {
+                    r.pool.opened();
+                }
+                conn
+            }
+        };
+        attempt.host_key_fingerprint.clone_from(&conn.host_key);
+        attempt
+            .jump_host_key_fingerprint
+            .clone_from(&conn.jump_host_key);
+        if let Some(pump) = &conn.pump {
+            pump.extend(limits);
+        }
+        let used = match job {
+            Job::Exec { command, env } => exec(&conn, command, env, limits, reused, attempt),
+            Job::Cli {
+                driver,
+                lines,
+                enable_secret,
+            } => cli(
+                &mut conn,
+                driver,
+                lines,
+                *enable_secret,
+                limits,
+                scrubber,
+                attempt,
+            ),
+        };
+        let (result, reusable) = match used {
+            Use::Stale(reason) => {
+                if let Some(r) = keep {
+                    r.pool.close(conn, reason);
+                }
+                continue;
+            }
+            Use::Ran { result, reusable } => (result, reusable),
+        };
+        match (keep, reusable) {
+            (Some(r), Ok(())) => {
+                let pins = (target.pinned_host_key, jump.and_then(|j| j.pinned_host_key));
+                r.pool.checkin(r.device, r.key, pins, conn);
+            }
+            (Some(r), Err(reason)) => r.pool.close(conn, reason),
+            (None, _) => conn.close("done"),
+        }
+        return result;
+    }
+}
+
+/// A fresh connection: TCP (directly or through the jump host), then [`login`]. The keys seen
+/// go into `attempt` even when the login fails after the key exchange.
+fn connect_and_login(
+    target: &Target<'_>,
+    jump: Option<&Target<'_>>,
+    limits: Limits,
+    attempt: &mut Attempt,
+) -> Result<Connection, Failure> {
+    let mut fingerprint = None;
+    let (logged_in, jump_host_key, pump) = match jump {
         None => {
             let stream = connect(target.host, target.port, limits.connect_timeout)?;
             let _ = stream.set_nodelay(true);
-            let mut fingerprint = None;
-            let logged_in = login(stream, target, limits, &mut fingerprint);
-            attempt.host_key_fingerprint = fingerprint;
-            logged_in?
+            (login(stream, target, limits, &mut fingerprint), None, None)
         }
         Some(bastion) => {
             let mut bastion_key = None;
             let tunnel = jump::tunnel(bastion, target, limits, &mut bastion_key);
-            attempt.jump_host_key_fingerprint = bastion_key;
-            let stream = tunnel?;
-            let mut fingerprint = None;
-            let logged_in = login(stream, target, limits, &mut fingerprint);
-            attempt.host_key_fingerprint = fingerprint;
-            logged_in?
+            attempt.jump_host_key_fingerprint.clone_from(&bastion_key);
+            let (stream, pump) = tunnel?;
+            (
+                login(stream, target, limits, &mut fingerprint),
+                bastion_key,
+                Some(pump),
+            )
         }
     };
-    match job {
-        Job::Exec { command, env } => exec(&session, &waiter, command, env, limits, attempt),
-        Job::Cli {
+    attempt.host_key_fingerprint.clone_from(&fingerprint);
+    let (session, waiter) = logged_in?;
+    Ok(Connection {
+        session,
+        waiter,
+        host_key: fingerprint,
+        jump_host_key,
+        shell: None,
+        pump,
+    })
+}
+
+/// The lines of a CLI job, in the shell a previous run left (brought back to its base prompt
+/// first) or in a new one.
+fn cli(
+    conn: &mut Connection,
+    driver: &'static Driver,
+    lines: &[String],
+    enable_secret: Option<&SecretString>,
+    limits: Limits,
+    scrubber: &Scrubber<'_>,
+    attempt: &mut Attempt,
+) -> Use {
+    let mut session = match conn.shell.take() {
+        Some(shell) => match CliSession::resume(shell, &conn.waiter, driver, scrubber, limits) {
+            Ok(session) => session,
+            Err(reason) => return Use::Stale(reason),
+        },
+        None => match CliSession::open(
+            &conn.session,
+            &conn.waiter,
             driver,
-            lines,
-            enable_secret,
-        } => {
-            let mut cli = CliSession::open(&session, &waiter, driver, scrubber, limits, attempt)?;
-            let result = cli.run(lines, *enable_secret, attempt);
-            let _ = session.disconnect(None, "done", None);
-            result
+            scrubber,
+            limits,
+            attempt,
+        ) {
+            Ok(session) => session,
+            Err(failure) => {
+                return Use::Ran {
+                    result: Err(failure),
+                    reusable: Err(Discard::Error),
+                };
+            }
+        },
+    };
+    let result = session.run(lines, enable_secret, attempt);
+    let reusable = match &result {
+        // A line that failed on the device is a result like any other; whether the session
+        // is back at its prompt is checked before the next run uses it.
+        Ok(()) => {
+            conn.shell = session.into_shell();
+            if conn.shell.is_some() {
+                Ok(())
+            } else {
+                Err(Discard::Prompt)
+            }
         }
-    }
+        Err(_) => Err(Discard::Error),
+    };
+    Use::Ran { result, reusable }
 }
 
 /// Handshake (with the algorithm preferences), host-key check and authentication on an open
@@ -349,33 +506,84 @@ fn handshake_failure(e: &ssh2::Error, legacy: bool) -> Failure {
     )
 }
 
+/// One command on a new exec channel. On a pooled session (`reused`), a channel that cannot
+/// be opened means the session died while idle: nothing was sent, so the run is not harmed.
 fn exec(
-    session: &Session,
+    conn: &Connection,
+    command: &str,
+    env: &[(&'static str, String)],
+    limits: Limits,
+    reused: bool,
+    attempt: &mut Attempt,
+) -> Use {
+    let started = Instant::now();
+    let command_deadline = started + limits.command_timeout;
+    let (session, waiter) = (&conn.session, &conn.waiter);
+    let opened = if reused {
+        // A live server answers a channel request within a round trip; one that does not
+        // within the login timeout is treated as gone, and the run logs in afresh.
+        let deadline = command_deadline.min(started + limits.login_timeout);
+        match waiter.retry(deadline, || session.channel_session()) {
+            Ok(channel) => Ok(channel),
+            Err(_) => return Use::Stale(Discard::Dead),
+        }
+    } else {
+        waiter
+            .retry(command_deadline, || session.channel_session())
+            .map_err(|e| match e {
+                Step::Expired => exec_timed_out(limits),
+                Step::Ssh(e) => protocol_failure("opening a session channel", &e),
+            })
+    };
+    let ran = opened.and_then(|channel| {
+        run_on(
+            channel,
+            waiter,
+            command,
+            env,
+            limits,
+            command_deadline,
+            attempt,
+        )
+    });
+    match ran {
+        Ok(closed) => Use::Ran {
+            result: Ok(()),
+            // A channel the server never closed may still have a command behind it.
+            reusable: if closed { Ok(()) } else { Err(Discard::Error) },
+        },
+        Err(failure) => Use::Ran {
+            result: Err(failure),
+            reusable: Err(Discard::Error),
+        },
+    }
+}
+
+fn exec_timed_out(limits: Limits) -> Failure {
+    Failure::new(
+        ErrorKind::Timeout,
+        format!(
+            "the command did not finish within its timeout of {} s; the output so far is kept",
+            limits.command_timeout.as_secs()
+        ),
+    )
+}
+
+fn protocol_failure(what: &str, e: &ssh2::Error) -> Failure {
+    Failure::new(ErrorKind::Internal, format!("{what}: {}", e.message()))
+}
+
+/// The command on its open channel, to its exit status. Answers whether the channel closed
+/// cleanly (the session can serve another run).
+fn run_on(
+    mut channel: ssh2::Channel,
     waiter: &Waiter,
     command: &str,
     env: &[(&'static str, String)],
     limits: Limits,
+    command_deadline: Instant,
     attempt: &mut Attempt,
-) -> Result<(), Failure> {
-    let command_deadline = Instant::now() + limits.command_timeout;
-    let timed_out = || {
-        Failure::new(
-            ErrorKind::Timeout,
-            format!(
-                "the command did not finish within its timeout of {} s; the output so far is kept",
-                limits.command_timeout.as_secs()
-            ),
-        )
-    };
-    let protocol = |what: &str, e: ssh2::Error| {
-        Failure::new(ErrorKind::Internal, format!("{what}: {}", e.message()))
-    };
-    let mut channel = waiter
-        .retry(command_deadline, || session.channel_session())
-        .map_err(|e| match e {
-            Step::Expired => timed_out(),
-            Step::Ssh(e) => protocol("opening a session channel", e),
-        })?;
+) -> Result<bool, Failure> {
     for (name, value) in env {
         // A server that does not accept the variable refuses the request; the command runs
         // all the same, without it.
@@ -384,8 +592,8 @@ fn exec(
     waiter
         .retry(command_deadline, || channel.exec(command))
         .map_err(|e| match e {
-            Step::Expired => timed_out(),
-            Step::Ssh(e) => protocol("starting the command", e),
+            Step::Expired => exec_timed_out(limits),
+            Step::Ssh(e) => protocol_failure("starting the command", &e),
         })?;
 
     // stdout and stderr are read in turns, each until it would block, so neither stream's
@@ -404,19 +612,20 @@ fn exec(
             break;
         }
         if waiter.wait(command_deadline).is_err() {
+            // The session is closed by the caller (never reused): the command may still run.
             let _ = channel.close();
-            let _ = session.disconnect(None, "command timeout", None);
-            return Err(timed_out());
+            return Err(exec_timed_out(limits));
         }
     }
     // The exit status arrives before the channel closes; a server that never closes the
     // channel after EOF gets a short grace period, then the run is reported without a code.
     let close_deadline = Instant::now() + Duration::from_secs(5).min(limits.command_timeout);
     let _ = waiter.retry(close_deadline, || channel.close());
-    let _ = waiter.retry(close_deadline, || channel.wait_close());
+    let closed = waiter
+        .retry(close_deadline, || channel.wait_close())
+        .is_ok();
     let signal = channel.exit_signal().ok().and_then(|s| s.exit_signal);
     let code = channel.exit_status().ok();
-    let _ = session.disconnect(None, "done", None);
     match signal {
         Some(signal) => {
             attempt.status = RunStatus::Failed;
@@ -431,7 +640,7 @@ fn exec(
             };
         }
     }
-    Ok(())
+    Ok(closed)
 }
 
 /// TCP connect to each resolved address in turn, each with its own timeout.

@@ -90,6 +90,7 @@ impl Executor {
         let executor = Arc::new(Self {
             runner: Runner::new(settings.secret_key, settings.executor.clone())
                 .with_slot_wait_metric(metrics.slot_wait.clone())
+                .with_session_pool(metrics.sessions.clone())
                 .with_first_contact(FirstContact {
                     redis: redis.clone(),
                     streams: streams.clone(),
@@ -231,6 +232,8 @@ impl Executor {
             );
             runs.abort_all();
         }
+        // After the runs: a run finishing in the grace period returns its session first.
+        self.runner.close_sessions().await;
         background.abort_all();
         tracing::info!("executor stopped");
         Ok(())

@@ -29,7 +29,7 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED)
 SELECT p.run_id, r.id, r.schedule_id, r.trigger, r.scheduled_for, r.attempt,
        d.id AS device_id, d.name AS device_name, d.host, d.port, d.platform,
-       d.host_key_fingerprint, d.legacy_algorithms,
+       d.host_key_fingerprint, d.legacy_algorithms, d.session_reuse,
        cr.id AS credential_id, cr.username, cr.kind AS credential_kind, cr.secret, cr.passphrase,
        cr.enable_secret,
        j.id AS jump_id, j.name AS jump_name, j.host AS jump_host, j.port AS jump_port,
@@ -98,6 +98,7 @@ fn task_of(row: &QueryResult) -> Result<Task> {
             host_key_fingerprint: row.try_get("", "host_key_fingerprint")?,
             legacy_algorithms: row.try_get("", "legacy_algorithms")?,
             jump_host,
+            session_reuse: row.try_get("", "session_reuse")?,
         },
         credential: TaskCredential {
             id: row.try_get("", "credential_id")?,

@@ -12,6 +12,7 @@ mod m20261122_000004_network_devices;
 mod m20261122_000005_events_and_webhooks;
 mod m20261129_000006_run_leases;
 mod m20261129_000007_event_retention_indexes;
+mod m20261129_000008_device_session_reuse;
 mod m20261129_000009_console_sessions;
 
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000005_events_and_webhooks::Migration),
             Box::new(m20261129_000006_run_leases::Migration),
             Box::new(m20261129_000007_event_retention_indexes::Migration),
+            Box::new(m20261129_000008_device_session_reuse::Migration),
             Box::new(m20261129_000009_console_sessions::Migration),
         ]
     }

@@ -26,7 +26,7 @@ pub(crate) struct Running {
 
 impl Running {
     /// Stops gracefully and waits for the role to end.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
             handle.await.expect("role ends");

@@ -16,6 +16,7 @@ mod inventory;
 mod lifecycle;
 mod network;
 mod operations;
+mod reuse;
 mod runs;
 mod scheduler;
 mod schedules;

@@ -181,6 +181,40 @@ impl TestSshd {
             .collect()
     }
 
+    /// Successful authentications so far (`Accepted publickey|password|keyboard-interactive`
+    /// lines): one per SSH session logged in.
+    pub fn logins(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|line| {
+                [
+                    "Accepted publickey",
+                    "Accepted password",
+                    "Accepted keyboard",
+                ]
+                .iter()
+                .any(|m| line.contains(m))
+            })
+            .count()
+    }
+
+    /// Kills (SIGKILL) the processes serving the sessions open now, as a device dropping its
+    /// VTY lines would; sshd itself keeps listening. Answers how many processes were killed.
+    pub fn kill_sessions(&self) -> usize {
+        let Some(master) = self.child.as_ref().map(Child::id) else {
+            return 0;
+        };
+        let mut killed = 0;
+        for pid in descendants(master) {
+            let ok = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            killed += usize::from(ok);
+        }
+        killed
+    }
+
     /// Kills sshd (SIGKILL): the port refuses connections afterwards. Sessions already
     /// authenticated run in their own processes and end when their client disconnects.
     pub fn stop(&mut self) {
@@ -190,8 +224,10 @@ impl TestSshd {
         }
     }
 
-    /// Stops sshd, generates a new host key and starts sshd again on the same port.
+    /// Stops sshd and the sessions it serves (a device replaced or reinstalled), generates a
+    /// new host key and starts sshd again on the same port.
     pub fn restart_with_new_host_key(&mut self) {
+        self.kill_sessions();
         self.stop();
         for name in ["host_ed25519", "host_ed25519.pub"] {
             let _ = fs::remove_file(self.dir.join(name));
@@ -290,6 +326,37 @@ impl Drop for TestSshd {
 enum SpawnError {
     PortInUse(String),
     Other(String),
+}
+
+/// Every process below `root` (children, grandchildren, …), from `/proc`.
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|pid| {
+                    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                    // The parent pid is the second field after the parenthesised name.
+                    let after = stat.rsplit(')').next()?;
+                    let ppid = after.split_whitespace().nth(1)?.parse().ok()?;
+                    Some((pid, ppid))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = vec![root];
+    let mut i = 0;
+    while let Some(&parent) = found.get(i) {
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.retain(|p| *p != root);
+    found
 }
 
 /// A loopback port that was free a moment ago.

@@ -240,11 +240,11 @@ async fn form_page(
 }
 
 async fn new_form(State(state): State<AppState>, operator: Operator) -> Result<Response> {
-    let defaults = Fields::parse(b"port=22&enabled=on&platform=linux");
+    let defaults = Fields::parse(b"port=22&enabled=on&session_reuse=on&platform=linux");
     form_page(&state, &operator, None, defaults, None).await
 }
 
-const DEVICE_FIELDS: [(&str, Kind); 9] = [
+const DEVICE_FIELDS: [(&str, Kind); 10] = [
     ("name", Kind::Text),
     ("host", Kind::Text),
     ("port", Kind::Int),
@@ -254,6 +254,7 @@ const DEVICE_FIELDS: [(&str, Kind); 9] = [
     ("enabled", Kind::Check),
     ("legacy_algorithms", Kind::Check),
     ("jump_host_id", Kind::Text),
+    ("session_reuse", Kind::Check),
 ];
 
 async fn create(State(state): State<AppState>, action: Action) -> Result<Response> {
@@ -297,6 +298,9 @@ async fn edit_form(
     }
     if d.legacy_algorithms {
         pairs.push(("legacy_algorithms".into(), "on".into()));
+    }
+    if d.session_reuse {
+        pairs.push(("session_reuse".into(), "on".into()));
     }
     let values = Fields::parse(
         form_urlencoded::Serializer::new(String::new())
@@ -384,6 +388,7 @@ struct DevicePage {
     state: &'static str,
     fingerprint: String,
     legacy: bool,
+    reuse: bool,
     jump_host: String,
     failures: i32,
     commands: Vec<CommandRow>,
@@ -514,6 +519,7 @@ async fn device_page(
         tags: d.tags.join(", "),
         fingerprint: d.host_key_fingerprint.unwrap_or_default(),
         legacy: d.legacy_algorithms,
+        reuse: d.session_reuse,
         jump_host,
         failures: d.consecutive_failures,
         commands,

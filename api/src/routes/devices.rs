@@ -54,6 +54,11 @@ pub struct DeviceCreate {
     /// `ssh-rsa`, `ssh-dss`, CBC ciphers) for old devices (default false: modern only).
     #[schema(default = false)]
     pub legacy_algorithms: Option<bool>,
+    /// Keep the SSH session open for the device's next run (`NETCRON_SSH_IDLE_S`) instead of
+    /// logging in for every run (default true). Turn it off for devices that misbehave when a
+    /// session serves several runs.
+    #[schema(default = true)]
+    pub session_reuse: Option<bool>,
     /// A device to tunnel through (a bastion, with its own credential and host-key pin). It
     /// must not itself have a jump host.
     pub jump_host_id: Option<Uuid>,
@@ -77,6 +82,9 @@ pub struct DevicePatch {
     pub host_key_fingerprint: Option<Option<String>>,
     pub enabled: Option<bool>,
     pub legacy_algorithms: Option<bool>,
+    /// `false`: every run logs in afresh; the device's pooled sessions are closed at its next
+    /// run.
+    pub session_reuse: Option<bool>,
     /// `null` connects directly again.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Uuid>)]
@@ -88,7 +96,7 @@ pub struct DevicePatch {
     "id": "01936b2f-0a1b-7c2d-8e3f-405162738495", "name": "core-sw1", "host": "192.0.2.10",
     "port": 22, "platform": "cisco_ios", "credential_id": "01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e",
     "tags": ["core", "dc1"], "host_key_fingerprint": null, "enabled": true,
-    "legacy_algorithms": false, "jump_host_id": null,
+    "legacy_algorithms": false, "session_reuse": true, "jump_host_id": null,
     "consecutive_failures": 0, "unreachable_since": null,
     "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"
 }))]
@@ -105,6 +113,8 @@ pub struct DeviceView {
     pub enabled: bool,
     /// Whether legacy SSH algorithms are offered to this device.
     pub legacy_algorithms: bool,
+    /// Whether the executor keeps the device's SSH session open between runs.
+    pub session_reuse: bool,
     /// The bastion this device is reached through, or null.
     pub jump_host_id: Option<Uuid>,
     /// Runs in a row that could not reach the device.
@@ -129,6 +139,7 @@ impl From<device::Model> for DeviceView {
             host_key_fingerprint: m.host_key_fingerprint,
             enabled: m.enabled,
             legacy_algorithms: m.legacy_algorithms,
+            session_reuse: m.session_reuse,
             jump_host_id: m.jump_host_id,
             consecutive_failures: m.consecutive_failures,
             unreachable_since: m.unreachable_since,
@@ -222,6 +233,7 @@ impl DeviceCreate {
                 .transpose()?,
             enabled: self.enabled.unwrap_or(true),
             legacy_algorithms: self.legacy_algorithms.unwrap_or(false),
+            session_reuse: self.session_reuse.unwrap_or(true),
             jump_host_id: self.jump_host_id,
         })
     }
@@ -248,6 +260,7 @@ impl DevicePatch {
             },
             enabled: self.enabled,
             legacy_algorithms: self.legacy_algorithms,
+            session_reuse: self.session_reuse,
             jump_host_id: self.jump_host_id,
         })
     }

@@ -23,6 +23,7 @@ pub struct NewDevice {
     pub host_key_fingerprint: Option<String>,
     pub enabled: bool,
     pub legacy_algorithms: bool,
+    pub session_reuse: bool,
     pub jump_host_id: Option<Uuid>,
 }
 
@@ -38,6 +39,7 @@ pub struct DeviceChanges {
     pub host_key_fingerprint: Option<Option<String>>,
     pub enabled: Option<bool>,
     pub legacy_algorithms: Option<bool>,
+    pub session_reuse: Option<bool>,
     /// `Some(None)` removes the jump host.
     pub jump_host_id: Option<Option<Uuid>>,
 }
@@ -119,6 +121,7 @@ pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::M
         host_key_fingerprint: Set(new.host_key_fingerprint),
         enabled: Set(new.enabled),
         legacy_algorithms: Set(new.legacy_algorithms),
+        session_reuse: Set(new.session_reuse),
         jump_host_id: Set(new.jump_host_id),
         consecutive_failures: Set(0),
         unreachable_since: Set(None),
@@ -202,6 +205,9 @@ pub async fn update(
     }
     if let Some(v) = changes.legacy_algorithms {
         model.legacy_algorithms = Set(v);
+    }
+    if let Some(v) = changes.session_reuse {
+        model.session_reuse = Set(v);
     }
     if let Some(v) = changes.jump_host_id {
         model.jump_host_id = Set(v);

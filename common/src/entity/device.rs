@@ -19,6 +19,9 @@ pub struct Model {
     pub enabled: bool,
     /// Whether legacy SSH algorithms (SHA-1 key exchange, `ssh-rsa`, CBC ciphers) may be used.
     pub legacy_algorithms: bool,
+    /// Whether the executor may keep the SSH session open between runs (off for devices that
+    /// misbehave on a long-lived session).
+    pub session_reuse: bool,
     /// The device to tunnel through (a bastion), if any.
     pub jump_host_id: Option<Uuid>,
     /// Runs in a row that could not reach the device (reset by one that did).

@@ -114,6 +114,14 @@ pub struct TaskDevice {
     /// The bastion to tunnel through, with its own credential and pin. Absent: direct.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jump_host: Option<TaskJumpHost>,
+    /// Whether the executor may keep the device's SSH session open for its next run
+    /// (`NETCRON_SSH_IDLE_S`). Absent in older messages (`true`).
+    #[serde(default = "reuse_by_default")]
+    pub session_reuse: bool,
+}
+
+fn reuse_by_default() -> bool {
+    true
 }
 
 /// A bastion (itself a device) through which the target is reached with a `direct-tcpip`
@@ -256,6 +264,7 @@ mod tests {
                        "max_attempts":1}}"#;
         let task: Task = serde_json::from_str(old).expect("old task");
         assert!(!task.device.legacy_algorithms);
+        assert!(task.device.session_reuse);
         assert!(task.device.jump_host.is_none());
         assert!(task.credential.enable_secret.is_none());
         // And absent optional fields are not written either.

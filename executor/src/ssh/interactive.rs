@@ -7,9 +7,21 @@ use netcron_common::domain::{ErrorKind, RunStatus};
 use netcron_common::secret::SecretString;
 use ssh2::{Channel, Session};
 
-use super::{Attempt, CliLine, Failure, Limits, Step, Waiter};
+use super::{Attempt, CliLine, Discard, Failure, Limits, Step, Waiter};
 use crate::cli::{self, Driver};
 use crate::output::Scrubber;
+
+/// A shell kept between runs of a pooled session: its channel, the prompt pattern learned at
+/// login and the base prompt (after setup and enable) that the next run must find again.
+pub(super) struct Shell {
+    pub(super) channel: Channel,
+    prompt: regex::Regex,
+    base: String,
+}
+
+/// How long bringing a pooled shell back to its prompt may take before the session is given up
+/// for a fresh one (a live device answers a newline at once).
+const RESUME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An interactive CLI on a PTY shell channel: the prompt learned after login, the driver's
 /// setup lines sent, enable mode entered when there is a secret, then each line typed in turn.
@@ -27,6 +39,8 @@ pub(super) struct CliSession<'s> {
     current: String,
     /// What the command being read printed so far, kept for a timeout.
     partial: Collected,
+    /// The prompt after setup and enable: where every run starts.
+    base: String,
 }
 
 /// The bytes a command printed, up to the cap.
@@ -61,6 +75,7 @@ impl<'s> CliSession<'s> {
             prompt: None,
             current: String::new(),
             partial: Collected::default(),
+            base: String::new(),
         };
         let channel = &mut cli.channel;
         // A wide terminal, so devices do not wrap long lines themselves.
@@ -98,7 +113,98 @@ impl<'s> CliSession<'s> {
         for line in driver.setup {
             cli.command(line)?;
         }
+        cli.base.clone_from(&cli.current);
         Ok(cli)
+    }
+
+    /// Takes up a pooled shell for the next run: whatever the device printed while it was idle
+    /// is dropped (it belongs to no run), then a newline must come back as the base prompt —
+    /// after the driver's command to leave a configuration mode, if the shell is in one. `Err`
+    /// says why the shell cannot be used; nothing of the run has been sent then.
+    pub(super) fn resume(
+        shell: Shell,
+        waiter: &'s Waiter,
+        driver: &'static Driver,
+        scrubber: &'s Scrubber<'s>,
+        limits: Limits,
+    ) -> Result<Self, Discard> {
+        let mut cli = Self {
+            channel: shell.channel,
+            waiter,
+            driver,
+            scrubber,
+            deadline: Instant::now() + RESUME_TIMEOUT.min(limits.command_timeout),
+            timeout: limits.command_timeout,
+            cap: limits.max_output_bytes,
+            prompt: Some(shell.prompt),
+            current: String::new(),
+            partial: Collected::default(),
+            base: shell.base,
+        };
+        let mut left_mode = false;
+        // A device may print something of its own (a log message) right after a prompt, so a
+        // prompt counts only when nothing follows it; a few tries, then the session is given up.
+        for _ in 0..3 {
+            if cli.drain_pending()? {
+                continue;
+            }
+            cli.send("\n").map_err(|_| Discard::Dead)?;
+            cli.command_probe()?;
+            if cli.drain_pending()? {
+                continue;
+            }
+            if cli.current.trim() == cli.base.trim() {
+                cli.deadline = Instant::now() + limits.command_timeout;
+                return Ok(cli);
+            }
+            match driver.leave_mode {
+                Some(command) if !left_mode => {
+                    left_mode = true;
+                    cli.send(&format!("{command}\n"))
+                        .map_err(|_| Discard::Dead)?;
+                    cli.command_probe()?;
+                }
+                _ => return Err(Discard::Prompt),
+            }
+        }
+        Err(Discard::Prompt)
+    }
+
+    /// Reads up to the next prompt during [`CliSession::resume`].
+    fn command_probe(&mut self) -> Result<(), Discard> {
+        let prompt = self.prompt.clone();
+        match self.read_until(
+            move |_, l| prompt.as_ref().is_some_and(|p| p.is_match(l)),
+            true,
+        ) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Discard::Dead),
+        }
+    }
+
+    /// Reads whatever the device has sent without waiting; answers whether there was any.
+    /// A closed channel or a broken session is `Dead`.
+    fn drain_pending(&mut self) -> Result<bool, Discard> {
+        let mut buf = [0u8; 4096];
+        let mut any = false;
+        loop {
+            match self.channel.read(&mut buf) {
+                Ok(0) if self.channel.eof() => return Err(Discard::Dead),
+                Ok(0) => return Ok(any),
+                Ok(_) => any = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(any),
+                Err(_) => return Err(Discard::Dead),
+            }
+        }
+    }
+
+    /// The shell, to keep for the next run; `None` when no prompt was ever learned.
+    pub(super) fn into_shell(self) -> Option<Shell> {
+        Some(Shell {
+            channel: self.channel,
+            prompt: self.prompt?,
+            base: self.base,
+        })
     }
 
     pub(super) fn run(
@@ -110,6 +216,8 @@ impl<'s> CliSession<'s> {
         if let (Some(command), Some(secret)) = (self.driver.enable_command, enable_secret) {
             self.enable(command, secret)?;
         }
+        // Enabled or not, this is the prompt the next run on this shell must find.
+        self.base.clone_from(&self.current);
         let mut done = Vec::new();
         attempt.status = RunStatus::Succeeded;
         for line in lines {
@@ -138,8 +246,8 @@ impl<'s> CliSession<'s> {
             }
         }
         attempt.lines = Some(done);
-        // Leave the CLI politely; the connection is closed right after in any case.
-        let _ = self.channel.write(b"exit\n");
+        // The shell stays open: the connection either goes to the pool or is closed (with an
+        // `exit` first) by its owner.
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netcron_common::domain::ErrorKind;
@@ -11,6 +12,36 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use ssh2::{Channel, Session};
 
 use super::{Failure, Limits, Step, Target, Waiter, connect, login};
+
+/// How long a pump may live. A pooled session serves run after run, so every use extends it;
+/// it is only a safety net, since the pump ends as soon as the session closes its end.
+#[derive(Clone)]
+pub(super) struct PumpLease(Arc<Mutex<Instant>>);
+
+impl PumpLease {
+    fn new(limits: Limits) -> Self {
+        Self(Arc::new(Mutex::new(Self::horizon(limits))))
+    }
+
+    fn horizon(limits: Limits) -> Instant {
+        // Login, the command, and the longest the session may then wait in the pool.
+        Instant::now() + limits.login_timeout + limits.command_timeout + Duration::from_secs(3600)
+    }
+
+    /// Another run is about to use the session.
+    pub(super) fn extend(&self, limits: Limits) {
+        if let Ok(mut until) = self.0.lock() {
+            *until = (*until).max(Self::horizon(limits));
+        }
+    }
+
+    fn until(&self) -> Instant {
+        match self.0.lock() {
+            Ok(until) => *until,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+}
 
 /// Connects through `bastion`: logs in there (its own credential and pin), opens a
 /// `direct-tcpip` channel to the target and returns one end of a socket pair whose other end a
@@ -20,7 +51,7 @@ pub(super) fn tunnel(
     target: &Target<'_>,
     limits: Limits,
     fingerprint: &mut Option<String>,
-) -> Result<UnixStream, Failure> {
+) -> Result<(UnixStream, PumpLease), Failure> {
     let name = format!("jump host {}:{}", bastion.host, bastion.port);
     let on_bastion = |f: Failure| {
         // Connect errors already start with the address.
@@ -56,15 +87,15 @@ pub(super) fn tunnel(
     theirs
         .set_nonblocking(true)
         .map_err(|e| Failure::new(ErrorKind::Internal, format!("socket pair: {e}")))?;
-    // The pump lives as long as the target session holds its end, and at most as long as
-    // the whole attempt may take.
-    let until =
-        Instant::now() + limits.login_timeout + limits.command_timeout + Duration::from_secs(10);
+    // The pump lives as long as the target session holds its end (across the runs of a
+    // pooled session), and at most until its lease ends.
+    let lease = PumpLease::new(limits);
+    let until = lease.clone();
     std::thread::Builder::new()
         .name("ssh-jump-pump".into())
-        .spawn(move || pump(&session, channel, &waiter, theirs, until))
+        .spawn(move || pump(&session, channel, &waiter, theirs, &until))
         .map_err(|e| Failure::new(ErrorKind::Internal, format!("starting the jump pump: {e}")))?;
-    Ok(ours)
+    Ok((ours, lease))
 }
 
 /// Copies bytes between `local` and the bastion's channel until either side closes.
@@ -73,13 +104,13 @@ fn pump(
     mut channel: Channel,
     waiter: &Waiter,
     mut local: UnixStream,
-    until: Instant,
+    until: &PumpLease,
 ) {
     let mut up: Vec<u8> = Vec::new();
     let mut down: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     let mut local_open = true;
-    while Instant::now() < until {
+    while Instant::now() < until.until() {
         let mut progressed = false;
         if local_open && up.is_empty() {
             match local.read(&mut buf) {
