@@ -9,10 +9,10 @@ use netcron_common::entity::credential;
 use sea_orm::EntityTrait as _;
 
 use super::devices::{field_error, id};
-use super::forms::{Fields, Kind};
+use super::forms::{Fields, Filled, Kind};
 use super::session::{Action, Operator};
 use super::view;
-use super::{Chrome, Result, render, see_other};
+use super::{Chrome, Result, render, render_form, see_other};
 use crate::pagination::PageRequest;
 use crate::routes::credentials::{CredentialCreate, CredentialPatch};
 use crate::routes::webhooks::{EVENT_TYPES, WebhookCreate, WebhookPatch};
@@ -86,20 +86,9 @@ async fn credential_list(State(state): State<AppState>, operator: Operator) -> R
 struct CredentialForm {
     chrome: Chrome,
     credential_id: Option<String>,
-    /// Only the non-secret fields: name and username.
-    name: String,
-    username: String,
+    /// Only the non-secret fields (name and username) are ever shown again.
+    form: Filled,
     kind: String,
-    error: Option<(String, String)>,
-}
-
-impl CredentialForm {
-    fn error_for(&self, name: &str) -> Option<&str> {
-        self.error
-            .as_ref()
-            .filter(|(f, _)| f == name)
-            .map(|(_, m)| m.as_str())
-    }
 }
 
 fn credential_form(
@@ -109,19 +98,24 @@ fn credential_form(
     kind: String,
     error: Option<(String, String)>,
 ) -> Result<Response> {
-    let failed = error.is_some();
-    let mut response = render(&CredentialForm {
-        chrome: Chrome::new(operator, "credentials"),
-        credential_id,
-        name: form.get("name").unwrap_or_default().to_owned(),
-        username: form.get("username").unwrap_or_default().to_owned(),
-        kind,
-        error,
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    let shown = Fields::from_pairs(
+        form.pairs()
+            .iter()
+            .filter(|(k, _)| k == "name" || k == "username")
+            .cloned()
+            .collect(),
+    );
+    let form = Filled::new(shown, error);
+    let failed = form.failed();
+    render_form(
+        &CredentialForm {
+            chrome: Chrome::new(operator, "credentials"),
+            credential_id,
+            form,
+            kind,
+        },
+        failed,
+    )
 }
 
 async fn credential_new(operator: Operator) -> Result<Response> {
@@ -236,28 +230,17 @@ struct WebhookList {
 struct WebhookForm {
     csrf: String,
     webhook_id: Option<String>,
-    values: Fields,
-    error: Option<(String, String)>,
+    form: Filled,
     event_types: &'static [&'static str],
 }
 
 impl WebhookForm {
-    fn value(&self, name: &str) -> &str {
-        self.values.get(name).unwrap_or_default()
-    }
-
     fn has_event(&self, event: &str) -> bool {
-        self.values
+        self.form
+            .values
             .pairs()
             .iter()
             .any(|(k, v)| k == "event_types" && v == event)
-    }
-
-    fn error_for(&self, name: &str) -> Option<&str> {
-        self.error
-            .as_ref()
-            .filter(|(f, _)| f == name || f.starts_with(&format!("{name}[")))
-            .map(|(_, m)| m.as_str())
     }
 }
 
@@ -289,22 +272,21 @@ async fn webhook_page(
             enabled: w.enabled,
         })
         .collect();
-    let failed = error.is_some();
-    let mut response = render(&WebhookList {
-        chrome: Chrome::new(operator, "webhooks"),
-        rows,
-        form: WebhookForm {
-            csrf: operator.csrf.clone(),
-            webhook_id: None,
-            values,
-            error,
-            event_types: &EVENT_TYPES,
+    let form = Filled::new(values, error);
+    let failed = form.failed();
+    render_form(
+        &WebhookList {
+            chrome: Chrome::new(operator, "webhooks"),
+            rows,
+            form: WebhookForm {
+                csrf: operator.csrf.clone(),
+                webhook_id: None,
+                form,
+                event_types: &EVENT_TYPES,
+            },
         },
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+        failed,
+    )
 }
 
 async fn webhook_list(State(state): State<AppState>, operator: Operator) -> Result<Response> {
@@ -359,21 +341,20 @@ fn webhook_edit_page(
     values: Fields,
     error: Option<(String, String)>,
 ) -> Result<Response> {
-    let failed = error.is_some();
-    let mut response = render(&WebhookEdit {
-        chrome: Chrome::new(operator, "webhooks"),
-        form: WebhookForm {
-            csrf: operator.csrf.clone(),
-            webhook_id: Some(webhook_id),
-            values,
-            error,
-            event_types: &EVENT_TYPES,
+    let form = Filled::new(values, error);
+    let failed = form.failed();
+    render_form(
+        &WebhookEdit {
+            chrome: Chrome::new(operator, "webhooks"),
+            form: WebhookForm {
+                csrf: operator.csrf.clone(),
+                webhook_id: Some(webhook_id),
+                form,
+                event_types: &EVENT_TYPES,
+            },
         },
-    })?;
-    if failed {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+        failed,
+    )
 }
 
 async fn webhook_edit(

@@ -11,10 +11,10 @@ use sea_orm::{EntityTrait, QueryOrder};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::forms::{Fields, Kind};
+use super::forms::{Fields, Filled, Kind};
 use super::session::{Action, Operator};
 use super::view::{self, RunRow};
-use super::{Chrome, Result, Shown, render, see_other};
+use super::{Chrome, Result, Shown, render, render_form, see_other};
 use crate::error::ApiError;
 use crate::pagination::PageRequest;
 use crate::routes::commands::CommandCreate;
@@ -151,28 +151,10 @@ struct FormPage {
     chrome: Chrome,
     /// `None` for a new device.
     device_id: Option<String>,
-    values: Fields,
-    error: Option<(String, String)>,
+    form: Filled,
     platforms: Vec<&'static str>,
     credentials: Vec<(String, String)>,
     jump_hosts: Vec<(String, String)>,
-}
-
-impl FormPage {
-    fn value(&self, name: &str) -> &str {
-        self.values.get(name).unwrap_or_default()
-    }
-
-    fn checked(&self, name: &str) -> bool {
-        self.values.get(name).is_some()
-    }
-
-    fn error_for(&self, name: &str) -> Option<&str> {
-        self.error
-            .as_ref()
-            .filter(|(f, _)| f == name || f.starts_with(&format!("{name}[")))
-            .map(|(_, m)| m.as_str())
-    }
 }
 
 /// The field an error names and what it says, for showing beside that field.
@@ -224,19 +206,19 @@ async fn form_page(
     error: Option<(String, String)>,
 ) -> Result<Response> {
     let c = choices(state, device_id).await?;
-    let mut response = render(&FormPage {
-        chrome: Chrome::new(operator, "devices"),
-        device_id: device_id.map(|d| d.to_string()),
-        values,
-        platforms: Platform::ALL.iter().map(|p| p.as_str()).collect(),
-        credentials: c.credentials,
-        jump_hosts: c.jump_hosts,
-        error: error.clone(),
-    })?;
-    if error.is_some() {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    let form = Filled::new(values, error);
+    let failed = form.failed();
+    render_form(
+        &FormPage {
+            chrome: Chrome::new(operator, "devices"),
+            device_id: device_id.map(|d| d.to_string()),
+            form,
+            platforms: Platform::ALL.iter().map(|p| p.as_str()).collect(),
+            credentials: c.credentials,
+            jump_hosts: c.jump_hosts,
+        },
+        failed,
+    )
 }
 
 async fn new_form(State(state): State<AppState>, operator: Operator) -> Result<Response> {
@@ -396,14 +378,8 @@ struct DevicePage {
     runs: Vec<RunRow>,
     versions: Vec<Version>,
     inventories: Vec<InventoryView>,
-    command_values: Fields,
-    command_error: Option<(String, String)>,
-}
-
-impl DevicePage {
-    fn command_value(&self, name: &str) -> &str {
-        self.command_values.get(name).unwrap_or_default()
-    }
+    /// The add-a-command form.
+    command: Filled,
 }
 
 async fn device_page(
@@ -507,33 +483,33 @@ async fn device_page(
         }
     })
     .collect();
-    let mut response = render(&DevicePage {
-        chrome: Chrome::new(operator, "devices"),
-        id: d.id.to_string(),
-        state: state_of(&d),
-        name: d.name,
-        host: format!("{}:{}", d.host, d.port),
-        platform: d.platform.to_string(),
-        credential,
-        credential_id: d.credential_id.to_string(),
-        tags: d.tags.join(", "),
-        fingerprint: d.host_key_fingerprint.unwrap_or_default(),
-        legacy: d.legacy_algorithms,
-        reuse: d.session_reuse,
-        jump_host,
-        failures: d.consecutive_failures,
-        commands,
-        kinds: CommandKind::ALL.iter().map(|k| k.as_str()).collect(),
-        runs: view::run_rows(db, recent).await?,
-        versions,
-        inventories,
-        command_values,
-        command_error: command_error.clone(),
-    })?;
-    if command_error.is_some() {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    let command = Filled::new(command_values, command_error);
+    let failed = command.failed();
+    render_form(
+        &DevicePage {
+            chrome: Chrome::new(operator, "devices"),
+            id: d.id.to_string(),
+            state: state_of(&d),
+            name: d.name,
+            host: format!("{}:{}", d.host, d.port),
+            platform: d.platform.to_string(),
+            credential,
+            credential_id: d.credential_id.to_string(),
+            tags: d.tags.join(", "),
+            fingerprint: d.host_key_fingerprint.unwrap_or_default(),
+            legacy: d.legacy_algorithms,
+            reuse: d.session_reuse,
+            jump_host,
+            failures: d.consecutive_failures,
+            commands,
+            kinds: CommandKind::ALL.iter().map(|k| k.as_str()).collect(),
+            runs: view::run_rows(db, recent).await?,
+            versions,
+            inventories,
+            command,
+        },
+        failed,
+    )
 }
 
 async fn show(

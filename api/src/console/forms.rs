@@ -131,6 +131,44 @@ impl Fields {
     }
 }
 
+/// What a form shows: the values of its fields and the error of the field at fault, if any.
+#[derive(Debug, Default)]
+pub struct Filled {
+    pub values: Fields,
+    pub error: Option<(String, String)>,
+}
+
+impl Filled {
+    pub fn new(values: Fields, error: Option<(String, String)>) -> Self {
+        Self { values, error }
+    }
+
+    pub fn value(&self, name: &str) -> &str {
+        self.values.get(name).unwrap_or_default()
+    }
+
+    /// Whether a checkbox is ticked.
+    pub fn checked(&self, name: &str) -> bool {
+        self.values.get(name).is_some()
+    }
+
+    /// The error to show beside `name` (or beside a list field, for one of its items).
+    pub fn error_for(&self, name: &str) -> Option<&str> {
+        self.error
+            .as_ref()
+            .filter(|(f, _)| {
+                f == name
+                    || f.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with('['))
+            })
+            .map(|(_, m)| m.as_str())
+    }
+
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
 fn whole(name: &str, text: &str) -> Result<Value, ApiError> {
     text.parse::<i64>()
         .map(Value::from)

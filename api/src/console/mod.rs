@@ -105,6 +105,16 @@ pub fn render<T: askama::Template>(template: &T) -> Result<Response> {
         })
 }
 
+/// Renders a form page: 422 when the form came back with an error, so scripts and tests can
+/// tell a refusal from a page.
+pub fn render_form<T: askama::Template>(template: &T, failed: bool) -> Result<Response> {
+    let mut response = render(template)?;
+    if failed {
+        *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    Ok(response)
+}
+
 /// After a successful form post, the browser is sent to the page that shows the result (so a
 /// reload does not post twice).
 pub fn see_other(location: &str) -> Response {

@@ -15,10 +15,10 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::devices::{field_error, id};
-use super::forms::{Fields, Kind};
+use super::forms::{Fields, Filled, Kind};
 use super::session::{Action, Operator};
 use super::view;
-use super::{Chrome, Result, Shown, render, see_other};
+use super::{Chrome, Result, Shown, render, render_form, see_other};
 use crate::error::ApiError;
 use crate::pagination::PageRequest;
 use crate::routes::schedules::{ScheduleCreate, SchedulePatch};
@@ -167,28 +167,10 @@ struct FormPage {
     /// The command it runs (fixed when editing).
     command_label: String,
     commands: Vec<(String, String)>,
-    values: Fields,
-    error: Option<(String, String)>,
+    form: Filled,
     misfire: Vec<Choice>,
     overlap: Vec<Choice>,
     preview: Preview,
-}
-
-impl FormPage {
-    fn value(&self, name: &str) -> &str {
-        self.values.get(name).unwrap_or_default()
-    }
-
-    fn checked(&self, name: &str) -> bool {
-        self.values.get(name).is_some()
-    }
-
-    fn error_for(&self, name: &str) -> Option<&str> {
-        self.error
-            .as_ref()
-            .filter(|(f, _)| f == name)
-            .map(|(_, m)| m.as_str())
-    }
 }
 
 /// The live preview: the next fire times of what the form holds, or why there are none.
@@ -295,21 +277,21 @@ async fn form_page(
         Vec::new()
     };
     let preview = preview_of(&values);
-    let mut response = render(&FormPage {
-        chrome: Chrome::new(operator, "schedules"),
-        schedule_id: schedule_id.map(|s| s.to_string()),
-        command_label,
-        commands,
-        values,
-        error: error.clone(),
-        misfire: misfire_choices(),
-        overlap: overlap_choices(),
-        preview,
-    })?;
-    if error.is_some() {
-        *response.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    Ok(response)
+    let form = Filled::new(values, error);
+    let failed = form.failed();
+    render_form(
+        &FormPage {
+            chrome: Chrome::new(operator, "schedules"),
+            schedule_id: schedule_id.map(|s| s.to_string()),
+            command_label,
+            commands,
+            form,
+            misfire: misfire_choices(),
+            overlap: overlap_choices(),
+            preview,
+        },
+        failed,
+    )
 }
 
 #[derive(Deserialize)]
