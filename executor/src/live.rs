@@ -45,6 +45,12 @@ impl Tap {
             let _ = self.tx.try_send(Message::Data(which, data.to_vec()));
         }
     }
+
+    /// What a [`crate::output::Capture`] calls with the output it keeps, as `which`.
+    pub fn observer(&self, which: Which) -> crate::output::Observer {
+        let tap = self.clone();
+        Box::new(move |data| tap.send(which, data))
+    }
 }
 
 /// The Redis side: where live streams go.

@@ -168,14 +168,27 @@ pub fn cap_text(text: &str, cap: usize) -> &str {
 /// never blocked by a full SSH window) but dropped, and `truncated` is set — except for
 /// `lookahead` bytes past the cap, kept so that a secret straddling the cap is recognised and
 /// masked whole before the text is cut.
-#[derive(Debug)]
 pub struct Capture {
     bytes: Vec<u8>,
     cap: usize,
     lookahead: usize,
     pub truncated: bool,
-    /// Where kept bytes are also sent as they arrive (live output), if anyone follows.
-    live: Option<(crate::live::Tap, netcron_common::protocol::live::Which)>,
+    /// Who else sees kept bytes as they arrive (live output), if anyone follows.
+    observer: Option<Observer>,
+}
+
+/// Called with each piece of output a [`Capture`] keeps, on the SSH thread: it must not block.
+pub type Observer = Box<dyn Fn(&[u8]) + Send>;
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("bytes", &self.bytes.len())
+            .field("cap", &self.cap)
+            .field("truncated", &self.truncated)
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
 }
 
 impl Capture {
@@ -185,17 +198,13 @@ impl Capture {
             cap,
             lookahead,
             truncated: false,
-            live: None,
+            observer: None,
         }
     }
 
-    /// Sends what is kept to `tap` as well, as `which`.
-    pub fn follow(
-        &mut self,
-        tap: Option<crate::live::Tap>,
-        which: netcron_common::protocol::live::Which,
-    ) {
-        self.live = tap.map(|t| (t, which));
+    /// Shows what is kept to `observer` as well, as it arrives.
+    pub fn observe(&mut self, observer: Option<Observer>) {
+        self.observer = observer;
     }
 
     pub fn push(&mut self, data: &[u8]) {
@@ -208,8 +217,8 @@ impl Capture {
             .saturating_sub(self.bytes.len());
         let kept = data.get(..data.len().min(room)).unwrap_or_default();
         self.bytes.extend_from_slice(kept);
-        if let Some((tap, which)) = &self.live {
-            tap.send(*which, kept);
+        if let Some(observer) = &self.observer {
+            observer(kept);
         }
     }
 

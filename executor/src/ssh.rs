@@ -24,6 +24,7 @@ use ssh2::{BlockDirections, HashType, KeyboardInteractivePrompt, MethodType, Pro
 
 use crate::cli::Driver;
 use crate::output::{Capture, Scrubber};
+use netcron_common::protocol::live::Which;
 
 mod interactive;
 mod jump;
@@ -207,9 +208,12 @@ pub fn run(
         jump_host_key_fingerprint: None,
         lines: None,
     };
-    use netcron_common::protocol::live::Which;
-    attempt.stdout.follow(live.cloned(), Which::Stdout);
-    attempt.stderr.follow(live.cloned(), Which::Stderr);
+    attempt
+        .stdout
+        .observe(live.map(|tap| tap.observer(Which::Stdout)));
+    attempt
+        .stderr
+        .observe(live.map(|tap| tap.observer(Which::Stderr)));
     match execute(target, jump, job, limits, scrubber, reuse, &mut attempt) {
         Ok(()) => {}
         Err(failure) => {
