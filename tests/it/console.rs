@@ -883,3 +883,43 @@ async fn live_output_streams_scrubbed_chunks_then_the_end_over_sse() {
         .expect("get");
     assert_eq!(anonymous.status(), 401);
 }
+
+/// A Windows host's inventory on its device page, and what a patch changed between two
+/// collections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windows_inventory_and_its_changes_show_in_the_browser() {
+    use crate::inventory::{FakeWindows, PS7, REG, run_to_end, windows_device};
+    let app = TestApp::spawn().await;
+    let fake = FakeWindows::new(Some(PS7), REG);
+    let sshd = fake.sshd();
+    let _pipeline = pipeline(&app).await;
+    let (device, command) = windows_device(&app, "ws-0042", &sshd).await;
+    assert_eq!(
+        run_to_end(&app, &device, &command).await["status"],
+        "succeeded"
+    );
+    let mut patched: Value = serde_json::from_str(PS7).expect("fixture");
+    patched["software"][0]["DisplayVersion"] = json!("24.09");
+    patched["hotfixes"].as_array_mut().expect("hotfixes").push(
+        json!({"HotFixID": "KB5048685", "Description": "Security Update",
+                     "InstalledOn": "2026-11-20T00:00:00Z"}),
+    );
+    fake.set_powershell(&patched.to_string());
+    assert_eq!(
+        run_to_end(&app, &device, &command).await["status"],
+        "succeeded"
+    );
+
+    let b = Browser::open(&app.base).await;
+    b.sign_in().await;
+    b.goto(&format!("/console/devices/{}", id(&device))).await;
+    let facts = b.text("#inventory-title ~ dl.facts").await;
+    assert!(facts.contains("Windows 11 Pro"), "{facts}");
+    assert!(facts.contains("powershell"), "{facts}");
+    b.click("#inventory-title ~ form button[type=submit]").await;
+    let changes = b.text("ul.changes").await;
+    assert!(changes.contains("24.09"), "{changes}");
+    assert!(changes.contains("hotfix KB5048685"), "{changes}");
+    b.shot("inventory-diff").await;
+    b.close().await;
+}

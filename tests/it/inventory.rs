@@ -12,19 +12,19 @@ use crate::executor::{finished, pipeline, run_now};
 use crate::helpers::{TestApp, id, json_of};
 use crate::sshd::{SshdOptions, TEST_PASSWORD, TEST_USER, TestSshd};
 
-const PS7: &str = include_str!("../../executor/fixtures/ps7-win11.json");
-const REG: &str = include_str!("../../executor/fixtures/reg-query-win10.txt");
+pub(crate) const PS7: &str = include_str!("../../executor/fixtures/ps7-win11.json");
+pub(crate) const REG: &str = include_str!("../../executor/fixtures/reg-query-win10.txt");
 
 /// A directory with the fake host's script and the answers it replays. Readable by the test
 /// user, removed on drop.
-struct FakeWindows {
+pub(crate) struct FakeWindows {
     dir: PathBuf,
 }
 
 impl FakeWindows {
     /// `powershell`: the JSON the PowerShell command prints, or `None` for a host without
     /// PowerShell. `reg`: what `reg query` prints.
-    fn new(powershell: Option<&str>, reg: &str) -> Self {
+    pub(crate) fn new(powershell: Option<&str>, reg: &str) -> Self {
         let dir =
             std::env::temp_dir().join(format!("netcron-fakewin-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -67,11 +67,11 @@ esac
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
 
-    fn set_powershell(&self, json: &str) {
+    pub(crate) fn set_powershell(&self, json: &str) {
         self.write("ps.json", json, 0o644);
     }
 
-    fn sshd(&self) -> TestSshd {
+    pub(crate) fn sshd(&self) -> TestSshd {
         TestSshd::start_with(SshdOptions {
             force_command: Some(self.dir.join("host.sh").display().to_string()),
             ..SshdOptions::default()
@@ -85,7 +85,7 @@ impl Drop for FakeWindows {
     }
 }
 
-async fn windows_device(app: &TestApp, name: &str, sshd: &TestSshd) -> (Value, Value) {
+pub(crate) async fn windows_device(app: &TestApp, name: &str, sshd: &TestSshd) -> (Value, Value) {
     let cred = app
         .create(
             "/credentials",
@@ -108,7 +108,7 @@ async fn windows_device(app: &TestApp, name: &str, sshd: &TestSshd) -> (Value, V
     (device, command)
 }
 
-async fn run_to_end(app: &TestApp, device: &Value, command: &Value) -> Value {
+pub(crate) async fn run_to_end(app: &TestApp, device: &Value, command: &Value) -> Value {
     let run_id = run_now(app, device, command).await;
     finished(app, &run_id).await
 }
