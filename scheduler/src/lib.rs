@@ -333,6 +333,9 @@ impl Scheduler {
             .due_backlog
             .set(i64::try_from(backlog).unwrap_or(i64::MAX));
         let firing = std::sync::atomic::AtomicUsize::new(self.config.fire_workers);
+        // Each committed batch wakes the publisher at once (a `Notify` keeps one permit, so a
+        // wake-up sent while the publisher is busy is not lost); no polling loop.
+        let committed = tokio::sync::Notify::new();
         let fire_loop = || async {
             let mut total = FireReport::default();
             let result = loop {
@@ -342,6 +345,7 @@ impl Scheduler {
                         total.queued += batch.queued;
                         total.missed += batch.missed;
                         total.skipped += batch.skipped;
+                        committed.notify_one();
                         if (batch.claimed as u64) < self.config.batch_size {
                             break Ok(total);
                         }
@@ -350,15 +354,19 @@ impl Scheduler {
                 }
             };
             firing.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            committed.notify_one();
             result
         };
         let publisher = async {
             let mut published = 0;
-            while firing.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            loop {
                 let n = self.publish_pending().await?;
                 published += n;
+                if firing.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    break;
+                }
                 if n == 0 {
-                    tokio::time::sleep(StdDuration::from_millis(2)).await;
+                    committed.notified().await;
                 }
             }
             Ok::<usize, Error>(published + self.publish_pending().await?)
