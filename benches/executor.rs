@@ -17,7 +17,10 @@
 //! measures `SSH_RUNS` runs on one device (at per-device concurrency `SAME_DEVICE`, default
 //! `1,8`) and over 20 devices (concurrency 20), reuse off and on, beside OpenSSH with
 //! `ControlMaster=auto`/`ControlPersist` running the same command at the same concurrency with
-//! one control socket per device. `REUSE_ONLY=1` runs only that section.
+//! one control socket per device. `REUSE_ONLY=1` runs only that section; `REUSE_MODES` (default
+//! `off,on`) picks the modes measured there, `PEER=0` leaves out ControlMaster and `WIDE=0` the
+//! 20-device workload, so that `REUSE_ONLY=1 REUSE_MODES=on PEER=0 WIDE=0 SAME_DEVICE=1` runs
+//! nothing but reused sessions on one device (for a profiler).
 
 // A benchmark reports on stdout; that is its whole job.
 #![allow(clippy::print_stdout)]
@@ -551,6 +554,13 @@ async fn main() {
 
 /// Session reuse: one device, then 20 devices; reuse off, on, and OpenSSH `ControlMaster`.
 async fn reuse_phase(bench: &Bench, ssh_runs: usize, same_device: &[usize]) {
+    // `REUSE_MODES=on PEER=0` measures reuse alone, e.g. under a profiler.
+    let modes: Vec<String> = std::env::var("REUSE_MODES")
+        .unwrap_or_else(|_| "off,on".into())
+        .split(',')
+        .map(|m| m.trim().to_owned())
+        .collect();
+    let peer = std::env::var("PEER").map_or(true, |v| v != "0");
     let sshd = Sshd::start();
     let key = std::fs::read_to_string(&sshd.key).expect("key");
     println!(
@@ -564,14 +574,20 @@ async fn reuse_phase(bench: &Bench, ssh_runs: usize, same_device: &[usize]) {
         .iter()
         .map(|&c| ("1 device".to_owned(), 1, c, c))
         .collect();
-    workloads.push(("20 devices".to_owned(), 20, 20, 1));
+    if std::env::var("WIDE").map_or(true, |v| v != "0") {
+        workloads.push(("20 devices".to_owned(), 20, 20, 1));
+    }
     let mut errors = Vec::new();
     for (name, devices, concurrency, per_device) in workloads {
         let fleet = bench
             .fleet(&sshd.user, &key, sshd.port, devices, "shell")
             .await;
         let mut measured = Vec::new();
-        for idle in [Duration::ZERO, Duration::from_secs(30)] {
+        for (mode, idle) in [("off", Duration::ZERO), ("on", Duration::from_secs(30))] {
+            if !modes.iter().any(|m| m == mode) {
+                measured.push((f64::NAN, 0, f64::NAN));
+                continue;
+            }
             let (token, handle) = bench.executor_with(concurrency, per_device, idle).await;
             // Warm-up: one run per session the workload will hold (and the pipeline's caches).
             let warm = bench.enqueue(&fleet, concurrency.max(devices)).await;
@@ -593,7 +609,11 @@ async fn reuse_phase(bench: &Bench, ssh_runs: usize, same_device: &[usize]) {
                 cpu / ssh_runs as f64 * 1000.0,
             ));
         }
-        let (cm, cm_failures) = sshd.openssh_control_master(ssh_runs, concurrency, devices);
+        let (cm, cm_failures) = if peer {
+            sshd.openssh_control_master(ssh_runs, concurrency, devices)
+        } else {
+            (f64::NAN, 0)
+        };
         let (off, on) = (measured[0], measured[1]);
         println!(
             "| {name} | {concurrency} | {:.0} | {:.0} | {:.1}x | {cm:.0} | {:.0}% | {}, {}, {cm_failures} | {:.2}, {:.2} |",
