@@ -358,7 +358,7 @@ mod tests {
             shown.push_str(&text);
             assert_eq!(
                 shown,
-                scrubber.scrub(std::str::from_utf8(output).unwrap()),
+                scrubber.scrub(std::str::from_utf8(output).expect("the fixture is UTF-8")),
                 "chunks of {size} bytes"
             );
         }

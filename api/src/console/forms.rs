@@ -200,7 +200,7 @@ mod tests {
                 ("enabled", Kind::Check),
                 ("fingerprint", Kind::Nullable),
             ])
-            .unwrap();
+            .expect("a valid form");
         assert_eq!(b.name, "sw1");
         assert_eq!(b.port, None);
         assert_eq!(b.tags, ["a", "b", "c"]);
@@ -211,11 +211,11 @@ mod tests {
         );
         let err = Fields::parse(b"name=x&port=22a")
             .body::<Body>(&[("name", Kind::Text), ("port", Kind::Int)])
-            .unwrap_err();
+            .expect_err("a port that is not a number");
         assert_eq!(err.to_string(), "port: `22a` is not a whole number");
         let err = Fields::parse(b"port=1")
             .body::<Body>(&[("port", Kind::Int)])
-            .unwrap_err();
+            .expect_err("a missing name");
         assert!(err.to_string().contains("missing field `name`"), "{err}");
     }
 }
