@@ -12,6 +12,39 @@ use crate::helpers::{TestApp, eventually, id, json_of, metric};
 use crate::network::{ENABLE_PASSWORD, FakeDevice, device};
 use crate::sshd::{SshdOptions, TestSshd};
 
+/// A fake IOS switch on its own sshd, registered as device `sw`, with a scheduler and an executor
+/// that keep sessions 30 s. Fields drop in this order, as the test's locals used to.
+struct Switch {
+    device: Value,
+    _roles: (crate::executor::Running, crate::executor::Running),
+    sshd: TestSshd,
+    fake: FakeDevice,
+    app: TestApp,
+}
+
+async fn pooled_switch() -> Switch {
+    let app = TestApp::spawn().await;
+    let fake = FakeDevice::new("cisco_ios");
+    let sshd = fake.sshd();
+    let _roles = pipeline_with_idle(&app, Duration::from_secs(30)).await;
+    let device = device(
+        &app,
+        "sw",
+        "cisco_ios",
+        &sshd,
+        Some(ENABLE_PASSWORD),
+        json!({}),
+    )
+    .await;
+    Switch {
+        device,
+        _roles,
+        sshd,
+        fake,
+        app,
+    }
+}
+
 /// Scheduler and an executor keeping sessions `idle` long.
 async fn pipeline_with_idle(
     app: &TestApp,
@@ -179,19 +212,13 @@ async fn a_session_the_server_closed_between_runs_is_replaced_without_a_failed_r
 
 #[tokio::test]
 async fn a_cli_session_killed_between_runs_is_replaced_without_a_failed_run() {
-    let app = TestApp::spawn().await;
-    let fake = FakeDevice::new("cisco_ios");
-    let sshd = fake.sshd();
-    let _roles = pipeline_with_idle(&app, Duration::from_secs(30)).await;
-    let device = device(
-        &app,
-        "sw",
-        "cisco_ios",
-        &sshd,
-        Some(ENABLE_PASSWORD),
-        json!({}),
-    )
-    .await;
+    let Switch {
+        device,
+        _roles,
+        sshd,
+        fake: _fake,
+        app,
+    } = pooled_switch().await;
     let first = run_text(&app, &device, "echo one", 30).await;
     assert_eq!(first["status"], "succeeded", "{first}");
     assert!(sshd.kill_sessions() > 0, "no session process to kill");
@@ -264,19 +291,13 @@ async fn a_session_that_dies_mid_run_fails_that_run_as_a_fresh_one_would_and_is_
 
 #[tokio::test]
 async fn a_cli_session_left_in_config_mode_is_brought_back_to_its_prompt() {
-    let app = TestApp::spawn().await;
-    let fake = FakeDevice::new("cisco_ios");
-    let sshd = fake.sshd();
-    let _roles = pipeline_with_idle(&app, Duration::from_secs(30)).await;
-    let device = device(
-        &app,
-        "sw",
-        "cisco_ios",
-        &sshd,
-        Some(ENABLE_PASSWORD),
-        json!({}),
-    )
-    .await;
+    let Switch {
+        device,
+        _roles,
+        sshd,
+        fake: _fake,
+        app,
+    } = pooled_switch().await;
     let broken = run_text(
         &app,
         &device,
@@ -329,19 +350,13 @@ async fn a_cli_session_that_cannot_leave_config_mode_is_discarded_for_a_fresh_on
 
 #[tokio::test]
 async fn cli_runs_on_one_session_get_only_their_own_lines() {
-    let app = TestApp::spawn().await;
-    let fake = FakeDevice::new("cisco_ios");
-    let sshd = fake.sshd();
-    let _roles = pipeline_with_idle(&app, Duration::from_secs(30)).await;
-    let device = device(
-        &app,
-        "sw",
-        "cisco_ios",
-        &sshd,
-        Some(ENABLE_PASSWORD),
-        json!({}),
-    )
-    .await;
+    let Switch {
+        device,
+        _roles,
+        sshd,
+        fake: _fake,
+        app,
+    } = pooled_switch().await;
     for n in 0..5 {
         let run = run_text(
             &app,
