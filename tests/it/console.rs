@@ -923,3 +923,71 @@ async fn a_windows_inventory_and_its_changes_show_in_the_browser() {
     b.shot("inventory-diff").await;
     b.close().await;
 }
+
+/// Long lists come in pages of 100 with a link to the next, filters kept.
+#[tokio::test]
+async fn console_lists_come_in_pages() {
+    let app = TestApp::spawn().await;
+    let cred = app
+        .create(
+            "/credentials",
+            json!({"name": "c", "username": "u", "password": "pw-1234"}),
+        )
+        .await;
+    for n in 0..101 {
+        app.create(
+            "/devices",
+            json!({"name": format!("d{n:03}"), "host": "192.0.2.1", "platform": "linux",
+                   "credential_id": cred["id"], "tags": ["lab"]}),
+        )
+        .await;
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let signed_in = client
+        .post(app.url("/console/sign-in"))
+        .form(&[("token", TOKEN), ("next", "/")])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("name=value")
+        .to_owned();
+    let page = |path: String| {
+        let request = client.get(app.url(&path)).header("cookie", cookie.clone());
+        async move {
+            request
+                .send()
+                .await
+                .expect("page")
+                .text()
+                .await
+                .expect("html")
+        }
+    };
+    let first = page("/console/devices?tag=lab".into()).await;
+    assert_eq!(
+        first.matches("<tr>").count(),
+        101,
+        "a header row and 100 devices"
+    );
+    let next = first
+        .split("href=\"/console/devices?")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a link to the next page")
+        .replace("&amp;", "&")
+        .replace("&#38;", "&");
+    assert!(next.contains("tag=lab"), "{next}");
+    let second = page(format!("/console/devices?{next}")).await;
+    assert_eq!(second.matches("<tr>").count(), 2, "the 101st device");
+    assert!(second.contains(">d100<"), "{second}");
+    assert!(!second.contains("More devices"));
+}

@@ -75,6 +75,7 @@ pub struct ListParams {
     tag: Option<String>,
     platform: Option<String>,
     state: Option<String>,
+    cursor: Option<String>,
 }
 
 #[derive(askama::Template)]
@@ -86,6 +87,7 @@ struct ListPage {
     platform: String,
     state: String,
     platforms: Vec<&'static str>,
+    next: Option<String>,
 }
 
 async fn list(
@@ -118,12 +120,23 @@ async fn list(
             _ => None,
         },
     };
-    let page = PageRequest {
-        limit: 500,
-        after: None,
-    };
-    let rows = devices::list(&state.db, filter, page)
-        .await?
+    let page = crate::pagination::PageParams {
+        limit: Some(100),
+        cursor: params.cursor.filter(|c| !c.is_empty()),
+    }
+    .parse()?;
+    let mut found = devices::list(&state.db, filter, page).await?;
+    let next = view::next_page(
+        &mut found,
+        page.limit,
+        |d| d.id,
+        &[
+            ("tag", tag.as_str()),
+            ("platform", platform.as_str()),
+            ("state", wanted.as_str()),
+        ],
+    );
+    let rows = found
         .into_iter()
         .map(|d| DeviceRow {
             id: d.id.to_string(),
@@ -141,6 +154,7 @@ async fn list(
         platform,
         state: wanted,
         platforms: Platform::ALL.iter().map(|p| p.as_str()).collect(),
+        next,
     })
 }
 

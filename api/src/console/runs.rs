@@ -17,7 +17,7 @@ use super::session::Operator;
 use super::view::{self, RunRow};
 use super::{Chrome, Result, Shown, render};
 use crate::error::ApiError;
-use crate::pagination::{PageParams, encode_cursor};
+use crate::pagination::PageParams;
 use crate::services::runs::{self, OutputStream};
 use crate::state::AppState;
 
@@ -111,22 +111,18 @@ async fn list(
     }
     .parse()?;
     let mut found = runs::list(&state.db, filter, page).await?;
-    let next = (found.len() > 50).then(|| {
-        found.truncate(50);
-        found.last().map(|r| encode_cursor(r.id))
-    });
-    let next = next.flatten().map(|cursor| {
-        form_urlencoded::Serializer::new(String::new())
-            .extend_pairs([
-                ("status", status.as_str()),
-                ("device_id", device_id.as_str()),
-                ("schedule_id", schedule_id.as_str()),
-                ("from", from.as_str()),
-                ("to", to.as_str()),
-                ("cursor", cursor.as_str()),
-            ])
-            .finish()
-    });
+    let next = view::next_page(
+        &mut found,
+        page.limit,
+        |r| r.id,
+        &[
+            ("status", status.as_str()),
+            ("device_id", device_id.as_str()),
+            ("schedule_id", schedule_id.as_str()),
+            ("from", from.as_str()),
+            ("to", to.as_str()),
+        ],
+    );
     let devices = crate::services::devices::list(
         &state.db,
         crate::services::devices::DeviceFilter::default(),

@@ -20,7 +20,6 @@ use super::session::{Action, Operator};
 use super::view;
 use super::{Chrome, Result, Shown, render, render_form, see_other};
 use crate::error::ApiError;
-use crate::pagination::PageRequest;
 use crate::routes::schedules::{ScheduleCreate, SchedulePatch};
 use crate::services::schedules;
 use crate::state::AppState;
@@ -86,14 +85,26 @@ pub struct ScheduleRow {
 struct ListPage {
     chrome: Chrome,
     rows: Vec<ScheduleRow>,
+    next: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, operator: Operator) -> Result<Response> {
-    let page = PageRequest {
-        limit: 500,
-        after: None,
-    };
-    let rows = schedules::list(&state.db, schedules::ScheduleFilter::default(), page).await?;
+#[derive(Deserialize)]
+struct ListParams {
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(params): Query<ListParams>,
+) -> Result<Response> {
+    let page = crate::pagination::PageParams {
+        limit: Some(100),
+        cursor: params.cursor.filter(|c| !c.is_empty()),
+    }
+    .parse()?;
+    let mut rows = schedules::list(&state.db, schedules::ScheduleFilter::default(), page).await?;
+    let next = view::next_page(&mut rows, page.limit, |s| s.id, &[]);
     let rows = labelled(&state.db, rows)
         .await?
         .into_iter()
@@ -115,6 +126,7 @@ async fn list(State(state): State<AppState>, operator: Operator) -> Result<Respo
     render(&ListPage {
         chrome: Chrome::new(&operator, "schedules"),
         rows,
+        next,
     })
 }
 

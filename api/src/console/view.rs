@@ -38,6 +38,28 @@ pub fn bytes(n: Option<i64>) -> String {
     }
 }
 
+/// Rows of one console page: at most `limit` of `rows` (which holds one more when another
+/// page follows), and the query string of the next page with `filters` kept, if there is one.
+pub fn next_page<T>(
+    rows: &mut Vec<T>,
+    limit: u64,
+    id: impl Fn(&T) -> Uuid,
+    filters: &[(&str, &str)],
+) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    let cursor = crate::pagination::encode_cursor(id(rows.last()?));
+    Some(
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(filters.iter().filter(|(_, v)| !v.is_empty()))
+            .append_pair("cursor", &cursor)
+            .finish(),
+    )
+}
+
 /// One run in a table.
 pub struct RunRow {
     pub id: String,
