@@ -53,6 +53,16 @@ impl Element<'_> {
             .to_owned()
     }
 
+    /// The text, or `None` when the element is gone (the page moved on since it was found).
+    async fn text_if_current(&self) -> Option<String> {
+        let text = self
+            .browser
+            .call(self.browser.http.get(self.url("text")))
+            .await
+            .ok()?;
+        Some(text.as_str().unwrap_or_default().to_owned())
+    }
+
     async fn attr(&self, name: &str) -> Option<String> {
         self.browser
             .get_value(&self.url(&format!("attribute/{name}")))
@@ -245,8 +255,16 @@ impl Browser {
             .collect()
     }
 
+    /// The text of `css`, found again if the page replaced it between finding and reading.
     async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(text) = self.find(css).await.text_if_current().await {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "`{css}` keeps going stale");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn fill(&self, css: &str, value: &str) {
@@ -333,7 +351,7 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = match self.try_find(css).await {
-                Some(e) => e.text().await,
+                Some(e) => e.text_if_current().await.unwrap_or_default(),
                 None => String::new(),
             };
             if check(&text) {
@@ -477,7 +495,7 @@ async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
     b.fill("#command-name", "slow").await;
     b.fill(
         "#command-text",
-        "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.7; done",
+        "for i in 1 2 3 4 5 6; do echo line $i; sleep 1; done",
     )
     .await;
     b.click("#commands form.stack button[type=submit]").await;
