@@ -45,6 +45,10 @@ struct Follower {
     /// An attempt's end entry was read: its outcome is on its way to Postgres, so the run's
     /// state is checked often until it lands.
     attempt_ended: bool,
+    /// Whether to ask Postgres for the run's state before the next read: only when the stream
+    /// has been quiet, since a run whose output is flowing is not over (one status query per
+    /// chunk would cost a round trip every 100 ms for every viewer).
+    check_status: bool,
 }
 
 /// How often the run's state is checked once its attempt has ended.
@@ -81,6 +85,7 @@ pub async fn follow(
         pending: VecDeque::new(),
         done: false,
         attempt_ended: false,
+        check_status: true,
     };
     Ok(futures::stream::unfold(follower, |mut f| async move {
         loop {
@@ -91,9 +96,13 @@ pub async fn follow(
                 return None;
             }
             // Postgres first: once the run is terminal, drain what is left and end.
-            let terminal = match super::runs::status(&f.db, f.run_id).await {
-                Ok(status) => status.is_terminal().then(|| status.to_string()),
-                Err(_) => Some("deleted".to_owned()),
+            let terminal = if f.check_status {
+                match super::runs::status(&f.db, f.run_id).await {
+                    Ok(status) => status.is_terminal().then(|| status.to_string()),
+                    Err(_) => Some("deleted".to_owned()),
+                }
+            } else {
+                None
             };
             let block = match (&terminal, f.attempt_ended) {
                 (Some(_), _) => None,
@@ -101,11 +110,15 @@ pub async fn follow(
                 (None, false) => Some(POLL),
             };
             match f.read(block).await {
-                Ok(read) if read > 0 => continue,
-                Ok(_) => {}
+                Ok(read) if read > 0 => {
+                    f.check_status = false;
+                    continue;
+                }
+                Ok(_) => f.check_status = true,
                 Err(e) => {
                     tracing::warn!(run_id = %f.run_id, error = %e, "reading live output");
                     tokio::time::sleep(POLL).await;
+                    f.check_status = true;
                 }
             }
             if let Some(status) = terminal {
