@@ -53,7 +53,9 @@ UPDATE task_outbox o SET published_at = $3, stream_id = NULLIF(t.stream_id, '')
 FROM unnest($1::uuid[], $2::text[]) AS t(run_id, stream_id)
 WHERE o.run_id = t.run_id";
 
-fn task_of(row: &QueryResult) -> Result<Task> {
+/// The task of a pending row, as of `now`: a scheduled run whose fire time is still ahead (it
+/// was materialised early) carries it as `not_before`, and the executor waits for it.
+fn task_of(row: &QueryResult, now: DateTime<Utc>) -> Result<Task> {
     let sealed: Vec<u8> = row.try_get("", "secret")?;
     let passphrase: Option<Vec<u8>> = row.try_get("", "passphrase")?;
     let port: i32 = row.try_get("", "port")?;
@@ -82,12 +84,15 @@ fn task_of(row: &QueryResult) -> Result<Task> {
             })
         }
     };
-    Ok(Task {
+    let trigger = row.try_get::<RunTrigger>("", "trigger")?;
+    let scheduled_for: DateTime<Utc> = row.try_get("", "scheduled_for")?;
+    let not_before = (trigger == RunTrigger::Scheduled && scheduled_for > now).then_some(scheduled_for);
+    let mut task = Task {
         v: TASK_VERSION,
         run_id: row.try_get("", "id")?,
         schedule_id: row.try_get("", "schedule_id")?,
-        trigger: row.try_get::<RunTrigger>("", "trigger")?,
-        scheduled_for: row.try_get("", "scheduled_for")?,
+        trigger,
+        scheduled_for,
         attempt: row.try_get("", "attempt")?,
         device: TaskDevice {
             id: row.try_get("", "device_id")?,
@@ -116,7 +121,10 @@ fn task_of(row: &QueryResult) -> Result<Task> {
             max_output_bytes: row.try_get("", "max_output_bytes")?,
             max_attempts: row.try_get("", "max_attempts")?,
         },
-    })
+        not_before,
+    };
+    task.v = task.version_needed();
+    Ok(task)
 }
 
 /// What one publish batch did.
@@ -170,6 +178,7 @@ pub async fn publish_batch(
     let mut published: Vec<usize> = Vec::with_capacity(rows.len());
     let mut tickets: Vec<String> = Vec::with_capacity(rows.len());
     let mut unpublishable: Vec<(Uuid, String)> = Vec::new();
+    let as_of = now();
     for row in &rows {
         marked.push(row.try_get("", "run_id")?);
         if row.try_get::<Option<Uuid>>("", "id")?.is_none() {
@@ -177,7 +186,7 @@ pub async fn publish_batch(
         }
         // One row that cannot become a task (its command deleted meanwhile, a value this
         // build does not know) ends its own run; it never holds up the others.
-        let task = match task_of(row) {
+        let task = match task_of(row, as_of) {
             Ok(task) => task,
             Err(e) => {
                 let run_id = marked[marked.len() - 1];
