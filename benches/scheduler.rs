@@ -175,7 +175,9 @@ impl Bench {
         let settings = self.settings.clone();
         let (t, s) = (telemetry.clone(), shutdown.clone());
         handles.push(tokio::spawn(async move {
-            netcron_scheduler::run(settings, t, s).await.expect("scheduler");
+            netcron_scheduler::run(settings, t, s)
+                .await
+                .expect("scheduler");
         }));
         let executor = netcron_executor::Settings {
             redis: self.settings.redis.clone(),
@@ -184,7 +186,9 @@ impl Bench {
         };
         let (t, s) = (telemetry.clone(), shutdown.clone());
         handles.push(tokio::spawn(async move {
-            netcron_executor::run(executor, t, s).await.expect("executor");
+            netcron_executor::run(executor, t, s)
+                .await
+                .expect("executor");
         }));
         let ingest = netcron_ingest::IngestSettings {
             database: self.settings.database.clone(),

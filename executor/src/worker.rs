@@ -146,8 +146,9 @@ impl Executor {
     /// round trip. A failure keeps the last offset (a Redis outage stops the executor anyway).
     async fn sync_clock(&self) {
         let before = Utc::now();
-        let answer: redis::RedisResult<(i64, i64)> =
-            redis::cmd("TIME").query_async(&mut self.redis.clone()).await;
+        let answer: redis::RedisResult<(i64, i64)> = redis::cmd("TIME")
+            .query_async(&mut self.redis.clone())
+            .await;
         let after = Utc::now();
         match answer {
             Ok((secs, micros)) => {
@@ -155,8 +156,10 @@ impl Executor {
                 let local_us = before.timestamp_micros() / 2 + after.timestamp_micros() / 2;
                 let offset = redis_us - local_us;
                 if offset.abs() > 1_000_000 {
-                    tracing::warn!(offset_ms = offset / 1000,
-                        "this host's clock differs from Redis'; runs start by Redis' clock");
+                    tracing::warn!(
+                        offset_ms = offset / 1000,
+                        "this host's clock differs from Redis'; runs start by Redis' clock"
+                    );
                 }
                 self.clock_offset_us
                     .store(offset, std::sync::atomic::Ordering::Relaxed);

@@ -86,7 +86,8 @@ fn task_of(row: &QueryResult, now: DateTime<Utc>) -> Result<Task> {
     };
     let trigger = row.try_get::<RunTrigger>("", "trigger")?;
     let scheduled_for: DateTime<Utc> = row.try_get("", "scheduled_for")?;
-    let not_before = (trigger == RunTrigger::Scheduled && scheduled_for > now).then_some(scheduled_for);
+    let not_before =
+        (trigger == RunTrigger::Scheduled && scheduled_for > now).then_some(scheduled_for);
     let mut task = Task {
         v: TASK_VERSION,
         run_id: row.try_get("", "id")?,

@@ -369,7 +369,11 @@ mod tests {
     fn allow_and_queue_materialise_every_fire_time_within_the_horizon() {
         let now = at("2026-01-01T00:00:58Z");
         let horizon_end = now + Duration::seconds(5);
-        let mut d = due("* * * * * *", "2026-01-01T00:01:00Z", MisfirePolicy::RunOnce);
+        let mut d = due(
+            "* * * * * *",
+            "2026-01-01T00:01:00Z",
+            MisfirePolicy::RunOnce,
+        );
         for overlap in [OverlapPolicy::Allow, OverlapPolicy::Queue] {
             d.overlap = overlap;
             let until = materialise_until(&d, now, horizon_end);
@@ -385,7 +389,11 @@ mod tests {
                 ],
                 "{overlap}"
             );
-            assert_eq!(statuses(&p), [RunStatus::Queued; 4], "{overlap}: ahead is never late");
+            assert_eq!(
+                statuses(&p),
+                [RunStatus::Queued; 4],
+                "{overlap}: ahead is never late"
+            );
             assert_eq!(p.next_fire_at, Some(at("2026-01-01T00:01:04Z")));
         }
     }
@@ -394,17 +402,29 @@ mod tests {
     fn skip_materialises_only_its_next_fire_and_only_ahead_of_it() {
         let now = at("2026-01-01T00:00:58Z");
         let horizon_end = now + Duration::seconds(5);
-        let d = due("* * * * * *", "2026-01-01T00:01:00Z", MisfirePolicy::RunOnce);
+        let d = due(
+            "* * * * * *",
+            "2026-01-01T00:01:00Z",
+            MisfirePolicy::RunOnce,
+        );
         let until = materialise_until(&d, now, horizon_end);
         assert_eq!(until, at("2026-01-01T00:01:00Z"));
         let p = plan(&d, now, until, Duration::seconds(GRACE));
         assert_eq!(statuses(&p), [RunStatus::Queued]);
         assert_eq!(p.next_fire_at, Some(at("2026-01-01T00:01:01Z")));
         // Due now: nothing beyond now, since the run queued now decides the next one.
-        let due_now = due("* * * * * *", "2026-01-01T00:00:57Z", MisfirePolicy::RunOnce);
+        let due_now = due(
+            "* * * * * *",
+            "2026-01-01T00:00:57Z",
+            MisfirePolicy::RunOnce,
+        );
         assert_eq!(materialise_until(&due_now, now, horizon_end), now);
         // A next fire time beyond the horizon is not materialised at all.
-        let far = due("0 * * * * *", "2026-01-01T00:02:00Z", MisfirePolicy::RunOnce);
+        let far = due(
+            "0 * * * * *",
+            "2026-01-01T00:02:00Z",
+            MisfirePolicy::RunOnce,
+        );
         let p = plan(
             &far,
             now,

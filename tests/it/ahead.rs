@@ -19,7 +19,12 @@ use crate::sshd::{TEST_PASSWORD, TestSshd};
 
 /// A device on the test sshd with a command that records its executions, scheduled every
 /// second with `overlap`; answers the schedule.
-async fn every_second(app: &TestApp, sshd: &TestSshd, executions: &Executions, overlap: &str) -> Value {
+async fn every_second(
+    app: &TestApp,
+    sshd: &TestSshd,
+    executions: &Executions,
+    overlap: &str,
+) -> Value {
     let device = password_device(app, "ahead", sshd.port, TEST_PASSWORD).await;
     let c = command(
         app,
@@ -87,7 +92,9 @@ async fn published_ahead(app: &TestApp, schedule: &Value, n: usize) -> Vec<Strin
         let ahead: Vec<String> = runs_of(app, schedule)
             .await
             .into_iter()
-            .filter(|(_, at, status, published)| *at > now + chrono::Duration::milliseconds(1500) && status == "queued" && *published)
+            .filter(|(_, at, status, published)| {
+                *at > now + chrono::Duration::milliseconds(1500) && status == "queued" && *published
+            })
             .map(|(id, ..)| id)
             .collect();
         if ahead.len() >= n {
@@ -112,7 +119,11 @@ async fn executed_on_time_once(
 ) -> HashSet<String> {
     let mut seen = HashSet::new();
     for (run_id, attempt, began) in executions.started() {
-        assert!(seen.insert(run_id.clone()), "{run_id} executed twice: {:?}", executions.lines());
+        assert!(
+            seen.insert(run_id.clone()),
+            "{run_id} executed twice: {:?}",
+            executions.lines()
+        );
         assert_eq!(attempt, 1);
         let run = get_run(app, &run_id).await;
         let fire: DateTime<Utc> = run["scheduled_for"]
@@ -120,7 +131,11 @@ async fn executed_on_time_once(
             .and_then(|t| t.parse().ok())
             .unwrap_or_else(|| panic!("run {run_id} executed but does not exist: {run}"));
         assert!(began >= fire, "began {began}, before its fire time: {run}");
-        assert!(began - fire < late, "began {began}, {} late: {run}", began - fire);
+        assert!(
+            began - fire < late,
+            "began {began}, {} late: {run}",
+            began - fire
+        );
     }
     seen
 }
@@ -157,7 +172,10 @@ async fn runs_published_ahead_start_at_their_fire_time_not_before() {
         &text,
         "netcron_scheduler_fire_lateness_seconds_bucket{le=\"0.25\"}",
     );
-    assert!(within_250ms >= count * 0.5, "{within_250ms} of {count} within 250 ms");
+    assert!(
+        within_250ms >= count * 0.5,
+        "{within_250ms} of {count} within 250 ms"
+    );
 }
 
 #[tokio::test]
@@ -184,7 +202,10 @@ async fn pausing_withdraws_the_runs_materialised_ahead_and_none_of_them_executes
         "materialised runs survived the pause: {left:?}"
     );
     for id in &ahead {
-        assert!(left.iter().all(|(left_id, ..)| left_id != id), "{id} survived");
+        assert!(
+            left.iter().all(|(left_id, ..)| left_id != id),
+            "{id} survived"
+        );
     }
     // Well past the horizon: no withdrawn run began on the device, and every run that did
     // begin was for a fire time before the pause, on time and once.
@@ -203,7 +224,9 @@ async fn pausing_withdraws_the_runs_materialised_ahead_and_none_of_them_executes
     app.post(&format!("/schedules/{}/resume", sid(&schedule)), &json!({}))
         .await;
     let before = executions.lines().len();
-    executions.wait_for(before + 3, Duration::from_secs(15)).await;
+    executions
+        .wait_for(before + 3, Duration::from_secs(15))
+        .await;
     executed_on_time_once(&app, &executions, chrono::Duration::seconds(1)).await;
 }
 
@@ -263,7 +286,10 @@ async fn runs_a_killed_scheduler_committed_ahead_but_never_published_run_once_on
     let report = doomed.fire_due().await.expect("fire");
     drop(doomed);
     let committed = runs_of(&app, &schedule).await;
-    assert!(report.queued >= 4 && committed.len() == report.queued, "{committed:?}");
+    assert!(
+        report.queued >= 4 && committed.len() == report.queued,
+        "{committed:?}"
+    );
     assert!(committed.iter().all(|(.., published)| !published));
     assert!(app.tasks().await.is_empty());
     // Another replica publishes them; each executes once, at its fire time.
@@ -274,7 +300,10 @@ async fn runs_a_killed_scheduler_committed_ahead_but_never_published_run_once_on
     tokio::time::sleep(wait + Duration::from_secs(3)).await;
     let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(1)).await;
     for (id, at, ..) in &committed {
-        assert!(ran.contains(id), "committed run {id} for {at} never executed");
+        assert!(
+            ran.contains(id),
+            "committed run {id} for {at} never executed"
+        );
     }
     let published: Vec<_> = app
         .tasks()

@@ -3,9 +3,9 @@ use chrono_tz::Tz;
 use netcron_common::db::SCHEDULE_CHANGED_CHANNEL;
 use netcron_common::domain::{CronSpec, MisfirePolicy, OverlapPolicy, Timing, parse_timezone};
 use netcron_common::entity::schedule;
-use sea_orm::sea_query::Expr;
 use netcron_common::protocol::lease::Leases;
 use netcron_lifecycle::runs::Withdrawn;
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
     EntityTrait, QueryFilter, QuerySelect, Set, Statement, TransactionTrait,
@@ -172,12 +172,16 @@ async fn lock(txn: &DatabaseTransaction, id: Uuid) -> Result<schedule::Model> {
 
 /// Withdraws the runs of a [`lock`]ed schedule materialised for fire times still ahead.
 async fn withdraw(txn: &DatabaseTransaction, fence: &Fence<'_>, id: Uuid) -> Result<Withdrawn> {
-    let mut conn = fence.redis.get_multiplexed_async_connection().await.map_err(|e| {
-        ApiError::unavailable(format!(
-            "Redis is unreachable ({e}), and runs of schedule {id} may already be on the \
+    let mut conn = fence
+        .redis
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!(
+                "Redis is unreachable ({e}), and runs of schedule {id} may already be on the \
              tasks stream ahead of their fire time; nothing was changed, try again"
-        ))
-    })?;
+            ))
+        })?;
     let withdrawn = netcron_lifecycle::runs::withdraw_ahead(txn, &mut conn, fence.leases, id)
         .await
         .map_err(|e| match e {
@@ -242,9 +246,9 @@ pub async fn update(
     let mut model: schedule::ActiveModel = current.into();
     if timing_changed || resumed {
         // From now, or after a run an executor already began (it keeps its fire time).
-        let from = withdrawn
-            .as_ref()
-            .map_or_else(Utc::now, |w| w.kept_until.map_or(w.as_of, |k| k.max(w.as_of)));
+        let from = withdrawn.as_ref().map_or_else(Utc::now, |w| {
+            w.kept_until.map_or(w.as_of, |k| k.max(w.as_of))
+        });
         model.next_fire_at = Set(timing.next_after(from));
     } else if let Some(first) = withdrawn.and_then(|w| w.first) {
         // Same fire times, to be materialised again under the new settings.

@@ -176,9 +176,13 @@ impl Task {
     /// # Errors
     /// A [`Rejected`] naming what is wrong, and the run when the entry names one.
     pub fn decode(entry: &StreamId) -> Result<Task, Rejected> {
-        decode_envelope(entry, "task", &TASK_VERSIONS_READ, MAX_TASK_BYTES, |t: &Task| {
-            (t.run_id, t.v)
-        })
+        decode_envelope(
+            entry,
+            "task",
+            &TASK_VERSIONS_READ,
+            MAX_TASK_BYTES,
+            |t: &Task| (t.run_id, t.v),
+        )
     }
 }
 
