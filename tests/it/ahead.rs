@@ -172,7 +172,10 @@ async fn runs_published_ahead_start_at_their_fire_time_not_before() {
         &text,
         "netcron_scheduler_fire_lateness_seconds_bucket{le=\"1.0\"}",
     );
-    assert!(within_1s >= count * 0.5, "{within_1s} of {count} within 1 s");
+    assert!(
+        within_1s >= count * 0.5,
+        "{within_1s} of {count} within 1 s"
+    );
 }
 
 #[tokio::test]
