@@ -17,6 +17,34 @@ use crate::helpers::TestApp;
 use crate::lifecycle::Executions;
 use crate::sshd::{TEST_PASSWORD, TestSshd};
 
+/// Scheduler, executor and the test sshd, with an every-second schedule (overlap `allow`)
+/// whose command records its executions on the host.
+struct Pipeline {
+    app: TestApp,
+    executions: Executions,
+    schedule: Value,
+    _sshd: TestSshd,
+    _roles: [crate::executor::Running; 2],
+}
+
+impl Pipeline {
+    async fn start() -> Self {
+        let app = TestApp::spawn().await;
+        let sshd = TestSshd::start();
+        let executions = Executions::new();
+        let scheduler = start_scheduler(&app).await;
+        let (executor, _) = start_executor(&app, config()).await;
+        let schedule = every_second(&app, &sshd, &executions, "allow").await;
+        Self {
+            app,
+            executions,
+            schedule,
+            _sshd: sshd,
+            _roles: [scheduler, executor],
+        }
+    }
+}
+
 /// A device on the test sshd with a command that records its executions, scheduled every
 /// second with `overlap`; answers the schedule.
 async fn every_second(
@@ -142,12 +170,14 @@ async fn executed_on_time_once(
 
 #[tokio::test]
 async fn runs_published_ahead_start_at_their_fire_time_not_before() {
-    let app = TestApp::spawn().await;
-    let sshd = TestSshd::start();
-    let executions = Executions::new();
-    let _scheduler = start_scheduler(&app).await;
-    let (_executor, _) = start_executor(&app, config()).await;
-    let schedule = every_second(&app, &sshd, &executions, "allow").await;
+    // Every field bound: the sshd and the roles live until the test ends.
+    let Pipeline {
+        app,
+        executions,
+        schedule,
+        _sshd,
+        _roles,
+    } = Pipeline::start().await;
     // Published seconds ahead, as version 2 tasks carrying their fire time as `not_before`.
     let ahead = published_ahead(&app, &schedule, 2).await;
     let tasks = app.tasks().await;
@@ -180,12 +210,14 @@ async fn runs_published_ahead_start_at_their_fire_time_not_before() {
 
 #[tokio::test]
 async fn pausing_withdraws_the_runs_materialised_ahead_and_none_of_them_executes() {
-    let app = TestApp::spawn().await;
-    let sshd = TestSshd::start();
-    let executions = Executions::new();
-    let _scheduler = start_scheduler(&app).await;
-    let (_executor, _) = start_executor(&app, config()).await;
-    let schedule = every_second(&app, &sshd, &executions, "allow").await;
+    // Every field bound: the sshd and the roles live until the test ends.
+    let Pipeline {
+        app,
+        executions,
+        schedule,
+        _sshd,
+        _roles,
+    } = Pipeline::start().await;
     // Tasks on the stream, read by the executor and waiting on its timers.
     let ahead = published_ahead(&app, &schedule, 2).await;
     let (status, paused) = crate::helpers::json_of(
@@ -232,12 +264,14 @@ async fn pausing_withdraws_the_runs_materialised_ahead_and_none_of_them_executes
 
 #[tokio::test]
 async fn an_edit_withdraws_the_fire_times_it_no_longer_wants_and_keeps_the_rest_once() {
-    let app = TestApp::spawn().await;
-    let sshd = TestSshd::start();
-    let executions = Executions::new();
-    let _scheduler = start_scheduler(&app).await;
-    let (_executor, _) = start_executor(&app, config()).await;
-    let schedule = every_second(&app, &sshd, &executions, "allow").await;
+    // Every field bound: the sshd and the roles live until the test ends.
+    let Pipeline {
+        app,
+        executions,
+        schedule,
+        _sshd,
+        _roles,
+    } = Pipeline::start().await;
     let ahead = published_ahead(&app, &schedule, 3).await;
     let (status, edited) = crate::helpers::json_of(
         app.patch(
