@@ -195,6 +195,13 @@ pub const SETTINGS: &[Setting] = &[
         example: "2",
     },
     Setting {
+        name: "NETCRON_EXECUTOR_ZONES",
+        roles: &["executor", "all"],
+        default: Value("default"),
+        meaning: "The zones this executor serves, comma-separated: it reads only their tasks streams, so it runs only the commands of devices in them (zone names: lower-case letters, digits, `_` and `-`)",
+        example: "site-a,site-b",
+    },
+    Setting {
         name: "NETCRON_SSH_IDLE_S",
         roles: &["executor", "all"],
         default: Value("5"),

@@ -26,7 +26,10 @@ mod worker;
 use std::time::Duration;
 
 use netcron_common::config::{self, ConfigError, RedisSettings};
+use netcron_common::domain::Zone;
+use netcron_common::domain::Zones;
 use netcron_common::metrics::Telemetry;
+use netcron_common::protocol::zones as presence;
 use netcron_common::protocol::{EXECUTOR_GROUP, Streams};
 use netcron_common::secret::SecretKey;
 use netcron_common::startup::{Waiting, wait_for};
@@ -82,6 +85,9 @@ pub struct ExecutorConfig {
     pub block: Duration,
     /// The consumer name: unique per process (host, pid and a random suffix).
     pub consumer: String,
+    /// The zones whose tasks this executor runs (`NETCRON_EXECUTOR_ZONES`, `default`): it
+    /// reads their streams and no other, and announces itself alive in each.
+    pub zones: Zones,
 }
 
 impl Default for ExecutorConfig {
@@ -102,6 +108,7 @@ impl Default for ExecutorConfig {
             retry_max: Duration::from_secs(30),
             block: Duration::from_secs(2),
             consumer: consumer_name(),
+            zones: Zones::default(),
         }
     }
 }
@@ -140,6 +147,7 @@ impl ExecutorConfig {
                 .map(Duration::from_millis)?,
             block: d.block,
             consumer: d.consumer,
+            zones: config::parsed_or("NETCRON_EXECUTOR_ZONES", d.zones)?,
         })
     }
 }
@@ -174,6 +182,39 @@ impl Settings {
     }
 }
 
+/// Keeps this executor listed as alive in its zones (see
+/// [`netcron_common::protocol::zones`]) until `shutdown`, then withdraws it, so the scheduler
+/// can tell a zone that has executors from one whose runs wait for nobody. It runs beside the
+/// consumer loop, not inside it: it says "this process is up and reaches Redis", which is what
+/// a zone needs to know, and needs nothing from the loop.
+async fn announce_presence(
+    client: redis::Client,
+    streams: Streams,
+    zones: Vec<Zone>,
+    consumer: String,
+    shutdown: CancellationToken,
+) {
+    let mut conn = None;
+    loop {
+        if conn.is_none() {
+            conn = client.get_multiplexed_async_connection().await.ok();
+        }
+        if let Some(c) = conn.as_mut()
+            && let Err(e) = presence::announce(c, &streams, &zones, &consumer).await
+        {
+            tracing::warn!(error = %e, "cannot announce the executor in its zones");
+            conn = None;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(presence::PRESENCE_RENEW) => {}
+        }
+    }
+    if let Some(c) = conn.as_mut() {
+        let _ = presence::withdraw(c, &streams, &zones, &consumer).await;
+    }
+}
+
 /// Runs the executor role until `shutdown` is cancelled; in-flight runs then get the grace
 /// period to finish.
 ///
@@ -190,7 +231,16 @@ pub async fn run(
     if let Ok(client) = redis::Client::open(settings.redis.url.as_str()) {
         let streams = Streams::new(&settings.redis.stream_prefix);
         let groups = vec![(streams.tasks.clone(), EXECUTOR_GROUP)];
-        telemetry.sample_streams(client, streams, groups, shutdown.clone());
+        telemetry.sample_streams(client.clone(), streams.clone(), groups, shutdown.clone());
+        let zones: Vec<Zone> = settings.executor.zones.iter().cloned().collect();
+        let consumer = settings.executor.consumer.clone();
+        tokio::spawn(announce_presence(
+            client,
+            streams,
+            zones,
+            consumer,
+            shutdown.clone(),
+        ));
     }
     let Some(executor) = wait_for(
         Waiting {

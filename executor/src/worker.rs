@@ -421,7 +421,7 @@ impl Executor {
             .collect();
         let ran = until_ok("running no-ops", || async {
             self.leases
-                .run_noops(&mut self.redis.clone(), &results)
+                .run_noops(&mut self.redis.clone(), &self.streams.tasks, &results)
                 .await
         })
         .await;
@@ -515,7 +515,13 @@ impl Executor {
         // only together with its published outcome.
         let ours = until_ok("publishing an outcome", || async {
             self.leases
-                .finish(&mut self.redis.clone(), entry_id, &report, &body)
+                .finish(
+                    &mut self.redis.clone(),
+                    &self.streams.tasks,
+                    entry_id,
+                    &report,
+                    &body,
+                )
                 .await
         })
         .await;
@@ -539,6 +545,7 @@ impl Executor {
             self.leases
                 .start(
                     &mut self.redis.clone(),
+                    &self.streams.tasks,
                     entry_id,
                     lease_ms,
                     report,

@@ -314,13 +314,15 @@ impl Leases {
     }
 
     /// Takes the lease of `started`'s attempt for `holder`, and publishes `started` (a result
-    /// without outcome) in the same step, unless `announce` is false (no-op commands).
+    /// without outcome) in the same step, unless `announce` is false (no-op commands). `tasks`
+    /// is the zone's tasks stream the entry came from ([`Streams::zone_tasks`]).
     ///
     /// # Errors
     /// When Redis fails.
     pub async fn start<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        tasks: &str,
         entry_id: &str,
         lease_ms: u64,
         started: &RunResult,
@@ -328,7 +330,7 @@ impl Leases {
     ) -> redis::RedisResult<Start> {
         let mut call = self.start.prepare_invoke();
         call.key(self.streams.run_key(started.run_id))
-            .key(&self.streams.tasks)
+            .key(tasks)
             .key(&self.streams.results)
             .arg(started.attempt)
             .arg(&started.executor_id)
@@ -354,20 +356,22 @@ impl Leases {
     }
 
     /// Starts and finishes no-op runs in one step (see the `NOOPS` script): `results` are
-    /// their outcomes with the entries that carried them. Answers, per run, whether it ran.
+    /// their outcomes with the entries of `tasks` that carried them. Answers, per run, whether
+    /// it ran.
     ///
     /// # Errors
     /// When Redis fails; then nothing happened.
     pub async fn run_noops<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        tasks: &str,
         results: &[(String, RunResult)],
     ) -> redis::RedisResult<Vec<bool>> {
         let Some((_, first)) = results.first() else {
             return Ok(Vec::new());
         };
         let mut call = self.noops.prepare_invoke();
-        call.key(&self.streams.tasks)
+        call.key(tasks)
             .key(&self.streams.results)
             .arg(self.group)
             .arg(&first.executor_id)
@@ -411,21 +415,22 @@ impl Leases {
             .collect())
     }
 
-    /// Publishes `result` (with its outcome), acknowledges its task entry and marks the lease
-    /// `done`, in one step. Answers whether the lease was still this executor's.
+    /// Publishes `result` (with its outcome), acknowledges its task entry on `tasks` and marks
+    /// the lease `done`, in one step. Answers whether the lease was still this executor's.
     ///
     /// # Errors
     /// When Redis fails; then nothing happened.
     pub async fn finish<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        tasks: &str,
         entry_id: &str,
         result: &RunResult,
         body: &str,
     ) -> redis::RedisResult<bool> {
         let mut call = self.finish.prepare_invoke();
         call.key(self.streams.run_key(result.run_id))
-            .key(&self.streams.tasks)
+            .key(tasks)
             .key(&self.streams.results)
             .key(&self.streams.results_large)
             .arg(result.attempt)
@@ -441,20 +446,22 @@ impl Leases {
         Ok(ours == 1)
     }
 
-    /// What Redis knows about each of `probes`, in order.
+    /// What Redis knows about each of `probes`, in order; their tasks were published to
+    /// `tasks` (one zone's stream).
     ///
     /// # Errors
     /// When Redis fails.
     pub async fn check<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        tasks: &str,
         probes: &[Probe],
     ) -> redis::RedisResult<Vec<Found>> {
         if probes.is_empty() {
             return Ok(Vec::new());
         }
         let mut call = self.check.prepare_invoke();
-        call.key(&self.streams.tasks).arg(self.group);
+        call.key(tasks).arg(self.group);
         for p in probes {
             call.arg(self.streams.run_key(p.run_id))
                 .arg(p.attempt)
