@@ -44,7 +44,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "REDIS_URL",
         roles: &["api", "scheduler", "executor", "ingest", "all"],
         default: Required,
-        meaning: "Redis URL, `redis://host:port`",
+        meaning: "Redis URL, `redis://[user:password@]host:port`, or `rediss://…` for TLS (the server's certificate is checked against the system's CA store and the PEM file in `SSL_CERT_FILE`)",
         example: "redis://redis.example.net:6379",
     },
     Setting {

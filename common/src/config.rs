@@ -184,7 +184,7 @@ impl RedisSettings {
         if redis::Client::open(url.as_str()).is_err() {
             return Err(ConfigError {
                 name: "REDIS_URL",
-                reason: "is not a redis:// URL".into(),
+                reason: "is not a redis:// or rediss:// (TLS) URL".into(),
             });
         }
         Ok(Self {

@@ -17,6 +17,7 @@ pub mod inventory;
 mod live;
 pub mod metrics;
 mod output;
+mod process;
 #[cfg(test)]
 mod properties;
 pub mod runner;
@@ -26,10 +27,8 @@ mod worker;
 use std::time::Duration;
 
 use netcron_common::config::{self, ConfigError, RedisSettings};
-use netcron_common::domain::Zone;
-use netcron_common::domain::Zones;
+use netcron_common::domain::{Zone, Zones};
 use netcron_common::metrics::Telemetry;
-use netcron_common::protocol::zones as presence;
 use netcron_common::protocol::{EXECUTOR_GROUP, Streams};
 use netcron_common::secret::SecretKey;
 use netcron_common::startup::{Waiting, wait_for};
@@ -37,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
 pub use metrics::{ExecutorMetrics, SessionMetrics};
+pub use process::Executor;
 pub use runner::Runner;
-pub use worker::Executor;
 
 /// How the executor behaves; every field has an environment variable (see the README).
 #[derive(Debug, Clone)]
@@ -182,39 +181,6 @@ impl Settings {
     }
 }
 
-/// Keeps this executor listed as alive in its zones (see
-/// [`netcron_common::protocol::zones`]) until `shutdown`, then withdraws it, so the scheduler
-/// can tell a zone that has executors from one whose runs wait for nobody. It runs beside the
-/// consumer loop, not inside it: it says "this process is up and reaches Redis", which is what
-/// a zone needs to know, and needs nothing from the loop.
-async fn announce_presence(
-    client: redis::Client,
-    streams: Streams,
-    zones: Vec<Zone>,
-    consumer: String,
-    shutdown: CancellationToken,
-) {
-    let mut conn = None;
-    loop {
-        if conn.is_none() {
-            conn = client.get_multiplexed_async_connection().await.ok();
-        }
-        if let Some(c) = conn.as_mut()
-            && let Err(e) = presence::announce(c, &streams, &zones, &consumer).await
-        {
-            tracing::warn!(error = %e, "cannot announce the executor in its zones");
-            conn = None;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(presence::PRESENCE_RENEW) => {}
-        }
-    }
-    if let Some(c) = conn.as_mut() {
-        let _ = presence::withdraw(c, &streams, &zones, &consumer).await;
-    }
-}
-
 /// Runs the executor role until `shutdown` is cancelled; in-flight runs then get the grace
 /// period to finish.
 ///
@@ -230,17 +196,13 @@ pub async fn run(
     let metrics = ExecutorMetrics::new(&telemetry);
     if let Ok(client) = redis::Client::open(settings.redis.url.as_str()) {
         let streams = Streams::new(&settings.redis.stream_prefix);
-        let groups = vec![(streams.tasks.clone(), EXECUTOR_GROUP)];
-        telemetry.sample_streams(client.clone(), streams.clone(), groups, shutdown.clone());
-        let zones: Vec<Zone> = settings.executor.zones.iter().cloned().collect();
-        let consumer = settings.executor.consumer.clone();
-        tokio::spawn(announce_presence(
-            client,
-            streams,
-            zones,
-            consumer,
-            shutdown.clone(),
-        ));
+        // The stream gauges cover the `default` zone's stream and the shared ones; an executor
+        // of other zones leaves them to the scheduler, so its Redis user needs no access to
+        // the streams of zones it does not serve (see docs/DEPLOY.md, "Several sites").
+        if settings.executor.zones.iter().any(Zone::is_default) {
+            let groups = vec![(streams.tasks.clone(), EXECUTOR_GROUP)];
+            telemetry.sample_streams(client, streams, groups, shutdown.clone());
+        }
     }
     let Some(executor) = wait_for(
         Waiting {

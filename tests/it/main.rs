@@ -21,5 +21,7 @@ mod runs;
 mod scheduler;
 mod schedules;
 mod security;
+mod sites;
 mod sshd;
 mod text_safety;
+mod zones;

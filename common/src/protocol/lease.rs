@@ -267,7 +267,10 @@ pub struct Probe {
     pub entry_id: Option<String>,
 }
 
-/// The lease scripts of one stream prefix.
+/// The lease scripts of one stream prefix. An executor's are built on its zone's names
+/// ([`Streams::for_zone`]), so the scripts it runs (start, no-ops, finish) acknowledge on the
+/// zone's tasks stream; [`Leases::check`], which the scheduler runs across zones, is told the
+/// stream.
 #[derive(Clone)]
 pub struct Leases {
     streams: Streams,
@@ -314,15 +317,13 @@ impl Leases {
     }
 
     /// Takes the lease of `started`'s attempt for `holder`, and publishes `started` (a result
-    /// without outcome) in the same step, unless `announce` is false (no-op commands). `tasks`
-    /// is the zone's tasks stream the entry came from ([`Streams::zone_tasks`]).
+    /// without outcome) in the same step, unless `announce` is false (no-op commands).
     ///
     /// # Errors
     /// When Redis fails.
     pub async fn start<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        tasks: &str,
         entry_id: &str,
         lease_ms: u64,
         started: &RunResult,
@@ -330,7 +331,7 @@ impl Leases {
     ) -> redis::RedisResult<Start> {
         let mut call = self.start.prepare_invoke();
         call.key(self.streams.run_key(started.run_id))
-            .key(tasks)
+            .key(&self.streams.tasks)
             .key(&self.streams.results)
             .arg(started.attempt)
             .arg(&started.executor_id)
@@ -356,22 +357,20 @@ impl Leases {
     }
 
     /// Starts and finishes no-op runs in one step (see the `NOOPS` script): `results` are
-    /// their outcomes with the entries of `tasks` that carried them. Answers, per run, whether
-    /// it ran.
+    /// their outcomes with the entries that carried them. Answers, per run, whether it ran.
     ///
     /// # Errors
     /// When Redis fails; then nothing happened.
     pub async fn run_noops<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        tasks: &str,
         results: &[(String, RunResult)],
     ) -> redis::RedisResult<Vec<bool>> {
         let Some((_, first)) = results.first() else {
             return Ok(Vec::new());
         };
         let mut call = self.noops.prepare_invoke();
-        call.key(tasks)
+        call.key(&self.streams.tasks)
             .key(&self.streams.results)
             .arg(self.group)
             .arg(&first.executor_id)
@@ -415,22 +414,21 @@ impl Leases {
             .collect())
     }
 
-    /// Publishes `result` (with its outcome), acknowledges its task entry on `tasks` and marks
-    /// the lease `done`, in one step. Answers whether the lease was still this executor's.
+    /// Publishes `result` (with its outcome), acknowledges its task entry and marks the lease
+    /// `done`, in one step. Answers whether the lease was still this executor's.
     ///
     /// # Errors
     /// When Redis fails; then nothing happened.
     pub async fn finish<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        tasks: &str,
         entry_id: &str,
         result: &RunResult,
         body: &str,
     ) -> redis::RedisResult<bool> {
         let mut call = self.finish.prepare_invoke();
         call.key(self.streams.run_key(result.run_id))
-            .key(tasks)
+            .key(&self.streams.tasks)
             .key(&self.streams.results)
             .key(&self.streams.results_large)
             .arg(result.attempt)

@@ -94,9 +94,20 @@ impl Streams {
     /// mistaken for another key. Only the executors started for `zone` read it.
     pub fn zone_tasks(&self, zone: &Zone) -> String {
         if zone.is_default() {
-            self.tasks.clone()
+            format!("{}tasks", self.prefix)
         } else {
-            format!("{}:{zone}", self.tasks)
+            format!("{}tasks:{zone}", self.prefix)
+        }
+    }
+
+    /// The names as one zone's executor sees them: `tasks` is the zone's tasks stream
+    /// ([`Streams::zone_tasks`]), everything else is shared by all zones. An executor serving
+    /// several zones has one consumer per zone, each on its zone's names.
+    #[must_use]
+    pub fn for_zone(&self, zone: &Zone) -> Streams {
+        Streams {
+            tasks: self.zone_tasks(zone),
+            ..self.clone()
         }
     }
 
