@@ -185,6 +185,16 @@ fn reachable_from(netns: Option<&str>, host: Ipv4Addr, port: u16) -> bool {
     }
 }
 
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "netcron-sites-{what}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
 /// A private redis-server for this test: listening on loopback and on the root side of every
 /// site's veth, with one ACL user per site executor.
 struct SiteRedis {
@@ -211,12 +221,17 @@ fn executor_acl(user: &str, password: &str, prefix: &str, zone: &str) -> String 
 
 impl SiteRedis {
     fn start(binds: &[Ipv4Addr], users: &[String]) -> SiteRedis {
-        let dir = std::env::temp_dir().join(format!(
-            "netcron-sites-redis-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        fs::create_dir_all(&dir).expect("redis dir");
+        SiteRedis::start_in(&temp_dir("redis"), binds, users, "")
+    }
+
+    /// Starts redis-server in `dir` with `extra` configuration lines (TLS).
+    fn start_in(
+        dir: &std::path::Path,
+        binds: &[Ipv4Addr],
+        users: &[String],
+        extra: &str,
+    ) -> SiteRedis {
+        let dir = dir.to_path_buf();
         let port = free_port();
         let binds: Vec<String> = binds.iter().map(ToString::to_string).collect();
         let mut config = format!(
@@ -229,6 +244,7 @@ impl SiteRedis {
             config.push_str(user);
             config.push('\n');
         }
+        config.push_str(extra);
         let path = dir.join("redis.conf");
         fs::write(&path, config).expect("write redis.conf");
         let log = fs::File::create(dir.join("redis.log")).expect("redis log");
@@ -270,6 +286,15 @@ struct SiteExecutor {
 
 impl SiteExecutor {
     fn start(site: &Site, redis_url: &str, app: &TestApp) -> SiteExecutor {
+        SiteExecutor::start_with(site, redis_url, app, &[])
+    }
+
+    fn start_with(
+        site: &Site,
+        redis_url: &str,
+        app: &TestApp,
+        env: &[(&str, &str)],
+    ) -> SiteExecutor {
         let bin = env!("CARGO_BIN_EXE_netcron");
         let mut command = match &site.netns {
             Some(netns) => {
@@ -297,8 +322,9 @@ impl SiteExecutor {
             .env("NETCRON_SSH_CONNECT_TIMEOUT_S", "2")
             .env("NETCRON_LOG_FORMAT", "text")
             .env("NETCRON_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
             .expect("spawn netcron executor");
@@ -511,4 +537,165 @@ async fn each_site_runs_its_devices_through_its_own_executor_and_waits_out_its_o
     drop(exec_b);
     drop(sshd);
     sites.delete();
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (install openssl, see .ci/run)");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA and a certificate for `localhost` signed by it, in `dir`: `ca.crt`,
+/// `redis.crt`, `redis.key`.
+fn certificates(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend_from_slice(&ec);
+    ca.extend_from_slice(&[
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=netcron test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend_from_slice(&ec);
+    csr.extend_from_slice(&[
+        "-keyout",
+        "redis.key",
+        "-out",
+        "redis.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(dir, &csr);
+    fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext.cnf");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "redis.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    // redis-server may run as another user in some setups; the test's own runs as root.
+    let _ = fs::set_permissions(
+        dir.join("redis.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    );
+}
+
+/// A remote executor's only connection is TLS to Redis (`rediss://`), as its ACL user,
+/// trusting a private CA through `SSL_CERT_FILE`; it runs its zone's device like any other.
+/// Without the CA it cannot connect at all (the certificate is checked), and nothing runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_executor_reaches_redis_over_tls_as_its_own_acl_user() {
+    let dir = temp_dir("tls");
+    certificates(&dir);
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let tls_port = free_port();
+    let tls = format!(
+        "tls-port {tls_port}\ntls-cert-file {0}/redis.crt\ntls-key-file {0}/redis.key\n\
+         tls-ca-cert-file {0}/ca.crt\ntls-auth-clients no\n",
+        dir.display()
+    );
+    let users = [executor_acl("exec-site-t", "tls-pw", &prefix, "site-t")];
+    let redis = SiteRedis::start_in(&dir, &[Ipv4Addr::LOCALHOST], &users, &tls);
+    let root_redis = format!("redis://127.0.0.1:{}", redis.port);
+    let app = TestApp::spawn_with(|s| {
+        s.redis.url = root_redis.clone();
+        s.redis.stream_prefix = prefix.clone();
+    })
+    .await;
+    let _scheduler = start_scheduler(&app).await;
+    let sshd = TestSshd::start();
+    let site = Site {
+        zone: "site-t",
+        netns: None,
+        redis_host: Ipv4Addr::LOCALHOST,
+    };
+    let url = format!("rediss://exec-site-t:tls-pw@localhost:{tls_port}");
+    let ca = dir.join("ca.crt").display().to_string();
+
+    // Not trusting the CA: the executor never gets through, so the run waits.
+    let untrusting = SiteExecutor::start_with(&site, &url, &app, &[("SSL_CERT_FILE", "/dev/null")]);
+    let device = site_device(&app, &site, &sshd, Ipv4Addr::LOCALHOST).await;
+    let c = command(&app, &device, json!({"command": "echo over-tls"})).await;
+    let run_id = run_now(&app, &device, &c).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let waiting = get_run(&app, &run_id).await;
+    assert_eq!(
+        waiting["status"],
+        "queued",
+        "{waiting}\n{}",
+        untrusting.log()
+    );
+    // The connection manager retries for about ten seconds before the executor says why.
+    eventually(
+        "the executor says the certificate is not trusted",
+        Duration::from_secs(30),
+        || {
+            let log = untrusting.log().to_lowercase();
+            async move {
+                (log.contains("cannot reach redis") && log.contains("certificate")).then_some(())
+            }
+        },
+    )
+    .await;
+    let waiting = get_run(&app, &run_id).await;
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    drop(untrusting);
+
+    let executor = SiteExecutor::start_with(&site, &url, &app, &[("SSL_CERT_FILE", &ca)]);
+    let run = finished(&app, &run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", executor.log());
+    assert_eq!(run["stdout"], "over-tls\n");
+    let pid = format!("-{}-", executor.child.id());
+    assert!(
+        run["executor_id"]
+            .as_str()
+            .is_some_and(|e| e.contains(&pid)),
+        "{run}"
+    );
+    drop(executor);
+    drop(redis);
+    let _ = fs::remove_dir_all(&dir);
 }
