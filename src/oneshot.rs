@@ -12,7 +12,7 @@ use netcron_common::config::{self, DatabaseSettings};
 use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunStatus, RunTrigger};
 use netcron_common::entity::credential::seal_context;
 use netcron_common::entity::{credential, device};
-use netcron_common::protocol::{TASK_VERSION, Task, TaskCommand, TaskCredential, TaskDevice};
+use netcron_common::protocol::{Task, TaskCommand, TaskCredential, TaskDevice};
 use netcron_common::secret::SecretKey;
 use netcron_executor::{ExecutorConfig, Runner};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
@@ -237,7 +237,7 @@ fn given_host(host: &str, args: &InventoryArgs) -> anyhow::Result<(Task, SecretK
 
 fn task(device: TaskDevice, credential: TaskCredential, timeout_s: i32) -> Task {
     Task {
-        v: TASK_VERSION,
+        v: 1,
         run_id: Uuid::now_v7(),
         schedule_id: None,
         trigger: RunTrigger::Manual,
@@ -253,6 +253,7 @@ fn task(device: TaskDevice, credential: TaskCredential, timeout_s: i32) -> Task 
             max_output_bytes: 16 * 1024 * 1024,
             max_attempts: 1,
         },
+        not_before: None,
     }
 }
 

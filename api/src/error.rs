@@ -47,6 +47,10 @@ pub enum ApiError {
     /// The api is bound but not yet connected to Postgres.
     #[error("netcron is starting and cannot reach Postgres yet; /ready says why")]
     Starting,
+    /// A dependency the request needs (Redis) failed; nothing was changed, and the same
+    /// request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
     /// A `Range` header that names no byte of the resource.
     #[error("{reason} (the output has {total} bytes)")]
     RangeNotSatisfiable { total: u64, reason: &'static str },
@@ -74,6 +78,10 @@ impl ApiError {
             resource,
             id: id.to_string(),
         }
+    }
+
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable(reason.into())
     }
 
     pub fn conflict(field: Option<&str>, reason: impl Into<String>) -> Self {
@@ -126,6 +134,11 @@ impl ApiError {
             ),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Self::Starting => (StatusCode::SERVICE_UNAVAILABLE, "starting", "Starting"),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "A dependency is unavailable",
+            ),
             Self::RangeNotSatisfiable { .. } => (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "range-not-satisfiable",

@@ -23,3 +23,13 @@ pub struct AppState {
     /// Which addresses a webhook's URL may name (the dispatcher checks again on delivery).
     pub webhook_policy: WebhookPolicy,
 }
+
+impl AppState {
+    /// What schedule changes need to withdraw runs materialised ahead of their fire time.
+    pub fn fence(&self) -> crate::services::schedules::Fence<'_> {
+        crate::services::schedules::Fence {
+            redis: &self.redis,
+            leases: &self.leases,
+        }
+    }
+}

@@ -90,6 +90,13 @@ pub const SETTINGS: &[Setting] = &[
         example: "120",
     },
     Setting {
+        name: "NETCRON_SCHEDULER_HORIZON_MS",
+        roles: &["scheduler", "all"],
+        default: Value("5000"),
+        meaning: "How far ahead of their fire time runs are committed and published; executors hold them until the fire time (0: at the fire time)",
+        example: "2000",
+    },
+    Setting {
         name: "NETCRON_SCHEDULER_BATCH",
         roles: &["scheduler", "all"],
         default: Value("1000"),
@@ -179,6 +186,13 @@ pub const SETTINGS: &[Setting] = &[
         default: Value("7"),
         meaning: "Entries of the `events` and `dead-letter` streams older than this are trimmed by the trim job (fractions allowed; both are also capped at ~100,000 entries)",
         example: "1.5",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_HOLD_AHEAD",
+        roles: &["executor", "all"],
+        default: Value("10000"),
+        meaning: "Tasks published ahead of their fire time one executor holds at most; beyond it, they stay on the stream for other executors",
+        example: "2000",
     },
     Setting {
         name: "NETCRON_EXECUTOR_CONCURRENCY",

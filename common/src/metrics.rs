@@ -447,6 +447,17 @@ pub fn duration_histogram() -> Histogram {
     Histogram::new(duration_buckets())
 }
 
+/// Upper bounds, in seconds, of the fire-lateness histograms' buckets: fine below 10 ms, where
+/// a healthy deployment's fires start.
+pub const LATENESS_BUCKETS_S: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+];
+
+/// A histogram with [`LATENESS_BUCKETS_S`].
+pub fn lateness_histogram() -> Histogram {
+    Histogram::new(LATENESS_BUCKETS_S)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

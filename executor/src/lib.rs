@@ -82,6 +82,11 @@ pub struct ExecutorConfig {
     pub retry_max: Duration,
     /// How long one XREADGROUP waits for new tasks.
     pub block: Duration,
+    /// Tasks read ahead of their `not_before` that this process holds at most
+    /// (`NETCRON_EXECUTOR_HOLD_AHEAD`, 10000). The scheduler publishes runs a few seconds
+    /// before their fire time; while this many wait, the executor reads no more, so the rest
+    /// stay on the stream for other executors.
+    pub hold_ahead: usize,
     /// The consumer name: unique per process (host, pid and a random suffix).
     pub consumer: String,
     /// The zones whose tasks this executor runs (`NETCRON_EXECUTOR_ZONES`, `default`): it
@@ -106,6 +111,7 @@ impl Default for ExecutorConfig {
             retry_base: Duration::from_millis(1000),
             retry_max: Duration::from_secs(30),
             block: Duration::from_secs(2),
+            hold_ahead: 10_000,
             consumer: consumer_name(),
             zones: Zones::default(),
         }
@@ -145,6 +151,7 @@ impl ExecutorConfig {
             retry_max: config::parsed_or("NETCRON_RETRY_MAX_MS", 30_000u64)
                 .map(Duration::from_millis)?,
             block: d.block,
+            hold_ahead: config::parsed_or("NETCRON_EXECUTOR_HOLD_AHEAD", d.hold_ahead)?.max(1),
             consumer: d.consumer,
             zones: config::parsed_or("NETCRON_EXECUTOR_ZONES", d.zones)?,
         })

@@ -44,6 +44,10 @@ pub struct ExecutorMetrics {
     pub(crate) in_flight: Gauge,
     pub(crate) slot_wait: Histogram,
     pub(crate) sessions: SessionMetrics,
+    /// From a scheduled run's fire time to the moment this executor starts its command.
+    pub(crate) fire_lateness: Histogram,
+    /// Tasks read ahead of their `not_before`, waiting for it.
+    pub(crate) waiting: Gauge,
 }
 
 impl ExecutorMetrics {
@@ -55,7 +59,22 @@ impl ExecutorMetrics {
             in_flight: Gauge::default(),
             slot_wait: duration_histogram(),
             sessions: SessionMetrics::default(),
+            fire_lateness: netcron_common::metrics::lateness_histogram(),
+            waiting: Gauge::default(),
         };
+        // The name says what users look for (how late their schedules fire); the executor
+        // observes it because the command's start is the moment that counts, and only the
+        // executor sees it.
+        telemetry.register(
+            "netcron_scheduler_fire_lateness_seconds",
+            "From a scheduled run's fire time to the start of its command on an executor",
+            this.fire_lateness.clone(),
+        );
+        telemetry.register(
+            "netcron_executor_waiting_tasks",
+            "Tasks this executor holds until their not_before (runs materialised ahead)",
+            this.waiting.clone(),
+        );
         telemetry.register(
             "netcron_executor_runs",
             "Runs this executor finished, by status and error kind",
@@ -97,6 +116,19 @@ impl ExecutorMetrics {
             this.sessions.pooled.clone(),
         );
         this
+    }
+
+    /// Records how late a scheduled run's command started.
+    pub(crate) fn started_late(
+        &self,
+        scheduled_for: chrono::DateTime<chrono::Utc>,
+        started_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        let late = (started_at - scheduled_for)
+            .num_microseconds()
+            .unwrap_or(i64::MAX) as f64
+            / 1e6;
+        self.fire_lateness.observe(late.max(0.0));
     }
 
     pub(crate) fn finished(&self, status: RunStatus, error_kind: Option<ErrorKind>) {

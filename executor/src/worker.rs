@@ -2,12 +2,12 @@
 //! their outcomes, keep held tasks fresh, take over tasks of dead executors, and dead-letter what
 //! cannot be run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use netcron_common::domain::{CommandKind, ErrorKind, RunStatus, Zone};
+use chrono::{DateTime, Utc};
+use netcron_common::domain::{CommandKind, ErrorKind, RunStatus, RunTrigger, Zone};
 use netcron_common::protocol::lease::{Leases, Start};
 use netcron_common::protocol::{
     EXECUTOR_GROUP, RESULT_VERSION, RunResult, Streams, Task, ensure_group, is_missing_group,
@@ -41,6 +41,19 @@ pub(crate) struct ZoneWorker {
     /// The runs whose lease this executor holds (their command began), with their attempt.
     leased: Mutex<HashMap<Uuid, i32>>,
     leases: Leases,
+    /// Redis' clock minus this host's, in microseconds, measured by [`ZoneWorker::sync_clock`].
+    /// `not_before` is a time on the scheduler's clock, which follows Postgres'; an executor
+    /// host whose clock is off (a remote site without NTP) waits by Redis' clock instead, which
+    /// is also the one its leases run on, so its own skew delays and hastens nothing.
+    clock_offset_us: std::sync::atomic::AtomicI64,
+}
+
+/// An entry as read, with its task (or why it cannot run) and, while it waits for its
+/// `not_before`, its place in the hold-ahead budget.
+struct Read {
+    entry: StreamId,
+    task: std::result::Result<Task, Rejected>,
+    _held: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Why a stream entry cannot be run.
@@ -124,9 +137,46 @@ impl ZoneWorker {
             held: Mutex::new(HashSet::new()),
             leased: Mutex::new(HashMap::new()),
             config: settings.executor.clone(),
+            clock_offset_us: std::sync::atomic::AtomicI64::new(0),
         });
         executor.ensure_group().await?;
+        executor.sync_clock().await;
         Ok(executor)
+    }
+
+    /// Now, on Redis' clock (this host's, corrected by the last measured offset).
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+            + chrono::Duration::microseconds(
+                self.clock_offset_us
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+    }
+
+    /// Measures Redis' clock against this host's: `TIME`, taken as read halfway through the
+    /// round trip. A failure keeps the last offset (a Redis outage stops the executor anyway).
+    async fn sync_clock(&self) {
+        let before = Utc::now();
+        let answer: redis::RedisResult<(i64, i64)> = redis::cmd("TIME")
+            .query_async(&mut self.redis.clone())
+            .await;
+        let after = Utc::now();
+        match answer {
+            Ok((secs, micros)) => {
+                let redis_us = secs.saturating_mul(1_000_000).saturating_add(micros);
+                let local_us = before.timestamp_micros() / 2 + after.timestamp_micros() / 2;
+                let offset = redis_us - local_us;
+                if offset.abs() > 1_000_000 {
+                    tracing::warn!(
+                        offset_ms = offset / 1000,
+                        "this host's clock differs from Redis'; runs start by Redis' clock"
+                    );
+                }
+                self.clock_offset_us
+                    .store(offset, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot measure the clock against Redis"),
+        }
     }
 
     async fn ensure_group(&self) -> Result<()> {
@@ -150,6 +200,8 @@ impl ZoneWorker {
         // Up to twice the concurrency is read ahead, so tasks waiting for a busy device do not
         // starve the others; the rest stays on the stream for other executors.
         let capacity = Arc::new(Semaphore::new(self.config.concurrency * 2));
+        // Tasks published ahead of their fire time wait on a timer without taking a slot.
+        let holding = Arc::new(Semaphore::new(self.config.hold_ahead));
         let reclaim_every = self.config.reclaim_idle / 2;
         let mut last_reclaim: Option<Instant> = None;
         let mut backoff = Duration::from_millis(100);
@@ -161,7 +213,9 @@ impl ZoneWorker {
                     tracing::error!("a run task panicked");
                 }
             }
-            let free = capacity.available_permits();
+            let free = capacity
+                .available_permits()
+                .min(holding.available_permits());
             if free == 0 {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -198,31 +252,45 @@ impl ZoneWorker {
                     }
                 }
             }
-            // No-ops need neither a device nor SSH: they start and finish together, all of a
-            // read in one script, so the pipeline's own cost stays measurable.
-            let mut noops = Vec::new();
+            let now = self.now();
+            let mut due = Vec::with_capacity(entries.len());
+            let mut waiting: BTreeMap<DateTime<Utc>, Vec<Read>> = BTreeMap::new();
             for entry in entries {
                 let task = Task::decode(&entry).map_err(Rejected::from);
-                let Ok(permit) = Arc::clone(&capacity).acquire_owned().await else {
-                    break;
-                };
                 self.hold(&entry.id);
-                if let Ok(task) = &task
-                    && task.command.kind == CommandKind::Noop
-                {
-                    noops.push((entry.id.clone(), task.clone(), permit));
-                    continue;
+                match &task {
+                    Ok(Task {
+                        not_before: Some(at),
+                        ..
+                    }) if *at > now => {
+                        // At most `free` entries were read, so a permit is there.
+                        let Ok(permit) = Arc::clone(&holding).acquire_owned().await else {
+                            break;
+                        };
+                        waiting.entry(*at).or_default().push(Read {
+                            entry,
+                            task,
+                            _held: Some(permit),
+                        });
+                    }
+                    _ => due.push(Read {
+                        entry,
+                        task,
+                        _held: None,
+                    }),
                 }
-                let this = Arc::clone(&self);
-                runs.spawn(async move {
-                    this.process(&entry, task).await;
-                    this.release(&entry.id);
-                    drop(permit);
-                });
             }
-            if !noops.is_empty() {
+            if !due.is_empty() {
                 let this = Arc::clone(&self);
-                runs.spawn(async move { this.run_noops(noops).await });
+                let capacity = Arc::clone(&capacity);
+                runs.spawn(async move { this.dispatch(due, capacity).await });
+            }
+            // One timer per distinct fire time of the read, not one per task.
+            for (at, group) in waiting {
+                let this = Arc::clone(&self);
+                let capacity = Arc::clone(&capacity);
+                let shutdown = shutdown.clone();
+                runs.spawn(async move { this.start_at(at, group, capacity, shutdown).await });
             }
         }
         if !runs.is_empty() {
@@ -248,6 +316,72 @@ impl ZoneWorker {
         background.abort_all();
         tracing::info!("executor stopped");
         Ok(())
+    }
+
+    /// Holds `group` until `at` (a timer; the heartbeat keeps the entries ours meanwhile), then
+    /// dispatches it. On shutdown before `at`, the entries are left pending, unacknowledged, for
+    /// another executor to take over: none of them has begun.
+    async fn start_at(
+        self: Arc<Self>,
+        at: DateTime<Utc>,
+        group: Vec<Read>,
+        capacity: Arc<Semaphore>,
+        shutdown: CancellationToken,
+    ) {
+        let n = i64::try_from(group.len()).unwrap_or(i64::MAX);
+        self.metrics.waiting.inc_by(n);
+        let wait = (at - self.now()).to_std().unwrap_or_default();
+        let stopped = tokio::select! {
+            () = shutdown.cancelled() => true,
+            () = tokio::time::sleep(wait) => false,
+        };
+        self.metrics.waiting.dec_by(n);
+        if stopped {
+            for read in &group {
+                self.release(&read.entry.id);
+            }
+            return;
+        }
+        self.dispatch(group, capacity).await;
+    }
+
+    /// Runs entries that are due, each once it has a slot. No-ops need neither a device, SSH
+    /// nor a slot: they start and finish together, up to [`NOOP_BATCH`] in one script, all
+    /// batches at once, so the pipeline's own cost stays measurable.
+    async fn dispatch(self: Arc<Self>, reads: Vec<Read>, capacity: Arc<Semaphore>) {
+        let mut runs: JoinSet<()> = JoinSet::new();
+        let mut noops: Vec<(String, Task)> = Vec::new();
+        let mut others = Vec::with_capacity(reads.len());
+        for read in reads {
+            let Read { entry, task, _held } = read;
+            drop(_held);
+            match task {
+                Ok(task) if task.command.kind == CommandKind::Noop => {
+                    noops.push((entry.id.clone(), task));
+                }
+                task => others.push((entry, task)),
+            }
+        }
+        let batches = futures::future::join_all(
+            noops
+                .chunks(NOOP_BATCH)
+                .map(|batch| self.run_noops(batch.to_vec())),
+        );
+        let others = async {
+            for (entry, task) in others {
+                let Ok(permit) = Arc::clone(&capacity).acquire_owned().await else {
+                    break;
+                };
+                let this = Arc::clone(&self);
+                runs.spawn(async move {
+                    this.process(&entry, task).await;
+                    this.release(&entry.id);
+                    drop(permit);
+                });
+            }
+            while runs.join_next().await.is_some() {}
+        };
+        tokio::join!(batches, others);
     }
 
     fn hold(&self, id: &str) {
@@ -339,9 +473,14 @@ impl ZoneWorker {
         let renew_every = (self.config.lease_ttl / 6).max(Duration::from_millis(50));
         let touch_every = self.config.reclaim_idle / 4;
         let mut last_touch = Instant::now();
+        let mut last_sync = Instant::now();
         loop {
             tokio::time::sleep(renew_every).await;
             self.renew_leases().await;
+            if last_sync.elapsed() >= CLOCK_SYNC {
+                last_sync = Instant::now();
+                self.sync_clock().await;
+            }
             if last_touch.elapsed() < touch_every {
                 continue;
             }
@@ -413,10 +552,10 @@ impl ZoneWorker {
 
     /// Runs no-op tasks: each starts and ends in the same step, under the same rules as
     /// [`ZoneWorker::start`] (a finished, begun or superseded attempt is dropped).
-    async fn run_noops(&self, noops: Vec<(String, Task, tokio::sync::OwnedSemaphorePermit)>) {
+    async fn run_noops(&self, noops: Vec<(String, Task)>) {
         let results: Vec<(String, RunResult)> = noops
             .iter()
-            .map(|(entry_id, task, _)| {
+            .map(|(entry_id, task)| {
                 let outcome = crate::runner::noop_outcome();
                 let report = RunResult {
                     v: RESULT_VERSION,
@@ -436,16 +575,18 @@ impl ZoneWorker {
                 .await
         })
         .await;
-        for ((entry_id, task, permit), ran) in noops.into_iter().zip(ran) {
+        for ((entry_id, task), ran) in noops.into_iter().zip(ran) {
             if ran {
                 self.metrics.finished(RunStatus::Succeeded, None);
                 self.metrics.run_duration.observe(0.0);
+                if task.trigger == RunTrigger::Scheduled {
+                    self.metrics.started_late(task.scheduled_for, self.now());
+                }
             } else {
                 tracing::info!(run_id = %task.run_id, attempt = task.attempt,
                     "no-op not run: its attempt is finished, running elsewhere or superseded");
             }
             self.release(&entry_id);
-            drop(permit);
         }
     }
 
@@ -507,7 +648,11 @@ impl ZoneWorker {
         // are held: the time a task waits for its device is not time its command runs.
         let start = async {
             report.started_at = Utc::now();
-            self.start(entry_id, &report).await
+            let began = self.start(entry_id, &report).await;
+            if began && task.trigger == RunTrigger::Scheduled {
+                self.metrics.started_late(task.scheduled_for, self.now());
+            }
+            began
         };
         let Some(outcome) = self.runner.perform(&task, start).await else {
             return;
@@ -599,6 +744,12 @@ where
         }
     }
 }
+
+/// No-op tasks started and finished by one script.
+const NOOP_BATCH: usize = 500;
+
+/// How often an executor measures its clock against Redis'.
+const CLOCK_SYNC: Duration = Duration::from_secs(30);
 
 /// Outcomes with this much output are serialized on a blocking thread.
 const BLOCKING_SERIALIZE_BYTES: usize = 1024 * 1024;

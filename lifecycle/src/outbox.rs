@@ -54,7 +54,9 @@ UPDATE task_outbox o SET published_at = $3, stream_id = NULLIF(t.stream_id, ''),
 FROM unnest($1::uuid[], $2::text[], $4::text[]) AS t(run_id, stream_id, zone)
 WHERE o.run_id = t.run_id";
 
-fn task_of(row: &QueryResult) -> Result<Task> {
+/// The task of a pending row, as of `now`: a scheduled run whose fire time is still ahead (it
+/// was materialised early) carries it as `not_before`, and the executor waits for it.
+fn task_of(row: &QueryResult, now: DateTime<Utc>) -> Result<Task> {
     let sealed: Vec<u8> = row.try_get("", "secret")?;
     let passphrase: Option<Vec<u8>> = row.try_get("", "passphrase")?;
     let port: i32 = row.try_get("", "port")?;
@@ -83,12 +85,16 @@ fn task_of(row: &QueryResult) -> Result<Task> {
             })
         }
     };
-    Ok(Task {
+    let trigger = row.try_get::<RunTrigger>("", "trigger")?;
+    let scheduled_for: DateTime<Utc> = row.try_get("", "scheduled_for")?;
+    let not_before =
+        (trigger == RunTrigger::Scheduled && scheduled_for > now).then_some(scheduled_for);
+    let mut task = Task {
         v: TASK_VERSION,
         run_id: row.try_get("", "id")?,
         schedule_id: row.try_get("", "schedule_id")?,
-        trigger: row.try_get::<RunTrigger>("", "trigger")?,
-        scheduled_for: row.try_get("", "scheduled_for")?,
+        trigger,
+        scheduled_for,
         attempt: row.try_get("", "attempt")?,
         device: TaskDevice {
             id: row.try_get("", "device_id")?,
@@ -117,7 +123,10 @@ fn task_of(row: &QueryResult) -> Result<Task> {
             max_output_bytes: row.try_get("", "max_output_bytes")?,
             max_attempts: row.try_get("", "max_attempts")?,
         },
-    })
+        not_before,
+    };
+    task.v = task.version_needed();
+    Ok(task)
 }
 
 fn zone_of(row: &QueryResult) -> Result<Zone> {
@@ -178,6 +187,7 @@ pub async fn publish_batch(
     let mut tickets: Vec<String> = Vec::with_capacity(rows.len());
     let mut unpublishable: Vec<(Uuid, String)> = Vec::new();
     let mut zones = vec![String::new(); rows.len()];
+    let as_of = now();
     for row in &rows {
         marked.push(row.try_get("", "run_id")?);
         if row.try_get::<Option<Uuid>>("", "id")?.is_none() {
@@ -186,7 +196,7 @@ pub async fn publish_batch(
         // One row that cannot become a task (its command deleted meanwhile, a value this
         // build does not know) ends its own run; it never holds up the others.
         // The device's zone picks the stream, so only executors that can reach it see the task.
-        let task = match task_of(row).and_then(|t| Ok((t, zone_of(row)?))) {
+        let task = match task_of(row, as_of).and_then(|t| Ok((t, zone_of(row)?))) {
             Ok(task) => task,
             Err(e) => {
                 let run_id = marked[marked.len() - 1];

@@ -518,6 +518,110 @@ pub async fn cancel(
     Ok(model)
 }
 
+/// What [`withdraw_ahead`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdrawn {
+    /// Postgres' `now()` for the transaction: runs for fire times after it were withdrawn.
+    pub as_of: DateTime<Utc>,
+    /// Runs withdrawn: deleted, their tasks fenced so that no copy ever starts.
+    pub runs: u64,
+    /// The latest fire time of a run that could not be withdrawn because an executor had
+    /// already begun it (its clock ahead of ours); the schedule's next fire time must come
+    /// after it.
+    pub kept_until: Option<DateTime<Utc>>,
+    /// The earliest fire time withdrawn.
+    pub first: Option<DateTime<Utc>>,
+}
+
+/// Runs of a schedule materialised for fire times after the transaction's `now()` (Postgres'
+/// clock, which the scheduler follows too), with that `now()`.
+const AHEAD: &str = r"
+SELECT r.id, r.attempt, r.scheduled_for
+FROM runs r
+WHERE r.schedule_id = $1 AND r.status = 'queued' AND r.trigger = 'scheduled'
+  AND r.scheduled_for > now()
+ORDER BY r.scheduled_for
+FOR UPDATE";
+
+/// *withdrawn*: the runs of `schedule_id` materialised ahead of their fire time (after
+/// Postgres' `now()`) leave, inside the caller's transaction, which must hold the schedule row locked (`FOR
+/// UPDATE`: the scheduler skips a locked schedule, so nothing is materialised meanwhile).
+///
+/// A run still in the outbox is deleted with its outbox row, and the publisher, which takes
+/// outbox rows with `SKIP LOCKED` and publishes only queued runs, never sees it. A run already
+/// on the tasks stream is first fenced in Redis ([`Leases::cancel`], as a cancel does), so no
+/// executor can start it; one an executor began meanwhile is kept and reported. Withdrawn runs
+/// are deleted rather than marked: a fire time that was never reached did not happen, and the
+/// schedule may want the same fire time again after an edit (`UNIQUE (schedule_id,
+/// scheduled_for)`).
+///
+/// # Errors
+/// When the database fails, or Redis does while published runs need fencing: then nothing is
+/// withdrawn (the caller's transaction rolls back) and the caller must refuse the change.
+pub async fn withdraw_ahead(
+    txn: &DatabaseTransaction,
+    redis: &mut (impl redis::aio::ConnectionLike + Send),
+    leases: &Leases,
+    schedule_id: Uuid,
+) -> Result<Withdrawn> {
+    let as_of: DateTime<Utc> = txn
+        .query_one_raw(stmt("SELECT now() AS now", vec![]))
+        .await?
+        .map(|r| r.try_get("", "now"))
+        .transpose()?
+        .unwrap_or_else(Utc::now);
+    let rows = txn
+        .query_all_raw(stmt(AHEAD, vec![schedule_id.into()]))
+        .await?;
+    let mut gone: Vec<Uuid> = Vec::with_capacity(rows.len());
+    let mut report = Withdrawn {
+        as_of,
+        runs: 0,
+        kept_until: None,
+        first: None,
+    };
+    for row in rows {
+        let id: Uuid = row.try_get("", "id")?;
+        let attempt: i32 = row.try_get("", "attempt")?;
+        let scheduled_for: DateTime<Utc> = row.try_get("", "scheduled_for")?;
+        // The outbox row is locked before it is deleted; one the publisher holds now is waited
+        // for, and then counts as published. A run without one (released later under the
+        // `queue` policy, or tidied after publishing) is fenced like a published one.
+        let locked = txn
+            .query_one_raw(stmt(
+                "SELECT published_at IS NULL AS unpublished FROM task_outbox
+                 WHERE run_id = $1 FOR UPDATE",
+                vec![id.into()],
+            ))
+            .await?;
+        let unpublished = match locked {
+            Some(r) => r.try_get::<bool>("", "unpublished")?,
+            None => false,
+        };
+        if unpublished || leases.cancel(redis, id, attempt).await? {
+            gone.push(id);
+            report.first = report.first.or(Some(scheduled_for));
+        } else {
+            report.kept_until = Some(scheduled_for);
+        }
+    }
+    if !gone.is_empty() {
+        txn.execute_raw(stmt(
+            "DELETE FROM task_outbox WHERE run_id = ANY($1)",
+            vec![gone.clone().into()],
+        ))
+        .await?;
+        report.runs = txn
+            .execute_raw(stmt(
+                "DELETE FROM runs WHERE id = ANY($1) AND status = 'queued'",
+                vec![gone.into()],
+            ))
+            .await?
+            .rows_affected();
+    }
+    Ok(report)
+}
+
 /// Deletes the runs (and their outbox rows) whose `column` (`device_id` or `command_id`) is
 /// `id`, inside the transaction that deletes that device or command.
 ///

@@ -17,20 +17,27 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::plan::{Due, plan};
+use crate::plan::{Due, materialise_until, plan};
 
+/// Schedules due by `$2` (now plus the horizon), up to `$3`. A `skip` schedule whose fire time
+/// is still ahead of `$1` (now) is taken only when none of its runs is active (see
+/// [`crate::plan::materialise_until`]); `allow` schedules never need the active-run probe.
 const CLAIM: &str = r"
 SELECT s.id, s.command_id, c.device_id, d.enabled AS device_enabled,
        s.cron_expression, s.timezone, s.misfire_policy, s.overlap_policy,
        s.start_at, s.end_at, s.next_fire_at,
-       EXISTS (SELECT 1 FROM runs r
-               WHERE r.schedule_id = s.id AND r.status IN ('queued', 'running')) AS active
+       s.overlap_policy <> 'allow' AND EXISTS (
+           SELECT 1 FROM runs r
+           WHERE r.schedule_id = s.id AND r.status IN ('queued', 'running')) AS active
 FROM schedules s
 JOIN commands c ON c.id = s.command_id
 JOIN devices d ON d.id = c.device_id
-WHERE s.enabled AND s.next_fire_at <= $1
+WHERE s.enabled AND s.next_fire_at <= $2
+  AND (s.next_fire_at <= $1 OR s.overlap_policy IN ('allow', 'queue') OR NOT EXISTS (
+           SELECT 1 FROM runs r
+           WHERE r.schedule_id = s.id AND r.status IN ('queued', 'running')))
 ORDER BY s.next_fire_at
-LIMIT $2
+LIMIT $3
 FOR UPDATE OF s SKIP LOCKED";
 
 const ADVANCE: &str = r"
@@ -150,11 +157,13 @@ fn parse_row(row: &QueryResult, specs: &SpecCache) -> Result<Claimed> {
     })
 }
 
-/// Claims up to `batch` schedules due at `now`, records their fire times as runs and advances
-/// them, in one transaction. Publishing is left to the outbox, after the commit.
+/// Claims up to `batch` schedules due by `now + horizon`, records their fire times as runs
+/// (those ahead of `now` materialised early, see [`crate::plan::materialise_until`]) and
+/// advances them, in one transaction. Publishing is left to the outbox, after the commit.
 pub async fn fire_due(
     db: &DatabaseConnection,
     now: DateTime<Utc>,
+    horizon: Duration,
     batch: u64,
     grace: Duration,
     metrics: &Metrics,
@@ -163,7 +172,10 @@ pub async fn fire_due(
     let txn = db.begin().await?;
     let limit = i64::try_from(batch).unwrap_or(i64::MAX);
     let rows = txn
-        .query_all_raw(stmt(CLAIM, vec![now.into(), limit.into()]))
+        .query_all_raw(stmt(
+            CLAIM,
+            vec![now.into(), (now + horizon).into(), limit.into()],
+        ))
         .await?;
     let mut report = FireReport {
         claimed: rows.len(),
@@ -193,7 +205,8 @@ pub async fn fire_due(
             ended.push(claimed.id);
             continue;
         };
-        let plan = plan(&due, now, grace);
+        let until = materialise_until(&due, now, now + horizon);
+        let plan = plan(&due, now, until, grace);
         for fire in plan.fires {
             match fire.status {
                 RunStatus::Queued => report.queued += 1,
@@ -233,31 +246,39 @@ pub async fn fire_due(
     Ok(report)
 }
 
-/// The earliest next fire time of any enabled schedule, for the loop's sleep.
-pub async fn next_fire_time(db: &DatabaseConnection) -> Result<Option<DateTime<Utc>>> {
-    let row = db
-        .query_one_raw(stmt(
-            "SELECT min(next_fire_at) AS next FROM schedules WHERE enabled AND next_fire_at IS NOT NULL",
-            vec![],
-        ))
-        .await?;
-    Ok(match row {
-        Some(row) => row.try_get("", "next")?,
-        None => None,
-    })
-}
-
-/// How many enabled schedules are due at `now` and not yet fired: the backlog a pass faces.
-pub async fn due_count(db: &DatabaseConnection, now: DateTime<Utc>) -> Result<u64> {
-    let row = db
-        .query_one_raw(stmt(
-            "SELECT count(*) AS n FROM schedules WHERE enabled AND next_fire_at <= $1",
-            vec![now.into()],
-        ))
-        .await?;
-    let n: i64 = match row {
-        Some(row) => row.try_get("", "n")?,
-        None => 0,
+/// When the loop should next claim: a horizon ahead of the earliest next fire time. Schedules
+/// left unclaimed within the horizon (`skip` ones with an active run) are due at their own
+/// fire time instead, so the answer is the earlier of that and the horizon ahead of the first
+/// fire time beyond them. Both are index lookups on `schedules_due_idx`.
+pub async fn next_wake(
+    db: &DatabaseConnection,
+    now: DateTime<Utc>,
+    horizon: Duration,
+) -> Result<Option<DateTime<Utc>>> {
+    const FIRST: &str = "SELECT min(next_fire_at) AS next FROM schedules
+                         WHERE enabled AND next_fire_at IS NOT NULL";
+    const AFTER: &str = "SELECT min(next_fire_at) AS next FROM schedules
+                         WHERE enabled AND next_fire_at IS NOT NULL AND next_fire_at > $1";
+    let min_after = |t: Option<DateTime<Utc>>| async move {
+        let query = match t {
+            None => stmt(FIRST, vec![]),
+            Some(t) => stmt(AFTER, vec![t.into()]),
+        };
+        let row = db.query_one_raw(query).await?;
+        Ok::<Option<DateTime<Utc>>, crate::Error>(match row {
+            Some(row) => row.try_get("", "next")?,
+            None => None,
+        })
     };
-    Ok(u64::try_from(n).unwrap_or_default())
+    let earliest = min_after(None).await?;
+    let Some(earliest) = earliest else {
+        return Ok(None);
+    };
+    if earliest - horizon > now {
+        return Ok(Some(earliest - horizon));
+    }
+    // Something within the horizon was left for its fire time: wake for it, or earlier for a
+    // schedule that comes within the horizon before it does.
+    let beyond = min_after(Some(now + horizon)).await?.map(|t| t - horizon);
+    Ok(Some(beyond.map_or(earliest, |b| b.min(earliest))))
 }

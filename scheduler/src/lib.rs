@@ -1,12 +1,15 @@
 //! The `scheduler` role: turns due cron fire times into runs and publishes them to the tasks
 //! stream.
 //!
-//! Each schedule carries its next fire time in Postgres. A pass claims due schedules in
-//! batches (`FOR UPDATE SKIP LOCKED`), inserts one run per fire time (`UNIQUE (schedule_id,
-//! scheduled_for)` makes a repeat a no-op), advances the next fire time and commits; the outbox
-//! then publishes committed runs to the tasks stream. Between passes the loop sleeps until the
-//! earliest next fire time, and wakes at once on `NOTIFY` from the API when a schedule changes
-//! or a manual run is queued. Nothing is held in memory per schedule.
+//! Each schedule carries its next fire time in Postgres. A pass claims the schedules due within
+//! a short horizon (`NETCRON_SCHEDULER_HORIZON_MS`) in batches (`FOR UPDATE SKIP LOCKED`),
+//! inserts one run per fire time (`UNIQUE (schedule_id, scheduled_for)` makes a repeat a no-op),
+//! advances the next fire time and commits; the outbox then publishes committed runs to the
+//! tasks stream at once, each with its fire time as `not_before`, and executors hold them
+//! until then. So the database work of a fire is done before its fire time, not after it.
+//! Between passes the loop sleeps until the horizon reaches the earliest next fire time, and
+//! wakes at once on `NOTIFY` from the API when a schedule changes or a manual run is queued.
+//! Nothing is held in memory per schedule.
 //!
 //! Architecture invariant: the scheduler never knows HTTP and never decrypts a secret; it copies
 //! ciphertext from Postgres into task messages.
@@ -47,6 +50,9 @@ const LEASE_SAFETY_TTL_S: u64 = 24 * 3600;
 /// How the scheduler behaves; every field has an environment variable (see the README).
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
+    /// How far ahead of their fire time runs are materialised and published
+    /// (`NETCRON_SCHEDULER_HORIZON_MS`, 5000; 0 fires at the fire time itself).
+    pub horizon: Duration,
     /// Schedules claimed per transaction.
     pub batch_size: u64,
     /// Claim transactions run concurrently during a pass (and the publisher beside them);
@@ -85,6 +91,7 @@ pub struct SchedulerConfig {
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
+            horizon: Duration::seconds(5),
             batch_size: 1000,
             fire_workers: 2,
             publish_batch: 1000,
@@ -121,7 +128,12 @@ impl SchedulerConfig {
                     reason: format!("`{text}` is not a cron expression: {e}"),
                 })
         };
+        let horizon_ms: u32 = config::parsed_or(
+            "NETCRON_SCHEDULER_HORIZON_MS",
+            u32::try_from(d.horizon.num_milliseconds()).unwrap_or(5000),
+        )?;
         Ok(Self {
+            horizon: Duration::milliseconds(i64::from(horizon_ms)),
             batch_size: config::parsed_or("NETCRON_SCHEDULER_BATCH", d.batch_size)?,
             fire_workers: config::parsed_or("NETCRON_SCHEDULER_WORKERS", d.fire_workers)?.max(1),
             publish_batch: config::parsed_or("NETCRON_PUBLISH_BATCH", d.publish_batch)?,
@@ -277,6 +289,7 @@ impl Scheduler {
         fire::fire_due(
             &self.db,
             self.clock.now(),
+            self.config.horizon,
             self.config.batch_size,
             self.config.misfire_grace,
             &self.metrics,
@@ -291,8 +304,14 @@ impl Scheduler {
     /// # Errors
     /// When the database or Redis fails; unpublished runs stay pending for the next pass.
     pub async fn publish_pending(&self) -> Result<usize> {
-        let redis = self.redis().await?;
         runs::release_waiting(&self.db).await?;
+        self.publish_outbox().await
+    }
+
+    /// [`Scheduler::publish_pending`] without releasing waiting `queue` runs first: what a
+    /// pass does after each committed batch.
+    async fn publish_outbox(&self) -> Result<usize> {
+        let redis = self.redis().await?;
         let publisher = |mut redis: ConnectionManager| async move {
             let mut total = 0;
             loop {
@@ -331,10 +350,8 @@ impl Scheduler {
     /// # Errors
     /// See [`Scheduler::fire_due`] and [`Scheduler::publish_pending`].
     pub async fn tick(&self) -> Result<TickReport> {
-        let backlog = fire::due_count(&self.db, self.clock.now()).await?;
-        self.metrics
-            .due_backlog
-            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        // Runs of `queue` schedules whose predecessor ended enter the outbox once per pass.
+        runs::release_waiting(&self.db).await?;
         let firing = std::sync::atomic::AtomicUsize::new(self.config.fire_workers);
         // Each committed batch wakes the publisher at once (a `Notify` keeps one permit, so a
         // wake-up sent while the publisher is busy is not lost); no polling loop.
@@ -363,7 +380,7 @@ impl Scheduler {
         let publisher = async {
             let mut published = 0;
             loop {
-                let n = self.publish_pending().await?;
+                let n = self.publish_outbox().await?;
                 published += n;
                 if firing.load(std::sync::atomic::Ordering::Acquire) == 0 {
                     break;
@@ -372,7 +389,7 @@ impl Scheduler {
                     committed.notified().await;
                 }
             }
-            Ok::<usize, Error>(published + self.publish_pending().await?)
+            Ok::<usize, Error>(published + self.publish_outbox().await?)
         };
         let fires = futures::future::join_all((0..self.config.fire_workers).map(|_| fire_loop()));
         let (fired, published) = tokio::join!(fires, publisher);
@@ -387,6 +404,11 @@ impl Scheduler {
             report.fired.missed += batch.missed;
             report.fired.skipped += batch.skipped;
         }
+        // The claim loops ran until a batch came back short, so every schedule due at the
+        // start of the pass was claimed by it: no counting query needed.
+        self.metrics
+            .due_backlog
+            .set(i64::try_from(report.fired.claimed).unwrap_or(i64::MAX));
         Ok(report)
     }
 
@@ -478,12 +500,13 @@ impl Scheduler {
         Ok(listener)
     }
 
-    /// How long to sleep before the next pass: until the earliest fire time, at most
-    /// `max_idle`.
+    /// How long to sleep before the next pass: until the horizon reaches the earliest fire
+    /// time (see [`fire::next_wake`]), at most `max_idle`.
     async fn idle_time(&self) -> Result<StdDuration> {
-        let next = fire::next_fire_time(&self.db).await?;
+        let now = self.clock.now();
+        let next = fire::next_wake(&self.db, now, self.config.horizon).await?;
         let wait = next
-            .map(|t| (t - self.clock.now()).to_std().unwrap_or(StdDuration::ZERO))
+            .map(|t| (t - now).to_std().unwrap_or(StdDuration::ZERO))
             .unwrap_or(self.config.max_idle);
         Ok(wait.min(self.config.max_idle))
     }

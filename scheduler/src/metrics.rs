@@ -6,11 +6,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-/// Upper bounds, in seconds, of the fire-lateness histogram's buckets.
-pub const LATENESS_BUCKETS_S: [f64; 12] = [
-    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
-];
-
 #[derive(Debug, Clone)]
 pub struct Metrics {
     /// Runs queued by a fire time.
@@ -19,12 +14,15 @@ pub struct Metrics {
     pub skipped_total: Counter,
     /// Task messages written to the tasks stream.
     pub published_total: Counter,
-    /// Schedules due (and not yet fired) at the start of the last pass.
+    /// Schedules the last pass claimed: every one due (or within the horizon) at its start.
     pub due_backlog: Gauge,
     /// Runs put back in the queue by housekeeping after their executor went away.
     pub requeued_total: Counter,
-    /// From a run's fire time to its task being on the tasks stream.
-    pub lateness: Histogram,
+    /// From a run's fire time to its task being on the tasks stream, when that is after the
+    /// fire time (0 when the task was published ahead, as it normally is). The lateness users
+    /// care about, to the start of the command, is the executor's
+    /// `netcron_scheduler_fire_lateness_seconds`.
+    pub publish_delay: Histogram,
 }
 
 impl Metrics {
@@ -37,7 +35,7 @@ impl Metrics {
             published_total: Counter::default(),
             due_backlog: Gauge::default(),
             requeued_total: Counter::default(),
-            lateness: Histogram::new(LATENESS_BUCKETS_S),
+            publish_delay: netcron_common::metrics::lateness_histogram(),
         };
         telemetry.register(
             "netcron_scheduler_fires",
@@ -66,13 +64,13 @@ impl Metrics {
         );
         telemetry.register(
             "netcron_scheduler_due_backlog",
-            "Schedules due and not yet fired at the start of the last pass",
+            "Schedules claimed by the last pass (due, or due within the horizon, at its start)",
             this.due_backlog.clone(),
         );
         telemetry.register(
-            "netcron_scheduler_fire_lateness_seconds",
-            "From a run's fire time to its task being on the tasks stream",
-            this.lateness.clone(),
+            "netcron_scheduler_publish_delay_seconds",
+            "From a run's fire time to its task being on the tasks stream (0 when published ahead)",
+            this.publish_delay.clone(),
         );
         this
     }
@@ -86,7 +84,7 @@ impl Metrics {
         self.published_total.inc_by(batch.published as u64);
         for t in &batch.scheduled {
             let late = (published_at - *t).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
-            self.lateness.observe(late.max(0.0));
+            self.publish_delay.observe(late.max(0.0));
         }
     }
 }

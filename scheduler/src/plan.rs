@@ -79,15 +79,41 @@ fn recent_fires(
     }
 }
 
-/// Applies the misfire and overlap policies to a due schedule at `now`.
+/// The last fire time a schedule claimed at `now` may be materialised for, given the scheduler's
+/// `horizon_end` (now plus the horizon).
+///
+/// Under the `skip` overlap policy a fire runs only if the previous run has ended by the fire
+/// time, which nobody knows seconds ahead — unless no run of the schedule is active at all:
+/// nothing but this claim creates its runs, so none can become active before the fire time. So
+/// such a schedule is materialised ahead only then (the claim query leaves it alone
+/// otherwise), and only its next fire time, whose run is the one the fire after it must wait
+/// for. `allow` and `queue` decide nothing at the fire time, so every fire time within the
+/// horizon is materialised.
+pub fn materialise_until(
+    due: &Due,
+    now: DateTime<Utc>,
+    horizon_end: DateTime<Utc>,
+) -> DateTime<Utc> {
+    match due.overlap {
+        OverlapPolicy::Skip if due.next_fire_at > now => due.next_fire_at.min(horizon_end),
+        OverlapPolicy::Skip => now,
+        OverlapPolicy::Allow | OverlapPolicy::Queue => horizon_end.max(now),
+    }
+}
+
+/// Applies the misfire and overlap policies to a due schedule at `now`, materialising its fire
+/// times up to `until` (see [`materialise_until`]; `now` itself when nothing is materialised
+/// ahead).
 ///
 /// Fire times no older than `grace` are on time; older ones are misfires (the scheduler was
-/// down or far behind). Catch-up runs created together form one group: the overlap policy
-/// compares them with runs that already existed, not with each other.
-pub fn plan(due: &Due, now: DateTime<Utc>, grace: Duration) -> Plan {
+/// down or far behind); later ones than `now` are on time by definition. Catch-up runs created
+/// together form one group: the overlap policy compares them with runs that already existed,
+/// not with each other.
+pub fn plan(due: &Due, now: DateTime<Utc>, until: DateTime<Utc>, grace: Duration) -> Plan {
     let keep = MISSED_RECORD_CAP + RUN_ALL_CAP;
-    let (times, older_left_out) = recent_fires(&due.timing, due.next_fire_at, now, keep);
-    let next_fire_at = due.timing.next_after(now);
+    let until = until.max(now);
+    let (times, older_left_out) = recent_fires(&due.timing, due.next_fire_at, until, keep);
+    let next_fire_at = due.timing.next_after(until);
     let late_until = now - grace;
     let late = times.iter().filter(|t| **t < late_until).count();
     let mut fires: Vec<Fire> = Vec::with_capacity(times.len());
@@ -193,6 +219,7 @@ mod tests {
         let p = plan(
             &due("* * * * *", "2026-01-01T00:01:00Z", MisfirePolicy::RunOnce),
             at("2026-01-01T00:01:00.002Z"),
+            at("2026-01-01T00:01:00.002Z"),
             Duration::seconds(GRACE),
         );
         assert_eq!(statuses(&p), [RunStatus::Queued]);
@@ -207,11 +234,13 @@ mod tests {
         let skip = plan(
             &due("* * * * *", "2026-01-01T00:01:00Z", MisfirePolicy::Skip),
             now,
+            now,
             g,
         );
         assert_eq!(statuses(&skip), [RunStatus::Missed; 5]);
         let once = plan(
             &due("* * * * *", "2026-01-01T00:01:00Z", MisfirePolicy::RunOnce),
+            now,
             now,
             g,
         );
@@ -228,6 +257,7 @@ mod tests {
         let all = plan(
             &due("* * * * *", "2026-01-01T00:01:00Z", MisfirePolicy::RunAll),
             now,
+            now,
             g,
         );
         assert_eq!(statuses(&all), [RunStatus::Queued; 5]);
@@ -240,6 +270,7 @@ mod tests {
     fn run_all_is_capped() {
         let p = plan(
             &due("* * * * * *", "2026-01-01T00:00:00Z", MisfirePolicy::RunAll),
+            at("2026-01-01T00:10:00Z"),
             at("2026-01-01T00:10:00Z"),
             Duration::seconds(GRACE),
         );
@@ -271,6 +302,7 @@ mod tests {
                 MisfirePolicy::RunOnce,
             ),
             at("2026-01-02T00:00:00Z"),
+            at("2026-01-02T00:00:00Z"),
             Duration::seconds(GRACE),
         );
         let missed: Vec<&Fire> = p
@@ -299,19 +331,30 @@ mod tests {
     fn overlap_skip_and_disabled_devices_record_skipped() {
         let mut d = due("* * * * *", "2026-01-01T00:01:00Z", MisfirePolicy::RunOnce);
         d.active = true;
-        let p = plan(&d, at("2026-01-01T00:01:00Z"), Duration::seconds(GRACE));
+        let p = plan(
+            &d,
+            at("2026-01-01T00:01:00Z"),
+            at("2026-01-01T00:01:00Z"),
+            Duration::seconds(GRACE),
+        );
         assert_eq!(statuses(&p), [RunStatus::Skipped]);
         d.overlap = OverlapPolicy::Queue;
         assert_eq!(
             statuses(&plan(
                 &d,
                 at("2026-01-01T00:01:00Z"),
+                at("2026-01-01T00:01:00Z"),
                 Duration::seconds(GRACE)
             )),
             [RunStatus::Queued]
         );
         d.device_enabled = false;
-        let p = plan(&d, at("2026-01-01T00:01:00Z"), Duration::seconds(GRACE));
+        let p = plan(
+            &d,
+            at("2026-01-01T00:01:00Z"),
+            at("2026-01-01T00:01:00Z"),
+            Duration::seconds(GRACE),
+        );
         assert_eq!(statuses(&p), [RunStatus::Skipped]);
         assert!(
             p.fires[0]
@@ -320,5 +363,75 @@ mod tests {
                 .unwrap_or_default()
                 .contains("disabled")
         );
+    }
+
+    #[test]
+    fn allow_and_queue_materialise_every_fire_time_within_the_horizon() {
+        let now = at("2026-01-01T00:00:58Z");
+        let horizon_end = now + Duration::seconds(5);
+        let mut d = due(
+            "* * * * * *",
+            "2026-01-01T00:01:00Z",
+            MisfirePolicy::RunOnce,
+        );
+        for overlap in [OverlapPolicy::Allow, OverlapPolicy::Queue] {
+            d.overlap = overlap;
+            let until = materialise_until(&d, now, horizon_end);
+            let p = plan(&d, now, until, Duration::seconds(GRACE));
+            let times: Vec<_> = p.fires.iter().map(|f| f.scheduled_for).collect();
+            assert_eq!(
+                times,
+                [
+                    at("2026-01-01T00:01:00Z"),
+                    at("2026-01-01T00:01:01Z"),
+                    at("2026-01-01T00:01:02Z"),
+                    at("2026-01-01T00:01:03Z")
+                ],
+                "{overlap}"
+            );
+            assert_eq!(
+                statuses(&p),
+                [RunStatus::Queued; 4],
+                "{overlap}: ahead is never late"
+            );
+            assert_eq!(p.next_fire_at, Some(at("2026-01-01T00:01:04Z")));
+        }
+    }
+
+    #[test]
+    fn skip_materialises_only_its_next_fire_and_only_ahead_of_it() {
+        let now = at("2026-01-01T00:00:58Z");
+        let horizon_end = now + Duration::seconds(5);
+        let d = due(
+            "* * * * * *",
+            "2026-01-01T00:01:00Z",
+            MisfirePolicy::RunOnce,
+        );
+        let until = materialise_until(&d, now, horizon_end);
+        assert_eq!(until, at("2026-01-01T00:01:00Z"));
+        let p = plan(&d, now, until, Duration::seconds(GRACE));
+        assert_eq!(statuses(&p), [RunStatus::Queued]);
+        assert_eq!(p.next_fire_at, Some(at("2026-01-01T00:01:01Z")));
+        // Due now: nothing beyond now, since the run queued now decides the next one.
+        let due_now = due(
+            "* * * * * *",
+            "2026-01-01T00:00:57Z",
+            MisfirePolicy::RunOnce,
+        );
+        assert_eq!(materialise_until(&due_now, now, horizon_end), now);
+        // A next fire time beyond the horizon is not materialised at all.
+        let far = due(
+            "0 * * * * *",
+            "2026-01-01T00:02:00Z",
+            MisfirePolicy::RunOnce,
+        );
+        let p = plan(
+            &far,
+            now,
+            materialise_until(&far, now, horizon_end),
+            Duration::seconds(GRACE),
+        );
+        assert!(p.fires.is_empty());
+        assert_eq!(p.next_fire_at, Some(at("2026-01-01T00:02:00Z")));
     }
 }

@@ -427,7 +427,7 @@ async fn update(
     spec[7] = ("pause_after_failures", Kind::NullableInt);
     let updated = async {
         let body: SchedulePatch = action.form.body(&spec)?;
-        schedules::update(&state.db, schedule_id, body.parse()?).await
+        schedules::update(&state.db, &state.fence(), schedule_id, body.parse()?).await
     }
     .await;
     match updated {
@@ -459,7 +459,7 @@ async fn set_enabled(state: &AppState, schedule_id: &str, enabled: bool) -> Resu
         enabled: Some(enabled),
         ..Default::default()
     };
-    schedules::update(&state.db, schedule_id, changes)
+    schedules::update(&state.db, &state.fence(), schedule_id, changes)
         .await
         .map_err(Shown)?;
     Ok(see_other("/console/schedules"))

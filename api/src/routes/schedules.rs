@@ -318,7 +318,9 @@ async fn update_schedule(
     Json(body): Json<SchedulePatch>,
 ) -> Result<axum::Json<ScheduleView>> {
     Ok(axum::Json(
-        service::update(&state.db, id, body.parse()?).await?.into(),
+        service::update(&state.db, &state.fence(), id, body.parse()?)
+            .await?
+            .into(),
     ))
 }
 
@@ -330,7 +332,7 @@ async fn delete_schedule(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode> {
-    service::delete(&state.db, id).await?;
+    service::delete(&state.db, &state.fence(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -339,7 +341,9 @@ async fn set_enabled(state: &AppState, id: Uuid, enabled: bool) -> Result<Schedu
         enabled: Some(enabled),
         ..ScheduleChanges::default()
     };
-    Ok(service::update(&state.db, id, changes).await?.into())
+    Ok(service::update(&state.db, &state.fence(), id, changes)
+        .await?
+        .into())
 }
 
 /// Pause a schedule: no fires until it is resumed.

@@ -3,10 +3,12 @@ use chrono_tz::Tz;
 use netcron_common::db::SCHEDULE_CHANGED_CHANNEL;
 use netcron_common::domain::{CronSpec, MisfirePolicy, OverlapPolicy, Timing, parse_timezone};
 use netcron_common::entity::schedule;
+use netcron_common::protocol::lease::Leases;
+use netcron_lifecycle::runs::Withdrawn;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    Set, Statement, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    EntityTrait, QueryFilter, QuerySelect, Set, Statement, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -152,20 +154,76 @@ pub async fn list(
         .await?)
 }
 
+/// Where runs materialised ahead are fenced: the executors' Redis.
+pub struct Fence<'a> {
+    pub redis: &'a redis::Client,
+    pub leases: &'a Leases,
+}
+
+/// The schedule, its row locked for the transaction: the scheduler skips locked schedules, so
+/// it materialises nothing for this one meanwhile.
+async fn lock(txn: &DatabaseTransaction, id: Uuid) -> Result<schedule::Model> {
+    schedule::Entity::find_by_id(id)
+        .lock_exclusive()
+        .one(txn)
+        .await?
+        .ok_or_else(|| ApiError::not_found("schedule", id))
+}
+
+/// Withdraws the runs of a [`lock`]ed schedule materialised for fire times still ahead.
+async fn withdraw(txn: &DatabaseTransaction, fence: &Fence<'_>, id: Uuid) -> Result<Withdrawn> {
+    let mut conn = fence
+        .redis
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(format!(
+                "Redis is unreachable ({e}), and runs of schedule {id} may already be on the \
+             tasks stream ahead of their fire time; nothing was changed, try again"
+            ))
+        })?;
+    let withdrawn = netcron_lifecycle::runs::withdraw_ahead(txn, &mut conn, fence.leases, id)
+        .await
+        .map_err(|e| match e {
+            netcron_lifecycle::Error::Redis(e) => ApiError::unavailable(format!(
+                "runs of schedule {id} materialised ahead cannot be withdrawn, Redis failed \
+                 ({e}); nothing was changed, try again"
+            )),
+            other => other.into(),
+        })?;
+    if withdrawn.runs > 0 {
+        tracing::info!(schedule_id = %id, runs = withdrawn.runs,
+            "runs materialised ahead of their fire time withdrawn");
+    }
+    Ok(withdrawn)
+}
+
 /// Applies `changes`. When the timing changes or a paused schedule is resumed, the next fire
 /// time is recomputed from now: fire times that passed while paused are not caught up.
+///
+/// A change that alters which fire times are wanted or how they run (timing, pausing, the
+/// overlap policy) withdraws the runs already materialised for fire times ahead (see
+/// [`netcron_lifecycle::runs::withdraw_ahead`]) in the same transaction; the scheduler then
+/// materialises the fire times the schedule now wants. Other changes (misfire policy, failure
+/// threshold) leave them: they are still wanted as they are.
 pub async fn update(
     db: &DatabaseConnection,
+    fence: &Fence<'_>,
     id: Uuid,
     changes: ScheduleChanges,
 ) -> Result<schedule::Model> {
-    let current = get(db, id).await?;
+    let txn = db.begin().await?;
+    let current = lock(&txn, id).await?;
     let mut timing = timing(&current)?;
     let timing_changed = changes.cron.is_some()
         || changes.tz.is_some()
         || changes.start_at.is_some()
         || changes.end_at.is_some();
     let resumed = changes.enabled == Some(true) && !current.enabled;
+    let paused = changes.enabled == Some(false) && current.enabled;
+    let overlap_changed = changes
+        .overlap_policy
+        .is_some_and(|p| p != current.overlap_policy);
     if let Some(cron) = changes.cron {
         timing.cron = cron;
     }
@@ -179,9 +237,22 @@ pub async fn update(
         timing.end_at = end;
     }
     check_window(timing.start_at, timing.end_at)?;
+    let withdrawn = if timing_changed || paused || overlap_changed {
+        Some(withdraw(&txn, fence, id).await?)
+    } else {
+        None
+    };
+    let current_next = current.next_fire_at;
     let mut model: schedule::ActiveModel = current.into();
     if timing_changed || resumed {
-        model.next_fire_at = Set(timing.next_after(Utc::now()));
+        // From now, or after a run an executor already began (it keeps its fire time).
+        let from = withdrawn.as_ref().map_or_else(Utc::now, |w| {
+            w.kept_until.map_or(w.as_of, |k| k.max(w.as_of))
+        });
+        model.next_fire_at = Set(timing.next_after(from));
+    } else if let Some(first) = withdrawn.and_then(|w| w.first) {
+        // Same fire times, to be materialised again under the new settings.
+        model.next_fire_at = Set(Some(current_next.map_or(first, |n| n.min(first))));
     }
     model.cron_expression = Set(timing.cron.as_str().to_owned());
     model.timezone = Set(timing.tz.name().to_owned());
@@ -205,15 +276,18 @@ pub async fn update(
         model.overlap_policy = Set(v);
     }
     model.updated_at = Set(Utc::now());
-    let model = model.update(db).await?;
+    let model = model.update(&txn).await?;
+    txn.commit().await?;
     notify(db, id).await?;
     Ok(model)
 }
 
-/// Deletes the schedule; its runs stay in the history with no schedule.
-pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
-    get(db, id).await?;
+/// Deletes the schedule; its runs stay in the history with no schedule, except those
+/// materialised for fire times still ahead, which are withdrawn.
+pub async fn delete(db: &DatabaseConnection, fence: &Fence<'_>, id: Uuid) -> Result<()> {
     let txn = db.begin().await?;
+    lock(&txn, id).await?;
+    withdraw(&txn, fence, id).await?;
     netcron_lifecycle::runs::detach_schedule(&txn, id).await?;
     schedule::Entity::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;

@@ -22,8 +22,14 @@ use crate::domain::{
     CommandKind, CredentialKind, ErrorKind, Platform, RunStatus, RunTrigger, Zone,
 };
 
-/// The version of [`Task`] this build writes and reads.
-pub const TASK_VERSION: u32 = 1;
+/// The newest version of [`Task`] this build writes: version 2 adds [`Task::not_before`]. A task
+/// without `not_before` is still written as version 1, so executors of the previous release keep
+/// running every task they can run correctly; one that must wait is version 2, which they
+/// dead-letter rather than start early. This build reads both.
+pub const TASK_VERSION: u32 = 2;
+
+/// The task versions this build reads.
+pub const TASK_VERSIONS_READ: [u32; 2] = [1, 2];
 
 /// The version of [`RunResult`] this build writes and reads.
 pub const RESULT_VERSION: u32 = 1;
@@ -140,6 +146,22 @@ pub struct Task {
     pub device: TaskDevice,
     pub credential: TaskCredential,
     pub command: TaskCommand,
+    /// The executor holds the task until this instant (a timer) before it takes the lease and
+    /// starts the command: the scheduler publishes runs materialised ahead of their fire time.
+    /// Absent (version 1): start at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+impl Task {
+    /// The version this task is written as: the oldest that carries all of its fields.
+    pub fn version_needed(&self) -> u32 {
+        if self.not_before.is_some() {
+            TASK_VERSION
+        } else {
+            1
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

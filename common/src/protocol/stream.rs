@@ -12,7 +12,7 @@ use redis::streams::StreamId;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::{EVENT_VERSION, RESULT_VERSION, RunResult, Streams, TASK_VERSION, Task};
+use super::{EVENT_VERSION, RESULT_VERSION, RunResult, Streams, TASK_VERSIONS_READ, Task};
 use crate::domain::Zone;
 
 /// Stream entry field names.
@@ -59,7 +59,7 @@ fn field<'a>(entry: &'a StreamId, name: &str) -> Option<&'a [u8]> {
 fn decode_envelope<T: DeserializeOwned>(
     entry: &StreamId,
     what: &str,
-    version: u32,
+    versions: &[u32],
     max_bytes: usize,
     body_ids: impl Fn(&T) -> (Uuid, u32),
 ) -> Result<T, Rejected> {
@@ -69,12 +69,24 @@ fn decode_envelope<T: DeserializeOwned>(
     let reject = |reason: String| Rejected { reason, run_id };
     let v =
         field(entry, FIELD_VERSION).ok_or_else(|| reject("the entry has no `v` field".into()))?;
-    if v != version.to_string().as_bytes() {
+    let readable = || {
+        versions
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(version) = versions
+        .iter()
+        .copied()
+        .find(|n| n.to_string().as_bytes() == v)
+    else {
         return Err(reject(format!(
-            "{what} version `{}` is not supported (this build reads version {version})",
-            String::from_utf8_lossy(v)
+            "{what} version `{}` is not supported (this build reads version {})",
+            String::from_utf8_lossy(v),
+            readable()
         )));
-    }
+    };
     let body =
         field(entry, FIELD_BODY).ok_or_else(|| reject("the entry has no `body` field".into()))?;
     if body.len() > max_bytes {
@@ -150,7 +162,7 @@ impl Task {
         call.key(streams.publish_ticket(self.run_id, self.attempt))
             .key(streams.zone_tasks(zone))
             .arg(ttl_s.max(60))
-            .arg(TASK_VERSION)
+            .arg(self.v)
             .arg(self.run_id.to_string())
             .arg(self.body());
         pipe.invoke_script(&call);
@@ -164,7 +176,7 @@ impl Task {
 
     /// `XADD` of this task to `stream`; answers the new entry's id.
     pub fn xadd(&self, stream: &str) -> redis::Cmd {
-        envelope(stream, TASK_VERSION, self.run_id, &self.body())
+        envelope(stream, self.v, self.run_id, &self.body())
     }
 
     /// Reads a task entry.
@@ -172,9 +184,13 @@ impl Task {
     /// # Errors
     /// A [`Rejected`] naming what is wrong, and the run when the entry names one.
     pub fn decode(entry: &StreamId) -> Result<Task, Rejected> {
-        decode_envelope(entry, "task", TASK_VERSION, MAX_TASK_BYTES, |t: &Task| {
-            (t.run_id, t.v)
-        })
+        decode_envelope(
+            entry,
+            "task",
+            &TASK_VERSIONS_READ,
+            MAX_TASK_BYTES,
+            |t: &Task| (t.run_id, t.v),
+        )
     }
 }
 
@@ -212,7 +228,7 @@ impl RunResult {
         decode_envelope(
             entry,
             "result",
-            RESULT_VERSION,
+            &[RESULT_VERSION],
             MAX_RESULT_BYTES,
             |r: &RunResult| (r.run_id, r.v),
         )
