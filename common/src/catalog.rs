@@ -44,7 +44,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "REDIS_URL",
         roles: &["api", "scheduler", "executor", "ingest", "all"],
         default: Required,
-        meaning: "Redis URL, `redis://[user:password@]host:port`, or `rediss://…` for TLS (the server's certificate is checked against the system's CA store and the PEM file in `SSL_CERT_FILE`)",
+        meaning: "Redis URL, `redis://[user:password@]host:port`; `rediss://…` for TLS (the server's certificate is checked against the system's CA store and the PEM file in `SSL_CERT_FILE`); or `redis+sentinel://[user:password@]sentinel1:26379,sentinel2:26379/<master name>` to follow Sentinel fail-overs (no TLS)",
         example: "redis://redis.example.net:6379",
     },
     Setting {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod ops;
 pub mod protocol;
 pub mod secret;
+pub mod sentinel;
 pub mod startup;
 pub mod telemetry;
 

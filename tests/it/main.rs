@@ -22,6 +22,7 @@ mod runs;
 mod scheduler;
 mod schedules;
 mod security;
+mod sentinel;
 mod sites;
 mod sshd;
 mod text_safety;

@@ -61,12 +61,12 @@ fn sweep_stale() {
 }
 
 /// One site: where its sshd listens and how its executor reaches Redis.
-struct Site {
-    zone: &'static str,
+pub(crate) struct Site {
+    pub(crate) zone: &'static str,
     /// The namespace, or `None` in the fallback (everything in the root namespace).
-    netns: Option<String>,
+    pub(crate) netns: Option<String>,
     /// Redis' address as seen from inside the site.
-    redis_host: Ipv4Addr,
+    pub(crate) redis_host: Ipv4Addr,
 }
 
 /// The sites' namespaces and veth pairs; deleted on drop, whatever happened.
@@ -185,7 +185,7 @@ fn reachable_from(netns: Option<&str>, host: Ipv4Addr, port: u16) -> bool {
     }
 }
 
-fn temp_dir(what: &str) -> PathBuf {
+pub(crate) fn temp_dir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "netcron-sites-{what}-{}-{}",
         std::process::id(),
@@ -279,13 +279,13 @@ impl Drop for SiteRedis {
 
 /// `netcron executor` for one site, inside its namespace, with nothing in its environment but
 /// what a remote executor needs: a Redis URL, the stream prefix, the secret key and its zone.
-struct SiteExecutor {
-    child: Child,
+pub(crate) struct SiteExecutor {
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl SiteExecutor {
-    fn start(site: &Site, redis_url: &str, app: &TestApp) -> SiteExecutor {
+    pub(crate) fn start(site: &Site, redis_url: &str, app: &TestApp) -> SiteExecutor {
         SiteExecutor::start_with(site, redis_url, app, &[])
     }
 
@@ -331,7 +331,7 @@ impl SiteExecutor {
         SiteExecutor { child, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 

@@ -155,7 +155,8 @@ async fn ensure_tunnelled_zone(db: &DatabaseConnection, device: Uuid, zone: &Zon
             "zone",
             format!(
                 "this device is the jump host of {elsewhere} device(s) outside zone `{zone}`; a \
-                 jump host must be in the zone of the devices it serves"
+                 jump host must be in the zone of the devices it serves: clear their \
+                 jump_host_id, move them all, then set it again"
             ),
         ));
     }
