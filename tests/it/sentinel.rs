@@ -131,7 +131,10 @@ async fn runs_survive_a_sentinel_fail_over_each_executed_once() {
     // The replica must hold the master's data before anything is written that the test
     // expects to survive: a replica promoted in the middle of its first sync comes up empty.
     eventually("the replica in sync", Duration::from_secs(30), || async {
-        let info: String = replica.query(redis::cmd("INFO").arg("replication")).await.ok()?;
+        let info: String = replica
+            .query(redis::cmd("INFO").arg("replication"))
+            .await
+            .ok()?;
         info.contains("master_link_status:up").then_some(())
     })
     .await;

@@ -243,10 +243,10 @@ async fn a_run_is_published_to_the_stream_of_its_device_zone_only() {
     };
     // `default` keeps the stream name of netcron before zones.
     assert_eq!(s.zone_tasks(&Zone::default()), s.tasks);
-    assert_eq!(ids_on(s.tasks.clone()).await, [r_local.clone()]);
+    assert_eq!(ids_on(s.tasks.clone()).await, [r_local]);
     let remote_stream = s.zone_tasks(&zone("site-b"));
     assert_eq!(remote_stream, format!("{}tasks:site-b", app.stream_prefix));
-    assert_eq!(ids_on(remote_stream).await, [r_remote.clone()]);
+    assert_eq!(ids_on(remote_stream).await, [r_remote]);
 }
 
 #[tokio::test]
