@@ -228,7 +228,8 @@ fn event(
 }
 
 /// Detects the events caused by `runs` (which this transaction just finished) and writes
-/// them. Returns how many events of each type were written.
+/// them. Returns how many events of each type were written; the schedules this paused
+/// automatically are added to `paused`.
 ///
 /// # Errors
 /// When Postgres fails; the caller's transaction then rolls back with the outcomes.
@@ -236,6 +237,7 @@ pub async fn record(
     txn: &DatabaseTransaction,
     runs: &mut [Finished<'_>],
     settings: &EventSettings,
+    paused: &mut Vec<Uuid>,
 ) -> Result<Vec<&'static str>, sea_orm::DbErr> {
     if runs.is_empty() {
         return Ok(Vec::new());
@@ -371,6 +373,7 @@ pub async fn record(
             .await?;
         for row in rows {
             let id: Uuid = row.try_get("", "id")?;
+            paused.push(id);
             let failures: i32 = row.try_get("", "consecutive_failures")?;
             let reason: Option<String> = row.try_get("", "paused_reason")?;
             events.push(event(

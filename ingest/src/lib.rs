@@ -465,7 +465,20 @@ impl Ingest {
                 })
             })
             .collect();
-        let new_events = events::record(&txn, &mut newly, &self.events).await?;
+        let mut paused = Vec::new();
+        let new_events = events::record(&txn, &mut newly, &self.events, &mut paused).await?;
+        // A schedule paused for its failures is paused like any other: its runs materialised
+        // ahead of their fire time are withdrawn with it (Redis failing rolls the whole batch
+        // back, to be stored again).
+        for schedule_id in paused {
+            let withdrawn =
+                runs::withdraw_ahead(&txn, &mut conns.redis.clone(), &self.leases, schedule_id)
+                    .await?;
+            if withdrawn.runs > 0 {
+                tracing::info!(%schedule_id, runs = withdrawn.runs,
+                    "runs materialised ahead withdrawn from a schedule paused for its failures");
+            }
+        }
         // Outbox rows of finished runs are left to the scheduler's housekeeping, which deletes
         // them in bulk; deleting them here doubled the rows this transaction writes.
         if finished.release {

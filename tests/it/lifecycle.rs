@@ -14,7 +14,6 @@ use std::time::Duration;
 use netcron_common::config::RedisSettings;
 use netcron_ingest::Ingest;
 use netcron_scheduler::{Scheduler, SchedulerConfig, SkewedClock, SystemClock};
-use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

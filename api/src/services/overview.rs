@@ -30,8 +30,7 @@ pub async fn runs_by_hour(db: &DatabaseConnection) -> Result<Vec<HourCount>> {
 }
 
 /// How late scheduled runs started, from their fire time to the executor's start, over the
-/// last hour: what `netcron_scheduler_fire_lateness_seconds` measures up to publishing, plus
-/// the executor's pick-up.
+/// last hour: what `netcron_scheduler_fire_lateness_seconds` measures, from the run history.
 #[derive(Debug, FromQueryResult)]
 pub struct Lateness {
     pub runs: i64,
