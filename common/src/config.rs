@@ -141,26 +141,6 @@ impl std::fmt::Debug for DatabaseSettings {
     }
 }
 
-/// Why a Postgres URL that names several hosts (`host1,host2` or `target_session_attrs`, as
-/// libpq accepts for failover) cannot be used: the driver (sqlx 0.9) connects to one host
-/// only and would otherwise fail later with a less helpful message — or, worse, silently use
-/// one host and ignore `target_session_attrs`.
-fn several_hosts(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let hosts = authority.rsplit('@').next().unwrap_or_default();
-    let query = rest.split_once('?').map_or("", |(_, q)| q);
-    let attrs = query
-        .split('&')
-        .any(|p| p.starts_with("target_session_attrs="));
-    (hosts.contains(',') || attrs).then(|| {
-        "names several hosts or target_session_attrs, which the Postgres driver does not \
-         support: give one address that follows the primary (a virtual IP, or HAProxy/PgBouncer \
-         in front of the cluster; see docs/DEPLOY.md, High availability)"
-            .to_owned()
-    })
-}
-
 impl DatabaseSettings {
     /// # Errors
     /// When `DATABASE_URL` is missing or `NETCRON_AUTO_MIGRATE` is not a boolean.
@@ -172,7 +152,7 @@ impl DatabaseSettings {
                 reason: "must start with postgres:// or postgresql://".into(),
             });
         }
-        if let Some(reason) = several_hosts(&url) {
+        if let Some(Err(reason)) = crate::pgfailover::MultiHost::parse(&url) {
             return Err(ConfigError {
                 name: "DATABASE_URL",
                 reason,
@@ -286,25 +266,4 @@ pub fn secret_key_from_env() -> Result<SecretKey, ConfigError> {
         name: "NETCRON_SECRET_KEY",
         reason: format!("must be base64 of exactly 32 bytes; {HOW}"),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_postgres_url_with_several_hosts_is_refused_with_the_reason() {
-        for url in [
-            "postgres://u:p@db1:5432,db2:5432/netcron",
-            "postgres://db1/netcron?sslmode=require&target_session_attrs=read-write",
-        ] {
-            assert!(several_hosts(url).is_some(), "{url}");
-        }
-        for url in [
-            "postgres://u:p,q@db1:5432/netcron",
-            "postgres://postgres@127.0.0.1:5432/netcron?sslmode=disable",
-        ] {
-            assert_eq!(several_hosts(url), None, "{url}");
-        }
-    }
 }

@@ -14,6 +14,7 @@ pub mod entity;
 pub mod inventory;
 pub mod metrics;
 pub mod ops;
+pub mod pgfailover;
 pub mod protocol;
 pub mod secret;
 pub mod sentinel;

@@ -17,6 +17,7 @@ mod inventory;
 mod lifecycle;
 mod network;
 mod operations;
+mod pgfailover;
 mod reuse;
 mod runs;
 mod scheduler;
