@@ -156,7 +156,7 @@ async fn mark(db: &DatabaseConnection, what: &str) -> Result<(), sea_orm::DbErr>
 async fn the_pool_follows_the_primary_of_several_postgres_hosts() {
     let dir = temp_dir("pg");
     let (uid, gid) = postgres_ids();
-    std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown");
+    std::os::unix::fs::chown(&*dir, Some(uid), Some(gid)).expect("chown");
     let primary_data = dir.join("primary");
     let standby_data = dir.join("standby");
     as_postgres(
@@ -226,5 +226,4 @@ async fn the_pool_follows_the_primary_of_several_postgres_hosts() {
     drop(direct);
     drop(standby);
     drop(primary);
-    let _ = fs::remove_dir_all(&dir);
 }

@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,7 +25,6 @@ const SERVICE: &str = "nczmaster";
 struct Server {
     port: u16,
     child: Option<Child>,
-    dir: PathBuf,
 }
 
 impl Server {
@@ -56,7 +54,6 @@ impl Server {
         let server = Server {
             port,
             child: Some(child),
-            dir: dir.to_path_buf(),
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
@@ -88,7 +85,6 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
-        let _ = &self.dir;
     }
 }
 
@@ -258,5 +254,4 @@ async fn runs_survive_a_sentinel_fail_over_each_executed_once() {
     forwarding.cancel();
     drop(sentinel);
     drop(replica);
-    let _ = fs::remove_dir_all(&dir);
 }

@@ -185,14 +185,31 @@ fn reachable_from(netns: Option<&str>, host: Ipv4Addr, port: u16) -> bool {
     }
 }
 
-pub(crate) fn temp_dir(what: &str) -> PathBuf {
+/// A directory of this test's files, removed when dropped (also when the test fails).
+pub(crate) struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) fn temp_dir(what: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!(
         "netcron-sites-{what}-{}-{}",
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     ));
     fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    TempDir(dir)
 }
 
 /// A private redis-server for this test: listening on loopback and on the root side of every
@@ -201,6 +218,8 @@ struct SiteRedis {
     port: u16,
     dir: PathBuf,
     child: Child,
+    /// The directory, when this server made its own (removed after the server stopped).
+    owned: Option<TempDir>,
 }
 
 /// The executor's Redis permissions for `zone` under `prefix`, as docs/DEPLOY.md documents
@@ -221,7 +240,10 @@ fn executor_acl(user: &str, password: &str, prefix: &str, zone: &str) -> String 
 
 impl SiteRedis {
     fn start(binds: &[Ipv4Addr], users: &[String]) -> SiteRedis {
-        SiteRedis::start_in(&temp_dir("redis"), binds, users, "")
+        let dir = temp_dir("redis");
+        let mut redis = SiteRedis::start_in(&dir, binds, users, "");
+        redis.owned = Some(dir);
+        redis
     }
 
     /// Starts redis-server in `dir` with `extra` configuration lines (TLS).
@@ -255,7 +277,12 @@ impl SiteRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (install redis-server, see .ci/run)");
-        let redis = SiteRedis { port, dir, child };
+        let redis = SiteRedis {
+            port,
+            dir,
+            child,
+            owned: None,
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !reachable_from(None, Ipv4Addr::LOCALHOST, port) {
             assert!(
@@ -273,7 +300,6 @@ impl Drop for SiteRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -697,5 +723,4 @@ async fn a_remote_executor_reaches_redis_over_tls_as_its_own_acl_user() {
     );
     drop(executor);
     drop(redis);
-    let _ = fs::remove_dir_all(&dir);
 }
