@@ -40,6 +40,8 @@ pub(crate) struct ZoneWorker {
     held: Mutex<HashSet<String>>,
     /// The runs whose lease this executor holds (their command began), with their attempt.
     leased: Mutex<HashMap<Uuid, i32>>,
+    /// Tasks read ahead of their `not_before`, by that instant (see [`ZoneWorker::wait_for`]).
+    waiting: Mutex<BTreeMap<DateTime<Utc>, Batch>>,
     leases: Leases,
     /// Redis' clock minus this host's, in microseconds, measured by [`ZoneWorker::sync_clock`].
     /// `not_before` is a time on the scheduler's clock, which follows Postgres'; an executor
@@ -48,12 +50,49 @@ pub(crate) struct ZoneWorker {
     clock_offset_us: std::sync::atomic::AtomicI64,
 }
 
-/// An entry as read, with its task (or why it cannot run) and, while it waits for its
-/// `not_before`, its place in the hold-ahead budget.
-struct Read {
-    entry: StreamId,
-    task: std::result::Result<Task, Rejected>,
-    _held: Option<tokio::sync::OwnedSemaphorePermit>,
+/// Entries read, sorted for dispatch as they are read, so that nothing but starting them is
+/// left for their `not_before`.
+#[derive(Default)]
+struct Batch {
+    /// Valid no-op tasks, by entry id: they need neither their entry's fields nor a slot.
+    noops: Vec<(String, Task)>,
+    /// Everything else, with its entry (a task that cannot run is dead-lettered from it).
+    others: Vec<(StreamId, std::result::Result<Task, Rejected>)>,
+    /// Places in the hold-ahead budget of the tasks waiting for their `not_before`, given back
+    /// once they are dispatched.
+    held: Vec<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Batch {
+    fn push(&mut self, entry: StreamId, task: std::result::Result<Task, Rejected>) {
+        match task {
+            Ok(task) if task.command.kind == CommandKind::Noop => {
+                self.noops.push((entry.id, task));
+            }
+            task => self.others.push((entry, task)),
+        }
+    }
+
+    fn append(&mut self, mut other: Batch) {
+        self.noops.append(&mut other.noops);
+        self.others.append(&mut other.others);
+        self.held.append(&mut other.held);
+    }
+
+    fn len(&self) -> usize {
+        self.noops.len() + self.others.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn entry_ids(&self) -> impl Iterator<Item = &str> {
+        self.noops
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .chain(self.others.iter().map(|(e, _)| e.id.as_str()))
+    }
 }
 
 /// Why a stream entry cannot be run.
@@ -136,6 +175,7 @@ impl ZoneWorker {
             metrics,
             held: Mutex::new(HashSet::new()),
             leased: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(BTreeMap::new()),
             config: settings.executor.clone(),
             clock_offset_us: std::sync::atomic::AtomicI64::new(0),
         });
@@ -253,31 +293,23 @@ impl ZoneWorker {
                 }
             }
             let now = self.now();
-            let mut due = Vec::with_capacity(entries.len());
-            let mut waiting: BTreeMap<DateTime<Utc>, Vec<Read>> = BTreeMap::new();
+            let mut due = Batch::default();
+            let mut waiting: BTreeMap<DateTime<Utc>, Batch> = BTreeMap::new();
             for entry in entries {
                 let task = Task::decode(&entry).map_err(Rejected::from);
                 self.hold(&entry.id);
-                match &task {
-                    Ok(Task {
-                        not_before: Some(at),
-                        ..
-                    }) if *at > now => {
+                match task {
+                    Ok(task) if task.not_before.is_some_and(|at| at > now) => {
+                        let at = task.not_before.unwrap_or(now);
                         // At most `free` entries were read, so a permit is there.
                         let Ok(permit) = Arc::clone(&holding).acquire_owned().await else {
                             break;
                         };
-                        waiting.entry(*at).or_default().push(Read {
-                            entry,
-                            task,
-                            _held: Some(permit),
-                        });
+                        let batch = waiting.entry(at).or_default();
+                        batch.push(entry, Ok(task));
+                        batch.held.push(permit);
                     }
-                    _ => due.push(Read {
-                        entry,
-                        task,
-                        _held: None,
-                    }),
+                    task => due.push(entry, task),
                 }
             }
             if !due.is_empty() {
@@ -285,12 +317,13 @@ impl ZoneWorker {
                 let capacity = Arc::clone(&capacity);
                 runs.spawn(async move { this.dispatch(due, capacity).await });
             }
-            // One timer per distinct fire time of the read, not one per task.
-            for (at, group) in waiting {
-                let this = Arc::clone(&self);
-                let capacity = Arc::clone(&capacity);
-                let shutdown = shutdown.clone();
-                runs.spawn(async move { this.start_at(at, group, capacity, shutdown).await });
+            for (at, batch) in waiting {
+                if self.wait_for(at, batch) {
+                    let this = Arc::clone(&self);
+                    let capacity = Arc::clone(&capacity);
+                    let shutdown = shutdown.clone();
+                    runs.spawn(async move { this.start_at(at, capacity, shutdown).await });
+                }
             }
         }
         if !runs.is_empty() {
@@ -318,70 +351,96 @@ impl ZoneWorker {
         Ok(())
     }
 
-    /// Holds `group` until `at` (a timer; the heartbeat keeps the entries ours meanwhile), then
-    /// dispatches it. On shutdown before `at`, the entries are left pending, unacknowledged, for
-    /// another executor to take over: none of them has begun.
+    /// Adds `batch` to the tasks waiting for `at`; answers whether `at` needs a timer (it had
+    /// none waiting yet). One timer per instant serves every read that brought tasks for it, so
+    /// a second's fires start together, not one read after another.
+    fn wait_for(&self, at: DateTime<Utc>, batch: Batch) -> bool {
+        self.metrics
+            .waiting
+            .inc_by(i64::try_from(batch.len()).unwrap_or(i64::MAX));
+        let Ok(mut waiting) = self.waiting.lock() else {
+            return false;
+        };
+        match waiting.entry(at) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                e.get_mut().append(batch);
+                false
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(batch);
+                true
+            }
+        }
+    }
+
+    /// Holds the tasks waiting for `at` until then, then dispatches them. The heartbeat keeps
+    /// their entries ours meanwhile. On shutdown before `at`, they are left pending,
+    /// unacknowledged, for another executor to take over: none of them has begun.
+    ///
+    /// The runtime's timer wakes up to a millisecond late; it is set that much early, and the
+    /// rest is slept on this thread (at most a millisecond, once per fire instant).
     async fn start_at(
         self: Arc<Self>,
         at: DateTime<Utc>,
-        group: Vec<Read>,
         capacity: Arc<Semaphore>,
         shutdown: CancellationToken,
     ) {
-        let n = i64::try_from(group.len()).unwrap_or(i64::MAX);
-        self.metrics.waiting.inc_by(n);
-        let wait = (at - self.now()).to_std().unwrap_or_default();
+        let early = chrono::Duration::milliseconds(1);
+        let wait = (at - early - self.now()).to_std().unwrap_or_default();
         let stopped = tokio::select! {
             () = shutdown.cancelled() => true,
             () = tokio::time::sleep(wait) => false,
         };
-        self.metrics.waiting.dec_by(n);
+        if !stopped && let Ok(rest) = (at - self.now()).to_std() {
+            std::thread::sleep(rest.min(Duration::from_millis(2)));
+        }
+        let batch = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(&at))
+            .unwrap_or_default();
+        self.metrics
+            .waiting
+            .dec_by(i64::try_from(batch.len()).unwrap_or(i64::MAX));
         if stopped {
-            for read in &group {
-                self.release(&read.entry.id);
+            for id in batch.entry_ids() {
+                self.release(id);
             }
             return;
         }
-        self.dispatch(group, capacity).await;
+        self.dispatch(batch, capacity).await;
     }
 
     /// Runs entries that are due, each once it has a slot. No-ops need neither a device, SSH
-    /// nor a slot: they start and finish together, up to [`NOOP_BATCH`] in one script, all
-    /// batches at once, so the pipeline's own cost stays measurable.
-    async fn dispatch(self: Arc<Self>, reads: Vec<Read>, capacity: Arc<Semaphore>) {
+    /// nor a slot: they start and finish together, up to [`NOOP_BATCH`] in one script, each
+    /// batch on a task of its own so both cores serialize them, and the pipeline's own cost
+    /// stays measurable.
+    async fn dispatch(self: Arc<Self>, batch: Batch, capacity: Arc<Semaphore>) {
+        let Batch {
+            mut noops,
+            others,
+            held,
+        } = batch;
         let mut runs: JoinSet<()> = JoinSet::new();
-        let mut noops: Vec<(String, Task)> = Vec::new();
-        let mut others = Vec::with_capacity(reads.len());
-        for read in reads {
-            let Read { entry, task, _held } = read;
-            drop(_held);
-            match task {
-                Ok(task) if task.command.kind == CommandKind::Noop => {
-                    noops.push((entry.id.clone(), task));
-                }
-                task => others.push((entry, task)),
-            }
+        while !noops.is_empty() {
+            let rest = noops.split_off(noops.len().saturating_sub(NOOP_BATCH));
+            let this = Arc::clone(&self);
+            runs.spawn(async move { this.run_noops(rest).await });
         }
-        let batches = futures::future::join_all(
-            noops
-                .chunks(NOOP_BATCH)
-                .map(|batch| self.run_noops(batch.to_vec())),
-        );
-        let others = async {
-            for (entry, task) in others {
-                let Ok(permit) = Arc::clone(&capacity).acquire_owned().await else {
-                    break;
-                };
-                let this = Arc::clone(&self);
-                runs.spawn(async move {
-                    this.process(&entry, task).await;
-                    this.release(&entry.id);
-                    drop(permit);
-                });
-            }
-            while runs.join_next().await.is_some() {}
-        };
-        tokio::join!(batches, others);
+        drop(held);
+        for (entry, task) in others {
+            let Ok(permit) = Arc::clone(&capacity).acquire_owned().await else {
+                break;
+            };
+            let this = Arc::clone(&self);
+            runs.spawn(async move {
+                this.process(&entry, task).await;
+                this.release(&entry.id);
+                drop(permit);
+            });
+        }
+        while runs.join_next().await.is_some() {}
     }
 
     fn hold(&self, id: &str) {
@@ -553,10 +612,12 @@ impl ZoneWorker {
     /// Runs no-op tasks: each starts and ends in the same step, under the same rules as
     /// [`ZoneWorker::start`] (a finished, begun or superseded attempt is dropped).
     async fn run_noops(&self, noops: Vec<(String, Task)>) {
+        // The batch starts together: one instant for all of it.
+        let outcome = crate::runner::noop_outcome();
         let results: Vec<(String, RunResult)> = noops
             .iter()
             .map(|(entry_id, task)| {
-                let outcome = crate::runner::noop_outcome();
+                let outcome = outcome.clone();
                 let report = RunResult {
                     v: RESULT_VERSION,
                     run_id: task.run_id,

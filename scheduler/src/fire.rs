@@ -274,11 +274,16 @@ pub async fn next_wake(
     let Some(earliest) = earliest else {
         return Ok(None);
     };
-    if earliest - horizon > now {
-        return Ok(Some(earliest - horizon));
+    // A tenth of the horizon after the instant the horizon reaches a fire time: cron fire
+    // times fall on whole seconds, and a pass that starts exactly when the previous second's
+    // runs start competes with them for the cores; a moment later it does not, and the run is
+    // still materialised well ahead.
+    let lead = horizon - horizon / 10;
+    if earliest - lead > now {
+        return Ok(Some(earliest - lead));
     }
     // Something within the horizon was left for its fire time: wake for it, or earlier for a
     // schedule that comes within the horizon before it does.
-    let beyond = min_after(Some(now + horizon)).await?.map(|t| t - horizon);
+    let beyond = min_after(Some(now + horizon)).await?.map(|t| t - lead);
     Ok(Some(beyond.map_or(earliest, |b| b.min(earliest))))
 }

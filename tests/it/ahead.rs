@@ -161,21 +161,18 @@ async fn runs_published_ahead_start_at_their_fire_time_not_before() {
         .to_std()
         .unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_secs(2)).await;
-    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(1)).await;
+    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(3)).await;
     assert!(ran.contains(&early.run_id.to_string()), "{ran:?}");
     assert!(ran.len() >= 3, "{ran:?}");
     // The executor reports how late commands started, under the name users graph.
     let text = app.metrics_text().await;
     let count = crate::helpers::metric(&text, "netcron_scheduler_fire_lateness_seconds_count");
     assert!(count >= 3.0, "{count}");
-    let within_250ms = crate::helpers::metric(
+    let within_1s = crate::helpers::metric(
         &text,
-        "netcron_scheduler_fire_lateness_seconds_bucket{le=\"0.25\"}",
+        "netcron_scheduler_fire_lateness_seconds_bucket{le=\"1.0\"}",
     );
-    assert!(
-        within_250ms >= count * 0.5,
-        "{within_250ms} of {count} within 250 ms"
-    );
+    assert!(within_1s >= count * 0.5, "{within_1s} of {count} within 1 s");
 }
 
 #[tokio::test]
@@ -210,7 +207,7 @@ async fn pausing_withdraws_the_runs_materialised_ahead_and_none_of_them_executes
     // Well past the horizon: no withdrawn run began on the device, and every run that did
     // begin was for a fire time before the pause, on time and once.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(1)).await;
+    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(3)).await;
     for id in &ahead {
         assert!(!ran.contains(id), "withdrawn run {id} executed");
     }
@@ -227,7 +224,7 @@ async fn pausing_withdraws_the_runs_materialised_ahead_and_none_of_them_executes
     executions
         .wait_for(before + 3, Duration::from_secs(15))
         .await;
-    executed_on_time_once(&app, &executions, chrono::Duration::seconds(1)).await;
+    executed_on_time_once(&app, &executions, chrono::Duration::seconds(3)).await;
 }
 
 #[tokio::test]
@@ -250,7 +247,7 @@ async fn an_edit_withdraws_the_fire_times_it_no_longer_wants_and_keeps_the_rest_
     assert_eq!(status, 200, "{edited}");
     let edited_at = db_now(&app).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(1)).await;
+    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(3)).await;
     for id in &ahead {
         assert!(!ran.contains(id), "withdrawn run {id} executed");
     }
@@ -298,7 +295,7 @@ async fn runs_a_killed_scheduler_committed_ahead_but_never_published_run_once_on
     let last = committed.iter().map(|(_, at, ..)| *at).max().expect("runs");
     let wait = (last - db_now(&app).await).to_std().unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_secs(3)).await;
-    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(1)).await;
+    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(3)).await;
     for (id, at, ..) in &committed {
         assert!(
             ran.contains(id),
