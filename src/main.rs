@@ -94,24 +94,28 @@ async fn run(role: Role) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match role {
         Role::Api => {
-            let settings = netcron_api::Settings::from_env()?;
+            let mut settings = netcron_api::Settings::from_env()?;
+            settings.redis.url = settings.redis.resolve(&shutdown).await?;
             netcron_api::run(settings, Telemetry::default(), shutdown).await
         }
         Role::Scheduler => {
-            let settings = netcron_scheduler::Settings::from_env()?;
+            let mut settings = netcron_scheduler::Settings::from_env()?;
+            settings.redis.url = settings.redis.resolve(&shutdown).await?;
             let ops =
                 ops::addr_from_env("NETCRON_SCHEDULER_OPS_ADDR", ([0, 0, 0, 0], 9091).into())?;
             let telemetry = serve_ops(ops, &shutdown).await?;
             netcron_scheduler::run(settings, telemetry, shutdown).await
         }
         Role::Executor => {
-            let settings = netcron_executor::Settings::from_env()?;
+            let mut settings = netcron_executor::Settings::from_env()?;
+            settings.redis.url = settings.redis.resolve(&shutdown).await?;
             let ops = ops::addr_from_env("NETCRON_EXECUTOR_OPS_ADDR", ([0, 0, 0, 0], 9092).into())?;
             let telemetry = serve_ops(ops, &shutdown).await?;
             netcron_executor::run(settings, telemetry, shutdown).await
         }
         Role::Ingest => {
-            let settings = netcron_ingest::IngestSettings::from_env()?;
+            let mut settings = netcron_ingest::IngestSettings::from_env()?;
+            settings.redis.url = settings.redis.resolve(&shutdown).await?;
             let ops = ops::addr_from_env("NETCRON_INGEST_OPS_ADDR", ([0, 0, 0, 0], 9093).into())?;
             let telemetry = serve_ops(ops, &shutdown).await?;
             netcron_ingest::run(settings, telemetry, shutdown).await
@@ -141,8 +145,13 @@ async fn run(role: Role) -> anyhow::Result<()> {
 /// fails, the others are stopped too, so the process never runs half of netcron.
 async fn run_all(shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut api = netcron_api::Settings::from_env()?;
-    let scheduler = netcron_scheduler::Settings::from_env()?;
-    let executor = netcron_executor::Settings::from_env()?;
+    let mut scheduler = netcron_scheduler::Settings::from_env()?;
+    let mut executor = netcron_executor::Settings::from_env()?;
+    // One Sentinel forwarder for the process, if REDIS_URL names Sentinels.
+    let redis = api.redis.resolve(&shutdown).await?;
+    api.redis.url.clone_from(&redis);
+    scheduler.redis.url.clone_from(&redis);
+    executor.redis.url = redis;
     api.create_database = true;
     // One process, one set of metrics and readiness checks, served on the api's port, which
     // is bound first: while Postgres is away the process is alive and says why it is not ready.

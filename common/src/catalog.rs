@@ -37,14 +37,14 @@ pub const SETTINGS: &[Setting] = &[
         name: "DATABASE_URL",
         roles: &["api", "scheduler", "ingest", "migrate", "all"],
         default: Required,
-        meaning: "Postgres URL, `postgres://user[:password]@host:port/db`",
+        meaning: "Postgres URL, `postgres://user[:password]@host:port/db`; several hosts for fail-over as libpq takes them, `postgres://…@db1:5432,db2:5432/db?target_session_attrs=read-write` (also `primary` or `any`)",
         example: "postgres://netcron:secret@db.example.net:5432/netcron",
     },
     Setting {
         name: "REDIS_URL",
         roles: &["api", "scheduler", "executor", "ingest", "all"],
         default: Required,
-        meaning: "Redis URL, `redis://host:port`",
+        meaning: "Redis URL, `redis://[user:password@]host:port`; `rediss://…` for TLS (the server's certificate is checked against the system's CA store and the PEM file in `SSL_CERT_FILE`); or `redis+sentinel://[user:password@]sentinel1:26379,sentinel2:26379/<master name>` to follow Sentinel fail-overs (no TLS)",
         example: "redis://redis.example.net:6379",
     },
     Setting {
@@ -207,6 +207,13 @@ pub const SETTINGS: &[Setting] = &[
         default: Value("1"),
         meaning: "Commands running at once per device (per executor)",
         example: "2",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_ZONES",
+        roles: &["executor", "all"],
+        default: Value("default"),
+        meaning: "The zones this executor serves, comma-separated: it reads only their tasks streams, so it runs only the commands of devices in them (zone names: lower-case letters, digits, `_` and `-`)",
+        example: "site-a,site-b",
     },
     Setting {
         name: "NETCRON_SSH_IDLE_S",

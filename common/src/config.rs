@@ -152,6 +152,12 @@ impl DatabaseSettings {
                 reason: "must start with postgres:// or postgresql://".into(),
             });
         }
+        if let Some(Err(reason)) = crate::pgfailover::MultiHost::parse(&url) {
+            return Err(ConfigError {
+                name: "DATABASE_URL",
+                reason,
+            });
+        }
         Ok(Self {
             url,
             auto_migrate: parsed_or("NETCRON_AUTO_MIGRATE", true)?,
@@ -177,14 +183,35 @@ impl std::fmt::Debug for RedisSettings {
 }
 
 impl RedisSettings {
+    /// With a `redis+sentinel://` URL, starts this process's Sentinel forwarder (see
+    /// [`crate::sentinel`]) and answers the `redis://` URL the roles connect to; any other URL
+    /// as it is. Call once per process and give the answer to every role.
+    ///
+    /// # Errors
+    /// When the forwarder cannot bind a local port.
+    pub async fn resolve(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<String> {
+        match crate::sentinel::SentinelUrl::parse(&self.url) {
+            Some(Ok(sentinel)) => crate::sentinel::forward(sentinel, shutdown.clone()).await,
+            _ => Ok(self.url.clone()),
+        }
+    }
+
     /// # Errors
     /// When `REDIS_URL` is missing or not a Redis URL.
     pub fn from_env() -> Result<Self, ConfigError> {
         let url = required("REDIS_URL")?;
-        if redis::Client::open(url.as_str()).is_err() {
+        if let Some(sentinel) = crate::sentinel::SentinelUrl::parse(&url) {
+            sentinel.map_err(|reason| ConfigError {
+                name: "REDIS_URL",
+                reason: format!("is not a valid redis+sentinel:// URL: it {reason}"),
+            })?;
+        } else if redis::Client::open(url.as_str()).is_err() {
             return Err(ConfigError {
                 name: "REDIS_URL",
-                reason: "is not a redis:// URL".into(),
+                reason: "is not a redis://, rediss:// (TLS) or redis+sentinel:// URL".into(),
             });
         }
         Ok(Self {

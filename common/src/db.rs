@@ -4,11 +4,30 @@ use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement};
 
-/// Opens a pooled connection.
+/// Opens a pooled connection. A URL with several hosts or `target_session_attrs` goes
+/// through a local forwarder that follows the acceptable host (see [`crate::pgfailover`]).
 ///
 /// # Errors
 /// When Postgres cannot be reached or refuses the connection.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let Some(multi) = crate::pgfailover::MultiHost::parse(url) else {
+        return connect_one(url).await;
+    };
+    let multi = multi.map_err(|reason| DbErr::Custom(format!("DATABASE_URL: {reason}")))?;
+    let forwarding = tokio_util::sync::CancellationToken::new();
+    let local = crate::pgfailover::forward(multi, forwarding.clone())
+        .await
+        .map_err(|e| DbErr::Custom(format!("cannot start the Postgres forwarder: {e}")))?;
+    let connected = connect_one(&local).await;
+    if connected.is_err() {
+        // A caller waiting for Postgres calls again; only a pool that connected keeps its
+        // forwarder (for the life of the process).
+        forwarding.cancel();
+    }
+    connected
+}
+
+async fn connect_one(url: &str) -> Result<DatabaseConnection, DbErr> {
     probe(url).await?;
     let mut options = ConnectOptions::new(url);
     options

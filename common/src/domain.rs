@@ -505,6 +505,117 @@ pub fn parse_name(text: &str, max: usize) -> Result<String, ParseError> {
     Ok(trimmed.to_owned())
 }
 
+/// A zone: where a device sits on the network, and so which executors can reach it (a site, a
+/// management VRF, a customer network). Each zone has its own tasks stream, read only by the
+/// executors started for it (`NETCRON_EXECUTOR_ZONES`).
+///
+/// A name is 1 to 63 characters: lower-case ASCII letters, digits, `_` and `-`, starting with
+/// a letter or digit (`^[a-z0-9][a-z0-9_-]{0,62}$`). That keeps it safe inside a Redis key
+/// (no `:`, no `*`, no spaces), an ACL key pattern and a Prometheus label, and makes `Site-A`
+/// and `site-a` impossible to confuse: the text is taken as it is, never lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Zone(String);
+
+impl Zone {
+    /// The zone of every device that names none, and of every executor started without
+    /// `NETCRON_EXECUTOR_ZONES`; its tasks stream keeps the name it had before zones existed.
+    pub const DEFAULT: &'static str = "default";
+
+    /// # Errors
+    /// When `text` is not a zone name (see [`Zone`]).
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let mut chars = text.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let rest_ok =
+            chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !first_ok || !rest_ok || text.len() > 63 {
+            return Err(invalid(
+                "must be 1 to 63 characters: lower-case letters, digits, `_` and `-`, starting \
+                 with a letter or digit",
+            ));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.0 == Self::DEFAULT
+    }
+}
+
+impl Default for Zone {
+    fn default() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Zone {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// The zones an executor serves: one or more [`Zone`]s, comma-separated in
+/// `NETCRON_EXECUTOR_ZONES` (`default` when unset). Duplicates are dropped; order is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zones(Vec<Zone>);
+
+impl Zones {
+    /// # Errors
+    /// When the list is empty or one of its names is not a zone name.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let mut zones: Vec<Zone> = Vec::new();
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let zone = Zone::parse(name).map_err(|e| invalid(format!("`{name}` {e}")))?;
+            if !zones.contains(&zone) {
+                zones.push(zone);
+            }
+        }
+        if zones.is_empty() {
+            return Err(invalid("must name at least one zone"));
+        }
+        Ok(Self(zones))
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Zone> {
+        self.0.iter()
+    }
+}
+
+impl Default for Zones {
+    fn default() -> Self {
+        Self(vec![Zone::default()])
+    }
+}
+
+impl fmt::Display for Zones {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(Zone::as_str).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl FromStr for Zones {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
 /// When a schedule fires: its cron expression on the wall clock of its zone, limited to the
 /// optional `[start_at, end_at]` window.
 #[derive(Debug, Clone)]
@@ -557,6 +668,39 @@ impl Timing {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn zone_names_are_identifiers_safe_in_keys_and_labels() {
+        for ok in ["default", "site-a", "dc1", "0", "a_b-c", &"z".repeat(63)] {
+            assert_eq!(
+                Zone::parse(ok).map(|z| z.to_string()),
+                Ok(ok.to_owned()),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "",
+            "Site-A",
+            "-a",
+            "_a",
+            "a:b",
+            "a b",
+            "a*",
+            "é",
+            &"z".repeat(64),
+        ] {
+            assert!(Zone::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn executor_zones_are_a_list_without_duplicates() {
+        let zones = Zones::parse(" site-a, default ,site-a,").expect("zones");
+        assert_eq!(zones.to_string(), "site-a,default");
+        assert_eq!(Zones::default().to_string(), "default");
+        assert!(Zones::parse(" , ").is_err());
+        assert!(Zones::parse("a,B").is_err());
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)

@@ -14,8 +14,10 @@ pub mod entity;
 pub mod inventory;
 pub mod metrics;
 pub mod ops;
+pub mod pgfailover;
 pub mod protocol;
 pub mod secret;
+pub mod sentinel;
 pub mod startup;
 pub mod telemetry;
 

@@ -17,6 +17,7 @@ pub mod inventory;
 mod live;
 pub mod metrics;
 mod output;
+mod process;
 #[cfg(test)]
 mod properties;
 pub mod runner;
@@ -26,6 +27,7 @@ mod worker;
 use std::time::Duration;
 
 use netcron_common::config::{self, ConfigError, RedisSettings};
+use netcron_common::domain::{Zone, Zones};
 use netcron_common::metrics::Telemetry;
 use netcron_common::protocol::{EXECUTOR_GROUP, Streams};
 use netcron_common::secret::SecretKey;
@@ -34,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
 pub use metrics::{ExecutorMetrics, SessionMetrics};
+pub use process::Executor;
 pub use runner::Runner;
-pub use worker::Executor;
 
 /// How the executor behaves; every field has an environment variable (see the README).
 #[derive(Debug, Clone)]
@@ -87,6 +89,9 @@ pub struct ExecutorConfig {
     pub hold_ahead: usize,
     /// The consumer name: unique per process (host, pid and a random suffix).
     pub consumer: String,
+    /// The zones whose tasks this executor runs (`NETCRON_EXECUTOR_ZONES`, `default`): it
+    /// reads their streams and no other, and announces itself alive in each.
+    pub zones: Zones,
 }
 
 impl Default for ExecutorConfig {
@@ -108,6 +113,7 @@ impl Default for ExecutorConfig {
             block: Duration::from_secs(2),
             hold_ahead: 10_000,
             consumer: consumer_name(),
+            zones: Zones::default(),
         }
     }
 }
@@ -147,6 +153,7 @@ impl ExecutorConfig {
             block: d.block,
             hold_ahead: config::parsed_or("NETCRON_EXECUTOR_HOLD_AHEAD", d.hold_ahead)?.max(1),
             consumer: d.consumer,
+            zones: config::parsed_or("NETCRON_EXECUTOR_ZONES", d.zones)?,
         })
     }
 }
@@ -196,8 +203,13 @@ pub async fn run(
     let metrics = ExecutorMetrics::new(&telemetry);
     if let Ok(client) = redis::Client::open(settings.redis.url.as_str()) {
         let streams = Streams::new(&settings.redis.stream_prefix);
-        let groups = vec![(streams.tasks.clone(), EXECUTOR_GROUP)];
-        telemetry.sample_streams(client, streams, groups, shutdown.clone());
+        // The stream gauges cover the `default` zone's stream and the shared ones; an executor
+        // of other zones leaves them to the scheduler, so its Redis user needs no access to
+        // the streams of zones it does not serve (see docs/DEPLOY.md, "Several sites").
+        if settings.executor.zones.iter().any(Zone::is_default) {
+            let groups = vec![(streams.tasks.clone(), EXECUTOR_GROUP)];
+            telemetry.sample_streams(client, streams, groups, shutdown.clone());
+        }
     }
     let Some(executor) = wait_for(
         Waiting {

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use netcron_common::domain::{CommandKind, ErrorKind, RunStatus, RunTrigger};
-use netcron_common::metrics::Telemetry;
+use netcron_common::domain::{CommandKind, ErrorKind, RunStatus, RunTrigger, Zone};
 use netcron_common::protocol::lease::{Leases, Start};
 use netcron_common::protocol::{
     EXECUTOR_GROUP, RESULT_VERSION, RunResult, Streams, Task, ensure_group, is_missing_group,
@@ -27,22 +26,24 @@ use crate::metrics::ExecutorMetrics;
 use crate::runner::{Runner, error_outcome};
 use crate::{ExecutorConfig, Settings};
 
-/// One executor process: a consumer in the `executors` group of the tasks stream.
-pub struct Executor {
+/// One zone's consumer in an executor process: a consumer in the `executors` group of the
+/// zone's tasks stream. Its `streams` are the zone's names ([`Streams::for_zone`]); the
+/// process's zones share its [`Runner`] (slots, sessions) and its writing connection.
+pub(crate) struct ZoneWorker {
     redis: ConnectionManager,
     reader: ConnectionManager,
     streams: Streams,
     config: ExecutorConfig,
-    runner: Runner,
+    runner: Arc<Runner>,
     metrics: ExecutorMetrics,
     /// Stream entry ids this consumer holds (read and not yet acknowledged).
     held: Mutex<HashSet<String>>,
     /// The runs whose lease this executor holds (their command began), with their attempt.
     leased: Mutex<HashMap<Uuid, i32>>,
-    /// Tasks read ahead of their `not_before`, by that instant (see [`Executor::wait_for`]).
+    /// Tasks read ahead of their `not_before`, by that instant (see [`ZoneWorker::wait_for`]).
     waiting: Mutex<BTreeMap<DateTime<Utc>, Batch>>,
     leases: Leases,
-    /// Redis' clock minus this host's, in microseconds, measured by [`Executor::sync_clock`].
+    /// Redis' clock minus this host's, in microseconds, measured by [`ZoneWorker::sync_clock`].
     /// `not_before` is a time on the scheduler's clock, which follows Postgres'; an executor
     /// host whose clock is off (a remote site without NTP) waits by Redis' clock instead, which
     /// is also the one its leases run on, so its own skew delays and hastens nothing.
@@ -113,46 +114,60 @@ impl From<netcron_common::protocol::Rejected> for Rejected {
     }
 }
 
-impl Executor {
-    /// Connects to Redis and makes sure the consumer group exists.
+/// Results can be megabytes (the output caps), so writes get a generous timeout.
+pub(crate) async fn writer(client: &redis::Client) -> Result<ConnectionManager> {
+    Ok(client
+        .get_connection_manager_with_config(
+            ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?)
+}
+
+/// The runner of an executor process, shared by its zones.
+pub(crate) fn runner(
+    settings: &Settings,
+    redis: &ConnectionManager,
+    metrics: &ExecutorMetrics,
+) -> Runner {
+    let streams = Streams::new(&settings.redis.stream_prefix);
+    Runner::new(settings.secret_key.clone(), settings.executor.clone())
+        .with_slot_wait_metric(metrics.slot_wait.clone())
+        .with_session_pool(metrics.sessions.clone())
+        .with_first_contact(FirstContact {
+            redis: redis.clone(),
+            streams: streams.clone(),
+            ttl_s: settings.executor.done_ttl.as_secs(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+        .with_live(crate::live::LiveSink {
+            redis: redis.clone(),
+            streams,
+        })
+}
+
+impl ZoneWorker {
+    /// Connects `zone`'s reader and makes sure the zone's consumer group exists.
     ///
     /// # Errors
     /// When Redis is unreachable.
-    pub async fn connect(
-        settings: Settings,
-        telemetry: &Telemetry,
+    pub(crate) async fn connect(
+        client: &redis::Client,
+        redis: ConnectionManager,
+        runner: Arc<Runner>,
+        settings: &Settings,
+        zone: &Zone,
         metrics: ExecutorMetrics,
     ) -> Result<Arc<Self>> {
-        let client = redis::Client::open(settings.redis.url.as_str())?;
-        telemetry.add_redis_check(&client);
-        // Results can be megabytes (the output caps), so writes get a generous timeout; the
-        // reader's must outlast its blocking read.
-        let redis = client
-            .get_connection_manager_with_config(
-                ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(30))),
-            )
-            .await?;
+        // The reader's timeout must outlast its blocking read.
         let reader = client
             .get_connection_manager_with_config(
                 ConnectionManagerConfig::new()
                     .set_response_timeout(Some(settings.executor.block + Duration::from_secs(10))),
             )
             .await?;
-        let streams = Streams::new(&settings.redis.stream_prefix);
+        let streams = Streams::new(&settings.redis.stream_prefix).for_zone(zone);
         let executor = Arc::new(Self {
-            runner: Runner::new(settings.secret_key, settings.executor.clone())
-                .with_slot_wait_metric(metrics.slot_wait.clone())
-                .with_session_pool(metrics.sessions.clone())
-                .with_first_contact(FirstContact {
-                    redis: redis.clone(),
-                    streams: streams.clone(),
-                    ttl_s: settings.executor.done_ttl.as_secs(),
-                    runtime: tokio::runtime::Handle::current(),
-                })
-                .with_live(crate::live::LiveSink {
-                    redis: redis.clone(),
-                    streams: streams.clone(),
-                }),
+            runner,
             leases: Leases::new(streams.clone(), settings.executor.done_ttl.as_secs()),
             redis,
             reader,
@@ -161,16 +176,12 @@ impl Executor {
             held: Mutex::new(HashSet::new()),
             leased: Mutex::new(HashMap::new()),
             waiting: Mutex::new(BTreeMap::new()),
-            config: settings.executor,
+            config: settings.executor.clone(),
             clock_offset_us: std::sync::atomic::AtomicI64::new(0),
         });
         executor.ensure_group().await?;
         executor.sync_clock().await;
         Ok(executor)
-    }
-
-    pub fn consumer(&self) -> &str {
-        &self.config.consumer
     }
 
     /// Now, on Redis' clock (this host's, corrected by the last measured offset).
@@ -599,7 +610,7 @@ impl Executor {
     }
 
     /// Runs no-op tasks: each starts and ends in the same step, under the same rules as
-    /// [`Executor::start`] (a finished, begun or superseded attempt is dropped).
+    /// [`ZoneWorker::start`] (a finished, begun or superseded attempt is dropped).
     async fn run_noops(&self, noops: Vec<(String, Task)>) {
         // The batch starts together: one instant for all of it.
         let outcome = crate::runner::noop_outcome();

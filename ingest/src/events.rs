@@ -43,12 +43,15 @@ pub const DEVICE_RECOVERED: &str = "device_recovered";
 pub const HOST_KEY_CHANGED: &str = "host_key_changed";
 pub const SCHEDULE_AUTO_PAUSED: &str = "schedule_auto_paused";
 pub const RUN_FAILED: &str = "run_failed";
-pub const EVENT_TYPES: [&str; 5] = [
+/// Written by the scheduler's zone watch rather than detected here; published like the others.
+pub use netcron_common::protocol::ZONE_WITHOUT_EXECUTORS;
+pub const EVENT_TYPES: [&str; 6] = [
     DEVICE_UNREACHABLE,
     DEVICE_RECOVERED,
     HOST_KEY_CHANGED,
     SCHEDULE_AUTO_PAUSED,
     RUN_FAILED,
+    ZONE_WITHOUT_EXECUTORS,
 ];
 
 /// How events are detected and delivered; every field has an environment variable.

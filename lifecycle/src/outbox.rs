@@ -6,7 +6,7 @@
 //! only one of the two copies ever starts.
 
 use chrono::{DateTime, Utc};
-use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunTrigger};
+use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunTrigger, Zone};
 use netcron_common::protocol::{
     Streams, TASK_VERSION, Task, TaskCommand, TaskCredential, TaskDevice, TaskJumpHost,
 };
@@ -29,7 +29,7 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED)
 SELECT p.run_id, r.id, r.schedule_id, r.trigger, r.scheduled_for, r.attempt,
        d.id AS device_id, d.name AS device_name, d.host, d.port, d.platform,
-       d.host_key_fingerprint, d.legacy_algorithms, d.session_reuse,
+       d.host_key_fingerprint, d.legacy_algorithms, d.session_reuse, d.zone,
        cr.id AS credential_id, cr.username, cr.kind AS credential_kind, cr.secret, cr.passphrase,
        cr.enable_secret,
        j.id AS jump_id, j.name AS jump_name, j.host AS jump_host, j.port AS jump_port,
@@ -49,8 +49,9 @@ LEFT JOIN credentials jc ON jc.id = j.credential_id
 ORDER BY p.run_id";
 
 const MARK: &str = r"
-UPDATE task_outbox o SET published_at = $3, stream_id = NULLIF(t.stream_id, '')
-FROM unnest($1::uuid[], $2::text[]) AS t(run_id, stream_id)
+UPDATE task_outbox o SET published_at = $3, stream_id = NULLIF(t.stream_id, ''),
+    zone = NULLIF(t.zone, '')
+FROM unnest($1::uuid[], $2::text[], $4::text[]) AS t(run_id, stream_id, zone)
 WHERE o.run_id = t.run_id";
 
 /// The task of a pending row, as of `now`: a scheduled run whose fire time is still ahead (it
@@ -128,6 +129,12 @@ fn task_of(row: &QueryResult, now: DateTime<Utc>) -> Result<Task> {
     Ok(task)
 }
 
+fn zone_of(row: &QueryResult) -> Result<Zone> {
+    let name: String = row.try_get("", "zone")?;
+    // The table's constraint is the parser's rule, so this fails only on a hand-made row.
+    Zone::parse(&name).map_err(|e| sea_orm::DbErr::Custom(format!("zone `{name}` {e}")).into())
+}
+
 /// What one publish batch did.
 #[derive(Debug, Default)]
 pub struct Published {
@@ -179,6 +186,7 @@ pub async fn publish_batch(
     let mut published: Vec<usize> = Vec::with_capacity(rows.len());
     let mut tickets: Vec<String> = Vec::with_capacity(rows.len());
     let mut unpublishable: Vec<(Uuid, String)> = Vec::new();
+    let mut zones = vec![String::new(); rows.len()];
     let as_of = now();
     for row in &rows {
         marked.push(row.try_get("", "run_id")?);
@@ -187,7 +195,8 @@ pub async fn publish_batch(
         }
         // One row that cannot become a task (its command deleted meanwhile, a value this
         // build does not know) ends its own run; it never holds up the others.
-        let task = match task_of(row, as_of) {
+        // The device's zone picks the stream, so only executors that can reach it see the task.
+        let task = match task_of(row, as_of).and_then(|t| Ok((t, zone_of(row)?))) {
             Ok(task) => task,
             Err(e) => {
                 let run_id = marked[marked.len() - 1];
@@ -195,7 +204,9 @@ pub async fn publish_batch(
                 continue;
             }
         };
-        task.publish_once(&mut pipe, streams, TICKET_TTL_S);
+        let (task, zone) = task;
+        task.publish_once(&mut pipe, streams, &zone, TICKET_TTL_S);
+        zones[marked.len() - 1] = zone.to_string();
         tickets.push(streams.publish_ticket(task.run_id, task.attempt));
         published.push(marked.len() - 1);
         if task.trigger == RunTrigger::Scheduled {
@@ -213,7 +224,7 @@ pub async fn publish_batch(
     txn.execute_raw(Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
         MARK,
-        [marked.into(), stream_ids.into(), now().into()],
+        [marked.into(), stream_ids.into(), now().into(), zones.into()],
     ))
     .await?;
     report.failed = crate::runs::fail_unpublishable(&txn, &unpublishable).await?;

@@ -14,9 +14,10 @@
 //! no copy of the old task can start. The old attempt's command may still be running (a
 //! frozen executor); its outcome, if it ever comes, is recorded as superseded.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use netcron_common::domain::Zone;
 use netcron_common::protocol::lease::{Found, Leases, Probe};
 use sea_orm::{ConnectionTrait as _, DatabaseConnection};
 use uuid::Uuid;
@@ -25,9 +26,10 @@ use crate::{Result, runs, stmt};
 
 /// Runs that may have lost their attempt, oldest first: running ones, and queued ones whose
 /// task was published. `overdue` marks queued runs published longer ago than `$2` seconds
-/// (only used when the task's entry id is unknown).
+/// (only used when the task's entry id is unknown). `zone` is the zone whose stream the task
+/// was published to (rows published before zones existed went to the `default` one).
 const CANDIDATES: &str = r"
-SELECT r.id, r.attempt, r.status, o.stream_id,
+SELECT r.id, r.attempt, r.status, o.stream_id, coalesce(o.zone, 'default') AS zone,
        coalesce(o.published_at < now() - make_interval(secs => $2), false) AS overdue
 FROM runs r LEFT JOIN task_outbox o ON o.run_id = r.id
 WHERE r.status = 'running'
@@ -86,9 +88,12 @@ impl Requeuer {
             .await?;
         let mut probes = Vec::with_capacity(rows.len());
         let mut facts = Vec::with_capacity(rows.len());
-        for row in &rows {
+        // Each zone's runs are checked against that zone's tasks stream, in one script each.
+        let mut by_zone: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, row) in rows.iter().enumerate() {
             let status: String = row.try_get("", "status")?;
             let overdue: bool = row.try_get("", "overdue")?;
+            by_zone.entry(row.try_get("", "zone")?).or_default().push(i);
             probes.push(Probe {
                 run_id: row.try_get("", "id")?,
                 attempt: row.try_get("", "attempt")?,
@@ -96,7 +101,24 @@ impl Requeuer {
             });
             facts.push((status == "running", overdue));
         }
-        let found = self.leases.check(redis, &probes).await?;
+        // A run not asked about (an invalid zone, below) counts as waiting: it is left alone.
+        let mut found = vec![Found::Waiting; probes.len()];
+        for (zone, indices) in by_zone {
+            let zone = match Zone::parse(&zone) {
+                Ok(zone) => zone,
+                Err(e) => {
+                    // Only a hand-made row can hold such a zone; its runs are left alone.
+                    tracing::warn!(%zone, error = %e, "outbox row with an invalid zone");
+                    continue;
+                }
+            };
+            let tasks = self.leases.streams().zone_tasks(&zone);
+            let asked: Vec<Probe> = indices.iter().map(|&i| probes[i].clone()).collect();
+            let answers = self.leases.check(redis, &tasks, &asked).await?;
+            for (i, answer) in indices.into_iter().zip(answers) {
+                found[i] = answer;
+            }
+        }
         let mut report = Report {
             checked: probes.len(),
             ..Report::default()

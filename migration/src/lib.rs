@@ -14,6 +14,7 @@ mod m20261129_000006_run_leases;
 mod m20261129_000007_event_retention_indexes;
 mod m20261129_000008_device_session_reuse;
 mod m20261129_000009_console_sessions;
+mod m20261129_000011_device_zones;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000007_event_retention_indexes::Migration),
             Box::new(m20261129_000008_device_session_reuse::Migration),
             Box::new(m20261129_000009_console_sessions::Migration),
+            Box::new(m20261129_000011_device_zones::Migration),
         ]
     }
 }

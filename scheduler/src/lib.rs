@@ -20,6 +20,7 @@ pub mod fire;
 pub mod housekeeping;
 pub mod metrics;
 pub mod plan;
+pub mod zones;
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -199,6 +200,7 @@ pub struct Scheduler {
     requeuer: Mutex<netcron_lifecycle::requeue::Requeuer>,
     /// The clock to keep in step with Postgres, when the scheduler follows it.
     database_clock: Option<Arc<DatabaseClock>>,
+    zones: zones::ZoneWatch,
 }
 
 impl Scheduler {
@@ -227,13 +229,14 @@ impl Scheduler {
             db,
             redis_client,
             redis: Mutex::new(None),
-            streams,
+            streams: streams.clone(),
             config: settings.scheduler.clone(),
             clock,
             metrics: Metrics::new(telemetry),
             specs: fire::SpecCache::default(),
             requeuer: Mutex::new(requeuer),
             database_clock: None,
+            zones: zones::ZoneWatch::new(streams.clone(), telemetry),
         })
     }
 
@@ -459,12 +462,34 @@ impl Scheduler {
         for stream in [&self.streams.tasks, &self.streams.results] {
             removed += housekeeping::trim_stream(&mut redis, stream).await?;
         }
+        for zone in zones::known(&self.db).await? {
+            if !zone.is_default() {
+                let stream = self.streams.zone_tasks(&zone);
+                removed += housekeeping::trim_stream(&mut redis, &stream).await?;
+            }
+        }
         for stream in [&self.streams.events, &self.streams.dead_letter] {
             removed +=
                 housekeeping::trim_stream_by_age(&mut redis, stream, self.config.stream_retention)
                     .await?;
         }
         Ok(removed)
+    }
+
+    /// One pass of the zone watch (see [`zones`]): answers each zone's state.
+    ///
+    /// # Errors
+    /// When the database or Redis fails.
+    pub async fn watch_zones(
+        &self,
+    ) -> Result<
+        Vec<(
+            netcron_common::domain::Zone,
+            netcron_common::protocol::zones::ZoneState,
+        )>,
+    > {
+        let mut redis = self.redis().await?;
+        self.zones.pass(&self.db, &mut redis).await
     }
 
     async fn listen(&self) -> Result<PgListener> {
@@ -599,6 +624,20 @@ impl Scheduler {
                 Box::pin(async move {
                     if let Err(e) = me.trim_streams().await {
                         tracing::warn!(error = %e, "stream trim job failed");
+                    }
+                })
+            })
+            .map_err(jobs_err)?,
+        )
+        .await
+        .map_err(jobs_err)?;
+        let me = Arc::clone(self);
+        jobs.add(
+            Job::new_async(zones::WATCH_CRON, move |_, _| {
+                let me = Arc::clone(&me);
+                Box::pin(async move {
+                    if let Err(e) = me.watch_zones().await {
+                        tracing::warn!(error = %e, "zone watch failed");
                     }
                 })
             })

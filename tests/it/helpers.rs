@@ -182,6 +182,7 @@ impl TestApp {
         };
         adjust(&mut settings);
         let redis_url = settings.redis.url.clone();
+        let stream_prefix = settings.redis.stream_prefix.clone();
         let telemetry = Telemetry::default();
         let app = Application::build(settings, telemetry.clone())
             .await

@@ -81,6 +81,9 @@ pub struct SshdOptions {
     pub rsa_host_key: bool,
     /// More `sshd_config` lines, appended as they are (e.g. `KexAlgorithms …`).
     pub extra_config: String,
+    /// Run sshd inside this network namespace (`ip netns exec`): it listens on the
+    /// namespace's own loopback, which no other namespace can reach.
+    pub netns: Option<String>,
 }
 
 /// A running sshd; killed and its directory removed on drop.
@@ -97,6 +100,7 @@ pub struct TestSshd {
     pub unauthorized_key: String,
     dir: PathBuf,
     child: Option<Child>,
+    netns: Option<String>,
 }
 
 impl TestSshd {
@@ -141,6 +145,7 @@ impl TestSshd {
             unauthorized_key: read(&dir.join("unauthorized")),
             dir,
             child: None,
+            netns: opts.netns.clone(),
         };
 
         // Another process may take the free port before sshd binds it: retry with a new one.
@@ -267,7 +272,16 @@ impl TestSshd {
         let log_offset = fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
         let stderr_path = self.dir.join("sshd.stderr");
         let stderr = fs::File::create(&stderr_path).expect("create sshd.stderr");
-        let mut child = Command::new(SSHD)
+        // In a namespace, `ip netns exec` replaces itself with sshd: the child is sshd still.
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, SSHD]);
+                c
+            }
+            None => Command::new(SSHD),
+        };
+        let mut child = command
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -299,7 +313,10 @@ impl TestSshd {
                     SpawnError::Other(format!("sshd exited with {status}; output:\n{details}"))
                 });
             }
-            if new_log().contains(&listening) && sends_ssh_banner(self.port) {
+            // A namespace's loopback cannot be reached from here to read the banner; the log
+            // line says sshd listens there.
+            let answers = self.netns.is_some() || sends_ssh_banner(self.port);
+            if new_log().contains(&listening) && answers {
                 return Ok(child);
             }
             if Instant::now() > deadline {

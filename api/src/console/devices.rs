@@ -119,6 +119,7 @@ async fn list(
             "enabled" => Some(false),
             _ => None,
         },
+        zone: None,
     };
     let page = crate::pagination::PageParams {
         limit: Some(100),
@@ -236,11 +237,12 @@ async fn form_page(
 }
 
 async fn new_form(State(state): State<AppState>, operator: Operator) -> Result<Response> {
-    let defaults = Fields::parse(b"port=22&enabled=on&session_reuse=on&platform=linux");
+    let defaults =
+        Fields::parse(b"port=22&enabled=on&session_reuse=on&platform=linux&zone=default");
     form_page(&state, &operator, None, defaults, None).await
 }
 
-const DEVICE_FIELDS: [(&str, Kind); 10] = [
+const DEVICE_FIELDS: [(&str, Kind); 11] = [
     ("name", Kind::Text),
     ("host", Kind::Text),
     ("port", Kind::Int),
@@ -251,6 +253,7 @@ const DEVICE_FIELDS: [(&str, Kind); 10] = [
     ("legacy_algorithms", Kind::Check),
     ("jump_host_id", Kind::Text),
     ("session_reuse", Kind::Check),
+    ("zone", Kind::Text),
 ];
 
 async fn create(State(state): State<AppState>, action: Action) -> Result<Response> {
@@ -284,6 +287,7 @@ async fn edit_form(
         ("platform".into(), d.platform.to_string()),
         ("credential_id".into(), d.credential_id.to_string()),
         ("tags".into(), d.tags.join(", ")),
+        ("zone".into(), d.zone.clone()),
         (
             "jump_host_id".into(),
             d.jump_host_id.map(|j| j.to_string()).unwrap_or_default(),
@@ -386,6 +390,7 @@ struct DevicePage {
     legacy: bool,
     reuse: bool,
     jump_host: String,
+    zone: String,
     failures: i32,
     commands: Vec<CommandRow>,
     kinds: Vec<&'static str>,
@@ -514,6 +519,7 @@ async fn device_page(
             legacy: d.legacy_algorithms,
             reuse: d.session_reuse,
             jump_host,
+            zone: d.zone,
             failures: d.consecutive_failures,
             commands,
             kinds: CommandKind::ALL.iter().map(|k| k.as_str()).collect(),

@@ -1,7 +1,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use netcron_common::domain::{Host, Platform, parse_name, parse_port};
+use netcron_common::domain::{Host, Platform, Zone, parse_name, parse_port};
 use netcron_common::entity::device;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -28,7 +28,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({
     "name": "core-sw1", "host": "192.0.2.10", "port": 22, "platform": "cisco_ios",
-    "credential_id": "01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e", "tags": ["core", "dc1"]
+    "credential_id": "01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e", "tags": ["core", "dc1"],
+    "zone": "site-b"
 }))]
 pub struct DeviceCreate {
     /// Unique name, 1 to 128 characters.
@@ -60,8 +61,13 @@ pub struct DeviceCreate {
     #[schema(default = true)]
     pub session_reuse: Option<bool>,
     /// A device to tunnel through (a bastion, with its own credential and host-key pin). It
-    /// must not itself have a jump host.
+    /// must not itself have a jump host, and must be in the same zone.
     pub jump_host_id: Option<Uuid>,
+    /// Where the device sits on the network: only executors started for this zone
+    /// (`NETCRON_EXECUTOR_ZONES`) run its commands. 1 to 63 characters, lower-case letters,
+    /// digits, `_` and `-`, starting with a letter or digit (default `default`).
+    #[schema(default = "default", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    pub zone: Option<String>,
 }
 
 /// Changes to a device. `host_key_fingerprint: null` forgets the pinned key, so the next
@@ -89,6 +95,11 @@ pub struct DevicePatch {
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Uuid>)]
     pub jump_host_id: Option<Option<Uuid>>,
+    /// Moves the device to another zone. Its jump host, and the devices it is the jump host
+    /// of, must be in that zone too. Runs already handed to the old zone's executors stay
+    /// there; later runs go to the new zone.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+    pub zone: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -96,7 +107,7 @@ pub struct DevicePatch {
     "id": "01936b2f-0a1b-7c2d-8e3f-405162738495", "name": "core-sw1", "host": "192.0.2.10",
     "port": 22, "platform": "cisco_ios", "credential_id": "01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e",
     "tags": ["core", "dc1"], "host_key_fingerprint": null, "enabled": true,
-    "legacy_algorithms": false, "session_reuse": true, "jump_host_id": null,
+    "legacy_algorithms": false, "session_reuse": true, "jump_host_id": null, "zone": "default",
     "consecutive_failures": 0, "unreachable_since": null,
     "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"
 }))]
@@ -117,6 +128,8 @@ pub struct DeviceView {
     pub session_reuse: bool,
     /// The bastion this device is reached through, or null.
     pub jump_host_id: Option<Uuid>,
+    /// The zone whose executors run this device's commands.
+    pub zone: String,
     /// Runs in a row that could not reach the device.
     pub consecutive_failures: i32,
     /// Since when the device is considered unreachable (after `NETCRON_UNREACHABLE_AFTER`
@@ -141,6 +154,7 @@ impl From<device::Model> for DeviceView {
             legacy_algorithms: m.legacy_algorithms,
             session_reuse: m.session_reuse,
             jump_host_id: m.jump_host_id,
+            zone: m.zone,
             consecutive_failures: m.consecutive_failures,
             unreachable_since: m.unreachable_since,
             created_at: m.created_at,
@@ -158,6 +172,8 @@ pub struct DeviceListParams {
     pub enabled: Option<bool>,
     /// Only devices counted unreachable (`true`: `unreachable_since` is set) or reachable.
     pub unreachable: Option<bool>,
+    /// Only devices of this zone.
+    pub zone: Option<String>,
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u64>,
     pub cursor: Option<String>,
@@ -218,6 +234,10 @@ fn parse_port_field(port: i64) -> Result<u16> {
     field("port", parse_port(port))
 }
 
+fn parse_zone_field(zone: &str) -> Result<Zone> {
+    field("zone", Zone::parse(zone))
+}
+
 impl DeviceCreate {
     pub(crate) fn parse(self) -> Result<NewDevice> {
         Ok(NewDevice {
@@ -235,6 +255,10 @@ impl DeviceCreate {
             legacy_algorithms: self.legacy_algorithms.unwrap_or(false),
             session_reuse: self.session_reuse.unwrap_or(true),
             jump_host_id: self.jump_host_id,
+            zone: self
+                .zone
+                .as_deref()
+                .map_or(Ok(Zone::default()), parse_zone_field)?,
         })
     }
 }
@@ -262,6 +286,7 @@ impl DevicePatch {
             legacy_algorithms: self.legacy_algorithms,
             session_reuse: self.session_reuse,
             jump_host_id: self.jump_host_id,
+            zone: self.zone.as_deref().map(parse_zone_field).transpose()?,
         })
     }
 }
@@ -277,7 +302,8 @@ async fn create_device(
     Ok((StatusCode::CREATED, axum::Json(model.into())))
 }
 
-/// List devices, oldest first, optionally filtered by tag, platform or enabled.
+/// List devices, oldest first, optionally filtered by tag, platform, enabled, reachability or
+/// zone.
 #[utoipa::path(get, path = "/devices", tag = "devices", params(DeviceListParams),
     responses((status = 200, description = "One page of devices", body = Page<DeviceView>), ListErrors))]
 async fn list_devices(
@@ -294,6 +320,10 @@ async fn list_devices(
         platform: params.platform,
         enabled: params.enabled,
         unreachable: params.unreachable,
+        zone: params
+            .zone
+            .map(|z| Zone::parse(&z).map_err(|e| ApiError::bad_parameter("zone", e)))
+            .transpose()?,
     };
     let rows = service::list(&state.db, filter, page).await?;
     Ok(axum::Json(Page::from_rows(

@@ -1,5 +1,5 @@
 use chrono::Utc;
-use netcron_common::domain::{Host, Platform};
+use netcron_common::domain::{Host, Platform, Zone};
 use netcron_common::entity::{command, credential, device, schedule};
 use sea_orm::sea_query::extension::postgres::PgBinOper;
 use sea_orm::sea_query::{Expr, ExprTrait as _};
@@ -25,6 +25,7 @@ pub struct NewDevice {
     pub legacy_algorithms: bool,
     pub session_reuse: bool,
     pub jump_host_id: Option<Uuid>,
+    pub zone: Zone,
 }
 
 #[derive(Default)]
@@ -42,6 +43,7 @@ pub struct DeviceChanges {
     pub session_reuse: Option<bool>,
     /// `Some(None)` removes the jump host.
     pub jump_host_id: Option<Option<Uuid>>,
+    pub zone: Option<Zone>,
 }
 
 #[derive(Default)]
@@ -51,6 +53,7 @@ pub struct DeviceFilter {
     pub enabled: Option<bool>,
     /// Only devices the executors currently count as unreachable (`Some(true)`) or not.
     pub unreachable: Option<bool>,
+    pub zone: Option<Zone>,
 }
 
 async fn ensure_credential(db: &DatabaseConnection, id: Uuid) -> Result<()> {
@@ -63,9 +66,16 @@ async fn ensure_credential(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     }
 }
 
-/// A jump host must exist, must not be the device itself, and must not have a jump host of its
-/// own (one hop only); a device that is some other device's jump host cannot get one either.
-async fn ensure_jump_host(db: &DatabaseConnection, device: Uuid, jump_host: Uuid) -> Result<()> {
+/// A jump host must exist, must not be the device itself, must be in the device's `zone` (the
+/// zone's executors connect to the bastion, so it must be reachable from where they are), and
+/// must not have a jump host of its own (one hop only); a device that is some other device's
+/// jump host cannot get one either.
+async fn ensure_jump_host(
+    db: &DatabaseConnection,
+    device: Uuid,
+    jump_host: Uuid,
+    zone: &Zone,
+) -> Result<()> {
     let field = "jump_host_id";
     if jump_host == device {
         return Err(ApiError::validation(
@@ -79,6 +89,16 @@ async fn ensure_jump_host(db: &DatabaseConnection, device: Uuid, jump_host: Uuid
             format!("device {jump_host} does not exist"),
         ));
     };
+    if bastion.zone != zone.as_str() {
+        return Err(ApiError::validation(
+            field,
+            format!(
+                "device {jump_host} is in zone `{}` and this device in zone `{zone}`; a jump host \
+                 must be in the zone of the devices it serves, whose executors connect to it",
+                bastion.zone
+            ),
+        ));
+    }
     if bastion.jump_host_id.is_some() {
         return Err(ApiError::validation(
             field,
@@ -103,11 +123,51 @@ async fn ensure_jump_host(db: &DatabaseConnection, device: Uuid, jump_host: Uuid
     Ok(())
 }
 
+/// A device moving to `zone` keeps its jump host only if that is in `zone` too.
+async fn ensure_jump_host_zone(
+    db: &DatabaseConnection,
+    jump_host: Uuid,
+    zone: &Zone,
+) -> Result<()> {
+    let bastion = device::Entity::find_by_id(jump_host).one(db).await?;
+    match bastion {
+        Some(b) if b.zone != zone.as_str() => Err(ApiError::validation(
+            "zone",
+            format!(
+                "the device's jump host {jump_host} is in zone `{}`; a jump host must be in the \
+                 zone of the devices it serves: move it first, or change jump_host_id with the zone",
+                b.zone
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A device moving to `zone` must not leave behind devices that tunnel through it.
+async fn ensure_tunnelled_zone(db: &DatabaseConnection, device: Uuid, zone: &Zone) -> Result<()> {
+    let elsewhere = device::Entity::find()
+        .filter(device::Column::JumpHostId.eq(device))
+        .filter(device::Column::Zone.ne(zone.as_str()))
+        .count(db)
+        .await?;
+    if elsewhere > 0 {
+        return Err(ApiError::validation(
+            "zone",
+            format!(
+                "this device is the jump host of {elsewhere} device(s) outside zone `{zone}`; a \
+                 jump host must be in the zone of the devices it serves: clear their \
+                 jump_host_id, move them all, then set it again"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::Model> {
     ensure_credential(db, new.credential_id).await?;
     let id = new_id();
     if let Some(jump_host) = new.jump_host_id {
-        ensure_jump_host(db, id, jump_host).await?;
+        ensure_jump_host(db, id, jump_host, &new.zone).await?;
     }
     let now = Utc::now();
     let model = device::ActiveModel {
@@ -123,6 +183,7 @@ pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::M
         legacy_algorithms: Set(new.legacy_algorithms),
         session_reuse: Set(new.session_reuse),
         jump_host_id: Set(new.jump_host_id),
+        zone: Set(new.zone.as_str().to_owned()),
         consecutive_failures: Set(0),
         unreachable_since: Set(None),
         created_at: Set(now),
@@ -161,6 +222,9 @@ pub async fn list(
         Some(false) => select = select.filter(device::Column::UnreachableSince.is_null()),
         None => {}
     }
+    if let Some(zone) = filter.zone {
+        select = select.filter(device::Column::Zone.eq(zone.as_str()));
+    }
     Ok(paginate(select, device::Column::Id, page, false)
         .all(db)
         .await?)
@@ -175,8 +239,22 @@ pub async fn update(
     if let Some(credential_id) = changes.credential_id {
         ensure_credential(db, credential_id).await?;
     }
-    if let Some(Some(jump_host)) = changes.jump_host_id {
-        ensure_jump_host(db, id, jump_host).await?;
+    let zone = match &changes.zone {
+        Some(zone) => zone.clone(),
+        // Stored zones satisfy the table's constraint, which is the parser's rule.
+        None => Zone::parse(&current.zone).unwrap_or_default(),
+    };
+    match changes.jump_host_id {
+        Some(Some(jump_host)) => ensure_jump_host(db, id, jump_host, &zone).await?,
+        Some(None) => {}
+        None => {
+            if let (Some(jump_host), Some(_)) = (current.jump_host_id, &changes.zone) {
+                ensure_jump_host_zone(db, jump_host, &zone).await?;
+            }
+        }
+    }
+    if changes.zone.is_some() {
+        ensure_tunnelled_zone(db, id, &zone).await?;
     }
     let mut model: device::ActiveModel = current.into();
     if let Some(v) = changes.name {
@@ -211,6 +289,9 @@ pub async fn update(
     }
     if let Some(v) = changes.jump_host_id {
         model.jump_host_id = Set(v);
+    }
+    if let Some(v) = changes.zone {
+        model.zone = Set(v.as_str().to_owned());
     }
     model.updated_at = Set(Utc::now());
     Ok(model.update(db).await?)

@@ -22,8 +22,11 @@ pub struct Model {
     /// Whether the executor may keep the SSH session open between runs (off for devices that
     /// misbehave on a long-lived session).
     pub session_reuse: bool,
-    /// The device to tunnel through (a bastion), if any.
+    /// The device to tunnel through (a bastion), if any; always in the same zone.
     pub jump_host_id: Option<Uuid>,
+    /// Where the device sits on the network: only executors of this zone run its tasks
+    /// (a valid `crate::domain::Zone` name, `default` unless set).
+    pub zone: String,
     /// Runs in a row that could not reach the device (reset by one that did).
     pub consecutive_failures: i32,
     /// When the device was reported unreachable; `None` while it is reachable.

@@ -267,7 +267,10 @@ pub struct Probe {
     pub entry_id: Option<String>,
 }
 
-/// The lease scripts of one stream prefix.
+/// The lease scripts of one stream prefix. An executor's are built on its zone's names
+/// ([`Streams::for_zone`]), so the scripts it runs (start, no-ops, finish) acknowledge on the
+/// zone's tasks stream; [`Leases::check`], which the scheduler runs across zones, is told the
+/// stream.
 #[derive(Clone)]
 pub struct Leases {
     streams: Streams,
@@ -441,20 +444,22 @@ impl Leases {
         Ok(ours == 1)
     }
 
-    /// What Redis knows about each of `probes`, in order.
+    /// What Redis knows about each of `probes`, in order; their tasks were published to
+    /// `tasks` (one zone's stream).
     ///
     /// # Errors
     /// When Redis fails.
     pub async fn check<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
+        tasks: &str,
         probes: &[Probe],
     ) -> redis::RedisResult<Vec<Found>> {
         if probes.is_empty() {
             return Ok(Vec::new());
         }
         let mut call = self.check.prepare_invoke();
-        call.key(&self.streams.tasks).arg(self.group);
+        call.key(tasks).arg(self.group);
         for p in probes {
             call.arg(self.streams.run_key(p.run_id))
                 .arg(p.attempt)

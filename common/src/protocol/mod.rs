@@ -11,13 +11,16 @@ use uuid::Uuid;
 pub mod lease;
 pub mod live;
 pub mod stream;
+pub mod zones;
 
 pub use stream::{
     DeadLetter, EventEntry, FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, Rejected, ensure_group,
     is_missing_group,
 };
 
-use crate::domain::{CommandKind, CredentialKind, ErrorKind, Platform, RunStatus, RunTrigger};
+use crate::domain::{
+    CommandKind, CredentialKind, ErrorKind, Platform, RunStatus, RunTrigger, Zone,
+};
 
 /// The newest version of [`Task`] this build writes: version 2 adds [`Task::not_before`]. A task
 /// without `not_before` is still written as version 1, so executors of the previous release keep
@@ -35,6 +38,10 @@ pub const RESULT_VERSION: u32 = 1;
 /// `v=<version> type=<event type> id=<event uuid> body=<JSON>`; docs/PROTOCOL.md describes the
 /// body of each type.
 pub const EVENT_VERSION: u32 = 1;
+
+/// The event type the scheduler emits when a zone has tasks waiting and no live executor (see
+/// [`zones`]); the other types are detected by ingest.
+pub const ZONE_WITHOUT_EXECUTORS: &str = "zone_without_executors";
 
 /// Consumer group names.
 pub const EXECUTOR_GROUP: &str = "executors";
@@ -84,6 +91,42 @@ impl Streams {
     /// The first-contact host-key pin of a device (see [`lease::pin_first_contact`]).
     pub fn host_key_pin(&self, device_id: Uuid) -> String {
         format!("{}hostkey:{device_id}", self.prefix)
+    }
+
+    /// The tasks stream of `zone`: `<prefix>tasks` for the zone `default` — the name the one
+    /// tasks stream had before zones existed, so an upgraded deployment keeps its queue, its
+    /// consumer group and its executors' configuration — and `<prefix>tasks:<zone>` for every
+    /// other zone. Zone names cannot contain `:` (see [`Zone`]), so no zone's stream can be
+    /// mistaken for another key. Only the executors started for `zone` read it.
+    pub fn zone_tasks(&self, zone: &Zone) -> String {
+        if zone.is_default() {
+            format!("{}tasks", self.prefix)
+        } else {
+            format!("{}tasks:{zone}", self.prefix)
+        }
+    }
+
+    /// The names as one zone's executor sees them: `tasks` is the zone's tasks stream
+    /// ([`Streams::zone_tasks`]), everything else is shared by all zones. An executor serving
+    /// several zones has one consumer per zone, each on its zone's names.
+    #[must_use]
+    pub fn for_zone(&self, zone: &Zone) -> Streams {
+        Streams {
+            tasks: self.zone_tasks(zone),
+            ..self.clone()
+        }
+    }
+
+    /// The executors alive in `zone` (see [`zones`]): a sorted set of consumer names scored by
+    /// the Redis time until which each counts as alive.
+    pub fn zone_executors(&self, zone: &Zone) -> String {
+        format!("{}executors:{zone}", self.prefix)
+    }
+
+    /// The marker that the scheduler reported `zone` as having work and no executor, so one
+    /// outage is reported once however many scheduler replicas see it (see [`zones`]).
+    pub fn zone_alert(&self, zone: &Zone) -> String {
+        format!("{}zone-alert:{zone}", self.prefix)
     }
 }
 

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::{EVENT_VERSION, RESULT_VERSION, RunResult, Streams, TASK_VERSIONS_READ, Task};
+use crate::domain::Zone;
 
 /// Stream entry field names.
 pub const FIELD_VERSION: &str = "v";
@@ -149,10 +150,17 @@ impl Task {
     /// same entry again instead of a second copy. The publisher deletes the ticket once the
     /// publication is recorded ([`Streams::publish_ticket`]); `ttl_s` bounds a ticket that is
     /// never deleted. Added to `pipe` (after [`load_publish_script`]), it answers the entry id.
-    pub fn publish_once(&self, pipe: &mut redis::Pipeline, streams: &Streams, ttl_s: u64) {
+    /// The task goes to the tasks stream of its device's `zone` ([`Streams::zone_tasks`]).
+    pub fn publish_once(
+        &self,
+        pipe: &mut redis::Pipeline,
+        streams: &Streams,
+        zone: &Zone,
+        ttl_s: u64,
+    ) {
         let mut call = PUBLISH_SCRIPT.prepare_invoke();
         call.key(streams.publish_ticket(self.run_id, self.attempt))
-            .key(&streams.tasks)
+            .key(streams.zone_tasks(zone))
             .arg(ttl_s.max(60))
             .arg(self.v)
             .arg(self.run_id.to_string())

@@ -1,0 +1,256 @@
+//! Several Postgres hosts, as libpq takes them for fail-over:
+//! `postgres://user:pw@db1:5432,db2:5432/netcron?target_session_attrs=read-write`.
+//!
+//! sqlx (0.9) connects to one host only and knows no `target_session_attrs`. So [`forward`]
+//! runs a small forwarder on `127.0.0.1`, as [`crate::sentinel`] does for Redis: every second
+//! it asks the hosts in order which one is acceptable (`read-write`: `SHOW
+//! transaction_read_only` is `off`; `primary`: not in recovery; `any`: answers), each
+//! connection the pool opens there is piped to that host, and when another host becomes the
+//! one, every piped connection is closed, so the pool opens new ones — to the new primary.
+//! The pool is given `postgres://user:pw@127.0.0.1:<port>/netcron?<the other parameters>`.
+//!
+//! With `sslmode=require` TLS still runs end to end (the forwarder pipes bytes); `verify-full`
+//! cannot, since the pool's host is then `127.0.0.1`.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How often the hosts are asked which one to use.
+const POLL: Duration = Duration::from_secs(1);
+
+/// What a host must be to be used (libpq's `target_session_attrs`, the values that matter for
+/// a writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attrs {
+    Any,
+    ReadWrite,
+    Primary,
+}
+
+/// A Postgres URL with several hosts or `target_session_attrs`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MultiHost {
+    /// `user:password@`, or empty.
+    userinfo: String,
+    /// `host:port` of each, in the order given.
+    pub hosts: Vec<String>,
+    /// `/database?…` without `target_session_attrs`.
+    rest: String,
+    pub attrs: Attrs,
+}
+
+impl std::fmt::Debug for MultiHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiHost")
+            .field("hosts", &self.hosts)
+            .field("attrs", &self.attrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MultiHost {
+    /// `None` for a URL with one host and no `target_session_attrs`; `Some(Err)` for one this
+    /// cannot follow.
+    pub fn parse(url: &str) -> Option<Result<MultiHost, String>> {
+        let (_, rest) = url.split_once("://")?;
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(split);
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (format!("{u}@"), h),
+            None => (String::new(), authority),
+        };
+        let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+        let mut attrs = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.strip_prefix("target_session_attrs=") {
+                Some(value) => attrs = Some(value.to_owned()),
+                None => kept.push(pair),
+            }
+        }
+        if !hosts.contains(',') && attrs.is_none() {
+            return None;
+        }
+        Some((|| {
+            let attrs = match attrs.as_deref().unwrap_or("any") {
+                "any" => Attrs::Any,
+                "read-write" => Attrs::ReadWrite,
+                "primary" => Attrs::Primary,
+                other => {
+                    return Err(format!(
+                        "target_session_attrs={other} is not supported (netcron writes: use \
+                         read-write, primary or any)"
+                    ));
+                }
+            };
+            let hosts: Vec<String> = hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| {
+                    if h.rsplit_once(':')
+                        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                    {
+                        h.to_owned()
+                    } else {
+                        format!("{h}:5432")
+                    }
+                })
+                .collect();
+            if hosts.is_empty() {
+                return Err("names no host".into());
+            }
+            let query = if kept.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", kept.join("&"))
+            };
+            Ok(MultiHost {
+                userinfo,
+                hosts,
+                rest: format!("{path}{query}"),
+                attrs,
+            })
+        })())
+    }
+
+    fn url_for(&self, host: &str) -> String {
+        format!("postgres://{}{host}{}", self.userinfo, self.rest)
+    }
+}
+
+/// Whether `host` is one to use now.
+async fn acceptable(multi: &MultiHost, host: &str) -> bool {
+    use sqlx::Connection as _;
+    let asked = async {
+        let mut conn = sqlx::postgres::PgConnection::connect(&multi.url_for(host))
+            .await
+            .ok()?;
+        let ok = match multi.attrs {
+            Attrs::Any => true,
+            Attrs::ReadWrite => {
+                let ro: String = sqlx::query_scalar("SHOW transaction_read_only")
+                    .fetch_one(&mut conn)
+                    .await
+                    .ok()?;
+                ro == "off"
+            }
+            Attrs::Primary => {
+                let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                    .fetch_one(&mut conn)
+                    .await
+                    .ok()?;
+                !standby
+            }
+        };
+        let _ = conn.close().await;
+        Some(ok)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), asked).await,
+        Ok(Some(true))
+    )
+}
+
+/// The first acceptable host, in the order given.
+async fn choose(multi: &MultiHost) -> Option<String> {
+    for host in &multi.hosts {
+        if acceptable(multi, host).await {
+            return Some(host.clone());
+        }
+    }
+    None
+}
+
+/// Starts the forwarder (see the module documentation) until `shutdown`; answers the
+/// single-host URL the pool uses instead.
+///
+/// # Errors
+/// When no local port can be bound.
+pub async fn forward(multi: MultiHost, shutdown: CancellationToken) -> std::io::Result<String> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let local = listener.local_addr()?;
+    let (chosen_tx, chosen_rx) = watch::channel(choose(&multi).await);
+    let watching = multi.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(POLL) => {}
+            }
+            // No acceptable host keeps the last one: connections to it fail until one is.
+            if let Some(now) = choose(&watching).await {
+                chosen_tx.send_if_modified(|c| {
+                    let changed = c.as_deref() != Some(now.as_str());
+                    if changed {
+                        tracing::warn!(host = %now, previous = ?c, "Postgres host changed (target_session_attrs)");
+                        *c = Some(now);
+                    }
+                    changed
+                });
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            if let Ok((client, _)) = accepted {
+                tokio::spawn(pipe(client, chosen_rx.clone()));
+            }
+        }
+    });
+    Ok(format!(
+        "postgres://{}{local}{}",
+        multi.userinfo, multi.rest
+    ))
+}
+
+async fn pipe(mut client: TcpStream, mut chosen: watch::Receiver<Option<String>>) {
+    let Some(host) = chosen.borrow_and_update().clone() else {
+        let _ = client.shutdown().await;
+        return;
+    };
+    let Ok(Ok(mut server)) =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(host.as_str())).await
+    else {
+        let _ = client.shutdown().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = chosen.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_hosts_and_session_attributes_are_understood() {
+        let m = MultiHost::parse(
+            "postgres://u:p@db1:5433,db2/netcron?sslmode=require&target_session_attrs=read-write",
+        )
+        .expect("multi-host")
+        .expect("valid");
+        assert_eq!(m.hosts, ["db1:5433", "db2:5432"]);
+        assert_eq!(m.attrs, Attrs::ReadWrite);
+        assert_eq!(
+            m.url_for("db2:5432"),
+            "postgres://u:p@db2:5432/netcron?sslmode=require"
+        );
+        assert!(MultiHost::parse("postgres://u:p@db1:5432/netcron").is_none());
+        assert!(
+            MultiHost::parse("postgres://db1,db2/n?target_session_attrs=standby")
+                .expect("multi-host")
+                .is_err()
+        );
+    }
+}

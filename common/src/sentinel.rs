@@ -1,0 +1,203 @@
+//! Redis Sentinel, for every role: `REDIS_URL=redis+sentinel://[user:password@]host:port[,host:port…]/<service>`.
+//!
+//! The redis crate (1.8) can ask Sentinel for the master, but only when a client is made: the
+//! `ConnectionManager` every role holds reconnects to the address it was built with, so after a
+//! fail-over it would keep reaching the old master. Rather than wrap every connection of every
+//! role, the process runs a small forwarder on `127.0.0.1`: each connection accepted there is
+//! piped to the master the Sentinels name *now*, and when they name another one every piped
+//! connection is closed, so the roles' connection managers reconnect — through the forwarder,
+//! to the new master. The roles are given `redis://[user:password@]127.0.0.1:<port>` and know
+//! nothing else.
+//!
+//! What a fail-over can cost is what Redis replication allows: writes acknowledged by the old
+//! master and not yet replicated are lost. netcron's protocol treats that as Redis losing data
+//! (docs/PROTOCOL.md): a lost task or lease is found by the re-queue pass and the run gets a new
+//! attempt. TLS to Redis through Sentinel is not supported (the forwarder would have to
+//! terminate it); use `rediss://` to a fail-over endpoint instead.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The scheme of a Sentinel `REDIS_URL`.
+pub const SCHEME: &str = "redis+sentinel://";
+
+/// How often the Sentinels are asked for the master.
+const POLL: Duration = Duration::from_millis(500);
+
+/// A parsed `redis+sentinel://` URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelUrl {
+    /// `user:password@` for the Redis servers (not the Sentinels), or empty.
+    pub userinfo: String,
+    pub sentinels: Vec<String>,
+    pub service: String,
+}
+
+impl std::fmt::Debug for SentinelUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelUrl")
+            .field("sentinels", &self.sentinels)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SentinelUrl {
+    /// `None` for a URL of another scheme; `Some(Err)` for a malformed Sentinel URL.
+    pub fn parse(url: &str) -> Option<Result<SentinelUrl, String>> {
+        let rest = url.strip_prefix(SCHEME)?;
+        Some((|| {
+            let (authority, service) = rest
+                .split_once('/')
+                .ok_or("must end with /<service name> (the Sentinels' master name)")?;
+            let service = service.trim_end_matches('/');
+            if service.is_empty() || service.contains(['/', '?', '#']) {
+                return Err("must end with /<service name> (the Sentinels' master name)".into());
+            }
+            let (userinfo, hosts) = match authority.rsplit_once('@') {
+                Some((u, h)) => (format!("{u}@"), h),
+                None => (String::new(), authority),
+            };
+            let sentinels: Vec<String> = hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| {
+                    if h.rsplit_once(':')
+                        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+                    {
+                        h.to_owned()
+                    } else {
+                        format!("{h}:26379")
+                    }
+                })
+                .collect();
+            if sentinels.is_empty() {
+                return Err("names no Sentinel (host:port, comma-separated)".into());
+            }
+            Ok(SentinelUrl {
+                userinfo,
+                sentinels,
+                service: service.to_owned(),
+            })
+        })())
+    }
+}
+
+/// Asks the Sentinels in turn for the master of `service`; the first answer wins.
+async fn master_of(url: &SentinelUrl) -> Option<SocketAddr> {
+    for sentinel in &url.sentinels {
+        let asked = async {
+            let client = redis::Client::open(format!("redis://{sentinel}")).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            let (host, port): (String, u16) = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(&url.service)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .ok()?
+                .next()
+        };
+        if let Ok(Some(addr)) = tokio::time::timeout(Duration::from_secs(2), asked).await {
+            return Some(addr);
+        }
+    }
+    None
+}
+
+/// Starts the forwarder (see the module documentation) until `shutdown`; answers the
+/// `redis://` URL the roles use instead of `url`.
+///
+/// # Errors
+/// When no local port can be bound.
+pub async fn forward(url: SentinelUrl, shutdown: CancellationToken) -> std::io::Result<String> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let local = listener.local_addr()?;
+    let (master_tx, master_rx) = watch::channel(master_of(&url).await);
+    let watching = url.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(POLL) => {}
+            }
+            // No answer keeps the last master: the Sentinels being unreachable is not a
+            // fail-over.
+            if let Some(now) = master_of(&watching).await {
+                master_tx.send_if_modified(|m| {
+                    let changed = *m != Some(now);
+                    if changed {
+                        tracing::warn!(master = %now, previous = ?m, "Redis master changed (Sentinel)");
+                        *m = Some(now);
+                    }
+                    changed
+                });
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((client, _)) = accepted else {
+                continue;
+            };
+            tokio::spawn(pipe(client, master_rx.clone()));
+        }
+    });
+    Ok(format!("redis://{}{local}", url.userinfo))
+}
+
+/// Pipes `client` to the current master until either side closes or the master changes.
+async fn pipe(mut client: TcpStream, mut master: watch::Receiver<Option<SocketAddr>>) {
+    let Some(addr) = *master.borrow_and_update() else {
+        let _ = client.shutdown().await;
+        return;
+    };
+    let Ok(Ok(mut server)) =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
+    else {
+        let _ = client.shutdown().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = master.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_and_the_service() {
+        let url = SentinelUrl::parse("redis+sentinel://u:p@s1:26380,s2/mymaster")
+            .expect("sentinel scheme")
+            .expect("valid");
+        assert_eq!(url.sentinels, ["s1:26380", "s2:26379"]);
+        assert_eq!(url.service, "mymaster");
+        assert_eq!(url.userinfo, "u:p@");
+        assert!(SentinelUrl::parse("redis://h:6379").is_none());
+        assert!(
+            SentinelUrl::parse("redis+sentinel://s1:26379")
+                .expect("scheme")
+                .is_err()
+        );
+        assert!(
+            SentinelUrl::parse("redis+sentinel:///svc")
+                .expect("scheme")
+                .is_err()
+        );
+    }
+}

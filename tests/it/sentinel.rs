@@ -1,0 +1,257 @@
+//! Redis Sentinel (issue 16): a master, a replica and a Sentinel of their own; the api, ingest
+//! and the scheduler in this process and a `netcron executor` process all given
+//! `redis+sentinel://`. The master is killed while a run's command is running; Sentinel
+//! promotes the replica, and every run — before, across and after the fail-over — executes
+//! exactly once, as its first attempt.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use netcron_common::sentinel::SentinelUrl;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{command, finished, run_now, start_scheduler, wait_for_status};
+use crate::helpers::{TestApp, eventually};
+use crate::lifecycle::Executions;
+use crate::sites::{Site, SiteExecutor, temp_dir};
+use crate::sshd::{TEST_PASSWORD, TEST_USER, TestSshd, free_port};
+
+const SERVICE: &str = "nczmaster";
+
+/// A redis-server (or Sentinel) of this test, killed on drop.
+struct Server {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path, name: &str, config: &str, sentinel: bool) -> Server {
+        let port = free_port();
+        let path = dir.join(format!("{name}.conf"));
+        fs::write(
+            &path,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\nlogfile {}/{name}.log\n{config}",
+                dir.display(),
+                dir.display()
+            ),
+        )
+        .expect("write config");
+        let mut command = Command::new("redis-server");
+        command.arg(&path);
+        if sentinel {
+            command.arg("--sentinel");
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (install redis-server, see .ci/run)");
+        let server = Server {
+            port,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} did not start: {}",
+                fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// `kill -9`: the master dies with whatever it had not replicated.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        cmd.query_async(&mut conn).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The port Sentinel names as the master now.
+async fn master_port(sentinel: &Server) -> Option<u16> {
+    let answer: (String, u16) = sentinel
+        .query(
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(SERVICE),
+        )
+        .await
+        .ok()?;
+    Some(answer.1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_survive_a_sentinel_fail_over_each_executed_once() {
+    let dir = temp_dir("sentinel");
+    // No 5 s wait for more replicas before the first (diskless) full sync.
+    let plain = "save \"\"\nappendonly no\nrepl-diskless-sync-delay 0\n";
+    let mut master = Server::start(&dir, "master", plain, false);
+    let replica = Server::start(
+        &dir,
+        "replica",
+        &format!("{plain}replicaof 127.0.0.1 {}\n", master.port),
+        false,
+    );
+    let sentinel = Server::start(
+        &dir,
+        "sentinel",
+        &format!(
+            "sentinel monitor {SERVICE} 127.0.0.1 {} 1\n\
+             sentinel down-after-milliseconds {SERVICE} 1000\n\
+             sentinel failover-timeout {SERVICE} 5000\n",
+            master.port
+        ),
+        true,
+    );
+    // The replica must hold the master's data before anything is written that the test
+    // expects to survive: a replica promoted in the middle of its first sync comes up empty.
+    eventually("the replica in sync", Duration::from_secs(30), || async {
+        let info: String = replica
+            .query(redis::cmd("INFO").arg("replication"))
+            .await
+            .ok()?;
+        info.contains("master_link_status:up").then_some(())
+    })
+    .await;
+    // Sentinel learns the replica from the master's INFO; until it knows one it cannot fail
+    // over.
+    eventually(
+        "Sentinel knows the replica",
+        Duration::from_secs(30),
+        || async {
+            let replicas: Vec<redis::Value> = sentinel
+                .query(redis::cmd("SENTINEL").arg("replicas").arg(SERVICE))
+                .await
+                .ok()?;
+            (!replicas.is_empty()).then_some(())
+        },
+    )
+    .await;
+
+    let url = format!("redis+sentinel://127.0.0.1:{}/{SERVICE}", sentinel.port);
+    let forwarding = CancellationToken::new();
+    let local = netcron_common::sentinel::forward(
+        SentinelUrl::parse(&url).expect("scheme").expect("valid"),
+        forwarding.clone(),
+    )
+    .await
+    .expect("forwarder");
+    let app = TestApp::spawn_with(|s| s.redis.url = local.clone()).await;
+    let _scheduler = start_scheduler(&app).await;
+    let site = Site {
+        zone: "default",
+        netns: None,
+        redis_host: Ipv4Addr::LOCALHOST,
+    };
+    // The executor process is given the Sentinel URL itself (its own forwarder).
+    let executor = SiteExecutor::start(&site, &url, &app);
+
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let cred = app
+        .create(
+            "/credentials",
+            json!({"name": "c", "username": TEST_USER, "password": TEST_PASSWORD}),
+        )
+        .await;
+    let device = app
+        .create(
+            "/devices",
+            json!({"name": "d", "host": "127.0.0.1", "port": sshd.port, "platform": "linux",
+                   "credential_id": cred["id"]}),
+        )
+        .await;
+    let quick = command(
+        &app,
+        &device,
+        json!({"command": executions.command("echo quick")}),
+    )
+    .await;
+    let slow = command(
+        &app,
+        &device,
+        json!({"command": executions.command("sleep 4; echo slow"), "timeout_s": 60}),
+    )
+    .await;
+
+    let before = run_now(&app, &device, &quick).await;
+    let run = finished(&app, &before).await;
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", executor.log());
+
+    // The master dies while the slow run's command runs.
+    let across = run_now(&app, &device, &slow).await;
+    executions.wait_for(2, Duration::from_secs(30)).await;
+    let old = master.port;
+    master.kill();
+    eventually(
+        "Sentinel promotes the replica",
+        Duration::from_secs(30),
+        || async { (master_port(&sentinel).await == Some(replica.port)).then_some(()) },
+    )
+    .await;
+    assert_ne!(old, replica.port);
+    let run = wait_for_status(
+        &app,
+        &across,
+        &["succeeded", "failed", "error"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", executor.log());
+
+    let after = run_now(&app, &device, &quick).await;
+    let run = wait_for_status(
+        &app,
+        &after,
+        &["succeeded", "failed", "error"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", executor.log());
+
+    // Each run executed once, as its first attempt: nothing lost, nothing repeated.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = executions.counts();
+    let across_run = finished(&app, &across).await;
+    assert_eq!(
+        executions.lines().len(),
+        3,
+        "{counts:?}\nthe run across the fail-over: {across_run}\n{}",
+        executor.log()
+    );
+    for run_id in [&before, &across, &after] {
+        let run = finished(&app, run_id).await;
+        assert_eq!(run["attempt"], 1, "{run}");
+        assert_eq!(counts.get(&(run_id.clone(), 1)), Some(&1), "{counts:?}");
+    }
+    assert!(
+        executor.log().contains("Redis master changed"),
+        "the executor's forwarder followed the fail-over:\n{}",
+        executor.log()
+    );
+    drop(executor);
+    forwarding.cancel();
+    drop(sentinel);
+    drop(replica);
+}
