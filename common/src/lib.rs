@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod entity;
+pub mod forward;
 pub mod inventory;
 pub mod metrics;
 pub mod ops;

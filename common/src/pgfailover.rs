@@ -14,9 +14,6 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How often the hosts are asked which one to use.
@@ -165,68 +162,25 @@ async fn choose(multi: &MultiHost) -> Option<String> {
     None
 }
 
-/// Starts the forwarder (see the module documentation) until `shutdown`; answers the
-/// single-host URL the pool uses instead.
+/// Starts the forwarder (see [`crate::forward`]) until `shutdown`; answers the single-host URL
+/// the pool uses instead. No acceptable host keeps the last one: connections to it fail until
+/// one is.
 ///
 /// # Errors
 /// When no local port can be bound.
 pub async fn forward(multi: MultiHost, shutdown: CancellationToken) -> std::io::Result<String> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-    let local = listener.local_addr()?;
-    let (chosen_tx, chosen_rx) = watch::channel(choose(&multi).await);
-    let watching = multi.clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(POLL) => {}
-            }
-            // No acceptable host keeps the last one: connections to it fail until one is.
-            if let Some(now) = choose(&watching).await {
-                chosen_tx.send_if_modified(|c| {
-                    let changed = c.as_deref() != Some(now.as_str());
-                    if changed {
-                        tracing::warn!(host = %now, previous = ?c, "Postgres host changed (target_session_attrs)");
-                        *c = Some(now);
-                    }
-                    changed
-                });
-            }
-        }
-    });
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            if let Ok((client, _)) = accepted {
-                tokio::spawn(pipe(client, chosen_rx.clone()));
-            }
-        }
-    });
-    Ok(format!(
-        "postgres://{}{local}{}",
-        multi.userinfo, multi.rest
-    ))
-}
-
-async fn pipe(mut client: TcpStream, mut chosen: watch::Receiver<Option<String>>) {
-    let Some(host) = chosen.borrow_and_update().clone() else {
-        let _ = client.shutdown().await;
-        return;
-    };
-    let Ok(Ok(mut server)) =
-        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(host.as_str())).await
-    else {
-        let _ = client.shutdown().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = chosen.changed() => {}
-    }
+    let (userinfo, rest) = (multi.userinfo.clone(), multi.rest.clone());
+    let local = crate::forward::start(
+        "Postgres host changed (target_session_attrs)",
+        POLL,
+        move || {
+            let multi = multi.clone();
+            async move { choose(&multi).await }
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(format!("postgres://{userinfo}{local}{rest}"))
 }
 
 #[cfg(test)]

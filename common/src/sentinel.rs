@@ -18,9 +18,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The scheme of a Sentinel `REDIS_URL`.
@@ -112,68 +109,24 @@ async fn master_of(url: &SentinelUrl) -> Option<SocketAddr> {
     None
 }
 
-/// Starts the forwarder (see the module documentation) until `shutdown`; answers the
-/// `redis://` URL the roles use instead of `url`.
+/// Starts the forwarder (see [`crate::forward`]) until `shutdown`; answers the `redis://` URL
+/// the roles use instead of `url`.
 ///
 /// # Errors
 /// When no local port can be bound.
 pub async fn forward(url: SentinelUrl, shutdown: CancellationToken) -> std::io::Result<String> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-    let local = listener.local_addr()?;
-    let (master_tx, master_rx) = watch::channel(master_of(&url).await);
-    let watching = url.clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(POLL) => {}
-            }
-            // No answer keeps the last master: the Sentinels being unreachable is not a
-            // fail-over.
-            if let Some(now) = master_of(&watching).await {
-                master_tx.send_if_modified(|m| {
-                    let changed = *m != Some(now);
-                    if changed {
-                        tracing::warn!(master = %now, previous = ?m, "Redis master changed (Sentinel)");
-                        *m = Some(now);
-                    }
-                    changed
-                });
-            }
-        }
-    });
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let Ok((client, _)) = accepted else {
-                continue;
-            };
-            tokio::spawn(pipe(client, master_rx.clone()));
-        }
-    });
-    Ok(format!("redis://{}{local}", url.userinfo))
-}
-
-/// Pipes `client` to the current master until either side closes or the master changes.
-async fn pipe(mut client: TcpStream, mut master: watch::Receiver<Option<SocketAddr>>) {
-    let Some(addr) = *master.borrow_and_update() else {
-        let _ = client.shutdown().await;
-        return;
-    };
-    let Ok(Ok(mut server)) =
-        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
-    else {
-        let _ = client.shutdown().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = master.changed() => {}
-    }
+    let userinfo = url.userinfo.clone();
+    let local = crate::forward::start(
+        "Redis master changed (Sentinel)",
+        POLL,
+        move || {
+            let url = url.clone();
+            async move { master_of(&url).await }
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(format!("redis://{userinfo}{local}"))
 }
 
 #[cfg(test)]

@@ -1,0 +1,88 @@
+//! A local TCP forwarder that follows a moving server: what the Sentinel (`sentinel.rs`) and
+//! several-Postgres-hosts (`pgfailover.rs`) support share. Connections accepted on `127.0.0.1`
+//! are piped to the address `resolve` answers *now*; it is asked again every `poll`, and when
+//! it answers another address every piped connection is closed, so the clients' pools
+//! reconnect — through the forwarder, to the new server. No answer keeps the last address: the
+//! resolver being unreachable is not a fail-over.
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Starts the forwarder until `shutdown`; answers its local address. `change` is the log line
+/// of a change of target.
+///
+/// # Errors
+/// When no local port can be bound.
+pub async fn start<A, R, F>(
+    change: &'static str,
+    poll: Duration,
+    resolve: R,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr>
+where
+    A: ToSocketAddrs + Clone + PartialEq + Debug + Send + Sync + 'static,
+    R: Fn() -> F + Send + 'static,
+    F: Future<Output = Option<A>> + Send,
+{
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let local = listener.local_addr()?;
+    let (target_tx, target_rx) = watch::channel(resolve().await);
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(poll) => {}
+            }
+            if let Some(now) = resolve().await {
+                target_tx.send_if_modified(|t| {
+                    let changed = t.as_ref() != Some(&now);
+                    if changed {
+                        tracing::warn!(target = ?now, previous = ?t, "{change}");
+                        *t = Some(now);
+                    }
+                    changed
+                });
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            if let Ok((client, _)) = accepted {
+                tokio::spawn(pipe(client, target_rx.clone()));
+            }
+        }
+    });
+    Ok(local)
+}
+
+/// Pipes `client` to the current target until either side closes or the target changes.
+async fn pipe<A: ToSocketAddrs + Clone>(
+    mut client: TcpStream,
+    mut target: watch::Receiver<Option<A>>,
+) {
+    let Some(addr) = target.borrow_and_update().clone() else {
+        let _ = client.shutdown().await;
+        return;
+    };
+    let Ok(Ok(mut server)) =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
+    else {
+        let _ = client.shutdown().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = target.changed() => {}
+    }
+}
