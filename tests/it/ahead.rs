@@ -28,6 +28,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// The app, the executions on the host and the schedule; the sshd and the roles live as
+    /// long as the pipeline.
+    fn parts(&self) -> (&TestApp, &Executions, &Value) {
+        (&self.app, &self.executions, &self.schedule)
+    }
+
     async fn start() -> Self {
         let app = TestApp::spawn().await;
         let sshd = TestSshd::start();
@@ -170,16 +176,10 @@ async fn executed_on_time_once(
 
 #[tokio::test]
 async fn runs_published_ahead_start_at_their_fire_time_not_before() {
-    // Every field bound: the sshd and the roles live until the test ends.
-    let Pipeline {
-        app,
-        executions,
-        schedule,
-        _sshd,
-        _roles,
-    } = Pipeline::start().await;
+    let pipeline = Pipeline::start().await;
+    let (app, executions, schedule) = pipeline.parts();
     // Published seconds ahead, as version 2 tasks carrying their fire time as `not_before`.
-    let ahead = published_ahead(&app, &schedule, 2).await;
+    let ahead = published_ahead(app, schedule, 2).await;
     let tasks = app.tasks().await;
     let early = tasks
         .iter()
@@ -187,11 +187,11 @@ async fn runs_published_ahead_start_at_their_fire_time_not_before() {
         .expect("an early task on the stream");
     assert_eq!(early.v, 2);
     assert_eq!(early.not_before, Some(early.scheduled_for));
-    let wait = (early.scheduled_for - db_now(&app).await)
+    let wait = (early.scheduled_for - db_now(app).await)
         .to_std()
         .unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_secs(2)).await;
-    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(3)).await;
+    let ran = executed_on_time_once(app, executions, chrono::Duration::seconds(3)).await;
     assert!(ran.contains(&early.run_id.to_string()), "{ran:?}");
     assert!(ran.len() >= 3, "{ran:?}");
     // The executor reports how late commands started, under the name users graph.
@@ -210,25 +210,19 @@ async fn runs_published_ahead_start_at_their_fire_time_not_before() {
 
 #[tokio::test]
 async fn pausing_withdraws_the_runs_materialised_ahead_and_none_of_them_executes() {
-    // Every field bound: the sshd and the roles live until the test ends.
-    let Pipeline {
-        app,
-        executions,
-        schedule,
-        _sshd,
-        _roles,
-    } = Pipeline::start().await;
+    let pipeline = Pipeline::start().await;
+    let (app, executions, schedule) = pipeline.parts();
     // Tasks on the stream, read by the executor and waiting on its timers.
-    let ahead = published_ahead(&app, &schedule, 2).await;
+    let ahead = published_ahead(app, schedule, 2).await;
     let (status, paused) = crate::helpers::json_of(
-        app.post(&format!("/schedules/{}/pause", sid(&schedule)), &json!({}))
+        app.post(&format!("/schedules/{}/pause", sid(schedule)), &json!({}))
             .await,
     )
     .await;
     assert_eq!(status, 200, "{paused}");
-    let paused_at = db_now(&app).await;
+    let paused_at = db_now(app).await;
     // Nothing remains queued for a fire time after the pause, and the early runs are gone.
-    let left = runs_of(&app, &schedule).await;
+    let left = runs_of(app, schedule).await;
     assert!(
         left.iter().all(|(_, at, ..)| *at <= paused_at),
         "materialised runs survived the pause: {left:?}"
@@ -242,53 +236,47 @@ async fn pausing_withdraws_the_runs_materialised_ahead_and_none_of_them_executes
     // Well past the horizon: no withdrawn run began on the device, and every run that did
     // begin was for a fire time before the pause, on time and once.
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(3)).await;
+    let ran = executed_on_time_once(app, executions, chrono::Duration::seconds(3)).await;
     for id in &ahead {
         assert!(!ran.contains(id), "withdrawn run {id} executed");
     }
-    let kept: HashSet<String> = runs_of(&app, &schedule)
+    let kept: HashSet<String> = runs_of(app, schedule)
         .await
         .into_iter()
         .map(|(id, ..)| id)
         .collect();
     assert_eq!(ran, kept, "exactly the runs that were kept executed");
     // Resumed, it fires again from now, once per fire time.
-    app.post(&format!("/schedules/{}/resume", sid(&schedule)), &json!({}))
+    app.post(&format!("/schedules/{}/resume", sid(schedule)), &json!({}))
         .await;
     let before = executions.lines().len();
     executions
         .wait_for(before + 3, Duration::from_secs(15))
         .await;
-    executed_on_time_once(&app, &executions, chrono::Duration::seconds(3)).await;
+    executed_on_time_once(app, executions, chrono::Duration::seconds(3)).await;
 }
 
 #[tokio::test]
 async fn an_edit_withdraws_the_fire_times_it_no_longer_wants_and_keeps_the_rest_once() {
-    // Every field bound: the sshd and the roles live until the test ends.
-    let Pipeline {
-        app,
-        executions,
-        schedule,
-        _sshd,
-        _roles,
-    } = Pipeline::start().await;
-    let ahead = published_ahead(&app, &schedule, 3).await;
+    let pipeline = Pipeline::start().await;
+    let (app, executions, schedule) = pipeline.parts();
+    let ahead = published_ahead(app, schedule, 3).await;
     let (status, edited) = crate::helpers::json_of(
         app.patch(
-            &format!("/schedules/{}", sid(&schedule)),
+            &format!("/schedules/{}", sid(schedule)),
             &json!({"cron_expression": "*/2 * * * * *"}),
         )
         .await,
     )
     .await;
     assert_eq!(status, 200, "{edited}");
-    let edited_at = db_now(&app).await;
+    let edited_at = db_now(app).await;
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let ran = executed_on_time_once(&app, &executions, chrono::Duration::seconds(3)).await;
+    let ran = executed_on_time_once(app, executions, chrono::Duration::seconds(3)).await;
     for id in &ahead {
         assert!(!ran.contains(id), "withdrawn run {id} executed");
     }
-    let runs = runs_of(&app, &schedule).await;
+    let runs = runs_of(app, schedule).await;
     // After the edit, only even seconds: odd ones were withdrawn, even ones materialised again
     // (new runs), and each fire time has one run.
     let after: Vec<_> = runs.iter().filter(|(_, at, ..)| *at > edited_at).collect();
@@ -301,7 +289,7 @@ async fn an_edit_withdraws_the_fire_times_it_no_longer_wants_and_keeps_the_rest_
     times.dedup();
     assert_eq!(times.len(), runs.len(), "one run per fire time");
     // Every run whose fire time has passed executed, exactly once.
-    let now = db_now(&app).await - chrono::Duration::seconds(1);
+    let now = db_now(app).await - chrono::Duration::seconds(1);
     for (id, at, ..) in runs.iter().filter(|(_, at, ..)| *at < now) {
         assert!(ran.contains(id), "run {id} for {at} did not execute");
     }
