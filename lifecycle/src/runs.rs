@@ -580,25 +580,30 @@ pub async fn withdraw_ahead(
         kept_until: None,
         first: None,
     };
+    let mut ahead = Vec::with_capacity(rows.len());
     for row in rows {
         let id: Uuid = row.try_get("", "id")?;
         let attempt: i32 = row.try_get("", "attempt")?;
         let scheduled_for: DateTime<Utc> = row.try_get("", "scheduled_for")?;
-        // The outbox row is locked before it is deleted; one the publisher holds now is waited
-        // for, and then counts as published. A run without one (released later under the
-        // `queue` policy, or tidied after publishing) is fenced like a published one.
-        let locked = txn
-            .query_one_raw(stmt(
-                "SELECT published_at IS NULL AS unpublished FROM task_outbox
-                 WHERE run_id = $1 FOR UPDATE",
-                vec![id.into()],
-            ))
-            .await?;
-        let unpublished = match locked {
-            Some(r) => r.try_get::<bool>("", "unpublished")?,
-            None => false,
-        };
-        if unpublished || leases.cancel(redis, id, attempt).await? {
+        ahead.push((id, attempt, scheduled_for));
+    }
+    // The outbox rows are locked before they are deleted; one the publisher holds now is
+    // waited for, and then counts as published. A run without one (released later under the
+    // `queue` policy, or tidied after publishing) is fenced like a published one.
+    let ids: Vec<Uuid> = ahead.iter().map(|(id, ..)| *id).collect();
+    let mut unpublished = std::collections::HashSet::new();
+    for row in txn
+        .query_all_raw(stmt(
+            "SELECT run_id FROM task_outbox
+             WHERE run_id = ANY($1) AND published_at IS NULL FOR UPDATE",
+            vec![ids.into()],
+        ))
+        .await?
+    {
+        unpublished.insert(row.try_get::<Uuid>("", "run_id")?);
+    }
+    for (id, attempt, scheduled_for) in ahead {
+        if unpublished.contains(&id) || leases.cancel(redis, id, attempt).await? {
             gone.push(id);
             report.first = report.first.or(Some(scheduled_for));
         } else {
