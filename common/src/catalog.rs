@@ -209,6 +209,20 @@ pub const SETTINGS: &[Setting] = &[
         example: "2",
     },
     Setting {
+        name: "NETCRON_EXECUTOR_START_REPLICAS",
+        roles: &["executor", "all"],
+        default: Value("0"),
+        meaning: "Redis replicas that must acknowledge a run's lease (`WAIT`) before its command starts, so that a Sentinel fail-over to one of them cannot start the same attempt again; 0 does not wait. A start not acknowledged within NETCRON_EXECUTOR_START_WAIT_MS still runs and is counted (netcron_executor_unreplicated_starts_total)",
+        example: "1",
+    },
+    Setting {
+        name: "NETCRON_EXECUTOR_START_WAIT_MS",
+        roles: &["executor", "all"],
+        default: Value("100"),
+        meaning: "How long an executor waits for NETCRON_EXECUTOR_START_REPLICAS replicas to acknowledge a run's lease",
+        example: "20",
+    },
+    Setting {
         name: "NETCRON_EXECUTOR_ZONES",
         roles: &["executor", "all"],
         default: Value("default"),

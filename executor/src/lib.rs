@@ -92,6 +92,15 @@ pub struct ExecutorConfig {
     /// The zones whose tasks this executor runs (`NETCRON_EXECUTOR_ZONES`, `default`): it
     /// reads their streams and no other, and announces itself alive in each.
     pub zones: Zones,
+    /// Replicas that must hold a run's lease before its command starts
+    /// (`NETCRON_EXECUTOR_START_REPLICAS`, 0: none asked). After the start script the
+    /// executor sends `WAIT` for that many replicas, at most `start_wait`: a fail-over to an
+    /// acknowledging replica then keeps the lease, so no other executor starts the same
+    /// attempt. A start not acknowledged in time still runs (counted and logged); a master
+    /// with `min-replicas-to-write` refuses the start itself instead.
+    pub start_replicas: u32,
+    /// How long that `WAIT` may take (`NETCRON_EXECUTOR_START_WAIT_MS`, 100).
+    pub start_wait: Duration,
 }
 
 impl Default for ExecutorConfig {
@@ -114,6 +123,8 @@ impl Default for ExecutorConfig {
             hold_ahead: 10_000,
             consumer: consumer_name(),
             zones: Zones::default(),
+            start_replicas: 0,
+            start_wait: Duration::from_millis(100),
         }
     }
 }
@@ -154,6 +165,10 @@ impl ExecutorConfig {
             hold_ahead: config::parsed_or("NETCRON_EXECUTOR_HOLD_AHEAD", d.hold_ahead)?.max(1),
             consumer: d.consumer,
             zones: config::parsed_or("NETCRON_EXECUTOR_ZONES", d.zones)?,
+            start_replicas: config::parsed_or("NETCRON_EXECUTOR_START_REPLICAS", d.start_replicas)?,
+            start_wait: config::parsed_or("NETCRON_EXECUTOR_START_WAIT_MS", 100u64)
+                .map(Duration::from_millis)?
+                .max(Duration::from_millis(1)),
         })
     }
 }

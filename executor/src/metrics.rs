@@ -48,6 +48,8 @@ pub struct ExecutorMetrics {
     pub(crate) fire_lateness: Histogram,
     /// Tasks read ahead of their `not_before`, waiting for it.
     pub(crate) waiting: Gauge,
+    /// Starts that fewer replicas than `NETCRON_EXECUTOR_START_REPLICAS` acknowledged in time.
+    pub(crate) unreplicated_starts: Counter,
 }
 
 impl ExecutorMetrics {
@@ -61,7 +63,13 @@ impl ExecutorMetrics {
             sessions: SessionMetrics::default(),
             fire_lateness: netcron_common::metrics::lateness_histogram(),
             waiting: Gauge::default(),
+            unreplicated_starts: Counter::default(),
         };
+        telemetry.register(
+            "netcron_executor_unreplicated_starts",
+            "Run starts that fewer Redis replicas than NETCRON_EXECUTOR_START_REPLICAS acknowledged in time",
+            this.unreplicated_starts.clone(),
+        );
         // The name says what users look for (how late their schedules fire); the executor
         // observes it because the command's start is the moment that counts, and only the
         // executor sees it.

@@ -676,7 +676,7 @@ impl ZoneWorker {
                 )),
                 kind: None,
             };
-            pipe.add_command(result.xadd(&self.streams.results))
+            pipe.add_command(self.leases.dead_letter_outcome(&result))
                 .ignore();
         }
         pipe.cmd("XACK")
@@ -746,6 +746,30 @@ impl ZoneWorker {
         }
     }
 
+    /// Waits until `NETCRON_EXECUTOR_START_REPLICAS` replicas hold the lease just taken (on
+    /// the same connection, so `WAIT` covers the start script's writes). A start they do not
+    /// acknowledge in time, or a failed `WAIT`, still runs: the lease is on the master, and
+    /// only a fail-over in this instant could lose it. It is counted and logged.
+    async fn replicate_start(&self, report: &RunResult) {
+        let wanted = self.config.start_replicas;
+        if wanted == 0 {
+            return;
+        }
+        let acked: redis::RedisResult<u32> = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(self.config.start_wait.as_millis() as u64)
+            .query_async(&mut self.redis.clone())
+            .await;
+        match acked {
+            Ok(n) if n >= wanted => {}
+            other => {
+                self.metrics.unreplicated_starts.inc();
+                tracing::warn!(run_id = %report.run_id, attempt = report.attempt, wanted,
+                    acknowledged = ?other, "a run's lease was not acknowledged by enough Redis replicas in time; the run starts anyway");
+            }
+        }
+    }
+
     /// Takes the run's lease and publishes `started`; answers whether the command may run. A
     /// task that may not (finished, held or begun elsewhere, superseded, cancelled) is
     /// acknowledged and dropped here.
@@ -765,6 +789,7 @@ impl ZoneWorker {
         })
         .await;
         if answer == Start::Started {
+            self.replicate_start(report).await;
             if let Ok(mut leased) = self.leased.lock() {
                 leased.insert(report.run_id, report.attempt);
             }

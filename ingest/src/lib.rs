@@ -432,7 +432,12 @@ impl Ingest {
         let outcomes: Vec<&RunResult> = batch.finished.values().copied().collect();
         let txn = self.db.begin().await?;
         report.started += runs::started(&txn, &started).await?;
-        let finished = runs::finish(&txn, &outcomes).await?;
+        let finished = runs::finish(&txn, &outcomes, &batch.repeats).await?;
+        for (run_id, repeats) in &finished.repeated {
+            tracing::warn!(%run_id, repeats,
+                "an attempt executed again after its outcome was stored (Redis lost its \
+                 lease); the repeat is recorded on the run's attempts");
+        }
         report.finished += finished.done.len() as u64;
         report.pinned += finished.pinned;
         report.superseded += finished.superseded;
@@ -493,15 +498,19 @@ impl Ingest {
         if !new_events.is_empty() {
             self.wake.notify_one();
         }
-        // The runs' leases are over: their keys go, so Redis holds keys only for runs in
-        // flight. A failure here leaves them to their safety expiry.
-        if let Err(e) = self
-            .leases
-            .stored(&mut conns.redis.clone(), &finished.done)
+        // The attempts' outcomes are stored: their `done` keys, which do not expire while an
+        // outcome waits for ingest, go shortly. Before the acknowledgement: should this fail,
+        // the batch is read again and stored again (every step above is a no-op the second
+        // time), so no key is left without an expiry.
+        let read: Vec<(Uuid, i32)> = chunk
+            .iter()
+            .filter(|(_, r)| r.outcome.is_some())
+            .map(|(_, r)| (r.run_id, r.attempt))
+            .collect();
+        self.leases
+            .stored(&mut conns.redis.clone(), &read)
             .await
-        {
-            tracing::warn!(error = %e, "cannot forget finished runs' leases");
-        }
+            .context("marking stored outcomes' leases")?;
         let now = chrono::Utc::now();
         for _ in 0..started.len() {
             self.metrics.stored("started", None);

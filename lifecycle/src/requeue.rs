@@ -32,18 +32,30 @@ const CANDIDATES: &str = r"
 SELECT r.id, r.attempt, r.status, o.stream_id, coalesce(o.zone, 'default') AS zone,
        coalesce(o.published_at < now() - make_interval(secs => $2), false) AS overdue
 FROM runs r LEFT JOIN task_outbox o ON o.run_id = r.id
-WHERE r.status = 'running'
-   OR (r.status = 'queued' AND o.published_at IS NOT NULL)
+WHERE (r.status = 'running' OR (r.status = 'queued' AND o.published_at IS NOT NULL))
+  AND NOT EXISTS (SELECT 1 FROM cancel_requests c WHERE c.run_id = r.id)
 ORDER BY r.id
 LIMIT $1";
 
 /// Runs checked per pass.
 const PASS_LIMIT: i64 = 5000;
 
+/// Cancel requests older than a second (younger ones are still being carried out by the
+/// request that made them), with the run's state now.
+const CANCEL_REQUESTS: &str = r"
+SELECT c.run_id, c.attempt, (r.status = 'queued' AND r.attempt = c.attempt) AS pending
+FROM cancel_requests c LEFT JOIN runs r ON r.id = c.run_id
+WHERE c.requested_at < now() - interval '1 second'
+ORDER BY c.requested_at
+LIMIT $1";
+
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
     pub checked: usize,
+    /// Cancel requests finished: the run cancelled, or the request dropped because its
+    /// attempt began first.
+    pub cancels: usize,
     /// Leases seen expired for the first time (re-queued on a later pass if still so).
     pub expiring: usize,
     pub requeued: usize,
@@ -80,6 +92,7 @@ impl Requeuer {
         db: &DatabaseConnection,
         redis: &mut (impl redis::aio::ConnectionLike + Send),
     ) -> Result<Report> {
+        let cancels = finish_cancels(db, redis, &self.leases).await?;
         let rows = db
             .query_all_raw(stmt(
                 CANDIDATES,
@@ -121,6 +134,7 @@ impl Requeuer {
         }
         let mut report = Report {
             checked: probes.len(),
+            cancels,
             ..Report::default()
         };
         let now = Instant::now();
@@ -151,6 +165,22 @@ impl Requeuer {
                 Found::Revoked => {
                     revoke.push((probe.run_id, probe.attempt, 0, "its attempt was revoked"));
                 }
+                // Fenced in Redis, still queued in Postgres, and no cancel request (candidates
+                // with one are left to `finish_cancels`): the fence came from a transition
+                // whose transaction did not commit (a withdrawal rolled back). Its attempt can
+                // never start, so the run gets its next one instead of waiting forever.
+                Found::Cancelled if !running => revoke.push((
+                    probe.run_id,
+                    probe.attempt,
+                    0,
+                    "it was fenced by a cancel or withdrawal that did not take place",
+                )),
+                Found::OutcomeLost => revoke.push((
+                    probe.run_id,
+                    probe.attempt,
+                    -1,
+                    "its outcome was lost with Redis' data before ingest stored it",
+                )),
                 Found::Lost => revoke.push((
                     probe.run_id,
                     probe.attempt,
@@ -195,6 +225,38 @@ impl Requeuer {
         report.requeued = moved.len();
         Ok(report)
     }
+}
+
+/// Finishes the cancel requests that their own request did not (see
+/// [`runs::cancel`]): each run still queued at the requested attempt is fenced and then
+/// cancelled, or, when its attempt began first, keeps running and the request is dropped.
+/// Answers how many requests were settled.
+async fn finish_cancels(
+    db: &DatabaseConnection,
+    redis: &mut (impl redis::aio::ConnectionLike + Send),
+    leases: &Leases,
+) -> Result<usize> {
+    let rows = db
+        .query_all_raw(stmt(CANCEL_REQUESTS, vec![PASS_LIMIT.into()]))
+        .await?;
+    for row in &rows {
+        let run_id: Uuid = row.try_get("", "run_id")?;
+        let attempt: i32 = row.try_get("", "attempt")?;
+        let pending: Option<bool> = row.try_get("", "pending")?;
+        if pending != Some(true) {
+            // The run ended, moved on or is gone: nothing left to cancel.
+            runs::drop_cancel_request(db, run_id, attempt).await?;
+        } else if leases.cancel(redis, run_id, attempt).await? {
+            if runs::complete_cancel(db, run_id, attempt).await? {
+                tracing::info!(%run_id, attempt, "an interrupted cancel finished: run cancelled");
+            }
+        } else {
+            runs::drop_cancel_request(db, run_id, attempt).await?;
+            tracing::info!(%run_id, attempt,
+                "an interrupted cancel came too late: the run's attempt had begun");
+        }
+    }
+    Ok(rows.len())
 }
 
 /// Drops outbox rows of runs that left `queued`, published or not.

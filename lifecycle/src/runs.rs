@@ -11,7 +11,8 @@ use netcron_common::entity::run;
 use netcron_common::protocol::RunResult;
 use netcron_common::protocol::lease::Leases;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QuerySelect as _,
+    TransactionTrait, Value,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -277,67 +278,80 @@ SELECT (SELECT count(*) FROM pinned) + (SELECT count(*) FROM jump_pinned) AS pin
        EXISTS (SELECT 1 FROM done JOIN schedules s ON s.id = done.schedule_id
                WHERE s.overlap_policy = 'queue') AS release";
 
-/// Records outcomes of attempts that are not their run's current one (the run was re-queued
-/// after their lease expired) on the run's `attempts`, once each, with their executor and a
-/// summary of what they printed. Answers the runs concerned.
-const SUPERSEDED: &str = r"
+/// Records the outcomes that were not applied: of attempts that are not their run's current
+/// one (the run was re-queued after their lease expired: `superseded`), and further executions
+/// of the run's current attempt after its outcome was applied (`repeat`: Redis lost the lease
+/// of a started attempt, as an asynchronous fail-over can, and a second executor started it
+/// again). Each goes on the run's `attempts` once, with its executor and a summary of what it
+/// printed; a replay of the applied outcome itself (same executor, same start) adds nothing.
+/// Answers the runs concerned and how many repeats each got.
+const OTHER_OUTCOMES: &str = r"
 WITH u AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS u(
         run_id uuid, attempt int, executor_id text, started_at timestamptz, status text,
         finished_at timestamptz, duration_ms bigint, exit_code int, stdout text, stderr text,
-        truncated boolean, error_kind text, error_message text))
-UPDATE runs r
-SET attempts = coalesce(r.attempts, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
-        'attempt', u.attempt, 'executor_id', u.executor_id, 'superseded', true,
-        'status', u.status, 'started_at', u.started_at, 'finished_at', u.finished_at,
-        'duration_ms', u.duration_ms, 'exit_code', u.exit_code, 'error_kind', u.error_kind,
-        'error_message', u.error_message, 'truncated', u.truncated,
-        'stdout_bytes', octet_length(u.stdout), 'stderr_bytes', octet_length(u.stderr),
-        'output', left(u.stdout, 512)))
-FROM u
-WHERE r.id = u.run_id AND r.attempt <> u.attempt
-  AND NOT EXISTS (
-      SELECT 1 FROM jsonb_array_elements(coalesce(r.attempts, '[]'::jsonb)) e
-      WHERE e->>'superseded' = 'true' AND (e->>'attempt')::int = u.attempt)
-RETURNING r.id";
+        truncated boolean, error_kind text, error_message text)),
+n AS (
+    SELECT r.id,
+           jsonb_agg(jsonb_build_object(
+               'attempt', u.attempt, 'executor_id', u.executor_id,
+               CASE WHEN r.attempt = u.attempt THEN 'repeat' ELSE 'superseded' END, true,
+               'status', u.status, 'started_at', u.started_at, 'finished_at', u.finished_at,
+               'duration_ms', u.duration_ms, 'exit_code', u.exit_code,
+               'error_kind', u.error_kind, 'error_message', u.error_message,
+               'truncated', u.truncated, 'stdout_bytes', octet_length(u.stdout),
+               'stderr_bytes', octet_length(u.stderr), 'output', left(u.stdout, 512))
+               ORDER BY u.started_at) AS items,
+           count(*) FILTER (WHERE r.attempt = u.attempt) AS repeats
+    FROM u JOIN runs r ON r.id = u.run_id
+    WHERE (r.attempt <> u.attempt
+           AND NOT EXISTS (
+               SELECT 1 FROM jsonb_array_elements(coalesce(r.attempts, '[]'::jsonb)) e
+               WHERE e->>'superseded' = 'true' AND (e->>'attempt')::int = u.attempt))
+       OR (r.attempt = u.attempt AND r.status NOT IN ('queued', 'running')
+           AND (r.executor_id IS DISTINCT FROM u.executor_id
+                OR r.started_at IS DISTINCT FROM u.started_at)
+           AND NOT EXISTS (
+               SELECT 1 FROM jsonb_array_elements(coalesce(r.attempts, '[]'::jsonb)) e
+               WHERE e->>'repeat' = 'true' AND (e->>'attempt')::int = u.attempt
+                 AND e->>'executor_id' = u.executor_id
+                 AND (e->>'started_at')::timestamptz = u.started_at))
+    GROUP BY r.id)
+UPDATE runs r SET attempts = coalesce(r.attempts, '[]'::jsonb) || n.items
+FROM n WHERE r.id = n.id
+RETURNING r.id, n.repeats";
 
 /// What [`finish`] did.
 #[derive(Debug, Default)]
 pub struct Finished {
     /// Runs this call moved to their final status (replays and late duplicates are not).
     pub done: Vec<Uuid>,
-    /// Outcomes recorded as superseded attempts.
+    /// Runs that got an outcome recorded as a superseded attempt or a repeat.
     pub superseded: u64,
+    /// Runs whose current attempt executed again after its outcome was applied, with how
+    /// many further executions this call recorded.
+    pub repeated: Vec<(Uuid, i64)>,
     /// Host keys pinned on first sight (devices and jump hosts).
     pub pinned: u64,
     /// Whether a run of a `queue` schedule ended, so its next run may be released.
     pub release: bool,
 }
 
-/// *finished* and *superseded*: applies each outcome to its run if it is the run's current
-/// attempt and the run has not ended; records it as superseded if it is another attempt's.
-/// `results` holds at most one outcome per `(run, attempt)`.
+/// *finished*, *superseded* and *repeat*: applies each outcome to its run if it is the run's
+/// current attempt and the run has not ended; records it as superseded if it is another
+/// attempt's, and as a repeat if the attempt's outcome was applied already by another
+/// execution (see [`OTHER_OUTCOMES`]). `results` holds at most one outcome per `(run,
+/// attempt)`; `repeats` the further executions of such an attempt in the same batch.
 ///
 /// # Errors
 /// When the database fails.
-pub async fn finish(txn: &DatabaseTransaction, results: &[&RunResult]) -> Result<Finished> {
+pub async fn finish(
+    txn: &DatabaseTransaction,
+    results: &[&RunResult],
+    repeats: &[&RunResult],
+) -> Result<Finished> {
     let mut report = Finished::default();
-    let rows: Vec<serde_json::Value> = results
-        .iter()
-        .filter_map(|r| {
-            let o = r.outcome.as_ref()?;
-            Some(json!({
-                "run_id": r.run_id, "attempt": r.attempt, "executor_id": r.executor_id,
-                "started_at": r.started_at, "status": o.status, "finished_at": o.finished_at,
-                "duration_ms": o.duration_ms, "exit_code": o.exit_code,
-                "exit_signal": o.exit_signal, "stdout": o.stdout, "stderr": o.stderr,
-                "truncated": o.truncated, "error_kind": o.error_kind,
-                "error_message": o.error_message, "attempts": o.attempts,
-                "host_key_fingerprint": o.host_key_fingerprint, "payload": o.payload,
-                "jump_host_key_fingerprint": o.jump_host_key_fingerprint,
-            }))
-        })
-        .collect();
+    let rows: Vec<serde_json::Value> = results.iter().filter_map(|r| outcome_row(r)).collect();
     if rows.is_empty() {
         return Ok(report);
     }
@@ -358,22 +372,44 @@ pub async fn finish(txn: &DatabaseTransaction, results: &[&RunResult]) -> Result
     // Only outcomes that were not applied can be another attempt's; usually there are none,
     // and the batch's JSON is not parsed a second time. A run finished just now by one outcome
     // cannot take another of its attempts in the same statement, hence a second statement.
-    let others: Vec<serde_json::Value> = rows
+    let mut others: Vec<serde_json::Value> = rows
         .into_iter()
         .zip(results.iter().filter(|r| r.outcome.is_some()))
         .filter(|(_, r)| !applied.contains(&(r.run_id, r.attempt)))
         .map(|(row, _)| row)
         .collect();
+    others.extend(repeats.iter().filter_map(|r| outcome_row(r)));
     if !others.is_empty() {
-        report.superseded = txn
-            .execute_raw(stmt(
-                SUPERSEDED,
+        let recorded = txn
+            .query_all_raw(stmt(
+                OTHER_OUTCOMES,
                 vec![serde_json::Value::Array(others).into()],
             ))
-            .await?
-            .rows_affected();
+            .await?;
+        report.superseded = recorded.len() as u64;
+        for row in recorded {
+            let repeats: i64 = row.try_get("", "repeats")?;
+            if repeats > 0 {
+                report.repeated.push((row.try_get("", "id")?, repeats));
+            }
+        }
     }
     Ok(report)
+}
+
+/// The columns of an outcome as [`FINISHED`] and [`OTHER_OUTCOMES`] read them.
+fn outcome_row(r: &RunResult) -> Option<serde_json::Value> {
+    let o = r.outcome.as_ref()?;
+    Some(json!({
+        "run_id": r.run_id, "attempt": r.attempt, "executor_id": r.executor_id,
+        "started_at": r.started_at, "status": o.status, "finished_at": o.finished_at,
+        "duration_ms": o.duration_ms, "exit_code": o.exit_code,
+        "exit_signal": o.exit_signal, "stdout": o.stdout, "stderr": o.stderr,
+        "truncated": o.truncated, "error_kind": o.error_kind,
+        "error_message": o.error_message, "attempts": o.attempts,
+        "host_key_fingerprint": o.host_key_fingerprint, "payload": o.payload,
+        "jump_host_key_fingerprint": o.jump_host_key_fingerprint,
+    }))
 }
 
 /// Ends queued runs that cannot be published, with the reason.
@@ -419,6 +455,8 @@ requeued AS (
             'reason', t.reason))
     FROM t
     WHERE r.id = t.id AND r.attempt = t.attempt AND r.status IN ('queued', 'running')
+      -- A cancel being made is finished by its own steps, never overtaken by a new attempt.
+      AND NOT EXISTS (SELECT 1 FROM cancel_requests c WHERE c.run_id = r.id)
     RETURNING r.id)
 INSERT INTO task_outbox (run_id) SELECT id FROM requeued
 ON CONFLICT (run_id) DO UPDATE SET published_at = NULL, stream_id = NULL
@@ -457,20 +495,32 @@ pub async fn requeue(db: &impl ConnectionTrait, lost: &[(Uuid, i32, String)]) ->
     Ok(moved)
 }
 
-/// *cancelled*: a `queued` run that no executor has begun ends `cancelled`. The attempt is
-/// fenced in Redis first, so a task already on the stream can no longer start; a run that
-/// began is refused ([`Error::Conflict`]).
+/// *cancelled*: a `queued` run that no executor has begun ends `cancelled`, in three steps
+/// so that a request cut off between the two stores never strands the run:
+///
+/// 1. the request is recorded in Postgres (`cancel_requests`, with the attempt), the run row
+///    locked while it is, and committed — the run stays `queued`;
+/// 2. the attempt is fenced in Redis ([`Leases::cancel`]), so no executor can start it; if one
+///    began it first, the request is dropped and the cancel refused ([`Error::Conflict`]);
+/// 3. the run ends `cancelled` ([`complete_cancel`]).
+///
+/// Stopped after 1 or 2 (the client went away, Redis or Postgres failed), the re-queue pass
+/// finishes the request ([`crate::requeue::Requeuer::pass`]): the run ends either cancelled or,
+/// when its attempt began first, runs — it is never left queued behind a fence.
 ///
 /// # Errors
-/// [`Error::NotFound`], [`Error::Conflict`], or a database or Redis failure.
+/// [`Error::NotFound`], [`Error::Conflict`], or a database or Redis failure (after step 1 the
+/// request stands and is finished by the re-queue pass).
 pub async fn cancel(
     db: &DatabaseConnection,
     redis: &mut (impl redis::aio::ConnectionLike + Send),
     leases: &Leases,
     run_id: Uuid,
 ) -> Result<run::Model> {
+    let txn = db.begin().await?;
     let run = run::Entity::find_by_id(run_id)
-        .one(db)
+        .lock_exclusive()
+        .one(&txn)
         .await?
         .ok_or(Error::NotFound {
             what: "run",
@@ -482,40 +532,81 @@ pub async fn cancel(
             run.status
         )));
     }
+    txn.execute_raw(stmt(
+        "INSERT INTO cancel_requests (run_id, attempt) VALUES ($1, $2)
+         ON CONFLICT (run_id) DO UPDATE SET attempt = excluded.attempt",
+        vec![run_id.into(), run.attempt.into()],
+    ))
+    .await?;
+    txn.commit().await?;
     if !leases.cancel(redis, run_id, run.attempt).await? {
+        drop_cancel_request(db, run_id, run.attempt).await?;
         return Err(Error::Conflict(format!(
             "run {run_id} has already started on an executor; it can no longer be cancelled"
         )));
     }
+    if !complete_cancel(db, run_id, run.attempt).await? {
+        return Err(Error::Conflict(format!(
+            "run {run_id} changed while it was being cancelled"
+        )));
+    }
+    run::Entity::find_by_id(run_id)
+        .one(db)
+        .await?
+        .ok_or(Error::NotFound {
+            what: "run",
+            id: run_id,
+        })
+}
+
+/// Step 3 of [`cancel`]: `(run, attempt)`, fenced in Redis, ends `cancelled` and its request
+/// and outbox row go, in one transaction. Answers whether the run moved (false: it was not
+/// `queued` at that attempt any more, and only the request went).
+///
+/// # Errors
+/// When the database fails.
+pub async fn complete_cancel(db: &DatabaseConnection, run_id: Uuid, attempt: i32) -> Result<bool> {
     let txn = db.begin().await?;
     let moved = txn
         .execute_raw(stmt(
             "UPDATE runs SET status = 'cancelled', finished_at = now(),
                     error_message = 'cancelled before it started'
              WHERE id = $1 AND status = 'queued' AND attempt = $2",
-            vec![run_id.into(), run.attempt.into()],
+            vec![run_id.into(), attempt.into()],
         ))
         .await?
         .rows_affected();
     txn.execute_raw(stmt(
-        "DELETE FROM task_outbox WHERE run_id = $1",
+        "DELETE FROM cancel_requests WHERE run_id = $1",
         vec![run_id.into()],
     ))
     .await?;
-    if moved == 0 {
-        return Err(Error::Conflict(format!(
-            "run {run_id} changed while it was being cancelled"
-        )));
+    if moved > 0 {
+        txn.execute_raw(stmt(
+            "DELETE FROM task_outbox WHERE run_id = $1",
+            vec![run_id.into()],
+        ))
+        .await?;
     }
-    let model = run::Entity::find_by_id(run_id)
-        .one(&txn)
-        .await?
-        .ok_or(Error::NotFound {
-            what: "run",
-            id: run_id,
-        })?;
     txn.commit().await?;
-    Ok(model)
+    Ok(moved > 0)
+}
+
+/// Drops the cancel request of `(run, attempt)`: its attempt began before the fence.
+///
+/// # Errors
+/// When the database fails.
+pub async fn drop_cancel_request(
+    db: &impl ConnectionTrait,
+    run_id: Uuid,
+    attempt: i32,
+) -> Result<()> {
+    db.execute_raw(stmt(
+        "DELETE FROM cancel_requests WHERE run_id = $1 AND attempt = $2",
+        vec![run_id.into(), attempt.into()],
+    ))
+    .await?;
+    Ok(())
 }
 
 /// What [`withdraw_ahead`] did.
@@ -742,7 +833,21 @@ pub fn first_outcomes<'a>(results: impl IntoIterator<Item = &'a RunResult>) -> B
     let mut batch = Batch::default();
     for r in results {
         if r.outcome.is_some() {
-            batch.finished.entry((r.run_id, r.attempt)).or_insert(r);
+            match batch.finished.entry((r.run_id, r.attempt)) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(r);
+                }
+                // Another execution of the same attempt (not a replay of the same one) is
+                // recorded as a repeat, never dropped.
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let first = *e.get();
+                    if execution(first) != execution(r)
+                        && !batch.repeats.iter().any(|p| execution(p) == execution(r))
+                    {
+                        batch.repeats.push(r);
+                    }
+                }
+            }
         } else {
             let e = batch.started.entry(r.run_id).or_insert(r);
             if r.attempt > e.attempt {
@@ -759,9 +864,17 @@ pub fn first_outcomes<'a>(results: impl IntoIterator<Item = &'a RunResult>) -> B
     batch
 }
 
+/// What tells one execution of an attempt from another: a replay of the same outcome has the
+/// same executor and start, a second execution has not.
+fn execution(r: &RunResult) -> (Uuid, i32, &str, DateTime<Utc>) {
+    (r.run_id, r.attempt, r.executor_id.as_str(), r.started_at)
+}
+
 /// The results of one ingest batch, de-duplicated by [`first_outcomes`].
 #[derive(Default)]
 pub struct Batch<'a> {
     pub started: HashMap<Uuid, &'a RunResult>,
     pub finished: HashMap<(Uuid, i32), &'a RunResult>,
+    /// Further executions of an attempt that `finished` holds an outcome of.
+    pub repeats: Vec<&'a RunResult>,
 }

@@ -194,13 +194,13 @@ async fn ingest_stopped_for_longer_than_a_lease_executes_nothing_twice() {
 }
 
 /// `netcron executor` as its own process, so it can be frozen with SIGSTOP.
-struct ExecutorProcess(Child);
+pub(crate) struct ExecutorProcess(Child);
 
 impl ExecutorProcess {
     /// Starts `netcron executor`; with `skew` (libfaketime's `FAKETIME`, e.g. `-5m`) its wall
     /// clock is shifted by preloading libfaketime into the process itself, so the child is the
     /// executor and nothing outlives the test.
-    fn start(app: &TestApp, skew: Option<&str>) -> Self {
+    pub(crate) fn start(app: &TestApp, skew: Option<&str>) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_netcron"));
         command
             .arg("executor")
@@ -225,7 +225,7 @@ impl ExecutorProcess {
         Self(command.spawn().expect("netcron executor"))
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.0.id().to_string())

@@ -17,6 +17,7 @@ mod inventory;
 mod lifecycle;
 mod network;
 mod operations;
+mod partial;
 mod pgfailover;
 mod reuse;
 mod runs;

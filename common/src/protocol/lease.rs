@@ -36,13 +36,21 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 const START: &str = r"
 local pending = redis.call('XPENDING', KEYS[2], ARGV[5], ARGV[3], ARGV[3], 1)
 if #pending == 0 then return 'gone' end
-local cur = redis.call('HMGET', KEYS[1], 'a', 's', 'e')
+local cur = redis.call('HMGET', KEYS[1], 'a', 's', 'e', 'h', 'x')
 local attempt = tonumber(ARGV[1])
 if cur[1] then
   local a = tonumber(cur[1])
   if a > attempt then return 'superseded' end
   if a == attempt then
-    if cur[2] == 'leased' and tonumber(cur[3]) > now then return 'held' end
+    if cur[2] == 'leased' and tonumber(cur[3]) > now then
+      -- The same holder asking again for the same entry is a retry whose reply was lost: the
+      -- lease is already its own (and `started` already published), so it may run.
+      if cur[4] == ARGV[2] and cur[5] == ARGV[3] then
+        redis.call('HSET', KEYS[1], 'e', now + tonumber(ARGV[4]))
+        return 'started'
+      end
+      return 'held'
+    end
     return 'began:' .. cur[2]
   end
 end
@@ -67,9 +75,9 @@ for i = 5, #ARGV, 5 do
   if #redis.call('XPENDING', KEYS[1], ARGV[1], entry, entry, 1) > 0 then
     local a = redis.call('HGET', key, 'a')
     if not a or tonumber(a) < attempt then
-      redis.call('HSET', key, 'a', ARGV[i + 1], 's', 'done', 'h', ARGV[2], 'e', now, 'x', entry)
-      redis.call('EXPIRE', key, ARGV[3])
-      redis.call('XADD', KEYS[2], '*', 'v', ARGV[4], 'run_id', ARGV[i + 3], 'body', ARGV[i + 4])
+      local o = redis.call('XADD', KEYS[2], '*', 'v', ARGV[4], 'run_id', ARGV[i + 3], 'body', ARGV[i + 4])
+      redis.call('HSET', key, 'a', ARGV[i + 1], 's', 'done', 'h', ARGV[2], 'e', now, 'x', entry, 'o', o)
+      redis.call('PERSIST', key)
       ran = 1
     end
     redis.call('XACK', KEYS[1], ARGV[1], entry)
@@ -79,14 +87,16 @@ end
 return out
 ";
 
-/// KEYS: run keys. ARGV: holder, lease ms, then one attempt per key. Answers the 1-based
-/// positions of the keys whose lease this holder no longer has.
+/// KEYS: run keys. ARGV: holder, lease ms, safety ttl s, then one attempt per key. Answers
+/// the 1-based positions of the keys whose lease this holder no longer has. A renewal also
+/// renews the key's own safety expiry, so a command that runs longer than it keeps its lease.
 const RENEW: &str = r"
 local lost = {}
 for i, key in ipairs(KEYS) do
   local cur = redis.call('HMGET', key, 'a', 's', 'h')
-  if cur[1] == ARGV[2 + i] and cur[2] == 'leased' and cur[3] == ARGV[1] then
+  if cur[1] == ARGV[3 + i] and cur[2] == 'leased' and cur[3] == ARGV[1] then
     redis.call('HSET', key, 'e', now + tonumber(ARGV[2]))
+    redis.call('EXPIRE', key, ARGV[3])
   else
     table.insert(lost, i)
   end
@@ -97,22 +107,24 @@ return lost
 /// KEYS: run key, tasks stream, results stream, large-results counter. ARGV: attempt, holder,
 /// entry id, group, safety ttl s, then the outcome's `v`, `run_id`, `body`, then the size
 /// above which a result counts as large. The outcome is always published: one of a revoked
-/// lease is recorded by ingest as superseded, never dropped.
+/// lease is recorded by ingest as superseded, never dropped. A `done` key keeps the outcome's
+/// entry id (`o`) and does not expire: it lasts until ingest stored the outcome, however long
+/// ingest is away, and the re-queue pass can tell an outcome that waits from one Redis lost.
 const FINISH: &str = r"
-redis.call('XADD', KEYS[3], '*', 'v', ARGV[6], 'run_id', ARGV[7], 'body', ARGV[8])
+local o = redis.call('XADD', KEYS[3], '*', 'v', ARGV[6], 'run_id', ARGV[7], 'body', ARGV[8])
 if string.len(ARGV[8]) > tonumber(ARGV[9]) then redis.call('INCR', KEYS[4]) end
 redis.call('XACK', KEYS[2], ARGV[4], ARGV[3])
 local cur = redis.call('HMGET', KEYS[1], 'a', 's', 'h')
 if cur[1] == ARGV[1] and cur[2] == 'leased' and cur[3] == ARGV[2] then
-  redis.call('HSET', KEYS[1], 's', 'done')
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('HSET', KEYS[1], 's', 'done', 'o', o)
+  redis.call('PERSIST', KEYS[1])
   return 1
 end
 return 0
 ";
 
-/// KEYS: tasks stream. ARGV: group, then triples (run key, attempt, entry id or '').
-/// Answers per run a pair: state and lease expiry (or 0).
+/// KEYS: tasks stream, results stream. ARGV: group, then triples (run key, attempt, entry id
+/// or ''). Answers per run a pair: state and lease expiry (or 0).
 const CHECK: &str = r"
 local function id_of(text)
   local ms, seq = string.match(text, '^(%d+)-(%d+)$')
@@ -136,7 +148,7 @@ end
 local out = {}
 for i = 2, #ARGV, 3 do
   local key, attempt, entry = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local cur = redis.call('HMGET', key, 'a', 's', 'e')
+  local cur = redis.call('HMGET', key, 'a', 's', 'e', 'o')
   local state, expiry = nil, 0
   if cur[1] and tonumber(cur[1]) > attempt then
     state = 'ahead'
@@ -144,6 +156,10 @@ for i = 2, #ARGV, 3 do
     expiry = tonumber(cur[3] or 0)
     if cur[2] == 'leased' then
       if expiry > now then state = 'alive' else state = 'expired' end
+    elseif cur[2] == 'done' and cur[4] and #redis.call('XRANGE', KEYS[2], cur[4], cur[4]) == 0 then
+      -- The outcome is neither stored (Postgres still has the run in flight) nor on the
+      -- results stream: Redis lost it.
+      state = 'outcome_lost'
     else
       state = cur[2]
     end
@@ -164,9 +180,10 @@ end
 return out
 ";
 
-/// KEYS: run keys. ARGV: safety ttl s, then pairs (attempt, expiry seen or 0). Revokes each
-/// attempt whose lease is still the expired one seen (or that never had a key), so neither its
-/// holder nor any copy of its task can go on with it. Answers 1/0 per key.
+/// KEYS: run keys. ARGV: safety ttl s, then pairs (attempt, expiry seen or 0, or -1 for a
+/// `done` attempt whose outcome was lost). Revokes each attempt whose lease is still the
+/// expired one seen (or that never had a key, or is fenced), so neither its holder nor any
+/// copy of its task can go on with it. Answers 1/0 per key.
 const REVOKE: &str = r"
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -176,9 +193,11 @@ for i, key in ipairs(KEYS) do
   if cur[1] == false or tonumber(cur[1]) < attempt then
     if seen == 0 then ok = 1 end
   elseif tonumber(cur[1]) == attempt then
-    if cur[2] == 'revoked' then
+    if cur[2] == 'revoked' or cur[2] == 'cancelled' then
       ok = 1
     elseif cur[2] == 'leased' and tonumber(cur[3]) == seen and seen <= now then
+      ok = 1
+    elseif cur[2] == 'done' and seen == -1 then
       ok = 1
     end
   end
@@ -191,10 +210,13 @@ end
 return out
 ";
 
-/// KEYS: run keys. ARGV: ttl s. Marks the attempts of stored outcomes `stored` for a while.
+/// KEYS: run keys. ARGV: ttl s, then one attempt per key. Marks the `done` attempts whose
+/// outcomes ingest has read `stored` for a while; a key of another attempt, or one still
+/// leased, is not touched.
 const STORED: &str = r"
-for _, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('HMGET', key, 'a', 's')
+  if cur[1] == ARGV[1 + i] and cur[2] == 'done' then
     redis.call('HSET', key, 's', 'stored')
     redis.call('EXPIRE', key, ARGV[1])
   end
@@ -211,6 +233,20 @@ end
 redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 'cancelled')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
+";
+
+/// KEYS: run key, results stream. ARGV: attempt, holder, then the outcome's `v`, `run_id`,
+/// `body`. Publishes the error outcome of a dead-lettered task and, unless its attempt (or a
+/// later one) already has a key, records the attempt `done` with that outcome, so the re-queue
+/// pass waits for ingest instead of taking the acknowledged task for a lost one.
+const DEAD: &str = r"
+local o = redis.call('XADD', KEYS[2], '*', 'v', ARGV[3], 'run_id', ARGV[4], 'body', ARGV[5])
+local a = redis.call('HGET', KEYS[1], 'a')
+if not a or tonumber(a) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'a', ARGV[1], 's', 'done', 'h', ARGV[2], 'e', now, 'o', o)
+  redis.call('PERSIST', KEYS[1])
+end
+return o
 ";
 
 /// How long a run's key stays after ingest stored its outcome.
@@ -255,6 +291,9 @@ pub enum Found {
     Waiting,
     /// Neither a lease nor the task: the task or its outcome was lost with Redis' data.
     Lost,
+    /// The attempt finished (`done`), but its outcome is no longer on the results stream
+    /// although Postgres has not stored it: Redis lost it.
+    OutcomeLost,
     /// No lease and no task entry id to look for (published by an older version).
     Unknown,
 }
@@ -402,7 +441,7 @@ impl Leases {
             return Ok(Vec::new());
         }
         let mut call = self.renew.prepare_invoke();
-        call.arg(holder).arg(lease_ms);
+        call.arg(holder).arg(lease_ms).arg(self.safety_ttl_s);
         for (run_id, attempt) in held {
             call.key(self.streams.run_key(*run_id))
                 .arg(attempt.to_string());
@@ -459,7 +498,7 @@ impl Leases {
             return Ok(Vec::new());
         }
         let mut call = self.check.prepare_invoke();
-        call.key(tasks).arg(self.group);
+        call.key(tasks).key(&self.streams.results).arg(self.group);
         for p in probes {
             call.arg(self.streams.run_key(p.run_id))
                 .arg(p.attempt)
@@ -482,6 +521,7 @@ impl Leases {
                 "ahead" => Found::Ahead,
                 "waiting" => Found::Waiting,
                 "lost" => Found::Lost,
+                "outcome_lost" => Found::OutcomeLost,
                 _ => Found::Unknown,
             });
         }
@@ -532,23 +572,40 @@ impl Leases {
         Ok(done == 1)
     }
 
-    /// Marks the runs whose outcome is stored (ingest calls this after its commit): their keys
-    /// expire [`STORED_TTL_S`] later.
+    /// The command that publishes `result`, the error outcome of a dead-lettered task, and
+    /// records its attempt `done` (see `DEAD`), to be queued in the dead-lettering pipeline.
+    pub fn dead_letter_outcome(&self, result: &RunResult) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(format!("{NOW}{DEAD}"))
+            .arg(2)
+            .arg(self.streams.run_key(result.run_id))
+            .arg(&self.streams.results)
+            .arg(result.attempt)
+            .arg(&result.executor_id);
+        for (_, value) in result.fields() {
+            cmd.arg(value);
+        }
+        cmd
+    }
+
+    /// Marks the `(run, attempt)`s whose outcomes ingest has read and committed (applied,
+    /// superseded, repeated, or of a run that no longer exists): their `done` keys expire
+    /// [`STORED_TTL_S`] later.
     ///
     /// # Errors
     /// When Redis fails.
     pub async fn stored<C: redis::aio::ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        runs: &[Uuid],
+        runs: &[(Uuid, i32)],
     ) -> redis::RedisResult<()> {
         if runs.is_empty() {
             return Ok(());
         }
         let mut call = self.stored.prepare_invoke();
         call.arg(STORED_TTL_S);
-        for run in runs {
-            call.key(self.streams.run_key(*run));
+        for (run, attempt) in runs {
+            call.key(self.streams.run_key(*run)).arg(attempt);
         }
         call.invoke_async::<i64>(conn).await.map(|_| ())
     }
