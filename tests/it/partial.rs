@@ -475,3 +475,160 @@ async fn an_outcome_redis_lost_before_ingest_read_it_is_run_again_as_the_next_at
     shutdown.cancel();
     ingesting.await.expect("ingest stops");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_waits_until_a_replica_holds_its_lease() {
+    use crate::sentinel::Server;
+    let dir = crate::sites::temp_dir("wait");
+    let plain = "save \"\"\nappendonly no\nrepl-diskless-sync-delay 0\n";
+    let master = Server::start(&dir, "master", plain, false);
+    let replica = Server::start(
+        &dir,
+        "replica",
+        &format!("{plain}replicaof 127.0.0.1 {}\n", master.port),
+        false,
+    );
+    crate::helpers::eventually("the replica in sync", Duration::from_secs(30), || async {
+        let info: String = replica
+            .query(redis::cmd("INFO").arg("replication"))
+            .await
+            .ok()?;
+        info.contains("master_link_status:up").then_some(())
+    })
+    .await;
+    let app =
+        TestApp::spawn_with(|s| s.redis.url = format!("redis://127.0.0.1:{}", master.port)).await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let _scheduler = start_scheduler(&app).await;
+    let (_executor, _) = start_executor(
+        &app,
+        netcron_executor::ExecutorConfig {
+            start_replicas: 1,
+            start_wait: Duration::from_secs(3),
+            ..config()
+        },
+    )
+    .await;
+    let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"command": executions.command("sleep 2"), "timeout_s": 20}),
+    )
+    .await;
+    let unreplicated =
+        |text: &str| crate::helpers::metric(text, "netcron_executor_unreplicated_starts_total");
+
+    // The replica answers: the lease is on it before the command starts.
+    let first = run_now(&app, &device, &c).await;
+    executions.wait_for(1, Duration::from_secs(30)).await;
+    let key = streams(&app).run_key(uuid(&first));
+    let on_replica: Option<String> = replica
+        .query(redis::cmd("HGET").arg(&key).arg("s"))
+        .await
+        .expect("HGET on the replica");
+    assert_eq!(on_replica.as_deref(), Some("leased"));
+    wait_for_status(&app, &first, &TERMINAL, Duration::from_secs(30)).await;
+    assert_eq!(unreplicated(&app.metrics_text().await), 0.0);
+
+    // The replica is frozen: the start waits for it (3 s), then runs anyway, counted.
+    let pid = replica.pid().expect("replica pid").to_string();
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill -STOP");
+    assert!(stop.success());
+    let asked = chrono::Utc::now();
+    let second = run_now(&app, &device, &c).await;
+    executions.wait_for(2, Duration::from_secs(30)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    let began = executions
+        .started()
+        .into_iter()
+        .find(|(run, ..)| *run == second)
+        .map(|(_, _, at)| at)
+        .expect("the second run executed");
+    assert!(
+        (began - asked).num_milliseconds() >= 2500,
+        "the command began {} ms after it was asked for, before the replica could hold its lease",
+        (began - asked).num_milliseconds()
+    );
+    let run = wait_for_status(&app, &second, &TERMINAL, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(unreplicated(&app.metrics_text().await), 1.0);
+}
+
+#[tokio::test]
+async fn a_dead_lettered_task_waits_for_ingest_and_is_not_taken_for_a_lost_one() {
+    let app = TestApp::spawn_with(|s| s.ingest = false).await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let _scheduler = start_scheduler(&app).await;
+    let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"command": executions.command("true"), "timeout_s": 5}),
+    )
+    .await;
+    let run_id = run_now(&app, &device, &c).await;
+    let s = streams(&app);
+    // The run's task, as published, is replaced by one no executor can read (a version from
+    // the future), before any executor is there.
+    let published =
+        crate::helpers::eventually("the task published", Duration::from_secs(10), || async {
+            crate::executor::entries(&app, &s.tasks)
+                .await
+                .into_iter()
+                .find(|(_, m)| m.get("run_id") == Some(&run_id))
+                .map(|(id, _)| id)
+        })
+        .await;
+    let mut redis = app.redis().await;
+    let _: i64 = redis.xdel(&s.tasks, &[&published]).await.expect("XDEL");
+    let unreadable: String = redis
+        .xadd(
+            &s.tasks,
+            "*",
+            &[("v", "99"), ("run_id", run_id.as_str()), ("body", "{}")],
+        )
+        .await
+        .expect("XADD");
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE task_outbox SET stream_id = '{unreadable}' WHERE run_id = '{run_id}'"
+        ))
+        .await
+        .expect("outbox row");
+
+    let (_executor, _) = start_executor(&app, config()).await;
+    crate::helpers::eventually("dead-lettered", Duration::from_secs(10), || async {
+        let dead = crate::executor::entries(&app, &s.dead_letter).await;
+        (!dead.is_empty()).then_some(())
+    })
+    .await;
+    // Several re-queue passes (every second) while the error outcome waits for ingest: the
+    // acknowledged task is not lost, and the run is not started again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let run = get_run(&app, &run_id).await;
+    assert_eq!(run["status"], "queued", "{run}");
+    assert_eq!(run["attempt"], 1, "{run}");
+    assert!(executions.lines().is_empty(), "{:?}", executions.lines());
+
+    let shutdown = CancellationToken::new();
+    let ingesting = tokio::spawn(ingest(&app).run(shutdown.clone()));
+    let run = wait_for_status(&app, &run_id, &TERMINAL, Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "error", "{run}");
+    assert_eq!(run["attempt"], 1, "{run}");
+    assert!(
+        run["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("dead-lettered")),
+        "{run}"
+    );
+    shutdown.cancel();
+    ingesting.await.expect("ingest stops");
+}

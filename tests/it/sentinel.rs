@@ -22,13 +22,13 @@ use crate::sshd::{TEST_PASSWORD, TEST_USER, TestSshd, free_port};
 const SERVICE: &str = "nczmaster";
 
 /// A redis-server (or Sentinel) of this test, killed on drop.
-struct Server {
-    port: u16,
+pub(crate) struct Server {
+    pub(crate) port: u16,
     child: Option<Child>,
 }
 
 impl Server {
-    fn start(dir: &std::path::Path, name: &str, config: &str, sentinel: bool) -> Server {
+    pub(crate) fn start(dir: &std::path::Path, name: &str, config: &str, sentinel: bool) -> Server {
         let port = free_port();
         let path = dir.join(format!("{name}.conf"));
         fs::write(
@@ -75,7 +75,15 @@ impl Server {
         }
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    /// The server's process id (to freeze it with SIGSTOP).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
         let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         cmd.query_async(&mut conn).await
