@@ -290,8 +290,22 @@ pub async fn cancel(
     let mut conn = redis
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("redis")))?;
-    Ok(netcron_lifecycle::runs::cancel(db, &mut conn, leases, run_id).await?)
+        .map_err(|e| {
+            ApiError::unavailable(format!(
+                "Redis is unreachable ({e}); run {run_id} was not cancelled, try again"
+            ))
+        })?;
+    netcron_lifecycle::runs::cancel(db, &mut conn, leases, run_id)
+        .await
+        .map_err(|e| match e {
+            // The request is recorded: the re-queue pass finishes it once Redis answers,
+            // unless the run starts first.
+            netcron_lifecycle::Error::Redis(e) => ApiError::unavailable(format!(
+                "Redis failed ({e}) while run {run_id} was being cancelled; the cancel is \
+                 recorded and completes within a re-queue pass unless the run starts first"
+            )),
+            other => other.into(),
+        })
 }
 
 /// A run's status alone (the live-output follower polls it).
