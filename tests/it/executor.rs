@@ -114,6 +114,22 @@ pub(crate) async fn start_executor(app: &TestApp, config: ExecutorConfig) -> (Ru
     )
 }
 
+/// Ingest as its own role, for tests that start it when they want outcomes stored.
+pub(crate) fn ingest(app: &TestApp) -> netcron_ingest::Ingest {
+    netcron_ingest::Ingest::new(
+        app.db.clone(),
+        &netcron_common::config::RedisSettings {
+            url: app.redis_url.clone(),
+            stream_prefix: app.stream_prefix.clone(),
+        },
+        app.key.clone(),
+        100,
+        1,
+        &app.telemetry,
+    )
+    .expect("ingest")
+}
+
 /// Scheduler and executor for one test.
 pub(crate) async fn pipeline(app: &TestApp) -> (Running, Running) {
     let scheduler = start_scheduler(app).await;

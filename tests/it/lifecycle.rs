@@ -11,8 +11,6 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
-use netcron_common::config::RedisSettings;
-use netcron_ingest::Ingest;
 use netcron_scheduler::{Scheduler, SchedulerConfig, SkewedClock, SystemClock};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -171,19 +169,7 @@ async fn ingest_stopped_for_longer_than_a_lease_executes_nothing_twice() {
         assert_eq!(get_run(&app, run_id).await["status"], "queued");
     }
     let shutdown = CancellationToken::new();
-    let ingest = Ingest::new(
-        app.db.clone(),
-        &RedisSettings {
-            url: app.redis_url.clone(),
-            stream_prefix: app.stream_prefix.clone(),
-        },
-        app.key.clone(),
-        100,
-        1,
-        &app.telemetry,
-    )
-    .expect("ingest");
-    let ingesting = tokio::spawn(ingest.run(shutdown.clone()));
+    let ingesting = tokio::spawn(crate::executor::ingest(&app).run(shutdown.clone()));
     for run_id in &runs {
         wait_for_status(&app, run_id, &TERMINAL, Duration::from_secs(30)).await;
     }

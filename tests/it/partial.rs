@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use netcron_common::protocol::lease::{Leases, Start};
 use netcron_common::protocol::{EXECUTOR_GROUP, RunResult};
-use netcron_ingest::Ingest;
 use redis::AsyncCommands as _;
 use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::{
-    TERMINAL, command, config, get_run, password_device, run_now, start_executor, start_scheduler,
-    streams, wait_for_status,
+    Running, TERMINAL, command, config, get_run, ingest, password_device, run_now, start_executor,
+    start_scheduler, streams, wait_for_status,
 };
 use crate::helpers::TestApp;
 use crate::lifecycle::{Executions, ExecutorProcess};
@@ -25,23 +24,67 @@ fn uuid(text: &str) -> uuid::Uuid {
     text.parse().expect("uuid")
 }
 
-/// A device busy with a 3 s command, and a second run queued behind it.
-async fn busy_device_with_a_run_behind(
-    app: &TestApp,
-    sshd: &TestSshd,
-    executions: &Executions,
-) -> (String, String) {
-    let device = password_device(app, "busy", sshd.port, TEST_PASSWORD).await;
-    let c = command(
-        app,
-        &device,
-        json!({"command": executions.command("sleep 3"), "timeout_s": 20}),
+/// A scheduler and an executor of `app`, and a device on a real sshd whose command records
+/// each execution on the host, then runs `shell`.
+struct Host {
+    /// Kept for the test's length: the device's server.
+    _sshd: TestSshd,
+    executions: Executions,
+    device: Value,
+    command: Value,
+    _scheduler: Running,
+    _executor: Running,
+}
+
+impl Host {
+    async fn start(app: &TestApp, shell: &str) -> Self {
+        let sshd = TestSshd::start();
+        let executions = Executions::new();
+        let _scheduler = start_scheduler(app).await;
+        let (_executor, _) = start_executor(app, config()).await;
+        let device = password_device(app, "host", sshd.port, TEST_PASSWORD).await;
+        let command = command(
+            app,
+            &device,
+            json!({"command": executions.command(shell), "timeout_s": 20}),
+        )
+        .await;
+        Self {
+            _sshd: sshd,
+            executions,
+            device,
+            command,
+            _scheduler,
+            _executor,
+        }
+    }
+
+    async fn run(&self, app: &TestApp) -> String {
+        run_now(app, &self.device, &self.command).await
+    }
+}
+
+/// A field of a run's lease hash, once it is there.
+async fn lease_field(app: &TestApp, run_id: &str, field: &str) -> String {
+    let key = streams(app).run_key(uuid(run_id));
+    crate::helpers::eventually(
+        &format!("lease field {field}"),
+        Duration::from_secs(10),
+        || async {
+            let value: Option<String> = app.redis().await.hget(&key, field).await.ok()?;
+            value
+        },
     )
-    .await;
-    let first = run_now(app, &device, &c).await;
-    executions.wait_for(1, Duration::from_secs(30)).await;
-    let behind = run_now(app, &device, &c).await;
-    (first, behind)
+    .await
+}
+
+/// A device busy with a 3 s command, and a second run queued behind it.
+async fn busy_device_with_a_run_behind(app: &TestApp) -> (Host, String, String) {
+    let host = Host::start(app, "sleep 3").await;
+    let first = host.run(app).await;
+    host.executions.wait_for(1, Duration::from_secs(30)).await;
+    let behind = host.run(app).await;
+    (host, first, behind)
 }
 
 /// How many times `run_id` executed on the host, per attempt.
@@ -57,11 +100,8 @@ fn executed(executions: &Executions, run_id: &str) -> Vec<i64> {
 #[tokio::test]
 async fn a_cancel_cut_off_while_the_run_row_is_locked_never_strands_the_run() {
     let app = TestApp::spawn().await;
-    let sshd = TestSshd::start();
-    let executions = Executions::new();
-    let _scheduler = start_scheduler(&app).await;
-    let (_executor, _) = start_executor(&app, config()).await;
-    let (first, behind) = busy_device_with_a_run_behind(&app, &sshd, &executions).await;
+    let (host, first, behind) = busy_device_with_a_run_behind(&app).await;
+    let executions = &host.executions;
 
     // Any slow transaction holds the row: here one that sleeps for 4 s.
     let db = app.db.clone();
@@ -90,7 +130,7 @@ async fn a_cancel_cut_off_while_the_run_row_is_locked_never_strands_the_run() {
     // Cancelled, or still runnable and then run: never left queued behind a fence.
     let run = wait_for_status(&app, &behind, &TERMINAL, Duration::from_secs(40)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let ran = executed(&executions, &behind);
+    let ran = executed(executions, &behind);
     match run["status"].as_str() {
         Some("cancelled") => assert!(ran.is_empty(), "a cancelled run executed: {ran:?}"),
         Some("succeeded") => assert_eq!(ran.len(), 1, "{run}"),
@@ -101,11 +141,8 @@ async fn a_cancel_cut_off_while_the_run_row_is_locked_never_strands_the_run() {
 #[tokio::test]
 async fn a_cancel_interrupted_after_it_was_recorded_is_finished_and_nothing_runs() {
     let app = TestApp::spawn().await;
-    let sshd = TestSshd::start();
-    let executions = Executions::new();
-    let _scheduler = start_scheduler(&app).await;
-    let (_executor, _) = start_executor(&app, config()).await;
-    let (first, behind) = busy_device_with_a_run_behind(&app, &sshd, &executions).await;
+    let (host, first, behind) = busy_device_with_a_run_behind(&app).await;
+    let executions = &host.executions;
 
     // What a cancel leaves when its process dies right after step 1: the request, no fence.
     app.db
@@ -121,7 +158,7 @@ async fn a_cancel_interrupted_after_it_was_recorded_is_finished_and_nothing_runs
     wait_for_status(&app, &first, &TERMINAL, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        executed(&executions, &behind).is_empty(),
+        executed(executions, &behind).is_empty(),
         "{:?}",
         executions.lines()
     );
@@ -139,11 +176,8 @@ async fn a_cancel_interrupted_after_it_was_recorded_is_finished_and_nothing_runs
 #[tokio::test]
 async fn a_fence_without_a_recorded_cancel_gives_the_run_its_next_attempt() {
     let app = TestApp::spawn().await;
-    let sshd = TestSshd::start();
-    let executions = Executions::new();
-    let _scheduler = start_scheduler(&app).await;
-    let (_executor, _) = start_executor(&app, config()).await;
-    let (_, behind) = busy_device_with_a_run_behind(&app, &sshd, &executions).await;
+    let (host, _, behind) = busy_device_with_a_run_behind(&app).await;
+    let executions = &host.executions;
 
     // A fence whose transition never reached Postgres: a withdrawal that rolled back, or a
     // cancel from a version that fenced first.
@@ -165,7 +199,7 @@ async fn a_fence_without_a_recorded_cancel_gives_the_run_its_next_attempt() {
         "{run}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(executed(&executions, &behind), vec![2]);
+    assert_eq!(executed(executions, &behind), vec![2]);
 }
 
 #[tokio::test]
@@ -344,52 +378,17 @@ async fn renewing_a_lease_renews_its_key_so_a_long_command_keeps_it() {
     );
 }
 
-/// Ingest as its own role, started by the test when it wants outcomes stored.
-fn ingest(app: &TestApp) -> Ingest {
-    Ingest::new(
-        app.db.clone(),
-        &netcron_common::config::RedisSettings {
-            url: app.redis_url.clone(),
-            stream_prefix: app.stream_prefix.clone(),
-        },
-        app.key.clone(),
-        100,
-        1,
-        &app.telemetry,
-    )
-    .expect("ingest")
-}
-
 #[tokio::test]
 async fn a_finished_attempt_waits_for_ingest_however_long_and_is_not_run_again() {
     let app = TestApp::spawn_with(|s| s.ingest = false).await;
-    let sshd = TestSshd::start();
-    let executions = Executions::new();
-    let _scheduler = start_scheduler(&app).await;
-    let (_executor, _) = start_executor(&app, config()).await;
-    let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
-    let c = command(
-        &app,
-        &device,
-        json!({"command": executions.command("true"), "timeout_s": 5}),
-    )
-    .await;
-    let run_id = run_now(&app, &device, &c).await;
+    let host = Host::start(&app, "true").await;
+    let executions = &host.executions;
+    let run_id = host.run(&app).await;
     executions.wait_for(1, Duration::from_secs(30)).await;
+    // The outcome is published (the lease names its entry on the results stream).
+    lease_field(&app, &run_id, "o").await;
     let key = streams(&app).run_key(uuid(&run_id));
     let mut redis = app.redis().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let state: Option<String> = redis.hget(&key, "s").await.expect("HGET");
-        if state.as_deref() == Some("done") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no outcome published"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     // The outcome waits for ingest: its key must outlive any ingest outage, so it has no
     // expiry (a key that expired would make the run look lost and run it again).
     let ttl: i64 = redis.ttl(&key).await.expect("TTL");
@@ -402,20 +401,17 @@ async fn a_finished_attempt_waits_for_ingest_however_long_and_is_not_run_again()
     let run = wait_for_status(&app, &run_id, &TERMINAL, Duration::from_secs(30)).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["attempt"], 1, "{run}");
-    assert_eq!(executed(&executions, &run_id), vec![1]);
+    assert_eq!(executed(executions, &run_id), vec![1]);
     // Stored: now the key goes.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ttl: i64 = redis.ttl(&key).await.expect("TTL");
-        if ttl > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stored key without expiry"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::eventually(
+        "the stored key expires",
+        Duration::from_secs(10),
+        || async {
+            let ttl: i64 = redis.clone().ttl(&key).await.ok()?;
+            (ttl > 0).then_some(())
+        },
+    )
+    .await;
     shutdown.cancel();
     ingesting.await.expect("ingest stops");
 }
@@ -423,37 +419,18 @@ async fn a_finished_attempt_waits_for_ingest_however_long_and_is_not_run_again()
 #[tokio::test]
 async fn an_outcome_redis_lost_before_ingest_read_it_is_run_again_as_the_next_attempt() {
     let app = TestApp::spawn_with(|s| s.ingest = false).await;
-    let sshd = TestSshd::start();
-    let executions = Executions::new();
-    let _scheduler = start_scheduler(&app).await;
-    let (_executor, _) = start_executor(&app, config()).await;
-    let device = password_device(&app, "host", sshd.port, TEST_PASSWORD).await;
-    let c = command(
-        &app,
-        &device,
-        json!({"command": executions.command("true"), "timeout_s": 5}),
-    )
-    .await;
-    let run_id = run_now(&app, &device, &c).await;
+    let host = Host::start(&app, "true").await;
+    let executions = &host.executions;
+    let run_id = host.run(&app).await;
     executions.wait_for(1, Duration::from_secs(30)).await;
-    let s = streams(&app);
-    let key = s.run_key(uuid(&run_id));
-    let mut redis = app.redis().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let outcome: String = loop {
-        let o: Option<String> = redis.hget(&key, "o").await.expect("HGET");
-        if let Some(o) = o {
-            break o;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no outcome published"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    lease_field(&app, &run_id, "o").await;
     // Redis loses the outcome (and the `started` report) before ingest read them.
-    let _: i64 = redis.del(&s.results).await.expect("DEL results");
-    let _ = outcome;
+    let _: i64 = app
+        .redis()
+        .await
+        .del(&streams(&app).results)
+        .await
+        .expect("DEL results");
 
     let shutdown = CancellationToken::new();
     let ingesting = tokio::spawn(ingest(&app).run(shutdown.clone()));
@@ -471,7 +448,7 @@ async fn an_outcome_redis_lost_before_ingest_read_it_is_run_again_as_the_next_at
     };
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["attempt"], 2, "{run}");
-    assert_eq!(executed(&executions, &run_id), vec![1, 2]);
+    assert_eq!(executed(executions, &run_id), vec![1, 2]);
     shutdown.cancel();
     ingesting.await.expect("ingest stops");
 }
@@ -571,7 +548,7 @@ async fn a_dead_lettered_task_waits_for_ingest_and_is_not_taken_for_a_lost_one()
     let c = command(
         &app,
         &device,
-        json!({"command": executions.command("true"), "timeout_s": 5}),
+        json!({"command": executions.command("true")}),
     )
     .await;
     let run_id = run_now(&app, &device, &c).await;
