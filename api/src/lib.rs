@@ -38,6 +38,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use console::origin::PublicUrl;
 pub use error::ApiError;
 pub use settings::Settings;
 pub use state::AppState;

@@ -13,6 +13,7 @@
 mod admin;
 mod devices;
 mod forms;
+pub mod origin;
 mod overview;
 mod runs;
 mod schedules;
