@@ -41,7 +41,7 @@ impl Settings {
             ingest_workers,
             events: netcron_ingest::events::EventSettings::from_env()?,
             create_database: false,
-            public_url: None,
+            public_url: config::parsed_opt("NETCRON_PUBLIC_URL")?,
         })
     }
 }
