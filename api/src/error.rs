@@ -51,9 +51,14 @@ pub enum ApiError {
     /// request may succeed later.
     #[error("{0}")]
     Unavailable(String),
-    /// A `Range` header that names no byte of the resource.
-    #[error("{reason} (the output has {total} bytes)")]
-    RangeNotSatisfiable { total: u64, reason: &'static str },
+    /// A range (the `Range` header, or the `offset` parameter) that names no byte of the
+    /// resource.
+    #[error("{field}: {reason} (the output has {total} bytes)")]
+    RangeNotSatisfiable {
+        field: &'static str,
+        total: u64,
+        reason: &'static str,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -187,6 +192,7 @@ impl IntoResponse for ApiError {
                 Some(field.clone())
             }
             Self::Conflict { field, .. } => field.clone(),
+            Self::RangeNotSatisfiable { field, .. } => Some((*field).to_owned()),
             _ => None,
         };
         let problem = Problem {

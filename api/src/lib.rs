@@ -38,6 +38,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use console::origin::PublicUrl;
 pub use error::ApiError;
 pub use settings::Settings;
 pub use state::AppState;
@@ -269,6 +270,7 @@ impl Connected {
             telemetry: telemetry.clone(),
             leases: netcron_common::protocol::lease::Leases::new(streams.clone(), 24 * 3600),
             webhook_policy: settings.events.webhook_policy,
+            console_origin: console::origin::ConsoleOrigin::new(settings.public_url),
         };
         Ok(Self {
             app: router(state),

@@ -21,6 +21,9 @@ pub struct Settings {
     /// Whether to create the database named in `DATABASE_URL` when it is missing (`all` does;
     /// the api alone does not).
     pub create_database: bool,
+    /// The console's public address (`NETCRON_PUBLIC_URL`); unset, forms are checked against
+    /// `Host` and the standard forwarded headers.
+    pub public_url: Option<crate::PublicUrl>,
 }
 
 impl Settings {
@@ -38,6 +41,7 @@ impl Settings {
             ingest_workers,
             events: netcron_ingest::events::EventSettings::from_env()?,
             create_database: false,
+            public_url: config::parsed_opt("NETCRON_PUBLIC_URL")?,
         })
     }
 }

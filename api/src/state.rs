@@ -22,6 +22,8 @@ pub struct AppState {
     pub leases: Leases,
     /// Which addresses a webhook's URL may name (the dispatcher checks again on delivery).
     pub webhook_policy: WebhookPolicy,
+    /// The console's own origin, for the same-origin check of its forms.
+    pub console_origin: crate::console::origin::ConsoleOrigin,
 }
 
 impl AppState {

@@ -62,6 +62,15 @@ pub const SETTINGS: &[Setting] = &[
         example: "token-a,token-b",
     },
     Setting {
+        name: "NETCRON_PUBLIC_URL",
+        roles: &["api", "all"],
+        default: Unset(
+            "the console accepts forms from the origin in `Host`, or in `Forwarded` / `X-Forwarded-Host` and `X-Forwarded-Proto` when a proxy sets them",
+        ),
+        meaning: "The console's address as browsers reach it; when set, state-changing forms are accepted only from its origin (scheme, host and port), whatever `Host` or forwarded headers say, and the session cookie is `Secure` when it is `https`",
+        example: "https://netcron.example.net",
+    },
+    Setting {
         name: "NETCRON_SECRET_KEY",
         roles: &["api", "executor", "ingest", "all"],
         default: Required,

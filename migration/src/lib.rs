@@ -15,6 +15,7 @@ mod m20261129_000007_event_retention_indexes;
 mod m20261129_000008_device_session_reuse;
 mod m20261129_000009_console_sessions;
 mod m20261129_000011_device_zones;
+mod m20261207_000001_outputs_external_storage;
 mod m20261207_000002_cancel_requests;
 
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000008_device_session_reuse::Migration),
             Box::new(m20261129_000009_console_sessions::Migration),
             Box::new(m20261129_000011_device_zones::Migration),
+            Box::new(m20261207_000001_outputs_external_storage::Migration),
             Box::new(m20261207_000002_cancel_requests::Migration),
         ]
     }

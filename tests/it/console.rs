@@ -785,6 +785,45 @@ async fn the_console_escapes_names_refuses_forged_forms_and_signs_out() {
     b.close().await;
 }
 
+/// A sign-in form whose `next` was tampered with (a tab, a backslash, CR/LF, another origin)
+/// leaves a real browser on the console's own origin, signed in. The other origin is this very
+/// server under the name `localhost`, so a redirect that escapes would load a page rather than
+/// fail on DNS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sign_in_with_a_hostile_next_the_browser_stays_on_the_console() {
+    let app = TestApp::spawn().await;
+    let port = app.base.rsplit(':').next().expect("port").to_owned();
+    let b = Browser::open(&app.base).await;
+    for next in [
+        format!("/\t/localhost:{port}/console/sign-in"),
+        format!("/\\localhost:{port}/console/sign-in"),
+        format!("//localhost:{port}/console/sign-in"),
+        format!("http://localhost:{port}/console/sign-in"),
+        format!("/\r\n/localhost:{port}/console/sign-in"),
+        "javascript:document.title='pwned'".to_owned(),
+    ] {
+        b.goto("/console/sign-in").await;
+        let set = format!(
+            "document.querySelector('input[name=next]').value = {};",
+            serde_json::to_string(&next).expect("json")
+        );
+        b.js(&set).await;
+        b.fill("#token", TOKEN).await;
+        b.click("main button[type=submit]").await;
+        // The console's home page, signed in: the navigation bar is there.
+        b.find("header.top").await;
+        let url = b
+            .get_value(&format!("{}/url", b.session))
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(url, format!("{}/", app.base), "next={next:?}");
+        assert_ne!(b.js("return document.title").await, json!("pwned"));
+    }
+    b.close().await;
+}
+
 /// Reads Server-Sent Events from `response` until an `end` event: each event's name, id and
 /// JSON data.
 async fn read_events(mut response: reqwest::Response) -> Vec<(String, Option<String>, Value)> {

@@ -25,6 +25,7 @@ mod scheduler;
 mod schedules;
 mod security;
 mod sentinel;
+mod sign_in;
 mod sites;
 mod sshd;
 mod text_safety;

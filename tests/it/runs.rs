@@ -359,11 +359,7 @@ async fn large_outputs_list_as_summaries_and_read_in_slices() {
         (Some("€"), Some(8))
     );
 
-    for (query, field) in [
-        ("limit=0", "limit"),
-        ("offset=104857601", "offset"),
-        ("stream=both", "stream"),
-    ] {
+    for (query, field) in [("limit=0", "limit"), ("stream=both", "stream")] {
         assert_problem(
             app.get(&format!("{output}?{query}")).await,
             400,
@@ -372,6 +368,10 @@ async fn large_outputs_list_as_summaries_and_read_in_slices() {
         )
         .await;
     }
+    // An offset past the end names no byte: 416, as a range past the end.
+    let response = app.get(&format!("{output}?offset=104857601")).await;
+    assert_eq!(response.headers()["content-range"], "bytes */104857600");
+    assert_problem(response, 416, "range-not-satisfiable", Some("offset")).await;
     assert_problem(
         ranged("bytes=0-1,5-9").await.expect("send"),
         400,
@@ -438,4 +438,253 @@ async fn parameter_errors_name_the_expected_format() {
         assert_eq!(problem["field"], field, "{path}");
         assert_eq!(problem["detail"], detail, "{path}");
     }
+}
+
+/// Inserts a finished run of a fresh command with this output, bound as parameters.
+async fn run_with_output(app: &TestApp, stdout: &str, stderr: &str) -> Uuid {
+    use sea_orm::{DbBackend, Statement};
+    let (device, command) = app.command(&format!("d-{}", Uuid::now_v7())).await;
+    let run_id = Uuid::now_v7();
+    app.db
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, status, \
+             exit_code, stdout, stderr) VALUES ($1, $2, $3, 'manual', now(), 'succeeded', 0, \
+             $4, $5)",
+            [
+                run_id.into(),
+                Uuid::parse_str(id(&command)).expect("uuid").into(),
+                Uuid::parse_str(id(&device)).expect("uuid").into(),
+                stdout.into(),
+                stderr.into(),
+            ],
+        ))
+        .await
+        .expect("insert run");
+    run_id
+}
+
+/// RFC 9110 has no partial answer for an empty range: an `offset` at (or past) the end of the
+/// output is 416 with `Content-Range: bytes */<total>` and a problem naming `offset`, never a
+/// 206 whose `Content-Range` ends before it begins. A JSON slice carries its own offsets, so
+/// there the end of the output is an empty slice whose `next_offset` is the total.
+#[tokio::test]
+async fn an_offset_at_the_end_of_the_output_is_416_not_an_empty_206() {
+    let app = TestApp::spawn().await;
+    let run = run_with_output(&app, "core-sw1\n", "").await;
+    let output = format!("/runs/{run}/output");
+    for offset in [9u64, 10, 3_000_000_000, u64::MAX] {
+        let response = app.get(&format!("{output}?offset={offset}")).await;
+        assert_eq!(
+            response.headers()["content-range"],
+            "bytes */9",
+            "offset={offset}"
+        );
+        assert_problem(response, 416, "range-not-satisfiable", Some("offset")).await;
+    }
+    // The last byte is still a valid partial answer.
+    let response = app.get(&format!("{output}?offset=8")).await;
+    assert_eq!(response.status(), 206);
+    assert_eq!(response.headers()["content-range"], "bytes 8-8/9");
+    assert_eq!(response.text().await.expect("body"), "\n");
+    // JSON: the end is an empty slice that says so.
+    let response = app
+        .request(reqwest::Method::GET, &format!("{output}?offset=9"))
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .expect("send");
+    let (status, slice) = json_of(response).await;
+    assert_eq!(status, 200, "{slice}");
+    assert_eq!(
+        slice,
+        json!({"stream": "stdout", "offset": 9, "next_offset": 9, "total_bytes": 9,
+               "truncated": false, "data": ""})
+    );
+    let response = app
+        .request(reqwest::Method::GET, &format!("{output}?offset=10"))
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .expect("send");
+    assert_problem(response, 416, "range-not-satisfiable", Some("offset")).await;
+    // An empty output (a queued run, or a command that printed nothing) is whole at offset 0.
+    let empty = run_with_output(&app, "", "").await;
+    let response = app.get(&format!("/runs/{empty}/output")).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("content-range").is_none());
+}
+
+/// Numbers too large for Postgres' `int4` are refused or answered as past the end, by the API
+/// and by the console's run page, and never reach the database as a failing cast (a 500).
+#[tokio::test]
+async fn numeric_parameters_past_int4_are_answered_never_500() {
+    let app = TestApp::spawn().await;
+    let run = run_with_output(&app, "core-sw1\n", "oops\n").await;
+    let output = format!("/runs/{run}/output");
+    assert_problem(
+        app.get(&format!("{output}?limit=3000000000")).await,
+        400,
+        "invalid-parameter",
+        Some("limit"),
+    )
+    .await;
+    for range in [
+        "bytes=3000000000-",
+        "bytes=3000000000-3000000001",
+        "bytes=18446744073709551614-18446744073709551615",
+    ] {
+        let response = app
+            .request(reqwest::Method::GET, &output)
+            .header("Range", range)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 416, "{range}");
+    }
+    let response = app
+        .request(reqwest::Method::GET, &output)
+        .header("Range", "bytes=0-3000000000")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        response.status(),
+        200,
+        "the whole output, asked for by a range"
+    );
+    assert_eq!(response.text().await.expect("body"), "core-sw1\n");
+    let response = app
+        .request(reqwest::Method::GET, &output)
+        .header("Range", "bytes=-3000000000")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.text().await.expect("body"), "core-sw1\n");
+
+    // The console's run page pages through outputs with `stdout` and `stderr` offsets.
+    let session = crate::sign_in::ConsoleSession::open(&app).await;
+    let page = format!("/console/runs/{run}");
+    for (query, field) in [
+        ("stdout=3000000000", "stdout"),
+        ("stderr=3000000000", "stderr"),
+        ("stdout=10", "stdout"),
+        ("stdout=18446744073709551615", "stdout"),
+        ("stderr=99999999999999999999999", "stderr"),
+        ("stdout=-1", "stdout"),
+    ] {
+        let response = session.get(&app, &format!("{page}?{query}")).await;
+        assert_eq!(response.status(), 400, "{query}");
+        let html = response.text().await.expect("html");
+        assert!(html.contains(field), "{query}: {html}");
+    }
+    let response = session
+        .get(&app, &format!("{page}?stdout=9&stderr=2"))
+        .await;
+    assert_eq!(
+        response.status(),
+        200,
+        "an offset at the end is an empty page"
+    );
+}
+
+/// New outputs are stored out of line and uncompressed (`STORAGE EXTERNAL`), so Postgres can
+/// fetch the chunks a slice needs instead of decompressing the whole output.
+#[tokio::test]
+async fn outputs_are_stored_uncompressed_for_slicing() {
+    let app = TestApp::spawn().await;
+    let storage = app
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT attname::text AS name, attstorage::text AS storage FROM pg_attribute \
+             WHERE attrelid = 'runs'::regclass AND attname IN ('stdout', 'stderr') \
+             ORDER BY attname",
+        ))
+        .await
+        .expect("pg_attribute");
+    let modes: Vec<(String, String)> = storage
+        .iter()
+        .map(|r| {
+            (
+                r.try_get("", "name").expect("name"),
+                r.try_get("", "storage").expect("storage"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        [("stderr".into(), "e".into()), ("stdout".into(), "e".into())]
+    );
+    // A megabyte of very compressible output takes its full size on disk.
+    let line = "interface GigabitEthernet0/1 is up, line protocol is up\n";
+    let run = run_with_output(&app, &line.repeat(20_000), "").await;
+    let sizes = app
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "SELECT octet_length(stdout)::int8 AS raw, pg_column_size(stdout)::int8 AS stored \
+                 FROM runs WHERE id = '{run}'"
+            ),
+        ))
+        .await
+        .expect("sizes")
+        .expect("row");
+    let raw: i64 = sizes.try_get("", "raw").expect("raw");
+    let stored: i64 = sizes.try_get("", "stored").expect("stored");
+    assert!(stored >= raw, "stored {stored} bytes of {raw}: compressed");
+}
+
+/// Slices are byte-exact wherever they begin and end: inside multi-byte characters, near the
+/// start of a long output, in its middle and up to its last byte.
+#[tokio::test]
+async fn output_slices_are_byte_exact_across_characters_and_to_the_end() {
+    let app = TestApp::spawn().await;
+    // 1-, 2-, 3- and 4-byte characters in turn, about 300 KB of them, then a last line.
+    let mut text = String::new();
+    let mut n = 0;
+    while text.len() < 300_000 {
+        text.push_str(&format!("{n} a é € 😀 ⇒ ß\n"));
+        n += 1;
+    }
+    text.push_str("the end ✓");
+    let bytes = text.as_bytes();
+    let total = bytes.len() as u64;
+    let run = run_with_output(&app, "", &text).await;
+    let output = format!("/runs/{run}/output?stream=stderr");
+    let mut offsets: Vec<u64> = (0..12).collect();
+    offsets.extend([1_000, 4_097, 20_001, 150_000, 150_003]);
+    offsets.extend((1..=12).map(|back| total - back));
+    for offset in offsets {
+        for limit in [1u64, 2, 3, 5, 7, 64 * 1024] {
+            let response = app
+                .get(&format!("{output}&offset={offset}&limit={limit}"))
+                .await;
+            assert_eq!(response.status(), 206, "offset={offset} limit={limit}");
+            let end = (offset + limit).min(total);
+            assert_eq!(
+                response.headers()["content-range"],
+                format!("bytes {offset}-{}/{total}", end - 1).as_str()
+            );
+            let body = response.bytes().await.expect("body");
+            assert_eq!(
+                &body[..],
+                &bytes[offset as usize..end as usize],
+                "offset={offset} limit={limit}"
+            );
+        }
+    }
+    // The whole output through ranges of 8 MiB's little sibling, reassembled.
+    let mut whole = Vec::new();
+    let mut offset = 0u64;
+    while offset < total {
+        let response = app
+            .get(&format!("{output}&offset={offset}&limit=65537"))
+            .await;
+        let body = response.bytes().await.expect("body");
+        offset += body.len() as u64;
+        whole.extend_from_slice(&body);
+    }
+    assert_eq!(whole, bytes);
 }

@@ -13,6 +13,8 @@
 mod admin;
 mod devices;
 mod forms;
+mod next;
+pub mod origin;
 mod overview;
 mod runs;
 mod schedules;
@@ -118,7 +120,12 @@ pub fn render_form<T: askama::Template>(template: &T, failed: bool) -> Result<Re
 /// After a successful form post, the browser is sent to the page that shows the result (so a
 /// reload does not post twice).
 pub fn see_other(location: &str) -> Response {
-    Redirect::to(location).into_response()
+    // `Redirect::to` panics on a value that cannot be a header; a location that cannot be
+    // one (it never comes from input unchecked) leads home instead.
+    match HeaderValue::from_str(location) {
+        Ok(value) => (StatusCode::SEE_OTHER, [(header::LOCATION, value)]).into_response(),
+        Err(_) => Redirect::to("/").into_response(),
+    }
 }
 
 /// The console's routes. The signed-out pages (sign-in, assets) need no session; every other
@@ -213,17 +220,11 @@ struct NextParam {
     next: Option<String>,
 }
 
-/// Only a path of this origin is followed after sign-in, never another site.
-fn local_path(next: Option<&str>) -> String {
-    match next {
-        Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_owned(),
-        _ => "/".to_owned(),
-    }
-}
-
 async fn sign_in_page(Query(params): Query<NextParam>) -> Result<Response> {
     render(&SignInPage {
-        next: local_path(params.next.as_deref()),
+        next: next::ReturnPath::parse_or_home(params.next.as_deref())
+            .as_str()
+            .to_owned(),
         error: None,
     })
 }
@@ -237,18 +238,21 @@ async fn sign_in(
     body: axum::body::Bytes,
 ) -> Result<Response> {
     let form = forms::Fields::parse(&body);
-    let next = local_path(form.get("next"));
+    // Parsed before anything is written, so a refused `next` cannot fail the request after
+    // the session exists.
+    let next = next::ReturnPath::parse_or_home(form.get("next"));
     let token = form.get("token").unwrap_or_default().trim();
     if token.is_empty() || !session::token_matches(&state, token) {
         let mut response = render(&SignInPage {
-            next,
+            next: next.as_str().to_owned(),
             error: Some("That token is not one of this server's API tokens."),
         })?;
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(response);
     }
-    let cookie = session::open(&state, token, session::behind_tls(&headers)).await?;
-    Ok((jar.add(cookie), Redirect::to(&next)).into_response())
+    let cookie =
+        session::open(&state, token, state.console_origin.secure_cookies(&headers)).await?;
+    Ok((jar.add(cookie), see_other(next.as_str())).into_response())
 }
 
 async fn sign_out(

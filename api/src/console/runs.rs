@@ -195,10 +195,26 @@ struct RunPage {
     payload: String,
 }
 
+/// The run page's output offsets, as typed in the address bar: parsed here so that a value
+/// that is not a byte offset is a 400 naming its parameter.
 #[derive(Deserialize, Default)]
 struct ShowParams {
-    stdout: Option<u64>,
-    stderr: Option<u64>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+}
+
+/// An output offset: a whole number of bytes, empty for 0.
+fn offset(text: Option<&str>, field: &str) -> Result<u64> {
+    let text = text.unwrap_or_default().trim();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    text.parse().map_err(|_| {
+        Shown(ApiError::bad_parameter(
+            field,
+            format!("`{text}` is not a byte offset (a whole number from 0)"),
+        ))
+    })
 }
 
 async fn output_view(
@@ -208,6 +224,19 @@ async fn output_view(
     offset: u64,
 ) -> Result<OutputView> {
     let slice = runs::output(&state.db, run_id, stream, offset, OUTPUT_PAGE).await?;
+    if offset > slice.total {
+        let field = match stream {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        };
+        return Err(Shown(ApiError::bad_parameter(
+            field,
+            format!(
+                "{offset} is past the end of the output ({} bytes)",
+                slice.total
+            ),
+        )));
+    }
     // A page may begin or end inside a character: the pieces show as U+FFFD, which is
     // honest about the cut.
     let text = view::terminal_text(&String::from_utf8_lossy(&slice.bytes));
@@ -273,12 +302,19 @@ async fn show(
         })
         .collect();
     let live = !run.status.is_terminal();
+    let offsets = [
+        (
+            OutputStream::Stdout,
+            offset(params.stdout.as_deref(), "stdout")?,
+        ),
+        (
+            OutputStream::Stderr,
+            offset(params.stderr.as_deref(), "stderr")?,
+        ),
+    ];
     let mut outputs = Vec::new();
     if !live {
-        for (stream, offset) in [
-            (OutputStream::Stdout, params.stdout.unwrap_or(0)),
-            (OutputStream::Stderr, params.stderr.unwrap_or(0)),
-        ] {
+        for (stream, offset) in offsets {
             let out = output_view(&state, run_id, stream, offset).await?;
             if !out.text.is_empty() || offset > 0 || stream == OutputStream::Stdout {
                 outputs.push(out);

@@ -7,8 +7,8 @@
 //! ends its sessions on their next request, as it ends the token's API access.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::Method;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use base64::Engine as _;
@@ -124,15 +124,6 @@ pub fn removal() -> Cookie<'static> {
     Cookie::build((COOKIE, "")).path("/").build()
 }
 
-/// Whether the request reached us over TLS, as far as a terminating proxy tells: the cookie is
-/// then marked `Secure`. netcron itself serves plain HTTP (put TLS in front of it).
-pub fn behind_tls(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
-}
-
 async fn lookup(state: &AppState, jar: &CookieJar) -> Result<Option<Operator>, ApiError> {
     let Some(cookie) = jar.get(COOKIE) else {
         return Ok(None);
@@ -194,24 +185,12 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-/// A state-changing form post from a signed-in operator whose CSRF token matched.
+/// A state-changing form post from a signed-in operator whose CSRF token matched and whose
+/// `Origin` is the console's ([`super::origin::ConsoleOrigin::accepts`]): two defences, as OWASP
+/// recommends, so one failing is not enough.
 pub struct Action {
     pub operator: Operator,
     pub form: super::forms::Fields,
-}
-
-/// A browser sends `Origin` with every POST; a page of another origin cannot forge it. Checked
-/// besides the token, as OWASP recommends, so one defence failing is not enough.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    origin
-        .split_once("://")
-        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }
 
 impl FromRequest<AppState> for Action {
@@ -228,7 +207,7 @@ impl FromRequest<AppState> for Action {
             .get("x-csrf-token")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let origin_ok = same_origin(&parts.headers);
+        let origin_ok = state.console_origin.accepts(&parts.headers);
         let bytes = axum::body::to_bytes(body, crate::extract::BODY_LIMIT)
             .await
             .map_err(|_| {

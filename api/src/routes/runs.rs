@@ -226,7 +226,9 @@ pub enum OutputStreamName {
 pub struct OutputParams {
     /// `stdout` (default) or `stderr`.
     pub stream: Option<OutputStreamName>,
-    /// The first byte to return (default 0). A `Range` header takes precedence.
+    /// The first byte to return (default 0). A `Range` header takes precedence. An offset
+    /// past the end answers 416; so does one at the end of a non-empty output as `text/plain`,
+    /// while as JSON it is an empty slice (`next_offset` = `total_bytes`).
     pub offset: Option<u64>,
     /// At most this many bytes, 1 to 8,388,608 (the default).
     #[param(minimum = 1, maximum = 8_388_608)]
@@ -262,9 +264,9 @@ pub struct RunOutputView {
             (String = "text/plain", example = "core-sw1\n"), (RunOutputView = "application/json"))),
         (status = 206, description = "A part of the output; `Content-Range` says which", content(
             (String = "text/plain"))),
-        (status = 416, description = "The range names no byte of the output", body = crate::error::Problem, content_type = "application/problem+json",
+        (status = 416, description = "The range or offset names no byte of the output; `Content-Range: bytes */<total>` gives its size", body = crate::error::Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:netcron:problem:range-not-satisfiable", "title": "Range not satisfiable", "status": 416,
-                "detail": "the range begins at or after the end of the output (the output has 9 bytes)"})),
+                "detail": "offset: the offset is at or after the end of the output (the output has 9 bytes)", "field": "offset"})),
         ReadErrors))]
 async fn run_output(
     State(state): State<AppState>,
@@ -294,11 +296,22 @@ async fn run_output(
         Some(range) => range.resolve(total)?,
         None => {
             let offset = params.offset.unwrap_or(0);
-            if offset > total {
-                return Err(ApiError::bad_parameter(
-                    "offset",
-                    format!("is beyond the end of the output ({total} bytes)"),
-                ));
+            // A text answer from an offset is a partial one, and a `Content-Range` names at
+            // least one byte (RFC 9110, section 14.4): an offset at or past the end names none,
+            // as a range would not, except 0 on an empty output (the whole, empty). A JSON
+            // slice carries its own offsets, so there the end itself is an empty slice whose
+            // `next_offset` says so.
+            let past_end = if json {
+                offset > total
+            } else {
+                offset >= total && offset > 0
+            };
+            if past_end {
+                return Err(ApiError::RangeNotSatisfiable {
+                    field: "offset",
+                    total,
+                    reason: "the offset is at or after the end of the output",
+                });
             }
             (offset, limit.min(total - offset))
         }
@@ -414,11 +427,13 @@ impl ByteRange {
     fn resolve(self, total: u64) -> Result<(u64, u64)> {
         match self {
             Self::Suffix(0) => Err(ApiError::RangeNotSatisfiable {
+                field: "Range",
                 total,
                 reason: "a suffix range of 0 bytes names nothing",
             }),
             Self::Suffix(n) => Ok((total.saturating_sub(n), n.min(total))),
             Self::From { first, .. } if first >= total => Err(ApiError::RangeNotSatisfiable {
+                field: "Range",
                 total,
                 reason: "the range begins at or after the end of the output",
             }),
