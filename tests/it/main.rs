@@ -25,6 +25,7 @@ mod schedules;
 mod security;
 mod sentinel;
 mod sites;
+mod slots;
 mod sshd;
 mod text_safety;
 mod zones;

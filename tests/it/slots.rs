@@ -1,0 +1,256 @@
+//! The per-device limit across executors (issue 24): two or three executors, each its own
+//! consumer, against one real sshd. The device counts its own concurrent sessions: every
+//! command increments a counter file under `flock`, records the highest value seen, sleeps,
+//! and decrements it — so the limit is checked on the SSH host, not in netcron's tables.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use crate::executor::{
+    Running, TERMINAL, command, config, password_device, run_now, start_executor,
+    start_scheduler, wait_for_status,
+};
+use crate::helpers::TestApp;
+use crate::lifecycle::Executions;
+use crate::sshd::{TEST_PASSWORD, TestSshd};
+use netcron_executor::ExecutorConfig;
+
+/// Counts the commands running at once on the SSH host.
+struct Concurrency {
+    dir: PathBuf,
+    executions: Executions,
+}
+
+impl Concurrency {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("netcron-slots-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("counter dir");
+        // The test user runs the commands.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        Self {
+            dir,
+            executions: Executions::new(),
+        }
+    }
+
+    /// Shell text that records the execution, counts itself in for `secs`, then records when
+    /// it ended (`<run id> <unix time>` in `ends`).
+    fn command(&self, secs: u32) -> String {
+        let d = self.dir.display();
+        let counted = format!(
+            "flock {d}/lock sh -c 'n=$(( $(cat {d}/cur 2>/dev/null || echo 0) + 1 )); \
+             echo $n > {d}/cur; m=$(cat {d}/max 2>/dev/null || echo 0); \
+             if [ $n -gt $m ]; then echo $n > {d}/max; fi'; \
+             sleep {secs}; \
+             flock {d}/lock sh -c 'echo $(( $(cat {d}/cur) - 1 )) > {d}/cur'; \
+             echo \"$NETCRON_RUN_ID $(date +%s.%N)\" >> {d}/ends"
+        );
+        self.executions.command(&counted)
+    }
+
+    /// The most commands seen running at once.
+    fn max(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("max"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// When each run's command ended on the host.
+    fn ends(&self) -> Vec<(String, DateTime<Utc>)> {
+        std::fs::read_to_string(self.dir.join("ends"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (run, at) = l.split_once(' ')?;
+                let at: f64 = at.trim().parse().ok()?;
+                Some((
+                    run.to_owned(),
+                    DateTime::from_timestamp_micros((at * 1e6) as i64)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// From the end of one command to the start of the next, in order of start, in ms.
+    fn hand_overs(&self) -> Vec<i64> {
+        let mut starts = self.executions.started();
+        starts.sort_by_key(|(_, _, at)| *at);
+        let ends = self.ends();
+        starts
+            .windows(2)
+            .filter_map(|w| {
+                let (prev, _, _) = &w[0];
+                let (_, _, next) = &w[1];
+                let (_, ended) = ends.iter().find(|(run, _)| run == prev)?;
+                Some((*next - *ended).num_milliseconds())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Concurrency {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An executor of this test: one command at a time on a device (or `per_device`), few global
+/// slots, so that queued runs spread over every executor instead of one reading them all.
+fn executor_config(per_device: usize, concurrency: usize) -> ExecutorConfig {
+    ExecutorConfig {
+        per_device,
+        concurrency,
+        ..config()
+    }
+}
+
+/// Queues `n` runs of `c` on `device` and waits until each has ended; answers the runs.
+async fn queue_and_finish(app: &TestApp, device: &Value, c: &Value, n: usize) -> Vec<Value> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(run_now(app, device, c).await);
+    }
+    let mut runs = Vec::new();
+    for id in &ids {
+        runs.push(wait_for_status(app, id, &TERMINAL, Duration::from_secs(90)).await);
+    }
+    runs
+}
+
+/// Asserts that every run succeeded and executed exactly once on the host, as attempt 1.
+fn assert_each_ran_once(runs: &[Value], executions: &Executions) {
+    let counts = executions.counts();
+    assert_eq!(
+        executions.lines().len(),
+        runs.len(),
+        "executions on the host: {counts:?}"
+    );
+    for run in runs {
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert_eq!(run["attempt"], 1, "{run}");
+        let id = run["id"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(counts.get(&(id, 1)), Some(&1), "{counts:?}");
+    }
+}
+
+/// Which executors ran `runs`, each once.
+fn executors_of(runs: &[Value]) -> std::collections::BTreeSet<String> {
+    runs.iter()
+        .filter_map(|r| r["executor_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn three_executors_run_one_command_at_a_time_on_a_device_with_per_device_1() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let host = Concurrency::new();
+    let _scheduler = start_scheduler(&app).await;
+    let mut executors: Vec<Running> = Vec::new();
+    for _ in 0..3 {
+        executors.push(start_executor(&app, executor_config(1, 1)).await.0);
+    }
+    let device = password_device(&app, "one-vty", sshd.port, TEST_PASSWORD).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"command": host.command(1), "timeout_s": 10}),
+    )
+    .await;
+
+    let runs = queue_and_finish(&app, &device, &c, 6).await;
+
+    assert_eq!(host.max(), 1, "commands at once on the device");
+    assert_each_ran_once(&runs, &host.executions);
+    assert!(
+        executors_of(&runs).len() >= 2,
+        "the runs went to one executor only: {runs:?}"
+    );
+    let hand_overs = host.hand_overs();
+    eprintln!("hand-over delays on the host (ms): {hand_overs:?}");
+}
+
+#[tokio::test]
+async fn per_device_2_across_two_executors_runs_two_at_a_time_never_more() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let host = Concurrency::new();
+    let _scheduler = start_scheduler(&app).await;
+    let mut executors: Vec<Running> = Vec::new();
+    for _ in 0..2 {
+        executors.push(start_executor(&app, executor_config(2, 2)).await.0);
+    }
+    let device = password_device(&app, "two-vty", sshd.port, TEST_PASSWORD).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"command": host.command(1), "timeout_s": 10}),
+    )
+    .await;
+
+    let runs = queue_and_finish(&app, &device, &c, 6).await;
+
+    assert_eq!(host.max(), 2, "commands at once on the device");
+    assert_each_ran_once(&runs, &host.executions);
+}
+
+/// An executor that dies holding the device's slot (its task aborted, like `kill -9`: nothing
+/// is released) keeps it only until its lease lapses (`NETCRON_LEASE_TTL_S`, 3 s here); then
+/// the other executor runs the device's next command.
+#[tokio::test]
+async fn the_slot_of_a_killed_executor_is_freed_by_its_lease_and_the_other_executor_proceeds() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let host = Concurrency::new();
+    let _scheduler = start_scheduler(&app).await;
+    let (doomed, doomed_name) = start_executor(&app, executor_config(1, 1)).await;
+    let device = password_device(&app, "one-vty", sshd.port, TEST_PASSWORD).await;
+    let long = command(
+        &app,
+        &device,
+        json!({"command": host.command(6), "timeout_s": 20}),
+    )
+    .await;
+    let first = run_now(&app, &device, &long).await;
+    let running = wait_for_status(&app, &first, &["running"], Duration::from_secs(10)).await;
+    assert_eq!(running["executor_id"], doomed_name.as_str());
+    doomed.crash();
+    let killed_at = Utc::now();
+
+    let (_survivor, survivor_name) = start_executor(&app, executor_config(1, 1)).await;
+    let short = command(
+        &app,
+        &device,
+        json!({"command": host.executions.command("true"), "timeout_s": 10}),
+    )
+    .await;
+    let second = run_now(&app, &device, &short).await;
+    let done = wait_for_status(&app, &second, &TERMINAL, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["executor_id"], survivor_name.as_str(), "{done}");
+
+    let began = host
+        .executions
+        .started()
+        .into_iter()
+        .find(|(run, _, _)| *run == second)
+        .map(|(_, _, at)| at)
+        .expect("the second run executed on the host");
+    let waited = began - killed_at;
+    eprintln!("the second run began {} ms after the kill", waited.num_milliseconds());
+    // The dead executor renewed its slot every half second until the kill, so the slot lapsed
+    // 2.5 to 3 s after it; the second run must not begin before, and not long after.
+    assert!(
+        waited >= chrono::Duration::milliseconds(2000),
+        "the second run began {waited} after the kill, while the dead executor's slot was live"
+    );
+    assert!(
+        waited <= chrono::Duration::milliseconds(6000),
+        "the second run began {waited} after the kill"
+    );
+}
