@@ -1,7 +1,9 @@
 //! The per-device limit across executors (issue 24): two or three executors, each its own
 //! consumer, against one real sshd. The device counts its own concurrent sessions: every
 //! command increments a counter file under `flock`, records the highest value seen, sleeps,
-//! and decrements it — so the limit is checked on the SSH host, not in netcron's tables.
+//! and decrements it — so the limit is checked on the SSH host, not in netcron's tables. Also:
+//! the Redis semaphore on its own, a slot held by someone else, a dead executor's slot, and
+//! Redis refusing the slot script while a run waits.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
@@ -385,14 +387,15 @@ async fn the_redis_semaphore_counts_live_holders_up_to_its_limit() {
 }
 
 /// A slot held by anyone else — here written straight into the device's semaphore — keeps the
-/// executor's run waiting; the moment it is given back, the run starts.
+/// executor's run waiting, without taking the executor's only global slot from another
+/// device's run; the moment it is given back, the run starts.
 #[tokio::test]
 async fn a_run_waits_while_the_device_slot_is_held_elsewhere_and_starts_once_it_is_freed() {
     let app = TestApp::spawn().await;
     let sshd = TestSshd::start();
     let host = Concurrency::new();
     let _scheduler = start_scheduler(&app).await;
-    let (_executor, _) = start_executor(&app, executor_config(1, 4)).await;
+    let (_executor, _) = start_executor(&app, executor_config(1, 1)).await;
     let device = password_device(&app, "held", sshd.port, TEST_PASSWORD).await;
     let device_id: uuid::Uuid = device["id"].as_str().expect("id").parse().expect("uuid");
     let key = netcron_common::protocol::Streams::new(&app.stream_prefix).device_slots(device_id);
@@ -436,6 +439,13 @@ async fn a_run_waits_while_the_device_slot_is_held_elsewhere_and_starts_once_it_
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(host.executions.lines().len(), 0, "ran without the slot");
     assert_eq!(get_run(&app, &run).await["status"], "queued");
+    // The waiting run holds no global slot: another device's run goes through meanwhile.
+    let other = password_device(&app, "free", sshd.port, TEST_PASSWORD).await;
+    let o = command(&app, &other, json!({"command": "true", "timeout_s": 10})).await;
+    let other_run = run_now(&app, &other, &o).await;
+    let other_done = wait_for_status(&app, &other_run, &TERMINAL, Duration::from_secs(10)).await;
+    assert_eq!(other_done["status"], "succeeded", "{other_done}");
+    assert_eq!(get_run(&app, &run).await["status"], "queued");
 
     let freed_at = Utc::now();
     Slots::new()
@@ -454,4 +464,124 @@ async fn a_run_waits_while_the_device_slot_is_held_elsewhere_and_starts_once_it_
         delay < 1500,
         "the run started {delay} ms after the slot was freed"
     );
+}
+
+/// An executor whose Redis user may not run `ZCARD` (a command of the acquire script):
+/// Redis answers every try for a slot with an error, as it does while it is failing.
+struct RefusingUser {
+    name: String,
+    url: String,
+    admin_url: String,
+    redis: redis::aio::MultiplexedConnection,
+}
+
+impl RefusingUser {
+    async fn create(app: &TestApp) -> Self {
+        let name = format!("slots-{}", uuid::Uuid::new_v4().simple());
+        let mut redis = app.redis().await;
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&name)
+            .arg("on")
+            .arg(">slots-pw")
+            .arg(format!("~{}*", app.stream_prefix))
+            .arg("resetchannels")
+            .arg("+@all")
+            .arg("-zcard")
+            .query_async(&mut redis)
+            .await
+            .expect("ACL SETUSER");
+        let url = app
+            .redis_url
+            .replacen("://", &format!("://{name}:slots-pw@"), 1);
+        Self {
+            name,
+            url,
+            admin_url: app.redis_url.clone(),
+            redis,
+        }
+    }
+
+    /// Redis works again for this user.
+    async fn heal(&mut self) {
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&self.name)
+            .arg("+zcard")
+            .query_async(&mut self.redis)
+            .await
+            .expect("ACL SETUSER");
+    }
+}
+
+impl Drop for RefusingUser {
+    fn drop(&mut self) {
+        let _ = redis::Client::open(self.admin_url.as_str()).and_then(|c| {
+            let mut conn = c.get_connection()?;
+            redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&self.name)
+                .query::<()>(&mut conn)
+        });
+    }
+}
+
+/// Redis failing while a run waits for its device slot is waited out, as every Redis failure
+/// of the executor is: the run does not start without the slot, and starts once Redis answers.
+#[tokio::test]
+async fn a_run_waits_out_redis_failing_while_it_asks_for_the_device_slot() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let host = Concurrency::new();
+    let _scheduler = start_scheduler(&app).await;
+    let mut user = RefusingUser::create(&app).await;
+    let settings = netcron_executor::Settings {
+        redis: netcron_common::config::RedisSettings {
+            url: user.url.clone(),
+            stream_prefix: app.stream_prefix.clone(),
+        },
+        secret_key: app.key.clone(),
+        executor: executor_config(1, 4),
+    };
+    let metrics = netcron_executor::ExecutorMetrics::new(&app.telemetry);
+    let executor = netcron_executor::Executor::connect(settings, &app.telemetry, metrics)
+        .await
+        .expect("executor");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    tokio::spawn(async move { executor.run(shutdown).await.expect("executor loop") });
+
+    let device = password_device(&app, "refused", sshd.port, TEST_PASSWORD).await;
+    let c = command(
+        &app,
+        &device,
+        json!({"command": host.executions.command("true"), "timeout_s": 10}),
+    )
+    .await;
+    let run = run_now(&app, &device, &c).await;
+    eventually(
+        "the executor holds the task",
+        Duration::from_secs(10),
+        || {
+            let app = &app;
+            async move {
+                let pending: redis::streams::StreamPendingReply = app
+                    .redis()
+                    .await
+                    .xpending(crate::executor::streams(app).tasks, "executors")
+                    .await
+                    .expect("XPENDING");
+                (pending.count() == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(host.executions.lines().len(), 0, "ran without the slot");
+    assert_eq!(get_run(&app, &run).await["status"], "queued");
+
+    user.heal().await;
+    let done = wait_for_status(&app, &run, &TERMINAL, Duration::from_secs(15)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(host.executions.lines().len(), 1);
 }
