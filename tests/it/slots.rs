@@ -179,7 +179,7 @@ async fn three_executors_run_one_command_at_a_time_on_a_device_with_per_device_1
         executors_of(&runs).len() >= 2,
         "the runs went to one executor only: {runs:?}"
     );
-    // Measured: 5-25 ms within an executor, 15-75 ms across (each waiter polls at most every
+    // Measured: 5-25 ms within an executor, 5-100 ms across (each waiter polls at most every
     // 100 ms); a second and a half allows for a loaded machine, not for waiting out a lease.
     let hand_overs = host.hand_overs(&runs);
     eprintln!("hand-overs (ms, across executors?): {hand_overs:?}");
