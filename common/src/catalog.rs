@@ -214,7 +214,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "NETCRON_EXECUTOR_PER_DEVICE",
         roles: &["executor", "all"],
         default: Value("1"),
-        meaning: "Commands running at once per device (per executor)",
+        meaning: "Commands running at once per device, counted across every executor (a Redis semaphore)",
         example: "2",
     },
     Setting {

@@ -21,6 +21,7 @@ mod process;
 #[cfg(test)]
 mod properties;
 pub mod runner;
+mod slots;
 mod ssh;
 mod worker;
 

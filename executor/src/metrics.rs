@@ -100,7 +100,8 @@ impl ExecutorMetrics {
         );
         telemetry.register(
             "netcron_executor_device_slot_wait_seconds",
-            "Time a run waited for a free per-device slot (NETCRON_EXECUTOR_PER_DEVICE)",
+            "Time a run waited for a free per-device slot (NETCRON_EXECUTOR_PER_DEVICE), in this \
+             process and then across executors",
             this.slot_wait.clone(),
         );
         telemetry.register(

@@ -58,6 +58,9 @@ pub struct Runner {
     /// Sessions kept open between runs of a device (absent in the one-shot `netcron
     /// inventory`, which runs once).
     sessions: Option<Arc<Pool>>,
+    /// Device slots counted across every executor (absent in the one-shot `netcron
+    /// inventory`, which has no Redis).
+    shared_slots: Option<Arc<crate::slots::DeviceSlots>>,
 }
 
 impl Runner {
@@ -71,6 +74,7 @@ impl Runner {
             first_contact: None,
             live: None,
             sessions: None,
+            shared_slots: None,
         }
     }
 
@@ -108,6 +112,21 @@ impl Runner {
     pub(crate) fn with_live(mut self, sink: crate::live::LiveSink) -> Self {
         self.live = Some(sink);
         self
+    }
+
+    /// Counts each device's runs in `slots`, across every executor that shares its Redis,
+    /// besides this process's own per-device semaphore.
+    #[must_use]
+    pub(crate) fn with_shared_slots(mut self, slots: Arc<crate::slots::DeviceSlots>) -> Self {
+        self.shared_slots = Some(slots);
+        self
+    }
+
+    /// Renews the device slots this process holds (see [`crate::slots::DeviceSlots::renew`]).
+    pub(crate) async fn renew_slots(&self, every: Duration) {
+        if let Some(slots) = &self.shared_slots {
+            slots.renew(every).await;
+        }
     }
 
     /// Records each run's wait for its device slot in `histogram` (seconds).
@@ -162,23 +181,42 @@ impl Runner {
                     .then(|| error_outcome(first_start, ErrorKind::InvalidOutput, message));
             }
         };
+        // The device first, then a global slot: a run waiting for a busy device holds none of
+        // the process's global slots. The process's own semaphore comes first, so runs of one
+        // device in this process wait without asking Redis; the shared slot then counts the
+        // device's runs on every executor.
         let device = self.device_slot(task.device.id);
         let waiting = Instant::now();
-        let device_permit = device.acquire_owned().await;
-        if let Some(histogram) = &self.slot_wait {
-            histogram.observe(waiting.elapsed().as_secs_f64());
-        }
-        let (Ok(_device_permit), Ok(slot)) =
-            (device_permit, Arc::clone(&self.slots).acquire_owned().await)
-        else {
+        let Ok(_device_permit) = device.acquire_owned().await else {
             return start.await.then(|| {
                 error_outcome(first_start, ErrorKind::Internal, "executor closed".into())
             });
         };
-        if !start.await {
-            return None;
+        let shared = match &self.shared_slots {
+            Some(slots) => Some(slots.acquire(task.device.id, self.config.per_device).await),
+            None => None,
+        };
+        if let Some(histogram) = &self.slot_wait {
+            histogram.observe(waiting.elapsed().as_secs_f64());
         }
-        Some(self.run_work(task, opened, driver, work, slot).await)
+        let began = match Arc::clone(&self.slots).acquire_owned().await {
+            Ok(slot) => {
+                if start.await {
+                    Some(self.run_work(task, opened, driver, work, slot).await)
+                } else {
+                    None
+                }
+            }
+            Err(_) => start
+                .await
+                .then(|| error_outcome(first_start, ErrorKind::Internal, "executor closed".into())),
+        };
+        // Given back before the process's own permit, so that the next run of the device
+        // here finds the shared slot free.
+        if let Some(shared) = shared {
+            shared.release().await;
+        }
+        began
     }
 
     /// The command's connections, once the run holds its slots and lease. Whatever the outcome

@@ -141,8 +141,14 @@ pub(crate) fn runner(
         })
         .with_live(crate::live::LiveSink {
             redis: redis.clone(),
-            streams,
+            streams: streams.clone(),
         })
+        .with_shared_slots(Arc::new(crate::slots::DeviceSlots::new(
+            redis.clone(),
+            streams,
+            settings.executor.lease_ttl,
+            settings.executor.consumer.clone(),
+        )))
 }
 
 impl ZoneWorker {
@@ -536,6 +542,7 @@ impl ZoneWorker {
         loop {
             tokio::time::sleep(renew_every).await;
             self.renew_leases().await;
+            self.runner.renew_slots(renew_every).await;
             if last_sync.elapsed() >= CLOCK_SYNC {
                 last_sync = Instant::now();
                 self.sync_clock().await;

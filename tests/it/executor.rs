@@ -34,7 +34,7 @@ impl Running {
     }
 
     /// Ends the role at once, like `kill -9`: nothing is acknowledged or published.
-    fn crash(mut self) {
+    pub(crate) fn crash(mut self) {
         if let Some(handle) = self.handle.take() {
             handle.abort();
         }

@@ -27,6 +27,7 @@ mod security;
 mod sentinel;
 mod sign_in;
 mod sites;
+mod slots;
 mod sshd;
 mod text_safety;
 mod zones;

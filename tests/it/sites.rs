@@ -224,17 +224,17 @@ struct SiteRedis {
 
 /// The executor's Redis permissions for `zone` under `prefix`, as docs/DEPLOY.md documents
 /// them: its zone's tasks stream and presence set, the shared results, dead-letter, run
-/// lease, host-key pin and live-output keys, and the commands the executor uses.
+/// lease, host-key pin, live-output and device-slot keys, and the commands the executor uses.
 fn executor_acl(user: &str, password: &str, prefix: &str, zone: &str) -> String {
     format!(
         "user {user} on >{password} resetchannels resetkeys \
          ~{prefix}tasks:{zone} ~{prefix}executors:{zone} ~{prefix}results \
          ~{prefix}results-large ~{prefix}dead-letter ~{prefix}run:* ~{prefix}hostkey:* \
-         ~{prefix}live:* \
+         ~{prefix}live:* ~{prefix}slots:* \
          -@all +ping +hello +auth +time \
          +xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd \
-         +evalsha +eval +script|load +set +expire +pexpire +hset +hget +hmget +incr \
-         +zadd +zrem +zremrangebyscore"
+         +evalsha +eval +script|load +set +expire +pexpire +pttl +hset +hget +hmget +incr \
+         +zadd +zrem +zremrangebyscore +zscore +zcard"
     )
 }
 

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 pub mod lease;
 pub mod live;
+pub mod slots;
 pub mod stream;
 pub mod zones;
 

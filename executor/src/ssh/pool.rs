@@ -6,7 +6,8 @@
 //! and whose pin still allows the key the session saw takes it instead of logging in again.
 //! Anything else found for the device is closed at once. A session serves one run at a time:
 //! runs of one device at once are bounded by `NETCRON_EXECUTOR_PER_DEVICE`, so at most that many
-//! sessions per device are ever kept.
+//! sessions per device are ever kept in one executor. The limit counts runs across executors,
+//! not pooled sessions: another executor's idle session to the device is not counted here.
 //!
 //! A reaper thread closes sessions the moment their idle time is over, and
 //! [`Pool::close_all`] closes the rest on shutdown; a session is never handed out past its
