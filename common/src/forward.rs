@@ -52,18 +52,37 @@ where
             }
         }
     });
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            if let Ok((client, _)) = accepted {
-                tokio::spawn(pipe(client, target_rx.clone()));
-            }
-        }
-    });
+    tokio::spawn(serve(listener, target_rx, shutdown));
     Ok(local)
+}
+
+/// Where the forwarder takes connections from: its `TcpListener`, or in tests one whose
+/// `accept` fails as an exhausted process's does.
+trait Accept: Send + 'static {
+    fn accept(&self) -> impl Future<Output = std::io::Result<TcpStream>> + Send;
+}
+
+impl Accept for TcpListener {
+    async fn accept(&self) -> std::io::Result<TcpStream> {
+        TcpListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
+/// Accepts connections until `shutdown`, piping each to the current target.
+async fn serve<L, A>(listener: L, target: watch::Receiver<Option<A>>, shutdown: CancellationToken)
+where
+    L: Accept,
+    A: ToSocketAddrs + Clone + Send + Sync + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        if let Ok(client) = accepted {
+            tokio::spawn(pipe(client, target.clone()));
+        }
+    }
 }
 
 /// Pipes `client` to the current target until either side closes or the target changes.
@@ -86,3 +105,4 @@ async fn pipe<A: ToSocketAddrs + Clone>(
         _ = target.changed() => {}
     }
 }
+
