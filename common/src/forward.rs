@@ -106,3 +106,105 @@ async fn pipe<A: ToSocketAddrs + Clone>(
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A listener in a process out of file descriptors: every `accept` fails at once with
+    /// `EMFILE`, as the kernel's does while the connection waits in the backlog.
+    struct Exhausted(Arc<AtomicUsize>);
+
+    impl Accept for Exhausted {
+        async fn accept(&self) -> std::io::Result<TcpStream> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            // EMFILE on Linux.
+            Err(std::io::Error::from_raw_os_error(24))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let (_target, target_rx) = watch::channel(None::<SocketAddr>);
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(serve(
+            Exhausted(Arc::clone(&attempts)),
+            target_rx,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.cancel();
+        let _ = serving.await;
+        let attempts = attempts.load(Ordering::Relaxed);
+        assert!(
+            attempts <= 20,
+            "{attempts} accept attempts in 2 s while out of file descriptors"
+        );
+    }
+
+    /// The `ss` lines (state, queues, local, peer, options) of established TCP sockets.
+    fn sockets() -> Vec<String> {
+        let out = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established"])
+            .output()
+            .expect("ss (iproute2)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The line of the socket from `local` to `peer`, when there is one.
+    fn socket(lines: &[String], local: &str, peer: &str) -> Option<String> {
+        lines
+            .iter()
+            .find(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 3 && fields[2] == local && fields[3] == peer
+            })
+            .cloned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_piped_sockets_have_tcp_keepalive() {
+        let server = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let target = server.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let local = start(
+            "target changed",
+            Duration::from_secs(60),
+            move || async move { Some(target) },
+            stop.clone(),
+        )
+        .await
+        .expect("forwarder");
+        let client = TcpStream::connect(local).await.expect("connect");
+        let (_served, outbound) = server.accept().await.expect("accept");
+        // The forwarder's two sockets: the one it accepted from the client, and the one it
+        // opened to the target. `ss` shows `timer:(keepalive,…)` on a socket with keepalive.
+        let accepted = (
+            local.to_string(),
+            client.local_addr().expect("addr").to_string(),
+        );
+        let opened = (outbound.to_string(), target.to_string());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let (a, o) = loop {
+            let lines = sockets();
+            let a = socket(&lines, &accepted.0, &accepted.1).unwrap_or_default();
+            let o = socket(&lines, &opened.0, &opened.1).unwrap_or_default();
+            if (a.contains("keepalive") && o.contains("keepalive"))
+                || std::time::Instant::now() > deadline
+            {
+                break (a, o);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(a.contains("timer:(keepalive"), "accepted: {a:?}");
+        assert!(o.contains("timer:(keepalive"), "opened: {o:?}");
+        stop.cancel();
+    }
+}

@@ -207,4 +207,16 @@ mod tests {
                 .is_err()
         );
     }
+
+    #[test]
+    fn several_hosts_without_session_attributes_are_refused_with_an_example() {
+        let reason = MultiHost::parse("postgres://u:hunter2@db1,db2/netcron")
+            .expect("multi-host")
+            .expect_err("several hosts need target_session_attrs");
+        assert!(
+            reason.contains("?target_session_attrs=read-write"),
+            "{reason}"
+        );
+        assert!(!reason.contains("hunter2"), "{reason}");
+    }
 }
