@@ -4,10 +4,10 @@
 //! `ConnectionManager` every role holds reconnects to the address it was built with, so after a
 //! fail-over it would keep reaching the old master. Rather than wrap every connection of every
 //! role, the process runs a small forwarder on `127.0.0.1`: each connection accepted there is
-//! piped to the master the Sentinels name *now* — an address that answers `ROLE` as a master;
-//! a Sentinel naming a replica is passed over for the next one — and when they name another
-//! one every piped connection is closed, so the roles' connection managers reconnect — through the forwarder,
-//! to the new master. The roles are given `redis://[user:password@]127.0.0.1:<port>` and know
+//! piped to the master the Sentinels name *now* — an address that answers `ROLE` as a
+//! master; a Sentinel naming a replica is passed over for the next one — and when they name
+//! another one every piped connection is closed, so the roles' connection managers reconnect —
+//! through the forwarder, to the new master. The roles are given `redis://[user:password@]127.0.0.1:<port>` and know
 //! nothing else.
 //!
 //! What a fail-over can cost is what Redis replication allows: writes acknowledged by the old
@@ -132,20 +132,36 @@ async fn master_of(url: &SentinelUrl, refused: &Mutex<HashSet<SocketAddr>>) -> O
                 %sentinel,
                 named = %addr,
                 role = role.as_deref().unwrap_or("no answer"),
-                "a Sentinel names a master that is not one; asking the next Sentinel"
+                "a Sentinel names a master that does not answer as one; asking the next Sentinel"
             );
         }
     }
     None
 }
 
-/// What the Redis server at `addr` says it is (`master`, `slave`, …), with the URL's
-/// credentials.
+/// What the Redis server at `addr` says it is (`master`, `slave`/`replica`, …), asked with the
+/// URL's credentials: `ROLE`'s first element, or, for a user whose ACL refuses `ROLE` (the
+/// executor's documented ACL allows `HELLO` but not `ROLE`), the `role` field of `HELLO`, which
+/// says the same.
 async fn role_of(url: &SentinelUrl, addr: SocketAddr) -> Option<String> {
     let client = redis::Client::open(format!("redis://{}{addr}", url.userinfo)).ok()?;
     let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await.ok()?;
-    match role.first()? {
+    // A refused command may come back as a value (`ServerError`) rather than as an `Err`, so
+    // only an array counts as ROLE's answer.
+    if let Ok(redis::Value::Array(role)) = redis::cmd("ROLE").query_async(&mut conn).await
+        && let Some(role) = role.first().and_then(text)
+    {
+        return Some(role);
+    }
+    let hello: redis::Value = redis::cmd("HELLO").query_async(&mut conn).await.ok()?;
+    hello
+        .as_map_iter()?
+        .find(|(key, _)| text(key).as_deref() == Some("role"))
+        .and_then(|(_, role)| text(role))
+}
+
+fn text(value: &redis::Value) -> Option<String> {
+    match value {
         redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
         redis::Value::SimpleString(text) => Some(text.clone()),
         _ => None,

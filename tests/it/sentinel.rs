@@ -307,26 +307,32 @@ async fn fake_sentinel(master_port: u16) -> u16 {
     port
 }
 
-/// The role of the server a connection through `local` reaches, from its `INFO replication`.
+/// The role of the server a connection through `local` reaches, from `HELLO` (which the
+/// executor's ACL allows): `master` or `replica`.
 async fn role_through(local: &str) -> Option<String> {
     let client = redis::Client::open(local).ok()?;
     let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(&mut conn)
-        .await
-        .ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("role:"))
-        .map(|r| r.trim().to_owned())
+    let hello: redis::Value = redis::cmd("HELLO").query_async(&mut conn).await.ok()?;
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    hello
+        .as_map_iter()?
+        .find(|(key, _)| text(key).as_deref() == Some("role"))
+        .and_then(|(_, role)| text(role))
 }
 
-/// The first Sentinel names a replica (a stale or lying Sentinel); the client checks `ROLE` on
-/// the address it is given and asks the next Sentinel, so no client is sent to the replica.
+/// The first Sentinel names a replica (a stale or lying Sentinel); the client checks the role
+/// of the address it is given and asks the next Sentinel, so no client is sent to the replica.
+/// The URL's user has the executor's documented ACL, which allows `HELLO` but not `ROLE`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sentinel_that_names_a_replica_is_not_followed() {
     let dir = temp_dir("sentinel-role");
-    let plain = "save \"\"\nappendonly no\nrepl-diskless-sync-delay 0\n";
+    let plain = "save \"\"\nappendonly no\nrepl-diskless-sync-delay 0\n\
+                 user default on nopass ~* &* +@all\n\
+                 user exec on >pw -@all +ping +hello +auth +time\n";
     let master = Server::start(&dir, "master", plain, false);
     let replica = Server::start(
         &dir,
@@ -336,7 +342,7 @@ async fn a_sentinel_that_names_a_replica_is_not_followed() {
     );
     let stale = fake_sentinel(replica.port).await;
     let right = fake_sentinel(master.port).await;
-    let url = format!("redis+sentinel://127.0.0.1:{stale},127.0.0.1:{right}/{SERVICE}");
+    let url = format!("redis+sentinel://exec:pw@127.0.0.1:{stale},127.0.0.1:{right}/{SERVICE}");
     let forwarding = CancellationToken::new();
     let local = netcron_common::sentinel::forward(
         SentinelUrl::parse(&url).expect("scheme").expect("valid"),
