@@ -1,10 +1,9 @@
 //! Postgres connections.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 /// Opens a pooled connection. A URL with several hosts or `target_session_attrs` goes
 /// through a local forwarder that follows the acceptable host (see [`crate::pgfailover`]); the
@@ -14,20 +13,18 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// When Postgres cannot be reached or refuses the connection.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let Some(multi) = crate::pgfailover::MultiHost::parse(url) else {
-        return connect_one(url, None).await;
+        return connect_one(url).await;
     };
     let multi = multi.map_err(|reason| DbErr::Custom(format!("DATABASE_URL: {reason}")))?;
     let forwarding = CancellationToken::new();
     let local = crate::pgfailover::forward(multi, forwarding.clone())
         .await
         .map_err(|e| DbErr::Custom(format!("cannot start the Postgres forwarder: {e}")))?;
-    // Dropped with the pool's options — when the pool is — the guard ends the forwarder.
-    let guard = Arc::new(forwarding.clone().drop_guard());
-    let connected = connect_one(&local, Some(guard)).await;
+    let connected = connect_one(&local).await;
     match &connected {
         Ok(db) => {
-            // A pool closed while handles to it remain (`close` on one of them) ends its
-            // forwarder too.
+            // sqlx marks a pool closed both on `close` and when its last handle is dropped,
+            // so the forwarder ends with the pool either way.
             let closed = db.get_postgres_connection_pool().close_event();
             tokio::spawn(async move {
                 tokio::select! {
@@ -36,14 +33,13 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                 }
             });
         }
+        // A caller waiting for Postgres calls again, with a forwarder of its own.
         Err(_) => forwarding.cancel(),
     }
     connected
 }
 
-/// Opens the pool. `keep`, when given, is held by the pool's options for as long as the pool
-/// exists: what `connect` ties to the pool's life.
-async fn connect_one(url: &str, keep: Option<Arc<DropGuard>>) -> Result<DatabaseConnection, DbErr> {
+async fn connect_one(url: &str) -> Result<DatabaseConnection, DbErr> {
     probe(url).await?;
     let mut options = ConnectOptions::new(url);
     options
@@ -52,17 +48,6 @@ async fn connect_one(url: &str, keep: Option<Arc<DropGuard>>) -> Result<Database
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
-    if let Some(keep) = keep {
-        options.map_sqlx_postgres_pool_opts(move |pool| {
-            let keep = Arc::clone(&keep);
-            // A hook that does nothing but own `keep`: sqlx keeps the pool's options, and so
-            // the guard, until the last handle to the pool is dropped.
-            pool.after_connect(move |_, _| {
-                let _owned = &keep;
-                Box::pin(std::future::ready(Ok(())))
-            })
-        });
-    }
     Database::connect(options).await
 }
 

@@ -318,8 +318,13 @@ async fn the_pool_stays_on_the_new_primary_when_the_old_one_returns() {
     drop((db, old, new, standby, primary));
 }
 
+/// A query that needs no table, to show the pool works.
+async fn mark_free(db: &DatabaseConnection) {
+    db.execute_unprepared("SELECT 1").await.expect("SELECT 1");
+}
+
 /// Each database created through several hosts (as `netcron all` does at start) ends its
-/// forwarder with the pool that used it.
+/// forwarder with the pool that used it; so does a pool dropped without being closed.
 #[tokio::test(flavor = "multi_thread")]
 async fn creating_databases_through_several_hosts_leaves_no_forwarder_running() {
     let dir = temp_dir("pg");
@@ -339,11 +344,20 @@ async fn creating_databases_through_several_hosts_leaves_no_forwarder_running() 
             .await
             .expect("create the database through the forwarder");
     }
+    // A pool dropped without `close` ends its forwarder too.
+    let pool = netcron_common::db::connect(&format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/created_0?target_session_attrs=read-write",
+        standby.port, primary.port
+    ))
+    .await
+    .expect("a pool through several hosts");
+    mark_free(&pool).await;
+    drop(pool);
     let after = tasks();
     let left = eventually(
         &format!(
-            "every forwarder ended with its pool ({after} tasks alive after 10 creations, \
-             {before} before)"
+            "every forwarder ended with its pool ({after} tasks alive after 10 creations and \
+             a dropped pool, {before} before)"
         ),
         Duration::from_secs(10),
         || async {
