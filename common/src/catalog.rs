@@ -37,7 +37,7 @@ pub const SETTINGS: &[Setting] = &[
         name: "DATABASE_URL",
         roles: &["api", "scheduler", "ingest", "migrate", "all"],
         default: Required,
-        meaning: "Postgres URL, `postgres://user[:password]@host:port/db`; several hosts for fail-over as libpq takes them, `postgres://…@db1:5432,db2:5432/db?target_session_attrs=read-write` (also `primary` or `any`)",
+        meaning: "Postgres URL, `postgres://user[:password]@host:port/db`; several hosts for fail-over as libpq takes them, `postgres://…@db1:5432,db2:5432/db?target_session_attrs=read-write` (required with several hosts; also `primary` or `any`)",
         example: "postgres://netcron:secret@db.example.net:5432/netcron",
     },
     Setting {

@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement};
+use tokio_util::sync::CancellationToken;
 
 /// Opens a pooled connection. A URL with several hosts or `target_session_attrs` goes
-/// through a local forwarder that follows the acceptable host (see [`crate::pgfailover`]).
+/// through a local forwarder that follows the acceptable host (see [`crate::pgfailover`]); the
+/// forwarder lives as long as the pool: it ends when the pool is closed or dropped.
 ///
 /// # Errors
 /// When Postgres cannot be reached or refuses the connection.
@@ -14,15 +16,25 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         return connect_one(url).await;
     };
     let multi = multi.map_err(|reason| DbErr::Custom(format!("DATABASE_URL: {reason}")))?;
-    let forwarding = tokio_util::sync::CancellationToken::new();
+    let forwarding = CancellationToken::new();
     let local = crate::pgfailover::forward(multi, forwarding.clone())
         .await
         .map_err(|e| DbErr::Custom(format!("cannot start the Postgres forwarder: {e}")))?;
     let connected = connect_one(&local).await;
-    if connected.is_err() {
-        // A caller waiting for Postgres calls again; only a pool that connected keeps its
-        // forwarder (for the life of the process).
-        forwarding.cancel();
+    match &connected {
+        Ok(db) => {
+            // sqlx marks a pool closed both on `close` and when its last handle is dropped,
+            // so the forwarder ends with the pool either way.
+            let closed = db.get_postgres_connection_pool().close_event();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = closed => forwarding.cancel(),
+                    () = forwarding.cancelled() => {}
+                }
+            });
+        }
+        // A caller waiting for Postgres calls again, with a forwarder of its own.
+        Err(_) => forwarding.cancel(),
     }
     connected
 }

@@ -3,11 +3,16 @@
 //!
 //! sqlx (0.9) connects to one host only and knows no `target_session_attrs`. So [`forward`]
 //! runs a small forwarder on `127.0.0.1`, as [`crate::sentinel`] does for Redis: every second
-//! it asks the hosts in order which one is acceptable (`read-write`: `SHOW
-//! transaction_read_only` is `off`; `primary`: not in recovery; `any`: answers), each
-//! connection the pool opens there is piped to that host, and when another host becomes the
-//! one, every piped connection is closed, so the pool opens new ones — to the new primary.
-//! The pool is given `postgres://user:pw@127.0.0.1:<port>/netcron?<the other parameters>`.
+//! it asks whether the host in use is still acceptable (`read-write`: `SHOW
+//! transaction_read_only` is `off`; `primary`: not in recovery; `any`: answers). While it is,
+//! it stays in use, whatever the others answer: an old primary that comes back read-write
+//! after a fail-over (the split brain an operator can cause) does not take the pools back.
+//! When it is not, the hosts are asked in order and the first acceptable one becomes the one:
+//! every piped connection is closed, so the pool opens new ones — to the new primary. The
+//! pool is given `postgres://user:pw@127.0.0.1:<port>/netcron?<the other parameters>`.
+//!
+//! Several hosts need `target_session_attrs`: without it any host that answers would do, a
+//! standby included, so such a URL is a configuration error rather than libpq's `any`.
 //!
 //! With `sslmode=require` TLS still runs end to end (the forwarder pipes bytes); `verify-full`
 //! cannot, since the pool's host is then `127.0.0.1`.
@@ -27,6 +32,11 @@ pub enum Attrs {
     ReadWrite,
     Primary,
 }
+
+/// Why a URL of several hosts needs `target_session_attrs`, with an example.
+const SEVERAL_HOSTS_NEED_ATTRS: &str = "names several hosts but no target_session_attrs, so \
+    any host that answers could take the writes, a standby included; for example \
+    DATABASE_URL=postgres://netcron:secret@db1:5432,db2:5432/netcron?target_session_attrs=read-write";
 
 /// A Postgres URL with several hosts or `target_session_attrs`.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,6 +83,9 @@ impl MultiHost {
             return None;
         }
         Some((|| {
+            if hosts.contains(',') && attrs.is_none() {
+                return Err(SEVERAL_HOSTS_NEED_ATTRS.into());
+            }
             let attrs = match attrs.as_deref().unwrap_or("any") {
                 "any" => Attrs::Any,
                 "read-write" => Attrs::ReadWrite,
@@ -152,8 +165,20 @@ async fn acceptable(multi: &MultiHost, host: &str) -> bool {
     )
 }
 
-/// The first acceptable host, in the order given.
-async fn choose(multi: &MultiHost) -> Option<String> {
+/// The host to use now: `current` while it stays acceptable, otherwise the first acceptable
+/// host in the order given.
+async fn choose(multi: &MultiHost, current: Option<String>) -> Option<String> {
+    if let Some(current) = current {
+        if acceptable(multi, &current).await {
+            return Some(current);
+        }
+        for host in multi.hosts.iter().filter(|h| **h != current) {
+            if acceptable(multi, host).await {
+                return Some(host.clone());
+            }
+        }
+        return None;
+    }
     for host in &multi.hosts {
         if acceptable(multi, host).await {
             return Some(host.clone());
@@ -163,8 +188,9 @@ async fn choose(multi: &MultiHost) -> Option<String> {
 }
 
 /// Starts the forwarder (see [`crate::forward`]) until `shutdown`; answers the single-host URL
-/// the pool uses instead. No acceptable host keeps the last one: connections to it fail until
-/// one is.
+/// the pool uses instead. The first host is the first acceptable one in the order given; it
+/// stays the one while it stays acceptable. No acceptable host keeps the last one: connections
+/// to it fail until one is.
 ///
 /// # Errors
 /// When no local port can be bound.
@@ -173,9 +199,9 @@ pub async fn forward(multi: MultiHost, shutdown: CancellationToken) -> std::io::
     let local = crate::forward::start(
         "Postgres host changed (target_session_attrs)",
         POLL,
-        move || {
+        move |current| {
             let multi = multi.clone();
-            async move { choose(&multi).await }
+            async move { choose(&multi, current).await }
         },
         shutdown,
     )
@@ -206,5 +232,17 @@ mod tests {
                 .expect("multi-host")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn several_hosts_without_session_attributes_are_refused_with_an_example() {
+        let reason = MultiHost::parse("postgres://u:hunter2@db1,db2/netcron")
+            .expect("multi-host")
+            .expect_err("several hosts need target_session_attrs");
+        assert!(
+            reason.contains("?target_session_attrs=read-write"),
+            "{reason}"
+        );
+        assert!(!reason.contains("hunter2"), "{reason}");
     }
 }

@@ -4,9 +4,10 @@
 //! `ConnectionManager` every role holds reconnects to the address it was built with, so after a
 //! fail-over it would keep reaching the old master. Rather than wrap every connection of every
 //! role, the process runs a small forwarder on `127.0.0.1`: each connection accepted there is
-//! piped to the master the Sentinels name *now*, and when they name another one every piped
-//! connection is closed, so the roles' connection managers reconnect — through the forwarder,
-//! to the new master. The roles are given `redis://[user:password@]127.0.0.1:<port>` and know
+//! piped to the master the Sentinels name *now* — an address that answers `ROLE` as a
+//! master; a Sentinel naming a replica is passed over for the next one — and when they name
+//! another one every piped connection is closed, so the roles' connection managers reconnect —
+//! through the forwarder, to the new master. The roles are given `redis://[user:password@]127.0.0.1:<port>` and know
 //! nothing else.
 //!
 //! What a fail-over can cost is what Redis replication allows: writes acknowledged by the old
@@ -15,7 +16,9 @@
 //! attempt. TLS to Redis through Sentinel is not supported (the forwarder would have to
 //! terminate it); use `rediss://` to a fail-over endpoint instead.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -85,8 +88,13 @@ impl SentinelUrl {
     }
 }
 
-/// Asks the Sentinels in turn for the master of `service`; the first answer wins.
-async fn master_of(url: &SentinelUrl) -> Option<SocketAddr> {
+/// Asks the Sentinels in turn for the master of `service`; the first address that answers
+/// `ROLE` as a master wins. A Sentinel can name a replica — one that has not yet seen a
+/// fail-over, or an old master that came back demoted — and a client sent there would have
+/// its writes refused (`READONLY`), so that answer is passed over for the next Sentinel's.
+/// `refused` holds the addresses passed over since they last answered as a master, so each is
+/// logged once, not every poll.
+async fn master_of(url: &SentinelUrl, refused: &Mutex<HashSet<SocketAddr>>) -> Option<SocketAddr> {
     for sentinel in &url.sentinels {
         let asked = async {
             let client = redis::Client::open(format!("redis://{sentinel}")).ok()?;
@@ -102,11 +110,62 @@ async fn master_of(url: &SentinelUrl) -> Option<SocketAddr> {
                 .ok()?
                 .next()
         };
-        if let Ok(Some(addr)) = tokio::time::timeout(Duration::from_secs(2), asked).await {
+        let Ok(Some(addr)) = tokio::time::timeout(Duration::from_secs(2), asked).await else {
+            continue;
+        };
+        let role = tokio::time::timeout(Duration::from_secs(2), role_of(url, addr))
+            .await
+            .ok()
+            .flatten();
+        if role.as_deref() == Some("master") {
+            if let Ok(mut refused) = refused.lock() {
+                refused.remove(&addr);
+            }
             return Some(addr);
+        }
+        let first_time = refused
+            .lock()
+            .map(|mut refused| refused.insert(addr))
+            .unwrap_or(true);
+        if first_time {
+            tracing::warn!(
+                %sentinel,
+                named = %addr,
+                role = role.as_deref().unwrap_or("no answer"),
+                "a Sentinel names a master that does not answer as one; asking the next Sentinel"
+            );
         }
     }
     None
+}
+
+/// What the Redis server at `addr` says it is (`master`, `slave`/`replica`, …), asked with the
+/// URL's credentials: `ROLE`'s first element, or, for a user whose ACL refuses `ROLE` (the
+/// executor's documented ACL allows `HELLO` but not `ROLE`), the `role` field of `HELLO`, which
+/// says the same.
+async fn role_of(url: &SentinelUrl, addr: SocketAddr) -> Option<String> {
+    let client = redis::Client::open(format!("redis://{}{addr}", url.userinfo)).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    // A refused command may come back as a value (`ServerError`) rather than as an `Err`, so
+    // only an array counts as ROLE's answer.
+    if let Ok(redis::Value::Array(role)) = redis::cmd("ROLE").query_async(&mut conn).await
+        && let Some(role) = role.first().and_then(text)
+    {
+        return Some(role);
+    }
+    let hello: redis::Value = redis::cmd("HELLO").query_async(&mut conn).await.ok()?;
+    hello
+        .as_map_iter()?
+        .find(|(key, _)| text(key).as_deref() == Some("role"))
+        .and_then(|(_, role)| text(role))
+}
+
+fn text(value: &redis::Value) -> Option<String> {
+    match value {
+        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        redis::Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
 }
 
 /// Starts the forwarder (see [`crate::forward`]) until `shutdown`; answers the `redis://` URL
@@ -116,12 +175,14 @@ async fn master_of(url: &SentinelUrl) -> Option<SocketAddr> {
 /// When no local port can be bound.
 pub async fn forward(url: SentinelUrl, shutdown: CancellationToken) -> std::io::Result<String> {
     let userinfo = url.userinfo.clone();
+    let refused = Arc::new(Mutex::new(HashSet::new()));
     let local = crate::forward::start(
         "Redis master changed (Sentinel)",
         POLL,
-        move || {
+        move |_| {
             let url = url.clone();
-            async move { master_of(&url).await }
+            let refused = Arc::clone(&refused);
+            async move { master_of(&url, &refused).await }
         },
         shutdown,
     )

@@ -263,3 +263,112 @@ async fn runs_survive_a_sentinel_fail_over_each_executed_once() {
     drop(sentinel);
     drop(replica);
 }
+
+/// A Sentinel of the test's own, on loopback, that names `master_port` as the master of every
+/// service, right or wrong, and answers `+OK` to anything else (the client's handshake). The
+/// thing under test is our client of it; the Redis servers it names are real.
+async fn fake_sentinel(master_port: u16) -> u16 {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut read = tokio::io::BufReader::new(read);
+                loop {
+                    // A command is an array of bulk strings: `*N`, then `$len` and the bytes.
+                    let mut line = String::new();
+                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let n: usize = line.trim().trim_start_matches('*').parse().unwrap_or(0);
+                    let mut args = Vec::new();
+                    for _ in 0..n {
+                        line.clear();
+                        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let len: usize = line.trim().trim_start_matches('$').parse().unwrap_or(0);
+                        let mut arg = vec![0; len + 2];
+                        if read.read_exact(&mut arg).await.is_err() {
+                            return;
+                        }
+                        arg.truncate(len);
+                        args.push(String::from_utf8_lossy(&arg).to_uppercase());
+                    }
+                    let reply = if args.first().map(String::as_str) == Some("SENTINEL") {
+                        let port = master_port.to_string();
+                        format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{port}\r\n", port.len())
+                    } else {
+                        "+OK\r\n".to_owned()
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The role of the server a connection through `local` reaches, from `HELLO` (which the
+/// executor's ACL allows): `master` or `replica`.
+async fn role_through(local: &str) -> Option<String> {
+    let client = redis::Client::open(local).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let hello: redis::Value = redis::cmd("HELLO").query_async(&mut conn).await.ok()?;
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    hello
+        .as_map_iter()?
+        .find(|(key, _)| text(key).as_deref() == Some("role"))
+        .and_then(|(_, role)| text(role))
+}
+
+/// The first Sentinel names a replica (a stale or lying Sentinel); the client checks the role
+/// of the address it is given and asks the next Sentinel, so no client is sent to the replica.
+/// The URL's user has the executor's documented ACL, which allows `HELLO` but not `ROLE`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sentinel_that_names_a_replica_is_not_followed() {
+    let dir = temp_dir("sentinel-role");
+    let plain = "save \"\"\nappendonly no\nrepl-diskless-sync-delay 0\n\
+                 user default on nopass ~* &* +@all\n\
+                 user exec on >pw -@all +ping +hello +auth +time\n";
+    let master = Server::start(&dir, "master", plain, false);
+    let replica = Server::start(
+        &dir,
+        "replica",
+        &format!("{plain}replicaof 127.0.0.1 {}\n", master.port),
+        false,
+    );
+    let stale = fake_sentinel(replica.port).await;
+    let right = fake_sentinel(master.port).await;
+    let url = format!("redis+sentinel://exec:pw@127.0.0.1:{stale},127.0.0.1:{right}/{SERVICE}");
+    let forwarding = CancellationToken::new();
+    let local = netcron_common::sentinel::forward(
+        SentinelUrl::parse(&url).expect("scheme").expect("valid"),
+        forwarding.clone(),
+    )
+    .await
+    .expect("forwarder");
+    // Over several of the forwarder's polls, every connection reaches the master.
+    let mut roles = Vec::new();
+    for _ in 0..10 {
+        roles.push(role_through(&local).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        roles.iter().all(|r| r.as_deref() == Some("master")),
+        "roles reached through the forwarder: {roles:?}"
+    );
+    forwarding.cancel();
+    drop(replica);
+    drop(master);
+}
