@@ -187,6 +187,26 @@ impl Publisher {
     }
 }
 
+/// One output stream's unpublished bytes, between the tap and the live stream.
+#[derive(Debug, Default)]
+pub(crate) struct Pane {
+    pending: Vec<u8>,
+}
+
+impl Pane {
+    /// Takes `data`, which the tap sent after dropping `gap` bytes.
+    pub(crate) fn push(&mut self, _scrubber: &Scrubber<'_>, _gap: u64, data: &[u8]) {
+        self.pending.extend_from_slice(data);
+    }
+
+    /// The text safe to publish now; all of it when `last`.
+    pub(crate) fn take(&mut self, scrubber: &Scrubber<'_>, last: bool) -> String {
+        let (text, consumed) = scrubber.scrub_prefix(&self.pending, last);
+        self.pending.drain(..consumed);
+        text
+    }
+}
+
 /// `text` in pieces of at most `max` bytes, cut on character boundaries.
 fn chunks(text: &str, max: usize) -> Vec<&str> {
     let mut out = Vec::new();
@@ -201,4 +221,92 @@ fn chunks(text: &str, max: usize) -> Vec<&str> {
         rest = tail;
     }
     out
+}
+
+/// What a follower sees of `pieces` (each with the bytes the tap dropped before it),
+/// published after every piece as the publisher's ticks would.
+#[cfg(test)]
+pub(crate) fn published(scrubber: &Scrubber<'_>, pieces: &[(u64, &[u8])]) -> String {
+    let mut pane = Pane::default();
+    let mut shown = String::new();
+    for (gap, data) in pieces {
+        pane.push(scrubber, *gap, data);
+        shown.push_str(&pane.take(scrubber, false));
+    }
+    shown.push_str(&pane.take(scrubber, true));
+    shown
+}
+
+/// `text` without the gap markers.
+#[cfg(test)]
+pub(crate) fn without_markers(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("[\u{2026} ") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find(" \u{2026}]") {
+            Some(end) => rest = &rest[start + end + " \u{2026}]".len()..],
+            None => rest = "",
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "XQJZKVWY";
+    const BEFORE: &str = "first line of the output\n";
+    const AFTER: &str = "\nand the rest of the output\n";
+
+    /// No two adjacent characters of the secret (or more) appear in `text`.
+    fn assert_no_fragment(text: &str, context: &str) {
+        for n in 2..=SECRET.len() {
+            for start in 0..=SECRET.len() - n {
+                let fragment = &SECRET[start..start + n];
+                assert!(
+                    !text.contains(fragment),
+                    "{context}: {fragment:?} in {text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_secret_split_by_a_gap_at_any_position_shows_no_fragment() {
+        let scrubber = Scrubber::new([SECRET]);
+        for i in 0..SECRET.len() {
+            for j in i + 1..=SECRET.len() {
+                // Bytes `i..j` of the secret were dropped by the tap.
+                let before = format!("{BEFORE}{}", &SECRET[..i]);
+                let after = format!("{}{AFTER}", &SECRET[j..]);
+                let gap = u64::try_from(j - i).unwrap_or(u64::MAX);
+                let shown = published(
+                    &scrubber,
+                    &[(0, before.as_bytes()), (gap, after.as_bytes())],
+                );
+                assert_no_fragment(&shown, &format!("secret cut at {i}..{j}"));
+                assert!(shown.starts_with("first line"), "{shown:?}");
+                assert!(shown.ends_with("of the output\n"), "{shown:?}");
+                assert!(
+                    shown.contains("bytes not shown"),
+                    "the gap is marked: {shown:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_gap_inside_the_held_back_tail_releases_nothing_of_it() {
+        // The secret's beginning waits in the pane (it may be a secret) when the gap comes;
+        // the chunk after the gap begins with the secret's end.
+        let scrubber = Scrubber::new([SECRET]);
+        let shown = published(&scrubber, &[(0, b"pw: XQJZ"), (1, b"VWY ok\n")]);
+        assert_no_fragment(&shown, "held back");
+        // Only what precedes the last `lookahead − 1` bytes before the gap is shown, and
+        // nothing of the first `lookahead − 1` after it.
+        assert_eq!(shown, "p[\u{2026} 15 bytes not shown \u{2026}]");
+    }
 }
