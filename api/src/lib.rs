@@ -39,6 +39,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::ApiError;
+pub use services::live::LiveSettings;
 pub use settings::Settings;
 pub use state::AppState;
 

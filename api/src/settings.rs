@@ -18,6 +18,8 @@ pub struct Settings {
     pub ingest_workers: usize,
     /// Event detection and webhook delivery (part of ingest).
     pub events: netcron_ingest::events::EventSettings,
+    /// Bounds on live-output followers (not applied yet).
+    pub live: crate::services::live::LiveSettings,
     /// Whether to create the database named in `DATABASE_URL` when it is missing (`all` does;
     /// the api alone does not).
     pub create_database: bool,
@@ -37,6 +39,7 @@ impl Settings {
             ingest_batch,
             ingest_workers,
             events: netcron_ingest::events::EventSettings::from_env()?,
+            live: crate::services::live::LiveSettings::default(),
             create_database: false,
         })
     }

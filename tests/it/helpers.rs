@@ -170,6 +170,7 @@ impl TestApp {
             ingest_batch: 1000,
             ingest_workers: 2,
             create_database: false,
+            live: netcron_api::LiveSettings::default(),
             events: EventSettings {
                 webhook_retry_base: std::time::Duration::from_millis(200),
                 // Tests' webhook endpoints listen on 127.0.0.1; `edges.rs` checks the default.

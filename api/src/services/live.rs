@@ -15,6 +15,24 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, Result};
 
+/// The limits on following (not applied yet).
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    pub max_followers: usize,
+    pub max_per_client: usize,
+    pub max_follow: Duration,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        Self {
+            max_followers: 512,
+            max_per_client: 16,
+            max_follow: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// What a follower sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
