@@ -261,6 +261,7 @@ impl Connected {
             None
         };
         let streams = Streams::new(&settings.redis.stream_prefix);
+        let live = services::live::Hub::new(settings.live, db.clone(), &redis, streams.clone());
         let state = AppState {
             db,
             redis: redis.clone(),
@@ -270,6 +271,7 @@ impl Connected {
             telemetry: telemetry.clone(),
             leases: netcron_common::protocol::lease::Leases::new(streams.clone(), 24 * 3600),
             webhook_policy: settings.events.webhook_policy,
+            live,
         };
         Ok(Self {
             app: router(state),

@@ -18,7 +18,7 @@ pub struct Settings {
     pub ingest_workers: usize,
     /// Event detection and webhook delivery (part of ingest).
     pub events: netcron_ingest::events::EventSettings,
-    /// Bounds on live-output followers (not applied yet).
+    /// Bounds on live-output followers (`NETCRON_LIVE_*`).
     pub live: crate::services::live::LiveSettings,
     /// Whether to create the database named in `DATABASE_URL` when it is missing (`all` does;
     /// the api alone does not).
@@ -39,7 +39,7 @@ impl Settings {
             ingest_batch,
             ingest_workers,
             events: netcron_ingest::events::EventSettings::from_env()?,
-            live: crate::services::live::LiveSettings::default(),
+            live: crate::services::live::LiveSettings::from_env()?,
             create_database: false,
         })
     }

@@ -22,6 +22,8 @@ pub struct AppState {
     pub leases: Leases,
     /// Which addresses a webhook's URL may name (the dispatcher checks again on delivery).
     pub webhook_policy: WebhookPolicy,
+    /// Live-output followers and their shared Redis reader.
+    pub live: crate::services::live::Hub,
 }
 
 impl AppState {
