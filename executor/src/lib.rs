@@ -35,6 +35,7 @@ use netcron_common::startup::{Waiting, wait_for};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
+pub use live::LiveConfig;
 pub use metrics::{ExecutorMetrics, SessionMetrics};
 pub use process::Executor;
 pub use runner::Runner;
@@ -92,6 +93,8 @@ pub struct ExecutorConfig {
     /// The zones whose tasks this executor runs (`NETCRON_EXECUTOR_ZONES`, `default`): it
     /// reads their streams and no other, and announces itself alive in each.
     pub zones: Zones,
+    /// How live output is published (`NETCRON_LIVE_CHANNEL`, `NETCRON_LIVE_END_TTL_S`).
+    pub live: LiveConfig,
 }
 
 impl Default for ExecutorConfig {
@@ -114,6 +117,7 @@ impl Default for ExecutorConfig {
             hold_ahead: 10_000,
             consumer: consumer_name(),
             zones: Zones::default(),
+            live: LiveConfig::default(),
         }
     }
 }
@@ -154,6 +158,12 @@ impl ExecutorConfig {
             hold_ahead: config::parsed_or("NETCRON_EXECUTOR_HOLD_AHEAD", d.hold_ahead)?.max(1),
             consumer: d.consumer,
             zones: config::parsed_or("NETCRON_EXECUTOR_ZONES", d.zones)?,
+            live: LiveConfig {
+                channel: config::parsed_or("NETCRON_LIVE_CHANNEL", d.live.channel)?.max(1),
+                end_ttl: config::parsed_or("NETCRON_LIVE_END_TTL_S", d.live.end_ttl.as_secs())
+                    .map(Duration::from_secs)?
+                    .max(Duration::from_secs(1)),
+            },
         })
     }
 }

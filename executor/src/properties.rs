@@ -440,4 +440,34 @@ proptest! {
             prop_assert_eq!(shown, format!("{before}{MASK}{after}"));
         }
     }
+
+    #[test]
+    fn live_output_across_gaps_shows_nothing_of_several_secrets(
+        first in secret(),
+        second in secret(),
+        pieces in prop::collection::vec(OTHER, 1..5),
+        chunk in 1usize..12,
+        dropped in prop::collection::vec(any::<bool>(), 1..40),
+    ) {
+        let scrubber = Scrubber::new([first.as_str(), second.as_str()]);
+        let text = pieces.join(&format!("{first}{second}"));
+        let mut chunks: Vec<(u64, &[u8])> = Vec::new();
+        let mut gap = 0u64;
+        for (k, piece) in text.as_bytes().chunks(chunk).enumerate() {
+            if dropped[k % dropped.len()] {
+                gap += piece.len() as u64;
+            } else {
+                chunks.push((std::mem::take(&mut gap), piece));
+            }
+        }
+        if gap > 0 {
+            chunks.push((gap, &[]));
+        }
+        let shown = crate::live::published(&scrubber, &chunks);
+        let out = crate::live::without_markers(&shown);
+        prop_assert!(
+            !out.chars().any(|c| first.contains(c) || second.contains(c)),
+            "{shown:?}"
+        );
+    }
 }

@@ -248,3 +248,54 @@ async fn the_executor_publishes_live_output_on_its_own_connection() {
     let name = format!("netcron-live-executor@{}", app.stream_prefix);
     assert_eq!(named_connections(&app, &name).await, 1);
 }
+
+/// With the executor's live channel at one chunk (`NETCRON_LIVE_CHANNEL=1`, as the fault
+/// suite sets it), a command that prints its password thousands of times loses chunks from
+/// the live view: the gaps are marked, and no piece of the password shows on either side of
+/// one. The stored output has every line.
+#[tokio::test]
+async fn a_live_channel_forced_to_drop_marks_gaps_and_shows_no_piece_of_a_secret() {
+    let app = TestApp::spawn().await;
+    let _scheduler = crate::executor::start_scheduler(&app).await;
+    let (_executor, _) = crate::executor::start_executor(
+        &app,
+        netcron_executor::ExecutorConfig {
+            live: netcron_executor::LiveConfig {
+                channel: 1,
+                ..netcron_executor::LiveConfig::default()
+            },
+            ..crate::executor::config()
+        },
+    )
+    .await;
+    let sshd = TestSshd::start();
+    let device = password_device(&app, "drops", sshd.port, TEST_PASSWORD).await;
+    let loud = command(
+        &app,
+        &device,
+        json!({"command": format!(
+            "sleep 1; for i in $(seq 1 20000); do echo \"line $i pw={TEST_PASSWORD}\"; done"
+        )}),
+    )
+    .await;
+    let run = run_now(&app, &device, &loud).await;
+    let (events, _) =
+        events_until_closed(follow(&app, &run, TOKEN).await, Duration::from_secs(60)).await;
+    assert_eq!(events.last().map(|(name, _)| name.as_str()), Some("end"));
+    let shown: String = events
+        .iter()
+        .filter(|(name, _)| name == "output")
+        .filter_map(|(_, d)| d["data"].as_str())
+        .collect();
+    assert!(shown.contains("bytes not shown"), "no gap was marked");
+    for n in 4..=TEST_PASSWORD.len() {
+        for start in 0..=TEST_PASSWORD.len() - n {
+            let piece = &TEST_PASSWORD[start..start + n];
+            assert!(!shown.contains(piece), "{piece:?} was shown");
+        }
+    }
+    let stored = finished(&app, &run).await;
+    let stdout = stored["stdout"].as_str().unwrap_or_default();
+    assert_eq!(stdout.lines().count(), 20000);
+    assert!(stdout.ends_with("line 20000 pw=********\n"));
+}

@@ -234,7 +234,7 @@ fn executor_acl(user: &str, password: &str, prefix: &str, zone: &str) -> String 
          -@all +ping +hello +auth +time \
          +xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd \
          +evalsha +eval +script|load +set +expire +pexpire +hset +hget +hmget +incr \
-         +zadd +zrem +zremrangebyscore"
+         +zadd +zrem +zremrangebyscore +mget +exists +client|setname"
     )
 }
 
