@@ -470,4 +470,32 @@ proptest! {
             "{shown:?}"
         );
     }
+
+    #[test]
+    fn live_output_kept_while_nobody_follows_shows_no_piece_of_a_secret(
+        secret in secret(),
+        before in OTHER,
+        after in OTHER,
+        chunk in 1usize..12,
+        hold in 1usize..24,
+        watched_from in 0usize..20,
+    ) {
+        // Nobody follows for the first `watched_from` chunks: the pane keeps only the last
+        // `hold` bytes, cutting the oldest (a gap at the front).
+        let scrubber = Scrubber::new([secret.as_str()]);
+        let text = format!("{before}{secret}{after}");
+        let mut pane = crate::live::Pane::default();
+        let mut shown = String::new();
+        for (k, piece) in text.as_bytes().chunks(chunk).enumerate() {
+            pane.push(&scrubber, 0, piece);
+            if k < watched_from {
+                pane.bound(hold);
+            } else {
+                shown.push_str(&pane.take(&scrubber, false));
+            }
+        }
+        shown.push_str(&pane.take(&scrubber, true));
+        let out = crate::live::without_markers(&shown);
+        prop_assert!(!out.chars().any(|c| secret.contains(c)), "{shown:?}");
+    }
 }
