@@ -159,6 +159,7 @@ async fn main() {
         events: netcron_ingest::events::EventSettings::default(),
         create_database: false,
         public_url: None,
+        live: netcron_api::LiveSettings::default(),
     };
     let app = Application::build(settings, Telemetry::default())
         .await

@@ -40,6 +40,13 @@ function followLiveOutput(pre) {
     // The stored output is complete now: show it, with the final status.
     window.location.reload();
   });
+  source.addEventListener("timeout", (event) => {
+    // The server ends every follow after its maximum duration; following again is a reload.
+    source.close();
+    const after = JSON.parse(event.data).after_s;
+    pre.appendChild(document.createTextNode(
+      `\n[live output stopped after ${after} s: reload the page to follow again]\n`));
+  });
 }
 
 function confirmForms() {

@@ -59,6 +59,10 @@ pub enum ApiError {
         total: u64,
         reason: &'static str,
     },
+    /// A limit on concurrent use is reached (live-output followers); the same request may
+    /// succeed after `retry_after_s` seconds.
+    #[error("{reason}")]
+    TooManyRequests { reason: String, retry_after_s: u64 },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -149,6 +153,11 @@ impl ApiError {
                 "range-not-satisfiable",
                 "Range not satisfiable",
             ),
+            Self::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -212,6 +221,11 @@ impl IntoResponse for ApiError {
             && let Ok(value) = HeaderValue::from_str(&format!("bytes */{total}"))
         {
             response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+        if let Self::TooManyRequests { retry_after_s, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
         }
         if matches!(self, Self::Unauthorized(_)) {
             response

@@ -40,6 +40,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use console::origin::PublicUrl;
 pub use error::ApiError;
+pub use services::live::LiveSettings;
 pub use settings::Settings;
 pub use state::AppState;
 
@@ -261,6 +262,7 @@ impl Connected {
             None
         };
         let streams = Streams::new(&settings.redis.stream_prefix);
+        let live = services::live::Hub::new(settings.live, db.clone(), &redis, streams.clone());
         let state = AppState {
             db,
             redis: redis.clone(),
@@ -271,6 +273,7 @@ impl Connected {
             leases: netcron_common::protocol::lease::Leases::new(streams.clone(), 24 * 3600),
             webhook_policy: settings.events.webhook_policy,
             console_origin: console::origin::ConsoleOrigin::new(settings.public_url),
+            live,
         };
         Ok(Self {
             app: router(state),

@@ -18,6 +18,8 @@ pub struct Settings {
     pub ingest_workers: usize,
     /// Event detection and webhook delivery (part of ingest).
     pub events: netcron_ingest::events::EventSettings,
+    /// Bounds on live-output followers (`NETCRON_LIVE_*`).
+    pub live: crate::services::live::LiveSettings,
     /// Whether to create the database named in `DATABASE_URL` when it is missing (`all` does;
     /// the api alone does not).
     pub create_database: bool,
@@ -40,6 +42,7 @@ impl Settings {
             ingest_batch,
             ingest_workers,
             events: netcron_ingest::events::EventSettings::from_env()?,
+            live: crate::services::live::LiveSettings::from_env()?,
             create_database: false,
             public_url: config::parsed_opt("NETCRON_PUBLIC_URL")?,
         })

@@ -24,6 +24,8 @@ pub struct AppState {
     pub webhook_policy: WebhookPolicy,
     /// The console's own origin, for the same-origin check of its forms.
     pub console_origin: crate::console::origin::ConsoleOrigin,
+    /// Live-output followers and their shared Redis reader.
+    pub live: crate::services::live::Hub,
 }
 
 impl AppState {

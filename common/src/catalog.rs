@@ -393,6 +393,41 @@ pub const SETTINGS: &[Setting] = &[
         example: "7",
     },
     Setting {
+        name: "NETCRON_LIVE_FOLLOWERS",
+        roles: &["api", "all"],
+        default: Value("512"),
+        meaning: "Live-output followers (`GET /runs/{id}/output/live`, the console's run page) one api process serves at once; one more answers 429 with `Retry-After`. All of them share two Redis connections",
+        example: "2000",
+    },
+    Setting {
+        name: "NETCRON_LIVE_FOLLOWERS_PER_CLIENT",
+        roles: &["api", "all"],
+        default: Value("16"),
+        meaning: "Live-output followers one API token or console session may have open at once in one api process; one more answers 429 with `Retry-After`",
+        example: "4",
+    },
+    Setting {
+        name: "NETCRON_LIVE_FOLLOW_MAX_S",
+        roles: &["api", "all"],
+        default: Value("3600"),
+        meaning: "Seconds one live-output follow lasts at most, whatever the run does (even a run that stays queued); it then ends with a `timeout` event and the client may follow again",
+        example: "600",
+    },
+    Setting {
+        name: "NETCRON_LIVE_END_TTL_S",
+        roles: &["executor", "all"],
+        default: Value("30"),
+        meaning: "Seconds a run's live stream is kept after its attempt's `end` entry (a stream is written only while someone follows the run)",
+        example: "60",
+    },
+    Setting {
+        name: "NETCRON_LIVE_CHANNEL",
+        roles: &["executor", "all"],
+        default: Value("256"),
+        meaning: "Chunks of output in flight from a command's SSH thread to its live publisher; beyond this, chunks are dropped from the live view (never from the stored output) and the gap is marked. `1` forces drops, for fault tests",
+        example: "1",
+    },
+    Setting {
         name: "NETCRON_LOG",
         roles: &[
             "api",

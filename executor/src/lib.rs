@@ -36,6 +36,7 @@ use netcron_common::startup::{Waiting, wait_for};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
+pub use live::LiveConfig;
 pub use metrics::{ExecutorMetrics, SessionMetrics};
 pub use process::Executor;
 pub use runner::Runner;
@@ -102,6 +103,8 @@ pub struct ExecutorConfig {
     pub start_replicas: u32,
     /// How long that `WAIT` may take (`NETCRON_EXECUTOR_START_WAIT_MS`, 100).
     pub start_wait: Duration,
+    /// How live output is published (`NETCRON_LIVE_CHANNEL`, `NETCRON_LIVE_END_TTL_S`).
+    pub live: LiveConfig,
 }
 
 impl Default for ExecutorConfig {
@@ -126,6 +129,7 @@ impl Default for ExecutorConfig {
             zones: Zones::default(),
             start_replicas: 0,
             start_wait: Duration::from_millis(100),
+            live: LiveConfig::default(),
         }
     }
 }
@@ -170,6 +174,12 @@ impl ExecutorConfig {
             start_wait: config::parsed_or("NETCRON_EXECUTOR_START_WAIT_MS", 100u64)
                 .map(Duration::from_millis)?
                 .max(Duration::from_millis(1)),
+            live: LiveConfig {
+                channel: config::parsed_or("NETCRON_LIVE_CHANNEL", d.live.channel)?.max(1),
+                end_ttl: config::parsed_or("NETCRON_LIVE_END_TTL_S", d.live.end_ttl.as_secs())
+                    .map(Duration::from_secs)?
+                    .max(Duration::from_secs(1)),
+            },
         })
     }
 }

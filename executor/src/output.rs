@@ -128,6 +128,50 @@ impl<'a> Scrubber<'a> {
         (out, i)
     }
 
+    /// How many bytes at the start of `bytes`, which follow a gap (bytes never seen), to drop
+    /// so that nothing shown is part of a secret the gap cut: the longest beginning that is a
+    /// proper end of a secret (what is left of a secret cut by the gap is exactly such an
+    /// end), extended over every whole secret that begins inside it (dropping part of one
+    /// would cut it in turn). `None` until `bytes` is long enough to tell, unless `last`.
+    pub fn gap_head(&self, bytes: &[u8], last: bool) -> Option<usize> {
+        let hold = self.lookahead().saturating_sub(1);
+        if !last && bytes.len() < hold {
+            return None;
+        }
+        let mut n = self
+            .secrets
+            .iter()
+            .filter_map(|s| {
+                let s = s.as_bytes();
+                (1..s.len())
+                    .find(|&k| s.get(k..).is_some_and(|end| bytes.starts_with(end)))
+                    .map(|k| s.len() - k)
+            })
+            .max()
+            .unwrap_or(0);
+        loop {
+            let whole = (0..n)
+                .filter_map(|i| {
+                    let rest = bytes.get(i..)?;
+                    let secret = self
+                        .secrets
+                        .iter()
+                        .find(|s| rest.starts_with(s.as_bytes()))?;
+                    Some(i + secret.len())
+                })
+                .max();
+            match whole {
+                Some(end) if end > n => n = end,
+                _ => break,
+            }
+        }
+        // A secret beginning before `n` must have been seen whole to be ruled out.
+        if !last && bytes.len() < n + hold {
+            return None;
+        }
+        Some(n.min(bytes.len()))
+    }
+
     /// The length of the longest end of `bytes` that is a proper beginning of a secret.
     fn partial_tail(&self, bytes: &[u8]) -> usize {
         self.secrets

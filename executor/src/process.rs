@@ -42,7 +42,15 @@ impl Executor {
         let client = redis::Client::open(settings.redis.url.as_str())?;
         telemetry.add_redis_check(&client);
         let redis = writer(&client).await?;
-        let runner = Arc::new(runner(&settings, &redis, &metrics));
+        // Live output has a connection of its own, so its writes never queue behind (or ahead
+        // of) lease renewals on the writer's.
+        let live = crate::live::LiveSink::connect(
+            &client,
+            Streams::new(&settings.redis.stream_prefix),
+            settings.executor.live.clone(),
+        )
+        .await?;
+        let runner = Arc::new(runner(&settings, &redis, live, &metrics));
         let mut workers = Vec::new();
         for zone in settings.executor.zones.iter() {
             let worker = ZoneWorker::connect(

@@ -408,4 +408,94 @@ proptest! {
         let out = scrubber.scrub(&text);
         prop_assert!(!out.contains(&first) && !out.contains(&second), "{out:?}");
     }
+
+    #[test]
+    fn live_output_across_gaps_never_shows_a_piece_of_a_secret(
+        secret in secret(),
+        before in OTHER,
+        after in OTHER,
+        chunk in 1usize..12,
+        dropped in prop::collection::vec(any::<bool>(), 1..40),
+    ) {
+        let scrubber = Scrubber::new([secret.as_str()]);
+        let text = format!("{before}{secret}{after}");
+        // The tap drops the chunks marked in `dropped` (cycled), counting their bytes into
+        // the gap it reports with the next chunk it sends.
+        let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+        let mut gap = 0u64;
+        for (k, piece) in text.as_bytes().chunks(chunk).enumerate() {
+            if dropped[k % dropped.len()] {
+                gap += piece.len() as u64;
+            } else {
+                pieces.push((std::mem::take(&mut gap), piece));
+            }
+        }
+        if gap > 0 {
+            pieces.push((gap, &[]));
+        }
+        let shown = crate::live::published(&scrubber, &pieces);
+        let out = crate::live::without_markers(&shown);
+        prop_assert!(!out.chars().any(|c| secret.contains(c)), "{shown:?}");
+        if !dropped.iter().any(|d| *d) {
+            prop_assert_eq!(shown, format!("{before}{MASK}{after}"));
+        }
+    }
+
+    #[test]
+    fn live_output_across_gaps_shows_nothing_of_several_secrets(
+        first in secret(),
+        second in secret(),
+        pieces in prop::collection::vec(OTHER, 1..5),
+        chunk in 1usize..12,
+        dropped in prop::collection::vec(any::<bool>(), 1..40),
+    ) {
+        let scrubber = Scrubber::new([first.as_str(), second.as_str()]);
+        let text = pieces.join(&format!("{first}{second}"));
+        let mut chunks: Vec<(u64, &[u8])> = Vec::new();
+        let mut gap = 0u64;
+        for (k, piece) in text.as_bytes().chunks(chunk).enumerate() {
+            if dropped[k % dropped.len()] {
+                gap += piece.len() as u64;
+            } else {
+                chunks.push((std::mem::take(&mut gap), piece));
+            }
+        }
+        if gap > 0 {
+            chunks.push((gap, &[]));
+        }
+        let shown = crate::live::published(&scrubber, &chunks);
+        let out = crate::live::without_markers(&shown);
+        prop_assert!(
+            !out.chars().any(|c| first.contains(c) || second.contains(c)),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn live_output_kept_while_nobody_follows_shows_no_piece_of_a_secret(
+        secret in secret(),
+        before in OTHER,
+        after in OTHER,
+        chunk in 1usize..12,
+        hold in 1usize..24,
+        watched_from in 0usize..20,
+    ) {
+        // Nobody follows for the first `watched_from` chunks: the pane keeps only the last
+        // `hold` bytes, cutting the oldest (a gap at the front).
+        let scrubber = Scrubber::new([secret.as_str()]);
+        let text = format!("{before}{secret}{after}");
+        let mut pane = crate::live::Pane::default();
+        let mut shown = String::new();
+        for (k, piece) in text.as_bytes().chunks(chunk).enumerate() {
+            pane.push(&scrubber, 0, piece);
+            if k < watched_from {
+                pane.bound(hold);
+            } else {
+                shown.push_str(&pane.take(&scrubber, false));
+            }
+        }
+        shown.push_str(&pane.take(&scrubber, true));
+        let out = crate::live::without_markers(&shown);
+        prop_assert!(!out.chars().any(|c| secret.contains(c)), "{shown:?}");
+    }
 }

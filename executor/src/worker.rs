@@ -127,6 +127,7 @@ pub(crate) async fn writer(client: &redis::Client) -> Result<ConnectionManager> 
 pub(crate) fn runner(
     settings: &Settings,
     redis: &ConnectionManager,
+    live: crate::live::LiveSink,
     metrics: &ExecutorMetrics,
 ) -> Runner {
     let streams = Streams::new(&settings.redis.stream_prefix);
@@ -139,10 +140,7 @@ pub(crate) fn runner(
             ttl_s: settings.executor.done_ttl.as_secs(),
             runtime: tokio::runtime::Handle::current(),
         })
-        .with_live(crate::live::LiveSink {
-            redis: redis.clone(),
-            streams: streams.clone(),
-        })
+        .with_live(live)
         .with_shared_slots(Arc::new(crate::slots::DeviceSlots::new(
             redis.clone(),
             streams,

@@ -171,6 +171,7 @@ impl TestApp {
             ingest_workers: 2,
             create_database: false,
             public_url: None,
+            live: netcron_api::LiveSettings::default(),
             events: EventSettings {
                 webhook_retry_base: std::time::Duration::from_millis(200),
                 // Tests' webhook endpoints listen on 127.0.0.1; `edges.rs` checks the default.

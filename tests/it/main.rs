@@ -15,6 +15,7 @@ mod helpers;
 mod hostile;
 mod inventory;
 mod lifecycle;
+mod live;
 mod network;
 mod operations;
 mod partial;

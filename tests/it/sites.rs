@@ -234,7 +234,7 @@ fn executor_acl(user: &str, password: &str, prefix: &str, zone: &str) -> String 
          -@all +ping +hello +auth +time \
          +xreadgroup +xack +xautoclaim +xclaim +xpending +xgroup|create +xadd \
          +evalsha +eval +script|load +set +expire +pexpire +pttl +hset +hget +hmget +incr \
-         +zadd +zrem +zremrangebyscore +zscore +zcard"
+         +zadd +zrem +zremrangebyscore +zscore +zcard +mget +exists +client|setname"
     )
 }
 

@@ -516,14 +516,21 @@ mod tests {
 /// "data": text}` with the chunk's id (send it back as `Last-Event-ID` to resume after it); one
 /// `end` event `{"status": …}` follows once the run's outcome is stored, after which
 /// `GET /runs/{run_id}/output` has the whole output. For a run that has already ended the
-/// stream is just that `end`. Live output is a best-effort view (a slow client may miss chunks
-/// trimmed meanwhile); the stored output is the record. See docs/PROTOCOL.md.
+/// stream is what is left of its live stream, then that `end`. Live output is a best-effort
+/// view: where output was not shown (the executor fell behind, or nobody followed yet) a chunk
+/// says `[… N bytes not shown …]`; the stored output is the record. A follow lasts at most
+/// `NETCRON_LIVE_FOLLOW_MAX_S` and then ends with a `timeout` event `{"after_s": n}`; too many
+/// followers (per token or session, or in this process) answer 429 with `Retry-After`. See
+/// docs/PROTOCOL.md.
 #[utoipa::path(get, path = "/runs/{run_id}/output/live", tag = "runs",
     params(("run_id" = Uuid, Path, description = "Run id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses((status = 200, description = "An event stream of `output` events, then one `end` event",
         content_type = "text/event-stream", body = String,
         example = "event: output\nid: 1764381600000-0\ndata: {\"stream\":\"stdout\",\"attempt\":1,\"data\":\"line 1\\n\"}\n\nevent: end\ndata: {\"status\":\"succeeded\"}\n\n"),
+        (status = 429, description = "Too many followers, of this token or session or of this server; retry after `Retry-After` seconds",
+            content_type = "application/problem+json", body = crate::error::Problem,
+            example = json!({"type": "urn:netcron:problem:too-many-requests", "title": "Too many requests", "status": 429, "detail": "this token or session already follows 16 live outputs (NETCRON_LIVE_FOLLOWERS_PER_CLIENT); close one, or retry later"})),
         ReadErrors))]
 async fn live_output(
     State(state): State<AppState>,
@@ -547,9 +554,8 @@ pub(crate) async fn live_events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let updates =
-        crate::services::live::follow(&state.db, &state.redis, state.leases.streams(), id, after)
-            .await?;
+    let client = follower_key(headers);
+    let updates = crate::services::live::follow(&state.live, client, id, after).await?;
     let events = updates.map(|update| {
         let event = match update {
             Update::Output {
@@ -563,6 +569,9 @@ pub(crate) async fn live_events(
             Update::End { status } => Event::default()
                 .event("end")
                 .data(serde_json::json!({"status": status}).to_string()),
+            Update::Timeout { after_s } => Event::default()
+                .event("timeout")
+                .data(serde_json::json!({"after_s": after_s}).to_string()),
         };
         Ok::<_, std::convert::Infallible>(event)
     });
@@ -575,4 +584,27 @@ pub(crate) async fn live_events(
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// Who follows, for the per-client bound: the bearer token the request presented (the API)
+/// or its session cookie (the console), digested so no secret is kept.
+fn follower_key(headers: &HeaderMap) -> crate::services::live::ClientKey {
+    use sha2::{Digest as _, Sha256};
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| {
+            headers
+                .get_all(axum::http::header::COOKIE)
+                .iter()
+                .flat_map(|v| v.to_str().ok().unwrap_or_default().split(';'))
+                .map(str::trim)
+                .find(|c| {
+                    c.strip_prefix(crate::console::session::COOKIE)
+                        .is_some_and(|rest| rest.starts_with('='))
+                })
+                .map(str::as_bytes)
+        })
+        .unwrap_or_default();
+    Sha256::digest(presented).into()
 }

@@ -79,6 +79,16 @@ impl Streams {
         format!("{}live:{run_id}", self.prefix)
     }
 
+    /// Present while someone follows a run's live output (see [`live`]).
+    pub fn live_watch_key(&self, run_id: Uuid) -> String {
+        format!("{}live:watch:{run_id}", self.prefix)
+    }
+
+    /// The stream prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The lease of a run (see [`lease`]).
     pub fn run_key(&self, run_id: Uuid) -> String {
         format!("{}run:{run_id}", self.prefix)
