@@ -2,10 +2,10 @@
 //! takes to answer 10 bytes of a ~100 MiB stdout, at its start, its middle and its end, through
 //! the real api role over HTTP.
 //!
-//! Two runs are measured: one written with the schema as the migrations leave it (how every new
-//! output is stored), and one written while the column's storage is switched back to Postgres'
-//! default `EXTENDED` (compressed), as rows written before
-//! `m20261207_000001_outputs_external_storage` are. The output is inserted directly: 1.15M lines
+//! Two runs are measured: one written with the schema as the migrations leave it (bytes,
+//! uncompressed: how every output is stored), and one written while the column's storage is
+//! switched back to Postgres' default `EXTENDED` (compressed), to show what compression would
+//! cost a slice. The output is inserted directly: 1.15M lines
 //! of an interface report with a hex digest and two multi-byte characters each (~103 MB,
 //! compressible to about half, as device output is).
 //!
@@ -36,8 +36,9 @@ async fn insert_run(db: &DatabaseConnection) -> Uuid {
     db.execute_unprepared(&format!(
         "INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, status, exit_code, \
          stdout, stderr) SELECT '{id}', gen_random_uuid(), gen_random_uuid(), 'manual', now(), \
-         'succeeded', 0, string_agg(format('%s interface Gi0/%s is up, line protocol is up %s \
-         é€', i, i % 48, md5(i::text)), E'\\n'), '' FROM generate_series(1, 1150000) AS i"
+         'succeeded', 0, convert_to(string_agg(format('%s interface Gi0/%s is up, line protocol \
+         is up %s é€', i, i % 48, md5(i::text)), E'\\n'), 'UTF8'), '' \
+         FROM generate_series(1, 1150000) AS i"
     ))
     .await
     .expect("insert run");

@@ -41,6 +41,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use console::origin::PublicUrl;
 pub use error::ApiError;
 pub use services::live::LiveSettings;
+pub use services::runs::{OutputStream, output_slice_sql};
 pub use settings::Settings;
 pub use state::AppState;
 

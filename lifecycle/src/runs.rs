@@ -242,7 +242,8 @@ done AS (
     UPDATE runs r
     SET status = u.status, started_at = u.started_at, finished_at = u.finished_at,
         duration_ms = u.duration_ms, exit_code = u.exit_code, exit_signal = u.exit_signal,
-        stdout = u.stdout, stderr = u.stderr, truncated = u.truncated,
+        stdout = convert_to(u.stdout, 'UTF8'), stderr = convert_to(u.stderr, 'UTF8'),
+        truncated = u.truncated,
         error_kind = u.error_kind, error_message = u.error_message,
         attempts = coalesce(r.attempts, '[]'::jsonb) || coalesce(
             (SELECT jsonb_agg(e || jsonb_build_object('attempt', u.attempt,

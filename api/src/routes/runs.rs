@@ -61,12 +61,18 @@ pub struct RunView {
     pub attempts: Option<serde_json::Value>,
 }
 
+/// A stored output as text. The executor stores valid UTF-8 only; should a row hold anything
+/// else (written around netcron), it is shown with replacement characters, never refused.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 impl From<run::Model> for RunView {
     fn from(m: run::Model) -> Self {
         Self {
             summary: RunSummary::from(&m),
-            stdout: m.stdout,
-            stderr: m.stderr,
+            stdout: m.stdout.map(text),
+            stderr: m.stderr.map(text),
             payload: m.payload,
             attempts: m.attempts,
         }

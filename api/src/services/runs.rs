@@ -80,8 +80,9 @@ pub struct RunSummary {
 
 impl From<&run::Model> for RunSummary {
     fn from(m: &run::Model) -> Self {
-        let size = |text: &Option<String>| {
-            text.as_ref()
+        let size = |bytes: &Option<Vec<u8>>| {
+            bytes
+                .as_ref()
                 .map(|t| i64::try_from(t.len()).unwrap_or(i64::MAX))
         };
         Self {
@@ -220,26 +221,28 @@ pub async fn output_size(db: &DatabaseConnection, id: Uuid, stream: OutputStream
     Ok(total.unsigned_abs())
 }
 
-/// No text value in Postgres is longer than 1 GiB, so an offset at or past this is past the
-/// end of any output; clamping to it keeps every bound within `int4`.
+/// No value in Postgres is longer than 1 GiB, so an offset at or past this is past the end of
+/// any output; clamping to it keeps every bound within `int4`.
 const TEXT_MAX: u64 = 1 << 30;
 
-/// How many times longer than a slice's end an output must be for its slice to be read as a
-/// prefix (see [`output`]). Measured: reading a prefix costs about four times more per byte
-/// than reading the whole value, and fetches up to four bytes per character.
-const PREFIX_FACTOR: i64 = 16;
+/// The statement [`output`] reads a slice with: `$1` the run, `$2` the first byte (from 1),
+/// `$3` how many. Public so that tests can ask Postgres what it reads.
+pub fn output_slice_sql(stream: OutputStream) -> String {
+    let column = stream.column();
+    format!(
+        "SELECT coalesce(octet_length({column}), 0)::int8 AS total, truncated, \
+         coalesce(substring({column} FROM $2::int4 FOR $3::int4), ''::bytea) AS slice \
+         FROM runs WHERE id = $1"
+    )
+}
 
 /// Bytes `offset .. offset + limit` of a run's stdout or stderr (fewer at the end), cut by
 /// Postgres so that only the slice travels. Offsets are in bytes of the UTF-8 text, as HTTP
 /// ranges are; a slice may therefore begin or end inside a character.
 ///
-/// Postgres slices a `text` value only from its start in a multi-byte encoding (it cannot
-/// know which byte a character position falls on without reading what comes before), so a
-/// slice that ends early in a long output is read as a prefix of `offset + limit`
-/// characters — which hold at least that many bytes — and then cut by byte: Postgres fetches
-/// only the chunks of that prefix (outputs are stored uncompressed, `STORAGE EXTERNAL`, and
-/// an older compressed one is decompressed only that far). Any other slice converts the whole
-/// output, which near its end is cheaper than counting its characters.
+/// Outputs are stored as bytes, uncompressed and out of line (`STORAGE EXTERNAL`), so
+/// Postgres fetches only the TOAST chunks (about 2 kB each) that hold the slice, wherever it
+/// lies in the output.
 pub async fn output(
     db: &DatabaseConnection,
     id: Uuid,
@@ -247,25 +250,15 @@ pub async fn output(
     offset: u64,
     limit: u64,
 ) -> Result<OutputSlice> {
-    let column = stream.column();
     // Three bytes over the cap: JSON slices read past their end to finish a character.
     let limit = limit.min(MAX_OUTPUT_SLICE + 3);
     let offset = offset.min(TEXT_MAX);
     // Both fit in int4: offset is at most 1 GiB and limit 8 MiB + 3.
     let (start, limit) = (offset as i64 + 1, limit as i64);
-    let sql = format!(
-        "SELECT coalesce(octet_length({column}), 0)::int8 AS total, truncated, \
-         CASE WHEN ($2::int8 - 1 + $3::int8) * {PREFIX_FACTOR} < octet_length({column}) \
-           THEN substring(convert_to(substring({column} FROM 1 FOR ($2::int8 - 1 + $3::int8)::int4), \
-                'UTF8') FROM $2::int4 FOR $3::int4) \
-           ELSE substring(convert_to(coalesce({column}, ''), 'UTF8') FROM $2::int4 FOR $3::int4) \
-         END AS slice \
-         FROM runs WHERE id = $1"
-    );
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
             db.get_database_backend(),
-            sql,
+            output_slice_sql(stream),
             [id.into(), start.into(), limit.into()],
         ))
         .await?

@@ -19,8 +19,9 @@ pub struct Model {
     pub status: RunStatus,
     pub exit_code: Option<i32>,
     pub exit_signal: Option<String>,
-    pub stdout: Option<String>,
-    pub stderr: Option<String>,
+    /// UTF-8 text, stored as bytes so that byte ranges can be read without the rest.
+    pub stdout: Option<Vec<u8>>,
+    pub stderr: Option<Vec<u8>>,
     pub truncated: bool,
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
