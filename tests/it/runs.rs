@@ -498,7 +498,9 @@ async fn a_slice_of_a_long_output_reads_only_the_chunks_it_needs() {
     let total = i64::try_from(output.len()).expect("size");
     // One connection throughout: its first statement also reads the catalog (the TOAST
     // table's description), which is not the slice's cost.
-    let txn = sea_orm::TransactionTrait::begin(&app.db).await.expect("begin");
+    let txn = sea_orm::TransactionTrait::begin(&app.db)
+        .await
+        .expect("begin");
     buffers_for_slice(&txn, run, 0).await;
     for offset in [0, total / 2, total - 10] {
         let buffers = buffers_for_slice(&txn, run, offset).await;
