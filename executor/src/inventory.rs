@@ -44,6 +44,9 @@ pub fn powershell_command() -> String {
 
 /// Parses the script's JSON (PowerShell 5.1 or 7 formatting, CRLF, a UTF-8 BOM).
 ///
+/// It is long because it is one table: each section of the document read into its normalized
+/// type, field by field, in the script's order.
+///
 /// # Errors
 /// When the output is not the script's JSON document; the text says what was wrong.
 pub fn parse_powershell(stdout: &str, collected_at: DateTime<Utc>) -> Result<Inventory, String> {

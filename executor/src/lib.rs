@@ -10,12 +10,15 @@
 //! - a failed command or an unreachable device is a *result* (a run status), not an `Err`;
 //! - the async runtime never blocks: libssh2 runs under `spawn_blocking`.
 
+mod attempts;
 mod cli;
 mod error;
 mod first_contact;
 pub mod inventory;
+mod kinds;
 mod live;
 pub mod metrics;
+mod outcome;
 mod output;
 mod process;
 #[cfg(test)]

@@ -10,7 +10,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
-    /// One of a closed set (`ssh::pool::Discard`), so the series cannot multiply.
+    /// One of a closed set (`ssh::terms::Discard`), so the series cannot multiply.
     reason: &'static str,
 }
 

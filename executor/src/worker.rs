@@ -23,7 +23,8 @@ use uuid::Uuid;
 use crate::error::Result;
 use crate::first_contact::FirstContact;
 use crate::metrics::ExecutorMetrics;
-use crate::runner::{Runner, error_outcome};
+use crate::outcome::error_outcome;
+use crate::runner::Runner;
 use crate::{ExecutorConfig, Settings};
 
 /// One zone's consumer in an executor process: a consumer in the `executors` group of the
@@ -233,6 +234,11 @@ impl ZoneWorker {
     /// Dropping the returned future (or aborting its task) stops everything at once without
     /// acknowledging anything, like a crash: the held tasks are then taken over by other
     /// executors once idle.
+    ///
+    /// It is long because it is the loop itself, in the order of a turn (finished runs, free
+    /// capacity, reclaim or read, due and held tasks, then the grace period), and each step
+    /// reads and updates the loop's own state (the join set, the two semaphores, the reclaim
+    /// clock and the backoff).
     ///
     /// # Errors
     /// Never, today; the signature leaves room for fatal conditions.
@@ -618,7 +624,7 @@ impl ZoneWorker {
     /// [`ZoneWorker::start`] (a finished, begun or superseded attempt is dropped).
     async fn run_noops(&self, noops: Vec<(String, Task)>) {
         // The batch starts together: one instant for all of it.
-        let outcome = crate::runner::noop_outcome();
+        let outcome = crate::kinds::noop::noop_outcome();
         let results: Vec<(String, RunResult)> = noops
             .iter()
             .map(|(entry_id, task)| {

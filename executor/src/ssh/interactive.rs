@@ -7,7 +7,8 @@ use netcron_common::domain::{ErrorKind, RunStatus};
 use netcron_common::secret::SecretString;
 use ssh2::{Channel, Session};
 
-use super::{Attempt, CliLine, Discard, Failure, Limits, Step, Waiter};
+use super::terms::{Attempt, CliLine, Discard, Failure, Limits};
+use super::wait::{Step, Waiter};
 use crate::cli::{self, Driver};
 use crate::output::Scrubber;
 

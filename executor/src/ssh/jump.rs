@@ -11,7 +11,9 @@ use netcron_common::domain::ErrorKind;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use ssh2::{Channel, Session};
 
-use super::{Failure, Limits, Step, Target, Waiter, connect, login};
+use super::login::{connect, login};
+use super::terms::{Failure, Limits, Target};
+use super::wait::{Step, Waiter};
 
 /// How long a pump may live. A pooled session serves run after run, so every use extends it;
 /// it is only a safety net, since the pump ends as soon as the session closes its end.
@@ -98,7 +100,9 @@ pub(super) fn tunnel(
     Ok((ours, lease))
 }
 
-/// Copies bytes between `local` and the bastion's channel until either side closes.
+/// Copies bytes between `local` and the bastion's channel until either side closes. It is
+/// one loop because every turn must serve both directions before it may wait on both ends: a
+/// direction served apart could wait while the other has bytes ready.
 fn pump(
     session: &Session,
     mut channel: Channel,

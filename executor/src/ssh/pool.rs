@@ -20,44 +20,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Connection, Target};
+use super::connection::Connection;
+use super::terms::{Discard, Target};
 use crate::metrics::SessionMetrics;
-
-/// Why a pooled session was closed instead of serving another run (the `reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Discard {
-    /// Its idle time ended.
-    Idle,
-    /// It was found dead (or unresponsive) before a run used it; the run opened a fresh one.
-    Dead,
-    /// The device's address, platform, algorithms, credential or jump host changed.
-    Changed,
-    /// The device's pin no longer allows the key the session saw (a re-pin).
-    HostKey,
-    /// The run on it ended with a connection-level error (timeout, lost connection, protocol).
-    Error,
-    /// A CLI session could not be brought back to its base prompt.
-    Prompt,
-    /// The pool held its maximum of idle sessions; the oldest made room.
-    Full,
-    /// The executor stopped.
-    Shutdown,
-}
-
-impl Discard {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Idle => "idle",
-            Self::Dead => "dead",
-            Self::Changed => "changed",
-            Self::HostKey => "host_key",
-            Self::Error => "error",
-            Self::Prompt => "prompt",
-            Self::Full => "full",
-            Self::Shutdown => "shutdown",
-        }
-    }
-}
 
 /// What a pooled session must match to serve a run: a digest of everything that decides which
 /// server is reached, as whom and how, except the device's pin, which is compared on its own.
