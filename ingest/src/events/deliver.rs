@@ -299,7 +299,7 @@ impl Dispatcher {
             .await
             .map_err(|(code, error)| (code, bounded(error, MAX_RECORDED_TEXT)));
         let attempt = claim.attempts + 1;
-        let settled = self.settle(attempt, outcome);
+        let settled = settle(&self.settings, attempt, outcome);
         self.count(&claim, attempt, &settled);
         self.db
             .execute_raw(stmt(
@@ -366,41 +366,6 @@ impl Dispatcher {
         self.send(client, request).await
     }
 
-    /// What attempt number `attempt` leaves the delivery as: delivered, failed for good after
-    /// `webhook_max_attempts`, or pending a retry after an exponential, jittered delay.
-    fn settle(&self, attempt: i32, outcome: Result<u16, (Option<u16>, String)>) -> Settled {
-        match outcome {
-            Ok(code) => Settled {
-                status: "delivered",
-                code: Some(i32::from(code)),
-                error: None,
-                retry_in: 0.0,
-            },
-            Err((code, error)) if attempt >= self.settings.webhook_max_attempts => Settled {
-                status: "failed",
-                code: code.map(i32::from),
-                error: Some(error),
-                retry_in: 0.0,
-            },
-            Err((code, error)) => {
-                let exponent = u32::try_from(attempt - 1).unwrap_or(0).min(16);
-                let delay = self
-                    .settings
-                    .webhook_retry_base
-                    .saturating_mul(1 << exponent)
-                    .min(Duration::from_secs(3600));
-                // Full jitter, so endpoints recovering from an outage are not hit in lockstep.
-                let jittered = delay.mul_f64(0.5 + rand_unit() / 2.0);
-                Settled {
-                    status: "pending",
-                    code: code.map(i32::from),
-                    error: Some(error),
-                    retry_in: jittered.as_secs_f64(),
-                }
-            }
-        }
-    }
-
     /// Counts an attempt in the webhook series, and logs one that did not deliver.
     fn count(&self, claim: &Claim, attempt: i32, settled: &Settled) {
         let label = match settled.status {
@@ -416,6 +381,44 @@ impl Dispatcher {
             tracing::warn!(webhook = %claim.webhook_id, event = %claim.event_id, attempt,
                 status = settled.status, error = settled.error.as_deref(),
                 "webhook delivery failed");
+        }
+    }
+}
+
+/// What attempt number `attempt` leaves the delivery as: delivered, failed for good after
+/// `webhook_max_attempts`, or pending a retry after an exponential, jittered delay.
+fn settle(
+    settings: &EventSettings,
+    attempt: i32,
+    outcome: Result<u16, (Option<u16>, String)>,
+) -> Settled {
+    match outcome {
+        Ok(code) => Settled {
+            status: "delivered",
+            code: Some(i32::from(code)),
+            error: None,
+            retry_in: 0.0,
+        },
+        Err((code, error)) if attempt >= settings.webhook_max_attempts => Settled {
+            status: "failed",
+            code: code.map(i32::from),
+            error: Some(error),
+            retry_in: 0.0,
+        },
+        Err((code, error)) => {
+            let exponent = u32::try_from(attempt - 1).unwrap_or(0).min(16);
+            let delay = settings
+                .webhook_retry_base
+                .saturating_mul(1 << exponent)
+                .min(Duration::from_secs(3600));
+            // Full jitter, so endpoints recovering from an outage are not hit in lockstep.
+            let jittered = delay.mul_f64(0.5 + rand_unit() / 2.0);
+            Settled {
+                status: "pending",
+                code: code.map(i32::from),
+                error: Some(error),
+                retry_in: jittered.as_secs_f64(),
+            }
         }
     }
 }
@@ -580,6 +583,38 @@ mod tests {
             "the timestamp is signed"
         );
         assert_ne!(a, sign(b"k", 1_700_000_000, "{ }"), "the body is signed");
+    }
+
+    #[test]
+    fn an_attempt_settles_as_delivered_retried_with_backoff_or_failed_for_good() {
+        let settings = EventSettings::default();
+        let delivered = settle(&settings, 1, Ok(204));
+        assert_eq!((delivered.status, delivered.code), ("delivered", Some(204)));
+        let err = || Err((Some(503), "the endpoint answered 503".to_owned()));
+        let first = settle(&settings, 1, err());
+        assert_eq!(first.status, "pending");
+        // The base delay (5 s), full jitter keeping at least half of it.
+        assert!((2.5..=5.0).contains(&first.retry_in), "{}", first.retry_in);
+        let late = settle(&settings, 7, err());
+        assert!(
+            (160.0..=320.0).contains(&late.retry_in),
+            "{}",
+            late.retry_in
+        );
+        let capped = settle(
+            &EventSettings {
+                webhook_max_attempts: 40,
+                ..settings.clone()
+            },
+            30,
+            err(),
+        );
+        assert!(capped.retry_in <= 3600.0, "{}", capped.retry_in);
+        let last = settle(&settings, settings.webhook_max_attempts, err());
+        assert_eq!(
+            (last.status, last.code, last.retry_in),
+            ("failed", Some(503), 0.0)
+        );
     }
 
     #[test]

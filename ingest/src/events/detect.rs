@@ -362,3 +362,64 @@ fn event(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(status: RunStatus, error_kind: Option<ErrorKind>) -> Finished<'static> {
+        Finished {
+            run_id: Uuid::now_v7(),
+            attempt: 1,
+            status,
+            error_kind,
+            error_message: None,
+            finished_at: Utc::now(),
+            host_key_fingerprint: None,
+        }
+    }
+
+    #[test]
+    fn streaks_count_failures_after_the_last_success_in_finishing_order() {
+        let schedule_id = Uuid::now_v7();
+        let ctx = Context {
+            device_id: Uuid::now_v7(),
+            device_name: "edge-1".to_owned(),
+            schedule_id: Some(schedule_id),
+            pinned: None,
+        };
+        let unreachable = || run(RunStatus::Error, Some(ErrorKind::Unreachable));
+        let mut streaks = Streaks::default();
+        for r in [
+            unreachable(),
+            run(RunStatus::Succeeded, None),
+            unreachable(),
+            unreachable(),
+        ] {
+            streaks.count(&r, &ctx);
+        }
+        assert_eq!(streaks.devices[&ctx.device_id], (true, 2));
+        assert_eq!(streaks.schedules[&schedule_id], (true, 2));
+        // An internal error says nothing about the device, but fails the schedule's run.
+        streaks.count(&run(RunStatus::Error, Some(ErrorKind::Internal)), &ctx);
+        assert_eq!(streaks.devices[&ctx.device_id], (true, 2));
+        assert_eq!(streaks.schedules[&schedule_id], (true, 3));
+    }
+
+    #[test]
+    fn a_failed_run_with_a_changed_host_key_makes_both_its_events() {
+        let ctx = Context {
+            device_id: Uuid::now_v7(),
+            device_name: "edge-1".to_owned(),
+            schedule_id: None,
+            pinned: Some("SHA256:old".to_owned()),
+        };
+        let events = run_events(
+            &run(RunStatus::Error, Some(ErrorKind::HostKeyMismatch)),
+            &ctx,
+        );
+        let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+        assert_eq!(types, [RUN_FAILED, HOST_KEY_CHANGED]);
+        assert!(run_events(&run(RunStatus::Succeeded, None), &ctx).is_empty());
+    }
+}
