@@ -28,7 +28,8 @@ use netcron_lifecycle::runs;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamReadReply};
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, Statement,
+    TransactionTrait, Value,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -412,6 +413,8 @@ impl Ingest {
         Ok(report)
     }
 
+    /// Stores one chunk in one transaction, then marks its outcomes' leases stored and
+    /// acknowledges it. A chunk stored twice changes nothing the second time.
     async fn commit(
         &self,
         conns: &Conns,
@@ -419,71 +422,17 @@ impl Ingest {
         report: &mut IngestReport,
     ) -> anyhow::Result<()> {
         let batch = runs::first_outcomes(chunk.iter().map(|(_, r)| r));
-        let started: Vec<runs::Started<'_>> = batch
-            .started
-            .values()
-            .map(|r| runs::Started {
-                run_id: r.run_id,
-                attempt: r.attempt,
-                executor_id: &r.executor_id,
-                started_at: r.started_at,
-            })
-            .collect();
+        let started = started_reports(&batch);
         let outcomes: Vec<&RunResult> = batch.finished.values().copied().collect();
         let txn = self.db.begin().await?;
         report.started += runs::started(&txn, &started).await?;
         let finished = runs::finish(&txn, &outcomes, &batch.repeats).await?;
-        for (run_id, repeats) in &finished.repeated {
-            tracing::warn!(%run_id, repeats,
-                "an attempt executed again after its outcome was stored (Redis lost its \
-                 lease); the repeat is recorded on the run's attempts");
-        }
-        report.finished += finished.done.len() as u64;
-        report.pinned += finished.pinned;
-        report.superseded += finished.superseded;
-        // The outcome applied to each run this transaction finished (its current attempt).
-        let applied: HashMap<Uuid, &RunResult> = outcomes
-            .iter()
-            .filter(|r| finished.done.contains(&r.run_id))
-            .map(|r| (r.run_id, *r))
-            .collect();
+        tally(report, &finished);
+        let applied = applied_outcomes(&outcomes, &finished.done);
         store_configs(&txn, &applied, &finished.done).await?;
-        // Only runs this transaction finished: a result seen twice must not count twice.
-        let mut newly: Vec<Finished<'_>> = finished
-            .done
-            .iter()
-            .filter_map(|id| {
-                let r = applied.get(id)?;
-                // A no-op never contacts its device: nothing to detect, no query to make.
-                if r.kind == Some(CommandKind::Noop) {
-                    return None;
-                }
-                let o = r.outcome.as_ref()?;
-                Some(Finished {
-                    run_id: r.run_id,
-                    attempt: r.attempt,
-                    status: o.status,
-                    error_kind: o.error_kind,
-                    error_message: o.error_message.as_deref(),
-                    finished_at: o.finished_at,
-                    host_key_fingerprint: o.host_key_fingerprint.as_deref(),
-                })
-            })
-            .collect();
-        let mut paused = Vec::new();
-        let new_events = events::record(&txn, &mut newly, &self.events, &mut paused).await?;
-        // A schedule paused for its failures is paused like any other: its runs materialised
-        // ahead of their fire time are withdrawn with it (Redis failing rolls the whole batch
-        // back, to be stored again).
-        for schedule_id in paused {
-            let withdrawn =
-                runs::withdraw_ahead(&txn, &mut conns.redis.clone(), &self.leases, schedule_id)
-                    .await?;
-            if withdrawn.runs > 0 {
-                tracing::info!(%schedule_id, runs = withdrawn.runs,
-                    "runs materialised ahead withdrawn from a schedule paused for its failures");
-            }
-        }
+        let wrote_events = self
+            .detect_events(&txn, conns, &applied, &finished.done)
+            .await?;
         // Outbox rows of finished runs are left to the scheduler's housekeeping, which deletes
         // them in bulk; deleting them here doubled the rows this transaction writes.
         if finished.release {
@@ -495,13 +444,52 @@ impl Ingest {
             .await?;
         }
         txn.commit().await?;
-        if !new_events.is_empty() {
+        if wrote_events {
             self.wake.notify_one();
         }
-        // The attempts' outcomes are stored: their `done` keys, which do not expire while an
-        // outcome waits for ingest, go shortly. Before the acknowledgement: should this fail,
-        // the batch is read again and stored again (every step above is a no-op the second
-        // time), so no key is left without an expiry.
+        self.mark_stored(conns, &chunk).await?;
+        self.count_stored(started.len(), &applied);
+        let ids: Vec<String> = chunk.into_iter().map(|(id, _)| id).collect();
+        self.ack(conns, &ids).await
+    }
+
+    /// Detects the events of the runs this transaction finished (`done`) and withdraws the
+    /// runs materialised ahead of the schedules it paused. Whether it wrote events.
+    async fn detect_events(
+        &self,
+        txn: &DatabaseTransaction,
+        conns: &Conns,
+        applied: &HashMap<Uuid, &RunResult>,
+        done: &[Uuid],
+    ) -> anyhow::Result<bool> {
+        // Only runs this transaction finished: a result seen twice must not count twice.
+        let mut newly = newly_finished(applied, done);
+        let mut paused = Vec::new();
+        let new_events = events::record(txn, &mut newly, &self.events, &mut paused).await?;
+        // A schedule paused for its failures is paused like any other: its runs materialised
+        // ahead of their fire time are withdrawn with it (Redis failing rolls the whole batch
+        // back, to be stored again).
+        for schedule_id in paused {
+            let withdrawn =
+                runs::withdraw_ahead(txn, &mut conns.redis.clone(), &self.leases, schedule_id)
+                    .await?;
+            if withdrawn.runs > 0 {
+                tracing::info!(%schedule_id, runs = withdrawn.runs,
+                    "runs materialised ahead withdrawn from a schedule paused for its failures");
+            }
+        }
+        Ok(!new_events.is_empty())
+    }
+
+    /// The attempts' outcomes are stored: their `done` keys, which do not expire while an
+    /// outcome waits for ingest, go shortly. Called before the acknowledgement: should this
+    /// fail, the batch is read again and stored again (every step of [`Self::commit`] is a
+    /// no-op the second time), so no key is left without an expiry.
+    async fn mark_stored(
+        &self,
+        conns: &Conns,
+        chunk: &[(String, RunResult)],
+    ) -> anyhow::Result<()> {
         let read: Vec<(Uuid, i32)> = chunk
             .iter()
             .filter(|(_, r)| r.outcome.is_some())
@@ -510,9 +498,14 @@ impl Ingest {
         self.leases
             .stored(&mut conns.redis.clone(), &read)
             .await
-            .context("marking stored outcomes' leases")?;
+            .context("marking stored outcomes' leases")
+    }
+
+    /// Counts what a committed transaction stored: `started` reports, and each applied
+    /// outcome with its lag behind the run's end.
+    fn count_stored(&self, started: usize, applied: &HashMap<Uuid, &RunResult>) {
         let now = chrono::Utc::now();
-        for _ in 0..started.len() {
+        for _ in 0..started {
             self.metrics.stored("started", None);
         }
         for r in applied.values() {
@@ -521,8 +514,6 @@ impl Ingest {
                 self.metrics.stored(o.status.as_str(), Some(lag));
             }
         }
-        let ids: Vec<String> = chunk.into_iter().map(|(id, _)| id).collect();
-        self.ack(conns, &ids).await
     }
 
     async fn ack(&self, conns: &Conns, ids: &[String]) -> anyhow::Result<()> {
@@ -560,6 +551,64 @@ impl Ingest {
         pipe.query_async::<()>(&mut conns.redis.clone()).await?;
         Ok(())
     }
+}
+
+/// The `started` reports of a batch, as the lifecycle takes them.
+fn started_reports<'a>(batch: &runs::Batch<'a>) -> Vec<runs::Started<'a>> {
+    batch
+        .started
+        .values()
+        .map(|r| runs::Started {
+            run_id: r.run_id,
+            attempt: r.attempt,
+            executor_id: &r.executor_id,
+            started_at: r.started_at,
+        })
+        .collect()
+}
+
+/// Adds what `finish` did to the report, and logs the attempts that executed again.
+fn tally(report: &mut IngestReport, finished: &runs::Finished) {
+    for (run_id, repeats) in &finished.repeated {
+        tracing::warn!(%run_id, repeats,
+            "an attempt executed again after its outcome was stored (Redis lost its \
+             lease); the repeat is recorded on the run's attempts");
+    }
+    report.finished += finished.done.len() as u64;
+    report.pinned += finished.pinned;
+    report.superseded += finished.superseded;
+}
+
+/// The outcome applied to each run this transaction finished (`done`: its current attempt).
+fn applied_outcomes<'a>(outcomes: &[&'a RunResult], done: &[Uuid]) -> HashMap<Uuid, &'a RunResult> {
+    outcomes
+        .iter()
+        .filter(|r| done.contains(&r.run_id))
+        .map(|r| (r.run_id, *r))
+        .collect()
+}
+
+/// What event detection needs of each run this transaction finished (`done`).
+fn newly_finished<'a>(applied: &HashMap<Uuid, &'a RunResult>, done: &[Uuid]) -> Vec<Finished<'a>> {
+    done.iter()
+        .filter_map(|id| {
+            let r = applied.get(id).copied()?;
+            // A no-op never contacts its device: nothing to detect, no query to make.
+            if r.kind == Some(CommandKind::Noop) {
+                return None;
+            }
+            let o = r.outcome.as_ref()?;
+            Some(Finished {
+                run_id: r.run_id,
+                attempt: r.attempt,
+                status: o.status,
+                error_kind: o.error_kind,
+                error_message: o.error_message.as_deref(),
+                finished_at: o.finished_at,
+                host_key_fingerprint: o.host_key_fingerprint.as_deref(),
+            })
+        })
+        .collect()
 }
 
 /// Stores the configurations fetched by the `config_backup` runs this batch finished (`done`:
