@@ -4,6 +4,9 @@
 //! in the console, answer 200 for such rows and show the value as `unknown:<text>`; request
 //! bodies still accept only the values this build knows (422 naming the field).
 
+use std::sync::Arc;
+
+use netcron_scheduler::{SchedulerConfig, SystemClock};
 use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 
@@ -119,7 +122,12 @@ async fn the_console_shows_values_from_a_newer_version() {
             format!("/console/devices/{d}"),
             &["unknown:cisco_xr", "unknown:netconf_get"],
         ),
-        (format!("/console/devices/{d}/edit"), &[]),
+        // The form keeps the unknown platform selected: saving it unchanged is refused, never
+        // quietly turned into the first known platform.
+        (
+            format!("/console/devices/{d}/edit"),
+            &["<option value=\"unknown:cisco_xr\" selected>"],
+        ),
         ("/console/credentials".to_owned(), &["unknown:certificate"]),
         (format!("/console/credentials/{credential}/edit"), &[]),
         ("/console/schedules".to_owned(), &[]),
@@ -253,4 +261,37 @@ async fn the_schema_documents_the_unknown_form_beside_the_known_values() {
     let create = &schemas["DeviceCreate"]["properties"]["platform"];
     let create = resolve(&spec, create);
     assert!(create["enum"].is_array(), "{create}");
+}
+
+#[tokio::test]
+async fn a_run_that_needs_a_value_from_a_newer_version_ends_in_error_and_is_never_published() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("edge-1").await;
+    let path = format!("/devices/{}/commands/{}/run", id(&device), id(&command));
+    let (status, run) = json_of(app.post(&path, &json!({})).await).await;
+    assert_eq!(status, 202, "{run}");
+    app.db
+        .execute_unprepared(
+            "ALTER TABLE devices DROP CONSTRAINT IF EXISTS devices_platform_check;
+             UPDATE devices SET platform = 'cisco_xr';",
+        )
+        .await
+        .expect("the newer version's migration");
+    let scheduler = app
+        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .await;
+    scheduler.publish_pending().await.expect("publish");
+    assert!(
+        app.tasks().await.is_empty(),
+        "no task for a platform this build does not know"
+    );
+    let ended = read(&app, &format!("/runs/{}", id(&run))).await;
+    assert_eq!(ended["status"], "error", "{ended}");
+    assert_eq!(ended["error_kind"], "internal", "{ended}");
+    assert!(
+        ended["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot be published")),
+        "{ended}"
+    );
 }
