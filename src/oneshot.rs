@@ -160,13 +160,26 @@ async fn stored_device(
         .one(&db)
         .await?
         .with_context(|| format!("the credential of device {name} is gone"))?;
+    // A value from a newer version cannot go into a task: this version could not run it.
+    let platform = device.platform.known().with_context(|| {
+        format!(
+            "device {name} has platform {}, which this version does not know",
+            device.platform
+        )
+    })?;
+    let kind = credential.kind.known().with_context(|| {
+        format!(
+            "the credential of device {name} is of kind {}, which this version does not know",
+            credential.kind
+        )
+    })?;
     let task = task(
         TaskDevice {
             id: device.id,
             name: device.name.clone(),
             host: device.host.clone(),
             port: u16::try_from(device.port).unwrap_or(22),
-            platform: device.platform,
+            platform,
             host_key_fingerprint: device.host_key_fingerprint.clone(),
             legacy_algorithms: device.legacy_algorithms,
             // The one-shot inventory connects directly.
@@ -176,7 +189,7 @@ async fn stored_device(
         TaskCredential {
             id: credential.id,
             username: credential.username,
-            kind: credential.kind,
+            kind,
             secret: TaskCredential::encode_sealed(&credential.secret),
             passphrase: credential
                 .passphrase

@@ -10,6 +10,8 @@ use chrono_tz::Tz;
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::stored::Stored;
+
 /// Why a piece of input was rejected. The caller knows which field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -476,6 +478,14 @@ impl RunStatus {
     /// Whether the run has ended and will not change again.
     pub fn is_terminal(self) -> bool {
         !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+}
+
+impl Stored<RunStatus> {
+    /// Whether a stored run has ended, as far as this version can tell: a status it does not
+    /// know (a newer version's) counts as ended, so nothing here waits on it forever.
+    pub fn is_terminal(&self) -> bool {
+        self.known().is_none_or(RunStatus::is_terminal)
     }
 }
 

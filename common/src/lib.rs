@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod secret;
 pub mod sentinel;
 pub mod startup;
+pub mod stored;
 pub mod telemetry;
 
 pub use config::ConfigError;

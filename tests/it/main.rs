@@ -31,4 +31,5 @@ mod sites;
 mod slots;
 mod sshd;
 mod text_safety;
+mod tolerant;
 mod zones;

@@ -3,6 +3,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{CommandKind, parse_name};
 use netcron_common::entity::command;
+use netcron_common::stored::Stored;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -80,7 +81,7 @@ pub struct CommandView {
     pub id: Uuid,
     pub device_id: Uuid,
     pub name: String,
-    pub kind: CommandKind,
+    pub kind: Stored<CommandKind>,
     pub command: String,
     pub timeout_s: i32,
     pub max_output_bytes: i64,

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use netcron_common::domain::{CredentialKind, parse_name};
 use netcron_common::entity::credential;
 use netcron_common::secret::SecretString;
+use netcron_common::stored::Stored;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -86,7 +87,7 @@ pub struct CredentialView {
     pub id: Uuid,
     pub name: String,
     pub username: String,
-    pub kind: CredentialKind,
+    pub kind: Stored<CredentialKind>,
     /// Whether a private key is protected by a passphrase.
     pub has_passphrase: bool,
     /// Whether an enable secret is stored (the secret itself is never returned).

@@ -3,6 +3,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{Host, Platform, Zone, parse_name, parse_port};
 use netcron_common::entity::device;
+use netcron_common::stored::Stored;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -116,7 +117,7 @@ pub struct DeviceView {
     pub name: String,
     pub host: String,
     pub port: u16,
-    pub platform: Platform,
+    pub platform: Stored<Platform>,
     pub credential_id: Uuid,
     pub tags: Vec<String>,
     /// The pinned SHA-256 host-key fingerprint, or null until the first connection.

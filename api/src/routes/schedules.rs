@@ -3,6 +3,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{CronSpec, MisfirePolicy, OverlapPolicy, parse_timezone};
 use netcron_common::entity::schedule;
+use netcron_common::stored::Stored;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -101,8 +102,8 @@ pub struct ScheduleView {
     pub cron_expression: String,
     pub timezone: String,
     pub enabled: bool,
-    pub misfire_policy: MisfirePolicy,
-    pub overlap_policy: OverlapPolicy,
+    pub misfire_policy: Stored<MisfirePolicy>,
+    pub overlap_policy: Stored<OverlapPolicy>,
     pub start_at: Option<DateTime<Utc>>,
     pub end_at: Option<DateTime<Utc>>,
     /// The next fire time in UTC; null once the schedule is past `end_at`.

@@ -41,7 +41,7 @@ pub async fn create(
         id: Set(new_id()),
         device_id: Set(device_id),
         name: Set(new.name),
-        kind: Set(new.kind),
+        kind: Set(new.kind.into()),
         command: Set(new.command),
         timeout_s: Set(new.timeout_s),
         max_output_bytes: Set(new.max_output_bytes),
@@ -85,16 +85,17 @@ pub async fn update(
     validate: impl FnOnce(CommandKind, &str) -> Result<()>,
 ) -> Result<command::Model> {
     let current = get(db, device_id, id).await?;
-    validate(
-        changes.kind.unwrap_or(current.kind),
-        changes.command.as_deref().unwrap_or(&current.command),
-    )?;
+    // A kind this version does not know (a newer version's) has rules this version does not
+    // know either; they are the newer version's to keep, and other fields may still change.
+    if let Some(kind) = changes.kind.or(current.kind.known()) {
+        validate(kind, changes.command.as_deref().unwrap_or(&current.command))?;
+    }
     let mut model: command::ActiveModel = current.into();
     if let Some(v) = changes.name {
         model.name = Set(v);
     }
     if let Some(v) = changes.kind {
-        model.kind = Set(v);
+        model.kind = Set(v.into());
     }
     if let Some(v) = changes.command {
         model.command = Set(v);

@@ -77,7 +77,7 @@ pub async fn create(
         id: Set(id),
         name: Set(new.name),
         username: Set(new.username),
-        kind: Set(new.secret.kind()),
+        kind: Set(new.secret.kind().into()),
         secret: Set(secret),
         passphrase: Set(passphrase),
         enable_secret: Set(new.enable_secret.as_ref().map(|s| seal_enable(key, id, s))),
@@ -111,11 +111,14 @@ pub async fn update(
     changes: CredentialChanges,
 ) -> Result<credential::Model> {
     let current = get(db, id).await?;
-    let kind = changes
+    // A kind this version does not know is not a private key either.
+    let private_key = changes
         .secret
         .as_ref()
-        .map_or(current.kind, CredentialSecret::kind);
-    if kind == CredentialKind::Password && matches!(changes.passphrase, Some(Some(_))) {
+        .map_or(current.kind == CredentialKind::PrivateKey, |secret| {
+            secret.kind() == CredentialKind::PrivateKey
+        });
+    if !private_key && matches!(changes.passphrase, Some(Some(_))) {
         return Err(ApiError::validation(
             "passphrase",
             "only a private_key credential can have a passphrase",
@@ -130,7 +133,7 @@ pub async fn update(
     }
     if let Some(secret) = &changes.secret {
         let (sealed, passphrase) = seal(key, id, secret);
-        model.kind = Set(secret.kind());
+        model.kind = Set(secret.kind().into());
         model.secret = Set(sealed);
         model.passphrase = Set(passphrase);
     }

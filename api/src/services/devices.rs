@@ -175,7 +175,7 @@ pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::M
         name: Set(new.name),
         host: Set(new.host.as_str().to_owned()),
         port: Set(i32::from(new.port)),
-        platform: Set(new.platform),
+        platform: Set(new.platform.into()),
         credential_id: Set(new.credential_id),
         tags: Set(new.tags),
         host_key_fingerprint: Set(new.host_key_fingerprint),
@@ -267,7 +267,7 @@ pub async fn update(
         model.port = Set(i32::from(v));
     }
     if let Some(v) = changes.platform {
-        model.platform = Set(v);
+        model.platform = Set(v.into());
     }
     if let Some(v) = changes.credential_id {
         model.credential_id = Set(v);

@@ -24,6 +24,7 @@ use netcron_common::protocol::Streams;
 use netcron_common::protocol::live::{
     LiveEntry, RENAME_EVERY, WATCH_REFRESH_S, WATCH_TTL_S, connection_name, name_connection,
 };
+use netcron_common::stored::Stored;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use sea_orm::{
@@ -439,7 +440,7 @@ impl Hub {
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<(Uuid, RunStatus)> = run::Entity::find()
+        let rows: Vec<(Uuid, Stored<RunStatus>)> = run::Entity::find()
             .select_only()
             .column(run::Column::Id)
             .column(run::Column::Status)
@@ -447,7 +448,7 @@ impl Hub {
             .into_tuple()
             .all(&self.inner.db)
             .await?;
-        let found: HashMap<Uuid, RunStatus> = rows.into_iter().collect();
+        let found: HashMap<Uuid, Stored<RunStatus>> = rows.into_iter().collect();
         let mut state = self.lock();
         let mut ended = Vec::new();
         for run_id in due {

@@ -2,6 +2,7 @@ use chrono::{DateTime, Utc};
 use netcron_common::domain::{RunStatus, RunTrigger};
 use netcron_common::entity::run;
 use netcron_common::protocol::lease::Leases;
+use netcron_common::stored::Stored;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter,
@@ -47,8 +48,8 @@ pub struct RunSummary {
     pub schedule_id: Option<Uuid>,
     pub command_id: Uuid,
     pub device_id: Uuid,
-    pub trigger: RunTrigger,
-    pub status: RunStatus,
+    pub trigger: Stored<RunTrigger>,
+    pub status: Stored<RunStatus>,
     /// The fire time this run belongs to (for manual runs, when it was requested).
     pub scheduled_for: DateTime<Utc>,
     pub queued_at: DateTime<Utc>,
@@ -90,8 +91,8 @@ impl From<&run::Model> for RunSummary {
             schedule_id: m.schedule_id,
             command_id: m.command_id,
             device_id: m.device_id,
-            trigger: m.trigger,
-            status: m.status,
+            trigger: m.trigger.clone(),
+            status: m.status.clone(),
             scheduled_for: m.scheduled_for,
             queued_at: m.queued_at,
             started_at: m.started_at,
@@ -323,11 +324,11 @@ pub async fn cancel(
 }
 
 /// A run's status alone (the live-output follower polls it).
-pub async fn status(db: &DatabaseConnection, id: Uuid) -> Result<RunStatus> {
+pub async fn status(db: &DatabaseConnection, id: Uuid) -> Result<Stored<RunStatus>> {
     run::Entity::find_by_id(id)
         .select_only()
         .column(run::Column::Status)
-        .into_tuple::<RunStatus>()
+        .into_tuple::<Stored<RunStatus>>()
         .one(db)
         .await?
         .ok_or_else(|| ApiError::not_found("run", id))

@@ -107,8 +107,8 @@ pub async fn create(
         cron_expression: Set(timing.cron.as_str().to_owned()),
         timezone: Set(timing.tz.name().to_owned()),
         enabled: Set(new.enabled),
-        misfire_policy: Set(new.misfire_policy),
-        overlap_policy: Set(new.overlap_policy),
+        misfire_policy: Set(new.misfire_policy.into()),
+        overlap_policy: Set(new.overlap_policy.into()),
         start_at: Set(new.start_at),
         end_at: Set(new.end_at),
         next_fire_at: Set(timing.next_after(now)),
@@ -223,7 +223,7 @@ pub async fn update(
     let paused = changes.enabled == Some(false) && current.enabled;
     let overlap_changed = changes
         .overlap_policy
-        .is_some_and(|p| p != current.overlap_policy);
+        .is_some_and(|p| current.overlap_policy != p);
     if let Some(cron) = changes.cron {
         timing.cron = cron;
     }
@@ -270,10 +270,10 @@ pub async fn update(
         model.pause_after_failures = Set(v);
     }
     if let Some(v) = changes.misfire_policy {
-        model.misfire_policy = Set(v);
+        model.misfire_policy = Set(v.into());
     }
     if let Some(v) = changes.overlap_policy {
-        model.overlap_policy = Set(v);
+        model.overlap_policy = Set(v.into());
     }
     model.updated_at = Set(Utc::now());
     let model = model.update(&txn).await?;

@@ -1,6 +1,7 @@
 use sea_orm::entity::prelude::*;
 
 use crate::domain::CommandKind;
+use crate::stored::Stored;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "commands")]
@@ -9,7 +10,7 @@ pub struct Model {
     pub id: Uuid,
     pub device_id: Uuid,
     pub name: String,
-    pub kind: CommandKind,
+    pub kind: Stored<CommandKind>,
     pub command: String,
     pub timeout_s: i32,
     pub max_output_bytes: i64,

@@ -1,6 +1,7 @@
 use sea_orm::entity::prelude::*;
 
 use crate::domain::CredentialKind;
+use crate::stored::Stored;
 
 /// A username and its secret. `secret`, `passphrase` and `enable_secret` hold AES-GCM ciphertext only
 /// (see [`crate::secret`]).
@@ -12,7 +13,7 @@ pub struct Model {
     #[sea_orm(unique)]
     pub name: String,
     pub username: String,
-    pub kind: CredentialKind,
+    pub kind: Stored<CredentialKind>,
     pub secret: Vec<u8>,
     pub passphrase: Option<Vec<u8>>,
     /// The sealed enable secret of network devices (context `credential:<id>:enable_secret`).

@@ -1,6 +1,7 @@
 use sea_orm::entity::prelude::*;
 
 use crate::domain::Platform;
+use crate::stored::Stored;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "devices")]
@@ -11,7 +12,7 @@ pub struct Model {
     pub name: String,
     pub host: String,
     pub port: i32,
-    pub platform: Platform,
+    pub platform: Stored<Platform>,
     pub credential_id: Uuid,
     pub tags: Vec<String>,
     /// SHA-256 fingerprint of the host key, pinned on first contact.

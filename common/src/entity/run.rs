@@ -1,6 +1,7 @@
 use sea_orm::entity::prelude::*;
 
 use crate::domain::{RunStatus, RunTrigger};
+use crate::stored::Stored;
 
 /// One execution (or recorded non-execution: `missed`, `skipped`) of a command.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
@@ -11,12 +12,12 @@ pub struct Model {
     pub schedule_id: Option<Uuid>,
     pub command_id: Uuid,
     pub device_id: Uuid,
-    pub trigger: RunTrigger,
+    pub trigger: Stored<RunTrigger>,
     pub scheduled_for: DateTimeUtc,
     pub queued_at: DateTimeUtc,
     pub started_at: Option<DateTimeUtc>,
     pub finished_at: Option<DateTimeUtc>,
-    pub status: RunStatus,
+    pub status: Stored<RunStatus>,
     pub exit_code: Option<i32>,
     pub exit_signal: Option<String>,
     /// UTF-8 text, stored as bytes so that byte ranges can be read without the rest.

@@ -1,6 +1,7 @@
 use sea_orm::entity::prelude::*;
 
 use crate::domain::{MisfirePolicy, OverlapPolicy};
+use crate::stored::Stored;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "schedules")]
@@ -11,8 +12,8 @@ pub struct Model {
     pub cron_expression: String,
     pub timezone: String,
     pub enabled: bool,
-    pub misfire_policy: MisfirePolicy,
-    pub overlap_policy: OverlapPolicy,
+    pub misfire_policy: Stored<MisfirePolicy>,
+    pub overlap_policy: Stored<OverlapPolicy>,
     pub start_at: Option<DateTimeUtc>,
     pub end_at: Option<DateTimeUtc>,
     /// The next fire time, or `None` when the schedule has ended (past `end_at`).
