@@ -87,8 +87,7 @@ fn task_of(row: &QueryResult, now: DateTime<Utc>) -> Result<Task> {
     };
     let trigger = row.try_get::<RunTrigger>("", "trigger")?;
     let scheduled_for: DateTime<Utc> = row.try_get("", "scheduled_for")?;
-    let not_before =
-        (trigger == RunTrigger::Scheduled && scheduled_for > now).then_some(scheduled_for);
+    let not_before = not_before(trigger, scheduled_for, now);
     let mut task = Task {
         v: TASK_VERSION,
         run_id: row.try_get("", "id")?,
@@ -127,6 +126,16 @@ fn task_of(row: &QueryResult, now: DateTime<Utc>) -> Result<Task> {
     };
     task.v = task.version_needed();
     Ok(task)
+}
+
+/// When an executor may start a task published at `now`: a scheduled run materialised before
+/// its fire time carries that time; any other run starts at once.
+fn not_before(
+    trigger: RunTrigger,
+    scheduled_for: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    (trigger == RunTrigger::Scheduled && scheduled_for > now).then_some(scheduled_for)
 }
 
 fn zone_of(row: &QueryResult) -> Result<Zone> {
@@ -235,4 +244,34 @@ pub async fn publish_batch(
         let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(tickets).query_async(redis).await;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-12-07T06:00:00Z".parse().expect("a timestamp")
+    }
+
+    #[test]
+    fn a_scheduled_run_published_before_its_fire_time_waits_for_it() {
+        let fire = now() + TimeDelta::seconds(5);
+        assert_eq!(not_before(RunTrigger::Scheduled, fire, now()), Some(fire));
+    }
+
+    #[test]
+    fn a_scheduled_run_published_at_or_after_its_fire_time_starts_at_once() {
+        for fire in [now(), now() - TimeDelta::seconds(5)] {
+            assert_eq!(not_before(RunTrigger::Scheduled, fire, now()), None);
+        }
+    }
+
+    #[test]
+    fn a_manual_run_starts_at_once() {
+        let later = now() + TimeDelta::seconds(5);
+        assert_eq!(not_before(RunTrigger::Manual, later, now()), None);
+    }
 }

@@ -112,7 +112,10 @@ impl Requeuer {
                 attempt: row.try_get("", "attempt")?,
                 entry_id: row.try_get("", "stream_id")?,
             });
-            facts.push((status == "running", overdue));
+            facts.push(Facts {
+                running: status == "running",
+                overdue,
+            });
         }
         // A run not asked about (an invalid zone, below) counts as waiting: it is left alone.
         let mut found = vec![Found::Waiting; probes.len()];
@@ -140,60 +143,24 @@ impl Requeuer {
         let now = Instant::now();
         let mut next_seen = HashMap::new();
         let mut revoke: Vec<(Uuid, i32, i64, &'static str)> = Vec::new();
-        for ((probe, found), (running, overdue)) in probes.iter().zip(found).zip(facts) {
+        for ((probe, found), facts) in probes.iter().zip(found).zip(facts) {
             let key = (probe.run_id, probe.attempt);
-            match found {
-                Found::Expired { expiry } => match self.seen.get(&key) {
-                    Some((seen, at))
-                        if *seen == expiry && now.duration_since(*at) >= self.confirm =>
-                    {
-                        revoke.push((
-                            probe.run_id,
-                            probe.attempt,
-                            expiry,
-                            "its executor's lease expired",
-                        ));
-                    }
-                    Some((seen, at)) if *seen == expiry => {
-                        next_seen.insert(key, (expiry, *at));
-                    }
-                    _ => {
+            let seen = self.seen.get(&key).copied();
+            match decide(facts, found, seen, now, self.confirm) {
+                Decision::Leave => {}
+                Decision::Watch {
+                    expiry,
+                    since,
+                    first,
+                } => {
+                    if first {
                         report.expiring += 1;
-                        next_seen.insert(key, (expiry, now));
                     }
-                },
-                Found::Revoked => {
-                    revoke.push((probe.run_id, probe.attempt, 0, "its attempt was revoked"));
+                    next_seen.insert(key, (expiry, since));
                 }
-                // Fenced in Redis, still queued in Postgres, and no cancel request (candidates
-                // with one are left to `finish_cancels`): the fence came from a transition
-                // whose transaction did not commit (a withdrawal rolled back). Its attempt can
-                // never start, so the run gets its next one instead of waiting forever.
-                Found::Cancelled if !running => revoke.push((
-                    probe.run_id,
-                    probe.attempt,
-                    0,
-                    "it was fenced by a cancel or withdrawal that did not take place",
-                )),
-                Found::OutcomeLost => revoke.push((
-                    probe.run_id,
-                    probe.attempt,
-                    -1,
-                    "its outcome was lost with Redis' data before ingest stored it",
-                )),
-                Found::Lost => revoke.push((
-                    probe.run_id,
-                    probe.attempt,
-                    0,
-                    "its task and lease were lost with Redis' data",
-                )),
-                Found::Unknown if running || overdue => revoke.push((
-                    probe.run_id,
-                    probe.attempt,
-                    0,
-                    "no lease and no task for it could be found",
-                )),
-                _ => {}
+                Decision::Requeue { expiry, reason } => {
+                    revoke.push((probe.run_id, probe.attempt, expiry, reason));
+                }
             }
         }
         self.seen = next_seen;
@@ -224,6 +191,89 @@ impl Requeuer {
         }
         report.requeued = moved.len();
         Ok(report)
+    }
+}
+
+/// What Postgres holds about a candidate run, beside its probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// `running` in Postgres; otherwise `queued` with its task published.
+    pub(crate) running: bool,
+    /// Queued and published longer ago than a lease lasts (only consulted when the task's
+    /// entry id is unknown).
+    pub(crate) overdue: bool,
+}
+
+/// What the pass does with one candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Nothing: it waits, runs, or its outcome waits for ingest. Anything remembered about it
+    /// is forgotten.
+    Leave,
+    /// Its lease is expired with `expiry`, seen so since `since`; a later pass decides.
+    /// `first` when this pass is the first to see it so (`since` is now): never before, or
+    /// with another expiry (the lease was renewed and expired again).
+    Watch {
+        expiry: i64,
+        since: Instant,
+        first: bool,
+    },
+    /// Revoke the attempt in Redis (while the lease is still `expiry`: 0 when none is expected,
+    /// -1 for a `done` lease whose outcome was lost) and re-queue the run as its next attempt,
+    /// for `reason`.
+    Requeue { expiry: i64, reason: &'static str },
+}
+
+/// The re-queue rule for one candidate: `facts` from Postgres, what Redis answered (`found`),
+/// the expired lease this replica saw on an earlier pass (`seen`: expiry and since when), the
+/// time of this pass and how long an expired lease must stay unrenewed. Candidates with a
+/// cancel request never get here (they are left to `finish_cancels`).
+pub(crate) fn decide(
+    facts: Facts,
+    found: Found,
+    seen: Option<(i64, Instant)>,
+    now: Instant,
+    confirm: Duration,
+) -> Decision {
+    let requeue = |expiry, reason| Decision::Requeue { expiry, reason };
+    match found {
+        Found::Expired { expiry } => match seen {
+            Some((seen, since)) if seen == expiry && now.duration_since(since) >= confirm => {
+                requeue(expiry, "its executor's lease expired")
+            }
+            Some((seen, since)) if seen == expiry => Decision::Watch {
+                expiry,
+                since,
+                first: false,
+            },
+            _ => Decision::Watch {
+                expiry,
+                since: now,
+                first: true,
+            },
+        },
+        Found::Revoked => requeue(0, "its attempt was revoked"),
+        // Fenced in Redis, still queued in Postgres, and no cancel request: the fence came from
+        // a transition whose transaction did not commit (a withdrawal rolled back). Its attempt
+        // can never start, so the run gets its next one instead of waiting forever.
+        Found::Cancelled if !facts.running => requeue(
+            0,
+            "it was fenced by a cancel or withdrawal that did not take place",
+        ),
+        Found::OutcomeLost => requeue(
+            -1,
+            "its outcome was lost with Redis' data before ingest stored it",
+        ),
+        Found::Lost => requeue(0, "its task and lease were lost with Redis' data"),
+        Found::Unknown if facts.running || facts.overdue => {
+            requeue(0, "no lease and no task for it could be found")
+        }
+        Found::Cancelled
+        | Found::Unknown
+        | Found::Alive
+        | Found::Done
+        | Found::Ahead
+        | Found::Waiting => Decision::Leave,
     }
 }
 
@@ -273,4 +323,199 @@ pub async fn tidy_outbox(db: &DatabaseConnection) -> Result<u64> {
         ))
         .await?
         .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIRM: Duration = Duration::from_secs(2);
+    const EXPIRY: i64 = 1_765_000_000_000;
+
+    const RUNNING: Facts = Facts {
+        running: true,
+        overdue: false,
+    };
+    const QUEUED: Facts = Facts {
+        running: false,
+        overdue: false,
+    };
+    const QUEUED_OVERDUE: Facts = Facts {
+        running: false,
+        overdue: true,
+    };
+
+    fn requeued(decision: Decision) -> Option<(i64, &'static str)> {
+        match decision {
+            Decision::Requeue { expiry, reason } => Some((expiry, reason)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_expired_lease_seen_for_the_first_time_is_watched_not_requeued() {
+        let now = Instant::now();
+        let decision = decide(
+            RUNNING,
+            Found::Expired { expiry: EXPIRY },
+            None,
+            now,
+            CONFIRM,
+        );
+        assert_eq!(
+            decision,
+            Decision::Watch {
+                expiry: EXPIRY,
+                since: now,
+                first: true
+            }
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_seen_again_confirm_apart_with_the_same_expiry_is_requeued() {
+        let first = Instant::now();
+        let now = first + CONFIRM;
+        let decision = decide(
+            RUNNING,
+            Found::Expired { expiry: EXPIRY },
+            Some((EXPIRY, first)),
+            now,
+            CONFIRM,
+        );
+        // Revoked only while the lease is still the one seen expired.
+        assert_eq!(
+            requeued(decision),
+            Some((EXPIRY, "its executor's lease expired"))
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_seen_again_sooner_than_confirm_stays_watched_from_its_first_sighting() {
+        let first = Instant::now();
+        let now = first + CONFIRM - Duration::from_millis(1);
+        let decision = decide(
+            RUNNING,
+            Found::Expired { expiry: EXPIRY },
+            Some((EXPIRY, first)),
+            now,
+            CONFIRM,
+        );
+        assert_eq!(
+            decision,
+            Decision::Watch {
+                expiry: EXPIRY,
+                since: first,
+                first: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_lease_renewed_and_expired_again_is_watched_anew() {
+        // A live holder renewed between the two looks (a Redis stall expires every lease at
+        // once): the new expiry starts the wait over, however long ago the old one was seen.
+        let first = Instant::now();
+        let now = first + CONFIRM * 10;
+        let decision = decide(
+            RUNNING,
+            Found::Expired {
+                expiry: EXPIRY + 3000,
+            },
+            Some((EXPIRY, first)),
+            now,
+            CONFIRM,
+        );
+        assert_eq!(
+            decision,
+            Decision::Watch {
+                expiry: EXPIRY + 3000,
+                since: now,
+                first: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_revoked_attempt_is_requeued() {
+        let decision = decide(RUNNING, Found::Revoked, None, Instant::now(), CONFIRM);
+        assert_eq!(requeued(decision), Some((0, "its attempt was revoked")));
+    }
+
+    #[test]
+    fn a_fenced_attempt_of_a_queued_run_without_a_cancel_request_gets_the_next_attempt() {
+        let decision = decide(QUEUED, Found::Cancelled, None, Instant::now(), CONFIRM);
+        assert_eq!(
+            requeued(decision),
+            Some((
+                0,
+                "it was fenced by a cancel or withdrawal that did not take place"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_fenced_attempt_of_a_running_run_is_left_alone() {
+        let decision = decide(RUNNING, Found::Cancelled, None, Instant::now(), CONFIRM);
+        assert_eq!(decision, Decision::Leave);
+    }
+
+    #[test]
+    fn a_lost_outcome_gets_the_next_attempt_revoking_only_a_done_lease() {
+        for facts in [RUNNING, QUEUED] {
+            let decision = decide(facts, Found::OutcomeLost, None, Instant::now(), CONFIRM);
+            assert_eq!(
+                requeued(decision),
+                Some((
+                    -1,
+                    "its outcome was lost with Redis' data before ingest stored it"
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn a_task_and_lease_lost_with_redis_data_get_the_next_attempt() {
+        for facts in [RUNNING, QUEUED] {
+            let decision = decide(facts, Found::Lost, None, Instant::now(), CONFIRM);
+            assert_eq!(
+                requeued(decision),
+                Some((0, "its task and lease were lost with Redis' data"))
+            );
+        }
+    }
+
+    #[test]
+    fn with_no_entry_id_a_running_or_overdue_run_is_requeued_and_a_recent_queued_one_waits() {
+        let now = Instant::now();
+        for facts in [RUNNING, QUEUED_OVERDUE] {
+            assert_eq!(
+                requeued(decide(facts, Found::Unknown, None, now, CONFIRM)),
+                Some((0, "no lease and no task for it could be found")),
+                "{facts:?}"
+            );
+        }
+        assert_eq!(
+            decide(QUEUED, Found::Unknown, None, now, CONFIRM),
+            Decision::Leave
+        );
+    }
+
+    #[test]
+    fn waiting_alive_done_and_ahead_runs_are_left_alone_and_forgotten() {
+        // Even a lease seen expired long ago is forgotten once the run is found otherwise.
+        let first = Instant::now();
+        let now = first + CONFIRM * 10;
+        for found in [Found::Waiting, Found::Alive, Found::Done, Found::Ahead] {
+            for facts in [RUNNING, QUEUED, QUEUED_OVERDUE] {
+                for seen in [None, Some((EXPIRY, first))] {
+                    assert_eq!(
+                        decide(facts, found.clone(), seen, now, CONFIRM),
+                        Decision::Leave,
+                        "{found:?} {facts:?} {seen:?}"
+                    );
+                }
+            }
+        }
+    }
 }

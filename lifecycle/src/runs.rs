@@ -879,3 +879,154 @@ pub struct Batch<'a> {
     /// Further executions of an attempt that `finished` holds an outcome of.
     pub repeats: Vec<&'a RunResult>,
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+    use netcron_common::protocol::{Outcome, RESULT_VERSION};
+
+    use super::*;
+
+    const RUN: Uuid = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001);
+    const OTHER_RUN: Uuid = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0002);
+
+    fn at(second: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 7, 6, 0, second)
+            .single()
+            .expect("a valid time")
+    }
+
+    /// A `started` report of `attempt` of `run` by `executor`, begun at second `start`.
+    fn started(run: Uuid, attempt: i32, executor: &str, start: u32) -> RunResult {
+        RunResult {
+            v: RESULT_VERSION,
+            run_id: run,
+            attempt,
+            executor_id: executor.to_owned(),
+            started_at: at(start),
+            outcome: None,
+            kind: None,
+        }
+    }
+
+    /// The outcome of that execution, printing `stdout`.
+    fn finished(run: Uuid, attempt: i32, executor: &str, start: u32, stdout: &str) -> RunResult {
+        RunResult {
+            outcome: Some(Outcome {
+                status: RunStatus::Succeeded,
+                finished_at: at(start + 1),
+                duration_ms: 1000,
+                exit_code: Some(0),
+                exit_signal: None,
+                stdout: stdout.to_owned(),
+                stderr: String::new(),
+                truncated: false,
+                error_kind: None,
+                error_message: None,
+                host_key_fingerprint: None,
+                attempts: Vec::new(),
+                payload: None,
+                jump_host_key_fingerprint: None,
+            }),
+            ..started(run, attempt, executor, start)
+        }
+    }
+
+    fn stdout_of(r: &RunResult) -> &str {
+        r.outcome.as_ref().map_or("", |o| o.stdout.as_str())
+    }
+
+    #[test]
+    fn the_first_outcome_of_an_attempt_is_the_one_applied() {
+        let results = [
+            finished(RUN, 1, "exec-a", 0, "first"),
+            finished(RUN, 1, "exec-b", 5, "second"),
+        ];
+        let batch = first_outcomes(&results);
+        assert_eq!(batch.finished.len(), 1);
+        assert_eq!(stdout_of(batch.finished[&(RUN, 1)]), "first");
+    }
+
+    #[test]
+    fn outcomes_of_different_attempts_or_runs_are_each_applied() {
+        let results = [
+            finished(RUN, 1, "exec-a", 0, "attempt 1"),
+            finished(RUN, 2, "exec-b", 5, "attempt 2"),
+            finished(OTHER_RUN, 1, "exec-a", 0, "other run"),
+        ];
+        let batch = first_outcomes(&results);
+        assert_eq!(stdout_of(batch.finished[&(RUN, 1)]), "attempt 1");
+        assert_eq!(stdout_of(batch.finished[&(RUN, 2)]), "attempt 2");
+        assert_eq!(stdout_of(batch.finished[&(OTHER_RUN, 1)]), "other run");
+        assert!(batch.repeats.is_empty());
+    }
+
+    #[test]
+    fn an_identical_replay_of_an_outcome_is_not_a_repeat() {
+        let outcome = finished(RUN, 1, "exec-a", 0, "once");
+        let results = [outcome.clone(), outcome.clone(), outcome];
+        let batch = first_outcomes(&results);
+        assert_eq!(batch.finished.len(), 1);
+        assert!(batch.repeats.is_empty());
+    }
+
+    #[test]
+    fn a_second_execution_of_an_attempt_on_another_executor_is_a_repeat() {
+        let results = [
+            finished(RUN, 1, "exec-a", 0, "first"),
+            finished(RUN, 1, "exec-b", 0, "again elsewhere"),
+        ];
+        let batch = first_outcomes(&results);
+        assert_eq!(stdout_of(batch.finished[&(RUN, 1)]), "first");
+        let repeats: Vec<&str> = batch.repeats.iter().map(|r| stdout_of(r)).collect();
+        assert_eq!(repeats, ["again elsewhere"]);
+    }
+
+    #[test]
+    fn a_second_execution_of_an_attempt_started_at_another_time_is_a_repeat() {
+        let results = [
+            finished(RUN, 1, "exec-a", 0, "first"),
+            finished(RUN, 1, "exec-a", 9, "again later"),
+        ];
+        let batch = first_outcomes(&results);
+        let repeats: Vec<&str> = batch.repeats.iter().map(|r| stdout_of(r)).collect();
+        assert_eq!(repeats, ["again later"]);
+    }
+
+    #[test]
+    fn a_repeat_replayed_is_recorded_once() {
+        let results = [
+            finished(RUN, 1, "exec-a", 0, "first"),
+            finished(RUN, 1, "exec-b", 0, "repeat"),
+            finished(RUN, 1, "exec-b", 0, "repeat"),
+        ];
+        let batch = first_outcomes(&results);
+        assert_eq!(batch.repeats.len(), 1);
+    }
+
+    #[test]
+    fn the_newest_started_report_of_a_run_is_kept_whatever_the_order() {
+        let newest_last = [started(RUN, 1, "exec-a", 0), started(RUN, 2, "exec-b", 5)];
+        let newest_first = [started(RUN, 2, "exec-b", 5), started(RUN, 1, "exec-a", 0)];
+        for results in [&newest_last, &newest_first] {
+            let batch = first_outcomes(results.iter());
+            assert_eq!(batch.started.len(), 1);
+            assert_eq!(batch.started[&RUN].attempt, 2);
+            assert_eq!(batch.started[&RUN].executor_id, "exec-b");
+        }
+    }
+
+    #[test]
+    fn a_run_that_finished_in_the_same_batch_needs_no_started_report() {
+        let results = [
+            started(RUN, 1, "exec-a", 0),
+            finished(RUN, 1, "exec-a", 0, "done"),
+            started(OTHER_RUN, 1, "exec-a", 0),
+        ];
+        let batch = first_outcomes(&results);
+        assert!(!batch.started.contains_key(&RUN));
+        assert!(batch.finished.contains_key(&(RUN, 1)));
+        // Another run's start in the same batch is still written.
+        assert!(batch.started.contains_key(&OTHER_RUN));
+    }
+}

@@ -12,10 +12,12 @@ use netcron_scheduler::{SchedulerConfig, SystemClock};
 use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 
-use crate::executor::{command, config, get_run, password_device, start_executor, start_scheduler};
-use crate::helpers::TestApp;
-use crate::lifecycle::Executions;
-use crate::sshd::{TEST_PASSWORD, TestSshd};
+use crate::support::app::TestApp;
+use crate::support::executions::Executions;
+use crate::support::pipeline::{
+    command, config, get_run, password_device, start_executor, start_scheduler,
+};
+use crate::support::sshd::{TEST_PASSWORD, TestSshd};
 
 /// Scheduler, executor and the test sshd, with an every-second schedule (overlap `allow`)
 /// whose command records its executions on the host.
@@ -24,7 +26,7 @@ struct Pipeline {
     executions: Executions,
     schedule: Value,
     _sshd: TestSshd,
-    _roles: [crate::executor::Running; 2],
+    _roles: [crate::support::pipeline::Running; 2],
 }
 
 impl Pipeline {
@@ -196,9 +198,9 @@ async fn runs_published_ahead_start_at_their_fire_time_not_before() {
     assert!(ran.len() >= 3, "{ran:?}");
     // The executor reports how late commands started, under the name users graph.
     let text = app.metrics_text().await;
-    let count = crate::helpers::metric(&text, "netcron_scheduler_fire_lateness_seconds_count");
+    let count = crate::support::app::metric(&text, "netcron_scheduler_fire_lateness_seconds_count");
     assert!(count >= 3.0, "{count}");
-    let within_1s = crate::helpers::metric(
+    let within_1s = crate::support::app::metric(
         &text,
         "netcron_scheduler_fire_lateness_seconds_bucket{le=\"1.0\"}",
     );
@@ -214,7 +216,7 @@ async fn pausing_withdraws_the_runs_materialised_ahead_and_none_of_them_executes
     let (app, executions, schedule) = pipeline.parts();
     // Tasks on the stream, read by the executor and waiting on its timers.
     let ahead = published_ahead(app, schedule, 2).await;
-    let (status, paused) = crate::helpers::json_of(
+    let (status, paused) = crate::support::app::json_of(
         app.post(&format!("/schedules/{}/pause", sid(schedule)), &json!({}))
             .await,
     )
@@ -261,7 +263,7 @@ async fn an_edit_withdraws_the_fire_times_it_no_longer_wants_and_keeps_the_rest_
     let pipeline = Pipeline::start().await;
     let (app, executions, schedule) = pipeline.parts();
     let ahead = published_ahead(app, schedule, 3).await;
-    let (status, edited) = crate::helpers::json_of(
+    let (status, edited) = crate::support::app::json_of(
         app.patch(
             &format!("/schedules/{}", sid(schedule)),
             &json!({"cron_expression": "*/2 * * * * *"}),

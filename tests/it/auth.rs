@@ -1,6 +1,6 @@
 use reqwest::Method;
 
-use crate::helpers::{SECOND_TOKEN, TestApp, assert_problem};
+use crate::support::app::{SECOND_TOKEN, TestApp, assert_problem};
 
 const ANY: &str = "00000000-0000-7000-8000-000000000000";
 

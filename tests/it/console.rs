@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::executor::{finished, pipeline, run_now};
-use crate::helpers::{TOKEN, TestApp, id};
-use crate::network::{ENABLE_PASSWORD, FakeDevice, device as network_device};
-use crate::sshd::{TEST_PASSWORD, TEST_USER, TestSshd, free_port};
+use crate::support::app::{TOKEN, TestApp, id};
+use crate::support::network::{ENABLE_PASSWORD, FakeDevice, device as network_device};
+use crate::support::pipeline::{finished, pipeline, run_now};
+use crate::support::sshd::{TEST_PASSWORD, TEST_USER, TestSshd, free_port};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -870,8 +870,9 @@ async fn live_output_streams_scrubbed_chunks_then_the_end_over_sse() {
     let app = TestApp::spawn().await;
     let _pipeline = pipeline(&app).await;
     let sshd = TestSshd::start();
-    let device = crate::executor::password_device(&app, "live", sshd.port, TEST_PASSWORD).await;
-    let command = crate::executor::command(
+    let device =
+        crate::support::pipeline::password_device(&app, "live", sshd.port, TEST_PASSWORD).await;
+    let command = crate::support::pipeline::command(
         &app,
         &device,
         json!({"command": format!(
@@ -945,7 +946,7 @@ async fn live_output_streams_scrubbed_chunks_then_the_end_over_sse() {
 /// collections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_windows_inventory_and_its_changes_show_in_the_browser() {
-    use crate::inventory::{FakeWindows, PS7, REG, run_to_end, windows_device};
+    use crate::support::windows::{FakeWindows, PS7, REG, run_to_end, windows_device};
     let app = TestApp::spawn().await;
     let fake = FakeWindows::new(Some(PS7), REG);
     let sshd = fake.sshd();

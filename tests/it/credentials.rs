@@ -4,7 +4,7 @@ use sea_orm::EntityTrait;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_problem, collect_pages, id, json_of};
+use crate::support::app::{TestApp, assert_problem, collect_pages, id, json_of};
 
 const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n";
 const SECRETS: &[&str] = &[

@@ -1,6 +1,6 @@
 use serde_json::Value;
 
-use crate::helpers::{TestApp, json_of};
+use crate::support::app::{TestApp, json_of};
 
 const REQUIRED_PATHS: &[(&str, &[&str])] = &[
     ("/devices", &["post", "get"]),

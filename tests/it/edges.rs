@@ -14,7 +14,7 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_problem, eventually, id, json_of};
+use crate::support::app::{TestApp, assert_problem, eventually, id, json_of};
 
 /// A TestApp with the production webhook policy (public addresses only) and one attempt per
 /// delivery, so an outcome is final at once.

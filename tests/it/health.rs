@@ -1,4 +1,4 @@
-use crate::helpers::{TestApp, json_of};
+use crate::support::app::{TestApp, json_of};
 
 #[tokio::test]
 async fn health_answers_without_a_token() {

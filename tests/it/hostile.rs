@@ -8,12 +8,12 @@ use std::time::Duration;
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
-use crate::executor::{
+use crate::support::app::TestApp;
+use crate::support::pipeline::{
     TERMINAL, command, entries, finished, password_device, pipeline, run_now, run_shell, streams,
     wait_for_status, wait_until_ingested,
 };
-use crate::helpers::TestApp;
-use crate::sshd::{TEST_PASSWORD, TestSshd, free_port};
+use crate::support::sshd::{TEST_PASSWORD, TestSshd, free_port};
 
 #[tokio::test]
 async fn oversized_and_mistyped_tasks_are_dead_lettered_and_the_executor_keeps_going() {

@@ -4,10 +4,6 @@
 //! `NETCRON_RUN_ID` and `NETCRON_ATTEMPT`, which the test sshd accepts), and the test compares
 //! those lines with the run history.
 
-use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,103 +11,14 @@ use netcron_scheduler::{Scheduler, SchedulerConfig, SkewedClock, SystemClock};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{
+use crate::support::app::TestApp;
+use crate::support::executions::{Executions, assert_each_ran_once};
+use crate::support::executor_process::ExecutorProcess;
+use crate::support::pipeline::{
     TERMINAL, command, config, finished, get_run, password_device, run_now, start_executor,
     start_scheduler, wait_for_status,
 };
-use crate::helpers::TestApp;
-use crate::sshd::{TEST_PASSWORD, TestSshd};
-
-/// A file on the SSH host that every execution appends `<run id> <attempt> <unix time>` to,
-/// the time read on the host as the command begins.
-pub(crate) struct Executions {
-    dir: PathBuf,
-}
-
-impl Executions {
-    pub(crate) fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("netcron-exec-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("executions dir");
-        // The test user runs the commands.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
-        Self { dir }
-    }
-
-    /// Shell text that records the execution, then does `then`.
-    pub(crate) fn command(&self, then: &str) -> String {
-        format!(
-            "echo \"$NETCRON_RUN_ID $NETCRON_ATTEMPT $(date +%s.%N)\" >> {}/log; {then}",
-            self.dir.display()
-        )
-    }
-
-    /// Every execution so far, as (run id, attempt, when it began on the host).
-    pub(crate) fn started(&self) -> Vec<(String, i64, chrono::DateTime<chrono::Utc>)> {
-        std::fs::read_to_string(self.dir.join("log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut fields = l.split_whitespace();
-                let run = fields.next()?.to_owned();
-                let attempt = fields.next()?.parse().ok()?;
-                let at: f64 = fields.next()?.parse().ok()?;
-                let at = chrono::DateTime::from_timestamp_micros((at * 1e6) as i64)?;
-                Some((run, attempt, at))
-            })
-            .collect()
-    }
-
-    /// Every execution so far, as (run id, attempt).
-    pub(crate) fn lines(&self) -> Vec<(String, i64)> {
-        self.started()
-            .into_iter()
-            .map(|(run, attempt, _)| (run, attempt))
-            .collect()
-    }
-
-    /// How many times each (run, attempt) executed.
-    pub(crate) fn counts(&self) -> HashMap<(String, i64), usize> {
-        let mut counts = HashMap::new();
-        for line in self.lines() {
-            *counts.entry(line).or_insert(0) += 1;
-        }
-        counts
-    }
-
-    pub(crate) async fn wait_for(&self, n: usize, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        while self.lines().len() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} executions within {within:?}, expected {n}",
-                self.lines().len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Executions {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Asserts that each run executed exactly once, as attempt 1, and succeeded.
-async fn assert_each_ran_once(app: &TestApp, runs: &[String], executions: &Executions) {
-    let counts = executions.counts();
-    assert_eq!(
-        executions.lines().len(),
-        runs.len(),
-        "executions on the host: {counts:?}"
-    );
-    for run_id in runs {
-        let run = finished(app, run_id).await;
-        assert_eq!(run["status"], "succeeded", "{run}");
-        assert_eq!(run["attempt"], 1, "{run}");
-        assert_eq!(counts.get(&(run_id.clone(), 1)), Some(&1), "{counts:?}");
-    }
-}
+use crate::support::sshd::{TEST_PASSWORD, TestSshd, alternating_front};
 
 #[tokio::test]
 async fn runs_queued_on_a_busy_device_execute_exactly_once_each() {
@@ -169,7 +76,7 @@ async fn ingest_stopped_for_longer_than_a_lease_executes_nothing_twice() {
         assert_eq!(get_run(&app, run_id).await["status"], "queued");
     }
     let shutdown = CancellationToken::new();
-    let ingesting = tokio::spawn(crate::executor::ingest(&app).run(shutdown.clone()));
+    let ingesting = tokio::spawn(crate::support::pipeline::ingest(&app).run(shutdown.clone()));
     for run_id in &runs {
         wait_for_status(&app, run_id, &TERMINAL, Duration::from_secs(30)).await;
     }
@@ -177,66 +84,6 @@ async fn ingest_stopped_for_longer_than_a_lease_executes_nothing_twice() {
     assert_each_ran_once(&app, &runs, &executions).await;
     shutdown.cancel();
     ingesting.await.expect("ingest stops");
-}
-
-/// `netcron executor` as its own process, so it can be frozen with SIGSTOP.
-pub(crate) struct ExecutorProcess(Child);
-
-impl ExecutorProcess {
-    /// Starts `netcron executor`; with `skew` (libfaketime's `FAKETIME`, e.g. `-5m`) its wall
-    /// clock is shifted by preloading libfaketime into the process itself, so the child is the
-    /// executor and nothing outlives the test.
-    pub(crate) fn start(app: &TestApp, skew: Option<&str>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_netcron"));
-        command
-            .arg("executor")
-            .env("REDIS_URL", &app.redis_url)
-            .env("NETCRON_STREAM_PREFIX", &app.stream_prefix)
-            .env("NETCRON_SECRET_KEY", &app.key_text)
-            .env("NETCRON_LEASE_TTL_S", "2")
-            .env("NETCRON_EXECUTOR_RECLAIM_IDLE_S", "4")
-            .env("NETCRON_EXECUTOR_OPS_ADDR", "off")
-            .env("NETCRON_LOG", "warn")
-            // Never the test harness's own pipes: a process holding them keeps its reader
-            // (CI's `tee`) waiting.
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        if let Some(skew) = skew {
-            command
-                .env("LD_PRELOAD", libfaketime())
-                .env("FAKETIME", skew)
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-        }
-        Self(command.spawn().expect("netcron executor"))
-    }
-
-    pub(crate) fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.0.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal}");
-    }
-}
-
-/// Debian's multi-threaded libfaketime (package `faketime`, which `.ci/run` installs).
-fn libfaketime() -> PathBuf {
-    std::fs::read_dir("/usr/lib")
-        .expect("/usr/lib")
-        .filter_map(Result::ok)
-        .map(|dir| dir.path().join("faketime/libfaketimeMT.so.1"))
-        .find(|path| path.exists())
-        .expect("libfaketime is missing: apt-get install faketime (see .ci/run)")
-}
-
-impl Drop for ExecutorProcess {
-    fn drop(&mut self) {
-        self.signal("CONT");
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]
@@ -358,7 +205,7 @@ async fn clocks_skewed_by_minutes_neither_fire_early_nor_run_twice() {
     // Runs are materialised ahead of their fire time on purpose (the scheduler's horizon);
     // what must never happen is a command beginning before it. Six seconds of fires.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let (status, _) = crate::helpers::json_of(
+    let (status, _) = crate::support::app::json_of(
         app.patch(
             &format!("/schedules/{}", schedule["id"].as_str().unwrap_or_default()),
             &json!({"enabled": false}),
@@ -367,7 +214,7 @@ async fn clocks_skewed_by_minutes_neither_fire_early_nor_run_twice() {
     )
     .await;
     assert_eq!(status, 200);
-    let (_, page) = crate::helpers::json_of(
+    let (_, page) = crate::support::app::json_of(
         app.get(&format!(
             "/runs?schedule_id={}&limit=500",
             schedule["id"].as_str().unwrap_or_default()
@@ -421,31 +268,6 @@ async fn clocks_skewed_by_minutes_neither_fire_early_nor_run_twice() {
     scheduling.await.expect("scheduler stops");
 }
 
-/// A TCP front that sends connections to two backends in turn: one device address behind
-/// which two hosts with different host keys answer (a spoofed address, a failover pair that
-/// does not share its keys).
-async fn alternating_front(backends: [u16; 2]) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        let mut turn = 0usize;
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let backend = backends[turn % 2];
-            turn += 1;
-            tokio::spawn(async move {
-                if let Ok(mut outbound) =
-                    tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test]
 async fn two_runs_racing_to_first_contact_pin_one_key_and_the_other_is_refused_before_login() {
     let app = TestApp::spawn().await;
@@ -484,7 +306,7 @@ async fn two_runs_racing_to_first_contact_pin_one_key_and_the_other_is_refused_b
     assert_eq!(succeeded.len(), 1, "{outcomes:?}");
     assert_eq!(refused.len(), 1, "{outcomes:?}");
     // The key pinned is the one the succeeding run saw, and only that host saw a login.
-    let (_, shown) = crate::helpers::json_of(
+    let (_, shown) = crate::support::app::json_of(
         app.get(&format!(
             "/devices/{}",
             device["id"].as_str().unwrap_or_default()
@@ -529,7 +351,7 @@ async fn a_cancelled_run_whose_task_is_already_on_the_stream_never_executes() {
     let run_id = run_now(&app, &device, &c).await;
     // Published, and no executor has read it yet.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while crate::executor::entries(&app, &crate::executor::streams(&app).tasks)
+    while crate::support::pipeline::entries(&app, &crate::support::pipeline::streams(&app).tasks)
         .await
         .is_empty()
     {
@@ -539,7 +361,7 @@ async fn a_cancelled_run_whose_task_is_already_on_the_stream_never_executes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, run) = crate::helpers::json_of(
+    let (status, run) = crate::support::app::json_of(
         app.post(&format!("/runs/{run_id}/cancel"), &json!({}))
             .await,
     )
@@ -549,7 +371,7 @@ async fn a_cancelled_run_whose_task_is_already_on_the_stream_never_executes() {
     let again = app
         .post(&format!("/runs/{run_id}/cancel"), &json!({}))
         .await;
-    crate::helpers::assert_problem(again, 409, "conflict", None).await;
+    crate::support::app::assert_problem(again, 409, "conflict", None).await;
     // An executor now reads the task: the attempt is fenced, so it is dropped, not run.
     let (_executor, _) = start_executor(&app, config()).await;
     tokio::time::sleep(Duration::from_secs(4)).await;

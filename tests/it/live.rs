@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
-use crate::executor::{command, finished, password_device, pipeline, run_now};
-use crate::helpers::{SECOND_TOKEN, TOKEN, TestApp, eventually};
-use crate::sshd::{TEST_PASSWORD, TestSshd};
+use crate::support::app::{SECOND_TOKEN, TOKEN, TestApp, eventually};
+use crate::support::pipeline::{command, finished, password_device, pipeline, run_now};
+use crate::support::sshd::{TEST_PASSWORD, TestSshd};
 
 /// A run that stays queued: no executor serves its zone in these tests.
 async fn queued_run(app: &TestApp) -> String {
@@ -205,7 +205,7 @@ async fn a_run_nobody_follows_leaves_no_live_stream() {
     let (device, chatty) = chatty(&app, &sshd).await;
     let run = run_now(&app, &device, &chatty).await;
     assert_eq!(finished(&app, &run).await["status"], "succeeded");
-    let key = crate::executor::streams(&app).live_key(run.parse().expect("uuid"));
+    let key = crate::support::pipeline::streams(&app).live_key(run.parse().expect("uuid"));
     let exists: bool = app.redis().await.exists(&key).await.expect("EXISTS");
     assert!(!exists, "a run nobody followed left its live stream");
 }
@@ -232,7 +232,7 @@ async fn a_followed_runs_live_stream_expires_shortly_after_its_end() {
         .filter_map(|(_, d)| d["data"].as_str())
         .collect();
     assert!(shown.contains("\n20000\n"), "the follower saw the output");
-    let key = crate::executor::streams(&app).live_key(run.parse().expect("uuid"));
+    let key = crate::support::pipeline::streams(&app).live_key(run.parse().expect("uuid"));
     let ttl: i64 = app.redis().await.ttl(&key).await.expect("TTL");
     assert!(
         (1..=30).contains(&ttl),
@@ -257,15 +257,15 @@ async fn the_executor_publishes_live_output_on_its_own_connection() {
 #[tokio::test]
 async fn a_live_channel_forced_to_drop_marks_gaps_and_shows_no_piece_of_a_secret() {
     let app = TestApp::spawn().await;
-    let _scheduler = crate::executor::start_scheduler(&app).await;
-    let (_executor, _) = crate::executor::start_executor(
+    let _scheduler = crate::support::pipeline::start_scheduler(&app).await;
+    let (_executor, _) = crate::support::pipeline::start_executor(
         &app,
         netcron_executor::ExecutorConfig {
             live: netcron_executor::LiveConfig {
                 channel: 1,
                 ..netcron_executor::LiveConfig::default()
             },
-            ..crate::executor::config()
+            ..crate::support::pipeline::config()
         },
     )
     .await;

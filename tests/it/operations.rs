@@ -12,11 +12,11 @@ use netcron_common::ops::OpsServer;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{
+use crate::support::app::{TestApp, eventually, id, json_of, metric, metric_sum};
+use crate::support::pipeline::{
     command, entries, finished, password_device, pipeline, run_now, streams, wait_for_status,
 };
-use crate::helpers::{TestApp, eventually, id, json_of, metric, metric_sum};
-use crate::sshd::{TEST_PASSWORD, TestSshd, free_port};
+use crate::support::sshd::{TEST_PASSWORD, TEST_USER, TestSshd, free_port};
 
 #[tokio::test]
 async fn metrics_move_as_a_scheduled_run_happens() {
@@ -568,7 +568,7 @@ async fn netcron_all_logs_runs_in_spans_without_secrets_and_stops_on_sigterm() {
     };
     let cred = post(
         "/credentials",
-        json!({"name": "c", "username": crate::sshd::TEST_USER, "password": TEST_PASSWORD}),
+        json!({"name": "c", "username": TEST_USER, "password": TEST_PASSWORD}),
     )
     .await;
     let device = post(

@@ -12,13 +12,14 @@ use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{
+use crate::support::app::TestApp;
+use crate::support::executions::Executions;
+use crate::support::executor_process::ExecutorProcess;
+use crate::support::pipeline::{
     Running, TERMINAL, command, config, get_run, ingest, password_device, run_now, start_executor,
     start_scheduler, streams, wait_for_status,
 };
-use crate::helpers::TestApp;
-use crate::lifecycle::{Executions, ExecutorProcess};
-use crate::sshd::{TEST_PASSWORD, TestSshd};
+use crate::support::sshd::{TEST_PASSWORD, TestSshd};
 
 fn uuid(text: &str) -> uuid::Uuid {
     text.parse().expect("uuid")
@@ -67,7 +68,7 @@ impl Host {
 /// A field of a run's lease hash, once it is there.
 async fn lease_field(app: &TestApp, run_id: &str, field: &str) -> String {
     let key = streams(app).run_key(uuid(run_id));
-    crate::helpers::eventually(
+    crate::support::app::eventually(
         &format!("lease field {field}"),
         Duration::from_secs(10),
         || async {
@@ -407,7 +408,7 @@ async fn a_finished_attempt_waits_for_ingest_however_long_and_is_not_run_again()
     assert_eq!(run["attempt"], 1, "{run}");
     assert_eq!(executed(executions, &run_id), vec![1]);
     // Stored: now the key goes.
-    crate::helpers::eventually(
+    crate::support::app::eventually(
         "the stored key expires",
         Duration::from_secs(10),
         || async {
@@ -459,8 +460,8 @@ async fn an_outcome_redis_lost_before_ingest_read_it_is_run_again_as_the_next_at
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_start_waits_until_a_replica_holds_its_lease() {
-    use crate::sentinel::Server;
-    let dir = crate::sites::temp_dir("wait");
+    use crate::support::sentinel::Server;
+    let dir = crate::support::sites::temp_dir("wait");
     let plain = "save \"\"\nappendonly no\nrepl-diskless-sync-delay 0\n";
     let master = Server::start(&dir, "master", plain, false);
     let replica = Server::start(
@@ -469,7 +470,7 @@ async fn a_start_waits_until_a_replica_holds_its_lease() {
         &format!("{plain}replicaof 127.0.0.1 {}\n", master.port),
         false,
     );
-    crate::helpers::eventually("the replica in sync", Duration::from_secs(30), || async {
+    crate::support::app::eventually("the replica in sync", Duration::from_secs(30), || async {
         let info: String = replica
             .query(redis::cmd("INFO").arg("replication"))
             .await
@@ -498,8 +499,9 @@ async fn a_start_waits_until_a_replica_holds_its_lease() {
         json!({"command": executions.command("sleep 2"), "timeout_s": 20}),
     )
     .await;
-    let unreplicated =
-        |text: &str| crate::helpers::metric(text, "netcron_executor_unreplicated_starts_total");
+    let unreplicated = |text: &str| {
+        crate::support::app::metric(text, "netcron_executor_unreplicated_starts_total")
+    };
 
     // The replica answers: the lease is on it before the command starts.
     let first = run_now(&app, &device, &c).await;
@@ -560,8 +562,8 @@ async fn a_dead_lettered_task_waits_for_ingest_and_is_not_taken_for_a_lost_one()
     // The run's task, as published, is replaced by one no executor can read (a version from
     // the future), before any executor is there.
     let published =
-        crate::helpers::eventually("the task published", Duration::from_secs(10), || async {
-            crate::executor::entries(&app, &s.tasks)
+        crate::support::app::eventually("the task published", Duration::from_secs(10), || async {
+            crate::support::pipeline::entries(&app, &s.tasks)
                 .await
                 .into_iter()
                 .find(|(_, m)| m.get("run_id") == Some(&run_id))
@@ -586,8 +588,8 @@ async fn a_dead_lettered_task_waits_for_ingest_and_is_not_taken_for_a_lost_one()
         .expect("outbox row");
 
     let (_executor, _) = start_executor(&app, config()).await;
-    crate::helpers::eventually("dead-lettered", Duration::from_secs(10), || async {
-        let dead = crate::executor::entries(&app, &s.dead_letter).await;
+    crate::support::app::eventually("dead-lettered", Duration::from_secs(10), || async {
+        let dead = crate::support::pipeline::entries(&app, &s.dead_letter).await;
         (!dead.is_empty()).then_some(())
     })
     .await;

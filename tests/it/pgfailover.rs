@@ -13,9 +13,9 @@ use std::time::Duration;
 use netcron_migration::{Migrator, MigratorTrait as _};
 use sea_orm::{ConnectionTrait as _, DatabaseConnection, Statement};
 
-use crate::helpers::eventually;
-use crate::sites::temp_dir;
-use crate::sshd::free_port;
+use crate::support::app::eventually;
+use crate::support::sites::temp_dir;
+use crate::support::sshd::free_port;
 
 fn bin_dir() -> PathBuf {
     fs::read_dir("/usr/lib/postgresql")

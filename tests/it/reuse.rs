@@ -7,16 +7,21 @@ use std::time::Duration;
 use netcron_executor::ExecutorConfig;
 use serde_json::{Value, json};
 
-use crate::executor::{command, config, finished, run_now, start_executor, start_scheduler};
-use crate::helpers::{TestApp, eventually, id, json_of, metric};
-use crate::network::{ENABLE_PASSWORD, FakeDevice, device};
-use crate::sshd::{SshdOptions, TestSshd};
+use crate::support::app::{TestApp, eventually, id, json_of, metric};
+use crate::support::network::{ENABLE_PASSWORD, FakeDevice, device};
+use crate::support::pipeline::{
+    command, config, finished, run_now, start_executor, start_scheduler,
+};
+use crate::support::sshd::{SshdOptions, TestSshd};
 
 /// A fake IOS switch on its own sshd, registered as device `sw`, with a scheduler and an executor
 /// that keep sessions 30 s. Fields drop in this order, as the test's locals used to.
 struct Switch {
     device: Value,
-    _roles: (crate::executor::Running, crate::executor::Running),
+    _roles: (
+        crate::support::pipeline::Running,
+        crate::support::pipeline::Running,
+    ),
     sshd: TestSshd,
     fake: FakeDevice,
     app: TestApp,
@@ -49,7 +54,10 @@ async fn pooled_switch() -> Switch {
 async fn pipeline_with_idle(
     app: &TestApp,
     idle: Duration,
-) -> (crate::executor::Running, crate::executor::Running) {
+) -> (
+    crate::support::pipeline::Running,
+    crate::support::pipeline::Running,
+) {
     let scheduler = start_scheduler(app).await;
     let (executor, _) = start_executor(
         app,
@@ -249,7 +257,8 @@ async fn a_session_that_dies_mid_run_fails_that_run_as_a_fresh_one_would_and_is_
     )
     .await;
     let run_id = run_now(&app, &fresh, &c).await;
-    crate::executor::wait_for_status(&app, &run_id, &["running"], Duration::from_secs(10)).await;
+    crate::support::pipeline::wait_for_status(&app, &run_id, &["running"], Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sshd.kill_sessions() > 0);
     let on_fresh = finished(&app, &run_id).await;
@@ -266,7 +275,8 @@ async fn a_session_that_dies_mid_run_fails_that_run_as_a_fresh_one_would_and_is_
     )
     .await;
     let run_id = run_now(&app, &pooled, &c).await;
-    crate::executor::wait_for_status(&app, &run_id, &["running"], Duration::from_secs(10)).await;
+    crate::support::pipeline::wait_for_status(&app, &run_id, &["running"], Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sshd.logins(), logins, "the run did not reuse the session");
     assert!(sshd.kill_sessions() > 0);

@@ -2,7 +2,7 @@ use sea_orm::ConnectionTrait as _;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_problem, collect_pages, id, json_of};
+use crate::support::app::{TestApp, assert_problem, collect_pages, id, json_of};
 
 #[tokio::test]
 async fn manual_run_is_queued() {
@@ -610,7 +610,7 @@ async fn numeric_parameters_past_int4_are_answered_never_500() {
     assert_eq!(response.text().await.expect("body"), "core-sw1\n");
 
     // The console's run page pages through outputs with `stdout` and `stderr` offsets.
-    let session = crate::sign_in::ConsoleSession::open(&app).await;
+    let session = crate::support::console::ConsoleSession::open(&app).await;
     let page = format!("/console/runs/{run}");
     for (query, field) in [
         ("stdout=3000000000", "stdout"),

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, id, json_of, metric};
+use crate::support::app::{TestApp, id, json_of, metric};
 
 fn time(v: &Value) -> DateTime<Utc> {
     v.as_str().expect("timestamp").parse().expect("RFC 3339")

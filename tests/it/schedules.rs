@@ -2,7 +2,7 @@ use chrono::{DateTime, Duration, Timelike, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_problem, collect_pages, id, json_of};
+use crate::support::app::{TestApp, assert_problem, collect_pages, id, json_of};
 
 fn time(v: &serde_json::Value) -> DateTime<Utc> {
     v.as_str().expect("timestamp").parse().expect("RFC 3339")

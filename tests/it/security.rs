@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_problem, id, json_of};
+use crate::support::app::{TestApp, assert_problem, id, json_of};
 
 const ANY: &str = "00000000-0000-7000-8000-000000000000";
 /// Routes that answer without a token (README, "Authentication").

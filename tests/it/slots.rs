@@ -14,13 +14,13 @@ use netcron_common::protocol::slots::{Held, Slots};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
-use crate::executor::{
+use crate::support::app::{TestApp, eventually};
+use crate::support::executions::Executions;
+use crate::support::pipeline::{
     Running, TERMINAL, command, config, get_run, password_device, run_now, start_executor,
     start_scheduler, wait_for_status,
 };
-use crate::helpers::{TestApp, eventually};
-use crate::lifecycle::Executions;
-use crate::sshd::{TEST_PASSWORD, TestSshd};
+use crate::support::sshd::{TEST_PASSWORD, TestSshd};
 use netcron_executor::ExecutorConfig;
 
 /// Counts the commands running at once on the SSH host.
@@ -428,7 +428,7 @@ async fn a_run_waits_while_the_device_slot_is_held_elsewhere_and_starts_once_it_
                 let pending: redis::streams::StreamPendingReply = app
                     .redis()
                     .await
-                    .xpending(crate::executor::streams(app).tasks, "executors")
+                    .xpending(crate::support::pipeline::streams(app).tasks, "executors")
                     .await
                     .expect("XPENDING");
                 (pending.count() == 1).then_some(())
@@ -568,7 +568,7 @@ async fn a_run_waits_out_redis_failing_while_it_asks_for_the_device_slot() {
                 let pending: redis::streams::StreamPendingReply = app
                     .redis()
                     .await
-                    .xpending(crate::executor::streams(app).tasks, "executors")
+                    .xpending(crate::support::pipeline::streams(app).tasks, "executors")
                     .await
                     .expect("XPENDING");
                 (pending.count() == 1).then_some(())

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::executor::{command, entries, finished, pipeline, run_now, run_shell, streams};
-use crate::helpers::TestApp;
-use crate::network::{ENABLE_PASSWORD, FakeDevice, device};
-use crate::sshd::{TEST_PASSWORD, TEST_USER, TestSshd};
+use crate::support::app::TestApp;
+use crate::support::network::{ENABLE_PASSWORD, FakeDevice, device};
+use crate::support::pipeline::{command, entries, finished, pipeline, run_now, run_shell, streams};
+use crate::support::sshd::{TEST_PASSWORD, TEST_USER, TestSshd};
 
 /// A fake Cisco IOS device that logs in with the test user's password (so the password is a
 /// secret of every run on it) and repeats the password in the error of `show secret-echo`.

@@ -11,11 +11,11 @@ use netcron_scheduler::{SchedulerConfig, SystemClock};
 use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 
-use crate::executor::{
+use crate::support::app::{TestApp, assert_problem, eventually, id, json_of, metric};
+use crate::support::pipeline::{
     command, config, entries, finished, get_run, run_now, start_executor, start_scheduler, streams,
 };
-use crate::helpers::{TestApp, assert_problem, eventually, id, json_of, metric};
-use crate::sshd::{TEST_PASSWORD, TEST_USER, TestSshd};
+use crate::support::sshd::{TEST_PASSWORD, TEST_USER, TestSshd};
 
 /// A device on the test sshd in `zone` (`None`: the request names no zone).
 async fn device_in(app: &TestApp, name: &str, port: u16, zone: Option<&str>) -> Value {
@@ -299,8 +299,10 @@ async fn a_zone_without_executors_is_reported_once_and_its_runs_wait_for_one() {
     let c_remote = command(&app, &remote, json!({"command": "echo c"})).await;
     let run_id = run_now(&app, &remote, &c_remote).await;
     let site_c = zone("site-c");
-    let state =
-        crate::helpers::eventually("the run queued in site-c", Duration::from_secs(10), || {
+    let state = crate::support::app::eventually(
+        "the run queued in site-c",
+        Duration::from_secs(10),
+        || {
             let watch = &watch;
             let site_c = &site_c;
             async move {
@@ -310,8 +312,9 @@ async fn a_zone_without_executors_is_reported_once_and_its_runs_wait_for_one() {
                     .find(|(z, s)| z == site_c && s.queued == 1)
                     .map(|(_, s)| s)
             }
-        })
-        .await;
+        },
+    )
+    .await;
     assert!(state.without_executors(), "{state:?}");
     // `default` has its executor and nothing waiting: not reported.
     let zones = watch.watch_zones().await.expect("watch");

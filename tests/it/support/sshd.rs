@@ -820,6 +820,31 @@ impl GarbageServer {
     }
 }
 
+/// A TCP front that sends connections to two backends in turn: one device address behind
+/// which two hosts with different host keys answer (a spoofed address, a failover pair that
+/// does not share its keys).
+pub(crate) async fn alternating_front(backends: [u16; 2]) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut turn = 0usize;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let backend = backends[turn % 2];
+            turn += 1;
+            tokio::spawn(async move {
+                if let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
