@@ -10,8 +10,8 @@ use netcron_scheduler::{SchedulerConfig, SystemClock};
 use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_problem, id, json_of};
-use crate::sign_in::ConsoleSession;
+use crate::support::app::{TestApp, assert_problem, id, json_of};
+use crate::support::console::ConsoleSession;
 
 /// What a newer version's migration would do: widen the `CHECK` constraints this build's
 /// migrations put on the text-backed enum columns (here: drop them, in this test's own
