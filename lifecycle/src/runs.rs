@@ -856,12 +856,12 @@ pub fn first_outcomes<'a>(results: impl IntoIterator<Item = &'a RunResult>) -> B
             }
         }
     }
-    // A run that also finished in this batch needs only its outcome written.
-    let finished_runs: std::collections::HashSet<Uuid> =
-        batch.finished.keys().map(|(run, _)| *run).collect();
+    // An attempt that also finished in this batch needs only its outcome written. Another
+    // attempt's outcome (a late one of an attempt that was re-queued) does not make the start
+    // of the current one redundant.
     batch
         .started
-        .retain(|run_id, _| !finished_runs.contains(run_id));
+        .retain(|run_id, r| !batch.finished.contains_key(&(*run_id, r.attempt)));
     batch
 }
 
@@ -1028,5 +1028,16 @@ mod tests {
         assert!(batch.finished.contains_key(&(RUN, 1)));
         // Another run's start in the same batch is still written.
         assert!(batch.started.contains_key(&OTHER_RUN));
+    }
+
+    #[test]
+    fn a_late_outcome_of_an_earlier_attempt_does_not_drop_the_start_of_the_current_one() {
+        let results = [
+            finished(RUN, 1, "exec-a", 0, "late"),
+            started(RUN, 2, "exec-b", 1),
+        ];
+        let batch = first_outcomes(&results);
+        assert!(batch.finished.contains_key(&(RUN, 1)));
+        assert_eq!(batch.started.get(&RUN).map(|r| r.attempt), Some(2));
     }
 }

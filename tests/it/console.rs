@@ -447,7 +447,8 @@ async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
     );
     b.fill("#token", TOKEN).await;
     b.click("main button[type=submit]").await;
-    b.find("h1").await;
+    // The sign-in page has an `h1` too: wait for the signed-in page's header, not any `h1`.
+    b.find("header.top").await;
     assert_eq!(b.path().await, "/console/devices");
     let cookie = b.cookie("netcron_session").await;
     assert_eq!(cookie["httpOnly"], json!(true), "{cookie}");
