@@ -11,6 +11,12 @@ use tokio_util::sync::CancellationToken;
 ///
 /// # Errors
 /// When Postgres cannot be reached or refuses the connection.
+/// A Postgres statement with positional parameters: the one way netcron's crates write raw
+/// SQL through sea-orm.
+pub fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(sea_orm::DatabaseBackend::Postgres, sql, values)
+}
+
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let Some(multi) = crate::pgfailover::MultiHost::parse(url) else {
         return connect_one(url).await;

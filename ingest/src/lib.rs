@@ -27,10 +27,7 @@ use netcron_common::startup::{Waiting, wait_for};
 use netcron_lifecycle::runs;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamReadReply};
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, Statement,
-    TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -669,9 +666,7 @@ fn config_of(result: Option<&RunResult>) -> Option<&str> {
     outcome.payload.as_ref()?.get("config")?.as_str()
 }
 
-fn stmt(sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
-}
+use netcron_common::db::stmt;
 
 fn rand_suffix() -> u32 {
     Uuid::new_v4().as_u128() as u32

@@ -9,10 +9,7 @@ use netcron_common::domain::{
     CronSpec, MisfirePolicy, OverlapPolicy, RunStatus, Timing, parse_timezone,
 };
 use netcron_lifecycle::runs::{self, Fires};
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, QueryResult, Statement, TransactionTrait,
-    Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, TransactionTrait};
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -57,9 +54,7 @@ pub struct FireReport {
 }
 
 /// A Postgres statement with positional values.
-pub(crate) fn stmt(sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
-}
+pub(crate) use netcron_common::db::stmt;
 
 /// Parsed cron expressions by their text. Parsing is most of the per-schedule CPU cost of a
 /// pass, and schedules share few distinct expressions, so the cache stays small; it is cleared

@@ -1,8 +1,6 @@
 use chrono::{DateTime, Utc};
 use netcron_common::secret::{SecretKey, SecretString};
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, FromQueryResult, Statement, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult};
 use uuid::Uuid;
 
 use super::new_id;
@@ -56,9 +54,7 @@ pub struct WebhookChanges {
 
 const COLUMNS: &str = "id, name, url, event_types, enabled, created_at, updated_at";
 
-fn stmt(sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
-}
+use netcron_common::db::stmt;
 
 pub async fn create(db: &DatabaseConnection, key: &SecretKey, new: NewWebhook) -> Result<Webhook> {
     let id = new_id();

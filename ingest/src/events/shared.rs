@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use netcron_common::config::{self, ConfigError};
-use sea_orm::{DatabaseBackend, Statement, Value};
 
 use crate::webhook_policy::{self, WebhookPolicy};
 
@@ -96,6 +95,4 @@ impl EventSettings {
     }
 }
 
-pub(super) fn stmt(sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
-}
+pub(super) use netcron_common::db::stmt;
