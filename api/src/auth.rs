@@ -9,6 +9,9 @@ use subtle::ConstantTimeEq;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The name of the console's session cookie: the other way a request can say who it is.
+pub const SESSION_COOKIE: &str = "netcron_session";
+
 /// Checks `Authorization: Bearer <token>` against every configured token in constant time, so
 /// neither a token's content nor which token matched can be learnt from response timing.
 pub async fn require_token(

@@ -8,6 +8,7 @@ mod console;
 pub mod error;
 mod extract;
 pub mod metrics;
+mod origin;
 mod pagination;
 mod routes;
 mod services;
@@ -38,8 +39,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use console::origin::PublicUrl;
 pub use error::ApiError;
+pub use origin::PublicUrl;
 pub use services::live::LiveSettings;
 pub use services::runs::{OutputStream, output_slice_sql};
 pub use settings::Settings;
@@ -273,7 +274,7 @@ impl Connected {
             telemetry: telemetry.clone(),
             leases: netcron_common::protocol::lease::Leases::new(streams.clone(), 24 * 3600),
             webhook_policy: settings.events.webhook_policy,
-            console_origin: console::origin::ConsoleOrigin::new(settings.public_url),
+            console_origin: origin::ConsoleOrigin::new(settings.public_url),
             live,
         };
         Ok(Self {

@@ -25,7 +25,7 @@ pub struct Settings {
     pub create_database: bool,
     /// The console's public address (`NETCRON_PUBLIC_URL`); unset, forms are checked against
     /// `Host` and the standard forwarded headers.
-    pub public_url: Option<crate::PublicUrl>,
+    pub public_url: Option<crate::origin::PublicUrl>,
 }
 
 impl Settings {

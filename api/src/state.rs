@@ -23,7 +23,7 @@ pub struct AppState {
     /// Which addresses a webhook's URL may name (the dispatcher checks again on delivery).
     pub webhook_policy: WebhookPolicy,
     /// The console's own origin, for the same-origin check of its forms.
-    pub console_origin: crate::console::origin::ConsoleOrigin,
+    pub console_origin: crate::origin::ConsoleOrigin,
     /// Live-output followers and their shared Redis reader.
     pub live: crate::services::live::Hub,
 }

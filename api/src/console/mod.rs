@@ -14,7 +14,6 @@ mod admin;
 mod devices;
 mod forms;
 mod next;
-pub mod origin;
 mod overview;
 mod runs;
 mod schedules;

@@ -23,8 +23,9 @@ use subtle::ConstantTimeEq;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The session cookie's name.
-pub const COOKIE: &str = "netcron_session";
+/// The session cookie's name (kept with the other credential a request can present, so that
+/// the REST routes which must recognise it need not reach up into the console).
+pub use crate::auth::SESSION_COOKIE as COOKIE;
 
 /// How long a session lasts from sign-in: a working day, as AWX and Rundeck default to.
 pub const LIFETIME_HOURS: i64 = 12;
@@ -186,7 +187,7 @@ impl FromRequestParts<AppState> for Operator {
 }
 
 /// A state-changing form post from a signed-in operator whose CSRF token matched and whose
-/// `Origin` is the console's ([`super::origin::ConsoleOrigin::accepts`]): two defences, as OWASP
+/// `Origin` is the console's ([`crate::origin::ConsoleOrigin::accepts`]): two defences, as OWASP
 /// recommends, so one failing is not enough.
 pub struct Action {
     pub operator: Operator,

@@ -1,4 +1,6 @@
 //! Which origin the console is served from, for the same-origin check of state-changing forms.
+//! It stands beside the settings and the state that hold it, below the console that uses it,
+//! and knows nothing of either.
 
 use std::fmt;
 use std::str::FromStr;
@@ -37,7 +39,7 @@ impl fmt::Display for PublicUrl {
 }
 
 /// How the console knows its own origin, for the `Origin` check of state-changing forms (see
-/// [`super::session::Action`]) and the cookie's `Secure` flag.
+/// the console's `Action` extractor) and the cookie's `Secure` flag.
 #[derive(Clone, Debug, Default)]
 pub struct ConsoleOrigin {
     public: Option<PublicUrl>,
