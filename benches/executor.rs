@@ -32,12 +32,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netcron_common::config::{DatabaseSettings, RedisSettings};
 use netcron_common::metrics::Telemetry;
 use netcron_common::secret::SecretKey;
 use netcron_executor::{Executor, ExecutorConfig, ExecutorMetrics, Settings as ExecutorSettings};
 use netcron_ingest::Ingest;
+use netcron_protocol::RedisSettings;
 use netcron_scheduler::{Scheduler, SchedulerConfig, Settings, SystemClock};
+use netcron_store::DatabaseSettings;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -277,7 +278,7 @@ impl Bench {
         let cred = Uuid::now_v7();
         let sealed = self.key.seal(
             private_key,
-            &netcron_common::entity::credential::seal_context(cred, "secret"),
+            &netcron_common::secret::context::credential(cred, "secret"),
         );
         self.db
             .execute_raw(Statement::from_sql_and_values(
@@ -352,7 +353,7 @@ impl Bench {
         .expect("outbox");
         txn.execute_raw(stmt(
             "SELECT pg_notify($1, '')",
-            vec![netcron_common::db::RUN_QUEUED_CHANNEL.into()],
+            vec![netcron_store::db::RUN_QUEUED_CHANNEL.into()],
         ))
         .await
         .expect("notify");

@@ -21,9 +21,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use netcron_api::{Application, Settings};
-use netcron_common::config::{DatabaseSettings, HttpSettings, RedisSettings};
+use netcron_common::config::HttpSettings;
 use netcron_common::metrics::Telemetry;
 use netcron_common::secret::{SecretKey, SecretString};
+use netcron_protocol::RedisSettings;
+use netcron_store::DatabaseSettings;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

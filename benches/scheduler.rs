@@ -89,11 +89,11 @@ impl Bench {
         .await
         .expect("fixtures");
         let settings = Settings {
-            database: netcron_common::config::DatabaseSettings {
+            database: netcron_store::DatabaseSettings {
                 url: db_url,
                 auto_migrate: false,
             },
-            redis: netcron_common::config::RedisSettings {
+            redis: netcron_protocol::RedisSettings {
                 url: redis_url.clone(),
                 stream_prefix: format!("bench:{}:", Uuid::new_v4().simple()),
             },

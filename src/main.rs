@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use netcron_common::catalog;
-use netcron_common::config::{self, ConfigError, DatabaseSettings};
+use netcron_common::config::{self, ConfigError};
 use netcron_common::metrics::Telemetry;
 use netcron_common::ops;
 use netcron_migration::{Migrator, MigratorTrait};
+use netcron_store::DatabaseSettings;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -122,7 +123,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
         }
         Role::Migrate => {
             let settings = DatabaseSettings::from_env()?;
-            let db = netcron_common::db::connect(&settings.url).await?;
+            let db = netcron_store::db::connect(&settings.url).await?;
             Migrator::up(&db, None).await?;
             tracing::info!("migrations applied");
             Ok(())

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use chrono::Utc;
 use clap::Args;
-use netcron_common::config::{self, DatabaseSettings};
+use netcron_common::config;
 use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunStatus, RunTrigger};
-use netcron_common::entity::credential::seal_context;
-use netcron_common::entity::{credential, device};
-use netcron_common::protocol::{Task, TaskCommand, TaskCredential, TaskDevice};
 use netcron_common::secret::SecretKey;
+use netcron_common::secret::context;
 use netcron_executor::{ExecutorConfig, Runner};
+use netcron_protocol::{Task, TaskCommand, TaskCredential, TaskDevice};
+use netcron_store::DatabaseSettings;
+use netcron_store::entity::{credential, device};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
 use serde_json::json;
 use uuid::Uuid;
@@ -148,7 +149,7 @@ async fn stored_device(
 ) -> anyhow::Result<(Task, SecretKey, Stored)> {
     let settings = DatabaseSettings::from_env()?;
     let key = config::secret_key_from_env()?;
-    let db = netcron_common::db::connect(&settings.url)
+    let db = netcron_store::db::connect(&settings.url)
         .await
         .context("connecting to Postgres (DATABASE_URL)")?;
     let device = device::Entity::find()
@@ -221,7 +222,7 @@ fn given_host(host: &str, args: &InventoryArgs) -> anyhow::Result<(Task, SecretK
     let key = SecretKey::from_base64(&SecretKey::generate_base64())?;
     let id = Uuid::now_v7();
     let seal = |text: &str, field: &str| {
-        TaskCredential::encode_sealed(&key.seal(text, &seal_context(id, field)))
+        TaskCredential::encode_sealed(&key.seal(text, &context::credential(id, field)))
     };
     let task = task(
         TaskDevice {

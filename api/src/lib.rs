@@ -25,9 +25,9 @@ use axum::http::Uri;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use netcron_common::metrics::Telemetry;
-use netcron_common::protocol::{EXECUTOR_GROUP, INGEST_GROUP, Streams};
 use netcron_common::startup::{Waiting, wait_for};
 use netcron_migration::{Migrator, MigratorTrait};
+use netcron_protocol::{EXECUTOR_GROUP, INGEST_GROUP, Streams};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::Layer as _;
@@ -237,17 +237,17 @@ impl Connected {
     /// `all` does), applies migrations unless disabled, and builds the router.
     async fn connect(settings: Settings, telemetry: Telemetry) -> anyhow::Result<Self> {
         if settings.create_database {
-            netcron_common::db::create_database_if_missing(&settings.database.url).await?;
+            netcron_store::db::create_database_if_missing(&settings.database.url).await?;
         }
-        let db = netcron_common::db::connect(&settings.database.url).await?;
-        telemetry.add_postgres_check(&db);
+        let db = netcron_store::db::connect(&settings.database.url).await?;
+        netcron_store::db::add_readiness_check(&telemetry, &db);
         if settings.database.auto_migrate {
             Migrator::up(&db, None)
                 .await
                 .context("applying database migrations")?;
         }
         let redis = redis::Client::open(settings.redis.url.as_str()).context("REDIS_URL")?;
-        telemetry.add_redis_check(&redis);
+        netcron_protocol::gauges::add_readiness_check(&telemetry, &redis);
         let ingest = if settings.ingest {
             Some(
                 netcron_ingest::Ingest::new(
@@ -272,7 +272,7 @@ impl Connected {
             tokens: Arc::from(settings.http.tokens),
             http_metrics: metrics::HttpMetrics::new(&telemetry),
             telemetry: telemetry.clone(),
-            leases: netcron_common::protocol::lease::Leases::new(streams.clone(), 24 * 3600),
+            leases: netcron_protocol::lease::Leases::new(streams.clone(), 24 * 3600),
             webhook_policy: settings.events.webhook_policy,
             console_origin: origin::ConsoleOrigin::new(settings.public_url),
             live,
@@ -291,7 +291,8 @@ impl Connected {
         telemetry: &Telemetry,
         shutdown: &CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        telemetry.sample_streams(
+        netcron_protocol::gauges::sample_streams(
+            telemetry,
             self.redis.clone(),
             self.streams.clone(),
             vec![

@@ -1,7 +1,9 @@
 //! What the api role needs to start.
 
-use netcron_common::config::{self, ConfigError, DatabaseSettings, HttpSettings, RedisSettings};
+use netcron_common::config::{self, ConfigError, HttpSettings};
 use netcron_common::secret::SecretKey;
+use netcron_protocol::RedisSettings;
+use netcron_store::DatabaseSettings;
 
 #[derive(Clone, Debug)]
 pub struct Settings {

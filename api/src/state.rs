@@ -2,9 +2,9 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use netcron_common::metrics::Telemetry;
-use netcron_common::protocol::lease::Leases;
 use netcron_common::secret::{SecretKey, SecretString};
 use netcron_ingest::webhook_policy::WebhookPolicy;
+use netcron_protocol::lease::Leases;
 
 use crate::metrics::HttpMetrics;
 use sea_orm::DatabaseConnection;

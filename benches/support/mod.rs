@@ -20,7 +20,7 @@ pub async fn fresh_database() -> BenchDb {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
     let redis_url = std::env::var("REDIS_URL").expect("REDIS_URL");
     let server = &url[..url.rfind('/').expect("database in DATABASE_URL")];
-    let admin = netcron_common::db::connect(&format!("{server}/postgres"))
+    let admin = netcron_store::db::connect(&format!("{server}/postgres"))
         .await
         .expect("admin");
     let db_name = format!("netcron_bench_{}", Uuid::new_v4().simple());
@@ -29,7 +29,7 @@ pub async fn fresh_database() -> BenchDb {
         .await
         .expect("create");
     let db_url = format!("{server}/{db_name}");
-    let db = netcron_common::db::connect(&db_url).await.expect("db");
+    let db = netcron_store::db::connect(&db_url).await.expect("db");
     Migrator::up(&db, None).await.expect("migrate");
     BenchDb {
         admin,

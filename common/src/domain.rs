@@ -7,7 +7,6 @@ use std::str::FromStr;
 
 use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
-use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::stored::Stored;
@@ -321,12 +320,13 @@ pub fn parse_port(value: i64) -> Result<u16, ParseError> {
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-        #[sea_orm(rs_type = "String", db_type = "Text")]
+        #[cfg_attr(feature = "sea-orm", derive(sea_orm::EnumIter, sea_orm::DeriveActiveEnum))]
+        #[cfg_attr(feature = "sea-orm", sea_orm(rs_type = "String", db_type = "Text"))]
         #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($(#[$vmeta])* #[sea_orm(string_value = $text)] $variant),+
+            $($(#[$vmeta])* #[cfg_attr(feature = "sea-orm", sea_orm(string_value = $text))] $variant),+
         }
 
         impl $name {

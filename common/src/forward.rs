@@ -1,5 +1,5 @@
-//! A local TCP forwarder that follows a moving server: what the Sentinel (`sentinel.rs`) and
-//! several-Postgres-hosts (`pgfailover.rs`) support share. Connections accepted on `127.0.0.1`
+//! A local TCP forwarder that follows a moving server: what the Sentinel (`netcron-protocol`'s `sentinel.rs`) and
+//! several-Postgres-hosts (`netcron-store`'s `pgfailover.rs`) support share. Connections accepted on `127.0.0.1`
 //! are piped to the address `resolve` answers *now*; it is asked again every `poll`, given the
 //! current address (so it can prefer to stay), and when it answers another address every piped
 //! connection is closed, so the clients' pools reconnect — through the forwarder, to the new

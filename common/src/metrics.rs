@@ -9,19 +9,14 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub use prometheus_client;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
-use tokio_util::sync::CancellationToken;
-
-use crate::protocol::Streams;
 
 /// The content type of [`Telemetry::encode`]'s output (OpenMetrics text, which Prometheus
 /// scrapes natively).
@@ -113,15 +108,13 @@ struct Inner {
     checks: Mutex<Vec<(&'static str, Check)>>,
     /// While a role waits for a dependency at start: which one and why it is not there yet.
     waiting: Mutex<Option<(&'static str, String)>>,
-    streams_sampled: AtomicBool,
-    streams: StreamMetrics,
+    /// Keys already claimed through [`Telemetry::first`].
+    once: Mutex<std::collections::HashSet<&'static str>>,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let streams = StreamMetrics::default();
-        streams.register(&mut registry);
         let build_info = Family::<Vec<(String, String)>, Gauge>::default();
         build_info
             .get_or_create(&vec![(
@@ -140,8 +133,7 @@ impl Default for Telemetry {
                 registry: Mutex::new(registry),
                 checks: Mutex::new(Vec::new()),
                 waiting: Mutex::new(None),
-                streams_sampled: AtomicBool::new(false),
-                streams,
+                once: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -180,35 +172,6 @@ impl Telemetry {
         *lock(&self.inner.waiting) = Some((dependency, reason));
     }
 
-    /// Adds the standard Postgres check on `db`.
-    pub fn add_postgres_check(&self, db: &sea_orm::DatabaseConnection) {
-        let db = db.clone();
-        self.add_check("postgres", move || {
-            let db = db.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
-        });
-    }
-
-    /// Adds the standard Redis check: a fresh connection and a `PING`, so a broken pooled
-    /// connection cannot hide an outage.
-    pub fn add_redis_check(&self, client: &redis::Client) {
-        let client = client.clone();
-        self.add_check("redis", move || {
-            let client = client.clone();
-            async move {
-                let mut conn = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        });
-    }
-
     /// Runs every readiness check at once, each under [`CHECK_TIMEOUT`]. Returns whether all
     /// passed, and `ok` or the reason per dependency.
     pub async fn readiness(&self) -> (bool, BTreeMap<&'static str, String>) {
@@ -244,143 +207,10 @@ impl Telemetry {
         text
     }
 
-    /// Samples the length and pending entries of netcron's streams every few seconds, once per
-    /// process however many roles ask. Stops with `shutdown`; Redis errors only skip a sample.
-    pub fn sample_streams(
-        &self,
-        redis: redis::Client,
-        streams: Streams,
-        groups: Vec<(String, &'static str)>,
-        shutdown: CancellationToken,
-    ) {
-        if self.inner.streams_sampled.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut conn = None;
-            loop {
-                if conn.is_none() {
-                    conn = redis.get_multiplexed_async_connection().await.ok();
-                }
-                if let Some(c) = conn.as_mut()
-                    && this
-                        .inner
-                        .streams
-                        .sample(c, &streams, &groups)
-                        .await
-                        .is_err()
-                {
-                    conn = None;
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(STREAM_SAMPLE_INTERVAL) => {}
-                }
-            }
-        });
-    }
-}
-
-const STREAM_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StreamLabel {
-    stream: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct GroupLabels {
-    stream: &'static str,
-    group: String,
-}
-
-#[derive(Default)]
-struct StreamMetrics {
-    length: Family<StreamLabel, Gauge>,
-    pending: Family<GroupLabels, Gauge>,
-    lag: Family<GroupLabels, Gauge>,
-}
-
-impl StreamMetrics {
-    fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "netcron_stream_length",
-            "Entries in each netcron stream (XLEN)",
-            self.length.clone(),
-        );
-        registry.register(
-            "netcron_stream_pending",
-            "Entries delivered to a consumer group but not yet acknowledged",
-            self.pending.clone(),
-        );
-        registry.register(
-            "netcron_stream_lag",
-            "Entries not yet delivered to a consumer group",
-            self.lag.clone(),
-        );
-    }
-
-    async fn sample(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        streams: &Streams,
-        groups: &[(String, &'static str)],
-    ) -> redis::RedisResult<()> {
-        let named = [
-            ("tasks", &streams.tasks),
-            ("results", &streams.results),
-            ("events", &streams.events),
-            ("dead_letter", &streams.dead_letter),
-        ];
-        let mut pipe = redis::pipe();
-        for (_, key) in &named {
-            pipe.cmd("XLEN").arg(key.as_str());
-        }
-        let lengths: Vec<i64> = pipe.query_async(conn).await?;
-        for ((label, _), len) in named.iter().zip(lengths) {
-            self.length
-                .get_or_create(&StreamLabel { stream: label })
-                .set(len);
-        }
-        for (key, group) in groups {
-            let label = named
-                .iter()
-                .find(|(_, k)| *k == key)
-                .map_or("other", |(l, _)| *l);
-            // XINFO GROUPS fails while the stream does not exist yet; that is not an outage.
-            let Ok(info) = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(key.as_str())
-                .query_async::<Vec<redis::Value>>(conn)
-                .await
-            else {
-                continue;
-            };
-            for entry in info {
-                let fields: BTreeMap<String, redis::Value> =
-                    redis::from_redis_value(entry).unwrap_or_default();
-                let name: Option<String> = fields
-                    .get("name")
-                    .and_then(|v| redis::from_redis_value(v.clone()).ok());
-                if name.as_deref() != Some(*group) {
-                    continue;
-                }
-                let number = |field: &str| -> i64 {
-                    fields
-                        .get(field)
-                        .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                        .unwrap_or(0)
-                };
-                let labels = GroupLabels {
-                    stream: label,
-                    group: (*group).to_owned(),
-                };
-                self.pending.get_or_create(&labels).set(number("pending"));
-                self.lag.get_or_create(&labels).set(number("lag"));
-            }
-        }
-        Ok(())
+    /// Whether this is the first time `key` is asked for in this process: roles sharing one
+    /// process (`all`) use it to start a per-process task once, however many of them ask.
+    pub fn first(&self, key: &'static str) -> bool {
+        lock(&self.inner.once).insert(key)
     }
 }
 

@@ -142,6 +142,23 @@ impl SecretKey {
     }
 }
 
+/// The associated-data contexts secrets are sealed under: binding a ciphertext to the row and
+/// field it belongs to, so a sealed value copied to another row or field does not open.
+/// Whoever seals (the api) and whoever opens (the executor, ingest) name them here, once.
+pub mod context {
+    use uuid::Uuid;
+
+    /// A credential's `field` (`secret`, `passphrase` or `enable_secret`).
+    pub fn credential(id: Uuid, field: &str) -> String {
+        format!("credential:{id}:{field}")
+    }
+
+    /// A webhook's signing secret.
+    pub fn webhook(id: Uuid) -> String {
+        format!("webhook:{id}:secret")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use netcron_common::domain::ErrorKind;
-use netcron_common::protocol::{AttemptRecord, Outcome, Task, TaskDevice};
 use netcron_common::secret::SecretString;
+use netcron_protocol::{AttemptRecord, Outcome, Task, TaskDevice};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 

@@ -1,14 +1,14 @@
 //! First-contact host-key pinning, the executor's side (see
-//! `netcron_common::protocol::lease::pin_first_contact`): called from an SSH thread between the
+//! `netcron_protocol::lease::pin_first_contact`): called from an SSH thread between the
 //! key exchange and authentication.
 
 use netcron_common::domain::ErrorKind;
-use netcron_common::protocol::Streams;
+use netcron_protocol::Streams;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 /// The executor's side of first-contact host-key pinning (see
-/// [`netcron_common::protocol::lease::pin_first_contact`]), callable from an SSH thread.
+/// [`netcron_protocol::lease::pin_first_contact`]), callable from an SSH thread.
 #[derive(Clone)]
 pub(crate) struct FirstContact {
     pub(crate) redis: ConnectionManager,
@@ -28,7 +28,7 @@ impl FirstContact {
         let mut redis = self.redis.clone();
         let pinned = self
             .runtime
-            .block_on(netcron_common::protocol::lease::pin_first_contact(
+            .block_on(netcron_protocol::lease::pin_first_contact(
                 &mut redis,
                 &self.streams,
                 device,

@@ -30,12 +30,13 @@ mod worker;
 
 use std::time::Duration;
 
-use netcron_common::config::{self, ConfigError, RedisSettings};
+use netcron_common::config::{self, ConfigError};
 use netcron_common::domain::{Zone, Zones};
 use netcron_common::metrics::Telemetry;
-use netcron_common::protocol::{EXECUTOR_GROUP, Streams};
 use netcron_common::secret::SecretKey;
 use netcron_common::startup::{Waiting, wait_for};
+use netcron_protocol::RedisSettings;
+use netcron_protocol::{EXECUTOR_GROUP, Streams};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{Error, Result};
@@ -237,7 +238,13 @@ pub async fn run(
         // the streams of zones it does not serve (see docs/DEPLOY.md, "Several sites").
         if settings.executor.zones.iter().any(Zone::is_default) {
             let groups = vec![(streams.tasks.clone(), EXECUTOR_GROUP)];
-            telemetry.sample_streams(client, streams, groups, shutdown.clone());
+            netcron_protocol::gauges::sample_streams(
+                &telemetry,
+                client,
+                streams,
+                groups,
+                shutdown.clone(),
+            );
         }
     }
     let Some(executor) = wait_for(

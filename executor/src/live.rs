@@ -1,4 +1,4 @@
-//! Live output, the executor's side (see `netcron_common::protocol::live`): what a command
+//! Live output, the executor's side (see `netcron_protocol::live`): what a command
 //! prints is forwarded from the SSH thread through a bounded channel to a task that batches
 //! it (every [`FLUSH`], or a full chunk), scrubs the run's secrets and, while someone follows
 //! the run, appends it to the run's live stream.
@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use netcron_common::protocol::Streams;
-use netcron_common::protocol::live::{
+use netcron_common::secret::SecretString;
+use netcron_protocol::Streams;
+use netcron_protocol::live::{
     EXPIRE_S, LiveEntry, MAX_CHUNK_BYTES, MAX_ENTRIES, RENAME_EVERY, UNWATCHED_HOLD, Which,
     connection_name, name_connection,
 };
-use netcron_common::secret::SecretString;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 use uuid::Uuid;

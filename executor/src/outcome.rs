@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use netcron_common::domain::{ErrorKind, RunStatus};
-use netcron_common::protocol::{AttemptRecord, Outcome};
 use netcron_common::secret::SecretString;
+use netcron_protocol::{AttemptRecord, Outcome};
 
 use crate::output::Scrubber;
 use crate::ssh;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use netcron_common::domain::Zone;
 use netcron_common::metrics::Telemetry;
-use netcron_common::protocol::Streams;
-use netcron_common::protocol::zones as presence;
+use netcron_protocol::Streams;
+use netcron_protocol::zones as presence;
 use tokio_util::sync::CancellationToken;
 
 use crate::Settings;
@@ -40,7 +40,7 @@ impl Executor {
         metrics: ExecutorMetrics,
     ) -> Result<Arc<Self>> {
         let client = redis::Client::open(settings.redis.url.as_str())?;
-        telemetry.add_redis_check(&client);
+        netcron_protocol::gauges::add_readiness_check(telemetry, &client);
         let redis = writer(&client).await?;
         // Live output has a connection of its own, so its writes never queue behind (or ahead
         // of) lease renewals on the writer's.
@@ -109,7 +109,7 @@ impl Executor {
 }
 
 /// Keeps this executor listed as alive in its zones (see
-/// [`netcron_common::protocol::zones`]) until `shutdown`, then withdraws it, so the scheduler
+/// [`netcron_protocol::zones`]) until `shutdown`, then withdraws it, so the scheduler
 /// can tell a zone that has executors from one whose runs wait for nobody. It runs beside the
 /// consumer loop, not inside it: it says "this process is up and reaches Redis", which is what
 /// a zone needs to know, and needs nothing from the loop.

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use netcron_common::domain::{CommandKind, CredentialKind, ErrorKind};
-use netcron_common::entity::credential::seal_context;
-use netcron_common::protocol::{Outcome, Task, TaskCredential};
+use netcron_common::secret::context;
 use netcron_common::secret::{SecretKey, SecretString};
+use netcron_protocol::{Outcome, Task, TaskCredential};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -272,7 +272,7 @@ impl Runner {
             .ok_or_else(|| format!("the credential's {field} is not valid base64"))
             .and_then(|bytes| {
                 self.key
-                    .open(&bytes, &seal_context(credential.id, field))
+                    .open(&bytes, &context::credential(credential.id, field))
                     .map_err(|_| {
                         format!(
                             "cannot decrypt the credential's {field}: is NETCRON_SECRET_KEY \

@@ -1,5 +1,5 @@
 //! The per-device limit across executors: a run's device slot in Redis
-//! ([`netcron_common::protocol::slots`]), taken after the process's own per-device semaphore
+//! ([`netcron_protocol::slots`]), taken after the process's own per-device semaphore
 //! and before a global slot, renewed by the heartbeat with the run leases, and given back when
 //! the run ends. A process that dies leaves its slots to expire within one lease.
 
@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netcron_common::protocol::Streams;
-use netcron_common::protocol::slots::{Held, Slots};
+use netcron_protocol::Streams;
+use netcron_protocol::slots::{Held, Slots};
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 

@@ -18,7 +18,7 @@
 //! `terms` (what an attempt is given and what it gives back).
 
 use netcron_common::domain::RunStatus;
-use netcron_common::protocol::live::Which;
+use netcron_protocol::live::Which;
 
 use crate::output::{Capture, Scrubber};
 

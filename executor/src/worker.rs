@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{CommandKind, ErrorKind, RunStatus, RunTrigger, Zone};
-use netcron_common::protocol::lease::{Leases, Start};
-use netcron_common::protocol::{
+use netcron_protocol::lease::{Leases, Start};
+use netcron_protocol::{
     EXECUTOR_GROUP, RESULT_VERSION, RunResult, Streams, Task, ensure_group, is_missing_group,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -103,8 +103,8 @@ struct Rejected {
     attempt: i32,
 }
 
-impl From<netcron_common::protocol::Rejected> for Rejected {
-    fn from(r: netcron_common::protocol::Rejected) -> Self {
+impl From<netcron_protocol::Rejected> for Rejected {
+    fn from(r: netcron_protocol::Rejected) -> Self {
         // An unreadable task's attempt is unknown; its error outcome is for the first one, and
         // ingest records it as superseded if the run is past it.
         Self {

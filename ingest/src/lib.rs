@@ -15,16 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings};
-use netcron_common::db::RUN_QUEUED_CHANNEL;
+use netcron_common::config::{self, ConfigError};
 use netcron_common::domain::CommandKind;
 use netcron_common::metrics::Telemetry;
-use netcron_common::protocol::lease::Leases;
-use netcron_common::protocol::stream::BoundedReader;
-use netcron_common::protocol::{INGEST_GROUP, RunResult, Streams, ensure_group, is_missing_group};
 use netcron_common::secret::SecretKey;
 use netcron_common::startup::{Waiting, wait_for};
 use netcron_lifecycle::runs;
+use netcron_protocol::RedisSettings;
+use netcron_protocol::lease::Leases;
+use netcron_protocol::stream::BoundedReader;
+use netcron_protocol::{INGEST_GROUP, RunResult, Streams, ensure_group, is_missing_group};
+use netcron_store::DatabaseSettings;
+use netcron_store::db::RUN_QUEUED_CHANNEL;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamReadReply};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionTrait};
@@ -666,7 +668,7 @@ fn config_of(result: Option<&RunResult>) -> Option<&str> {
     outcome.payload.as_ref()?.get("config")?.as_str()
 }
 
-use netcron_common::db::stmt;
+use netcron_store::db::stmt;
 
 fn rand_suffix() -> u32 {
     Uuid::new_v4().as_u128() as u32
@@ -707,13 +709,13 @@ pub async fn run(
         },
         &shutdown,
         |_| true,
-        || netcron_common::db::connect(url),
+        || netcron_store::db::connect(url),
     )
     .await?
     else {
         return Ok(());
     };
-    telemetry.add_postgres_check(&db);
+    netcron_store::db::add_readiness_check(&telemetry, &db);
     let ingest = Ingest::new(
         db,
         &settings.redis,
@@ -723,7 +725,7 @@ pub async fn run(
         &telemetry,
     )?
     .with_events(settings.events);
-    telemetry.add_redis_check(&ingest.client);
+    netcron_protocol::gauges::add_readiness_check(&telemetry, &ingest.client);
     ingest.run(shutdown).await;
     Ok(())
 }

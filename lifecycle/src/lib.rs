@@ -3,7 +3,7 @@
 //! to race; the task outbox is [`outbox`]; re-queueing runs whose lease expired or whose task
 //! was lost is [`requeue`]. The scheduler, ingest and the API call these and nothing else to
 //! move a run; the executor, which reaches only Redis, takes part through the lease scripts in
-//! `netcron_common::protocol::lease`.
+//! `netcron_protocol::lease`.
 //!
 //! ```text
 //!  create ──▶ queued ──publish──▶ queued (on the tasks stream) ──start──▶ running ──finish──▶ succeeded
@@ -42,4 +42,4 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub(crate) use netcron_common::db::stmt;
+pub(crate) use netcron_store::db::stmt;

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunTrigger, Zone};
-use netcron_common::protocol::{
+use netcron_protocol::{
     Streams, TASK_VERSION, Task, TaskCommand, TaskCredential, TaskDevice, TaskJumpHost,
 };
 use redis::aio::ConnectionManager;
@@ -190,7 +190,7 @@ pub async fn publish_batch(
         return Ok(report);
     }
     let mut pipe = redis::pipe();
-    netcron_common::protocol::stream::load_publish_script(&mut pipe);
+    netcron_protocol::stream::load_publish_script(&mut pipe);
     let mut marked: Vec<Uuid> = Vec::with_capacity(rows.len());
     let mut published: Vec<usize> = Vec::with_capacity(rows.len());
     let mut tickets: Vec<String> = Vec::with_capacity(rows.len());

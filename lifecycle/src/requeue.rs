@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use netcron_common::domain::Zone;
-use netcron_common::protocol::lease::{Found, Leases, Probe};
+use netcron_protocol::lease::{Found, Leases, Probe};
 use sea_orm::{ConnectionTrait as _, DatabaseConnection};
 use uuid::Uuid;
 

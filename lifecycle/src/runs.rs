@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
-use netcron_common::db::RUN_QUEUED_CHANNEL;
 use netcron_common::domain::RunStatus;
-use netcron_common::entity::run;
-use netcron_common::protocol::RunResult;
-use netcron_common::protocol::lease::Leases;
+use netcron_protocol::RunResult;
+use netcron_protocol::lease::Leases;
+use netcron_store::db::RUN_QUEUED_CHANNEL;
+use netcron_store::entity::run;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QuerySelect as _,
     TransactionTrait, Value,
@@ -883,7 +883,7 @@ pub struct Batch<'a> {
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone as _;
-    use netcron_common::protocol::{Outcome, RESULT_VERSION};
+    use netcron_protocol::{Outcome, RESULT_VERSION};
 
     use super::*;
 

@@ -54,7 +54,7 @@ pub struct FireReport {
 }
 
 /// A Postgres statement with positional values.
-pub(crate) use netcron_common::db::stmt;
+pub(crate) use netcron_store::db::stmt;
 
 /// Parsed cron expressions by their text. Parsing is most of the per-schedule CPU cost of a
 /// pass, and schedules share few distinct expressions, so the cache stays small; it is cleared

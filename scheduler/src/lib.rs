@@ -26,13 +26,15 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::Duration;
-use netcron_common::config::{self, ConfigError, DatabaseSettings, RedisSettings};
-use netcron_common::db::{RUN_QUEUED_CHANNEL, SCHEDULE_CHANGED_CHANNEL};
+use netcron_common::config::{self, ConfigError};
 use netcron_common::metrics::Telemetry;
-use netcron_common::protocol::lease::Leases;
-use netcron_common::protocol::{EXECUTOR_GROUP, INGEST_GROUP, Streams};
 use netcron_common::startup::{Waiting, wait_for};
 use netcron_lifecycle::{outbox, requeue, runs};
+use netcron_protocol::RedisSettings;
+use netcron_protocol::lease::Leases;
+use netcron_protocol::{EXECUTOR_GROUP, INGEST_GROUP, Streams};
+use netcron_store::DatabaseSettings;
+use netcron_store::db::{RUN_QUEUED_CHANNEL, SCHEDULE_CHANGED_CHANNEL};
 use redis::aio::ConnectionManager;
 use sea_orm::DatabaseConnection;
 use sqlx::postgres::PgListener;
@@ -214,10 +216,10 @@ impl Scheduler {
         clock: Arc<dyn Clock>,
         telemetry: &Telemetry,
     ) -> Result<Self> {
-        let db = netcron_common::db::connect(&settings.database.url).await?;
+        let db = netcron_store::db::connect(&settings.database.url).await?;
         let redis_client = redis::Client::open(settings.redis.url.as_str())?;
-        telemetry.add_postgres_check(&db);
-        telemetry.add_redis_check(&redis_client);
+        netcron_store::db::add_readiness_check(telemetry, &db);
+        netcron_protocol::gauges::add_readiness_check(telemetry, &redis_client);
         let streams = Streams::new(&settings.redis.stream_prefix);
         let leases = Leases::new(streams.clone(), LEASE_SAFETY_TTL_S);
         let requeuer = netcron_lifecycle::requeue::Requeuer::new(
@@ -485,7 +487,7 @@ impl Scheduler {
     ) -> Result<
         Vec<(
             netcron_common::domain::Zone,
-            netcron_common::protocol::zones::ZoneState,
+            netcron_protocol::zones::ZoneState,
         )>,
     > {
         let mut redis = self.redis().await?;
@@ -687,7 +689,8 @@ pub async fn run(
         return Ok(());
     };
     let scheduler = Arc::new(scheduler);
-    telemetry.sample_streams(
+    netcron_protocol::gauges::sample_streams(
+        &telemetry,
         scheduler.redis_client.clone(),
         scheduler.streams.clone(),
         vec![

@@ -1,6 +1,6 @@
 //! Watching zones: per zone, how much work waits on its tasks stream, how much its executors
 //! hold, how old the oldest waiting task is, and whether any executor of the zone is alive
-//! (see `netcron_common::protocol::zones`). A zone with waiting tasks and no live executor is
+//! (see `netcron_protocol::zones`). A zone with waiting tasks and no live executor is
 //! a `zone_without_executors` event and a gauge — never a failure: the scheduler stays ready,
 //! and the runs wait on the stream (within their lease and misfire rules) until an executor of
 //! the zone comes back.
@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use chrono::Utc;
 use netcron_common::domain::Zone;
 use netcron_common::metrics::Telemetry;
-use netcron_common::protocol::zones::{ZoneState, observe};
-use netcron_common::protocol::{EVENT_VERSION, EXECUTOR_GROUP, Streams, ZONE_WITHOUT_EXECUTORS};
+use netcron_protocol::zones::{ZoneState, observe};
+use netcron_protocol::{EVENT_VERSION, EXECUTOR_GROUP, Streams, ZONE_WITHOUT_EXECUTORS};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

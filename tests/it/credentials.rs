@@ -1,4 +1,4 @@
-use netcron_common::entity::credential;
+use netcron_store::entity::credential;
 use reqwest::Method;
 use sea_orm::EntityTrait;
 use serde_json::json;
@@ -94,12 +94,12 @@ async fn secrets_are_encrypted_at_rest_and_decrypt_with_the_key() {
                 .any(|w| plain.as_bytes().windows(16).any(|p| p == w))
         );
     }
-    let ctx = credential::seal_context(uuid, "secret");
+    let ctx = netcron_common::secret::context::credential(uuid, "secret");
     assert_eq!(
         app.key.open(&row.secret, &ctx).expect("decrypts").expose(),
         KEY
     );
-    let ctx = credential::seal_context(uuid, "passphrase");
+    let ctx = netcron_common::secret::context::credential(uuid, "passphrase");
     let passphrase = row.passphrase.as_deref().expect("passphrase");
     assert_eq!(
         app.key.open(passphrase, &ctx).expect("decrypts").expose(),
@@ -139,7 +139,7 @@ async fn patch_replaces_the_secret_and_can_switch_kind() {
         .await
         .expect("query")
         .expect("row");
-    let ctx = credential::seal_context(uuid, "secret");
+    let ctx = netcron_common::secret::context::credential(uuid, "secret");
     assert_eq!(
         app.key.open(&row.secret, &ctx).expect("decrypts").expose(),
         "n3w-pw-battery"

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
-use netcron_ingest::events::{EventSettings, Removed, apply_retention, webhook_seal_context};
+use netcron_ingest::events::{EventSettings, Removed, apply_retention};
 use netcron_ingest::webhook_policy::WebhookPolicy;
 use reqwest::Method;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
@@ -210,9 +210,10 @@ async fn a_stored_webhook_to_a_refused_address_is_not_called_on_delivery() {
         ("by-name", format!("http://localhost:{port}/hook")),
     ] {
         let webhook_id = Uuid::now_v7();
-        let sealed = app
-            .key
-            .seal("0123456789abcdef", &webhook_seal_context(webhook_id));
+        let sealed = app.key.seal(
+            "0123456789abcdef",
+            &netcron_common::secret::context::webhook(webhook_id),
+        );
         sql(
             &app,
             "INSERT INTO webhooks (id, name, url, secret_ciphertext, created_at, updated_at) \
@@ -443,7 +444,7 @@ async fn the_dispatcher_applies_retention_by_itself() {
 /// While no large entry is unread, a read takes a whole batch at once.
 #[tokio::test]
 async fn stream_reads_are_bounded_by_bytes_as_well_as_count() {
-    use netcron_common::protocol::stream::{BoundedReader, LARGE_RESULT_BYTES};
+    use netcron_protocol::stream::{BoundedReader, LARGE_RESULT_BYTES};
     let app = TestApp::spawn_with(|s| s.ingest = false).await;
     let stream = format!("{}bounded", app.stream_prefix);
     let counter = format!("{}bounded-large", app.stream_prefix);

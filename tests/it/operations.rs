@@ -142,7 +142,10 @@ async fn get(url: &str) -> (u16, HeaderMap, String) {
 async fn the_ops_endpoint_answers_health_metrics_and_readiness_through_a_redis_outage() {
     let mut redis = PrivateRedis::start();
     let telemetry = Telemetry::default();
-    telemetry.add_redis_check(&redis::Client::open(redis.url()).expect("url"));
+    netcron_protocol::gauges::add_readiness_check(
+        &telemetry,
+        &redis::Client::open(redis.url()).expect("url"),
+    );
     let server = OpsServer::bind("127.0.0.1:0".parse().expect("addr"), telemetry)
         .await
         .expect("bind");

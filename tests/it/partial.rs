@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use netcron_common::protocol::lease::{Leases, Start};
-use netcron_common::protocol::{EXECUTOR_GROUP, RunResult};
+use netcron_protocol::lease::{Leases, Start};
+use netcron_protocol::{EXECUTOR_GROUP, RunResult};
 use redis::AsyncCommands as _;
 use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
 use serde_json::{Value, json};
@@ -320,7 +320,7 @@ async fn delivered_task(app: &TestApp, consumer: &str) -> String {
 
 fn started_report(run_id: uuid::Uuid, holder: &str) -> RunResult {
     RunResult {
-        v: netcron_common::protocol::RESULT_VERSION,
+        v: netcron_protocol::RESULT_VERSION,
         run_id,
         attempt: 1,
         executor_id: holder.to_owned(),

@@ -204,7 +204,7 @@ fn primary_and_standby(dir: &Path) -> (Cluster, Cluster) {
 
 /// A pool of one host, straight to `cluster`.
 async fn direct(cluster: &Cluster) -> DatabaseConnection {
-    netcron_common::db::connect(&format!(
+    netcron_store::db::connect(&format!(
         "postgres://postgres@127.0.0.1:{}/postgres",
         cluster.port
     ))
@@ -235,7 +235,7 @@ async fn the_pool_follows_the_primary_of_several_postgres_hosts() {
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
         standby.port, primary.port
     );
-    let db = netcron_common::db::connect(&url)
+    let db = netcron_store::db::connect(&url)
         .await
         .expect("connect through several hosts");
     Migrator::up(&db, None)
@@ -273,7 +273,7 @@ async fn the_pool_stays_on_the_new_primary_when_the_old_one_returns() {
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
         primary.port, standby.port
     );
-    let db = netcron_common::db::connect(&url)
+    let db = netcron_store::db::connect(&url)
         .await
         .expect("connect through several hosts");
     Migrator::up(&db, None)
@@ -340,12 +340,12 @@ async fn creating_databases_through_several_hosts_leaves_no_forwarder_running() 
             "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/created_{n}?target_session_attrs=read-write",
             standby.port, primary.port
         );
-        netcron_common::db::create_database_if_missing(&url)
+        netcron_store::db::create_database_if_missing(&url)
             .await
             .expect("create the database through the forwarder");
     }
     // A pool dropped without `close` ends its forwarder too.
-    let pool = netcron_common::db::connect(&format!(
+    let pool = netcron_store::db::connect(&format!(
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/created_0?target_session_attrs=read-write",
         standby.port, primary.port
     ))

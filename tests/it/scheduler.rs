@@ -6,8 +6,8 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use netcron_common::domain::RunStatus;
-use netcron_common::entity::run;
 use netcron_scheduler::{ManualClock, SchedulerConfig, SystemClock};
+use netcron_store::entity::run;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -102,9 +102,9 @@ async fn fires_land_in_the_stream_with_their_fire_times() {
     assert_eq!(task.command.text, "uptime");
     assert_eq!(task.credential.username, "netops");
     // The secret travels sealed: it opens with the key and is nowhere in the entry in clear.
-    let sealed = netcron_common::protocol::TaskCredential::decode_sealed(&task.credential.secret)
-        .expect("base64");
-    let ctx = netcron_common::entity::credential::seal_context(task.credential.id, "secret");
+    let sealed =
+        netcron_protocol::TaskCredential::decode_sealed(&task.credential.secret).expect("base64");
+    let ctx = netcron_common::secret::context::credential(task.credential.id, "secret");
     assert_eq!(
         app.key.open(&sealed, &ctx).expect("opens").expose(),
         "pw-123456"
@@ -613,7 +613,7 @@ async fn wait_for_tasks(
     app: &TestApp,
     n: usize,
     within: StdDuration,
-) -> Vec<netcron_common::protocol::Task> {
+) -> Vec<netcron_protocol::Task> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let tasks = app.tasks().await;

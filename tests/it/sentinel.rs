@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use netcron_common::sentinel::SentinelUrl;
+use netcron_protocol::sentinel::SentinelUrl;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +68,7 @@ async fn runs_survive_a_sentinel_fail_over_each_executed_once() {
 
     let url = format!("redis+sentinel://127.0.0.1:{}/{SERVICE}", sentinel.port);
     let forwarding = CancellationToken::new();
-    let local = netcron_common::sentinel::forward(
+    let local = netcron_protocol::sentinel::forward(
         SentinelUrl::parse(&url).expect("scheme").expect("valid"),
         forwarding.clone(),
     )
@@ -193,7 +193,7 @@ async fn a_sentinel_that_names_a_replica_is_not_followed() {
     let right = fake_sentinel(master.port).await;
     let url = format!("redis+sentinel://exec:pw@127.0.0.1:{stale},127.0.0.1:{right}/{SERVICE}");
     let forwarding = CancellationToken::new();
-    let local = netcron_common::sentinel::forward(
+    let local = netcron_protocol::sentinel::forward(
         SentinelUrl::parse(&url).expect("scheme").expect("valid"),
         forwarding.clone(),
     )

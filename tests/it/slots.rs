@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use netcron_common::protocol::slots::{Held, Slots};
+use netcron_protocol::slots::{Held, Slots};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
@@ -281,7 +281,7 @@ async fn the_redis_semaphore_counts_live_holders_up_to_its_limit() {
     let app = TestApp::spawn().await;
     let mut redis = app.redis().await;
     let slots = Slots::new();
-    let streams = netcron_common::protocol::Streams::new(&app.stream_prefix);
+    let streams = netcron_protocol::Streams::new(&app.stream_prefix);
     let key = streams.device_slots(uuid::Uuid::new_v4());
     let holder = |name: &str| Held {
         key: key.clone(),
@@ -398,7 +398,7 @@ async fn a_run_waits_while_the_device_slot_is_held_elsewhere_and_starts_once_it_
     let (_executor, _) = start_executor(&app, executor_config(1, 1)).await;
     let device = password_device(&app, "held", sshd.port, TEST_PASSWORD).await;
     let device_id: uuid::Uuid = device["id"].as_str().expect("id").parse().expect("uuid");
-    let key = netcron_common::protocol::Streams::new(&app.stream_prefix).device_slots(device_id);
+    let key = netcron_protocol::Streams::new(&app.stream_prefix).device_slots(device_id);
     let mut redis = app.redis().await;
     let elsewhere = Held {
         key: key.clone(),
@@ -536,7 +536,7 @@ async fn a_run_waits_out_redis_failing_while_it_asks_for_the_device_slot() {
     let _scheduler = start_scheduler(&app).await;
     let mut user = RefusingUser::create(&app).await;
     let settings = netcron_executor::Settings {
-        redis: netcron_common::config::RedisSettings {
+        redis: netcron_protocol::RedisSettings {
             url: user.url.clone(),
             stream_prefix: app.stream_prefix.clone(),
         },

@@ -5,7 +5,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use netcron_common::entity::credential;
+use netcron_store::entity::credential;
 use sea_orm::EntityTrait as _;
 
 use super::devices::{field_error, id};

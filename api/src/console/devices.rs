@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use netcron_common::domain::{CommandKind, Platform};
-use netcron_common::entity::{command, credential, device};
+use netcron_store::entity::{command, credential, device};
 use sea_orm::{EntityTrait, QueryOrder};
 use serde::Deserialize;
 use uuid::Uuid;

@@ -8,7 +8,7 @@ use axum::response::Response;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use netcron_common::domain::RunStatus;
-use netcron_common::entity::{command, device};
+use netcron_store::entity::{command, device};
 use sea_orm::EntityTrait;
 use serde::Deserialize;
 

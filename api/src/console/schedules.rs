@@ -9,7 +9,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::Utc;
 use netcron_common::domain::{MisfirePolicy, OverlapPolicy, Timing};
-use netcron_common::entity::{command, device, schedule};
+use netcron_store::entity::{command, device, schedule};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use serde::Deserialize;
 use uuid::Uuid;

@@ -2,8 +2,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{Host, Platform, Zone, parse_name, parse_port};
-use netcron_common::entity::device;
 use netcron_common::stored::Stored;
+use netcron_store::entity::device;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -372,8 +372,7 @@ async fn update_device(
 pub(crate) async fn forget_first_contact(state: &AppState, id: Uuid) {
     let forgotten = async {
         let mut conn = state.redis.get_multiplexed_async_connection().await?;
-        netcron_common::protocol::lease::forget_first_contact(&mut conn, state.leases.streams(), id)
-            .await
+        netcron_protocol::lease::forget_first_contact(&mut conn, state.leases.streams(), id).await
     };
     if let Err(e) = forgotten.await {
         tracing::warn!(device_id = %id, error = %e, "cannot forget the device's first-contact pin");

@@ -1,6 +1,6 @@
 use chrono::Utc;
 use netcron_common::domain::CommandKind;
-use netcron_common::entity::{command, schedule};
+use netcron_store::entity::{command, schedule};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     Set, TransactionTrait,

@@ -1,7 +1,7 @@
 //! Configuration history of a device: the versions stored by ingest from `config_backup`
 //! runs, and unified diffs between them.
 
-use netcron_common::entity::config_version;
+use netcron_store::entity::config_version;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use similar::TextDiff;
 use uuid::Uuid;

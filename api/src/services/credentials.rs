@@ -1,8 +1,9 @@
 use chrono::Utc;
 use netcron_common::domain::CredentialKind;
-use netcron_common::entity::credential::{self, seal_context};
-use netcron_common::entity::device;
+use netcron_common::secret::context;
 use netcron_common::secret::{SecretKey, SecretString};
+use netcron_store::entity::credential;
+use netcron_store::entity::device;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     Set,
@@ -50,17 +51,20 @@ pub struct CredentialChanges {
 }
 
 fn seal_enable(key: &SecretKey, id: Uuid, secret: &SecretString) -> Vec<u8> {
-    key.seal(secret.expose(), &seal_context(id, "enable_secret"))
+    key.seal(secret.expose(), &context::credential(id, "enable_secret"))
 }
 
 fn seal(key: &SecretKey, id: Uuid, secret: &CredentialSecret) -> (Vec<u8>, Option<Vec<u8>>) {
     match secret {
-        CredentialSecret::Password(p) => (key.seal(p.expose(), &seal_context(id, "secret")), None),
+        CredentialSecret::Password(p) => (
+            key.seal(p.expose(), &context::credential(id, "secret")),
+            None,
+        ),
         CredentialSecret::PrivateKey { key: k, passphrase } => (
-            key.seal(k.expose(), &seal_context(id, "secret")),
+            key.seal(k.expose(), &context::credential(id, "secret")),
             passphrase
                 .as_ref()
-                .map(|p| key.seal(p.expose(), &seal_context(id, "passphrase"))),
+                .map(|p| key.seal(p.expose(), &context::credential(id, "passphrase"))),
         ),
     }
 }
@@ -139,7 +143,7 @@ pub async fn update(
     }
     if let Some(passphrase) = changes.passphrase {
         model.passphrase =
-            Set(passphrase.map(|p| key.seal(p.expose(), &seal_context(id, "passphrase"))));
+            Set(passphrase.map(|p| key.seal(p.expose(), &context::credential(id, "passphrase"))));
     }
     if let Some(enable) = changes.enable_secret {
         model.enable_secret = Set(enable.map(|s| seal_enable(key, id, &s)));

@@ -1,6 +1,6 @@
 use chrono::Utc;
 use netcron_common::domain::{Host, Platform, Zone};
-use netcron_common::entity::{command, credential, device, schedule};
+use netcron_store::entity::{command, credential, device, schedule};
 use sea_orm::sea_query::extension::postgres::PgBinOper;
 use sea_orm::sea_query::{Expr, ExprTrait as _};
 use sea_orm::{

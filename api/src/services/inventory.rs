@@ -2,8 +2,8 @@
 //! stored twice.
 
 use netcron_common::domain::{CommandKind, RunStatus};
-use netcron_common::entity::{command, run};
 use netcron_common::inventory::Inventory;
+use netcron_store::entity::{command, run};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 

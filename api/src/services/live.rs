@@ -1,4 +1,4 @@
-//! Following a run's live output (see `netcron_common::protocol::live`): the entries of its
+//! Following a run's live output (see `netcron_protocol::live`): the entries of its
 //! live stream as they arrive, then an end once Postgres has the run's final state, so a
 //! client switches to the stored output knowing it is complete.
 //!
@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use futures::Stream;
 use netcron_common::config::{self, ConfigError};
 use netcron_common::domain::RunStatus;
-use netcron_common::entity::run;
-use netcron_common::protocol::Streams;
-use netcron_common::protocol::live::{
+use netcron_common::stored::Stored;
+use netcron_protocol::Streams;
+use netcron_protocol::live::{
     LiveEntry, RENAME_EVERY, WATCH_REFRESH_S, WATCH_TTL_S, connection_name, name_connection,
 };
-use netcron_common::stored::Stored;
+use netcron_store::entity::run;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use sea_orm::{

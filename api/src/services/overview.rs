@@ -1,7 +1,7 @@
 //! What the console's overview shows: the state of the fleet in a few aggregate queries.
 
 use chrono::{DateTime, Utc};
-use netcron_common::entity::{device, schedule};
+use netcron_store::entity::{device, schedule};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult,
     QueryFilter, QueryOrder, QuerySelect, Statement,

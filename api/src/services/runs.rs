@@ -1,8 +1,8 @@
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{RunStatus, RunTrigger};
-use netcron_common::entity::run;
-use netcron_common::protocol::lease::Leases;
 use netcron_common::stored::Stored;
+use netcron_protocol::lease::Leases;
+use netcron_store::entity::run;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, FromQueryResult, QueryFilter,

@@ -1,10 +1,10 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use netcron_common::db::SCHEDULE_CHANGED_CHANNEL;
 use netcron_common::domain::{CronSpec, MisfirePolicy, OverlapPolicy, Timing, parse_timezone};
-use netcron_common::entity::schedule;
-use netcron_common::protocol::lease::Leases;
 use netcron_lifecycle::runs::Withdrawn;
+use netcron_protocol::lease::Leases;
+use netcron_store::db::SCHEDULE_CHANGED_CHANNEL;
+use netcron_store::entity::schedule;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,

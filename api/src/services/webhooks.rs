@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::new_id;
 use crate::error::{ApiError, Result};
 use crate::pagination::PageRequest;
-use netcron_ingest::events::webhook_seal_context;
+use netcron_common::secret::context;
 
 /// A webhook as stored, without its secret.
 #[derive(Debug, FromQueryResult)]
@@ -54,11 +54,11 @@ pub struct WebhookChanges {
 
 const COLUMNS: &str = "id, name, url, event_types, enabled, created_at, updated_at";
 
-use netcron_common::db::stmt;
+use netcron_store::db::stmt;
 
 pub async fn create(db: &DatabaseConnection, key: &SecretKey, new: NewWebhook) -> Result<Webhook> {
     let id = new_id();
-    let sealed = key.seal(new.secret.expose(), &webhook_seal_context(id));
+    let sealed = key.seal(new.secret.expose(), &context::webhook(id));
     let now = Utc::now();
     let sql = format!(
         "INSERT INTO webhooks (id, name, url, event_types, secret_ciphertext, enabled, \
@@ -114,7 +114,7 @@ pub async fn update(
     let sealed = changes
         .secret
         .as_ref()
-        .map(|s| key.seal(s.expose(), &webhook_seal_context(id)));
+        .map(|s| key.seal(s.expose(), &context::webhook(id)));
     let sql = format!(
         "UPDATE webhooks SET name = coalesce($2, name), url = coalesce($3, url), \
          event_types = coalesce($4, event_types), secret_ciphertext = coalesce($5, secret_ciphertext), \

@@ -2,7 +2,7 @@
 //! normalized configuration moves from `stdout` to `payload.config`, stored once.
 
 use netcron_common::domain::{ErrorKind, RunStatus};
-use netcron_common::protocol::{Outcome, Task};
+use netcron_protocol::{Outcome, Task};
 
 use crate::attempts::{Attempts, Work};
 use crate::cli::Driver;

@@ -8,7 +8,7 @@ mod shell;
 mod windows_inventory;
 
 use netcron_common::domain::CommandKind;
-use netcron_common::protocol::{Outcome, Task};
+use netcron_protocol::{Outcome, Task};
 
 use crate::attempts::Attempts;
 use crate::cli::{self, Driver};

@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use netcron_common::domain::RunStatus;
-use netcron_common::protocol::{AttemptRecord, Outcome};
+use netcron_protocol::{AttemptRecord, Outcome};
 
 /// A no-op's outcome: succeeded in no time, one attempt.
 pub(crate) fn noop_outcome() -> Outcome {

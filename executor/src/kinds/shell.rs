@@ -1,7 +1,7 @@
 //! `shell`: the command text on the device, as one exec or line by line in its CLI; the
 //! outcome is the last attempt's (an interactive session's lines in `payload.lines`).
 
-use netcron_common::protocol::{Outcome, Task};
+use netcron_protocol::{Outcome, Task};
 
 use crate::attempts::{Attempts, Work};
 use crate::cli::Driver;

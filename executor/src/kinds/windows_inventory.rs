@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 use netcron_common::domain::{ErrorKind, RunStatus};
-use netcron_common::protocol::{AttemptRecord, Outcome, Task};
+use netcron_protocol::{AttemptRecord, Outcome, Task};
 
 use crate::attempts::{Attempts, Work};
 use crate::inventory;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use hmac::{Hmac, Mac};
-use netcron_common::protocol::{EventEntry, Streams};
 use netcron_common::secret::SecretKey;
+use netcron_protocol::{EventEntry, Streams};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use sha2::Sha256;
 use tokio::sync::Notify;
@@ -344,10 +344,10 @@ impl Dispatcher {
         claim: &Claim,
         target: Target,
     ) -> Result<u16, (Option<u16>, String)> {
-        let Ok(secret) = self
-            .key
-            .open(&target.sealed, &webhook_seal_context(claim.webhook_id))
-        else {
+        let Ok(secret) = self.key.open(
+            &target.sealed,
+            &netcron_common::secret::context::webhook(claim.webhook_id),
+        ) else {
             return Err((
                 None,
                 "the signing secret cannot be decrypted with this NETCRON_SECRET_KEY".to_owned(),
@@ -543,11 +543,6 @@ fn describe(error: reqwest::Error) -> String {
 
 fn rand_unit() -> f64 {
     f64::from(Uuid::new_v4().as_u128() as u32) / f64::from(u32::MAX)
-}
-
-/// The associated data a webhook's signing secret is sealed under.
-pub fn webhook_seal_context(id: Uuid) -> String {
-    format!("webhook:{id}:secret")
 }
 
 /// `hex(HMAC-SHA256(secret, "<timestamp>.<body>"))`, as sent in `X-Netcron-Signature`.

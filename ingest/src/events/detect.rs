@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{ErrorKind, RunStatus};
-use netcron_common::protocol::EVENT_VERSION;
+use netcron_protocol::EVENT_VERSION;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbErr, QueryResult};
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -23,9 +23,7 @@ mod deliver;
 mod detect;
 mod shared;
 
-pub use deliver::{
-    Dispatcher, MAX_RECORDED_TEXT, Removed, apply_retention, sign, webhook_seal_context,
-};
+pub use deliver::{Dispatcher, MAX_RECORDED_TEXT, Removed, apply_retention, sign};
 pub use detect::{Finished, record};
 pub use shared::{
     DEVICE_RECOVERED, DEVICE_UNREACHABLE, EVENT_TYPES, EventSettings, HOST_KEY_CHANGED, RUN_FAILED,

@@ -14,7 +14,7 @@ pub const HOST_KEY_CHANGED: &str = "host_key_changed";
 pub const SCHEDULE_AUTO_PAUSED: &str = "schedule_auto_paused";
 pub const RUN_FAILED: &str = "run_failed";
 /// Written by the scheduler's zone watch rather than detected here; published like the others.
-pub use netcron_common::protocol::ZONE_WITHOUT_EXECUTORS;
+pub use netcron_protocol::ZONE_WITHOUT_EXECUTORS;
 pub const EVENT_TYPES: [&str; 6] = [
     DEVICE_UNREACHABLE,
     DEVICE_RECOVERED,
@@ -95,4 +95,4 @@ impl EventSettings {
     }
 }
 
-pub(super) use netcron_common::db::stmt;
+pub(super) use netcron_store::db::stmt;

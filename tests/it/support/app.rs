@@ -11,13 +11,15 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use netcron_api::{Application, Settings};
-use netcron_common::config::{DatabaseSettings, HttpSettings, RedisSettings};
+use netcron_common::config::HttpSettings;
 use netcron_common::metrics::Telemetry;
-use netcron_common::protocol::Task;
 use netcron_common::secret::{SecretKey, SecretString};
 use netcron_ingest::events::EventSettings;
 use netcron_ingest::webhook_policy::WebhookPolicy;
+use netcron_protocol::RedisSettings;
+use netcron_protocol::Task;
 use netcron_scheduler::{Clock, Scheduler, SchedulerConfig, Settings as SchedulerSettings};
+use netcron_store::DatabaseSettings;
 use reqwest::{Method, RequestBuilder, Response};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::{Value, json};
@@ -137,7 +139,7 @@ impl TestApp {
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
         let services = services();
         let db_name = format!("netcron_test_{}", Uuid::new_v4().simple());
-        let admin = netcron_common::db::connect(&services.postgres_admin)
+        let admin = netcron_store::db::connect(&services.postgres_admin)
             .await
             .expect("admin db");
         admin
@@ -192,7 +194,7 @@ impl TestApp {
         let base = format!("http://127.0.0.1:{}", app.port());
         let shutdown = CancellationToken::new();
         tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let db = netcron_common::db::connect(&db_url).await.expect("test db");
+        let db = netcron_store::db::connect(&db_url).await.expect("test db");
         Self {
             base,
             client: reqwest::Client::new(),
@@ -371,7 +373,7 @@ impl Drop for TestApp {
                 return;
             };
             rt.block_on(async {
-                if let Ok(admin) = netcron_common::db::connect(&admin_url).await {
+                if let Ok(admin) = netcron_store::db::connect(&admin_url).await {
                     let _ = admin
                         .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await;

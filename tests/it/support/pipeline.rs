@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use netcron_common::protocol::Streams;
 use netcron_executor::{Executor, ExecutorConfig, Settings as ExecutorSettings};
+use netcron_protocol::Streams;
 use netcron_scheduler::{SchedulerConfig, SystemClock};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
@@ -85,7 +85,7 @@ pub(crate) fn config() -> ExecutorConfig {
 
 pub(crate) async fn start_executor(app: &TestApp, config: ExecutorConfig) -> (Running, String) {
     let settings = ExecutorSettings {
-        redis: netcron_common::config::RedisSettings {
+        redis: netcron_protocol::RedisSettings {
             url: app.redis_url.clone(),
             stream_prefix: app.stream_prefix.clone(),
         },
@@ -115,7 +115,7 @@ pub(crate) async fn start_executor(app: &TestApp, config: ExecutorConfig) -> (Ru
 pub(crate) fn ingest(app: &TestApp) -> netcron_ingest::Ingest {
     netcron_ingest::Ingest::new(
         app.db.clone(),
-        &netcron_common::config::RedisSettings {
+        &netcron_protocol::RedisSettings {
             url: app.redis_url.clone(),
             stream_prefix: app.stream_prefix.clone(),
         },

@@ -60,7 +60,7 @@ return lost
 
 impl Streams {
     /// The semaphore of a device's slots (`NETCRON_EXECUTOR_PER_DEVICE`), shared by every
-    /// executor (see [`crate::protocol::slots`]). Per device, not per zone: a device is in one
+    /// executor (see [`crate::slots`]). Per device, not per zone: a device is in one
     /// zone at a time, and a device moved between zones stays one device.
     pub fn device_slots(&self, device_id: uuid::Uuid) -> String {
         format!("{}slots:device:{device_id}", self.prefix)

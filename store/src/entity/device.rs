@@ -1,7 +1,7 @@
 use sea_orm::entity::prelude::*;
 
-use crate::domain::Platform;
-use crate::stored::Stored;
+use netcron_common::domain::Platform;
+use netcron_common::stored::Stored;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "devices")]
@@ -26,7 +26,7 @@ pub struct Model {
     /// The device to tunnel through (a bastion), if any; always in the same zone.
     pub jump_host_id: Option<Uuid>,
     /// Where the device sits on the network: only executors of this zone run its tasks
-    /// (a valid `crate::domain::Zone` name, `default` unless set).
+    /// (a valid `netcron_common::domain::Zone` name, `default` unless set).
     pub zone: String,
     /// Runs in a row that could not reach the device (reset by one that did).
     pub consecutive_failures: i32,

@@ -1,7 +1,7 @@
 use sea_orm::entity::prelude::*;
 
-use crate::domain::{RunStatus, RunTrigger};
-use crate::stored::Stored;
+use netcron_common::domain::{RunStatus, RunTrigger};
+use netcron_common::stored::Stored;
 
 /// One execution (or recorded non-execution: `missed`, `skipped`) of a command.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::{EVENT_VERSION, RESULT_VERSION, RunResult, Streams, TASK_VERSIONS_READ, Task};
-use crate::domain::Zone;
+use netcron_common::domain::Zone;
 
 /// Stream entry field names.
 pub const FIELD_VERSION: &str = "v";

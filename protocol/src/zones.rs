@@ -16,7 +16,7 @@
 
 use std::sync::LazyLock;
 
-use crate::domain::Zone;
+use netcron_common::domain::Zone;
 
 use super::Streams;
 

@@ -168,7 +168,7 @@ fn text(value: &redis::Value) -> Option<String> {
     }
 }
 
-/// Starts the forwarder (see [`crate::forward`]) until `shutdown`; answers the `redis://` URL
+/// Starts the forwarder (see [`netcron_common::forward`]) until `shutdown`; answers the `redis://` URL
 /// the roles use instead of `url`.
 ///
 /// # Errors
@@ -176,7 +176,7 @@ fn text(value: &redis::Value) -> Option<String> {
 pub async fn forward(url: SentinelUrl, shutdown: CancellationToken) -> std::io::Result<String> {
     let userinfo = url.userinfo.clone();
     let refused = Arc::new(Mutex::new(HashSet::new()));
-    let local = crate::forward::start(
+    let local = netcron_common::forward::start(
         "Redis master changed (Sentinel)",
         POLL,
         move |_| {

@@ -1,7 +1,7 @@
 use sea_orm::entity::prelude::*;
 
-use crate::domain::{MisfirePolicy, OverlapPolicy};
-use crate::stored::Stored;
+use netcron_common::domain::{MisfirePolicy, OverlapPolicy};
+use netcron_common::stored::Stored;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "schedules")]

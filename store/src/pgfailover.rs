@@ -2,7 +2,7 @@
 //! `postgres://user:pw@db1:5432,db2:5432/netcron?target_session_attrs=read-write`.
 //!
 //! sqlx (0.9) connects to one host only and knows no `target_session_attrs`. So [`forward`]
-//! runs a small forwarder on `127.0.0.1`, as [`crate::sentinel`] does for Redis: every second
+//! runs a small forwarder on `127.0.0.1`, as `netcron_protocol::sentinel` does for Redis: every second
 //! it asks whether the host in use is still acceptable (`read-write`: `SHOW
 //! transaction_read_only` is `off`; `primary`: not in recovery; `any`: answers). While it is,
 //! it stays in use, whatever the others answer: an old primary that comes back read-write
@@ -187,7 +187,7 @@ async fn choose(multi: &MultiHost, current: Option<String>) -> Option<String> {
     None
 }
 
-/// Starts the forwarder (see [`crate::forward`]) until `shutdown`; answers the single-host URL
+/// Starts the forwarder (see [`netcron_common::forward`]) until `shutdown`; answers the single-host URL
 /// the pool uses instead. The first host is the first acceptable one in the order given; it
 /// stays the one while it stays acceptable. No acceptable host keeps the last one: connections
 /// to it fail until one is.
@@ -196,7 +196,7 @@ async fn choose(multi: &MultiHost, current: Option<String>) -> Option<String> {
 /// When no local port can be bound.
 pub async fn forward(multi: MultiHost, shutdown: CancellationToken) -> std::io::Result<String> {
     let (userinfo, rest) = (multi.userinfo.clone(), multi.rest.clone());
-    let local = crate::forward::start(
+    let local = netcron_common::forward::start(
         "Postgres host changed (target_session_attrs)",
         POLL,
         move |current| {

@@ -1,10 +1,10 @@
 use sea_orm::entity::prelude::*;
 
-use crate::domain::CredentialKind;
-use crate::stored::Stored;
+use netcron_common::domain::CredentialKind;
+use netcron_common::stored::Stored;
 
 /// A username and its secret. `secret`, `passphrase` and `enable_secret` hold AES-GCM ciphertext only
-/// (see [`crate::secret`]).
+/// (see [`netcron_common::secret`]).
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "credentials")]
 pub struct Model {
@@ -26,8 +26,3 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
-
-/// The associated-data context a credential's field is sealed under.
-pub fn seal_context(id: Uuid, field: &str) -> String {
-    format!("credential:{id}:{field}")
-}

@@ -2,8 +2,24 @@
 
 use std::time::Duration;
 
+use netcron_common::metrics::Telemetry;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, Statement};
 use tokio_util::sync::CancellationToken;
+
+/// A Postgres statement with positional parameters: the one way netcron's crates write raw
+/// SQL through sea-orm.
+pub fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(sea_orm::DatabaseBackend::Postgres, sql, values)
+}
+
+/// Adds the standard `postgres` readiness check on `db` to the process's telemetry.
+pub fn add_readiness_check(telemetry: &Telemetry, db: &DatabaseConnection) {
+    let db = db.clone();
+    telemetry.add_check("postgres", move || {
+        let db = db.clone();
+        async move { db.ping().await.map_err(|e| e.to_string()) }
+    });
+}
 
 /// Opens a pooled connection. A URL with several hosts or `target_session_attrs` goes
 /// through a local forwarder that follows the acceptable host (see [`crate::pgfailover`]); the
@@ -11,12 +27,6 @@ use tokio_util::sync::CancellationToken;
 ///
 /// # Errors
 /// When Postgres cannot be reached or refuses the connection.
-/// A Postgres statement with positional parameters: the one way netcron's crates write raw
-/// SQL through sea-orm.
-pub fn stmt(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
-    Statement::from_sql_and_values(sea_orm::DatabaseBackend::Postgres, sql, values)
-}
-
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let Some(multi) = crate::pgfailover::MultiHost::parse(url) else {
         return connect_one(url).await;

@@ -1,6 +1,12 @@
-//! Stream message contracts: what travels on the Redis streams. Each message is versioned
-//! (`v`), and this module is the only definition of its shape; `docs/PROTOCOL.md` documents it
-//! for other implementations. Entities never go on the wire.
+//! Everything netcron says to Redis: the stream message contracts (what travels on the
+//! streams), the lease and slot scripts, live output, zones' streams, where Redis is
+//! ([`RedisSettings`], the Sentinel forwarder) and the stream gauges.
+//!
+//! Each message is versioned (`v`), and this crate is the only definition of its shape;
+//! `docs/PROTOCOL.md` documents it for other implementations.
+//!
+//! Architecture invariant: this crate knows neither Postgres nor the entities; an executor
+//! depends on it without compiling either. Entities never go on the wire.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -8,18 +14,23 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub mod config;
+pub mod gauges;
 pub mod lease;
 pub mod live;
+pub mod sentinel;
 pub mod slots;
 pub mod stream;
 pub mod zones;
+
+pub use config::RedisSettings;
 
 pub use stream::{
     DeadLetter, EventEntry, FIELD_BODY, FIELD_RUN_ID, FIELD_VERSION, Rejected, ensure_group,
     is_missing_group,
 };
 
-use crate::domain::{
+use netcron_common::domain::{
     CommandKind, CredentialKind, ErrorKind, Platform, RunStatus, RunTrigger, Zone,
 };
 
@@ -244,7 +255,7 @@ impl TaskCredential {
         B64.encode(sealed)
     }
 
-    /// The sealed bytes of `field` (`secret` or `passphrase`), for [`crate::secret::SecretKey::open`].
+    /// The sealed bytes of `field` (`secret` or `passphrase`), for [`netcron_common::secret::SecretKey::open`].
     pub fn decode_sealed(text: &str) -> Option<Vec<u8>> {
         B64.decode(text).ok()
     }
@@ -301,7 +312,7 @@ pub struct Outcome {
     /// retried).
     pub attempts: Vec<AttemptRecord>,
     /// Structured result of command kinds that produce one (`windows_inventory`: an
-    /// [`crate::inventory::Inventory`]; interactive CLI platforms: `{"lines": [...]}`, plus
+    /// [`netcron_common::inventory::Inventory`]; interactive CLI platforms: `{"lines": [...]}`, plus
     /// `config` for `config_backup`). Absent in older messages.
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
