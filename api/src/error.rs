@@ -5,7 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sea_orm::{DbErr, SqlErr};
+use sea_orm::DbErr;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -236,31 +236,37 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<netcron_lifecycle::Error> for ApiError {
-    fn from(err: netcron_lifecycle::Error) -> Self {
-        use netcron_lifecycle::Error as E;
+impl From<netcron_services::Error> for ApiError {
+    fn from(err: netcron_services::Error) -> Self {
+        use netcron_services::Error as E;
         match err {
-            E::Db(e) => e.into(),
-            E::NotFound { what, id } => Self::not_found(what, id),
-            E::Conflict(reason) => Self::conflict(None, reason),
-            E::Redis(e) => Self::Internal(anyhow::Error::new(e).context("redis")),
+            E::Validation { field, reason } => Self::Validation { field, reason },
+            E::BadParameter { field, reason } => Self::BadParameter { field, reason },
+            E::NotFound { resource, id } => Self::NotFound { resource, id },
+            E::Conflict { field, reason } => Self::Conflict { field, reason },
+            E::Unavailable(reason) => Self::Unavailable(reason),
+            E::TooManyRequests {
+                reason,
+                retry_after_s,
+            } => Self::TooManyRequests {
+                reason,
+                retry_after_s,
+            },
+            E::Internal(cause) => Self::Internal(cause),
         }
     }
 }
 
+/// The API's own reads and writes (outside the services) map database errors the way the
+/// services do: a constraint violation is a conflict, anything else internal.
 impl From<DbErr> for ApiError {
     fn from(err: DbErr) -> Self {
-        // Constraint violations that the services did not pre-check (a race between two
-        // requests) still answer 409, not 500.
-        match err.sql_err() {
-            Some(SqlErr::UniqueConstraintViolation(_)) => {
-                Self::conflict(Some("name"), "name: another resource already has this name")
-            }
-            Some(SqlErr::ForeignKeyConstraintViolation(_)) => Self::conflict(
-                None,
-                "the resource is referenced by, or references, another that changed meanwhile",
-            ),
-            _ => Self::Internal(anyhow::Error::new(err).context("database")),
-        }
+        netcron_services::Error::from(err).into()
+    }
+}
+
+impl From<netcron_lifecycle::Error> for ApiError {
+    fn from(err: netcron_lifecycle::Error) -> Self {
+        netcron_services::Error::from(err).into()
     }
 }

@@ -11,7 +11,6 @@ pub mod metrics;
 mod origin;
 mod pagination;
 mod routes;
-mod services;
 mod settings;
 mod state;
 
@@ -40,9 +39,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::ApiError;
+pub use netcron_services::config::LiveSettings;
+pub use netcron_services::runs::{OutputStream, output_slice_sql};
 pub use origin::PublicUrl;
-pub use services::live::LiveSettings;
-pub use services::runs::{OutputStream, output_slice_sql};
 pub use settings::Settings;
 pub use state::AppState;
 
@@ -264,7 +263,8 @@ impl Connected {
             None
         };
         let streams = Streams::new(&settings.redis.stream_prefix);
-        let live = services::live::Hub::new(settings.live, db.clone(), &redis, streams.clone());
+        let live =
+            netcron_services::live::Hub::new(settings.live, db.clone(), &redis, streams.clone());
         let state = AppState {
             db,
             redis: redis.clone(),

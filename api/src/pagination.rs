@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use netcron_services::PageRequest;
+
 use crate::error::ApiError;
 
 pub const DEFAULT_LIMIT: u64 = 50;
@@ -21,13 +23,6 @@ pub struct PageParams {
     pub limit: Option<u64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
-}
-
-/// A validated page request.
-#[derive(Debug, Clone, Copy)]
-pub struct PageRequest {
-    pub limit: u64,
-    pub after: Option<Uuid>,
 }
 
 impl PageParams {

@@ -21,7 +21,7 @@ pub struct Settings {
     /// Event detection and webhook delivery (part of ingest).
     pub events: netcron_ingest::events::EventSettings,
     /// Bounds on live-output followers (`NETCRON_LIVE_*`).
-    pub live: crate::services::live::LiveSettings,
+    pub live: netcron_services::config::LiveSettings,
     /// Whether to create the database named in `DATABASE_URL` when it is missing (`all` does;
     /// the api alone does not).
     pub create_database: bool,
@@ -44,7 +44,7 @@ impl Settings {
             ingest_batch,
             ingest_workers,
             events: netcron_ingest::events::EventSettings::from_env()?,
-            live: crate::services::live::LiveSettings::from_env()?,
+            live: netcron_services::config::LiveSettings::from_env()?,
             create_database: false,
             public_url: config::parsed_opt("NETCRON_PUBLIC_URL")?,
         })

@@ -25,13 +25,13 @@ pub struct AppState {
     /// The console's own origin, for the same-origin check of its forms.
     pub console_origin: crate::origin::ConsoleOrigin,
     /// Live-output followers and their shared Redis reader.
-    pub live: crate::services::live::Hub,
+    pub live: netcron_services::live::Hub,
 }
 
 impl AppState {
     /// What schedule changes need to withdraw runs materialised ahead of their fire time.
-    pub fn fence(&self) -> crate::services::schedules::Fence<'_> {
-        crate::services::schedules::Fence {
+    pub fn fence(&self) -> netcron_services::schedules::Fence<'_> {
+        netcron_services::schedules::Fence {
             redis: &self.redis,
             leases: &self.leases,
         }

@@ -13,11 +13,11 @@ use super::forms::{Fields, Filled, Kind};
 use super::session::{Action, Operator};
 use super::view;
 use super::{Chrome, Result, render, render_form, see_other};
-use crate::pagination::PageRequest;
 use crate::routes::credentials::{CredentialCreate, CredentialPatch};
 use crate::routes::webhooks::{EVENT_TYPES, WebhookCreate, WebhookPatch};
-use crate::services::{credentials, webhooks};
 use crate::state::AppState;
+use netcron_services::PageRequest;
+use netcron_services::{credentials, webhooks};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -134,7 +134,9 @@ const CREDENTIAL_FIELDS: [(&str, Kind); 6] = [
 async fn credential_create(State(state): State<AppState>, action: Action) -> Result<Response> {
     let created = async {
         let body: CredentialCreate = action.form.body(&CREDENTIAL_FIELDS)?;
-        credentials::create(&state.db, &state.key, body.parse()?).await
+        credentials::create(&state.db, &state.key, body.parse()?)
+            .await
+            .map_err(crate::error::ApiError::from)
     }
     .await;
     match created {
@@ -183,7 +185,9 @@ async fn credential_update(
     let updated = async {
         // Empty secret fields keep the stored secrets (the form cannot show them).
         let body: CredentialPatch = action.form.body(&CREDENTIAL_FIELDS)?;
-        credentials::update(&state.db, &state.key, credential_id, body.parse()?).await
+        credentials::update(&state.db, &state.key, credential_id, body.parse()?)
+            .await
+            .map_err(crate::error::ApiError::from)
     }
     .await;
     match updated {
@@ -315,7 +319,9 @@ fn without_secret(form: &Fields) -> Fields {
 async fn webhook_create(State(state): State<AppState>, action: Action) -> Result<Response> {
     let created = async {
         let body: WebhookCreate = action.form.body(&WEBHOOK_FIELDS)?;
-        webhooks::create(&state.db, &state.key, body.parse(state.webhook_policy)?).await
+        webhooks::create(&state.db, &state.key, body.parse(state.webhook_policy)?)
+            .await
+            .map_err(crate::error::ApiError::from)
     }
     .await;
     match created {
@@ -396,6 +402,7 @@ async fn webhook_update(
             body.parse(state.webhook_policy)?,
         )
         .await
+        .map_err(crate::error::ApiError::from)
     }
     .await;
     match updated {

@@ -16,11 +16,11 @@ use super::session::{Action, Operator};
 use super::view::{self, RunRow};
 use super::{Chrome, Result, Shown, render, render_form, see_other};
 use crate::error::ApiError;
-use crate::pagination::PageRequest;
 use crate::routes::commands::CommandCreate;
 use crate::routes::devices::{DeviceCreate, DevicePatch, forget_first_contact};
-use crate::services::{commands, configs, devices, inventory, runs};
 use crate::state::AppState;
+use netcron_services::PageRequest;
+use netcron_services::{commands, configs, devices, inventory, runs};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -261,7 +261,9 @@ async fn create(State(state): State<AppState>, action: Action) -> Result<Respons
     spec.push(("host_key_fingerprint", Kind::Text));
     let created = async {
         let body: DeviceCreate = action.form.body(&spec)?;
-        devices::create(&state.db, body.parse()?).await
+        devices::create(&state.db, body.parse()?)
+            .await
+            .map_err(ApiError::from)
     }
     .await;
     match created {
@@ -562,7 +564,9 @@ async fn create_command(
             ("timeout_s", Kind::Int),
             ("max_attempts", Kind::Int),
         ])?;
-        commands::create(&state.db, device_id, body.parse()?).await
+        commands::create(&state.db, device_id, body.parse()?)
+            .await
+            .map_err(ApiError::from)
     }
     .await;
     match created {

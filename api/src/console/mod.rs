@@ -51,6 +51,12 @@ impl Chrome {
 /// An error shown as an HTML page (the REST API shows the same error as problem+json).
 pub struct Shown(pub ApiError);
 
+impl From<netcron_services::Error> for Shown {
+    fn from(e: netcron_services::Error) -> Self {
+        Self(e.into())
+    }
+}
+
 impl From<ApiError> for Shown {
     fn from(e: ApiError) -> Self {
         Self(e)

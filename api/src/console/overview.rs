@@ -8,9 +8,9 @@ use netcron_common::domain::RunStatus;
 
 use super::view::{self, RunRow};
 use super::{Chrome, Result, render};
-use crate::pagination::PageRequest;
-use crate::services::{overview, runs};
 use crate::state::AppState;
+use netcron_services::PageRequest;
+use netcron_services::{overview, runs};
 
 /// One segment of a bar of the chart (SVG coordinates).
 pub struct Segment {

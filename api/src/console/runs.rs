@@ -18,8 +18,8 @@ use super::view::{self, RunRow};
 use super::{Chrome, Result, Shown, render};
 use crate::error::ApiError;
 use crate::pagination::PageParams;
-use crate::services::runs::{self, OutputStream};
 use crate::state::AppState;
+use netcron_services::runs::{self, OutputStream};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -123,10 +123,10 @@ async fn list(
             ("to", to.as_str()),
         ],
     );
-    let devices = crate::services::devices::list(
+    let devices = netcron_services::devices::list(
         &state.db,
-        crate::services::devices::DeviceFilter::default(),
-        crate::pagination::PageRequest {
+        netcron_services::devices::DeviceFilter::default(),
+        netcron_services::PageRequest {
             limit: 500,
             after: None,
         },

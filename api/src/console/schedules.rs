@@ -21,8 +21,8 @@ use super::view;
 use super::{Chrome, Result, Shown, render, render_form, see_other};
 use crate::error::ApiError;
 use crate::routes::schedules::{ScheduleCreate, SchedulePatch};
-use crate::services::schedules;
 use crate::state::AppState;
+use netcron_services::schedules;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -350,7 +350,9 @@ async fn create(State(state): State<AppState>, action: Action) -> Result<Respons
                 ApiError::validation("command_id", format!("command {command_id} does not exist"))
             })?;
         let body: ScheduleCreate = action.form.body(&FIELDS)?;
-        schedules::create(&state.db, command.device_id, command_id, body.parse()?).await
+        schedules::create(&state.db, command.device_id, command_id, body.parse()?)
+            .await
+            .map_err(ApiError::from)
     }
     .await;
     match created {
@@ -427,7 +429,9 @@ async fn update(
     spec[7] = ("pause_after_failures", Kind::NullableInt);
     let updated = async {
         let body: SchedulePatch = action.form.body(&spec)?;
-        schedules::update(&state.db, &state.fence(), schedule_id, body.parse()?).await
+        schedules::update(&state.db, &state.fence(), schedule_id, body.parse()?)
+            .await
+            .map_err(ApiError::from)
     }
     .await;
     match updated {
@@ -461,7 +465,7 @@ async fn set_enabled(state: &AppState, schedule_id: &str, enabled: bool) -> Resu
     };
     schedules::update(&state.db, &state.fence(), schedule_id, changes)
         .await
-        .map_err(Shown)?;
+        .map_err(Shown::from)?;
     Ok(see_other("/console/schedules"))
 }
 

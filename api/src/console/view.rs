@@ -8,7 +8,7 @@ use netcron_store::entity::{command, device};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
-use crate::services::runs::RunSummary;
+use netcron_services::runs::RunSummary;
 
 /// An instant as operators read it in a table: UTC, to the second.
 pub fn when(t: DateTime<Utc>) -> String {

@@ -14,16 +14,15 @@ use super::{DeleteErrors, ListErrors, ReadErrors, WriteErrors, field};
 use crate::error::{ApiError, Result};
 use crate::extract::{Json, Path, Query};
 use crate::pagination::{Page, PageParams};
-use crate::services::commands as service;
-use crate::services::commands::{CommandChanges, NewCommand};
 use crate::state::AppState;
+use netcron_services::commands as service;
+use netcron_services::commands::{CommandChanges, NewCommand};
 
 pub const DEFAULT_TIMEOUT_S: i64 = 60;
 pub const MAX_TIMEOUT_S: i64 = 86_400;
 pub const DEFAULT_MAX_OUTPUT_BYTES: i64 = 1024 * 1024;
 pub const MAX_OUTPUT_BYTES: i64 = 100 * 1024 * 1024;
 pub const MAX_ATTEMPTS: i64 = 10;
-const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -123,33 +122,9 @@ fn narrow(name: &str, value: i64, max: i64) -> Result<i32> {
     i32::try_from(value).map_err(|_| ApiError::validation(name, "is too large"))
 }
 
-/// Rules that involve the kind and the text together.
-fn check_text(kind: CommandKind, text: &str) -> Result<()> {
-    if text.len() > MAX_COMMAND_BYTES {
-        return Err(ApiError::validation(
-            "command",
-            "must be at most 65536 bytes",
-        ));
-    }
-    if text.contains('\0') {
-        return Err(ApiError::validation(
-            "command",
-            "must not contain NUL characters",
-        ));
-    }
-    match kind {
-        CommandKind::Shell if text.trim().is_empty() => Err(ApiError::validation(
-            "command",
-            "a shell command needs command text",
-        )),
-        _ => Ok(()),
-    }
-}
-
 impl CommandCreate {
     pub(crate) fn parse(self) -> Result<NewCommand> {
         let kind = self.kind.unwrap_or(CommandKind::Shell);
-        check_text(kind, &self.command)?;
         Ok(NewCommand {
             name: field("name", parse_name(&self.name, 128))?,
             kind,
@@ -255,7 +230,7 @@ async fn update_command(
     Path((device_id, id)): Path<(Uuid, Uuid)>,
     Json(body): Json<CommandPatch>,
 ) -> Result<axum::Json<CommandView>> {
-    let model = service::update(&state.db, device_id, id, body.parse()?, check_text).await?;
+    let model = service::update(&state.db, device_id, id, body.parse()?).await?;
     Ok(axum::Json(model.into()))
 }
 

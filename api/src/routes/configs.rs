@@ -15,8 +15,8 @@ use super::{ListErrors, ReadErrors};
 use crate::error::Result;
 use crate::extract::{Path, Query};
 use crate::pagination::{Page, PageParams};
-use crate::services::configs as service;
 use crate::state::AppState;
+use netcron_services::configs as service;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -15,9 +15,9 @@ use super::{DeleteErrors, ListErrors, ReadErrors, WriteErrors, field, nullable};
 use crate::error::{ApiError, Result};
 use crate::extract::{Json, Path, Query};
 use crate::pagination::{Page, PageParams};
-use crate::services::credentials as service;
-use crate::services::credentials::{CredentialChanges, CredentialSecret, NewCredential};
 use crate::state::AppState;
+use netcron_services::credentials as service;
+use netcron_services::credentials::{CredentialChanges, CredentialSecret, NewCredential};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -14,9 +14,9 @@ use super::{DeleteErrors, ListErrors, ReadErrors, WriteErrors, field, nullable};
 use crate::error::{ApiError, Result};
 use crate::extract::{Json, Path, Query};
 use crate::pagination::{Page, PageParams};
-use crate::services::devices as service;
-use crate::services::devices::{DeviceChanges, DeviceFilter, NewDevice};
 use crate::state::AppState;
+use netcron_services::devices as service;
+use netcron_services::devices::{DeviceChanges, DeviceFilter, NewDevice};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

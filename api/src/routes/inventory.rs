@@ -13,8 +13,8 @@ use super::ListErrors;
 use crate::error::Result;
 use crate::extract::{Path, Query};
 use crate::pagination::{Page, PageParams};
-use crate::services::inventory::{self as service, Collected};
 use crate::state::AppState;
+use netcron_services::inventory::{self as service, Collected};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

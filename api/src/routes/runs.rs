@@ -14,9 +14,9 @@ use super::{ListErrors, ReadErrors};
 use crate::error::{ApiError, Result};
 use crate::extract::{Path, Query};
 use crate::pagination::{Page, PageParams};
-use crate::services::runs as service;
-use crate::services::runs::{RunFilter, RunSummary};
 use crate::state::AppState;
+use netcron_services::runs as service;
+use netcron_services::runs::{RunFilter, RunSummary};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -137,7 +137,7 @@ async fn device_results(
         cursor: params.cursor,
     }
     .parse()?;
-    crate::services::devices::get(&state.db, device_id).await?;
+    netcron_services::devices::get(&state.db, device_id).await?;
     let filter = RunFilter {
         device_id: Some(device_id),
         status: params.status,
@@ -553,15 +553,15 @@ pub(crate) async fn live_events(
     id: Uuid,
     headers: &HeaderMap,
 ) -> Result<Response> {
-    use crate::services::live::Update;
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt as _;
+    use netcron_services::live::Update;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let client = follower_key(headers);
-    let updates = crate::services::live::follow(&state.live, client, id, after).await?;
+    let updates = netcron_services::live::follow(&state.live, client, id, after).await?;
     let events = updates.map(|update| {
         let event = match update {
             Update::Output {
@@ -594,7 +594,7 @@ pub(crate) async fn live_events(
 
 /// Who follows, for the per-client bound: the bearer token the request presented (the API)
 /// or its session cookie (the console), digested so no secret is kept.
-fn follower_key(headers: &HeaderMap) -> crate::services::live::ClientKey {
+fn follower_key(headers: &HeaderMap) -> netcron_services::live::ClientKey {
     use sha2::{Digest as _, Sha256};
     let presented = headers
         .get(axum::http::header::AUTHORIZATION)

@@ -14,9 +14,9 @@ use super::{DeleteErrors, ListErrors, ReadErrors, WriteErrors, field, nullable};
 use crate::error::{ApiError, Result};
 use crate::extract::{Json, Path, Query};
 use crate::pagination::{Page, PageParams};
-use crate::services::schedules as service;
-use crate::services::schedules::{NewSchedule, ScheduleChanges, ScheduleFilter};
 use crate::state::AppState;
+use netcron_services::schedules as service;
+use netcron_services::schedules::{NewSchedule, ScheduleChanges, ScheduleFilter};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -257,7 +257,7 @@ async fn list_command_schedules(
     Query(page): Query<PageParams>,
 ) -> Result<axum::Json<Page<ScheduleView>>> {
     let page = page.parse()?;
-    crate::services::commands::get(&state.db, device_id, command_id).await?;
+    netcron_services::commands::get(&state.db, device_id, command_id).await?;
     let filter = ScheduleFilter {
         command_id: Some(command_id),
         ..ScheduleFilter::default()

@@ -13,11 +13,11 @@ use super::{DeleteErrors, ListErrors, ReadErrors, WriteErrors, field};
 use crate::error::{ApiError, Result};
 use crate::extract::{Json, Path, Query};
 use crate::pagination::{Page, PageParams};
-use crate::services::webhooks as service;
-use crate::services::webhooks::{Delivery, NewWebhook, Webhook, WebhookChanges};
 use crate::state::AppState;
 pub use netcron_ingest::events::EVENT_TYPES;
 use netcron_ingest::webhook_policy::WebhookPolicy;
+use netcron_services::webhooks as service;
+use netcron_services::webhooks::{Delivery, NewWebhook, Webhook, WebhookChanges};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -8,8 +8,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{new_id, paginate};
-use crate::error::{ApiError, Result};
-use crate::pagination::PageRequest;
+use crate::PageRequest;
+use crate::error::{Error, Result};
 
 pub struct NewCommand {
     pub name: String,
@@ -30,11 +30,39 @@ pub struct CommandChanges {
     pub max_attempts: Option<i32>,
 }
 
+/// The longest command text: a paste of a whole configuration fits, a runaway file does not.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// Rules that involve the kind and the text together; `create` and `update` apply them, the
+/// latter to the merged result.
+pub fn check_text(kind: CommandKind, text: &str) -> Result<()> {
+    if text.len() > MAX_COMMAND_BYTES {
+        return Err(Error::validation(
+            "command",
+            format!("must be at most {MAX_COMMAND_BYTES} bytes"),
+        ));
+    }
+    if text.contains('\0') {
+        return Err(Error::validation(
+            "command",
+            "must not contain NUL characters",
+        ));
+    }
+    match kind {
+        CommandKind::Shell if text.trim().is_empty() => Err(Error::validation(
+            "command",
+            "a shell command needs command text",
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub async fn create(
     db: &DatabaseConnection,
     device_id: Uuid,
     new: NewCommand,
 ) -> Result<command::Model> {
+    check_text(new.kind, &new.command)?;
     super::devices::get(db, device_id).await?;
     let now = Utc::now();
     let model = command::ActiveModel {
@@ -60,7 +88,7 @@ pub async fn get(db: &DatabaseConnection, device_id: Uuid, id: Uuid) -> Result<c
         .filter(command::Column::DeviceId.eq(device_id))
         .one(db)
         .await?
-        .ok_or_else(|| ApiError::not_found("command", id))
+        .ok_or_else(|| Error::not_found("command", id))
 }
 
 pub async fn list(
@@ -75,20 +103,19 @@ pub async fn list(
         .await?)
 }
 
-/// Applies `changes`; `validate` sees the merged result so rules that span fields (a shell
+/// Applies `changes`; `check_text` sees the merged result so rules that span fields (a shell
 /// command needs command text) hold after a partial update too.
 pub async fn update(
     db: &DatabaseConnection,
     device_id: Uuid,
     id: Uuid,
     changes: CommandChanges,
-    validate: impl FnOnce(CommandKind, &str) -> Result<()>,
 ) -> Result<command::Model> {
     let current = get(db, device_id, id).await?;
     // A kind this version does not know (a newer version's) has rules this version does not
     // know either; they are the newer version's to keep, and other fields may still change.
     if let Some(kind) = changes.kind.or(current.kind.known()) {
-        validate(kind, changes.command.as_deref().unwrap_or(&current.command))?;
+        check_text(kind, changes.command.as_deref().unwrap_or(&current.command))?;
     }
     let mut model: command::ActiveModel = current.into();
     if let Some(v) = changes.name {
@@ -121,7 +148,7 @@ pub async fn delete(db: &DatabaseConnection, device_id: Uuid, id: Uuid) -> Resul
         .count(db)
         .await?;
     if schedules > 0 {
-        return Err(ApiError::conflict(
+        return Err(Error::conflict(
             None,
             format!("command {id} has {schedules} schedule(s); delete them first"),
         ));

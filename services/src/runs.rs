@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::paginate;
-use crate::error::{ApiError, Result};
-use crate::pagination::PageRequest;
+use crate::PageRequest;
+use crate::error::{Error, Result};
 
 #[derive(Default)]
 pub struct RunFilter {
@@ -217,7 +217,7 @@ pub async fn output_size(db: &DatabaseConnection, id: Uuid, stream: OutputStream
             [id.into()],
         ))
         .await?
-        .ok_or_else(|| ApiError::not_found("run", id))?;
+        .ok_or_else(|| Error::not_found("run", id))?;
     let total: i64 = row.try_get("", "total")?;
     Ok(total.unsigned_abs())
 }
@@ -263,7 +263,7 @@ pub async fn output(
             [id.into(), start.into(), limit.into()],
         ))
         .await?
-        .ok_or_else(|| ApiError::not_found("run", id))?;
+        .ok_or_else(|| Error::not_found("run", id))?;
     let total: i64 = row.try_get("", "total")?;
     Ok(OutputSlice {
         total: total.unsigned_abs(),
@@ -276,7 +276,7 @@ pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<run::Model> {
     run::Entity::find_by_id(id)
         .one(db)
         .await?
-        .ok_or_else(|| ApiError::not_found("run", id))
+        .ok_or_else(|| Error::not_found("run", id))
 }
 
 /// Queues a manual run of the command now. The scheduler's outbox publishes it to the tasks
@@ -287,7 +287,7 @@ pub async fn create_manual(
     command_id: Uuid,
 ) -> Result<run::Model> {
     if !super::devices::get(db, device_id).await?.enabled {
-        return Err(ApiError::conflict(
+        return Err(Error::conflict(
             None,
             format!("device {device_id} is disabled; enable it to run commands on it"),
         ));
@@ -306,7 +306,7 @@ pub async fn cancel(
         .get_multiplexed_async_connection()
         .await
         .map_err(|e| {
-            ApiError::unavailable(format!(
+            Error::unavailable(format!(
                 "Redis is unreachable ({e}); run {run_id} was not cancelled, try again"
             ))
         })?;
@@ -315,7 +315,7 @@ pub async fn cancel(
         .map_err(|e| match e {
             // The request is recorded: the re-queue pass finishes it once Redis answers,
             // unless the run starts first.
-            netcron_lifecycle::Error::Redis(e) => ApiError::unavailable(format!(
+            netcron_lifecycle::Error::Redis(e) => Error::unavailable(format!(
                 "Redis failed ({e}) while run {run_id} was being cancelled; the cancel is \
                  recorded and completes within a re-queue pass unless the run starts first"
             )),
@@ -331,5 +331,5 @@ pub async fn status(db: &DatabaseConnection, id: Uuid) -> Result<Stored<RunStatu
         .into_tuple::<Stored<RunStatus>>()
         .one(db)
         .await?
-        .ok_or_else(|| ApiError::not_found("run", id))
+        .ok_or_else(|| Error::not_found("run", id))
 }

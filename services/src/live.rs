@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use netcron_common::config::{self, ConfigError};
 use netcron_common::domain::RunStatus;
 use netcron_common::stored::Stored;
 use netcron_protocol::Streams;
@@ -33,7 +32,8 @@ use sea_orm::{
 use tokio::sync::{OnceCell, broadcast};
 use uuid::Uuid;
 
-use crate::error::{ApiError, Result};
+use crate::config::LiveSettings;
+use crate::error::{Error, Result};
 
 /// What a follower sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,46 +50,6 @@ pub enum Update {
     End { status: String },
     /// The follow lasted its maximum duration and ends; the run goes on.
     Timeout { after_s: u64 },
-}
-
-/// The limits on following (`NETCRON_LIVE_*`).
-#[derive(Debug, Clone)]
-pub struct LiveSettings {
-    /// Followers at once in this process (`NETCRON_LIVE_FOLLOWERS`, 512).
-    pub max_followers: usize,
-    /// Followers at once per API token or console session (`NETCRON_LIVE_FOLLOWERS_PER_CLIENT`,
-    /// 16).
-    pub max_per_client: usize,
-    /// How long one follow lasts at most (`NETCRON_LIVE_FOLLOW_MAX_S`, 3600).
-    pub max_follow: Duration,
-}
-
-impl Default for LiveSettings {
-    fn default() -> Self {
-        Self {
-            max_followers: 512,
-            max_per_client: 16,
-            max_follow: Duration::from_secs(3600),
-        }
-    }
-}
-
-impl LiveSettings {
-    /// # Errors
-    /// The first variable that is malformed.
-    pub fn from_env() -> std::result::Result<Self, ConfigError> {
-        let d = Self::default();
-        Ok(Self {
-            max_followers: config::parsed_or("NETCRON_LIVE_FOLLOWERS", d.max_followers)?,
-            max_per_client: config::parsed_or(
-                "NETCRON_LIVE_FOLLOWERS_PER_CLIENT",
-                d.max_per_client,
-            )?,
-            max_follow: config::parsed_or("NETCRON_LIVE_FOLLOW_MAX_S", d.max_follow.as_secs())
-                .map(Duration::from_secs)?
-                .max(Duration::from_secs(1)),
-        })
-    }
 }
 
 /// Who follows, for the per-client bound: a digest of the bearer token or session cookie.
@@ -185,7 +145,7 @@ impl Hub {
         let settings = &self.inner.settings;
         let mut state = self.lock();
         if state.followers >= settings.max_followers {
-            return Err(ApiError::TooManyRequests {
+            return Err(Error::TooManyRequests {
                 reason: format!(
                     "this server already serves {} live-output followers \
                      (NETCRON_LIVE_FOLLOWERS); read GET /runs/{{run_id}}/output instead, \
@@ -197,7 +157,7 @@ impl Hub {
         }
         let mine = state.per_client.entry(client).or_insert(0);
         if *mine >= settings.max_per_client {
-            return Err(ApiError::TooManyRequests {
+            return Err(Error::TooManyRequests {
                 reason: format!(
                     "this token or session already follows {} live outputs \
                      (NETCRON_LIVE_FOLLOWERS_PER_CLIENT); close one, or retry later",

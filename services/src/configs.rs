@@ -7,8 +7,8 @@ use similar::TextDiff;
 use uuid::Uuid;
 
 use super::paginate;
-use crate::error::{ApiError, Result};
-use crate::pagination::PageRequest;
+use crate::PageRequest;
+use crate::error::{Error, Result};
 
 /// Lines of unchanged context around each change in a diff.
 const CONTEXT_LINES: usize = 3;
@@ -23,7 +23,7 @@ pub async fn list(
     device_id: Uuid,
     page: PageRequest,
 ) -> Result<Vec<config_version::Model>> {
-    crate::services::devices::get(db, device_id).await?;
+    crate::devices::get(db, device_id).await?;
     Ok(
         paginate(of_device(device_id), config_version::Column::Id, page, true)
             .all(db)
@@ -36,12 +36,12 @@ pub async fn get(
     device_id: Uuid,
     version: i32,
 ) -> Result<config_version::Model> {
-    crate::services::devices::get(db, device_id).await?;
+    crate::devices::get(db, device_id).await?;
     of_device(device_id)
         .filter(config_version::Column::Version.eq(version))
         .one(db)
         .await?
-        .ok_or_else(|| ApiError::not_found("config version", format!("{device_id}/{version}")))
+        .ok_or_else(|| Error::not_found("config version", format!("{device_id}/{version}")))
 }
 
 /// Two versions and the unified diff from the older to the newer.
@@ -58,14 +58,14 @@ pub async fn diff(
     from: Option<i32>,
     to: Option<i32>,
 ) -> Result<ConfigDiff> {
-    crate::services::devices::get(db, device_id).await?;
+    crate::devices::get(db, device_id).await?;
     let one = |version: i32, field: &'static str| async move {
         of_device(device_id)
             .filter(config_version::Column::Version.eq(version))
             .one(db)
             .await?
             .ok_or_else(|| {
-                ApiError::bad_parameter(
+                Error::bad_parameter(
                     field,
                     format!("version {version} of this device's config does not exist"),
                 )
@@ -78,7 +78,7 @@ pub async fn diff(
             .limit(1)
             .one(db)
             .await?
-            .ok_or_else(|| ApiError::not_found("config version", device_id))?,
+            .ok_or_else(|| Error::not_found("config version", device_id))?,
     };
     let from = match from {
         Some(v) => one(v, "from").await?,
@@ -88,11 +88,11 @@ pub async fn diff(
             .limit(1)
             .one(db)
             .await?
-            .ok_or_else(|| ApiError::not_found("earlier config version", device_id))?,
+            .ok_or_else(|| Error::not_found("earlier config version", device_id))?,
     };
     let size = from.content.len() + to.content.len();
     if size > MAX_DIFF_BYTES {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             "to",
             format!(
                 "versions {} and {} are {size} bytes together, more than the {MAX_DIFF_BYTES} \
@@ -106,7 +106,7 @@ pub async fn diff(
     // bounded in time (past the deadline `similar` settles for a larger, still correct, diff).
     let diff = tokio::task::spawn_blocking(move || unified(&from, &to))
         .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the diff task failed: {e}")))?;
+        .map_err(|e| Error::Internal(anyhow::anyhow!("the diff task failed: {e}")))?;
     Ok(ConfigDiff {
         from: from_version,
         to: to_version,

@@ -4,8 +4,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult};
 use uuid::Uuid;
 
 use super::new_id;
-use crate::error::{ApiError, Result};
-use crate::pagination::PageRequest;
+use crate::PageRequest;
+use crate::error::{Error, Result};
 use netcron_common::secret::context;
 
 /// A webhook as stored, without its secret.
@@ -78,7 +78,7 @@ pub async fn create(db: &DatabaseConnection, key: &SecretKey, new: NewWebhook) -
     ))
     .one(db)
     .await?
-    .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("INSERT … RETURNING returned no row")))
+    .ok_or_else(|| Error::Internal(anyhow::anyhow!("INSERT … RETURNING returned no row")))
 }
 
 pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<Webhook> {
@@ -88,7 +88,7 @@ pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<Webhook> {
     ))
     .one(db)
     .await?
-    .ok_or_else(|| ApiError::not_found("webhook", id))
+    .ok_or_else(|| Error::not_found("webhook", id))
 }
 
 pub async fn list(db: &DatabaseConnection, page: PageRequest) -> Result<Vec<Webhook>> {
@@ -133,7 +133,7 @@ pub async fn update(
     ))
     .one(db)
     .await?
-    .ok_or_else(|| ApiError::not_found("webhook", id))
+    .ok_or_else(|| Error::not_found("webhook", id))
 }
 
 pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
@@ -142,7 +142,7 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
         .await?
         .rows_affected();
     if deleted == 0 {
-        return Err(ApiError::not_found("webhook", id));
+        return Err(Error::not_found("webhook", id));
     }
     Ok(())
 }

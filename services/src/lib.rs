@@ -1,10 +1,14 @@
-//! What the API does, apart from HTTP: each function takes the database connection and parsed
-//! domain values and returns entity models. Handlers in `routes` call these.
+//! What netcron does, with its rules, apart from HTTP: each function takes the database
+//! connection and parsed domain values and returns entity models or views. The REST API's
+//! handlers and the console's pages are two front doors over these functions, so a rule
+//! written here (a check, a guard, later a permission) holds for both.
 
 pub mod commands;
+pub mod config;
 pub mod configs;
 pub mod credentials;
 pub mod devices;
+pub mod error;
 pub mod inventory;
 pub mod live;
 pub mod overview;
@@ -16,7 +20,15 @@ use sea_orm::sea_query::IntoCondition;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select};
 use uuid::Uuid;
 
-use crate::pagination::PageRequest;
+pub use error::{Error, Result};
+
+/// A validated page request: at most `limit` items after the item `after` (keyset
+/// pagination; ids are UUIDv7, so id order is creation order).
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    pub limit: u64,
+    pub after: Option<Uuid>,
+}
 
 /// Applies keyset pagination to a select ordered by `id_col`: newest first when `descending`.
 pub fn paginate<E: EntityTrait>(

@@ -10,8 +10,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{new_id, paginate};
-use crate::error::{ApiError, Result};
-use crate::pagination::PageRequest;
+use crate::PageRequest;
+use crate::error::{Error, Result};
 
 pub struct NewDevice {
     pub name: String,
@@ -59,7 +59,7 @@ pub struct DeviceFilter {
 async fn ensure_credential(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     match credential::Entity::find_by_id(id).one(db).await? {
         Some(_) => Ok(()),
-        None => Err(ApiError::validation(
+        None => Err(Error::validation(
             "credential_id",
             format!("credential {id} does not exist"),
         )),
@@ -78,19 +78,19 @@ async fn ensure_jump_host(
 ) -> Result<()> {
     let field = "jump_host_id";
     if jump_host == device {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             field,
             "a device cannot be its own jump host",
         ));
     }
     let Some(bastion) = device::Entity::find_by_id(jump_host).one(db).await? else {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             field,
             format!("device {jump_host} does not exist"),
         ));
     };
     if bastion.zone != zone.as_str() {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             field,
             format!(
                 "device {jump_host} is in zone `{}` and this device in zone `{zone}`; a jump host \
@@ -100,7 +100,7 @@ async fn ensure_jump_host(
         ));
     }
     if bastion.jump_host_id.is_some() {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             field,
             format!(
                 "device {jump_host} has a jump host itself; netcron tunnels through one hop only"
@@ -112,7 +112,7 @@ async fn ensure_jump_host(
         .count(db)
         .await?;
     if dependents > 0 {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             field,
             format!(
                 "this device is the jump host of {dependents} device(s); netcron tunnels through \
@@ -131,7 +131,7 @@ async fn ensure_jump_host_zone(
 ) -> Result<()> {
     let bastion = device::Entity::find_by_id(jump_host).one(db).await?;
     match bastion {
-        Some(b) if b.zone != zone.as_str() => Err(ApiError::validation(
+        Some(b) if b.zone != zone.as_str() => Err(Error::validation(
             "zone",
             format!(
                 "the device's jump host {jump_host} is in zone `{}`; a jump host must be in the \
@@ -151,7 +151,7 @@ async fn ensure_tunnelled_zone(db: &DatabaseConnection, device: Uuid, zone: &Zon
         .count(db)
         .await?;
     if elsewhere > 0 {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             "zone",
             format!(
                 "this device is the jump host of {elsewhere} device(s) outside zone `{zone}`; a \
@@ -196,7 +196,7 @@ pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<device::Model> {
     device::Entity::find_by_id(id)
         .one(db)
         .await?
-        .ok_or_else(|| ApiError::not_found("device", id))
+        .ok_or_else(|| Error::not_found("device", id))
 }
 
 pub async fn list(
@@ -313,7 +313,7 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
         .count(db)
         .await?;
     if schedules > 0 {
-        return Err(ApiError::conflict(
+        return Err(Error::conflict(
             None,
             format!("device {id} has {schedules} schedule(s); delete them first"),
         ));
@@ -323,7 +323,7 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
         .count(db)
         .await?;
     if tunnelled > 0 {
-        return Err(ApiError::conflict(
+        return Err(Error::conflict(
             Some("jump_host_id"),
             format!(
                 "device {id} is the jump host of {tunnelled} device(s); change their \

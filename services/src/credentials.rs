@@ -11,8 +11,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{new_id, paginate};
-use crate::error::{ApiError, Result};
-use crate::pagination::PageRequest;
+use crate::PageRequest;
+use crate::error::{Error, Result};
 
 /// The secret part of a credential, already validated.
 pub enum CredentialSecret {
@@ -95,7 +95,7 @@ pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<credential::Model>
     credential::Entity::find_by_id(id)
         .one(db)
         .await?
-        .ok_or_else(|| ApiError::not_found("credential", id))
+        .ok_or_else(|| Error::not_found("credential", id))
 }
 
 pub async fn list(db: &DatabaseConnection, page: PageRequest) -> Result<Vec<credential::Model>> {
@@ -123,7 +123,7 @@ pub async fn update(
             secret.kind() == CredentialKind::PrivateKey
         });
     if !private_key && matches!(changes.passphrase, Some(Some(_))) {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             "passphrase",
             "only a private_key credential can have a passphrase",
         ));
@@ -160,7 +160,7 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
         .count(db)
         .await?;
     if users > 0 {
-        return Err(ApiError::conflict(
+        return Err(Error::conflict(
             None,
             format!("credential {id} is used by {users} device(s); change or delete them first"),
         ));

@@ -8,8 +8,8 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOr
 use uuid::Uuid;
 
 use super::paginate;
-use crate::error::{ApiError, Result};
-use crate::pagination::PageRequest;
+use crate::PageRequest;
+use crate::error::{Error, Result};
 
 /// One stored inventory: the run that collected it and the parsed payload.
 pub struct Collected {
@@ -26,7 +26,7 @@ fn inventory_runs(device_id: Uuid, commands: Vec<Uuid>) -> sea_orm::Select<run::
 }
 
 async fn inventory_commands(db: &DatabaseConnection, device_id: Uuid) -> Result<Vec<Uuid>> {
-    crate::services::devices::get(db, device_id).await?;
+    crate::devices::get(db, device_id).await?;
     Ok(command::Entity::find()
         .select_only()
         .column(command::Column::Id)
@@ -71,7 +71,7 @@ pub async fn latest(db: &DatabaseConnection, device_id: Uuid) -> Result<Collecte
         .one(db)
         .await?
         .and_then(collected)
-        .ok_or_else(|| ApiError::not_found("inventory", device_id))
+        .ok_or_else(|| Error::not_found("inventory", device_id))
 }
 
 /// The inventories to compare: `to` (default: the latest) and `from` (default: the one
@@ -92,7 +92,7 @@ pub async fn pair(
                 .await?
                 .and_then(collected)
                 .ok_or_else(|| {
-                    ApiError::bad_parameter(
+                    Error::bad_parameter(
                         field,
                         format!("{id} is not a succeeded inventory run of this device"),
                     )
@@ -112,7 +112,7 @@ pub async fn pair(
             .one(db)
             .await?
             .and_then(collected)
-            .ok_or_else(|| ApiError::not_found("earlier inventory", device_id))?,
+            .ok_or_else(|| Error::not_found("earlier inventory", device_id))?,
     };
     Ok((from, to))
 }

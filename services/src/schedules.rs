@@ -13,8 +13,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{new_id, paginate};
-use crate::error::{ApiError, Result};
-use crate::pagination::PageRequest;
+use crate::PageRequest;
+use crate::error::{Error, Result};
 
 pub struct NewSchedule {
     pub cron: CronSpec,
@@ -48,10 +48,9 @@ pub struct ScheduleFilter {
 
 fn check_window(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> Result<()> {
     match (start, end) {
-        (Some(s), Some(e)) if e <= s => Err(ApiError::validation(
-            "end_at",
-            "must be later than start_at",
-        )),
+        (Some(s), Some(e)) if e <= s => {
+            Err(Error::validation("end_at", "must be later than start_at"))
+        }
         _ => Ok(()),
     }
 }
@@ -128,7 +127,7 @@ pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<schedule::Model> {
     schedule::Entity::find_by_id(id)
         .one(db)
         .await?
-        .ok_or_else(|| ApiError::not_found("schedule", id))
+        .ok_or_else(|| Error::not_found("schedule", id))
 }
 
 pub async fn list(
@@ -167,7 +166,7 @@ async fn lock(txn: &DatabaseTransaction, id: Uuid) -> Result<schedule::Model> {
         .lock_exclusive()
         .one(txn)
         .await?
-        .ok_or_else(|| ApiError::not_found("schedule", id))
+        .ok_or_else(|| Error::not_found("schedule", id))
 }
 
 /// Withdraws the runs of a [`lock`]ed schedule materialised for fire times still ahead.
@@ -177,7 +176,7 @@ async fn withdraw(txn: &DatabaseTransaction, fence: &Fence<'_>, id: Uuid) -> Res
         .get_multiplexed_async_connection()
         .await
         .map_err(|e| {
-            ApiError::unavailable(format!(
+            Error::unavailable(format!(
                 "Redis is unreachable ({e}), and runs of schedule {id} may already be on the \
              tasks stream ahead of their fire time; nothing was changed, try again"
             ))
@@ -185,7 +184,7 @@ async fn withdraw(txn: &DatabaseTransaction, fence: &Fence<'_>, id: Uuid) -> Res
     let withdrawn = netcron_lifecycle::runs::withdraw_ahead(txn, &mut conn, fence.leases, id)
         .await
         .map_err(|e| match e {
-            netcron_lifecycle::Error::Redis(e) => ApiError::unavailable(format!(
+            netcron_lifecycle::Error::Redis(e) => Error::unavailable(format!(
                 "runs of schedule {id} materialised ahead cannot be withdrawn, Redis failed \
                  ({e}); nothing was changed, try again"
             )),

@@ -1,0 +1,99 @@
+//! What a service can answer instead of its result. Each variant is something the caller (a
+//! REST client or a console user) can act on; both front doors render them their own way — the
+//! API as RFC 9457 problems, the console beside the field — so neither can drop a reason.
+
+use sea_orm::{DbErr, SqlErr};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field of the input has a value the service cannot accept.
+    #[error("{field}: {reason}")]
+    Validation { field: String, reason: String },
+    /// A selector (a filter, an offset) is malformed.
+    #[error("{field}: {reason}")]
+    BadParameter { field: String, reason: String },
+    #[error("{resource} {id} does not exist")]
+    NotFound { resource: &'static str, id: String },
+    /// The request conflicts with the current state (a duplicate name, a dependent row).
+    #[error("{reason}")]
+    Conflict {
+        field: Option<String>,
+        reason: String,
+    },
+    /// A dependency the request needs (Redis) failed; nothing was changed, and the same
+    /// request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A limit on concurrent use is reached (live-output followers); the same request may
+    /// succeed after `retry_after_s` seconds.
+    #[error("{reason}")]
+    TooManyRequests { reason: String, retry_after_s: u64 },
+    /// Anything else: the front door logs it once and answers a fixed message.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    pub fn validation(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self::Validation {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn bad_parameter(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self::BadParameter {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn not_found(resource: &'static str, id: impl std::fmt::Display) -> Self {
+        Self::NotFound {
+            resource,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable(reason.into())
+    }
+
+    pub fn conflict(field: Option<&str>, reason: impl Into<String>) -> Self {
+        Self::Conflict {
+            field: field.map(str::to_owned),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<netcron_lifecycle::Error> for Error {
+    fn from(err: netcron_lifecycle::Error) -> Self {
+        use netcron_lifecycle::Error as E;
+        match err {
+            E::Db(e) => e.into(),
+            E::NotFound { what, id } => Self::not_found(what, id),
+            E::Conflict(reason) => Self::conflict(None, reason),
+            E::Redis(e) => Self::Internal(anyhow::Error::new(e).context("redis")),
+        }
+    }
+}
+
+impl From<DbErr> for Error {
+    fn from(err: DbErr) -> Self {
+        // Constraint violations that the services did not pre-check (a race between two
+        // requests) still answer a conflict, not an internal error.
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => {
+                Self::conflict(Some("name"), "name: another resource already has this name")
+            }
+            Some(SqlErr::ForeignKeyConstraintViolation(_)) => Self::conflict(
+                None,
+                "the resource is referenced by, or references, another that changed meanwhile",
+            ),
+            _ => Self::Internal(anyhow::Error::new(err).context("database")),
+        }
+    }
+}
