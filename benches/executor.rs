@@ -34,10 +34,10 @@ use std::time::{Duration, Instant};
 
 use netcron_common::metrics::Telemetry;
 use netcron_common::secret::SecretKey;
-use netcron_executor::{Executor, ExecutorConfig, ExecutorMetrics, Settings as ExecutorSettings};
+use netcron_executor::{Executor, ExecutorMetrics, ExecutorSettings, Settings as ExecutorRole};
 use netcron_ingest::Ingest;
 use netcron_protocol::RedisSettings;
-use netcron_scheduler::{Scheduler, SchedulerConfig, Settings, SystemClock};
+use netcron_scheduler::{Scheduler, SchedulerSettings, Settings, SystemClock};
 use netcron_store::DatabaseSettings;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use tokio_util::sync::CancellationToken;
@@ -433,10 +433,10 @@ impl Bench {
         per_device: usize,
         idle: Duration,
     ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-        let settings = ExecutorSettings {
+        let settings = ExecutorRole {
             redis: self.redis.clone(),
             secret_key: SecretKey::from_base64(&self.key_text).expect("key"),
-            executor: ExecutorConfig {
+            executor: ExecutorSettings {
                 concurrency,
                 login_timeout: Duration::from_secs(
                     env_usize("LOGIN_TIMEOUT_S", 300).try_into().unwrap_or(300),
@@ -444,7 +444,7 @@ impl Bench {
                 block: Duration::from_millis(200),
                 per_device,
                 ssh_idle: idle,
-                ..ExecutorConfig::default()
+                ..ExecutorSettings::default()
             },
         };
         let telemetry = Telemetry::default();
@@ -517,7 +517,7 @@ async fn main() {
             auto_migrate: false,
         },
         redis: bench.redis.clone(),
-        scheduler: SchedulerConfig::default(),
+        scheduler: SchedulerSettings::default(),
     };
     let scheduler = Arc::new(
         Scheduler::connect(&settings, Arc::new(SystemClock), &Telemetry::default())
@@ -532,8 +532,7 @@ async fn main() {
         bench.db.clone(),
         &bench.redis,
         bench.key.clone(),
-        1000,
-        2,
+        netcron_ingest::IngestSettings::default(),
         &Telemetry::default(),
     )
     .expect("ingest");

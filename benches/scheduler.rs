@@ -28,7 +28,7 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::{DateTime, Duration, DurationRound, Timelike, Utc};
 use netcron_common::metrics::Telemetry;
 use netcron_common::secret::SecretKey;
-use netcron_scheduler::{ManualClock, Scheduler, SchedulerConfig, Settings};
+use netcron_scheduler::{ManualClock, Scheduler, SchedulerSettings, Settings};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -97,7 +97,7 @@ impl Bench {
                 url: redis_url.clone(),
                 stream_prefix: format!("bench:{}:", Uuid::new_v4().simple()),
             },
-            scheduler: SchedulerConfig::default(),
+            scheduler: SchedulerSettings::default(),
         };
         let redis = redis::Client::open(redis_url)
             .expect("redis")
@@ -183,7 +183,7 @@ impl Bench {
         let executor = netcron_executor::Settings {
             redis: self.settings.redis.clone(),
             secret_key: key.clone(),
-            executor: netcron_executor::ExecutorConfig::default(),
+            executor: netcron_executor::ExecutorSettings::default(),
         };
         let (t, s) = (telemetry.clone(), shutdown.clone());
         handles.push(tokio::spawn(async move {
@@ -191,13 +191,11 @@ impl Bench {
                 .await
                 .expect("executor");
         }));
-        let ingest = netcron_ingest::IngestSettings {
+        let ingest = netcron_ingest::Settings {
             database: self.settings.database.clone(),
             redis: self.settings.redis.clone(),
-            batch: 1000,
-            workers: 2,
             secret_key: key,
-            events: netcron_ingest::events::EventSettings::default(),
+            ingest: netcron_ingest::IngestSettings::default(),
         };
         let (t, s) = (telemetry, shutdown.clone());
         handles.push(tokio::spawn(async move {
@@ -247,12 +245,13 @@ impl Bench {
     }
 
     async fn scheduler(&self, clock: Arc<dyn netcron_scheduler::Clock>) -> Arc<Scheduler> {
-        self.scheduler_with(SchedulerConfig::default(), clock).await
+        self.scheduler_with(SchedulerSettings::default(), clock)
+            .await
     }
 
     async fn scheduler_with(
         &self,
-        config: SchedulerConfig,
+        config: SchedulerSettings,
         clock: Arc<dyn netcron_scheduler::Clock>,
     ) -> Arc<Scheduler> {
         let settings = Settings {
@@ -360,9 +359,9 @@ async fn main() {
         // the first pass does not also materialise five seconds (500k runs) at once.
         let scheduler = bench
             .scheduler_with(
-                SchedulerConfig {
+                SchedulerSettings {
                     horizon: Duration::zero(),
-                    ..SchedulerConfig::default()
+                    ..SchedulerSettings::default()
                 },
                 Arc::new(clock.clone()),
             )

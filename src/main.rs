@@ -115,7 +115,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
             netcron_executor::run(settings, telemetry, shutdown).await
         }
         Role::Ingest => {
-            let mut settings = netcron_ingest::IngestSettings::from_env()?;
+            let mut settings = netcron_ingest::Settings::from_env()?;
             settings.redis.url = settings.redis.resolve(&shutdown).await?;
             let ops = ops::addr_from_env("NETCRON_INGEST_OPS_ADDR", ([0, 0, 0, 0], 9093).into())?;
             let telemetry = serve_ops(ops, &shutdown).await?;

@@ -12,7 +12,7 @@ use netcron_common::config;
 use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunStatus, RunTrigger};
 use netcron_common::secret::SecretKey;
 use netcron_common::secret::context;
-use netcron_executor::{ExecutorConfig, Runner};
+use netcron_executor::{ExecutorSettings, Runner};
 use netcron_protocol::{Task, TaskCommand, TaskCredential, TaskDevice};
 use netcron_store::DatabaseSettings;
 use netcron_store::entity::{credential, device};
@@ -75,9 +75,9 @@ pub async fn run(args: InventoryArgs) -> anyhow::Result<bool> {
     };
     let runner = Runner::new(
         key,
-        ExecutorConfig {
+        ExecutorSettings {
             concurrency: 1,
-            ..ExecutorConfig::from_env()?
+            ..ExecutorSettings::from_env()?
         },
     );
     // Nothing else can hold this one-off run: it starts as soon as its slots are free.

@@ -4,6 +4,7 @@
 //! OpenAPI schemas. It never decrypts a secret: it only seals what clients send.
 
 mod auth;
+mod config;
 mod console;
 pub mod error;
 mod extract;
@@ -11,7 +12,6 @@ pub mod metrics;
 mod origin;
 mod pagination;
 mod routes;
-mod settings;
 mod state;
 
 use std::net::SocketAddr;
@@ -38,11 +38,11 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use config::Settings;
 pub use error::ApiError;
 pub use netcron_services::config::LiveSettings;
 pub use netcron_services::runs::{OutputStream, output_slice_sql};
 pub use origin::PublicUrl;
-pub use settings::Settings;
 pub use state::AppState;
 
 #[derive(OpenApi)]
@@ -247,18 +247,14 @@ impl Connected {
         }
         let redis = redis::Client::open(settings.redis.url.as_str()).context("REDIS_URL")?;
         netcron_protocol::gauges::add_readiness_check(&telemetry, &redis);
-        let ingest = if settings.ingest {
-            Some(
-                netcron_ingest::Ingest::new(
-                    db.clone(),
-                    &settings.redis,
-                    settings.secret_key.clone(),
-                    settings.ingest_batch,
-                    settings.ingest_workers,
-                    &telemetry,
-                )?
-                .with_events(settings.events.clone()),
-            )
+        let ingest = if settings.run_ingest {
+            Some(netcron_ingest::Ingest::new(
+                db.clone(),
+                &settings.redis,
+                settings.secret_key.clone(),
+                settings.ingest.clone(),
+                &telemetry,
+            )?)
         } else {
             None
         };
@@ -273,7 +269,7 @@ impl Connected {
             http_metrics: metrics::HttpMetrics::new(&telemetry),
             telemetry: telemetry.clone(),
             leases: netcron_protocol::lease::Leases::new(streams.clone(), 24 * 3600),
-            webhook_policy: settings.events.webhook_policy,
+            webhook_policy: settings.ingest.events.webhook_policy,
             console_origin: origin::ConsoleOrigin::new(settings.public_url),
             live,
         };

@@ -11,6 +11,7 @@
 //! attempt's end entry, when written, is written before its result is published. Live output
 //! has a Redis connection of its own: a slow or large write never delays a lease renewal.
 
+use crate::config::LiveSettings;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -85,31 +86,12 @@ impl Tap {
     }
 }
 
-/// How live output is published (`NETCRON_LIVE_*`).
-#[derive(Debug, Clone)]
-pub struct LiveConfig {
-    /// Chunks in flight from the SSH thread; beyond this, chunks are dropped
-    /// (`NETCRON_LIVE_CHANNEL`, 256; 1 forces drops, for fault tests).
-    pub channel: usize,
-    /// How long a live stream is kept after its attempt's end (`NETCRON_LIVE_END_TTL_S`, 30).
-    pub end_ttl: Duration,
-}
-
-impl Default for LiveConfig {
-    fn default() -> Self {
-        Self {
-            channel: 256,
-            end_ttl: Duration::from_secs(30),
-        }
-    }
-}
-
 /// The Redis side: where live streams go, on a connection of their own.
 #[derive(Clone)]
 pub(crate) struct LiveSink {
     redis: ConnectionManager,
     streams: Streams,
-    config: LiveConfig,
+    config: LiveSettings,
     watched: Arc<Watched>,
 }
 
@@ -164,7 +146,7 @@ impl LiveSink {
     pub(crate) async fn connect(
         client: &redis::Client,
         streams: Streams,
-        config: LiveConfig,
+        config: LiveSettings,
     ) -> redis::RedisResult<Self> {
         let mut redis = client
             .get_connection_manager_with_config(

@@ -15,7 +15,7 @@ use netcron_protocol::{Outcome, Task, TaskCredential};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::ExecutorConfig;
+use crate::ExecutorSettings;
 use crate::attempts::{Attempts, Opened, Policy, Shared};
 use crate::kinds::{self, noop};
 use crate::metrics::SessionMetrics;
@@ -26,7 +26,7 @@ use crate::ssh::{Auth, Pool};
 /// Runs tasks within the concurrency limits of one process.
 pub struct Runner {
     key: SecretKey,
-    config: ExecutorConfig,
+    config: ExecutorSettings,
     /// Commands running at once in this process.
     slots: Arc<Semaphore>,
     /// Commands running at once per device. Entries are removed when nobody holds them.
@@ -47,7 +47,7 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(key: SecretKey, config: ExecutorConfig) -> Self {
+    pub fn new(key: SecretKey, config: ExecutorSettings) -> Self {
         Self {
             key,
             slots: Arc::new(Semaphore::new(config.concurrency)),

@@ -25,7 +25,7 @@ use crate::first_contact::FirstContact;
 use crate::metrics::ExecutorMetrics;
 use crate::outcome::error_outcome;
 use crate::runner::Runner;
-use crate::{ExecutorConfig, Settings};
+use crate::{ExecutorSettings, Settings};
 
 /// One zone's consumer in an executor process: a consumer in the `executors` group of the
 /// zone's tasks stream. Its `streams` are the zone's names ([`Streams::for_zone`]); the
@@ -34,7 +34,7 @@ pub(crate) struct ZoneWorker {
     redis: ConnectionManager,
     reader: ConnectionManager,
     streams: Streams,
-    config: ExecutorConfig,
+    config: ExecutorSettings,
     runner: Arc<Runner>,
     metrics: ExecutorMetrics,
     /// Stream entry ids this consumer holds (read and not yet acknowledged).

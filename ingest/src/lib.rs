@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use netcron_common::config::{self, ConfigError};
 use netcron_common::domain::CommandKind;
 use netcron_common::metrics::Telemetry;
 use netcron_common::secret::SecretKey;
@@ -25,7 +24,6 @@ use netcron_protocol::RedisSettings;
 use netcron_protocol::lease::Leases;
 use netcron_protocol::stream::BoundedReader;
 use netcron_protocol::{INGEST_GROUP, RunResult, Streams, ensure_group, is_missing_group};
-use netcron_store::DatabaseSettings;
 use netcron_store::db::RUN_QUEUED_CHANNEL;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamReadReply};
@@ -34,11 +32,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod config;
 pub mod events;
 mod metrics;
 pub mod webhook_policy;
 
-use crate::events::{Dispatcher, EventSettings, Finished};
+pub use crate::config::{EventSettings, IngestSettings, Settings};
+use crate::events::{Dispatcher, Finished};
 pub use crate::metrics::IngestMetrics;
 
 /// Output bytes stored per transaction; a batch of large outputs is split.
@@ -65,48 +65,6 @@ INSERT INTO config_versions (id, device_id, version, hash, content, run_id, crea
 SELECT $1, $2, coalesce((SELECT version FROM latest), 0) + 1, h.hash, $3, $4, now()
 FROM h
 WHERE h.hash IS DISTINCT FROM (SELECT hash FROM latest)";
-
-/// What the ingest consumer needs.
-#[derive(Clone, Debug)]
-pub struct IngestSettings {
-    pub database: DatabaseSettings,
-    pub redis: RedisSettings,
-    /// Results read per transaction (`NETCRON_INGEST_BATCH`, 1000).
-    pub batch: usize,
-    /// Concurrent ingest transactions (`NETCRON_INGEST_WORKERS`, 2).
-    pub workers: usize,
-    /// Opens webhook signing secrets.
-    pub secret_key: SecretKey,
-    pub events: EventSettings,
-}
-
-impl IngestSettings {
-    /// # Errors
-    /// The first variable that is missing or malformed.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let (batch, workers) = batching_from_env()?;
-        Ok(Self {
-            database: DatabaseSettings::from_env()?,
-            redis: RedisSettings::from_env()?,
-            batch,
-            workers,
-            secret_key: config::secret_key_from_env()?,
-            events: EventSettings::from_env()?,
-        })
-    }
-}
-
-/// Results per transaction and concurrent transactions (`NETCRON_INGEST_BATCH`,
-/// `NETCRON_INGEST_WORKERS`), for `netcron ingest` and for the api that ingests in-process.
-///
-/// # Errors
-/// When either is malformed.
-pub fn batching_from_env() -> Result<(usize, usize), ConfigError> {
-    Ok((
-        config::parsed_or("NETCRON_INGEST_BATCH", 1000usize)?.max(1),
-        config::parsed_or("NETCRON_INGEST_WORKERS", 2usize)?.max(1),
-    ))
-}
 
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -155,8 +113,7 @@ impl Ingest {
         db: DatabaseConnection,
         redis: &RedisSettings,
         key: SecretKey,
-        batch: usize,
-        workers: usize,
+        settings: IngestSettings,
         telemetry: &Telemetry,
     ) -> anyhow::Result<Self> {
         Ok(Self {
@@ -165,10 +122,10 @@ impl Ingest {
             streams: Streams::new(&redis.stream_prefix),
             leases: Leases::new(Streams::new(&redis.stream_prefix), 24 * 3600),
             consumer: format!("ingest-{}-{:08x}", std::process::id(), rand_suffix()),
-            batch,
-            workers: workers.max(1),
+            batch: settings.batch.max(1),
+            workers: settings.workers.max(1),
             metrics: IngestMetrics::new(telemetry),
-            events: EventSettings::default(),
+            events: settings.events,
             wake: Arc::new(Notify::new()),
             key,
             reader: {
@@ -176,13 +133,6 @@ impl Ingest {
                 BoundedReader::new(&streams.results, &streams.results_large, INGEST_GROUP)
             },
         })
-    }
-
-    /// How events are detected and delivered (the defaults otherwise).
-    #[must_use]
-    pub fn with_events(mut self, events: EventSettings) -> Self {
-        self.events = events;
-        self
     }
 
     async fn connect(&self, consumer: &str) -> redis::RedisResult<Conns> {
@@ -695,7 +645,7 @@ fn entry_bytes(entry: &StreamId) -> usize {
 /// # Errors
 /// When `REDIS_URL` is malformed.
 pub async fn run(
-    settings: IngestSettings,
+    settings: Settings,
     telemetry: Telemetry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -720,11 +670,9 @@ pub async fn run(
         db,
         &settings.redis,
         settings.secret_key,
-        settings.batch,
-        settings.workers,
+        settings.ingest,
         &telemetry,
-    )?
-    .with_events(settings.events);
+    )?;
     netcron_protocol::gauges::add_readiness_check(&telemetry, &ingest.client);
     ingest.run(shutdown).await;
     Ok(())

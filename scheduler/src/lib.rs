@@ -15,6 +15,7 @@
 //! ciphertext from Postgres into task messages.
 
 pub mod clock;
+pub mod config;
 mod error;
 pub mod fire;
 pub mod housekeeping;
@@ -25,15 +26,11 @@ pub mod zones;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use chrono::Duration;
-use netcron_common::config::{self, ConfigError};
 use netcron_common::metrics::Telemetry;
 use netcron_common::startup::{Waiting, wait_for};
 use netcron_lifecycle::{outbox, requeue, runs};
-use netcron_protocol::RedisSettings;
 use netcron_protocol::lease::Leases;
 use netcron_protocol::{EXECUTOR_GROUP, INGEST_GROUP, Streams};
-use netcron_store::DatabaseSettings;
 use netcron_store::db::{RUN_QUEUED_CHANNEL, SCHEDULE_CHANGED_CHANNEL};
 use redis::aio::ConnectionManager;
 use sea_orm::DatabaseConnection;
@@ -42,145 +39,13 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 pub use clock::{Clock, DatabaseClock, ManualClock, SkewedClock, SystemClock};
+pub use config::{SchedulerSettings, Settings};
 pub use error::{Error, Result};
 pub use fire::FireReport;
 pub use metrics::Metrics;
 
 /// The safety-net lifetime of a lease key the scheduler writes (a revoked attempt): a day.
 const LEASE_SAFETY_TTL_S: u64 = 24 * 3600;
-
-/// How the scheduler behaves; every field has an environment variable (see the README).
-#[derive(Debug, Clone)]
-pub struct SchedulerConfig {
-    /// How far ahead of their fire time runs are materialised and published
-    /// (`NETCRON_SCHEDULER_HORIZON_MS`, 5000; 0 fires at the fire time itself).
-    pub horizon: Duration,
-    /// Schedules claimed per transaction.
-    pub batch_size: u64,
-    /// Claim transactions run concurrently during a pass (and the publisher beside them);
-    /// Postgres spreads them over its cores.
-    pub fire_workers: usize,
-    /// Runs published per outbox transaction.
-    pub publish_batch: u64,
-    /// A fire time older than this when it is processed is a misfire.
-    pub misfire_grace: Duration,
-    /// The longest the loop sleeps without a fire time or a notification, as a safety net.
-    pub max_idle: StdDuration,
-    /// How long a run's expired lease must stay unrenewed, seen on two re-queue passes, before
-    /// the run is re-queued as its next attempt (`NETCRON_LEASE_CONFIRM_S`, 15). Executors
-    /// renew every sixth of their lease, so a Redis stall, which expires every lease at once,
-    /// is renewed away before the second look.
-    pub lease_confirm: StdDuration,
-    /// A queued run whose task entry is unknown (published by an older version) and that no
-    /// executor began is published again after this long (`NETCRON_QUEUED_LEASE_S`, 900).
-    pub queued_lease: Duration,
-    /// How often the scheduler measures its clock against Postgres'.
-    pub clock_sync: StdDuration,
-    pub retention_max_age: Duration,
-    pub retention_per_schedule: u64,
-    /// Configuration versions kept per device, newest first (`NETCRON_CONFIG_VERSIONS_KEEP`,
-    /// 1000; 0 keeps every version).
-    pub config_versions_keep: u64,
-    /// 6-field cron expressions (with seconds) of the housekeeping jobs, in UTC.
-    pub retention_cron: String,
-    pub requeue_cron: String,
-    pub trim_cron: String,
-    /// Entries of the events and dead-letter streams older than this are trimmed by the trim
-    /// job (`NETCRON_STREAM_RETENTION_DAYS`, 7; fractions allowed).
-    pub stream_retention: StdDuration,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        Self {
-            horizon: Duration::seconds(5),
-            batch_size: 1000,
-            fire_workers: 2,
-            publish_batch: 1000,
-            misfire_grace: Duration::seconds(60),
-            max_idle: StdDuration::from_secs(30),
-            lease_confirm: StdDuration::from_secs(15),
-            queued_lease: Duration::minutes(15),
-            clock_sync: StdDuration::from_secs(30),
-            retention_max_age: Duration::days(90),
-            retention_per_schedule: 10_000,
-            config_versions_keep: 1000,
-            retention_cron: "0 17 3 * * *".into(),
-            requeue_cron: "*/10 * * * * *".into(),
-            trim_cron: "0 * * * * *".into(),
-            stream_retention: StdDuration::from_secs(7 * 86_400),
-        }
-    }
-}
-
-impl SchedulerConfig {
-    /// # Errors
-    /// The first variable that is set but malformed.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let d = Self::default();
-        let secs = |name, default: Duration| -> Result<Duration, ConfigError> {
-            config::parsed_or(name, default.num_seconds()).map(Duration::seconds)
-        };
-        let cron = |name: &'static str, default: String| -> Result<String, ConfigError> {
-            let text = config::parsed_or(name, default)?;
-            tokio_cron_scheduler::Job::new_async(text.as_str(), |_, _| Box::pin(async {}))
-                .map(|_| text.clone())
-                .map_err(|e| ConfigError {
-                    name,
-                    reason: format!("`{text}` is not a cron expression: {e}"),
-                })
-        };
-        let horizon_ms: u32 = config::parsed_or(
-            "NETCRON_SCHEDULER_HORIZON_MS",
-            u32::try_from(d.horizon.num_milliseconds()).unwrap_or(5000),
-        )?;
-        Ok(Self {
-            horizon: Duration::milliseconds(i64::from(horizon_ms)),
-            batch_size: config::parsed_or("NETCRON_SCHEDULER_BATCH", d.batch_size)?,
-            fire_workers: config::parsed_or("NETCRON_SCHEDULER_WORKERS", d.fire_workers)?.max(1),
-            publish_batch: config::parsed_or("NETCRON_PUBLISH_BATCH", d.publish_batch)?,
-            misfire_grace: secs("NETCRON_MISFIRE_GRACE_S", d.misfire_grace)?,
-            max_idle: d.max_idle,
-            lease_confirm: config::parsed_or("NETCRON_LEASE_CONFIRM_S", d.lease_confirm.as_secs())
-                .map(StdDuration::from_secs)?,
-            clock_sync: d.clock_sync,
-            queued_lease: secs("NETCRON_QUEUED_LEASE_S", d.queued_lease)?,
-            retention_max_age: Duration::from_std(config::days_or("NETCRON_RETENTION_DAYS", 90.0)?)
-                .unwrap_or(d.retention_max_age),
-            retention_per_schedule: config::parsed_or(
-                "NETCRON_RETENTION_PER_SCHEDULE",
-                d.retention_per_schedule,
-            )?,
-            config_versions_keep: config::parsed_or(
-                "NETCRON_CONFIG_VERSIONS_KEEP",
-                d.config_versions_keep,
-            )?,
-            retention_cron: cron("NETCRON_RETENTION_CRON", d.retention_cron)?,
-            requeue_cron: cron("NETCRON_REQUEUE_CRON", d.requeue_cron)?,
-            trim_cron: cron("NETCRON_TRIM_CRON", d.trim_cron)?,
-            stream_retention: config::days_or("NETCRON_STREAM_RETENTION_DAYS", 7.0)?,
-        })
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub database: DatabaseSettings,
-    pub redis: RedisSettings,
-    pub scheduler: SchedulerConfig,
-}
-
-impl Settings {
-    /// # Errors
-    /// The first variable that is missing or malformed.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            database: DatabaseSettings::from_env()?,
-            redis: RedisSettings::from_env()?,
-            scheduler: SchedulerConfig::from_env()?,
-        })
-    }
-}
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +60,7 @@ pub struct Scheduler {
     redis_client: redis::Client,
     redis: Mutex<Option<ConnectionManager>>,
     streams: Streams,
-    config: SchedulerConfig,
+    config: SchedulerSettings,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     specs: fire::SpecCache,

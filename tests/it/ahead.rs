@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use netcron_scheduler::{SchedulerConfig, SystemClock};
+use netcron_scheduler::{SchedulerSettings, SystemClock};
 use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 
@@ -305,7 +305,7 @@ async fn runs_a_killed_scheduler_committed_ahead_but_never_published_run_once_on
     let schedule = every_second(&app, &sshd, &executions, "allow").await;
     // A replica claims and commits a horizon of fire times, then dies before publishing.
     let doomed = app
-        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .scheduler(SchedulerSettings::default(), Arc::new(SystemClock))
         .await;
     let report = doomed.fire_due().await.expect("fire");
     drop(doomed);

@@ -288,7 +288,10 @@ fn every_variable_the_code_reads_is_in_the_catalog() {
         "executor/src",
         "ingest/src",
         "lifecycle/src",
+        "protocol/src",
         "scheduler/src",
+        "services/src",
+        "store/src",
     ] {
         sources(&root.join(dir), &mut files);
     }

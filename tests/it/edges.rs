@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
-use netcron_ingest::events::{EventSettings, Removed, apply_retention};
+use netcron_ingest::EventSettings;
+use netcron_ingest::events::{Removed, apply_retention};
 use netcron_ingest::webhook_policy::WebhookPolicy;
 use reqwest::Method;
 use sea_orm::{ConnectionTrait, DatabaseBackend, Statement};
@@ -20,8 +21,8 @@ use crate::support::app::{TestApp, assert_problem, eventually, id, json_of};
 /// delivery, so an outcome is final at once.
 async fn default_policy_app() -> TestApp {
     TestApp::spawn_with(|s| {
-        s.events.webhook_policy = WebhookPolicy::default();
-        s.events.webhook_max_attempts = 1;
+        s.ingest.events.webhook_policy = WebhookPolicy::default();
+        s.ingest.events.webhook_max_attempts = 1;
     })
     .await
 }
@@ -177,7 +178,7 @@ async fn a_webhook_to_an_internal_address_is_refused_at_creation() {
 #[tokio::test]
 async fn private_addresses_are_allowed_only_when_the_operator_says_so() {
     let app = TestApp::spawn_with(|s| {
-        s.events.webhook_policy = "private".parse().expect("policy");
+        s.ingest.events.webhook_policy = "private".parse().expect("policy");
     })
     .await;
     app.create(
@@ -241,7 +242,7 @@ async fn a_stored_webhook_to_a_refused_address_is_not_called_on_delivery() {
 #[tokio::test]
 async fn a_redirect_is_not_followed() {
     // The harness allows loopback, so the redirecting endpoint can be a local one.
-    let app = TestApp::spawn_with(|s| s.events.webhook_max_attempts = 1).await;
+    let app = TestApp::spawn_with(|s| s.ingest.events.webhook_max_attempts = 1).await;
     let (target, target_hits) = endpoint(|| StatusCode::NO_CONTENT.into_response()).await;
     let location = HeaderValue::from_str(&format!("{target}/elsewhere")).expect("header");
     let (redirector, redirector_hits) = endpoint(move || {
@@ -279,7 +280,7 @@ async fn a_redirect_is_not_followed() {
 
 #[tokio::test]
 async fn an_endpoints_answer_is_recorded_as_its_status_only() {
-    let app = TestApp::spawn_with(|s| s.events.webhook_max_attempts = 1).await;
+    let app = TestApp::spawn_with(|s| s.ingest.events.webhook_max_attempts = 1).await;
     let (base, _) = endpoint(|| {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -360,7 +361,7 @@ async fn exists(app: &TestApp, table: &str, row: Uuid) -> bool {
 #[tokio::test]
 async fn retention_deletes_old_published_events_and_finished_deliveries_only() {
     // No ingest, hence no dispatcher: the pass below is the only one.
-    let app = TestApp::spawn_with(|s| s.ingest = false).await;
+    let app = TestApp::spawn_with(|s| s.run_ingest = false).await;
     let webhook = app
         .create(
             "/webhooks",
@@ -414,7 +415,7 @@ async fn retention_deletes_old_published_events_and_finished_deliveries_only() {
 
 #[tokio::test]
 async fn the_dispatcher_applies_retention_by_itself() {
-    let app = TestApp::spawn_with(|s| s.events.retention = Duration::from_secs(3)).await;
+    let app = TestApp::spawn_with(|s| s.ingest.events.retention = Duration::from_secs(3)).await;
     let webhook = app
         .create(
             "/webhooks",
@@ -445,7 +446,7 @@ async fn the_dispatcher_applies_retention_by_itself() {
 #[tokio::test]
 async fn stream_reads_are_bounded_by_bytes_as_well_as_count() {
     use netcron_protocol::stream::{BoundedReader, LARGE_RESULT_BYTES};
-    let app = TestApp::spawn_with(|s| s.ingest = false).await;
+    let app = TestApp::spawn_with(|s| s.run_ingest = false).await;
     let stream = format!("{}bounded", app.stream_prefix);
     let counter = format!("{}bounded-large", app.stream_prefix);
     let mut redis = app.redis().await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use netcron_executor::ExecutorConfig;
+use netcron_executor::ExecutorSettings;
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 
@@ -219,7 +219,7 @@ async fn output_processing_past_its_deadline_ends_the_run_with_an_error() {
     let _scheduler = start_scheduler(&app).await;
     let (_executor, _) = start_executor(
         &app,
-        ExecutorConfig {
+        ExecutorSettings {
             processing_timeout: Duration::from_millis(1),
             ..config()
         },

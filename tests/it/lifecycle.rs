@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use netcron_scheduler::{Scheduler, SchedulerConfig, SkewedClock, SystemClock};
+use netcron_scheduler::{Scheduler, SchedulerSettings, SkewedClock, SystemClock};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +51,7 @@ async fn runs_queued_on_a_busy_device_execute_exactly_once_each() {
 
 #[tokio::test]
 async fn ingest_stopped_for_longer_than_a_lease_executes_nothing_twice() {
-    let app = TestApp::spawn_with(|s| s.ingest = false).await;
+    let app = TestApp::spawn_with(|s| s.run_ingest = false).await;
     let sshd = TestSshd::start();
     let executions = Executions::new();
     let _scheduler = start_scheduler(&app).await;
@@ -160,10 +160,10 @@ async fn clocks_skewed_by_minutes_neither_fire_early_nor_run_twice() {
     let sshd = TestSshd::start();
     let executions = Executions::new();
     // The scheduler's host runs five minutes fast; the executor's five minutes slow.
-    let config = SchedulerConfig {
+    let config = SchedulerSettings {
         requeue_cron: "* * * * * *".into(),
         lease_confirm: Duration::from_secs(2),
-        ..SchedulerConfig::default()
+        ..SchedulerSettings::default()
     };
     let fast = Arc::new(SkewedClock(
         Arc::new(SystemClock),
@@ -279,7 +279,7 @@ async fn two_runs_racing_to_first_contact_pin_one_key_and_the_other_is_refused_b
     // Both runs of the device may run at once: they reach it together.
     let (_executor, _) = start_executor(
         &app,
-        netcron_executor::ExecutorConfig {
+        netcron_executor::ExecutorSettings {
             per_device: 2,
             ..config()
         },

@@ -260,10 +260,10 @@ async fn a_live_channel_forced_to_drop_marks_gaps_and_shows_no_piece_of_a_secret
     let _scheduler = crate::support::pipeline::start_scheduler(&app).await;
     let (_executor, _) = crate::support::pipeline::start_executor(
         &app,
-        netcron_executor::ExecutorConfig {
-            live: netcron_executor::LiveConfig {
+        netcron_executor::ExecutorSettings {
+            live: netcron_executor::LiveSettings {
                 channel: 1,
-                ..netcron_executor::LiveConfig::default()
+                ..netcron_executor::LiveSettings::default()
             },
             ..crate::support::pipeline::config()
         },

@@ -385,7 +385,7 @@ async fn renewing_a_lease_renews_its_key_so_a_long_command_keeps_it() {
 
 #[tokio::test]
 async fn a_finished_attempt_waits_for_ingest_however_long_and_is_not_run_again() {
-    let app = TestApp::spawn_with(|s| s.ingest = false).await;
+    let app = TestApp::spawn_with(|s| s.run_ingest = false).await;
     let host = Host::start(&app, "true").await;
     let executions = &host.executions;
     let run_id = host.run(&app).await;
@@ -423,7 +423,7 @@ async fn a_finished_attempt_waits_for_ingest_however_long_and_is_not_run_again()
 
 #[tokio::test]
 async fn an_outcome_redis_lost_before_ingest_read_it_is_run_again_as_the_next_attempt() {
-    let app = TestApp::spawn_with(|s| s.ingest = false).await;
+    let app = TestApp::spawn_with(|s| s.run_ingest = false).await;
     let host = Host::start(&app, "true").await;
     let executions = &host.executions;
     let run_id = host.run(&app).await;
@@ -485,7 +485,7 @@ async fn a_start_waits_until_a_replica_holds_its_lease() {
     let _scheduler = start_scheduler(&app).await;
     let (_executor, _) = start_executor(
         &app,
-        netcron_executor::ExecutorConfig {
+        netcron_executor::ExecutorSettings {
             start_replicas: 1,
             start_wait: Duration::from_secs(3),
             ..config()
@@ -546,7 +546,7 @@ async fn a_start_waits_until_a_replica_holds_its_lease() {
 
 #[tokio::test]
 async fn a_dead_lettered_task_waits_for_ingest_and_is_not_taken_for_a_lost_one() {
-    let app = TestApp::spawn_with(|s| s.ingest = false).await;
+    let app = TestApp::spawn_with(|s| s.run_ingest = false).await;
     let sshd = TestSshd::start();
     let executions = Executions::new();
     let _scheduler = start_scheduler(&app).await;

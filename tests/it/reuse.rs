@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use netcron_executor::ExecutorConfig;
+use netcron_executor::ExecutorSettings;
 use serde_json::{Value, json};
 
 use crate::support::app::{TestApp, eventually, id, json_of, metric};
@@ -61,7 +61,7 @@ async fn pipeline_with_idle(
     let scheduler = start_scheduler(app).await;
     let (executor, _) = start_executor(
         app,
-        ExecutorConfig {
+        ExecutorSettings {
             ssh_idle: idle,
             ..config()
         },
@@ -499,7 +499,7 @@ async fn idle_sessions_close_when_their_idle_time_ends_and_on_shutdown() {
     let scheduler = start_scheduler(&app).await;
     let (executor, _) = start_executor(
         &app,
-        ExecutorConfig {
+        ExecutorSettings {
             ssh_idle: Duration::from_secs(3),
             ..config()
         },

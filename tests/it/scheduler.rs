@@ -6,7 +6,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use netcron_common::domain::RunStatus;
-use netcron_scheduler::{ManualClock, SchedulerConfig, SystemClock};
+use netcron_scheduler::{ManualClock, SchedulerSettings, SystemClock};
 use netcron_store::entity::run;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 use serde_json::{Value, json};
@@ -59,9 +59,9 @@ async fn fires_land_in_the_stream_with_their_fire_times() {
     let first = time(&s["next_fire_at"]);
     let clock = ManualClock::new(first + Duration::seconds(25));
     // The fires here are late ones, caught up; nothing is materialised ahead (see ahead.rs).
-    let config = SchedulerConfig {
+    let config = SchedulerSettings {
         horizon: Duration::zero(),
-        ..SchedulerConfig::default()
+        ..SchedulerSettings::default()
     };
     let scheduler = app.scheduler(config, Arc::new(clock.clone())).await;
     let report = scheduler.tick().await.expect("tick");
@@ -143,10 +143,10 @@ async fn two_schedulers_on_one_database_fire_each_time_exactly_once() {
         .expect("schedules");
     let clock = ManualClock::new(start);
     // Small batches make the two replicas interleave inside one pass.
-    let config = SchedulerConfig {
+    let config = SchedulerSettings {
         batch_size: 5,
         publish_batch: 7,
-        ..SchedulerConfig::default()
+        ..SchedulerSettings::default()
     };
     let horizon = config.horizon;
     let a = app.scheduler(config.clone(), Arc::new(clock.clone())).await;
@@ -186,7 +186,7 @@ async fn a_run_committed_but_not_published_is_published_later_once() {
     {
         // This replica commits the fire and "crashes" before publishing.
         let crashed = app
-            .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
+            .scheduler(SchedulerSettings::default(), Arc::new(clock.clone()))
             .await;
         assert_eq!(crashed.fire_due().await.expect("fire").queued, 1);
     }
@@ -195,7 +195,7 @@ async fn a_run_committed_but_not_published_is_published_later_once() {
     assert_eq!(runs.len(), 1);
     assert!(published_at(&app, runs[0].id).await.is_none());
     let survivor = app
-        .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
+        .scheduler(SchedulerSettings::default(), Arc::new(clock.clone()))
         .await;
     assert_eq!(survivor.publish_pending().await.expect("publish"), 1);
     assert_eq!(survivor.publish_pending().await.expect("publish"), 0);
@@ -210,7 +210,7 @@ async fn a_lost_stream_entry_is_published_again_as_the_next_attempt() {
     let s = scheduled(&app, "d", json!({"cron_expression": "0 0 * * * *"})).await;
     let clock = ManualClock::new(time(&s["next_fire_at"]));
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
+        .scheduler(SchedulerSettings::default(), Arc::new(clock.clone()))
         .await;
     assert_eq!(scheduler.tick().await.expect("tick").published, 1);
     assert_eq!(
@@ -243,9 +243,9 @@ async fn fired_once_confirming_at_once(
     s: &Value,
 ) -> (ManualClock, Arc<netcron_scheduler::Scheduler>, run::Model) {
     let clock = ManualClock::new(time(&s["next_fire_at"]));
-    let config = SchedulerConfig {
+    let config = SchedulerSettings {
         lease_confirm: StdDuration::ZERO,
-        ..SchedulerConfig::default()
+        ..SchedulerSettings::default()
     };
     let scheduler = app.scheduler(config, Arc::new(clock.clone())).await;
     scheduler.tick().await.expect("tick");
@@ -362,9 +362,9 @@ async fn misfire_policies_after_five_missed_periods() {
     }
     // Down for five periods: back 30 s after the fifth fire time, with a 10 s grace.
     let clock = ManualClock::new(first + Duration::minutes(4) + Duration::seconds(30));
-    let config = SchedulerConfig {
+    let config = SchedulerSettings {
         misfire_grace: Duration::seconds(10),
-        ..SchedulerConfig::default()
+        ..SchedulerSettings::default()
     };
     let scheduler = app.scheduler(config, Arc::new(clock)).await;
     scheduler.tick().await.expect("tick");
@@ -412,7 +412,7 @@ async fn overlap_skip_records_skipped_fires_while_a_run_is_unfinished() {
     let s = scheduled(&app, "d", json!({"cron_expression": "* * * * * *"})).await;
     let clock = ManualClock::new(time(&s["next_fire_at"]));
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
+        .scheduler(SchedulerSettings::default(), Arc::new(clock.clone()))
         .await;
     scheduler.tick().await.expect("tick");
     clock.advance(Duration::seconds(1));
@@ -457,7 +457,7 @@ async fn overlap_queue_publishes_the_next_run_when_the_previous_finishes() {
     .await;
     let clock = ManualClock::new(time(&s["next_fire_at"]));
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
+        .scheduler(SchedulerSettings::default(), Arc::new(clock.clone()))
         .await;
     scheduler.tick().await.expect("tick");
     clock.advance(Duration::seconds(1));
@@ -489,7 +489,7 @@ async fn paused_schedules_do_not_fire_and_resume_from_now() {
     let s = scheduled(&app, "d", json!({"cron_expression": "* * * * * *"})).await;
     let clock = ManualClock::new(Utc::now());
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
+        .scheduler(SchedulerSettings::default(), Arc::new(clock.clone()))
         .await;
     app.post(&format!("/schedules/{}/pause", id(&s)), &json!({}))
         .await;
@@ -523,7 +523,7 @@ async fn disabled_devices_record_skipped_fires() {
     .await;
     let clock = ManualClock::new(time(&s["next_fire_at"]));
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(clock))
+        .scheduler(SchedulerSettings::default(), Arc::new(clock))
         .await;
     scheduler.tick().await.expect("tick");
     let runs = runs_of(&app, &s).await;
@@ -551,7 +551,7 @@ async fn daily_fires_across(zone: &str, expr: &str, from: &str, hours: i64) -> V
         .expect("rewind");
     let clock = ManualClock::new(from);
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
+        .scheduler(SchedulerSettings::default(), Arc::new(clock.clone()))
         .await;
     for _ in 0..hours * 2 {
         scheduler.tick().await.expect("tick");
@@ -599,7 +599,7 @@ async fn dst_spring_forward_in_new_york_runs_the_missing_time_after_the_gap() {
 /// Runs the real scheduler loop in the background until the returned token is cancelled.
 async fn run_loop(app: &TestApp) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .scheduler(SchedulerSettings::default(), Arc::new(SystemClock))
         .await;
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -716,7 +716,7 @@ async fn retention_keeps_unfinished_runs_and_trims_old_history() {
             .expect("insert");
     }
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .scheduler(SchedulerSettings::default(), Arc::new(SystemClock))
         .await;
     assert_eq!(scheduler.apply_retention().await.expect("retention"), 1);
     let left: Vec<RunStatus> = run::Entity::find()
@@ -767,7 +767,7 @@ async fn stream_trimming_never_drops_unprocessed_entries() {
         ids.push(id);
     }
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .scheduler(SchedulerSettings::default(), Arc::new(SystemClock))
         .await;
     assert_eq!(
         scheduler.trim_streams().await.expect("trim"),
@@ -837,7 +837,7 @@ async fn events_and_dead_letter_streams_are_trimmed_by_age() {
         }
     }
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .scheduler(SchedulerSettings::default(), Arc::new(SystemClock))
         .await;
     assert_eq!(
         scheduler.trim_streams().await.expect("trim"),
@@ -890,7 +890,7 @@ async fn a_row_this_build_cannot_read_ends_its_own_run_and_the_others_fire_on_ti
     let first = time(&good[0]["next_fire_at"]).max(time(&bad["next_fire_at"]));
     let clock = ManualClock::new(first + Duration::milliseconds(500));
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(clock.clone()))
+        .scheduler(SchedulerSettings::default(), Arc::new(clock.clone()))
         .await;
     for _ in 0..3 {
         let report = scheduler
@@ -949,9 +949,9 @@ async fn retention_keeps_the_newest_config_versions_of_each_device() {
         ))
         .await
         .expect("versions");
-    let config = SchedulerConfig {
+    let config = SchedulerSettings {
         config_versions_keep: 2,
-        ..SchedulerConfig::default()
+        ..SchedulerSettings::default()
     };
     let scheduler = app.scheduler(config, Arc::new(SystemClock)).await;
     scheduler.apply_retention().await.expect("retention");

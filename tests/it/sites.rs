@@ -132,7 +132,7 @@ async fn each_site_runs_its_devices_through_its_own_executor_and_waits_out_its_o
     assert_eq!(run["status"], "succeeded", "{run}\n{}", exec_a.log());
     let watch = app
         .scheduler(
-            netcron_scheduler::SchedulerConfig::default(),
+            netcron_scheduler::SchedulerSettings::default(),
             std::sync::Arc::new(netcron_scheduler::SystemClock),
         )
         .await;

@@ -21,7 +21,7 @@ use crate::support::pipeline::{
     start_scheduler, wait_for_status,
 };
 use crate::support::sshd::{TEST_PASSWORD, TestSshd};
-use netcron_executor::ExecutorConfig;
+use netcron_executor::ExecutorSettings;
 
 /// Counts the commands running at once on the SSH host.
 struct Concurrency {
@@ -109,8 +109,8 @@ impl Drop for Concurrency {
 
 /// An executor of this test: one command at a time on a device (or `per_device`), few global
 /// slots, so that queued runs spread over every executor instead of one reading them all.
-fn executor_config(per_device: usize, concurrency: usize) -> ExecutorConfig {
-    ExecutorConfig {
+fn executor_config(per_device: usize, concurrency: usize) -> ExecutorSettings {
+    ExecutorSettings {
         per_device,
         concurrency,
         ..config()

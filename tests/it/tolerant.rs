@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use netcron_scheduler::{SchedulerConfig, SystemClock};
+use netcron_scheduler::{SchedulerSettings, SystemClock};
 use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 
@@ -278,7 +278,7 @@ async fn a_run_that_needs_a_value_from_a_newer_version_ends_in_error_and_is_neve
         .await
         .expect("the newer version's migration");
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .scheduler(SchedulerSettings::default(), Arc::new(SystemClock))
         .await;
     scheduler.publish_pending().await.expect("publish");
     assert!(

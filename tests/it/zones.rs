@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netcron_common::domain::{Zone, Zones};
-use netcron_executor::ExecutorConfig;
-use netcron_scheduler::{SchedulerConfig, SystemClock};
+use netcron_executor::ExecutorSettings;
+use netcron_scheduler::{SchedulerSettings, SystemClock};
 use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 
@@ -37,8 +37,8 @@ fn zone(name: &str) -> Zone {
     Zone::parse(name).expect("zone name")
 }
 
-fn serving(zones: &str) -> ExecutorConfig {
-    ExecutorConfig {
+fn serving(zones: &str) -> ExecutorSettings {
+    ExecutorSettings {
         zones: Zones::parse(zones).expect("zones"),
         ..config()
     }
@@ -226,7 +226,7 @@ async fn a_run_is_published_to_the_stream_of_its_device_zone_only() {
     let r_remote = run_now(&app, &remote, &c_remote).await;
     let r_local = run_now(&app, &local, &c_local).await;
     let scheduler = app
-        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .scheduler(SchedulerSettings::default(), Arc::new(SystemClock))
         .await;
     scheduler.tick().await.expect("tick");
 
@@ -292,7 +292,7 @@ async fn a_zone_without_executors_is_reported_once_and_its_runs_wait_for_one() {
     let sshd = TestSshd::start();
     let _scheduler = start_scheduler(&app).await;
     let watch = app
-        .scheduler(SchedulerConfig::default(), Arc::new(SystemClock))
+        .scheduler(SchedulerSettings::default(), Arc::new(SystemClock))
         .await;
     let (_default, _) = start_executor(&app, config()).await;
     let remote = device_in(&app, "remote", sshd.port, Some("site-c")).await;

@@ -17,7 +17,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::shared::{EventSettings, known_type, stmt};
+use super::shared::{known_type, stmt};
+use crate::config::EventSettings;
 use crate::metrics::{DeliveryLabels, EventLabels, IngestMetrics};
 use crate::webhook_policy::{Refusal, VettingResolver};
 

@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::shared::{
-    DEVICE_RECOVERED, DEVICE_UNREACHABLE, EventSettings, HOST_KEY_CHANGED, RUN_FAILED,
-    SCHEDULE_AUTO_PAUSED, known_type, stmt,
+    DEVICE_RECOVERED, DEVICE_UNREACHABLE, HOST_KEY_CHANGED, RUN_FAILED, SCHEDULE_AUTO_PAUSED,
+    known_type, stmt,
 };
+use crate::config::EventSettings;
 
 /// What ingest knows about one newly finished run.
 pub struct Finished<'a> {

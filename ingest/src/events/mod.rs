@@ -26,6 +26,6 @@ mod shared;
 pub use deliver::{Dispatcher, MAX_RECORDED_TEXT, Removed, apply_retention, sign};
 pub use detect::{Finished, record};
 pub use shared::{
-    DEVICE_RECOVERED, DEVICE_UNREACHABLE, EVENT_TYPES, EventSettings, HOST_KEY_CHANGED, RUN_FAILED,
+    DEVICE_RECOVERED, DEVICE_UNREACHABLE, EVENT_TYPES, HOST_KEY_CHANGED, RUN_FAILED,
     SCHEDULE_AUTO_PAUSED, ZONE_WITHOUT_EXECUTORS,
 };

@@ -14,11 +14,11 @@ use netcron_api::{Application, Settings};
 use netcron_common::config::HttpSettings;
 use netcron_common::metrics::Telemetry;
 use netcron_common::secret::{SecretKey, SecretString};
-use netcron_ingest::events::EventSettings;
 use netcron_ingest::webhook_policy::WebhookPolicy;
+use netcron_ingest::{EventSettings, IngestSettings};
 use netcron_protocol::RedisSettings;
 use netcron_protocol::Task;
-use netcron_scheduler::{Clock, Scheduler, SchedulerConfig, Settings as SchedulerSettings};
+use netcron_scheduler::{Clock, Scheduler, SchedulerSettings, Settings as SchedulerRole};
 use netcron_store::DatabaseSettings;
 use reqwest::{Method, RequestBuilder, Response};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
@@ -168,20 +168,22 @@ impl TestApp {
                 tokens: vec![SecretString::new(TOKEN), SecretString::new(SECOND_TOKEN)],
             },
             secret_key: SecretKey::from_base64(&key_text).expect("key"),
-            ingest: true,
-            ingest_batch: 1000,
-            ingest_workers: 2,
+            run_ingest: true,
             create_database: false,
             public_url: None,
             live: netcron_api::LiveSettings::default(),
-            events: EventSettings {
-                webhook_retry_base: std::time::Duration::from_millis(200),
-                // Tests' webhook endpoints listen on 127.0.0.1; `edges.rs` checks the default.
-                webhook_policy: WebhookPolicy {
-                    allow_loopback: true,
-                    ..WebhookPolicy::default()
+            ingest: IngestSettings {
+                events: EventSettings {
+                    webhook_retry_base: std::time::Duration::from_millis(200),
+                    // Tests' webhook endpoints listen on 127.0.0.1; `edges.rs` checks the
+                    // default.
+                    webhook_policy: WebhookPolicy {
+                        allow_loopback: true,
+                        ..WebhookPolicy::default()
+                    },
+                    ..EventSettings::default()
                 },
-                ..EventSettings::default()
+                ..IngestSettings::default()
             },
         };
         adjust(&mut settings);
@@ -211,8 +213,8 @@ impl TestApp {
     }
 
     /// Settings for a scheduler replica on this app's database and streams.
-    pub fn scheduler_settings(&self, config: SchedulerConfig) -> SchedulerSettings {
-        SchedulerSettings {
+    pub fn scheduler_settings(&self, config: SchedulerSettings) -> SchedulerRole {
+        SchedulerRole {
             database: DatabaseSettings {
                 url: self.db_url.clone(),
                 auto_migrate: false,
@@ -228,7 +230,7 @@ impl TestApp {
     /// A scheduler replica driven by `clock`.
     pub async fn scheduler(
         &self,
-        config: SchedulerConfig,
+        config: SchedulerSettings,
         clock: Arc<dyn Clock>,
     ) -> Arc<Scheduler> {
         let settings = self.scheduler_settings(config);

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use netcron_executor::{Executor, ExecutorConfig, Settings as ExecutorSettings};
+use netcron_executor::{Executor, ExecutorSettings, Settings as ExecutorRole};
 use netcron_protocol::Streams;
-use netcron_scheduler::{SchedulerConfig, SystemClock};
+use netcron_scheduler::{SchedulerSettings, SystemClock};
 use redis::AsyncCommands as _;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -51,11 +51,11 @@ pub(crate) async fn start_scheduler(app: &TestApp) -> Running {
     //
     // Lost attempts are looked for every second, and a lease seen expired is re-queued when it
     // stays so for two seconds (executors' leases last three, see `config`).
-    let config = SchedulerConfig {
+    let config = SchedulerSettings {
         trim_cron: "0 0 0 29 2 *".into(),
         requeue_cron: "* * * * * *".into(),
         lease_confirm: Duration::from_secs(2),
-        ..SchedulerConfig::default()
+        ..SchedulerSettings::default()
     };
     let scheduler = app.scheduler(config, Arc::new(SystemClock)).await;
     let shutdown = CancellationToken::new();
@@ -70,8 +70,8 @@ pub(crate) async fn start_scheduler(app: &TestApp) -> Running {
 }
 
 /// Test-sized timeouts: failures show up within seconds.
-pub(crate) fn config() -> ExecutorConfig {
-    ExecutorConfig {
+pub(crate) fn config() -> ExecutorSettings {
+    ExecutorSettings {
         connect_timeout: Duration::from_secs(2),
         login_timeout: Duration::from_secs(3),
         reclaim_idle: Duration::from_secs(4),
@@ -79,12 +79,12 @@ pub(crate) fn config() -> ExecutorConfig {
         grace: Duration::from_secs(10),
         retry_base: Duration::from_millis(50),
         block: Duration::from_millis(500),
-        ..ExecutorConfig::default()
+        ..ExecutorSettings::default()
     }
 }
 
-pub(crate) async fn start_executor(app: &TestApp, config: ExecutorConfig) -> (Running, String) {
-    let settings = ExecutorSettings {
+pub(crate) async fn start_executor(app: &TestApp, config: ExecutorSettings) -> (Running, String) {
+    let settings = ExecutorRole {
         redis: netcron_protocol::RedisSettings {
             url: app.redis_url.clone(),
             stream_prefix: app.stream_prefix.clone(),
@@ -120,8 +120,11 @@ pub(crate) fn ingest(app: &TestApp) -> netcron_ingest::Ingest {
             stream_prefix: app.stream_prefix.clone(),
         },
         app.key.clone(),
-        100,
-        1,
+        netcron_ingest::IngestSettings {
+            batch: 100,
+            workers: 1,
+            ..netcron_ingest::IngestSettings::default()
+        },
         &app.telemetry,
     )
     .expect("ingest")
