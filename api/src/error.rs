@@ -38,6 +38,10 @@ pub enum ApiError {
         field: Option<String>,
         reason: String,
     },
+    /// The resource changed since the client read it (`If-Match` or `revision` no longer
+    /// matches).
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("{0}")]
     Unauthorized(&'static str),
     /// The request is understood and authenticated but refused (a console form without its
@@ -136,6 +140,11 @@ impl ApiError {
                 "Method not allowed",
             ),
             Self::Conflict { .. } => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Self::PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "The resource changed since it was read",
+            ),
             Self::Unauthorized(_) => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -245,6 +254,7 @@ impl From<netcron_services::Error> for ApiError {
             E::NotFound { resource, id } => Self::NotFound { resource, id },
             E::Conflict { field, reason } => Self::Conflict { field, reason },
             E::Unavailable(reason) => Self::Unavailable(reason),
+            E::PreconditionFailed(reason) => Self::PreconditionFailed(reason),
             E::TooManyRequests {
                 reason,
                 retry_after_s,

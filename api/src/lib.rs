@@ -60,7 +60,8 @@ pub use state::AppState;
         (name = "credentials", description = "Usernames with encrypted, write-only secrets"),
         (name = "devices", description = "Hosts and network devices to run commands on"),
         (name = "commands", description = "Commands defined per device"),
-        (name = "schedules", description = "Cron schedules of commands"),
+        (name = "jobs", description = "Fleet jobs: one command on every device a selector matches"),
+        (name = "schedules", description = "Cron schedules of commands and jobs"),
         (name = "runs", description = "Executions and their results"),
         (name = "inventory", description = "Windows inventory collected by `windows_inventory` commands"),
         (name = "events", description = "Webhooks for operational events (the `events` stream carries the same events)"),
@@ -97,6 +98,7 @@ fn build_router_parts() -> (
         .merge(routes::credentials::router())
         .merge(routes::devices::router())
         .merge(routes::commands::router())
+        .merge(routes::jobs::router())
         .merge(routes::schedules::router())
         .merge(routes::runs::router())
         .merge(routes::inventory::router())

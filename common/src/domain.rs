@@ -16,7 +16,7 @@ use crate::stored::Stored;
 #[error("{0}")]
 pub struct ParseError(pub String);
 
-fn invalid(reason: impl Into<String>) -> ParseError {
+pub(crate) fn invalid(reason: impl Into<String>) -> ParseError {
     ParseError(reason.into())
 }
 
@@ -459,6 +459,9 @@ text_enum!(
         /// The command ran, but what it printed is not what the command kind needs (e.g. an
         /// inventory that is neither the script's JSON nor `reg query` output).
         InvalidOutput = "invalid_output",
+        /// A job's template could not be rendered for the device (a variable it does not
+        /// have); nothing was sent to it.
+        Template = "template",
         /// Anything else: a secret that cannot be decrypted, a task delivered too often,
         /// an unexpected SSH protocol error.
         Internal = "internal",

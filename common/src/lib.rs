@@ -12,6 +12,7 @@
 pub mod catalog;
 pub mod config;
 pub mod domain;
+pub mod fleet;
 pub mod forward;
 pub mod inventory;
 pub mod metrics;

@@ -22,6 +22,7 @@
 //! - times written here come from Postgres (`now()`) or are the executor's own report of its
 //!   command; no decision compares two hosts' clocks.
 
+pub mod jobs;
 pub mod outbox;
 pub mod requeue;
 pub mod runs;

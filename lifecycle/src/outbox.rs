@@ -28,6 +28,7 @@ WITH picked AS (
     LIMIT $1
     FOR UPDATE SKIP LOCKED)
 SELECT p.run_id, r.id, r.schedule_id, r.trigger, r.scheduled_for, r.attempt,
+       r.job_run_id IS NOT NULL AS of_job,
        d.id AS device_id, d.name AS device_name, d.host, d.port, d.platform,
        d.host_key_fingerprint, d.legacy_algorithms, d.session_reuse, d.zone,
        cr.id AS credential_id, cr.username, cr.kind AS credential_kind, cr.secret, cr.passphrase,
@@ -37,7 +38,8 @@ SELECT p.run_id, r.id, r.schedule_id, r.trigger, r.scheduled_for, r.attempt,
        jc.id AS jump_credential_id, jc.username AS jump_username,
        jc.kind AS jump_credential_kind, jc.secret AS jump_secret,
        jc.passphrase AS jump_passphrase,
-       c.id AS command_id, c.kind AS command_kind, c.command, c.timeout_s, c.max_output_bytes,
+       c.id AS command_id, c.kind AS command_kind,
+       coalesce(r.command_text, c.command) AS command, c.timeout_s, c.max_output_bytes,
        c.max_attempts
 FROM picked p
 LEFT JOIN runs r ON r.id = p.run_id AND r.status = 'queued'
@@ -87,7 +89,8 @@ fn task_of(row: &QueryResult, now: DateTime<Utc>) -> Result<Task> {
     };
     let trigger = row.try_get::<RunTrigger>("", "trigger")?;
     let scheduled_for: DateTime<Utc> = row.try_get("", "scheduled_for")?;
-    let not_before = not_before(trigger, scheduled_for, now);
+    let of_job: bool = row.try_get("", "of_job")?;
+    let not_before = not_before(trigger, of_job, scheduled_for, now);
     let mut task = Task {
         v: TASK_VERSION,
         run_id: row.try_get("", "id")?,
@@ -129,13 +132,16 @@ fn task_of(row: &QueryResult, now: DateTime<Utc>) -> Result<Task> {
 }
 
 /// When an executor may start a task published at `now`: a scheduled run materialised before
-/// its fire time carries that time; any other run starts at once.
+/// its fire time carries that time, and so does a job's device run, whose time is the job
+/// run's plus the device's place in the job's spread window (manual starts too); any other
+/// run starts at once.
 fn not_before(
     trigger: RunTrigger,
+    of_job: bool,
     scheduled_for: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    (trigger == RunTrigger::Scheduled && scheduled_for > now).then_some(scheduled_for)
+    ((trigger == RunTrigger::Scheduled || of_job) && scheduled_for > now).then_some(scheduled_for)
 }
 
 fn zone_of(row: &QueryResult) -> Result<Zone> {
@@ -259,19 +265,29 @@ mod tests {
     #[test]
     fn a_scheduled_run_published_before_its_fire_time_waits_for_it() {
         let fire = now() + TimeDelta::seconds(5);
-        assert_eq!(not_before(RunTrigger::Scheduled, fire, now()), Some(fire));
+        assert_eq!(not_before(RunTrigger::Scheduled, false, fire, now()), Some(fire));
     }
 
     #[test]
     fn a_scheduled_run_published_at_or_after_its_fire_time_starts_at_once() {
         for fire in [now(), now() - TimeDelta::seconds(5)] {
-            assert_eq!(not_before(RunTrigger::Scheduled, fire, now()), None);
+            assert_eq!(not_before(RunTrigger::Scheduled, false, fire, now()), None);
         }
     }
 
     #[test]
     fn a_manual_run_starts_at_once() {
         let later = now() + TimeDelta::seconds(5);
-        assert_eq!(not_before(RunTrigger::Manual, later, now()), None);
+        assert_eq!(not_before(RunTrigger::Manual, false, later, now()), None);
+    }
+
+    #[test]
+    fn a_job_device_run_waits_for_its_place_in_the_spread_window_even_when_started_by_hand() {
+        let offset = now() + TimeDelta::seconds(40);
+        assert_eq!(
+            not_before(RunTrigger::Manual, true, offset, now()),
+            Some(offset)
+        );
+        assert_eq!(not_before(RunTrigger::Manual, true, now(), now()), None);
     }
 }

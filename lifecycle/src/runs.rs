@@ -588,6 +588,8 @@ pub async fn complete_cancel(db: &DatabaseConnection, run_id: Uuid, attempt: i32
             vec![run_id.into()],
         ))
         .await?;
+        // A job's device run: its job run may have nothing left to wait for.
+        crate::jobs::settle_for_runs(&txn, &[run_id], chrono::Utc::now()).await?;
     }
     txn.commit().await?;
     Ok(moved > 0)

@@ -6,10 +6,15 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use netcron_common::domain::{
-    CronSpec, MisfirePolicy, OverlapPolicy, RunStatus, Timing, parse_timezone,
+    CronSpec, MisfirePolicy, OverlapPolicy, RunStatus, RunTrigger, Timing, parse_timezone,
 };
+use netcron_lifecycle::jobs;
 use netcron_lifecycle::runs::{self, Fires};
-use sea_orm::{ConnectionTrait, DatabaseConnection, QueryResult, TransactionTrait};
+use netcron_store::entity::command;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryResult,
+    TransactionTrait,
+};
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -20,19 +25,23 @@ use crate::plan::{Due, materialise_until, plan};
 /// is still ahead of `$1` (now) is taken only when none of its runs is active (see
 /// [`crate::plan::materialise_until`]); `allow` schedules never need the active-run probe.
 const CLAIM: &str = r"
-SELECT s.id, s.command_id, c.device_id, d.enabled AS device_enabled,
+SELECT s.id, s.command_id, c.device_id, coalesce(d.enabled, true) AS device_enabled,
        s.cron_expression, s.timezone, s.misfire_policy, s.overlap_policy,
        s.start_at, s.end_at, s.next_fire_at,
-       s.overlap_policy <> 'allow' AND EXISTS (
+       s.overlap_policy <> 'allow' AND (EXISTS (
            SELECT 1 FROM runs r
-           WHERE r.schedule_id = s.id AND r.status IN ('queued', 'running')) AS active
+           WHERE r.schedule_id = s.id AND r.status IN ('queued', 'running'))
+        OR EXISTS (
+           SELECT 1 FROM job_runs j WHERE j.schedule_id = s.id AND j.status = 'running')) AS active
 FROM schedules s
 JOIN commands c ON c.id = s.command_id
-JOIN devices d ON d.id = c.device_id
+LEFT JOIN devices d ON d.id = c.device_id
 WHERE s.enabled AND s.next_fire_at <= $2
-  AND (s.next_fire_at <= $1 OR s.overlap_policy IN ('allow', 'queue') OR NOT EXISTS (
+  AND (s.next_fire_at <= $1 OR s.overlap_policy IN ('allow', 'queue') OR (NOT EXISTS (
            SELECT 1 FROM runs r
-           WHERE r.schedule_id = s.id AND r.status IN ('queued', 'running')))
+           WHERE r.schedule_id = s.id AND r.status IN ('queued', 'running'))
+       AND NOT EXISTS (
+           SELECT 1 FROM job_runs j WHERE j.schedule_id = s.id AND j.status = 'running')))
 ORDER BY s.next_fire_at
 LIMIT $3
 FOR UPDATE OF s SKIP LOCKED";
@@ -85,7 +94,9 @@ impl SpecCache {
 struct Claimed {
     id: Uuid,
     command_id: Uuid,
-    device_id: Uuid,
+    /// `None` for a job's schedule: each fire is a job run over the devices its target
+    /// matches then.
+    device_id: Option<Uuid>,
     due: Option<Due>,
 }
 
@@ -184,6 +195,7 @@ pub async fn fire_due(
     let mut advance_ids = Vec::with_capacity(rows.len());
     let mut advance_to = Vec::with_capacity(rows.len());
     let mut ended = Vec::new();
+    let mut job_fires: Vec<(Uuid, Uuid, crate::plan::Fire)> = Vec::new();
     for row in &rows {
         let claimed = match parse_row(row, specs) {
             Ok(claimed) => claimed,
@@ -208,15 +220,20 @@ pub async fn fire_due(
                 RunStatus::Missed => report.missed += 1,
                 _ => report.skipped += 1,
             }
-            fires.push(
-                claimed.id,
-                claimed.command_id,
-                claimed.device_id,
-                fire.scheduled_for,
-                fire.status,
-                fire.reason,
-                fire.publish,
-            );
+            match claimed.device_id {
+                Some(device_id) => {
+                    fires.push(
+                        claimed.id,
+                        claimed.command_id,
+                        device_id,
+                        fire.scheduled_for,
+                        fire.status,
+                        fire.reason,
+                        fire.publish,
+                    );
+                }
+                None => job_fires.push((claimed.id, claimed.command_id, fire)),
+            }
         }
         match plan.next_fire_at {
             Some(next) => {
@@ -227,6 +244,7 @@ pub async fn fire_due(
         }
     }
     runs::create_scheduled(&txn, fires, now).await?;
+    fire_jobs(&txn, job_fires, now).await?;
     if !advance_ids.is_empty() {
         txn.execute_raw(stmt(ADVANCE, vec![advance_ids.into(), advance_to.into()]))
             .await?;
@@ -239,6 +257,46 @@ pub async fn fire_due(
     metrics.missed_total.inc_by(report.missed as u64);
     metrics.skipped_total.inc_by(report.skipped as u64);
     Ok(report)
+}
+
+/// The fires of jobs' schedules, in the claim's transaction: each queued fire becomes a job
+/// run with its device runs ([`netcron_lifecycle::jobs::start`]); a missed or skipped one is
+/// recorded as a job run that ran nothing, with the reason.
+async fn fire_jobs(
+    txn: &sea_orm::DatabaseTransaction,
+    fires: Vec<(Uuid, Uuid, crate::plan::Fire)>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if fires.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = fires.iter().map(|(_, job, _)| *job).collect();
+    let jobs: HashMap<Uuid, command::Model> = command::Entity::find()
+        .filter(command::Column::Id.is_in(ids))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    for (schedule_id, job_id, fire) in fires {
+        let Some(job) = jobs.get(&job_id) else {
+            continue;
+        };
+        let origin = jobs::Origin {
+            schedule_id: Some(schedule_id),
+            trigger: RunTrigger::Scheduled,
+            scheduled_for: fire.scheduled_for,
+            retry_of: None,
+            only: None,
+        };
+        if fire.status == RunStatus::Queued {
+            jobs::start(txn, job, origin, now).await?;
+        } else {
+            let reason = fire.reason.unwrap_or_else(|| fire.status.to_string());
+            jobs::record_unrun(txn, job, origin, &reason, now).await?;
+        }
+    }
+    Ok(())
 }
 
 /// When the loop should next claim: a horizon ahead of the earliest next fire time. Schedules

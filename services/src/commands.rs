@@ -67,7 +67,7 @@ pub async fn create(
     let now = Utc::now();
     let model = command::ActiveModel {
         id: Set(new_id()),
-        device_id: Set(device_id),
+        device_id: Set(Some(device_id)),
         name: Set(new.name),
         kind: Set(new.kind.into()),
         command: Set(new.command),
@@ -76,6 +76,7 @@ pub async fn create(
         max_attempts: Set(new.max_attempts),
         created_at: Set(now),
         updated_at: Set(now),
+        ..Default::default()
     };
     Ok(model.insert(db).await?)
 }

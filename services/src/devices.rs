@@ -26,6 +26,9 @@ pub struct NewDevice {
     pub session_reuse: bool,
     pub jump_host_id: Option<Uuid>,
     pub zone: Zone,
+    /// Template variables for jobs (`{{ vars.name }}`), already checked by
+    /// `netcron_common::fleet::parse_vars`.
+    pub vars: serde_json::Value,
 }
 
 #[derive(Default)]
@@ -44,6 +47,7 @@ pub struct DeviceChanges {
     /// `Some(None)` removes the jump host.
     pub jump_host_id: Option<Option<Uuid>>,
     pub zone: Option<Zone>,
+    pub vars: Option<serde_json::Value>,
 }
 
 #[derive(Default)]
@@ -186,6 +190,7 @@ pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::M
         zone: Set(new.zone.as_str().to_owned()),
         consecutive_failures: Set(0),
         unreachable_since: Set(None),
+        vars: Set(new.vars),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -292,6 +297,9 @@ pub async fn update(
     }
     if let Some(v) = changes.zone {
         model.zone = Set(v.as_str().to_owned());
+    }
+    if let Some(v) = changes.vars {
+        model.vars = Set(v);
     }
     model.updated_at = Set(Utc::now());
     Ok(model.update(db).await?)

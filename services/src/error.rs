@@ -22,6 +22,9 @@ pub enum Error {
         field: Option<String>,
         reason: String,
     },
+    /// The resource is no longer at the revision the caller read (a lost update refused).
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// A dependency the request needs (Redis) failed; nothing was changed, and the same
     /// request may succeed later.
     #[error("{0}")]

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod devices;
 pub mod error;
 pub mod inventory;
+pub mod jobs;
 pub mod live;
 pub mod overview;
 pub mod runs;

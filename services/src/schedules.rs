@@ -85,6 +85,7 @@ async fn notify(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     Ok(())
 }
 
+/// A schedule of a device's command, reached through the device.
 pub async fn create(
     db: &DatabaseConnection,
     device_id: Uuid,
@@ -92,6 +93,15 @@ pub async fn create(
     new: NewSchedule,
 ) -> Result<schedule::Model> {
     super::commands::get(db, device_id, command_id).await?;
+    create_for(db, command_id, new).await
+}
+
+/// A schedule of `command_id` (a device command or a job), which the caller has found.
+pub async fn create_for(
+    db: &DatabaseConnection,
+    command_id: Uuid,
+    new: NewSchedule,
+) -> Result<schedule::Model> {
     check_window(new.start_at, new.end_at)?;
     let timing = Timing {
         cron: new.cron,

@@ -7,5 +7,6 @@ pub mod command;
 pub mod config_version;
 pub mod credential;
 pub mod device;
+pub mod job_run;
 pub mod run;
 pub mod schedule;

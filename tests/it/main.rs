@@ -13,6 +13,7 @@ mod executor;
 mod health;
 mod hostile;
 mod inventory;
+mod jobs;
 mod lifecycle;
 mod live;
 mod network;

@@ -45,7 +45,7 @@ pub async fn labelled(
         .filter(command::Column::Id.is_in(command_ids))
         .all(db)
         .await?;
-    let device_ids: Vec<Uuid> = commands.iter().map(|c| c.device_id).collect();
+    let device_ids: Vec<Uuid> = commands.iter().filter_map(|c| c.device_id).collect();
     let devices: HashMap<Uuid, String> = device::Entity::find()
         .filter(device::Column::Id.is_in(device_ids))
         .all(db)
@@ -56,8 +56,7 @@ pub async fn labelled(
     let labels: HashMap<Uuid, String> = commands
         .into_iter()
         .map(|c| {
-            let device = devices.get(&c.device_id).cloned().unwrap_or_default();
-            (c.id, format!("{} on {device}", c.name))
+            (c.id, command_label(&c, &devices))
         })
         .collect();
     Ok(rows
@@ -253,12 +252,23 @@ async fn preview(_operator: Operator, body: axum::body::Bytes) -> Result<Respons
     render(&preview_of(&Fields::parse(&body)))
 }
 
+/// "show version on core-sw1" for a device's command, "backup (job)" for a job.
+fn command_label(c: &command::Model, devices: &HashMap<Uuid, String>) -> String {
+    match c.device_id {
+        Some(id) => {
+            let device = devices.get(&id).cloned().unwrap_or_default();
+            format!("{} on {device}", c.name)
+        }
+        None => format!("{} (job)", c.name),
+    }
+}
+
 async fn command_choices(db: &DatabaseConnection) -> Result<Vec<(String, String)>> {
     let commands = command::Entity::find()
         .order_by_asc(command::Column::Name)
         .all(db)
         .await?;
-    let ids: Vec<Uuid> = commands.iter().map(|c| c.device_id).collect();
+    let ids: Vec<Uuid> = commands.iter().filter_map(|c| c.device_id).collect();
     let devices: HashMap<Uuid, String> = device::Entity::find()
         .filter(device::Column::Id.is_in(ids))
         .all(db)
@@ -269,8 +279,8 @@ async fn command_choices(db: &DatabaseConnection) -> Result<Vec<(String, String)
     Ok(commands
         .into_iter()
         .map(|c| {
-            let device = devices.get(&c.device_id).cloned().unwrap_or_default();
-            (c.id.to_string(), format!("{} on {device}", c.name))
+            let label = command_label(&c, &devices);
+            (c.id.to_string(), label)
         })
         .collect())
 }
@@ -350,7 +360,7 @@ async fn create(State(state): State<AppState>, action: Action) -> Result<Respons
                 ApiError::validation("command_id", format!("command {command_id} does not exist"))
             })?;
         let body: ScheduleCreate = action.form.body(&FIELDS)?;
-        schedules::create(&state.db, command.device_id, command_id, body.parse()?)
+        schedules::create_for(&state.db, command.id, body.parse()?)
             .await
             .map_err(ApiError::from)
     }

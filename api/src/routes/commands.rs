@@ -93,7 +93,9 @@ impl From<command::Model> for CommandView {
     fn from(m: command::Model) -> Self {
         Self {
             id: m.id,
-            device_id: m.device_id,
+            // Views of this type are made only from commands found through their device;
+            // jobs (no device) have `JobView`.
+            device_id: m.device_id.unwrap_or_default(),
             name: m.name,
             kind: m.kind,
             command: m.command,
@@ -106,7 +108,7 @@ impl From<command::Model> for CommandView {
     }
 }
 
-fn in_range(name: &str, value: i64, max: i64) -> Result<i64> {
+pub(crate) fn in_range(name: &str, value: i64, max: i64) -> Result<i64> {
     if (1..=max).contains(&value) {
         Ok(value)
     } else {
@@ -117,7 +119,7 @@ fn in_range(name: &str, value: i64, max: i64) -> Result<i64> {
     }
 }
 
-fn narrow(name: &str, value: i64, max: i64) -> Result<i32> {
+pub(crate) fn narrow(name: &str, value: i64, max: i64) -> Result<i32> {
     let value = in_range(name, value, max)?;
     i32::try_from(value).map_err(|_| ApiError::validation(name, "is too large"))
 }

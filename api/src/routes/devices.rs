@@ -69,6 +69,10 @@ pub struct DeviceCreate {
     /// digits, `_` and `-`, starting with a letter or digit (default `default`).
     #[schema(default = "default", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub zone: Option<String>,
+    /// Variables for job templates (`{{ vars.name }}`): names are letters, digits and `_`;
+    /// values any JSON. At most 64 KiB.
+    #[schema(value_type = Option<Object>)]
+    pub vars: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Changes to a device. `host_key_fingerprint: null` forgets the pinned key, so the next
@@ -101,6 +105,9 @@ pub struct DevicePatch {
     /// there; later runs go to the new zone.
     #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub zone: Option<String>,
+    /// Replaces the device's template variables.
+    #[schema(value_type = Option<Object>)]
+    pub vars: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -109,7 +116,7 @@ pub struct DevicePatch {
     "port": 22, "platform": "cisco_ios", "credential_id": "01936b2e-8f4c-7cc2-9f0e-3a1d2b4c5d6e",
     "tags": ["core", "dc1"], "host_key_fingerprint": null, "enabled": true,
     "legacy_algorithms": false, "session_reuse": true, "jump_host_id": null, "zone": "default",
-    "consecutive_failures": 0, "unreachable_since": null,
+    "vars": {"mgmt_vlan": 10}, "consecutive_failures": 0, "unreachable_since": null,
     "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"
 }))]
 pub struct DeviceView {
@@ -131,6 +138,9 @@ pub struct DeviceView {
     pub jump_host_id: Option<Uuid>,
     /// The zone whose executors run this device's commands.
     pub zone: String,
+    /// Variables for job templates.
+    #[schema(value_type = Object)]
+    pub vars: serde_json::Value,
     /// Runs in a row that could not reach the device.
     pub consecutive_failures: i32,
     /// Since when the device is considered unreachable (after `NETCRON_UNREACHABLE_AFTER`
@@ -156,6 +166,7 @@ impl From<device::Model> for DeviceView {
             session_reuse: m.session_reuse,
             jump_host_id: m.jump_host_id,
             zone: m.zone,
+            vars: m.vars,
             consecutive_failures: m.consecutive_failures,
             unreachable_since: m.unreachable_since,
             created_at: m.created_at,
@@ -235,6 +246,13 @@ fn parse_port_field(port: i64) -> Result<u16> {
     field("port", parse_port(port))
 }
 
+/// Checked variables, as the JSON the `vars` column holds.
+pub(crate) fn parse_vars_field(
+    vars: serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Value> {
+    field("vars", netcron_common::fleet::parse_vars(vars)).map(serde_json::Value::Object)
+}
+
 fn parse_zone_field(zone: &str) -> Result<Zone> {
     field("zone", Zone::parse(zone))
 }
@@ -260,6 +278,7 @@ impl DeviceCreate {
                 .zone
                 .as_deref()
                 .map_or(Ok(Zone::default()), parse_zone_field)?,
+            vars: parse_vars_field(self.vars.unwrap_or_default())?,
         })
     }
 }
@@ -288,6 +307,7 @@ impl DevicePatch {
             session_reuse: self.session_reuse,
             jump_host_id: self.jump_host_id,
             zone: self.zone.as_deref().map(parse_zone_field).transpose()?,
+            vars: self.vars.map(parse_vars_field).transpose()?,
         })
     }
 }

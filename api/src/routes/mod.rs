@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod devices;
 pub mod health;
 pub mod inventory;
+pub mod jobs;
 pub mod runs;
 pub mod schedules;
 pub mod webhooks;

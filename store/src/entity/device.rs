@@ -15,6 +15,8 @@ pub struct Model {
     pub platform: Stored<Platform>,
     pub credential_id: Uuid,
     pub tags: Vec<String>,
+    /// Free-form variables for job templates (`{{ vars.name }}`).
+    pub vars: Json,
     /// SHA-256 fingerprint of the host key, pinned on first contact.
     pub host_key_fingerprint: Option<String>,
     pub enabled: bool,

@@ -32,6 +32,10 @@ pub struct Model {
     pub executor_id: Option<String>,
     /// Connection attempts as a JSON array of `protocol::AttemptRecord`.
     pub attempts: Option<Json>,
+    /// The job run this device run belongs to; `None` for a device command's run.
+    pub job_run_id: Option<Uuid>,
+    /// The command text rendered for this device by its job; `None` runs the command's text.
+    pub command_text: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

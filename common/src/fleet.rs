@@ -1,0 +1,352 @@
+//! Fleet jobs' domain types: which devices a job targets (`Target`), its limits, and where a
+//! job run is in its life (`JobRunStatus`). A job is a command whose target is a selector; a
+//! device command is the degenerate case (one device, named by id), so the rest of netcron —
+//! schedules, runs, the executor — sees one shape.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{ParseError, Platform, Zone, invalid};
+
+/// The most of each list a target may name (tags, platforms, zones, ids).
+pub const MAX_TARGET_ITEMS: usize = 10_000;
+
+/// Which devices a job runs on, evaluated when the job fires. Every criterion given must hold
+/// (`tags_all`: the device has every tag; `tags_any`: at least one; `platforms`, `zones`,
+/// `device_ids`: the device is one of them); `exclude_ids` and `exclude_tags` then remove
+/// devices. Disabled devices never match. A target names at least one criterion or says
+/// `all: true`, so an empty selector never means "every device" by accident.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Every device (still narrowed by the other criteria and exclusions).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// Devices that have every one of these tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags_all: Vec<String>,
+    /// Devices that have at least one of these tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags_any: Vec<String>,
+    /// Devices of one of these platforms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<Platform>,
+    /// Devices in one of these zones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
+    /// These devices (by id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_ids: Vec<Uuid>,
+    /// Never these devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_ids: Vec<Uuid>,
+    /// Never devices with any of these tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_tags: Vec<String>,
+}
+
+impl Target {
+    /// Checks a target as the API received it: at least one criterion (or `all`), lists within
+    /// bounds, valid zone names, no empty tag; duplicates are dropped.
+    ///
+    /// # Errors
+    /// A [`ParseError`] naming the list at fault (`target.zones: …`).
+    pub fn parse(mut self) -> Result<Self, ParseError> {
+        let narrows = !(self.tags_all.is_empty()
+            && self.tags_any.is_empty()
+            && self.platforms.is_empty()
+            && self.zones.is_empty()
+            && self.device_ids.is_empty());
+        if !narrows && !self.all {
+            return Err(invalid(
+                "names no devices: give tags_all, tags_any, platforms, zones or device_ids, \
+                 or all: true",
+            ));
+        }
+        for (name, list) in [
+            ("tags_all", &mut self.tags_all),
+            ("tags_any", &mut self.tags_any),
+            ("exclude_tags", &mut self.exclude_tags),
+        ] {
+            *list = tags(name, std::mem::take(list))?;
+        }
+        for (name, len) in [
+            ("platforms", self.platforms.len()),
+            ("device_ids", self.device_ids.len()),
+            ("exclude_ids", self.exclude_ids.len()),
+        ] {
+            bounded(name, len)?;
+        }
+        bounded("zones", self.zones.len())?;
+        for zone in &self.zones {
+            Zone::parse(zone).map_err(|e| invalid(format!("zones: `{zone}` {e}")))?;
+        }
+        dedup(&mut self.platforms);
+        dedup(&mut self.zones);
+        dedup(&mut self.device_ids);
+        dedup(&mut self.exclude_ids);
+        Ok(self)
+    }
+
+    /// The platforms as the texts `devices.platform` holds.
+    pub fn platform_texts(&self) -> Vec<String> {
+        self.platforms
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect()
+    }
+}
+
+fn bounded(name: &str, len: usize) -> Result<(), ParseError> {
+    if len > MAX_TARGET_ITEMS {
+        return Err(invalid(format!(
+            "{name}: must name at most {MAX_TARGET_ITEMS} items"
+        )));
+    }
+    Ok(())
+}
+
+fn tags(name: &str, list: Vec<String>) -> Result<Vec<String>, ParseError> {
+    bounded(name, list.len())?;
+    let mut out = Vec::with_capacity(list.len());
+    for tag in list {
+        let tag = tag.trim().to_owned();
+        if tag.is_empty() {
+            return Err(invalid(format!("{name}: a tag must not be empty")));
+        }
+        out.push(tag);
+    }
+    dedup(&mut out);
+    Ok(out)
+}
+
+fn dedup<T: Eq + std::hash::Hash + Clone>(list: &mut Vec<T>) {
+    let mut seen = HashSet::new();
+    list.retain(|x| seen.insert(x.clone()));
+}
+
+/// The most bytes a `vars` map may take as JSON.
+pub const MAX_VARS_BYTES: usize = 64 * 1024;
+
+/// Template variables (a device's own, or a job's defaults): names are identifiers, so
+/// `{{ vars.name }}` reaches each; values are any JSON.
+///
+/// # Errors
+/// A [`ParseError`] naming the first bad key, or the size bound.
+pub fn parse_vars(
+    vars: serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Map<String, serde_json::Value>, ParseError> {
+    for key in vars.keys() {
+        let mut chars = key.chars();
+        let identifier = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !identifier || key.len() > 64 {
+            return Err(invalid(format!(
+                "`{key}` is not a variable name: letters, digits and `_`, not starting with a \
+                 digit, at most 64 characters"
+            )));
+        }
+    }
+    let size = serde_json::to_vec(&vars).map_or(usize::MAX, |b| b.len());
+    if size > MAX_VARS_BYTES {
+        return Err(invalid(format!(
+            "must be at most {MAX_VARS_BYTES} bytes as JSON"
+        )));
+    }
+    Ok(vars)
+}
+
+/// Where a job run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum JobRunStatus {
+    /// Some device runs are queued or running.
+    Running,
+    /// Every device run succeeded (or the target matched no device).
+    Succeeded,
+    /// Some device runs succeeded and some did not.
+    PartiallyFailed,
+    /// No device run succeeded.
+    Failed,
+    /// Cancelled, or stopped by `max_fail_percent`: devices not started are `skipped` or
+    /// `cancelled`, with the reason.
+    Stopped,
+}
+
+impl JobRunStatus {
+    pub const ALL: &'static [JobRunStatus] = &[
+        Self::Running,
+        Self::Succeeded,
+        Self::PartiallyFailed,
+        Self::Failed,
+        Self::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::PartiallyFailed => "partially_failed",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    /// The status of a job run whose device runs have all ended, from how many succeeded and
+    /// how many did not.
+    pub fn settled(succeeded: u64, unsuccessful: u64, stopped: bool) -> Self {
+        match (stopped, succeeded, unsuccessful) {
+            (true, _, _) => Self::Stopped,
+            (false, _, 0) => Self::Succeeded,
+            (false, 0, _) => Self::Failed,
+            _ => Self::PartiallyFailed,
+        }
+    }
+}
+
+impl fmt::Display for JobRunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobRunStatus {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "`{s}` is not one of: running, succeeded, partially_failed, failed, stopped"
+                ))
+            })
+    }
+}
+
+/// A device's start offset within a job's spread window: fixed by a hash of the job and the
+/// device (Jenkins' `H`), so each device starts at the same offset every time and the fleet
+/// is spread evenly over the window. FNV-1a over both ids: stable across builds and versions,
+/// unlike `std`'s randomly keyed hasher.
+pub fn spread_offset_s(job_id: Uuid, device_id: Uuid, spread_s: u32) -> u32 {
+    if spread_s == 0 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in job_id.as_bytes().iter().chain(device_id.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    u32::try_from(hash % u64::from(spread_s)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_that_names_nothing_is_refused_unless_it_says_all() {
+        assert!(Target::default().parse().is_err());
+        assert!(
+            Target {
+                all: true,
+                ..Target::default()
+            }
+            .parse()
+            .is_ok()
+        );
+        assert!(
+            Target {
+                exclude_tags: vec!["lab".into()],
+                ..Target::default()
+            }
+            .parse()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn tags_are_trimmed_and_deduplicated_and_empty_ones_refused() {
+        let t = Target {
+            tags_any: vec![" a".into(), "a".into(), "b".into()],
+            ..Target::default()
+        }
+        .parse()
+        .expect("valid");
+        assert_eq!(t.tags_any, vec!["a", "b"]);
+        let err = Target {
+            tags_all: vec![" ".into()],
+            ..Target::default()
+        }
+        .parse()
+        .expect_err("empty tag");
+        assert!(err.0.contains("tags_all"), "{}", err.0);
+    }
+
+    #[test]
+    fn a_bad_zone_is_named() {
+        let err = Target {
+            zones: vec!["Not A Zone".into()],
+            ..Target::default()
+        }
+        .parse()
+        .expect_err("zone");
+        assert!(err.0.starts_with("zones:"), "{}", err.0);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<Target>(r#"{"tag": ["a"]}"#).expect_err("unknown");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn variable_names_are_identifiers() {
+        let ok: serde_json::Map<_, _> =
+            serde_json::from_str(r#"{"vlan": 10, "_x1": {"a": [1]}}"#).expect("json");
+        assert!(parse_vars(ok).is_ok());
+        for bad in [r#"{"1x": 1}"#, r#"{"a-b": 1}"#, r#"{"": 1}"#, r#"{"a.b": 1}"#] {
+            let map: serde_json::Map<_, _> = serde_json::from_str(bad).expect("json");
+            assert!(parse_vars(map).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_spread_offset_is_stable_and_within_the_window_and_even() {
+        let job = Uuid::from_u128(7);
+        let mut buckets = [0u32; 10];
+        for i in 0..10_000u128 {
+            let device = Uuid::from_u128(i * 7919 + 1);
+            let offset = spread_offset_s(job, device, 600);
+            assert!(offset < 600);
+            assert_eq!(offset, spread_offset_s(job, device, 600));
+            buckets[usize::try_from(offset / 60).expect("bucket")] += 1;
+        }
+        // 1,000 per minute expected; a hash that clumps would leave some minute far off.
+        for (minute, n) in buckets.iter().enumerate() {
+            assert!((850..=1150).contains(n), "minute {minute}: {n}");
+        }
+        assert_eq!(spread_offset_s(job, Uuid::from_u128(1), 0), 0);
+    }
+
+    #[test]
+    fn a_settled_job_run_status_follows_its_counts() {
+        assert_eq!(JobRunStatus::settled(3, 0, false), JobRunStatus::Succeeded);
+        assert_eq!(JobRunStatus::settled(0, 0, false), JobRunStatus::Succeeded);
+        assert_eq!(JobRunStatus::settled(0, 2, false), JobRunStatus::Failed);
+        assert_eq!(
+            JobRunStatus::settled(1, 2, false),
+            JobRunStatus::PartiallyFailed
+        );
+        assert_eq!(JobRunStatus::settled(5, 0, true), JobRunStatus::Stopped);
+    }
+}

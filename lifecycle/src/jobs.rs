@@ -1,0 +1,607 @@
+//! Fleet jobs' transitions. A job is a `commands` row whose `target` selects its devices when
+//! it fires; a job run is one fire (or manual start, or retry of the failed devices) with one
+//! device run per matched device.
+//!
+//! - *created*: [`start`] evaluates the target, renders the job's text for each device and
+//!   writes the job run and all its device runs in the caller's transaction — so a scheduler
+//!   that dies half-way through 5,000 devices leaves nothing, and the replica that fires the
+//!   same time again writes them all. `UNIQUE (schedule_id, scheduled_for)` on job runs and
+//!   `UNIQUE (job_run_id, device_id)` on runs make a repeat a no-op.
+//! - A device whose text cannot be rendered (a missing variable) gets a run that has already
+//!   ended `error` (`template`), naming the variable; nothing is sent to it.
+//! - *settled*: [`settle`] ends a job run once none of its device runs is queued or running,
+//!   with a status from their outcomes.
+//! - *cancelled*: [`cancel`] cancels every queued device run, through the same fenced steps as
+//!   one run's cancel.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+use minijinja::{Environment, UndefinedBehavior};
+use netcron_common::domain::{ErrorKind, RunStatus, RunTrigger};
+use netcron_common::fleet::{JobRunStatus, Target, spread_offset_s};
+use netcron_protocol::lease::Leases;
+use netcron_store::db::RUN_QUEUED_CHANNEL;
+use netcron_store::entity::{command, job_run};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::{Error, Result, stmt};
+
+/// The enabled devices a target matches now, in id order, from `after` on (keyset), at most
+/// `$11`; `$9`, when not NULL, keeps only those ids (a retry of failed devices).
+const MATCHING: &str = r"
+SELECT d.id, d.name, d.host, d.port, d.platform, d.zone, d.tags, d.vars
+FROM devices d
+WHERE d.enabled
+  AND (cardinality($1::text[]) = 0 OR d.tags @> $1::text[])
+  AND (cardinality($2::text[]) = 0 OR d.tags && $2::text[])
+  AND (cardinality($3::text[]) = 0 OR d.platform = ANY($3::text[]))
+  AND (cardinality($4::text[]) = 0 OR d.zone = ANY($4::text[]))
+  AND (cardinality($5::uuid[]) = 0 OR d.id = ANY($5::uuid[]))
+  AND NOT (d.id = ANY($6::uuid[]))
+  AND NOT (d.tags && $7::text[])
+  AND ($8::uuid IS NULL OR d.id > $8::uuid)
+  AND ($9::uuid[] IS NULL OR d.id = ANY($9::uuid[]))
+ORDER BY d.id
+LIMIT $10";
+
+/// A device a target matched, with what templates may read.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub id: Uuid,
+    pub name: String,
+    pub host: String,
+    pub port: i32,
+    pub platform: String,
+    pub zone: String,
+    pub tags: Vec<String>,
+    pub vars: Value,
+}
+
+/// The devices `target` matches now, in id order after `after`, at most `limit`; with `only`,
+/// just those of them.
+///
+/// # Errors
+/// When the database fails.
+pub async fn matching(
+    db: &impl ConnectionTrait,
+    target: &Target,
+    only: Option<&[Uuid]>,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<Matched>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = db
+        .query_all_raw(stmt(
+            MATCHING,
+            vec![
+                target.tags_all.clone().into(),
+                target.tags_any.clone().into(),
+                target.platform_texts().into(),
+                target.zones.clone().into(),
+                target.device_ids.clone().into(),
+                target.exclude_ids.clone().into(),
+                target.exclude_tags.clone().into(),
+                after.into(),
+                only.map(<[Uuid]>::to_vec).into(),
+                limit.into(),
+            ],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Matched {
+                id: r.try_get("", "id")?,
+                name: r.try_get("", "name")?,
+                host: r.try_get("", "host")?,
+                port: r.try_get("", "port")?,
+                platform: r.try_get("", "platform")?,
+                zone: r.try_get("", "zone")?,
+                tags: r.try_get("", "tags")?,
+                vars: r.try_get("", "vars")?,
+            })
+        })
+        .collect()
+}
+
+/// A template that does not compile or reads something other than `device.*` and `vars.*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    /// `command`, or `platform_commands.<platform>`.
+    pub field: String,
+    pub message: String,
+}
+
+/// What a job's templates may read: `device` (id, name, host, port, platform, zone, tags)
+/// and `vars` (the job's defaults overlaid by the device's own).
+const ROOTS: [&str; 2] = ["device", "vars"];
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // Strict: a variable missing for a device fails that device's run, never renders as "".
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Command text is not HTML.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env
+}
+
+/// Checks every template of a job: each compiles (the error names its line) and reads only
+/// `device.*` and `vars.*`.
+///
+/// # Errors
+/// The first [`TemplateError`], naming its field.
+pub fn check_templates(command: &str, platform_commands: &Map<String, Value>) -> std::result::Result<(), TemplateError> {
+    let env = environment();
+    let texts = std::iter::once(("command".to_owned(), command)).chain(
+        platform_commands
+            .iter()
+            .map(|(p, v)| (format!("platform_commands.{p}"), v.as_str().unwrap_or_default())),
+    );
+    for (field, text) in texts {
+        let template = env.template_from_str(text).map_err(|e| TemplateError {
+            field: field.clone(),
+            message: describe(&e),
+        })?;
+        let unknown: BTreeSet<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !ROOTS.contains(&v.as_str()))
+            .collect();
+        if let Some(name) = unknown.into_iter().next() {
+            return Err(TemplateError {
+                field,
+                message: format!(
+                    "reads `{name}`; templates may read only `device.*` (id, name, host, port, \
+                     platform, zone, tags) and `vars.*`"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A template error in one line: what went wrong and, when known, on which line.
+fn describe(e: &minijinja::Error) -> String {
+    let detail = e.detail().map_or_else(|| e.kind().to_string(), str::to_owned);
+    match e.line() {
+        Some(line) => format!("line {line}: {detail}"),
+        None => detail,
+    }
+}
+
+/// A job as it fires: what to run and how to render it per device.
+struct Plan<'a> {
+    job: &'a command::Model,
+    env: Environment<'static>,
+    defaults: Map<String, Value>,
+    platform_commands: Map<String, Value>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(job: &'a command::Model) -> Self {
+        let object = |v: &Value| v.as_object().cloned().unwrap_or_default();
+        Self {
+            job,
+            env: environment(),
+            defaults: object(&job.vars),
+            platform_commands: object(&job.platform_commands),
+        }
+    }
+
+    /// The text for `device`: its platform's entry, else the job's command, rendered with the
+    /// device and its variables; or why it cannot be.
+    fn render(&self, device: &Matched) -> std::result::Result<String, String> {
+        let source = self
+            .platform_commands
+            .get(&device.platform)
+            .and_then(Value::as_str)
+            .unwrap_or(&self.job.command);
+        let mut vars = self.defaults.clone();
+        if let Some(own) = device.vars.as_object() {
+            vars.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let template = self
+            .env
+            .template_from_str(source)
+            .map_err(|e| format!("the job's template does not compile: {}", describe(&e)))?;
+        // Name the missing variable before rendering: the engine's own error says only that a
+        // value was undefined.
+        for name in template.undeclared_variables(true) {
+            if let Some(key) = name.strip_prefix("vars.")
+                && !vars.contains_key(key)
+            {
+                return Err(format!(
+                    "variable `vars.{key}` is not set for device {} (nor as the job's default); \
+                     nothing was sent",
+                    device.name
+                ));
+            }
+        }
+        let context = serde_json::json!({
+            "device": {
+                "id": device.id, "name": device.name, "host": device.host, "port": device.port,
+                "platform": device.platform, "zone": device.zone, "tags": device.tags,
+            },
+            "vars": vars,
+        });
+        template
+            .render(minijinja::value::Serde(&context))
+            .map_err(|e| format!("the job's template failed for device {}: {}", device.name, describe(&e)))
+    }
+}
+
+/// Where a job run comes from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub schedule_id: Option<Uuid>,
+    pub trigger: RunTrigger,
+    /// The fire time (a manual start: now); device starts are spread after it.
+    pub scheduled_for: DateTime<Utc>,
+    /// A retry of the failed devices of this job run: only `only` are run.
+    pub retry_of: Option<Uuid>,
+    pub only: Option<Vec<Uuid>>,
+}
+
+const INSERT_JOB_RUN: &str = r"
+INSERT INTO job_runs (id, command_id, schedule_id, trigger, scheduled_for, created_at, status,
+                      device_ids, retry_of, finished_at, stop_reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (schedule_id, scheduled_for) DO NOTHING
+RETURNING id";
+
+/// The device runs of a job run and, for those to publish, their outbox rows.
+const INSERT_DEVICE_RUNS: &str = r"
+WITH inserted AS (
+    INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, queued_at, status,
+                      finished_at, error_kind, error_message, job_run_id, command_text)
+    SELECT t.id, $2, t.device_id, $3, t.scheduled_for, $4, t.status,
+           CASE WHEN t.status = 'queued' THEN NULL ELSE $4 END,
+           NULLIF(t.error_kind, ''), NULLIF(t.reason, ''), $1, t.text
+    FROM unnest($5::uuid[], $6::uuid[], $7::timestamptz[], $8::text[], $9::text[], $10::text[],
+                $11::text[]) AS t(id, device_id, scheduled_for, status, error_kind, reason, text)
+    ON CONFLICT (job_run_id, device_id) WHERE job_run_id IS NOT NULL DO NOTHING
+    RETURNING id, status)
+INSERT INTO task_outbox (run_id) SELECT id FROM inserted WHERE status = 'queued'";
+
+/// Device runs written per statement: 10,000 rows of seven arrays stay well inside one
+/// statement's limits, and fewer round trips keep a large expansion fast.
+const CHUNK: usize = 10_000;
+
+/// *created*: a job run of `job` for `origin`, with one device run per matched device, in the
+/// caller's transaction (which a scheduler holds with the schedule row locked). Answers
+/// `None` when this fire time already has its job run.
+///
+/// # Errors
+/// [`Error::Conflict`] when `job` is not a job (it has no target); database failures.
+pub async fn start(
+    txn: &DatabaseTransaction,
+    job: &command::Model,
+    origin: Origin,
+    now: DateTime<Utc>,
+) -> Result<Option<job_run::Model>> {
+    let target = target_of(job)?;
+    let devices = matching(txn, &target, origin.only.as_deref(), None, u64::MAX).await?;
+    let id = Uuid::now_v7();
+    let device_ids: Vec<Uuid> = devices.iter().map(|d| d.id).collect();
+    let (status, finished_at, stop_reason) = if devices.is_empty() {
+        (
+            JobRunStatus::Succeeded,
+            Some(now),
+            Some("the target matched no device".to_owned()),
+        )
+    } else {
+        (JobRunStatus::Running, None, None)
+    };
+    let inserted = txn
+        .query_one_raw(stmt(
+            INSERT_JOB_RUN,
+            vec![
+                id.into(),
+                job.id.into(),
+                origin.schedule_id.into(),
+                origin.trigger.as_str().into(),
+                origin.scheduled_for.into(),
+                now.into(),
+                status.as_str().into(),
+                device_ids.into(),
+                origin.retry_of.into(),
+                finished_at.into(),
+                stop_reason.into(),
+            ],
+        ))
+        .await?;
+    if inserted.is_none() {
+        return Ok(None);
+    }
+    let plan = Plan::new(job);
+    let spread = u32::try_from(job.spread_s).unwrap_or(0);
+    for chunk in devices.chunks(CHUNK) {
+        let mut ids = Vec::with_capacity(chunk.len());
+        let mut device_ids = Vec::with_capacity(chunk.len());
+        let mut times = Vec::with_capacity(chunk.len());
+        let mut statuses = Vec::with_capacity(chunk.len());
+        let mut kinds = Vec::with_capacity(chunk.len());
+        let mut reasons = Vec::with_capacity(chunk.len());
+        let mut texts = Vec::with_capacity(chunk.len());
+        for device in chunk {
+            ids.push(Uuid::now_v7());
+            device_ids.push(device.id);
+            let offset = spread_offset_s(job.id, device.id, spread);
+            times.push(origin.scheduled_for + Duration::seconds(i64::from(offset)));
+            match plan.render(device) {
+                Ok(text) => {
+                    statuses.push(RunStatus::Queued.as_str().to_owned());
+                    kinds.push(String::new());
+                    reasons.push(String::new());
+                    texts.push(text);
+                }
+                Err(reason) => {
+                    statuses.push(RunStatus::Error.as_str().to_owned());
+                    kinds.push(ErrorKind::Template.as_str().to_owned());
+                    reasons.push(reason);
+                    texts.push(String::new());
+                }
+            }
+        }
+        txn.execute_raw(stmt(
+            INSERT_DEVICE_RUNS,
+            vec![
+                id.into(),
+                job.id.into(),
+                origin.trigger.as_str().into(),
+                now.into(),
+                ids.into(),
+                device_ids.into(),
+                times.into(),
+                statuses.into(),
+                kinds.into(),
+                reasons.into(),
+                texts.into(),
+            ],
+        ))
+        .await?;
+    }
+    if !devices.is_empty() {
+        // Every device may have failed to render; the job run then ends at once.
+        settle(txn, &[id], now).await?;
+    }
+    txn.execute_raw(stmt(
+        "SELECT pg_notify($1, $2)",
+        vec![RUN_QUEUED_CHANNEL.into(), id.to_string().into()],
+    ))
+    .await?;
+    Ok(job_run::Entity::find_by_id(id).one(txn).await?)
+}
+
+/// A fire of a job's schedule that ran nothing (missed while netcron was down, or skipped
+/// under the `skip` overlap policy): a job run with no device runs, `stopped`, with the
+/// reason. Answers `None` when this fire time already has its job run.
+///
+/// # Errors
+/// When the database fails.
+pub async fn record_unrun(
+    txn: &DatabaseTransaction,
+    job: &command::Model,
+    origin: Origin,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Uuid>> {
+    let id = Uuid::now_v7();
+    let inserted = txn
+        .query_one_raw(stmt(
+            INSERT_JOB_RUN,
+            vec![
+                id.into(),
+                job.id.into(),
+                origin.schedule_id.into(),
+                origin.trigger.as_str().into(),
+                origin.scheduled_for.into(),
+                now.into(),
+                JobRunStatus::Stopped.as_str().into(),
+                Vec::<Uuid>::new().into(),
+                origin.retry_of.into(),
+                Some(now).into(),
+                Some(reason.to_owned()).into(),
+            ],
+        ))
+        .await?;
+    Ok(inserted.map(|_| id))
+}
+
+/// The job's target, as the API stored it.
+///
+/// # Errors
+/// [`Error::Conflict`] when `job` has no target (a device command) or it no longer parses.
+pub fn target_of(job: &command::Model) -> Result<Target> {
+    let value = job
+        .target
+        .clone()
+        .ok_or_else(|| Error::Conflict(format!("command {} is not a job", job.id)))?;
+    serde_json::from_value::<Target>(value)
+        .map_err(|e| Error::Conflict(format!("job {} has a target this version cannot read: {e}", job.id)))
+}
+
+/// Per running job run among `$1`: whether a device run is still queued or running, and how
+/// many succeeded and how many ended otherwise.
+const COUNTS: &str = r"
+SELECT j.id,
+       count(*) FILTER (WHERE r.status IN ('queued', 'running')) AS active,
+       count(*) FILTER (WHERE r.status = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE r.status NOT IN ('queued', 'running', 'succeeded')) AS unsuccessful,
+       j.stop_reason IS NOT NULL AS stopped
+FROM job_runs j
+LEFT JOIN runs r ON r.job_run_id = j.id
+WHERE j.id = ANY($1) AND j.status = 'running'
+GROUP BY j.id";
+
+const SETTLE: &str = r"
+UPDATE job_runs j SET status = t.status, finished_at = $3
+FROM unnest($1::uuid[], $2::text[]) AS t(id, status)
+WHERE j.id = t.id AND j.status = 'running'";
+
+/// *settled*: of `job_run_ids`, each running job run none of whose device runs is queued or
+/// running ends with the status its outcomes give. Answers the job runs that ended.
+///
+/// # Errors
+/// When the database fails.
+pub async fn settle(
+    db: &impl ConnectionTrait,
+    job_run_ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
+    if job_run_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = db
+        .query_all_raw(stmt(COUNTS, vec![job_run_ids.to_vec().into()]))
+        .await?;
+    let mut ended = Vec::new();
+    let mut statuses = Vec::new();
+    for row in rows {
+        let active: i64 = row.try_get("", "active")?;
+        if active > 0 {
+            continue;
+        }
+        let succeeded: i64 = row.try_get("", "succeeded")?;
+        let unsuccessful: i64 = row.try_get("", "unsuccessful")?;
+        let stopped: bool = row.try_get("", "stopped")?;
+        let status = JobRunStatus::settled(
+            u64::try_from(succeeded).unwrap_or(0),
+            u64::try_from(unsuccessful).unwrap_or(0),
+            stopped,
+        );
+        ended.push(row.try_get::<Uuid>("", "id")?);
+        statuses.push(status.as_str().to_owned());
+    }
+    if !ended.is_empty() {
+        db.execute_raw(stmt(
+            SETTLE,
+            vec![ended.clone().into(), statuses.into(), now.into()],
+        ))
+        .await?;
+    }
+    Ok(ended)
+}
+
+/// *settled*, from ingest: the job runs of the device runs `run_ids` that have ended.
+///
+/// # Errors
+/// When the database fails.
+pub async fn settle_for_runs(
+    db: &impl ConnectionTrait,
+    run_ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
+    if run_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT DISTINCT job_run_id FROM runs WHERE id = ANY($1) AND job_run_id IS NOT NULL",
+            vec![run_ids.to_vec().into()],
+        ))
+        .await?;
+    let ids = rows
+        .iter()
+        .map(|r| r.try_get::<Uuid>("", "job_run_id"))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    settle(db, &ids, now).await
+}
+
+/// The devices of `job_run_id` whose runs ended without success (failed, error, missed,
+/// skipped, cancelled), for a retry.
+///
+/// # Errors
+/// When the database fails.
+pub async fn unsuccessful_devices(db: &impl ConnectionTrait, job_run_id: Uuid) -> Result<Vec<Uuid>> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT device_id FROM runs WHERE job_run_id = $1
+             AND status NOT IN ('queued', 'running', 'succeeded') ORDER BY device_id",
+            vec![job_run_id.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| Ok(r.try_get::<Uuid>("", "device_id")?))
+        .collect()
+}
+
+/// What a job run's cancel did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled {
+    /// Device runs cancelled before any executor began them.
+    pub cancelled: u64,
+    /// Device runs an executor had already begun; they run to their end.
+    pub already_started: u64,
+}
+
+/// *cancelled*: every queued device run of `job_run_id` is cancelled through the fenced steps
+/// of [`crate::runs::cancel`] (request recorded, attempt fenced in Redis, run ended), and the
+/// job run records who stopped it; runs already begun finish. The job run then settles as
+/// `stopped`.
+///
+/// # Errors
+/// [`Error::NotFound`]; database or Redis failures (requests recorded stand, and the re-queue
+/// pass finishes them).
+pub async fn cancel(
+    db: &DatabaseConnection,
+    redis: &mut (impl redis::aio::ConnectionLike + Send),
+    leases: &Leases,
+    job_run_id: Uuid,
+    reason: &str,
+) -> Result<Cancelled> {
+    let found = db
+        .execute_raw(stmt(
+            "UPDATE job_runs SET stop_reason = coalesce(stop_reason, $2) WHERE id = $1",
+            vec![job_run_id.into(), reason.into()],
+        ))
+        .await?;
+    if found.rows_affected() == 0 {
+        return Err(Error::NotFound {
+            what: "job run",
+            id: job_run_id,
+        });
+    }
+    let requested = db
+        .query_all_raw(stmt(
+            "INSERT INTO cancel_requests (run_id, attempt)
+             SELECT id, attempt FROM runs WHERE job_run_id = $1 AND status = 'queued'
+             ON CONFLICT (run_id) DO UPDATE SET attempt = excluded.attempt
+             RETURNING run_id, attempt",
+            vec![job_run_id.into()],
+        ))
+        .await?;
+    let mut report = Cancelled::default();
+    for row in requested {
+        let run_id: Uuid = row.try_get("", "run_id")?;
+        let attempt: i32 = row.try_get("", "attempt")?;
+        if leases.cancel(redis, run_id, attempt).await? {
+            if crate::runs::complete_cancel(db, run_id, attempt).await? {
+                report.cancelled += 1;
+            }
+        } else {
+            crate::runs::drop_cancel_request(db, run_id, attempt).await?;
+            report.already_started += 1;
+        }
+    }
+    settle(db, &[job_run_id], Utc::now()).await?;
+    Ok(report)
+}
+
+/// Counts of a job run's device runs by status.
+///
+/// # Errors
+/// When the database fails.
+pub async fn counts(db: &impl ConnectionTrait, job_run_id: Uuid) -> Result<HashMap<String, i64>> {
+    let rows = db
+        .query_all_raw(stmt(
+            "SELECT status, count(*) AS n FROM runs WHERE job_run_id = $1 GROUP BY status",
+            vec![job_run_id.into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<String>("", "status")?, r.try_get::<i64>("", "n")?)))
+        .collect()
+}

@@ -1,0 +1,490 @@
+//! Fleet jobs: one definition, a device selector, many devices — counted on the SSH host.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::app::{TestApp, assert_problem, eventually, id, json_of};
+use crate::support::executions::Executions;
+use crate::support::pipeline::{config, pipeline, start_executor, start_scheduler};
+use crate::support::sshd::{TEST_PASSWORD, TEST_USER, TestSshd};
+
+/// `n` devices named `<prefix>-<i>` on `sshd`, with `tags(i)` and `vars(i)`.
+async fn fleet(
+    app: &TestApp,
+    sshd: &TestSshd,
+    prefix: &str,
+    n: usize,
+    tags: impl Fn(usize) -> Vec<&'static str>,
+    vars: impl Fn(usize) -> Value,
+) -> Vec<Value> {
+    let cred = app
+        .create(
+            "/credentials",
+            json!({"name": format!("{prefix}-cred"), "username": TEST_USER, "password": TEST_PASSWORD}),
+        )
+        .await;
+    let mut devices = Vec::with_capacity(n);
+    for i in 0..n {
+        devices.push(
+            app.create(
+                "/devices",
+                json!({"name": format!("{prefix}-{i:03}"), "host": "127.0.0.1", "port": sshd.port,
+                       "platform": "linux", "credential_id": cred["id"], "tags": tags(i),
+                       "vars": vars(i)}),
+            )
+            .await,
+        );
+    }
+    devices
+}
+
+async fn job_run(app: &TestApp, job_run_id: &str) -> Value {
+    let (status, body) = json_of(app.get(&format!("/job-runs/{job_run_id}")).await).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Waits until the job run has ended, and answers it.
+async fn settled(app: &TestApp, job_run_id: &str, within: Duration) -> Value {
+    eventually("the job run ends", within, || async {
+        let run = job_run(app, job_run_id).await;
+        (run["status"] != "running").then_some(run)
+    })
+    .await
+}
+
+/// Every device run of a job run, following pages.
+async fn device_runs(app: &TestApp, job_run_id: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/job-runs/{job_run_id}/runs?limit=500");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = json_of(app.get(&path).await).await;
+        assert_eq!(status, 200, "{page}");
+        out.extend(page["items"].as_array().expect("items").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+async fn start(app: &TestApp, job: &Value) -> Value {
+    app.create(&format!("/jobs/{}/runs", id(job)), json!({})).await
+}
+
+#[tokio::test]
+async fn a_job_runs_once_on_each_device_its_target_matches_with_each_devices_variables() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    // 0-5 are site-a, 6-7 site-b; 4 is also `lab`, and excluded by tag; 5 is excluded by id.
+    let devices = fleet(
+        &app,
+        &sshd,
+        "sw",
+        8,
+        |i| match i {
+            4 => vec!["site-a", "lab"],
+            i if i < 6 => vec!["site-a"],
+            _ => vec!["site-b"],
+        },
+        |i| json!({"greeting": format!("hello-{i}")}),
+    )
+    .await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({
+                "name": "greet",
+                "target": {"tags_all": ["site-a"], "exclude_tags": ["lab"],
+                           "exclude_ids": [id(&devices[5])]},
+                "command": executions.command("echo {{ vars.greeting }} {{ device.name }} {{ vars.suffix }}"),
+                "vars": {"suffix": "from-the-job", "greeting": "overridden-by-each-device"},
+            }),
+        )
+        .await;
+    // The preview lists what it matches now.
+    let (status, preview) = json_of(app.get(&format!("/jobs/{}/devices", id(&job))).await).await;
+    assert_eq!(status, 200, "{preview}");
+    let previewed: Vec<&str> = preview["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|d| d["name"].as_str().expect("name"))
+        .collect();
+    let mut expected: Vec<String> = (0..4).map(|i| format!("sw-{i:03}")).collect();
+    expected.sort();
+    let mut got: Vec<String> = previewed.iter().map(|s| (*s).to_owned()).collect();
+    got.sort();
+    assert_eq!(got, expected);
+
+    let (_scheduler, _executor) = pipeline(&app).await;
+    let run = start(&app, &job).await;
+    assert_eq!(run["devices"], 4, "{run}");
+    let run = settled(&app, id(&run), Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["counts"]["succeeded"], 4, "{run}");
+
+    // Counted on the host: each matched device's run executed exactly once, none other did.
+    let runs = device_runs(&app, id(&run)).await;
+    assert_eq!(runs.len(), 4);
+    let counts = executions.counts();
+    assert_eq!(executions.lines().len(), 4, "{counts:?}");
+    let names: HashMap<String, String> = devices
+        .iter()
+        .map(|d| (id(d).to_owned(), d["name"].as_str().expect("name").to_owned()))
+        .collect();
+    for r in &runs {
+        assert_eq!(counts.get(&(id(r).to_owned(), 1)), Some(&1), "{counts:?}");
+        let (_, full) = json_of(app.get(&format!("/runs/{}", id(r))).await).await;
+        let name = &names[full["device_id"].as_str().expect("device")];
+        let i: usize = name[3..].parse().expect("index");
+        assert_eq!(
+            full["stdout"].as_str().expect("stdout").trim(),
+            format!("hello-{i} {name} from-the-job"),
+            "{full}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_variable_missing_for_a_device_fails_that_device_before_anything_is_sent_and_retry_failed_runs_exactly_it()
+ {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    // Device 2 has no `vlan`.
+    let devices = fleet(
+        &app,
+        &sshd,
+        "acc",
+        4,
+        |_| vec!["access"],
+        |i| if i == 2 { json!({}) } else { json!({"vlan": 100 + i}) },
+    )
+    .await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "vlan", "target": {"tags_any": ["access"]},
+                   "command": executions.command("echo vlan {{ vars.vlan }}")}),
+        )
+        .await;
+    let (_scheduler, _executor) = pipeline(&app).await;
+    let first = start(&app, &job).await;
+    let first = settled(&app, id(&first), Duration::from_secs(60)).await;
+    assert_eq!(first["status"], "partially_failed", "{first}");
+    assert_eq!(first["counts"]["succeeded"], 3, "{first}");
+    assert_eq!(first["counts"]["error"], 1, "{first}");
+    let failed = device_runs(&app, id(&first))
+        .await
+        .into_iter()
+        .find(|r| r["status"] == "error")
+        .expect("the failed device run");
+    assert_eq!(failed["device_id"], devices[2]["id"], "{failed}");
+    assert_eq!(failed["error_kind"], "template", "{failed}");
+    let message = failed["error_message"].as_str().expect("message");
+    assert!(message.contains("vars.vlan") && message.contains("acc-002"), "{message}");
+    // Nothing was sent to it: three executions on the host, none for its run.
+    assert_eq!(executions.lines().len(), 3);
+    assert!(!executions.counts().keys().any(|(run, _)| run == id(&failed)));
+
+    // The device gets its variable; retry-failed covers exactly it.
+    let (status, body) = json_of(
+        app.patch(
+            &format!("/devices/{}", id(&devices[2])),
+            &json!({"vars": {"vlan": 999}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let retry = app
+        .create(&format!("/job-runs/{}/retry-failed", id(&first)), json!({}))
+        .await;
+    assert_eq!(retry["retry_of"], first["id"], "{retry}");
+    assert_eq!(retry["devices"], 1, "{retry}");
+    let retry = settled(&app, id(&retry), Duration::from_secs(60)).await;
+    assert_eq!(retry["status"], "succeeded", "{retry}");
+    let runs = device_runs(&app, id(&retry)).await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["device_id"], devices[2]["id"]);
+    let (_, full) = json_of(app.get(&format!("/runs/{}", id(&runs[0]))).await).await;
+    assert_eq!(full["stdout"].as_str().expect("stdout").trim(), "vlan 999");
+    assert_eq!(executions.lines().len(), 4);
+    // Nothing left to retry.
+    let response = app
+        .post(&format!("/job-runs/{}/retry-failed", id(&retry)), &json!({}))
+        .await;
+    assert_eq!(response.status().as_u16(), 409);
+}
+
+#[tokio::test]
+async fn templates_that_do_not_compile_or_read_other_names_are_refused_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let bad_syntax = app
+        .post(
+            "/jobs",
+            &json!({"name": "j1", "target": {"all": true},
+                    "command": "echo one\necho {{ vars.x "}),
+        )
+        .await;
+    let body = assert_problem(bad_syntax, 422, "validation", Some("command")).await;
+    assert_eq!(body["field"], "command", "{body}");
+    assert!(
+        body["detail"].as_str().expect("detail").contains("line 2"),
+        "{body}"
+    );
+    let unknown = app
+        .post(
+            "/jobs",
+            &json!({"name": "j2", "target": {"all": true}, "command": "echo ok",
+                    "platform_commands": {"cisco_ios": "show {{ secret }}"}}),
+        )
+        .await;
+    let body = assert_problem(unknown, 422, "validation", Some("platform_commands.cisco_ios")).await;
+    assert_eq!(body["field"], "platform_commands.cisco_ios", "{body}");
+    assert!(body["detail"].as_str().expect("detail").contains("`secret`"), "{body}");
+    let no_target = app
+        .post("/jobs", &json!({"name": "j3", "target": {}, "command": "true"}))
+        .await;
+    let body = assert_problem(no_target, 422, "validation", Some("target")).await;
+    assert_eq!(body["field"], "target", "{body}");
+    let bad_vars = app
+        .post(
+            "/jobs",
+            &json!({"name": "j4", "target": {"all": true}, "command": "true",
+                    "vars": {"not-a-name": 1}}),
+        )
+        .await;
+    let body = assert_problem(bad_vars, 422, "validation", Some("vars")).await;
+    assert_eq!(body["field"], "vars", "{body}");
+}
+
+#[tokio::test]
+async fn a_target_that_matches_nothing_ends_at_once_and_says_so() {
+    let app = TestApp::spawn().await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "nobody", "target": {"tags_all": ["no-such-tag"]}, "command": "true"}),
+        )
+        .await;
+    let run = start(&app, &job).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["devices"], 0, "{run}");
+    assert!(
+        run["stop_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("matched no device"),
+        "{run}"
+    );
+    assert!(run["finished_at"].is_string(), "{run}");
+}
+
+#[tokio::test]
+async fn two_edits_racing_on_one_job_cannot_both_win() {
+    let app = TestApp::spawn().await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "race", "target": {"all": true}, "command": "true"}),
+        )
+        .await;
+    assert_eq!(job["revision"], 1);
+    let first = app
+        .patch(
+            &format!("/jobs/{}", id(&job)),
+            &json!({"revision": 1, "command": "echo first"}),
+        )
+        .await;
+    assert_eq!(first.status().as_u16(), 200);
+    assert_eq!(
+        first.headers().get("etag").and_then(|v| v.to_str().ok()),
+        Some("\"2\"")
+    );
+    // The second editor read revision 1 too.
+    let second = app
+        .patch(
+            &format!("/jobs/{}", id(&job)),
+            &json!({"revision": 1, "command": "echo second"}),
+        )
+        .await;
+    assert_problem(second, 412, "precondition-failed", None).await;
+    let stale = app
+        .request(reqwest::Method::PATCH, &format!("/jobs/{}", id(&job)))
+        .header("if-match", "\"1\"")
+        .json(&json!({"command": "echo third"}))
+        .send()
+        .await
+        .expect("patch");
+    assert_problem(stale, 412, "precondition-failed", None).await;
+    let (_, now) = json_of(app.get(&format!("/jobs/{}", id(&job))).await).await;
+    assert_eq!(now["command"], "echo first");
+    assert_eq!(now["revision"], 2);
+}
+
+#[tokio::test]
+async fn spread_s_starts_each_device_at_its_own_fixed_offset() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let devices = fleet(&app, &sshd, "sp", 12, |_| vec!["spread"], |_| json!({})).await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "spread", "target": {"tags_all": ["spread"]}, "spread_s": 6,
+                   "command": executions.command("true")}),
+        )
+        .await;
+    let job_id = Uuid::parse_str(id(&job)).expect("uuid");
+    let (_scheduler, _executor) = pipeline(&app).await;
+    let run = start(&app, &job).await;
+    let start_at: DateTime<Utc> = run["scheduled_for"]
+        .as_str()
+        .expect("time")
+        .parse()
+        .expect("rfc 3339");
+    let run = settled(&app, id(&run), Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let began: HashMap<String, DateTime<Utc>> = executions
+        .started()
+        .into_iter()
+        .map(|(run, _, at)| (run, at))
+        .collect();
+    let mut offsets = HashSet::new();
+    for r in device_runs(&app, id(&run)).await {
+        let device = Uuid::parse_str(r["device_id"].as_str().expect("device")).expect("uuid");
+        let offset = netcron_common::fleet::spread_offset_s(job_id, device, 6);
+        offsets.insert(offset);
+        let scheduled: DateTime<Utc> = r["scheduled_for"]
+            .as_str()
+            .expect("time")
+            .parse()
+            .expect("rfc 3339");
+        assert_eq!(
+            scheduled - start_at,
+            chrono::Duration::seconds(i64::from(offset)),
+            "{r}"
+        );
+        // It began on the host no earlier than its offset (clocks are one machine's).
+        let at = began[id(&r)];
+        assert!(at >= scheduled - chrono::Duration::milliseconds(50), "{r} began {at}");
+    }
+    assert_eq!(devices.len(), 12);
+    assert!(offsets.len() > 2, "12 devices over 6 s share too few offsets: {offsets:?}");
+}
+
+#[tokio::test]
+async fn cancelling_a_job_run_cancels_its_queued_device_runs_and_none_executes() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    fleet(&app, &sshd, "cx", 5, |_| vec!["cx"], |_| json!({})).await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "cancel-me", "target": {"tags_all": ["cx"]},
+                   "command": executions.command("true")}),
+        )
+        .await;
+    // No executor: the device runs stay queued.
+    let _scheduler = start_scheduler(&app).await;
+    let run = start(&app, &job).await;
+    let (status, done) = json_of(
+        app.post(&format!("/job-runs/{}/cancel", id(&run)), &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["cancelled"], 5, "{done}");
+    let run = job_run(&app, id(&run)).await;
+    assert_eq!(run["status"], "stopped", "{run}");
+    assert_eq!(run["counts"]["cancelled"], 5, "{run}");
+    // An executor that starts now finds nothing to run.
+    let (_executor, _) = start_executor(&app, config()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(executions.lines().is_empty(), "{:?}", executions.lines());
+}
+
+#[tokio::test]
+async fn a_scheduled_job_expands_once_when_its_scheduler_dies_mid_way_and_another_fires_it() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let n = 120;
+    fleet(&app, &sshd, "fl", n, |_| vec!["fleet"], |_| json!({})).await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "nightly", "target": {"tags_all": ["fleet"]},
+                   "command": executions.command("true")}),
+        )
+        .await;
+    // One fire, three seconds from now (6-field: with seconds).
+    let at = Utc::now() + chrono::Duration::seconds(3);
+    let cron = format!("{} {} {} * * *", at.format("%S"), at.format("%M"), at.format("%H"));
+    let schedule = app
+        .create(
+            &format!("/jobs/{}/schedules", id(&job)),
+            json!({"cron_expression": cron, "misfire_policy": "run_once"}),
+        )
+        .await;
+    // A scheduler that dies while it fires: it materialises the fire (a horizon ahead) as soon
+    // as it starts, and is killed a moment later; an expansion it was writing is rolled back
+    // with its connection, one it committed stands.
+    let doomed = start_scheduler(&app).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    doomed.crash();
+    // A replica and an executor take over.
+    let (_replica, _executor) = pipeline(&app).await;
+    let job_run = eventually("the fire's job run", Duration::from_secs(30), || async {
+        let (_, page) = json_of(app.get(&format!("/jobs/{}/runs", id(&job))).await).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    assert_eq!(job_run.len(), 1, "one job run for one fire: {job_run:?}");
+    assert_eq!(job_run[0]["schedule_id"], schedule["id"]);
+    let run = settled(&app, id(&job_run[0]), Duration::from_secs(90)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["devices"], n, "{run}");
+    // Counted on the host: every device once.
+    let runs = device_runs(&app, id(&run)).await;
+    assert_eq!(runs.len(), n);
+    let counts = executions.counts();
+    assert_eq!(executions.lines().len(), n, "{counts:?}");
+    for r in &runs {
+        assert_eq!(counts.get(&(id(r).to_owned(), 1)), Some(&1), "{r}");
+    }
+    let devices: HashSet<&str> = runs.iter().map(|r| r["device_id"].as_str().expect("id")).collect();
+    assert_eq!(devices.len(), n, "one run per device");
+}
+
+#[tokio::test]
+async fn a_jobs_schedule_refuses_the_queue_overlap_policy() {
+    let app = TestApp::spawn().await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "q", "target": {"all": true}, "command": "true"}),
+        )
+        .await;
+    let response = app
+        .post(
+            &format!("/jobs/{}/schedules", id(&job)),
+            &json!({"cron_expression": "0 2 * * *", "overlap_policy": "queue"}),
+        )
+        .await;
+    let body = assert_problem(response, 422, "validation", Some("overlap_policy")).await;
+    assert_eq!(body["field"], "overlap_policy", "{body}");
+}
