@@ -71,37 +71,26 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+/// The constructors the API's own parsing uses are the services' (one wording for both doors).
 impl ApiError {
     pub fn validation(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
-        Self::Validation {
-            field: field.into(),
-            reason: reason.to_string(),
-        }
+        netcron_services::Error::validation(field, reason).into()
     }
 
     pub fn bad_parameter(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
-        Self::BadParameter {
-            field: field.into(),
-            reason: reason.to_string(),
-        }
+        netcron_services::Error::bad_parameter(field, reason).into()
     }
 
     pub fn not_found(resource: &'static str, id: impl std::fmt::Display) -> Self {
-        Self::NotFound {
-            resource,
-            id: id.to_string(),
-        }
+        netcron_services::Error::not_found(resource, id).into()
     }
 
     pub fn unavailable(reason: impl Into<String>) -> Self {
-        Self::Unavailable(reason.into())
+        netcron_services::Error::unavailable(reason).into()
     }
 
     pub fn conflict(field: Option<&str>, reason: impl Into<String>) -> Self {
-        Self::Conflict {
-            field: field.map(str::to_owned),
-            reason: reason.into(),
-        }
+        netcron_services::Error::conflict(field, reason).into()
     }
 
     pub(crate) fn parts(&self) -> (StatusCode, &'static str, &'static str) {

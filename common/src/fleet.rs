@@ -314,7 +314,12 @@ mod tests {
         let ok: serde_json::Map<_, _> =
             serde_json::from_str(r#"{"vlan": 10, "_x1": {"a": [1]}}"#).expect("json");
         assert!(parse_vars(ok).is_ok());
-        for bad in [r#"{"1x": 1}"#, r#"{"a-b": 1}"#, r#"{"": 1}"#, r#"{"a.b": 1}"#] {
+        for bad in [
+            r#"{"1x": 1}"#,
+            r#"{"a-b": 1}"#,
+            r#"{"": 1}"#,
+            r#"{"a.b": 1}"#,
+        ] {
             let map: serde_json::Map<_, _> = serde_json::from_str(bad).expect("json");
             assert!(parse_vars(map).is_err(), "{bad}");
         }

@@ -132,12 +132,18 @@ fn environment() -> Environment<'static> {
 ///
 /// # Errors
 /// The first [`TemplateError`], naming its field.
-pub fn check_templates(command: &str, platform_commands: &Map<String, Value>) -> std::result::Result<(), TemplateError> {
+pub fn check_templates(
+    command: &str,
+    platform_commands: &Map<String, Value>,
+) -> std::result::Result<(), TemplateError> {
     let env = environment();
     let texts = std::iter::once(("command".to_owned(), command)).chain(
-        platform_commands
-            .iter()
-            .map(|(p, v)| (format!("platform_commands.{p}"), v.as_str().unwrap_or_default())),
+        platform_commands.iter().map(|(p, v)| {
+            (
+                format!("platform_commands.{p}"),
+                v.as_str().unwrap_or_default(),
+            )
+        }),
     );
     for (field, text) in texts {
         let template = env.template_from_str(text).map_err(|e| TemplateError {
@@ -164,7 +170,9 @@ pub fn check_templates(command: &str, platform_commands: &Map<String, Value>) ->
 
 /// A template error in one line: what went wrong and, when known, on which line.
 fn describe(e: &minijinja::Error) -> String {
-    let detail = e.detail().map_or_else(|| e.kind().to_string(), str::to_owned);
+    let detail = e
+        .detail()
+        .map_or_else(|| e.kind().to_string(), str::to_owned);
     match e.line() {
         Some(line) => format!("line {line}: {detail}"),
         None => detail,
@@ -228,7 +236,13 @@ impl<'a> Plan<'a> {
         });
         template
             .render(minijinja::value::Serde(&context))
-            .map_err(|e| format!("the job's template failed for device {}: {}", device.name, describe(&e)))
+            .map_err(|e| {
+                format!(
+                    "the job's template failed for device {}: {}",
+                    device.name,
+                    describe(&e)
+                )
+            })
     }
 }
 
@@ -250,6 +264,41 @@ INSERT INTO job_runs (id, command_id, schedule_id, trigger, scheduled_for, creat
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (schedule_id, scheduled_for) DO NOTHING
 RETURNING id";
+
+/// A job run row as [`start`] and [`record_unrun`] write it. Answers whether it was written
+/// (false: this schedule's fire time already has its job run).
+#[allow(clippy::too_many_arguments)]
+async fn insert_job_run(
+    txn: &DatabaseTransaction,
+    id: Uuid,
+    job: &command::Model,
+    origin: &Origin,
+    status: JobRunStatus,
+    device_ids: Vec<Uuid>,
+    ended: Option<(DateTime<Utc>, String)>,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let (finished_at, stop_reason) = ended.unzip();
+    let inserted = txn
+        .query_one_raw(stmt(
+            INSERT_JOB_RUN,
+            vec![
+                id.into(),
+                job.id.into(),
+                origin.schedule_id.into(),
+                origin.trigger.as_str().into(),
+                origin.scheduled_for.into(),
+                now.into(),
+                status.as_str().into(),
+                device_ids.into(),
+                origin.retry_of.into(),
+                finished_at.into(),
+                stop_reason.into(),
+            ],
+        ))
+        .await?;
+    Ok(inserted.is_some())
+}
 
 /// The device runs of a job run and, for those to publish, their outbox rows.
 const INSERT_DEVICE_RUNS: &str = r"
@@ -285,38 +334,24 @@ pub async fn start(
     let devices = matching(txn, &target, origin.only.as_deref(), None, u64::MAX).await?;
     let id = Uuid::now_v7();
     let device_ids: Vec<Uuid> = devices.iter().map(|d| d.id).collect();
-    let (status, finished_at, stop_reason) = if devices.is_empty() {
+    let (status, ended) = if devices.is_empty() {
         (
             JobRunStatus::Succeeded,
-            Some(now),
-            Some("the target matched no device".to_owned()),
+            Some((now, "the target matched no device".to_owned())),
         )
     } else {
-        (JobRunStatus::Running, None, None)
+        (JobRunStatus::Running, None)
     };
-    let inserted = txn
-        .query_one_raw(stmt(
-            INSERT_JOB_RUN,
-            vec![
-                id.into(),
-                job.id.into(),
-                origin.schedule_id.into(),
-                origin.trigger.as_str().into(),
-                origin.scheduled_for.into(),
-                now.into(),
-                status.as_str().into(),
-                device_ids.into(),
-                origin.retry_of.into(),
-                finished_at.into(),
-                stop_reason.into(),
-            ],
-        ))
-        .await?;
-    if inserted.is_none() {
+    if !insert_job_run(txn, id, job, &origin, status, device_ids, ended, now).await? {
         return Ok(None);
     }
     let plan = Plan::new(job);
-    let spread = u32::try_from(job.spread_s).unwrap_or(0);
+    // A schedule's fire is spread (the fleet's logins over the window); a start by hand, or a
+    // retry, runs at once.
+    let spread = match origin.trigger {
+        RunTrigger::Scheduled => u32::try_from(job.spread_s).unwrap_or(0),
+        RunTrigger::Manual => 0,
+    };
     for chunk in devices.chunks(CHUNK) {
         let mut ids = Vec::with_capacity(chunk.len());
         let mut device_ids = Vec::with_capacity(chunk.len());
@@ -389,25 +424,19 @@ pub async fn record_unrun(
     now: DateTime<Utc>,
 ) -> Result<Option<Uuid>> {
     let id = Uuid::now_v7();
-    let inserted = txn
-        .query_one_raw(stmt(
-            INSERT_JOB_RUN,
-            vec![
-                id.into(),
-                job.id.into(),
-                origin.schedule_id.into(),
-                origin.trigger.as_str().into(),
-                origin.scheduled_for.into(),
-                now.into(),
-                JobRunStatus::Stopped.as_str().into(),
-                Vec::<Uuid>::new().into(),
-                origin.retry_of.into(),
-                Some(now).into(),
-                Some(reason.to_owned()).into(),
-            ],
-        ))
-        .await?;
-    Ok(inserted.map(|_| id))
+    let ended = Some((now, reason.to_owned()));
+    let inserted = insert_job_run(
+        txn,
+        id,
+        job,
+        &origin,
+        JobRunStatus::Stopped,
+        Vec::new(),
+        ended,
+        now,
+    )
+    .await?;
+    Ok(inserted.then_some(id))
 }
 
 /// The job's target, as the API stored it.
@@ -419,8 +448,12 @@ pub fn target_of(job: &command::Model) -> Result<Target> {
         .target
         .clone()
         .ok_or_else(|| Error::Conflict(format!("command {} is not a job", job.id)))?;
-    serde_json::from_value::<Target>(value)
-        .map_err(|e| Error::Conflict(format!("job {} has a target this version cannot read: {e}", job.id)))
+    serde_json::from_value::<Target>(value).map_err(|e| {
+        Error::Conflict(format!(
+            "job {} has a target this version cannot read: {e}",
+            job.id
+        ))
+    })
 }
 
 /// Per running job run among `$1`: whether a device run is still queued or running, and how
@@ -515,7 +548,10 @@ pub async fn settle_for_runs(
 ///
 /// # Errors
 /// When the database fails.
-pub async fn unsuccessful_devices(db: &impl ConnectionTrait, job_run_id: Uuid) -> Result<Vec<Uuid>> {
+pub async fn unsuccessful_devices(
+    db: &impl ConnectionTrait,
+    job_run_id: Uuid,
+) -> Result<Vec<Uuid>> {
     let rows = db
         .query_all_raw(stmt(
             "SELECT device_id FROM runs WHERE job_run_id = $1
@@ -602,6 +638,11 @@ pub async fn counts(db: &impl ConnectionTrait, job_run_id: Uuid) -> Result<HashM
         ))
         .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get::<String>("", "status")?, r.try_get::<i64>("", "n")?)))
+        .map(|r| {
+            Ok((
+                r.try_get::<String>("", "status")?,
+                r.try_get::<i64>("", "n")?,
+            ))
+        })
         .collect()
 }

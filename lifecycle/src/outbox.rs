@@ -265,7 +265,10 @@ mod tests {
     #[test]
     fn a_scheduled_run_published_before_its_fire_time_waits_for_it() {
         let fire = now() + TimeDelta::seconds(5);
-        assert_eq!(not_before(RunTrigger::Scheduled, false, fire, now()), Some(fire));
+        assert_eq!(
+            not_before(RunTrigger::Scheduled, false, fire, now()),
+            Some(fire)
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 use chrono::Utc;
 use netcron_common::domain::CommandKind;
-use netcron_store::entity::{command, schedule};
+use netcron_store::entity::{command, job_run, schedule};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     Set, TransactionTrait,
@@ -144,6 +144,12 @@ pub async fn update(
 /// Deletes the command and its run history; refuses while it has schedules.
 pub async fn delete(db: &DatabaseConnection, device_id: Uuid, id: Uuid) -> Result<()> {
     get(db, device_id, id).await?;
+    delete_row(db, id, "command").await
+}
+
+/// Deletes a command or job row (`what` names it in the refusal) with its runs and job runs;
+/// refuses while it has schedules.
+pub(crate) async fn delete_row(db: &DatabaseConnection, id: Uuid, what: &str) -> Result<()> {
     let schedules = schedule::Entity::find()
         .filter(schedule::Column::CommandId.eq(id))
         .count(db)
@@ -151,11 +157,15 @@ pub async fn delete(db: &DatabaseConnection, device_id: Uuid, id: Uuid) -> Resul
     if schedules > 0 {
         return Err(Error::conflict(
             None,
-            format!("command {id} has {schedules} schedule(s); delete them first"),
+            format!("{what} {id} has {schedules} schedule(s); delete them first"),
         ));
     }
     let txn = db.begin().await?;
     netcron_lifecycle::runs::delete_where(&txn, netcron_lifecycle::runs::RunOwner::Command, id)
+        .await?;
+    job_run::Entity::delete_many()
+        .filter(job_run::Column::CommandId.eq(id))
+        .exec(&txn)
         .await?;
     command::Entity::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;

@@ -8,10 +8,10 @@ use netcron_common::domain::{CommandKind, RunStatus, RunTrigger};
 use netcron_common::fleet::Target;
 use netcron_lifecycle::jobs::{self as lifecycle, Cancelled, Matched, Origin};
 use netcron_protocol::lease::Leases;
-use netcron_store::entity::{command, job_run, run, schedule};
+use netcron_store::entity::{command, job_run, run};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QuerySelect,
-    PaginatorTrait, QueryFilter, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -90,7 +90,11 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
 }
 
 /// Job names are unique among jobs (device commands are named per device).
-async fn ensure_unique_name(db: &impl ConnectionTrait, name: &str, except: Option<Uuid>) -> Result<()> {
+async fn ensure_unique_name(
+    db: &impl ConnectionTrait,
+    name: &str,
+    except: Option<Uuid>,
+) -> Result<()> {
     let mut query = command::Entity::find()
         .filter(command::Column::DeviceId.is_null())
         .filter(command::Column::Name.eq(name));
@@ -180,7 +184,11 @@ pub async fn update(
         .unwrap_or(CommandKind::Shell);
     let platform_commands = match &changes.platform_commands {
         Some(p) => p.clone(),
-        None => current.platform_commands.as_object().cloned().unwrap_or_default(),
+        None => current
+            .platform_commands
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
     };
     check(
         kind,
@@ -232,30 +240,15 @@ pub async fn update(
 /// Deletes the job, its job runs and their device runs; refuses while it has schedules.
 pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     get(db, id).await?;
-    let schedules = schedule::Entity::find()
-        .filter(schedule::Column::CommandId.eq(id))
-        .count(db)
-        .await?;
-    if schedules > 0 {
-        return Err(Error::conflict(
-            None,
-            format!("job {id} has {schedules} schedule(s); delete them first"),
-        ));
-    }
-    let txn = db.begin().await?;
-    netcron_lifecycle::runs::delete_where(&txn, netcron_lifecycle::runs::RunOwner::Command, id)
-        .await?;
-    job_run::Entity::delete_many()
-        .filter(job_run::Column::CommandId.eq(id))
-        .exec(&txn)
-        .await?;
-    command::Entity::delete_by_id(id).exec(&txn).await?;
-    txn.commit().await?;
-    Ok(())
+    super::commands::delete_row(db, id, "job").await
 }
 
 /// The devices `target` matches now, a page at a time (id order).
-pub async fn preview(db: &DatabaseConnection, target: &Target, page: PageRequest) -> Result<Vec<Matched>> {
+pub async fn preview(
+    db: &DatabaseConnection,
+    target: &Target,
+    page: PageRequest,
+) -> Result<Vec<Matched>> {
     Ok(lifecycle::matching(db, target, None, page.after, page.limit + 1).await?)
 }
 
@@ -314,7 +307,11 @@ pub async fn get_run(db: &impl ConnectionTrait, id: Uuid) -> Result<job_run::Mod
 }
 
 /// A job's runs, newest first.
-pub async fn runs_of(db: &DatabaseConnection, job_id: Uuid, page: PageRequest) -> Result<Vec<job_run::Model>> {
+pub async fn runs_of(
+    db: &DatabaseConnection,
+    job_id: Uuid,
+    page: PageRequest,
+) -> Result<Vec<job_run::Model>> {
     get(db, job_id).await?;
     let select = job_run::Entity::find().filter(job_run::Column::CommandId.eq(job_id));
     Ok(paginate(select, job_run::Column::Id, page, true)
@@ -324,7 +321,10 @@ pub async fn runs_of(db: &DatabaseConnection, job_id: Uuid, page: PageRequest) -
 
 /// A job run's device runs by status.
 pub async fn counts(db: &DatabaseConnection, job_run_id: Uuid) -> Result<Vec<(String, i64)>> {
-    let mut counts: Vec<(String, i64)> = lifecycle::counts(db, job_run_id).await?.into_iter().collect();
+    let mut counts: Vec<(String, i64)> = lifecycle::counts(db, job_run_id)
+        .await?
+        .into_iter()
+        .collect();
     counts.sort();
     Ok(counts)
 }

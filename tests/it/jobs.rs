@@ -77,7 +77,8 @@ async fn device_runs(app: &TestApp, job_run_id: &str) -> Vec<Value> {
 }
 
 async fn start(app: &TestApp, job: &Value) -> Value {
-    app.create(&format!("/jobs/{}/runs", id(job)), json!({})).await
+    app.create(&format!("/jobs/{}/runs", id(job)), json!({}))
+        .await
 }
 
 #[tokio::test]
@@ -140,7 +141,12 @@ async fn a_job_runs_once_on_each_device_its_target_matches_with_each_devices_var
     assert_eq!(executions.lines().len(), 4, "{counts:?}");
     let names: HashMap<String, String> = devices
         .iter()
-        .map(|d| (id(d).to_owned(), d["name"].as_str().expect("name").to_owned()))
+        .map(|d| {
+            (
+                id(d).to_owned(),
+                d["name"].as_str().expect("name").to_owned(),
+            )
+        })
         .collect();
     for r in &runs {
         assert_eq!(counts.get(&(id(r).to_owned(), 1)), Some(&1), "{counts:?}");
@@ -168,7 +174,13 @@ async fn a_variable_missing_for_a_device_fails_that_device_before_anything_is_se
         "acc",
         4,
         |_| vec!["access"],
-        |i| if i == 2 { json!({}) } else { json!({"vlan": 100 + i}) },
+        |i| {
+            if i == 2 {
+                json!({})
+            } else {
+                json!({"vlan": 100 + i})
+            }
+        },
     )
     .await;
     let job = app
@@ -192,10 +204,18 @@ async fn a_variable_missing_for_a_device_fails_that_device_before_anything_is_se
     assert_eq!(failed["device_id"], devices[2]["id"], "{failed}");
     assert_eq!(failed["error_kind"], "template", "{failed}");
     let message = failed["error_message"].as_str().expect("message");
-    assert!(message.contains("vars.vlan") && message.contains("acc-002"), "{message}");
+    assert!(
+        message.contains("vars.vlan") && message.contains("acc-002"),
+        "{message}"
+    );
     // Nothing was sent to it: three executions on the host, none for its run.
     assert_eq!(executions.lines().len(), 3);
-    assert!(!executions.counts().keys().any(|(run, _)| run == id(&failed)));
+    assert!(
+        !executions
+            .counts()
+            .keys()
+            .any(|(run, _)| run == id(&failed))
+    );
 
     // The device gets its variable; retry-failed covers exactly it.
     let (status, body) = json_of(
@@ -222,7 +242,10 @@ async fn a_variable_missing_for_a_device_fails_that_device_before_anything_is_se
     assert_eq!(executions.lines().len(), 4);
     // Nothing left to retry.
     let response = app
-        .post(&format!("/job-runs/{}/retry-failed", id(&retry)), &json!({}))
+        .post(
+            &format!("/job-runs/{}/retry-failed", id(&retry)),
+            &json!({}),
+        )
         .await;
     assert_eq!(response.status().as_u16(), 409);
 }
@@ -250,11 +273,26 @@ async fn templates_that_do_not_compile_or_read_other_names_are_refused_naming_th
                     "platform_commands": {"cisco_ios": "show {{ secret }}"}}),
         )
         .await;
-    let body = assert_problem(unknown, 422, "validation", Some("platform_commands.cisco_ios")).await;
+    let body = assert_problem(
+        unknown,
+        422,
+        "validation",
+        Some("platform_commands.cisco_ios"),
+    )
+    .await;
     assert_eq!(body["field"], "platform_commands.cisco_ios", "{body}");
-    assert!(body["detail"].as_str().expect("detail").contains("`secret`"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("`secret`"),
+        "{body}"
+    );
     let no_target = app
-        .post("/jobs", &json!({"name": "j3", "target": {}, "command": "true"}))
+        .post(
+            "/jobs",
+            &json!({"name": "j3", "target": {}, "command": "true"}),
+        )
         .await;
     let body = assert_problem(no_target, 422, "validation", Some("target")).await;
     assert_eq!(body["field"], "target", "{body}");
@@ -333,8 +371,34 @@ async fn two_edits_racing_on_one_job_cannot_both_win() {
     assert_eq!(now["revision"], 2);
 }
 
+/// A schedule of `job` that fires once, `secs` seconds from now (6 fields: with seconds).
+async fn fire_once_in(app: &TestApp, job: &Value, secs: i64) -> Value {
+    let at = Utc::now() + chrono::Duration::seconds(secs);
+    let cron = format!(
+        "{} {} {} * * *",
+        at.format("%S"),
+        at.format("%M"),
+        at.format("%H")
+    );
+    app.create(
+        &format!("/jobs/{}/schedules", id(job)),
+        json!({"cron_expression": cron, "misfire_policy": "run_once"}),
+    )
+    .await
+}
+
+/// The job runs of `job` once there is at least one.
+async fn job_runs_of(app: &TestApp, job: &Value) -> Vec<Value> {
+    eventually("a job run", Duration::from_secs(30), || async {
+        let (_, page) = json_of(app.get(&format!("/jobs/{}/runs", id(job))).await).await;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        (!items.is_empty()).then_some(items)
+    })
+    .await
+}
+
 #[tokio::test]
-async fn spread_s_starts_each_device_at_its_own_fixed_offset() {
+async fn a_scheduled_fire_starts_each_device_at_its_own_fixed_offset_and_a_manual_start_at_once() {
     let app = TestApp::spawn().await;
     let sshd = TestSshd::start();
     let executions = Executions::new();
@@ -348,8 +412,9 @@ async fn spread_s_starts_each_device_at_its_own_fixed_offset() {
         .await;
     let job_id = Uuid::parse_str(id(&job)).expect("uuid");
     let (_scheduler, _executor) = pipeline(&app).await;
-    let run = start(&app, &job).await;
-    let start_at: DateTime<Utc> = run["scheduled_for"]
+    fire_once_in(&app, &job, 3).await;
+    let run = job_runs_of(&app, &job).await.remove(0);
+    let fire: DateTime<Utc> = run["scheduled_for"]
         .as_str()
         .expect("time")
         .parse()
@@ -372,16 +437,28 @@ async fn spread_s_starts_each_device_at_its_own_fixed_offset() {
             .parse()
             .expect("rfc 3339");
         assert_eq!(
-            scheduled - start_at,
+            scheduled - fire,
             chrono::Duration::seconds(i64::from(offset)),
             "{r}"
         );
         // It began on the host no earlier than its offset (clocks are one machine's).
         let at = began[id(&r)];
-        assert!(at >= scheduled - chrono::Duration::milliseconds(50), "{r} began {at}");
+        assert!(
+            at >= scheduled - chrono::Duration::milliseconds(50),
+            "{r} began {at}"
+        );
     }
     assert_eq!(devices.len(), 12);
-    assert!(offsets.len() > 2, "12 devices over 6 s share too few offsets: {offsets:?}");
+    assert!(
+        offsets.len() > 2,
+        "12 devices over 6 s share too few offsets: {offsets:?}"
+    );
+
+    // Run now: every device at once.
+    let manual = start(&app, &job).await;
+    for r in device_runs(&app, id(&manual)).await {
+        assert_eq!(r["scheduled_for"], manual["scheduled_for"], "{r}");
+    }
 }
 
 #[tokio::test]
@@ -426,19 +503,13 @@ async fn a_scheduled_job_expands_once_when_its_scheduler_dies_mid_way_and_anothe
     let job = app
         .create(
             "/jobs",
-            json!({"name": "nightly", "target": {"tags_all": ["fleet"]},
+            // Spread over four seconds, as a real fleet's would be: 120 password logins in
+            // the same instant overrun one test sshd's login timeout on a busy two-core box.
+            json!({"name": "nightly", "target": {"tags_all": ["fleet"]}, "spread_s": 4,
                    "command": executions.command("true")}),
         )
         .await;
-    // One fire, three seconds from now (6-field: with seconds).
-    let at = Utc::now() + chrono::Duration::seconds(3);
-    let cron = format!("{} {} {} * * *", at.format("%S"), at.format("%M"), at.format("%H"));
-    let schedule = app
-        .create(
-            &format!("/jobs/{}/schedules", id(&job)),
-            json!({"cron_expression": cron, "misfire_policy": "run_once"}),
-        )
-        .await;
+    let schedule = fire_once_in(&app, &job, 3).await;
     // A scheduler that dies while it fires: it materialises the fire (a horizon ahead) as soon
     // as it starts, and is killed a moment later; an expansion it was writing is rolled back
     // with its connection, one it committed stands.
@@ -447,26 +518,25 @@ async fn a_scheduled_job_expands_once_when_its_scheduler_dies_mid_way_and_anothe
     doomed.crash();
     // A replica and an executor take over.
     let (_replica, _executor) = pipeline(&app).await;
-    let job_run = eventually("the fire's job run", Duration::from_secs(30), || async {
-        let (_, page) = json_of(app.get(&format!("/jobs/{}/runs", id(&job))).await).await;
-        let items = page["items"].as_array().cloned().unwrap_or_default();
-        (!items.is_empty()).then_some(items)
-    })
-    .await;
+    let job_run = job_runs_of(&app, &job).await;
     assert_eq!(job_run.len(), 1, "one job run for one fire: {job_run:?}");
     assert_eq!(job_run[0]["schedule_id"], schedule["id"]);
     let run = settled(&app, id(&job_run[0]), Duration::from_secs(90)).await;
-    assert_eq!(run["status"], "succeeded", "{run}");
+    let runs = device_runs(&app, id(&run)).await;
+    let unsuccessful: Vec<&Value> = runs.iter().filter(|r| r["status"] != "succeeded").collect();
+    assert_eq!(run["status"], "succeeded", "{run}: {unsuccessful:?}");
     assert_eq!(run["devices"], n, "{run}");
     // Counted on the host: every device once.
-    let runs = device_runs(&app, id(&run)).await;
     assert_eq!(runs.len(), n);
     let counts = executions.counts();
     assert_eq!(executions.lines().len(), n, "{counts:?}");
     for r in &runs {
         assert_eq!(counts.get(&(id(r).to_owned(), 1)), Some(&1), "{r}");
     }
-    let devices: HashSet<&str> = runs.iter().map(|r| r["device_id"].as_str().expect("id")).collect();
+    let devices: HashSet<&str> = runs
+        .iter()
+        .map(|r| r["device_id"].as_str().expect("id"))
+        .collect();
     assert_eq!(devices.len(), n, "one run per device");
 }
 

@@ -55,9 +55,7 @@ pub async fn labelled(
         .collect();
     let labels: HashMap<Uuid, String> = commands
         .into_iter()
-        .map(|c| {
-            (c.id, command_label(&c, &devices))
-        })
+        .map(|c| (c.id, command_label(&c, &devices)))
         .collect();
     Ok(rows
         .into_iter()

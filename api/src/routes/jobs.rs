@@ -79,9 +79,10 @@ pub struct JobCreate {
     pub max_output_bytes: Option<i64>,
     #[schema(minimum = 1, maximum = 10, default = 1)]
     pub max_attempts: Option<i64>,
-    /// Device starts spread over this many seconds after the fire time (0 to 86400, default
-    /// 0): each device's offset is fixed by a hash of the job and the device, so it starts at
-    /// the same offset every time and the fleet's logins are spread evenly.
+    /// A schedule's fire starts its devices spread over this many seconds (0 to 86400,
+    /// default 0): each device's offset is fixed by a hash of the job and the device, so it
+    /// starts at the same offset every night and the fleet's logins are spread evenly. A start
+    /// by hand (run now, retry failed) starts every device at once.
     #[schema(minimum = 0, maximum = 86400, default = 0)]
     pub spread_s: Option<i32>,
 }
@@ -309,7 +310,12 @@ async fn list_jobs(
 ) -> Result<axum::Json<Page<JobView>>> {
     let page = page.parse()?;
     let rows = service::list(&state.db, page).await?;
-    Ok(axum::Json(Page::from_rows(rows, page, |r| r.id, JobView::from)))
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        page,
+        |r| r.id,
+        JobView::from,
+    )))
 }
 
 /// The job's revision as an `ETag`, so a client can send it back as `If-Match`.
@@ -350,7 +356,12 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>> {
     params(("job_id" = Uuid, Path, description = JOB_ID)),
     request_body = JobPatch,
     responses((status = 200, description = "The updated job", body = JobView),
-        (status = 412, description = "The job changed since it was read"), WriteErrors))]
+        (status = 412, description = "The job changed since it was read",
+            body = crate::error::Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:netcron:problem:precondition-failed",
+                "title": "The resource changed since it was read", "status": 412,
+                "detail": "job 01936b2f-0a1b-7c2d-8e3f-405162738495 is at revision 4, not 3: it changed since it was read; read it again and reapply the change"})),
+        WriteErrors))]
 async fn update_job(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
@@ -384,7 +395,12 @@ async fn preview_target(
     let page = page.parse()?;
     let target = parse_target(target)?;
     let rows = service::preview(&state.db, &target, page).await?;
-    Ok(axum::Json(Page::from_rows(rows, page, |r| r.id, TargetDevice::from)))
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        page,
+        |r| r.id,
+        TargetDevice::from,
+    )))
 }
 
 /// The devices a job's target matches now, a page at a time.
@@ -400,7 +416,12 @@ async fn job_devices(
     let job = service::get(&state.db, id).await?;
     let target = netcron_lifecycle::jobs::target_of(&job)?;
     let rows = service::preview(&state.db, &target, page).await?;
-    Ok(axum::Json(Page::from_rows(rows, page, |r| r.id, TargetDevice::from)))
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        page,
+        |r| r.id,
+        TargetDevice::from,
+    )))
 }
 
 /// Run a job now, on the devices its target matches now.
@@ -426,7 +447,12 @@ async fn list_job_runs(
 ) -> Result<axum::Json<Page<JobRunView>>> {
     let page = page.parse()?;
     let rows = service::runs_of(&state.db, id, page).await?;
-    Ok(axum::Json(Page::from_rows(rows, page, |r| r.id, JobRunView::from)))
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        page,
+        |r| r.id,
+        JobRunView::from,
+    )))
 }
 
 /// Schedule a job. Its overlap policy is `skip` (default: a fire while the previous job run
@@ -469,7 +495,12 @@ async fn list_job_schedules(
         ..Default::default()
     };
     let rows = netcron_services::schedules::list(&state.db, filter, page).await?;
-    Ok(axum::Json(Page::from_rows(rows, page, |r| r.id, ScheduleView::from)))
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        page,
+        |r| r.id,
+        ScheduleView::from,
+    )))
 }
 
 /// A job run, with its device runs counted by status.
@@ -517,14 +548,23 @@ async fn job_run_devices(
     }
     .parse()?;
     let rows = service::device_runs(&state.db, id, params.status, page).await?;
-    Ok(axum::Json(Page::from_rows(rows, page, |r| r.id, |r| RunSummary::from(&r))))
+    Ok(axum::Json(Page::from_rows(
+        rows,
+        page,
+        |r| r.id,
+        |r| RunSummary::from(&r),
+    )))
 }
 
 /// Run the job again on exactly the devices of this job run that did not succeed.
 #[utoipa::path(post, path = "/job-runs/{job_run_id}/retry-failed", tag = "jobs",
     params(("job_run_id" = Uuid, Path, description = JOB_RUN_ID)),
     responses((status = 201, description = "The new job run", body = JobRunView),
-        (status = 409, description = "No device failed"), ReadErrors))]
+        (status = 409, description = "No device failed", body = crate::error::Problem,
+            content_type = "application/problem+json",
+            example = json!({"type": "urn:netcron:problem:conflict", "title": "Conflict",
+                "status": 409, "detail": "job run 01936b2f-0a1b-7c2d-8e3f-405162738495 has no failed device to retry"})),
+        ReadErrors))]
 async fn retry_failed(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
