@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::stored::Stored;
 
+mod cron_fields;
+#[cfg(test)]
+mod cron_properties;
+
+use cron_fields::{Days, Numbering};
+
 /// Why a piece of input was rejected. The caller knows which field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -20,69 +26,188 @@ pub(crate) fn invalid(reason: impl Into<String>) -> ParseError {
     ParseError(reason.into())
 }
 
-/// A validated cron expression.
+/// A validated cron expression, with the rule that combines its two day fields.
 ///
 /// Accepted forms:
 /// - 5 fields, standard crontab: `minute hour day-of-month month day-of-week`, with day-of-week
 ///   `0-7` where 0 and 7 are Sunday (as in Vixie cron). It fires at second 0.
 /// - 6 fields: `second minute hour day-of-month month day-of-week`.
-/// - 7 fields: the 6-field form followed by `year`.
-/// - The shorthands `@yearly`, `@monthly`, `@weekly`, `@daily`, `@hourly`.
+/// - 7 fields: the 6-field form followed by `year` (1970 to 2100).
+/// - The shorthands `@yearly` (or `@annually`), `@monthly`, `@weekly`, `@daily` (or
+///   `@midnight`), `@hourly`.
 ///
-/// The 6- and 7-field forms follow the `cron` crate (Quartz style): day-of-week is `1-7` with
-/// 1 = Sunday, or names (`MON-FRI`). In every form, when both day-of-month and day-of-week are
-/// restricted, a day must match both.
+/// The 6- and 7-field forms number day-of-week as Quartz and the `cron` crate do: `1-7` with
+/// 1 = Sunday. Names (`MON-FRI`, `jan`) work in every form. Fields take lists, ranges and
+/// steps (`1,15`, `9-17`, `*/10`, `MON-FRI/2`), and the day fields also take what crontab and
+/// Quartz users bring:
+/// - day-of-month: `L` (the last day), `LW` (the last weekday), `15W` (the weekday nearest to
+///   the 15th, never leaving the month: a Saturday the 1st moves to Monday the 3rd, a Sunday
+///   the 31st to Friday the 29th; no fire in a month without that day), `?`;
+/// - day-of-week: `MON#1` or `1#1` (the first Monday; `#1` to `#5`, and a month without a
+///   fifth one has no fire), `5L` or `FRIL` (the last Friday, in the form's numbering), `?`.
+///
+/// `?` means "no specific value" and matches every day, like `*`.
+///
+/// **Day-of-month and day-of-week** ([`DayMatch`]). When both fields are restricted — neither
+/// begins with `*` nor is `?`, crontab's own test — [`DayMatch::Either`] fires on a day that
+/// matches either field (crontab: `0 0 1,15 * MON` fires on the 1st, the 15th and every
+/// Monday) and [`DayMatch::Both`] only on a day that matches both (netcron's rule before
+/// `day_match` existed, kept by the schedules created then). When one field is unrestricted
+/// the rules agree: the day must match the other (and a step such as `*/2`, which begins with
+/// `*`, still filters, as in crontab). The rule applies to every form alike. A Quartz
+/// expression writes `?` in one of the two day fields, where the rule makes no difference; a
+/// 6- or 7-field expression that restricts both (which Quartz refuses) follows the rule as a
+/// 5-field one does — 6-field schedules created before `day_match` keep `both`, the `cron`
+/// crate's rule they were written under.
+///
+/// **Why the day fields are netcron's.** The `cron` crate (the stack's) has `?` but no `L`,
+/// `W` or `#`, and always requires a day to match both day fields. So netcron parses the two day fields
+/// itself into a predicate on dates (`cron_fields.rs`), and hands the rest to the `cron` crate
+/// with both day fields `*`: it finds the next second, minute, hour, month and year, and a day
+/// the predicate refuses is skipped to its last second. `croner` (already in the tree through
+/// `tokio-cron-scheduler`) has `L`, `W`, `#` and an "or" mode, but not `LW`, and its errors
+/// name neither the field nor its bounds; it would also add its dependencies to the
+/// executor's tree, which needs no cron at all. Errors quote the expression as typed, never
+/// the form handed to the `cron` crate.
 #[derive(Clone)]
 pub struct CronSpec {
     source: String,
-    schedule: cron::Schedule,
+    /// Seconds to years, with both day fields `*`.
+    times: cron::Schedule,
+    days: Days,
+    day_match: DayMatch,
 }
 
 impl fmt::Debug for CronSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CronSpec").field(&self.source).finish()
+        f.debug_tuple("CronSpec")
+            .field(&self.source)
+            .field(&self.day_match)
+            .finish()
     }
 }
 
+/// The 6-field forms of the shorthands (Quartz numbering: day-of-week 1 is Sunday).
+const SHORTHANDS: &[(&str, &str)] = &[
+    ("@yearly", "0 0 0 1 1 *"),
+    ("@annually", "0 0 0 1 1 *"),
+    ("@monthly", "0 0 0 1 * *"),
+    ("@weekly", "0 0 0 * * 1"),
+    ("@daily", "0 0 0 * * *"),
+    ("@midnight", "0 0 0 * * *"),
+    ("@hourly", "0 0 * * * *"),
+];
+
 impl CronSpec {
-    /// Parses any of the accepted forms.
+    /// Parses any of the accepted forms, with crontab's day rule ([`DayMatch::Either`]);
+    /// [`CronSpec::with_day_match`] chooses another. A stored schedule's expression must be
+    /// given its stored rule.
     ///
     /// # Errors
-    /// A [`ParseError`] that says which part of the expression is wrong.
+    /// A [`ParseError`] that quotes the expression and says which field is wrong and what it
+    /// accepts, or that the expression never fires after now.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         let source = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if source.is_empty() {
             return Err(invalid("must not be empty"));
         }
-        let fields: Vec<&str> = source.split(' ').collect();
-        let translated = match fields.len() {
-            1 if source.starts_with('@') => source.clone(),
-            5 => {
-                let dow = translate_posix_dow(fields[4])?;
-                format!(
-                    "0 {} {} {} {} {dow}",
-                    fields[0], fields[1], fields[2], fields[3]
-                )
-            }
-            6 | 7 => source.clone(),
+        let wrong = |detail: String| {
+            invalid(format!(
+                "`{source}` is not a valid cron expression: {detail}"
+            ))
+        };
+        let expanded = if source.starts_with('@') {
+            SHORTHANDS
+                .iter()
+                .find(|(name, _)| *name == source)
+                .map(|(_, six)| *six)
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "`{source}` is not a shorthand netcron knows: @yearly, @annually, \
+                         @monthly, @weekly, @daily, @midnight or @hourly"
+                    ))
+                })?
+        } else {
+            source.as_str()
+        };
+        let fields: Vec<&str> = expanded.split(' ').collect();
+        // (second, minute, hour, day-of-month, month, day-of-week, year) and the numbering.
+        let (second, rest, numbering) = match fields.len() {
+            5 => ("0", &fields[..], Numbering::Posix),
+            6 | 7 => (fields[0], &fields[1..], Numbering::Quartz),
             n => {
                 return Err(invalid(format!(
-                    "has {n} fields; expected 5 (minute hour day month weekday), \
+                    "`{source}` has {n} fields; expected 5 (minute hour day month weekday), \
                      6 (with seconds first) or 7 (with seconds first and year last)"
                 )));
             }
         };
-        let schedule = cron::Schedule::from_str(&translated)
-            .map_err(|e| invalid(format!("is not a valid cron expression: {e}")))?;
-        if schedule.upcoming(Utc).next().is_none() {
-            return Err(invalid("never fires after now"));
+        let (minute, hour, dom, month, dow) = (rest[0], rest[1], rest[2], rest[3], rest[4]);
+        let year = rest.get(5).copied();
+        let days = Days::parse(dom, dow, numbering).map_err(wrong)?;
+        let times_text = match year {
+            Some(year) => format!("{second} {minute} {hour} * {month} * {year}"),
+            None => format!("{second} {minute} {hour} * {month} *"),
+        };
+        let times = cron::Schedule::from_str(&times_text).map_err(|_| {
+            // The `cron` crate's message would quote `times_text`, not what the user typed, and
+            // says "less than 59" of a minute that may be 59; say which field is wrong instead.
+            let mut checks = vec![(&cron_fields::MINUTE, minute), (&cron_fields::HOUR, hour)];
+            if fields.len() > 5 {
+                checks.insert(0, (&cron_fields::SECOND, second));
+            }
+            checks.push((&cron_fields::MONTH, month));
+            if let Some(year) = year {
+                checks.push((&cron_fields::YEAR, year));
+            }
+            let detail = checks
+                .into_iter()
+                .find_map(|(field, text)| field.check(text).err())
+                .unwrap_or_else(|| {
+                    "the second, minute, hour, month or year field is malformed".to_owned()
+                });
+            wrong(detail)
+        })?;
+        let spec = Self {
+            source,
+            times,
+            days,
+            day_match: DayMatch::Either,
+        };
+        // `either` matches a superset of the days `both` does: an expression that never fires
+        // with it never fires at all.
+        if spec.next_naive(Utc::now().naive_utc()).is_none() {
+            return Err(invalid(format!("`{}` never fires after now", spec.source)));
         }
-        Ok(Self { source, schedule })
+        Ok(spec)
+    }
+
+    /// The same expression with another day rule.
+    ///
+    /// # Errors
+    /// When the expression never fires after now under `day_match` (`0 0 30 2 MON` with
+    /// `both`: no Monday is February's 30th).
+    pub fn with_day_match(mut self, day_match: DayMatch) -> Result<Self, ParseError> {
+        let changes_days = day_match != self.day_match && self.days.both_restricted();
+        self.day_match = day_match;
+        if changes_days && self.next_naive(Utc::now().naive_utc()).is_none() {
+            return Err(invalid(format!(
+                "`{}` never fires after now with day_match `{day_match}`: no day matches \
+                 both its day-of-month and its day-of-week",
+                self.source
+            )));
+        }
+        Ok(self)
     }
 
     /// The expression as the user wrote it (whitespace normalised).
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// How the two day fields combine.
+    pub fn day_match(&self) -> DayMatch {
+        self.day_match
     }
 
     /// The first fire time strictly after `after`, evaluated on the wall clock of `tz`.
@@ -137,15 +262,23 @@ impl CronSpec {
     /// Whether the hour field is `*`.
     fn hourly(&self) -> bool {
         use cron::TimeUnitSpec as _;
-        self.schedule.hours().is_all()
+        self.times.hours().is_all()
     }
 
-    /// The next wall-clock time strictly after `naive` that matches, ignoring zones.
+    /// The next wall-clock time strictly after `naive` that matches, ignoring zones: the next
+    /// time of day the `cron` crate finds, on the first day from there that the day fields
+    /// accept. Ends (`None`) after 2100, the `cron` crate's last year.
     fn next_naive(&self, naive: NaiveDateTime) -> Option<NaiveDateTime> {
-        self.schedule
-            .after(&Utc.from_utc_datetime(&naive))
-            .next()
-            .map(|t| t.naive_utc())
+        let mut cursor = Utc.from_utc_datetime(&naive);
+        loop {
+            let candidate = self.times.after(&cursor).next()?;
+            let date = candidate.date_naive();
+            if self.days.matches(date, self.day_match) {
+                return Some(candidate.naive_utc());
+            }
+            // Nothing on this day: go on from its last second.
+            cursor = Utc.from_utc_datetime(&date.and_hms_opt(23, 59, 59)?);
+        }
     }
 
     /// When `after` is in the first pass of a repeated hour: the first match in the second
@@ -203,60 +336,8 @@ fn gap_end(naive: NaiveDateTime, tz: Tz) -> Option<DateTime<Tz>> {
 
 impl PartialEq for CronSpec {
     fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
+        self.source == other.source && self.day_match == other.day_match
     }
-}
-
-/// Rewrites a POSIX day-of-week field (0-7, Sunday = 0 or 7) into the `cron` crate's numbering
-/// (1-7, Sunday = 1). Numbers are expanded into explicit lists so ranges and steps keep their
-/// POSIX meaning; names pass through unchanged because both schemes agree on them.
-fn translate_posix_dow(field: &str) -> Result<String, ParseError> {
-    if field == "*" || field == "?" {
-        return Ok(field.to_owned());
-    }
-    let mut out: Vec<String> = Vec::new();
-    for item in field.split(',') {
-        let (base, step) = match item.split_once('/') {
-            Some((b, s)) => {
-                let step: u8 = s.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
-                    invalid(format!("day-of-week step `{s}` is not a number > 0"))
-                })?;
-                (b, Some(step))
-            }
-            None => (item, None),
-        };
-        if !base.chars().any(|c| c.is_ascii_digit()) && step.is_none() {
-            out.push(base.to_owned());
-            continue;
-        }
-        let num = |s: &str| -> Result<u8, ParseError> {
-            s.parse::<u8>()
-                .ok()
-                .filter(|n| *n <= 7)
-                .ok_or_else(|| invalid(format!("day-of-week `{s}` is not a number from 0 to 7")))
-        };
-        let (lo, hi) = match base {
-            "*" => (0, 6),
-            b => match b.split_once('-') {
-                Some((a, z)) => (num(a)?, num(z)?),
-                None if step.is_some() => (num(b)?, 6),
-                None => (num(b)?, num(b)?),
-            },
-        };
-        if lo > hi {
-            return Err(invalid(format!(
-                "day-of-week range `{base}` runs backwards"
-            )));
-        }
-        let mut day = lo;
-        while day <= hi {
-            out.push(((day % 7) + 1).to_string());
-            day = day.saturating_add(step.unwrap_or(1));
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out.join(","))
 }
 
 /// A validated IANA time zone name such as `Europe/Berlin`.
@@ -421,6 +502,20 @@ text_enum!(
         Queue = "queue",
         /// Start it anyway, in parallel.
         Allow = "allow",
+    }
+);
+
+text_enum!(
+    /// How a schedule's cron expression combines its day-of-month and day-of-week fields when
+    /// both are restricted (neither begins with `*` nor is `?`); see [`CronSpec`].
+    DayMatch {
+        /// A day matches when its day-of-month or its day-of-week matches, as in crontab:
+        /// `0 0 1,15 * MON` fires on the 1st, the 15th and every Monday. The default.
+        Either = "either",
+        /// A day must match both: `0 0 1,15 * MON` fires only on Mondays that are the 1st or
+        /// the 15th. netcron's rule before this field existed; schedules created before it
+        /// keep it.
+        Both = "both",
     }
 );
 
@@ -680,7 +775,7 @@ impl Timing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{Datelike, TimeZone};
 
     #[test]
     fn zone_names_are_identifiers_safe_in_keys_and_labels() {
@@ -746,8 +841,20 @@ mod tests {
                 .expect("fires");
             assert_eq!(next, at("2026-01-04T09:00:00Z"), "{expr}");
         }
-        assert_eq!(translate_posix_dow("5-7").expect("valid"), "1,6,7");
-        assert_eq!(translate_posix_dow("1-5/2").expect("valid"), "2,4,6");
+        // Ranges and steps keep their crontab meaning: 5-7 is Friday to Sunday, 1-5/2 Monday,
+        // Wednesday and Friday, */2 Sunday, Tuesday, Thursday and Saturday.
+        let from = at("2026-01-04T12:00:00Z"); // a Sunday
+        let days = |expr: &str| -> Vec<u32> {
+            let spec = CronSpec::parse(expr).expect("valid");
+            spec.upcoming(from, Tz::UTC, 7)
+                .iter()
+                .map(|t| t.weekday().num_days_from_sunday())
+                .collect()
+        };
+        assert_eq!(days("0 9 * * 5-7"), [5, 6, 0, 5, 6, 0, 5]);
+        assert_eq!(days("0 9 * * 1-5/2"), [1, 3, 5, 1, 3, 5, 1]);
+        assert_eq!(days("0 9 * * */2"), [2, 4, 6, 0, 2, 4, 6]);
+        assert_eq!(days("0 9 * * 1/2"), [1, 3, 5, 1, 3, 5, 1]);
     }
 
     #[test]
@@ -777,6 +884,302 @@ mod tests {
                 .0
                 .contains("never")
         );
+    }
+
+    /// The dates of the next `count` fire times after `from` (UTC), as `YYYY-MM-DD`.
+    fn fire_dates(spec: &CronSpec, from: &str, count: usize) -> Vec<String> {
+        spec.upcoming(at(from), Tz::UTC, count)
+            .iter()
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .collect()
+    }
+
+    fn dates(expr: &str, from: &str, count: usize) -> Vec<String> {
+        fire_dates(&CronSpec::parse(expr).expect("valid"), from, count)
+    }
+
+    #[test]
+    fn l_is_the_last_day_of_the_month_across_the_year_end() {
+        assert_eq!(
+            dates("0 2 L * *", "2026-11-15T00:00:00Z", 4),
+            ["2026-11-30", "2026-12-31", "2027-01-31", "2027-02-28"]
+        );
+        assert_eq!(
+            dates("0 2 L 2 *", "2027-03-01T00:00:00Z", 2),
+            ["2028-02-29", "2029-02-28"]
+        );
+        let spec = CronSpec::parse("0 2 L * *").expect("valid");
+        let next = spec
+            .next_after(at("2026-01-31T01:59:59Z"), Tz::UTC)
+            .expect("fires");
+        assert_eq!(next, at("2026-01-31T02:00:00Z"));
+        // A list may mix L with days; 6-field (Quartz) forms take it too.
+        assert_eq!(
+            dates("0 2 1,L * *", "2026-01-02T00:00:00Z", 3),
+            ["2026-01-31", "2026-02-01", "2026-02-28"]
+        );
+        assert_eq!(
+            dates("0 0 2 L * ?", "2026-01-02T00:00:00Z", 2),
+            ["2026-01-31", "2026-02-28"]
+        );
+    }
+
+    #[test]
+    fn lw_is_the_last_weekday_of_the_month() {
+        // January 2026 ends on a Saturday, February on a Saturday, May on a Sunday, August on
+        // a Monday.
+        assert_eq!(
+            dates("0 9 LW * *", "2026-01-01T00:00:00Z", 2),
+            ["2026-01-30", "2026-02-27"]
+        );
+        assert_eq!(
+            dates("0 9 LW * *", "2026-05-01T00:00:00Z", 4),
+            ["2026-05-29", "2026-06-30", "2026-07-31", "2026-08-31"]
+        );
+    }
+
+    #[test]
+    fn w_is_the_nearest_weekday_without_leaving_the_month() {
+        // The 15th: a Thursday in January, a Sunday in February and March (Monday 16th),
+        // a Saturday in August (Friday 14th), a Sunday in November.
+        assert_eq!(
+            dates("0 9 15W * *", "2026-01-01T00:00:00Z", 3),
+            ["2026-01-15", "2026-02-16", "2026-03-16"]
+        );
+        assert_eq!(
+            dates("0 9 15W * *", "2026-08-01T00:00:00Z", 4),
+            ["2026-08-14", "2026-09-15", "2026-10-15", "2026-11-16"]
+        );
+        // A Saturday the 1st (August 2026) goes forward to Monday the 3rd, not back to July;
+        // a Sunday the 1st (November 2026) to Monday the 2nd.
+        assert_eq!(
+            dates("0 9 1W * *", "2026-07-31T00:00:00Z", 1),
+            ["2026-08-03"]
+        );
+        assert_eq!(
+            dates("0 9 1W * *", "2026-10-31T00:00:00Z", 1),
+            ["2026-11-02"]
+        );
+        // A Sunday the 31st (May 2026) goes back to Friday the 29th, not on to June; a month
+        // without a 31st (April) has no fire.
+        assert_eq!(
+            dates("0 9 31W * *", "2026-04-01T00:00:00Z", 2),
+            ["2026-05-29", "2026-07-31"]
+        );
+    }
+
+    #[test]
+    fn hash_is_the_nth_weekday_of_the_month() {
+        for expr in [
+            "0 9 * * MON#1",
+            "0 9 * * 1#1",
+            "0 9 * * mon#1",
+            "0 0 9 ? * 2#1",
+        ] {
+            assert_eq!(
+                dates(expr, "2026-12-01T00:00:00Z", 3),
+                ["2026-12-07", "2027-01-04", "2027-02-01"],
+                "{expr}"
+            );
+        }
+        // Months without a fifth Friday (February to April 2026) have no fire.
+        assert_eq!(
+            dates("0 9 * * FRI#5", "2026-01-01T00:00:00Z", 4),
+            ["2026-01-30", "2026-05-29", "2026-07-31", "2026-10-30"]
+        );
+    }
+
+    #[test]
+    fn a_day_with_l_is_the_last_such_day_of_the_month() {
+        // 5 is Friday in crontab's numbering, 6 in Quartz's.
+        for expr in ["0 9 * * 5L", "0 9 * * FRIL", "0 0 9 ? * 6L"] {
+            assert_eq!(
+                dates(expr, "2026-11-01T00:00:00Z", 4),
+                ["2026-11-27", "2026-12-25", "2027-01-29", "2027-02-26"],
+                "{expr}"
+            );
+        }
+    }
+
+    #[test]
+    fn question_mark_is_no_specific_value() {
+        assert_eq!(
+            dates("0 0 12 ? * MON", "2026-01-01T00:00:00Z", 2),
+            ["2026-01-05", "2026-01-12"]
+        );
+        assert_eq!(
+            dates("0 0 12 15 * ?", "2026-01-01T00:00:00Z", 2),
+            ["2026-01-15", "2026-02-15"]
+        );
+        assert_eq!(
+            dates("0 12 ? * ?", "2026-01-01T00:00:00Z", 2),
+            ["2026-01-01", "2026-01-02"]
+        );
+        // `?` is unrestricted: with day-of-month `?` and a weekday, only the weekday decides,
+        // whatever the rule.
+        for rule in DayMatch::ALL {
+            let spec = CronSpec::parse("0 12 ? * MON")
+                .and_then(|s| s.with_day_match(*rule))
+                .expect("valid");
+            assert_eq!(
+                fire_dates(&spec, "2026-01-01T00:00:00Z", 2),
+                ["2026-01-05", "2026-01-12"],
+                "{rule}"
+            );
+        }
+    }
+
+    #[test]
+    fn either_fires_when_one_day_field_matches_and_both_when_both_do() {
+        let either = CronSpec::parse("0 0 1,15 * MON").expect("valid");
+        assert_eq!(either.day_match(), DayMatch::Either);
+        assert_eq!(
+            fire_dates(&either, "2026-01-01T00:00:00Z", 10),
+            [
+                "2026-01-05",
+                "2026-01-12",
+                "2026-01-15",
+                "2026-01-19",
+                "2026-01-26",
+                "2026-02-01",
+                "2026-02-02",
+                "2026-02-09",
+                "2026-02-15",
+                "2026-02-16"
+            ]
+        );
+        assert_eq!(
+            fire_dates(&either, "2026-12-20T00:00:00Z", 6),
+            [
+                "2026-12-21",
+                "2026-12-28",
+                "2027-01-01",
+                "2027-01-04",
+                "2027-01-11",
+                "2027-01-15"
+            ]
+        );
+        let both = either.with_day_match(DayMatch::Both).expect("fires");
+        assert_eq!(
+            fire_dates(&both, "2026-01-01T00:00:00Z", 6),
+            [
+                "2026-06-01",
+                "2026-06-15",
+                "2027-02-01",
+                "2027-02-15",
+                "2027-03-01",
+                "2027-03-15"
+            ]
+        );
+        // The same holds for a 6-field expression that restricts both day fields.
+        let six = CronSpec::parse("0 0 0 1,15 * 2").expect("valid");
+        assert_eq!(
+            fire_dates(&six, "2026-01-01T00:00:00Z", 3),
+            ["2026-01-05", "2026-01-12", "2026-01-15"]
+        );
+        let six = six.with_day_match(DayMatch::Both).expect("fires");
+        assert_eq!(
+            fire_dates(&six, "2026-01-01T00:00:00Z", 2),
+            ["2026-06-01", "2026-06-15"]
+        );
+    }
+
+    #[test]
+    fn a_field_that_begins_with_a_star_leaves_the_other_to_decide() {
+        // crontab's rule: `*/2` begins with `*`, so it is not "restricted", and with a weekday
+        // a day must match both (odd Mondays), whatever day_match says.
+        for rule in DayMatch::ALL {
+            let spec = CronSpec::parse("0 0 */2 * MON")
+                .and_then(|s| s.with_day_match(*rule))
+                .expect("valid");
+            assert_eq!(
+                fire_dates(&spec, "2026-01-01T00:00:00Z", 3),
+                ["2026-01-05", "2026-01-19", "2026-02-09"],
+                "{rule}"
+            );
+        }
+    }
+
+    #[test]
+    fn both_refuses_an_expression_that_no_day_can_match() {
+        let spec = CronSpec::parse("0 0 30 2 MON").expect("either: the Mondays of February");
+        let err = spec
+            .with_day_match(DayMatch::Both)
+            .expect_err("no Monday is February's 30th");
+        assert!(
+            err.0.contains("`0 0 30 2 MON`") && err.0.contains("day_match `both`"),
+            "{err}"
+        );
+        assert!(CronSpec::parse("0 0 30 2 *").is_err());
+    }
+
+    #[test]
+    fn errors_quote_the_expression_as_typed_and_the_bounds() {
+        let cases = [
+            ("61  * * * *", "minute must be 0 to 59, not `61`"),
+            ("0 24 * * *", "hour must be 0 to 23, not `24`"),
+            ("60 0 0 * * *", "second must be 0 to 59, not `60`"),
+            ("0 0 * 13 *", "month must be 1 to 12"),
+            ("0 0 0 1 1 * 2200", "year must be 1970 to 2100, not `2200`"),
+            ("*/60 * * * *", "minute step must be 1 to 59, not `60`"),
+            ("0 0 32 * *", "day-of-month must be 1 to 31"),
+            (
+                "0 0 * * 8",
+                "day-of-week must be 0 to 7 (0 and 7 are Sunday)",
+            ),
+            ("0 0 0 * * 0", "day-of-week must be 1 to 7 (1 is Sunday"),
+            (
+                "0 0 * * FRI-MON",
+                "day-of-week range `FRI-MON` runs backwards",
+            ),
+            ("0 9 32W * *", "day-of-month must be 1 to 31"),
+            ("0 9 1-5W * *", "W follows a single day"),
+            ("0 9 * * MON#6", "the number after # must be 1 to 5"),
+            ("0 9 * * L", "cannot be `L` alone"),
+            ("0 9 5L * *", "`5L` and `MON#1` belong to day-of-week"),
+            ("0 9 * * 15W", "W belongs to day-of-month"),
+            ("5L * * * *", "minute cannot use `5L`"),
+            ("0 ? * * *", "hour cannot be `?`"),
+            ("0 9 * * MON,,FRI", "day-of-week has an empty list item"),
+            (
+                "0 0 * jnu *",
+                "month must be 1 to 12 or a name such as JAN, not `jnu`",
+            ),
+        ];
+        for (expr, detail) in cases {
+            let err = CronSpec::parse(expr).expect_err(expr).0;
+            let typed = expr.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                err.starts_with(&format!("`{typed}` is not a valid cron expression: ")),
+                "{expr}: {err}"
+            );
+            assert!(err.contains(detail), "{expr}: {err}");
+        }
+        // Never the 6-field form netcron hands to the `cron` crate.
+        let err = CronSpec::parse("61 * * * *").expect_err("61").0;
+        assert!(!err.contains("0 61"), "{err}");
+        let err = CronSpec::parse("@fortnightly").expect_err("unknown").0;
+        assert!(
+            err.contains("`@fortnightly`") && err.contains("@hourly"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shorthands_keep_their_meaning() {
+        let cases = [
+            ("@yearly", ["2027-01-01", "2028-01-01"]),
+            ("@annually", ["2027-01-01", "2028-01-01"]),
+            ("@monthly", ["2026-12-01", "2027-01-01"]),
+            ("@weekly", ["2026-11-22", "2026-11-29"]),
+            ("@daily", ["2026-11-21", "2026-11-22"]),
+            ("@midnight", ["2026-11-21", "2026-11-22"]),
+        ];
+        for (expr, expected) in cases {
+            assert_eq!(dates(expr, "2026-11-20T12:00:00Z", 2), expected, "{expr}");
+        }
+        let hourly = CronSpec::parse("@hourly").expect("valid");
+        assert!(hourly.hourly());
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod m20261129_000009_console_sessions;
 mod m20261129_000011_device_zones;
 mod m20261207_000001_outputs_external_storage;
 mod m20261207_000002_cancel_requests;
+mod m20261207_000003_schedule_day_match;
 mod m20261207_000004_fleet_jobs;
 
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000011_device_zones::Migration),
             Box::new(m20261207_000001_outputs_external_storage::Migration),
             Box::new(m20261207_000002_cancel_requests::Migration),
+            Box::new(m20261207_000003_schedule_day_match::Migration),
             Box::new(m20261207_000004_fleet_jobs::Migration),
         ]
     }

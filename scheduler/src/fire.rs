@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use netcron_common::domain::{
-    CronSpec, MisfirePolicy, OverlapPolicy, RunStatus, RunTrigger, Timing, parse_timezone,
+    CronSpec, DayMatch, MisfirePolicy, OverlapPolicy, RunStatus, RunTrigger, Timing,
+    parse_timezone,
 };
 use netcron_lifecycle::jobs;
 use netcron_lifecycle::runs::{self, Fires};
@@ -26,7 +27,7 @@ use crate::plan::{Due, materialise_until, plan};
 /// [`crate::plan::materialise_until`]); `allow` schedules never need the active-run probe.
 const CLAIM: &str = r"
 SELECT s.id, s.command_id, c.device_id, coalesce(d.enabled, true) AS device_enabled,
-       s.cron_expression, s.timezone, s.misfire_policy, s.overlap_policy,
+       s.cron_expression, s.day_match, s.timezone, s.misfire_policy, s.overlap_policy,
        s.start_at, s.end_at, s.next_fire_at,
        s.overlap_policy <> 'allow' AND (EXISTS (
            SELECT 1 FROM runs r
@@ -65,28 +66,33 @@ pub struct FireReport {
 /// A Postgres statement with positional values.
 pub(crate) use netcron_store::db::stmt;
 
-/// Parsed cron expressions by their text. Parsing is most of the per-schedule CPU cost of a
-/// pass, and schedules share few distinct expressions, so the cache stays small; it is cleared
-/// whenever it outgrows its bound rather than tracking recency.
+/// Parsed cron expressions by their text and day rule. Parsing is most of the per-schedule CPU
+/// cost of a pass, and schedules share few distinct expressions, so the cache stays small; it
+/// is cleared whenever it outgrows its bound rather than tracking recency.
 #[derive(Default)]
-pub struct SpecCache(std::sync::Mutex<HashMap<String, CronSpec>>);
+pub struct SpecCache(std::sync::Mutex<HashMap<(String, DayMatch), CronSpec>>);
 
 const SPEC_CACHE_BOUND: usize = 10_000;
 
 impl SpecCache {
-    fn parse(&self, text: &str) -> Result<CronSpec, netcron_common::domain::ParseError> {
+    fn parse(
+        &self,
+        text: &str,
+        day_match: DayMatch,
+    ) -> Result<CronSpec, netcron_common::domain::ParseError> {
         let mut map = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(spec) = map.get(text) {
+        let key = (text.to_owned(), day_match);
+        if let Some(spec) = map.get(&key) {
             return Ok(spec.clone());
         }
-        let spec = CronSpec::parse(text)?;
+        let spec = CronSpec::parse(text)?.with_day_match(day_match)?;
         if map.len() >= SPEC_CACHE_BOUND {
             map.clear();
         }
-        map.insert(text.to_owned(), spec.clone());
+        map.insert(key, spec.clone());
         Ok(spec)
     }
 }
@@ -124,9 +130,11 @@ fn parse_row(row: &QueryResult, specs: &SpecCache) -> Result<Claimed> {
     // conservative one: never more runs than the schedule asked for.
     let misfire = tolerant(row, id, "misfire_policy", MisfirePolicy::Skip)?;
     let overlap = tolerant(row, id, "overlap_policy", OverlapPolicy::Skip)?;
+    // `both` matches the fewest days: never a fire on a day the schedule did not ask for.
+    let day_match = tolerant(row, id, "day_match", DayMatch::Both)?;
     // A row the API validated always parses; one edited behind its back is ended with a log
     // line rather than stopping every other schedule.
-    let timing = match (specs.parse(&cron), parse_timezone(&zone)) {
+    let timing = match (specs.parse(&cron, day_match), parse_timezone(&zone)) {
         (Ok(cron), Ok(tz)) => Some(Timing {
             cron,
             tz,

@@ -1,6 +1,8 @@
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use netcron_common::domain::{CronSpec, MisfirePolicy, OverlapPolicy, Timing, parse_timezone};
+use netcron_common::domain::{
+    CronSpec, DayMatch, MisfirePolicy, OverlapPolicy, Timing, parse_timezone,
+};
 use netcron_lifecycle::runs::Withdrawn;
 use netcron_protocol::lease::Leases;
 use netcron_store::db::SCHEDULE_CHANGED_CHANNEL;
@@ -17,6 +19,7 @@ use crate::PageRequest;
 use crate::error::{Error, Result};
 
 pub struct NewSchedule {
+    /// The expression with its day rule ([`CronSpec::with_day_match`]).
     pub cron: CronSpec,
     pub tz: Tz,
     pub enabled: bool,
@@ -29,7 +32,9 @@ pub struct NewSchedule {
 
 #[derive(Default)]
 pub struct ScheduleChanges {
+    /// A new expression; its day rule is `day_match` when given, else the stored one.
     pub cron: Option<CronSpec>,
+    pub day_match: Option<DayMatch>,
     pub tz: Option<Tz>,
     pub enabled: Option<bool>,
     pub misfire_policy: Option<MisfirePolicy>,
@@ -55,15 +60,19 @@ fn check_window(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>) -> Res
     }
 }
 
-/// The stored schedule's timing. Rows are validated on write, so a failure here means the row
-/// was changed behind the API's back.
+/// The day rule of a stored schedule. A rule this build does not know (a newer version's)
+/// reads as `both`, as the scheduler reads it: it matches the fewest days, so the schedule
+/// never fires on a day it did not ask for.
+pub fn day_match(model: &schedule::Model) -> DayMatch {
+    model.day_match.known().unwrap_or(DayMatch::Both)
+}
+
+/// The stored schedule's timing, with its stored day rule. Rows are validated on write, so a
+/// failure here means the row was changed behind the API's back.
 pub fn timing(model: &schedule::Model) -> Result<Timing> {
-    let cron = CronSpec::parse(&model.cron_expression).map_err(|e| {
-        anyhow::anyhow!(
-            "schedule {} has a stored cron expression that {e}",
-            model.id
-        )
-    })?;
+    let cron = CronSpec::parse(&model.cron_expression)
+        .and_then(|c| c.with_day_match(day_match(model)))
+        .map_err(|e| anyhow::anyhow!("schedule {} has a stored cron expression: {e}", model.id))?;
     let tz = parse_timezone(&model.timezone)
         .map_err(|e| anyhow::anyhow!("schedule {} has a stored time zone: {e}", model.id))?;
     Ok(Timing {
@@ -114,6 +123,7 @@ pub async fn create_for(
         id: Set(new_id()),
         command_id: Set(command_id),
         cron_expression: Set(timing.cron.as_str().to_owned()),
+        day_match: Set(timing.cron.day_match().into()),
         timezone: Set(timing.tz.name().to_owned()),
         enabled: Set(new.enabled),
         misfire_policy: Set(new.misfire_policy.into()),
@@ -225,6 +235,7 @@ pub async fn update(
     let current = lock(&txn, id).await?;
     let mut timing = timing(&current)?;
     let timing_changed = changes.cron.is_some()
+        || changes.day_match.is_some()
         || changes.tz.is_some()
         || changes.start_at.is_some()
         || changes.end_at.is_some();
@@ -233,8 +244,20 @@ pub async fn update(
     let overlap_changed = changes
         .overlap_policy
         .is_some_and(|p| current.overlap_policy != p);
-    if let Some(cron) = changes.cron {
-        timing.cron = cron;
+    if changes.cron.is_some() || changes.day_match.is_some() {
+        // The rule goes with the expression: a new expression keeps the stored rule unless
+        // the change names one, and a new rule applies to the stored expression.
+        let (cron, blame) = match changes.cron {
+            Some(cron) => (cron, "cron_expression"),
+            None => (timing.cron, "day_match"),
+        };
+        let (rule, blame) = match changes.day_match {
+            Some(rule) => (rule, "day_match"),
+            None => (day_match(&current), blame),
+        };
+        timing.cron = cron
+            .with_day_match(rule)
+            .map_err(|e| Error::validation(blame, e))?;
     }
     if let Some(tz) = changes.tz {
         timing.tz = tz;
@@ -264,6 +287,9 @@ pub async fn update(
         model.next_fire_at = Set(Some(current_next.map_or(first, |n| n.min(first))));
     }
     model.cron_expression = Set(timing.cron.as_str().to_owned());
+    if changes.day_match.is_some() {
+        model.day_match = Set(timing.cron.day_match().into());
+    }
     model.timezone = Set(timing.tz.name().to_owned());
     model.start_at = Set(timing.start_at);
     model.end_at = Set(timing.end_at);

@@ -1,8 +1,14 @@
-use chrono::{DateTime, Duration, Timelike, Utc};
+use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, Duration, Timelike, Utc};
+use netcron_migration::{Migrator, MigratorTrait as _};
+use netcron_scheduler::{ManualClock, SchedulerSettings};
+use sea_orm::ConnectionTrait as _;
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::support::app::{TestApp, assert_problem, collect_pages, id, json_of};
+use crate::support::console::ConsoleSession;
 
 fn time(v: &serde_json::Value) -> DateTime<Utc> {
     v.as_str().expect("timestamp").parse().expect("RFC 3339")
@@ -20,6 +26,7 @@ async fn schedule_gets_its_first_fire_time() {
     assert_eq!(s["enabled"], true);
     assert_eq!(s["misfire_policy"], "run_once");
     assert_eq!(s["overlap_policy"], "skip");
+    assert_eq!(s["day_match"], "either");
     assert_eq!(s["command_id"], command["id"]);
     let next = time(&s["next_fire_at"]);
     assert!(
@@ -315,4 +322,335 @@ async fn deleting_a_schedule_keeps_its_runs() {
     let (_, runs) = json_of(app.get(&format!("/devices/{}/results", id(&device))).await).await;
     assert_eq!(runs["items"].as_array().map(Vec::len), Some(1));
     assert_eq!(runs["items"][0]["schedule_id"], serde_json::Value::Null);
+}
+
+/// The dates (`YYYY-MM-DD`, UTC) of a schedule's next `count` fire times.
+async fn preview_dates(app: &TestApp, schedule: &serde_json::Value, count: u32) -> Vec<String> {
+    let (status, preview) = json_of(
+        app.get(&format!(
+            "/schedules/{}/preview?count={count}",
+            id(schedule)
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{preview}");
+    preview["fire_times"]
+        .as_array()
+        .expect("fire_times")
+        .iter()
+        .map(|f| time(&f["utc"]).format("%Y-%m-%d").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn l_fires_at_the_end_of_every_month() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("d").await;
+    let path = format!(
+        "/devices/{}/commands/{}/schedules",
+        id(&device),
+        id(&command)
+    );
+    let (status, s) = json_of(
+        app.post(&path, &json!({"cron_expression": "0 2 L * *"}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 201, "{s}");
+    assert_eq!(s["cron_expression"], "0 2 L * *");
+    let (_, preview) = json_of(
+        app.get(&format!("/schedules/{}/preview?count=13", id(&s)))
+            .await,
+    )
+    .await;
+    let fires: Vec<DateTime<Utc>> = preview["fire_times"]
+        .as_array()
+        .expect("fire_times")
+        .iter()
+        .map(|f| time(&f["utc"]))
+        .collect();
+    assert_eq!(fires.len(), 13, "{preview}");
+    assert_eq!(fires[0], time(&s["next_fire_at"]));
+    for (fire, next) in fires.iter().zip(&fires[1..]) {
+        assert_eq!((fire.hour(), fire.minute(), fire.second()), (2, 0, 0));
+        let day_after = *fire + Duration::days(1);
+        assert_eq!(
+            day_after.day(),
+            1,
+            "{fire} is not the last day of its month"
+        );
+        assert_eq!(
+            day_after.month(),
+            next.month(),
+            "{next} does not end the month after {fire}"
+        );
+    }
+    // In a fixed window: January to April 2031.
+    let s = app
+        .schedule(
+            &device,
+            &command,
+            json!({"cron_expression": "0 2 L * *", "start_at": "2031-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(
+        preview_dates(&app, &s, 4).await,
+        ["2031-01-31", "2031-02-28", "2031-03-31", "2031-04-30"]
+    );
+}
+
+#[tokio::test]
+async fn new_schedules_fire_when_either_day_field_matches() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("d").await;
+    let s = app
+        .schedule(
+            &device,
+            &command,
+            json!({"cron_expression": "0 0 1,15 * MON", "start_at": "2031-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(s["day_match"], "either");
+    // 2031-01-01 is a Wednesday: the 1st, then Mondays, the 15th (a Wednesday), Mondays, the
+    // 1st of February (a Saturday), Monday the 3rd.
+    assert_eq!(s["next_fire_at"], "2031-01-01T00:00:00Z");
+    assert_eq!(
+        preview_dates(&app, &s, 8).await,
+        [
+            "2031-01-01",
+            "2031-01-06",
+            "2031-01-13",
+            "2031-01-15",
+            "2031-01-20",
+            "2031-01-27",
+            "2031-02-01",
+            "2031-02-03"
+        ]
+    );
+    let (_, fetched) = json_of(app.get(&format!("/schedules/{}", id(&s))).await).await;
+    assert_eq!(fetched["day_match"], "either");
+}
+
+#[tokio::test]
+async fn schedules_from_before_day_match_keep_both_fields_matching() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("d").await;
+    let s = app
+        .schedule(
+            &device,
+            &command,
+            json!({"cron_expression": "0 0 1,15 * MON", "start_at": "2031-01-01T00:00:00Z"}),
+        )
+        .await;
+    // Back to the schema before `day_match`, then the upgrade: the row is one the migration
+    // finds, as every schedule of an older release is.
+    Migrator::down(&app.db, Some(1))
+        .await
+        .expect("the last migration is day_match's, and goes down");
+    let columns = app
+        .db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT count(*) AS n FROM information_schema.columns \
+             WHERE table_name = 'schedules' AND column_name = 'day_match'",
+        ))
+        .await
+        .expect("columns")
+        .expect("a row");
+    assert_eq!(columns.try_get::<i64>("", "n").expect("n"), 0);
+    Migrator::up(&app.db, None).await.expect("upgrade");
+
+    let (_, fetched) = json_of(app.get(&format!("/schedules/{}", id(&s))).await).await;
+    assert_eq!(fetched["day_match"], "both", "{fetched}");
+    // Only Mondays that are the 1st or the 15th, as before the upgrade.
+    assert_eq!(
+        preview_dates(&app, &s, 4).await,
+        ["2031-09-01", "2031-09-15", "2031-12-01", "2031-12-15"]
+    );
+
+    // The scheduler reads the row's rule too: after the fire of Monday 1 September 2031 the
+    // next is Monday the 15th, not Monday the 8th.
+    let fire = time(&json!("2031-09-01T00:00:00Z"));
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE schedules SET next_fire_at = '{}' WHERE id = '{}'",
+            fire.to_rfc3339(),
+            id(&s)
+        ))
+        .await
+        .expect("set the fire time");
+    let config = SchedulerSettings {
+        horizon: Duration::zero(),
+        ..SchedulerSettings::default()
+    };
+    let scheduler = app
+        .scheduler(config, Arc::new(ManualClock::new(fire)))
+        .await;
+    let report = scheduler.tick().await.expect("tick");
+    assert_eq!(report.fired.queued, 1);
+    let (_, fired) = json_of(app.get(&format!("/schedules/{}", id(&s))).await).await;
+    assert_eq!(fired["next_fire_at"], "2031-09-15T00:00:00Z", "{fired}");
+    assert_eq!(fired["day_match"], "both");
+}
+
+#[tokio::test]
+async fn day_match_is_checked_and_named() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("d").await;
+    let path = format!(
+        "/devices/{}/commands/{}/schedules",
+        id(&device),
+        id(&command)
+    );
+    for body in [
+        json!({"cron_expression": "@hourly", "day_match": "any"}),
+        json!({"cron_expression": "@hourly", "day_match": "unknown:any"}),
+        json!({"cron_expression": "@hourly", "day_match": "Either"}),
+        // No Monday is the 30th of February.
+        json!({"cron_expression": "0 0 30 2 MON", "day_match": "both"}),
+    ] {
+        assert_problem(
+            app.post(&path, &body).await,
+            422,
+            "validation",
+            Some("day_match"),
+        )
+        .await;
+    }
+    let (_, list) = json_of(app.get("/schedules").await).await;
+    assert_eq!(list["items"], json!([]));
+    let s = app
+        .schedule(
+            &device,
+            &command,
+            json!({"cron_expression": "0 0 30 2 MON"}),
+        )
+        .await;
+    let one = format!("/schedules/{}", id(&s));
+    assert_problem(
+        app.patch(&one, &json!({"day_match": "AND"})).await,
+        422,
+        "validation",
+        Some("day_match"),
+    )
+    .await;
+    assert_problem(
+        app.patch(&one, &json!({"day_match": "both"})).await,
+        422,
+        "validation",
+        Some("day_match"),
+    )
+    .await;
+    let (_, unchanged) = json_of(app.get(&one).await).await;
+    assert_eq!(unchanged["day_match"], "either");
+    // A refused expression quotes what was typed and the field's bounds.
+    let problem = assert_problem(
+        app.post(&path, &json!({"cron_expression": "61 2 L * *"}))
+            .await,
+        422,
+        "validation",
+        Some("cron_expression"),
+    )
+    .await;
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("`61 2 L * *`") && detail.contains("minute must be 0 to 59"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn day_match_round_trips_through_patch() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("d").await;
+    let s = app
+        .schedule(
+            &device,
+            &command,
+            json!({"cron_expression": "0 0 1,15 * MON", "start_at": "2031-01-01T00:00:00Z",
+                   "day_match": "both"}),
+        )
+        .await;
+    assert_eq!(s["day_match"], "both");
+    assert_eq!(s["next_fire_at"], "2031-09-01T00:00:00Z");
+    let one = format!("/schedules/{}", id(&s));
+    let (status, switched) = json_of(app.patch(&one, &json!({"day_match": "either"})).await).await;
+    assert_eq!(status, 200, "{switched}");
+    assert_eq!(switched["day_match"], "either");
+    assert_eq!(switched["next_fire_at"], "2031-01-01T00:00:00Z");
+    let (_, back) = json_of(app.patch(&one, &json!({"day_match": "both"})).await).await;
+    assert_eq!(back["day_match"], "both");
+    assert_eq!(back["next_fire_at"], "2031-09-01T00:00:00Z");
+    // A new expression keeps the rule: the 1st that is a Monday.
+    let (status, edited) = json_of(
+        app.patch(&one, &json!({"cron_expression": "0 0 1 * MON"}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(edited["day_match"], "both");
+    assert_eq!(edited["cron_expression"], "0 0 1 * MON");
+    assert_eq!(edited["next_fire_at"], "2031-09-01T00:00:00Z");
+    // A new expression the stored rule can never fire is refused, naming the expression.
+    assert_problem(
+        app.patch(&one, &json!({"cron_expression": "0 0 30 2 MON"}))
+            .await,
+        422,
+        "validation",
+        Some("cron_expression"),
+    )
+    .await;
+    let (_, fetched) = json_of(app.get(&one).await).await;
+    assert_eq!(fetched, edited, "a refused patch changes nothing");
+}
+
+#[tokio::test]
+async fn the_console_form_chooses_day_match() {
+    let app = TestApp::spawn().await;
+    let (_, command) = app.command("d").await;
+    let session = ConsoleSession::open(&app).await;
+    let html = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("html")
+    };
+    let new = html(session.get(&app, "/console/schedules/new").await).await;
+    assert!(
+        new.contains("<select id=\"day_match\" name=\"day_match\">")
+            && new.contains("<option value=\"either\" selected>"),
+        "{new}"
+    );
+    let origin = reqwest::Url::parse(&app.base)
+        .expect("base")
+        .origin()
+        .ascii_serialization();
+    let created = session
+        .client
+        .post(app.url("/console/schedules"))
+        .header("cookie", &session.cookie)
+        .header("origin", origin)
+        .form(&[
+            ("csrf", session.csrf.as_str()),
+            ("command_id", id(&command)),
+            ("cron_expression", "0 0 1,15 * MON"),
+            ("day_match", "both"),
+            ("timezone", "UTC"),
+            ("misfire_policy", "run_once"),
+            ("overlap_policy", "skip"),
+            ("enabled", "on"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(created.status(), 303);
+    let (_, list) = json_of(app.get("/schedules").await).await;
+    let s = &list["items"][0];
+    assert_eq!(s["day_match"], "both", "{list}");
+    let edit = html(
+        session
+            .get(&app, &format!("/console/schedules/{}/edit", id(s)))
+            .await,
+    )
+    .await;
+    assert!(edit.contains("<option value=\"both\" selected>"), "{edit}");
 }

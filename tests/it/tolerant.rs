@@ -22,12 +22,14 @@ ALTER TABLE credentials DROP CONSTRAINT IF EXISTS credentials_kind_check;
 ALTER TABLE commands DROP CONSTRAINT IF EXISTS commands_kind_check;
 ALTER TABLE schedules DROP CONSTRAINT IF EXISTS schedules_misfire_policy_check;
 ALTER TABLE schedules DROP CONSTRAINT IF EXISTS schedules_overlap_policy_check;
+ALTER TABLE schedules DROP CONSTRAINT IF EXISTS schedules_day_match_check;
 ALTER TABLE runs DROP CONSTRAINT IF EXISTS runs_status_check;
 ALTER TABLE runs DROP CONSTRAINT IF EXISTS runs_trigger_check;
 UPDATE devices SET platform = 'cisco_xr';
 UPDATE credentials SET kind = 'certificate';
 UPDATE commands SET kind = 'netconf_get';
-UPDATE schedules SET misfire_policy = 'run_latest', overlap_policy = 'replace';
+UPDATE schedules SET misfire_policy = 'run_latest', overlap_policy = 'replace',
+    day_match = 'weekday_first';
 UPDATE runs SET status = 'paused_by_operator', trigger = 'webhook';
 ";
 
@@ -93,10 +95,12 @@ async fn rest_lists_and_resources_show_values_from_a_newer_version() {
         let item = &read(&app, &path).await["items"][0];
         assert_eq!(item["misfire_policy"], "unknown:run_latest", "{path}");
         assert_eq!(item["overlap_policy"], "unknown:replace", "{path}");
+        assert_eq!(item["day_match"], "unknown:weekday_first", "{path}");
     }
     let one = read(&app, &format!("/schedules/{s}")).await;
     assert_eq!(one["misfire_policy"], "unknown:run_latest");
     assert_eq!(one["overlap_policy"], "unknown:replace");
+    assert_eq!(one["day_match"], "unknown:weekday_first");
     read(&app, &format!("/schedules/{s}/preview")).await;
 
     for path in ["/runs".to_owned(), format!("/devices/{d}/results")] {
@@ -131,7 +135,11 @@ async fn the_console_shows_values_from_a_newer_version() {
         ("/console/credentials".to_owned(), &["unknown:certificate"]),
         (format!("/console/credentials/{credential}/edit"), &[]),
         ("/console/schedules".to_owned(), &[]),
-        (format!("/console/schedules/{s}/edit"), &[]),
+        // As the platform: saving the form unchanged is refused, never quietly `either`.
+        (
+            format!("/console/schedules/{s}/edit"),
+            &["<option value=\"unknown:weekday_first\" selected>"],
+        ),
         ("/console/runs".to_owned(), &["unknown:paused_by_operator"]),
         (
             format!("/console/runs/{r}"),
@@ -193,6 +201,7 @@ async fn writes_still_accept_only_known_values() {
     for (field, value) in [
         ("overlap_policy", "unknown:replace"),
         ("misfire_policy", "run_latest"),
+        ("day_match", "unknown:weekday_first"),
     ] {
         assert_problem(
             app.patch(&format!("/schedules/{s}"), &json!({ field: value }))
@@ -213,6 +222,16 @@ async fn writes_still_accept_only_known_values() {
     assert_eq!(status, 200, "{edited}");
     assert_eq!(edited["platform"], "unknown:cisco_xr");
     assert_eq!(edited["tags"], json!(["edge"]));
+    let (status, edited) = json_of(
+        app.patch(
+            &format!("/schedules/{s}"),
+            &json!({"cron_expression": "0 0 1,15 * MON"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(edited["day_match"], "unknown:weekday_first");
 }
 
 /// Follows a `$ref` into `components.schemas`; any other schema is itself.
@@ -237,6 +256,7 @@ async fn the_schema_documents_the_unknown_form_beside_the_known_values() {
         ("CommandView", "kind", "shell"),
         ("ScheduleView", "misfire_policy", "run_once"),
         ("ScheduleView", "overlap_policy", "skip"),
+        ("ScheduleView", "day_match", "either"),
         ("RunSummary", "status", "queued"),
         ("RunSummary", "trigger", "manual"),
     ] {

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::Utc;
-use netcron_common::domain::{MisfirePolicy, OverlapPolicy, Timing};
+use netcron_common::domain::{DayMatch, MisfirePolicy, OverlapPolicy, Timing};
 use netcron_store::entity::{command, device, schedule};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use serde::Deserialize;
@@ -117,7 +117,10 @@ async fn list(
             },
             enabled: s.enabled,
             paused_reason: s.paused_reason.unwrap_or_default(),
-            policies: format!("misfire {}, overlap {}", s.misfire_policy, s.overlap_policy),
+            policies: format!(
+                "misfire {}, overlap {}, day match {}",
+                s.misfire_policy, s.overlap_policy, s.day_match
+            ),
         })
         .collect();
     render(&ListPage {
@@ -151,6 +154,20 @@ fn misfire_choices() -> Vec<Choice> {
         .collect()
 }
 
+/// Short, as the options of a select: the label above it gives the example they refer to.
+fn day_match_choices() -> Vec<Choice> {
+    DayMatch::ALL
+        .iter()
+        .map(|d| Choice {
+            value: d.as_str(),
+            meaning: match d {
+                DayMatch::Either => "on the 1st, the 15th and every Monday (crontab's rule)",
+                DayMatch::Both => "only on Mondays that are the 1st or the 15th (the earlier rule)",
+            },
+        })
+        .collect()
+}
+
 fn overlap_choices() -> Vec<Choice> {
     OverlapPolicy::ALL
         .iter()
@@ -179,6 +196,7 @@ struct FormPage {
     form: Filled,
     misfire: Vec<Choice>,
     overlap: Vec<Choice>,
+    day_match: Vec<Choice>,
     preview: Preview,
 }
 
@@ -191,7 +209,7 @@ pub struct Preview {
     timezone: String,
 }
 
-const FIELDS: [(&str, Kind); 8] = [
+const FIELDS: [(&str, Kind); 9] = [
     ("cron_expression", Kind::Text),
     ("timezone", Kind::Text),
     ("enabled", Kind::Check),
@@ -200,6 +218,7 @@ const FIELDS: [(&str, Kind); 8] = [
     ("start_at", Kind::Text),
     ("end_at", Kind::Text),
     ("pause_after_failures", Kind::Int),
+    ("day_match", Kind::Text),
 ];
 
 /// Parses the form exactly as a create would, and lists the next fire times.
@@ -308,6 +327,7 @@ async fn form_page(
             form,
             misfire: misfire_choices(),
             overlap: overlap_choices(),
+            day_match: day_match_choices(),
             preview,
         },
         failed,
@@ -328,6 +348,7 @@ async fn new_form(
         let mut values = form_urlencoded::Serializer::new(String::new());
         values.extend_pairs([
             ("cron_expression", "0 2 * * *"),
+            ("day_match", "either"),
             ("timezone", "UTC"),
             ("enabled", "on"),
             ("misfire_policy", "run_once"),
@@ -393,6 +414,7 @@ async fn edit_form(
         let mut values = form_urlencoded::Serializer::new(String::new());
         values.extend_pairs([
             ("cron_expression", s.cron_expression.clone()),
+            ("day_match", s.day_match.to_string()),
             ("timezone", s.timezone.clone()),
             ("misfire_policy", s.misfire_policy.to_string()),
             ("overlap_policy", s.overlap_policy.to_string()),

@@ -1,7 +1,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use netcron_common::domain::{CronSpec, MisfirePolicy, OverlapPolicy, parse_timezone};
+use netcron_common::domain::{CronSpec, DayMatch, MisfirePolicy, OverlapPolicy, parse_timezone};
 use netcron_common::stored::Stored;
 use netcron_store::entity::schedule;
 use serde::{Deserialize, Serialize};
@@ -36,15 +36,25 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// - 6 fields `second minute hour day-of-month month day-of-week`, and
 /// - 7 fields, the 6-field form plus `year`; in the 6/7-field forms day-of-week is 1-7 with
 ///   1 = Sunday (Quartz style), or names;
-/// - `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
+/// - `@hourly`, `@daily` (`@midnight`), `@weekly`, `@monthly`, `@yearly` (`@annually`).
 ///
-/// When both day-of-month and day-of-week are restricted, a day must match both.
+/// Day-of-month also takes `L` (the last day), `LW` (the last weekday) and `15W` (the weekday
+/// nearest to the 15th, within the month); day-of-week `MON#1` (the first Monday, `#1` to
+/// `#5`) and `5L` or `FRIL` (the last Friday); either takes `?` (no specific value).
+///
+/// When both day-of-month and day-of-week are restricted (neither begins with `*` nor is
+/// `?`), `day_match` decides: `either` (default, crontab's rule) fires on a day that matches
+/// either field, `both` only on a day that matches both.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"cron_expression": "*/5 * * * *", "timezone": "Europe/Berlin", "enabled": true}))]
 pub struct ScheduleCreate {
     #[schema(example = "*/5 * * * *")]
     pub cron_expression: String,
+    /// How day-of-month and day-of-week combine when both are restricted (default `either`:
+    /// `0 0 1,15 * MON` fires on the 1st, the 15th and every Monday; `both`: only on Mondays
+    /// that are the 1st or the 15th).
+    pub day_match: Option<DayMatch>,
     /// IANA time zone whose wall clock the expression follows (default `UTC`).
     #[schema(example = "Europe/Berlin", default = "UTC")]
     pub timezone: Option<String>,
@@ -70,7 +80,10 @@ pub struct ScheduleCreate {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"cron_expression": "0 */2 * * *"}))]
 pub struct SchedulePatch {
+    /// A new expression; it keeps the schedule's `day_match` unless the patch names one.
     pub cron_expression: Option<String>,
+    /// A new day rule, for the new or the stored expression.
+    pub day_match: Option<DayMatch>,
     pub timezone: Option<String>,
     pub enabled: Option<bool>,
     pub misfire_policy: Option<MisfirePolicy>,
@@ -90,8 +103,9 @@ pub struct SchedulePatch {
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({
     "id": "01936b31-2d3e-7f40-8b5c-6d7e8f9a0b1c", "command_id": "01936b30-1c2d-7e3f-9a4b-5c6d7e8f9a0b",
-    "cron_expression": "*/5 * * * *", "timezone": "Europe/Berlin", "enabled": true,
-    "misfire_policy": "run_once", "overlap_policy": "skip", "start_at": null, "end_at": null,
+    "cron_expression": "*/5 * * * *", "day_match": "either", "timezone": "Europe/Berlin",
+    "enabled": true, "misfire_policy": "run_once", "overlap_policy": "skip",
+    "start_at": null, "end_at": null,
     "next_fire_at": "2026-11-22T10:05:00Z", "consecutive_failures": 0,
     "pause_after_failures": null, "paused_reason": null,
     "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z"
@@ -100,6 +114,9 @@ pub struct ScheduleView {
     pub id: Uuid,
     pub command_id: Uuid,
     pub cron_expression: String,
+    /// How day-of-month and day-of-week combine when both are restricted. Schedules created
+    /// before this field existed have `both`, the rule they were created under.
+    pub day_match: Stored<DayMatch>,
     pub timezone: String,
     pub enabled: bool,
     pub misfire_policy: Stored<MisfirePolicy>,
@@ -123,6 +140,7 @@ impl From<schedule::Model> for ScheduleView {
             id: m.id,
             command_id: m.command_id,
             cron_expression: m.cron_expression,
+            day_match: m.day_match,
             timezone: m.timezone,
             enabled: m.enabled,
             misfire_policy: m.misfire_policy,
@@ -142,7 +160,11 @@ impl From<schedule::Model> for ScheduleView {
 impl ScheduleCreate {
     pub(crate) fn parse(self) -> Result<NewSchedule> {
         Ok(NewSchedule {
-            cron: field("cron_expression", CronSpec::parse(&self.cron_expression))?,
+            cron: field(
+                "day_match",
+                field("cron_expression", CronSpec::parse(&self.cron_expression))?
+                    .with_day_match(self.day_match.unwrap_or(DayMatch::Either)),
+            )?,
             tz: field(
                 "timezone",
                 parse_timezone(self.timezone.as_deref().unwrap_or("UTC")),
@@ -178,6 +200,7 @@ impl SchedulePatch {
                 .cron_expression
                 .map(|c| field("cron_expression", CronSpec::parse(&c)))
                 .transpose()?,
+            day_match: self.day_match,
             tz: self
                 .timezone
                 .map(|t| field("timezone", parse_timezone(&t)))

@@ -1,6 +1,6 @@
 use sea_orm::entity::prelude::*;
 
-use netcron_common::domain::{MisfirePolicy, OverlapPolicy};
+use netcron_common::domain::{DayMatch, MisfirePolicy, OverlapPolicy};
 use netcron_common::stored::Stored;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -14,6 +14,8 @@ pub struct Model {
     pub enabled: bool,
     pub misfire_policy: Stored<MisfirePolicy>,
     pub overlap_policy: Stored<OverlapPolicy>,
+    /// How the cron expression's two day fields combine when both are restricted.
+    pub day_match: Stored<DayMatch>,
     pub start_at: Option<DateTimeUtc>,
     pub end_at: Option<DateTimeUtc>,
     /// The next fire time, or `None` when the schedule has ended (past `end_at`).
