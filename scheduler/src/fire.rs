@@ -6,8 +6,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use netcron_common::domain::{
-    CronSpec, DayMatch, MisfirePolicy, OverlapPolicy, RunStatus, RunTrigger, Timing,
-    parse_timezone,
+    CronSpec, DayMatch, MisfirePolicy, OverlapPolicy, RunStatus, RunTrigger, Timing, parse_timezone,
 };
 use netcron_lifecycle::jobs;
 use netcron_lifecycle::runs::{self, Fires};
