@@ -300,19 +300,17 @@ async fn insert_job_run(
     Ok(inserted.is_some())
 }
 
-/// The device runs of a job run and, for those to publish, their outbox rows.
+/// The device runs of a job run, all held back (no outbox row): [`settle`] releases them into
+/// the outbox as the job's limits allow.
 const INSERT_DEVICE_RUNS: &str = r"
-WITH inserted AS (
-    INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, queued_at, status,
-                      finished_at, error_kind, error_message, job_run_id, command_text)
-    SELECT t.id, $2, t.device_id, $3, t.scheduled_for, $4, t.status,
-           CASE WHEN t.status = 'queued' THEN NULL ELSE $4 END,
-           NULLIF(t.error_kind, ''), NULLIF(t.reason, ''), $1, t.text
-    FROM unnest($5::uuid[], $6::uuid[], $7::timestamptz[], $8::text[], $9::text[], $10::text[],
-                $11::text[]) AS t(id, device_id, scheduled_for, status, error_kind, reason, text)
-    ON CONFLICT (job_run_id, device_id) WHERE job_run_id IS NOT NULL DO NOTHING
-    RETURNING id, status)
-INSERT INTO task_outbox (run_id) SELECT id FROM inserted WHERE status = 'queued'";
+INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, queued_at, status,
+                  finished_at, error_kind, error_message, job_run_id, command_text)
+SELECT t.id, $2, t.device_id, $3, t.scheduled_for, $4, t.status,
+       CASE WHEN t.status = 'queued' THEN NULL ELSE $4 END,
+       NULLIF(t.error_kind, ''), NULLIF(t.reason, ''), $1, t.text
+FROM unnest($5::uuid[], $6::uuid[], $7::timestamptz[], $8::text[], $9::text[], $10::text[],
+            $11::text[]) AS t(id, device_id, scheduled_for, status, error_kind, reason, text)
+ON CONFLICT (job_run_id, device_id) WHERE job_run_id IS NOT NULL DO NOTHING";
 
 /// Device runs written per statement: 10,000 rows of seven arrays stay well inside one
 /// statement's limits, and fewer round trips keep a large expansion fast.
@@ -399,7 +397,8 @@ pub async fn start(
         .await?;
     }
     if !devices.is_empty() {
-        // Every device may have failed to render; the job run then ends at once.
+        // Releases the first devices the limits allow (all of them when there are none), or
+        // ends the job run at once when every device failed to render.
         settle(txn, &[id], now).await?;
     }
     txn.execute_raw(stmt(
@@ -456,26 +455,128 @@ pub fn target_of(job: &command::Model) -> Result<Target> {
     })
 }
 
-/// Per running job run among `$1`: whether a device run is still queued or running, and how
-/// many succeeded and how many ended otherwise.
+/// Locks the running job runs among `$1`, in id order (two ingest workers settling the same
+/// job runs wait for each other instead of releasing the same devices twice).
+const LOCK_RUNNING: &str =
+    "SELECT id FROM job_runs WHERE id = ANY($1) AND status = 'running' ORDER BY id FOR UPDATE";
+
+/// Per job run among `$1`: its device runs released and not ended (queued with an outbox row,
+/// or running), held back (queued without one), succeeded and ended otherwise; and its job's
+/// limits.
 const COUNTS: &str = r"
-SELECT j.id,
-       count(*) FILTER (WHERE r.status IN ('queued', 'running')) AS active,
-       count(*) FILTER (WHERE r.status = 'succeeded') AS succeeded,
-       count(*) FILTER (WHERE r.status NOT IN ('queued', 'running', 'succeeded')) AS unsuccessful,
-       j.stop_reason IS NOT NULL AS stopped
+SELECT j.id, j.stop_reason, c.batch_size, c.max_parallel, c.max_fail_percent,
+       count(r.id) FILTER (WHERE r.status = 'running' OR (r.status = 'queued' AND o.run_id IS NOT NULL))
+           AS active,
+       count(r.id) FILTER (WHERE r.status = 'queued' AND o.run_id IS NULL) AS held,
+       count(r.id) FILTER (WHERE r.status = 'succeeded') AS succeeded,
+       count(r.id) FILTER (WHERE r.status NOT IN ('queued', 'running', 'succeeded')) AS unsuccessful
 FROM job_runs j
+JOIN commands c ON c.id = j.command_id
 LEFT JOIN runs r ON r.job_run_id = j.id
-WHERE j.id = ANY($1) AND j.status = 'running'
-GROUP BY j.id";
+LEFT JOIN task_outbox o ON o.run_id = r.id
+WHERE j.id = ANY($1)
+GROUP BY j.id, c.id";
+
+/// The next `$2` held device runs of job run `$1`, in device-run order, into the outbox.
+const RELEASE: &str = r"
+INSERT INTO task_outbox (run_id)
+SELECT r.id FROM runs r
+WHERE r.job_run_id = $1 AND r.status = 'queued'
+  AND NOT EXISTS (SELECT 1 FROM task_outbox o WHERE o.run_id = r.id)
+ORDER BY r.id
+LIMIT $2
+ON CONFLICT (run_id) DO NOTHING";
+
+/// Every held device run of job run `$1` ends `skipped` with the reason `$2`.
+const SKIP_HELD: &str = r"
+UPDATE runs r SET status = 'skipped', finished_at = $3, error_message = $2
+WHERE r.job_run_id = $1 AND r.status = 'queued'
+  AND NOT EXISTS (SELECT 1 FROM task_outbox o WHERE o.run_id = r.id)";
+
+/// Where a job run's device runs stand, and its job's limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// Released and not ended: queued in the outbox, or running.
+    pub active: u64,
+    /// Queued but held back by the limits.
+    pub held: u64,
+    pub succeeded: u64,
+    /// Ended without success (failed, error, skipped, cancelled, missed).
+    pub unsuccessful: u64,
+    /// Whether the job run was stopped (cancelled, or by `max_fail_percent`).
+    pub stopped: bool,
+    /// Rolling batches: the next one only when the previous one ended.
+    pub batch: Option<u64>,
+    /// Device runs released at once at most.
+    pub max_parallel: Option<u64>,
+    /// Stop releasing once more than this percentage of all devices did not succeed.
+    pub max_fail_percent: Option<u64>,
+}
+
+/// What [`settle`] does to one job run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Held device runs to release into the outbox.
+    pub release: u64,
+    /// Stop: the held device runs end `skipped` with this reason.
+    pub stop: Option<String>,
+    /// The job run ends with this status.
+    pub end: Option<JobRunStatus>,
+}
+
+/// The rule of a job run's limits, given where its device runs stand: release what the limits
+/// allow (a whole batch once the previous one ended; up to `max_parallel` released at once;
+/// everything when there is no limit), stop once more than `max_fail_percent` of all devices
+/// did not succeed (the held ones are not started), and end once nothing is released or held.
+pub fn step(s: Standing) -> Step {
+    let total = s.active + s.held + s.succeeded + s.unsuccessful;
+    let over = s
+        .max_fail_percent
+        .is_some_and(|p| s.unsuccessful * 100 > p * total);
+    let mut out = Step {
+        release: 0,
+        stop: None,
+        end: None,
+    };
+    let mut held = s.held;
+    let mut stopped = s.stopped;
+    if held > 0 && !stopped && over {
+        out.stop = Some(format!(
+            "max_fail_percent {} exceeded: {} of {total} devices did not succeed; {held} not \
+             started",
+            s.max_fail_percent.unwrap_or(0),
+            s.unsuccessful
+        ));
+        held = 0;
+        stopped = true;
+    }
+    if held > 0 && !stopped {
+        out.release = match (s.batch, s.max_parallel) {
+            (Some(batch), parallel) => {
+                let batch = parallel.map_or(batch, |p| batch.min(p)).max(1);
+                if s.active == 0 { batch.min(held) } else { 0 }
+            }
+            (None, Some(parallel)) => parallel.saturating_sub(s.active).min(held),
+            (None, None) => held,
+        };
+        held -= out.release;
+    }
+    if s.active + out.release == 0 && held == 0 {
+        let unsuccessful = s.unsuccessful + if out.stop.is_some() { s.held } else { 0 };
+        out.end = Some(JobRunStatus::settled(s.succeeded, unsuccessful, stopped));
+    }
+    out
+}
 
 const SETTLE: &str = r"
 UPDATE job_runs j SET status = t.status, finished_at = $3
 FROM unnest($1::uuid[], $2::text[]) AS t(id, status)
 WHERE j.id = t.id AND j.status = 'running'";
 
-/// *settled*: of `job_run_ids`, each running job run none of whose device runs is queued or
-/// running ends with the status its outcomes give. Answers the job runs that ended.
+/// *settled*: each running job run among `job_run_ids` takes its next [`step`]: held device
+/// runs released into the outbox (with a notification that wakes the publisher), or skipped
+/// when `max_fail_percent` stops it, and the job run ended once nothing is left. Answers the
+/// job runs that ended.
 ///
 /// # Errors
 /// When the database fails.
@@ -487,26 +588,70 @@ pub async fn settle(
     if job_run_ids.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = db
-        .query_all_raw(stmt(COUNTS, vec![job_run_ids.to_vec().into()]))
+    let locked = db
+        .query_all_raw(stmt(LOCK_RUNNING, vec![job_run_ids.to_vec().into()]))
         .await?;
+    let locked = locked
+        .iter()
+        .map(|r| r.try_get::<Uuid>("", "id"))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if locked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = db.query_all_raw(stmt(COUNTS, vec![locked.into()])).await?;
+    let count = |row: &sea_orm::QueryResult, col: &str| -> Result<u64> {
+        Ok(u64::try_from(row.try_get::<i64>("", col)?).unwrap_or(0))
+    };
+    let limit = |row: &sea_orm::QueryResult, col: &str| -> Result<Option<u64>> {
+        Ok(row
+            .try_get::<Option<i32>>("", col)?
+            .and_then(|v| u64::try_from(v).ok()))
+    };
     let mut ended = Vec::new();
     let mut statuses = Vec::new();
+    let mut released = false;
     for row in rows {
-        let active: i64 = row.try_get("", "active")?;
-        if active > 0 {
-            continue;
+        let id: Uuid = row.try_get("", "id")?;
+        let standing = Standing {
+            active: count(&row, "active")?,
+            held: count(&row, "held")?,
+            succeeded: count(&row, "succeeded")?,
+            unsuccessful: count(&row, "unsuccessful")?,
+            stopped: row.try_get::<Option<String>>("", "stop_reason")?.is_some(),
+            batch: limit(&row, "batch_size")?,
+            max_parallel: limit(&row, "max_parallel")?,
+            max_fail_percent: limit(&row, "max_fail_percent")?,
+        };
+        let next = step(standing);
+        if let Some(reason) = &next.stop {
+            db.execute_raw(stmt(
+                SKIP_HELD,
+                vec![id.into(), reason.clone().into(), now.into()],
+            ))
+            .await?;
+            db.execute_raw(stmt(
+                "UPDATE job_runs SET stop_reason = coalesce(stop_reason, $2) WHERE id = $1",
+                vec![id.into(), reason.clone().into()],
+            ))
+            .await?;
         }
-        let succeeded: i64 = row.try_get("", "succeeded")?;
-        let unsuccessful: i64 = row.try_get("", "unsuccessful")?;
-        let stopped: bool = row.try_get("", "stopped")?;
-        let status = JobRunStatus::settled(
-            u64::try_from(succeeded).unwrap_or(0),
-            u64::try_from(unsuccessful).unwrap_or(0),
-            stopped,
-        );
-        ended.push(row.try_get::<Uuid>("", "id")?);
-        statuses.push(status.as_str().to_owned());
+        if next.release > 0 {
+            let n = i64::try_from(next.release).unwrap_or(i64::MAX);
+            db.execute_raw(stmt(RELEASE, vec![id.into(), n.into()]))
+                .await?;
+            released = true;
+        }
+        if let Some(status) = next.end {
+            ended.push(id);
+            statuses.push(status.as_str().to_owned());
+        }
+    }
+    if released {
+        db.execute_raw(stmt(
+            "SELECT pg_notify($1, '')",
+            vec![RUN_QUEUED_CHANNEL.into()],
+        ))
+        .await?;
     }
     if !ended.is_empty() {
         db.execute_raw(stmt(
@@ -645,4 +790,199 @@ pub async fn counts(db: &impl ConnectionTrait, job_run_id: Uuid) -> Result<HashM
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standing() -> Standing {
+        Standing::default()
+    }
+
+    #[test]
+    fn without_limits_every_held_device_is_released_at_once() {
+        let s = Standing {
+            held: 500,
+            ..standing()
+        };
+        assert_eq!(step(s).release, 500);
+        assert_eq!(step(s).end, None);
+    }
+
+    #[test]
+    fn max_parallel_tops_the_released_devices_up_to_the_limit() {
+        let s = Standing {
+            held: 10,
+            active: 2,
+            max_parallel: Some(3),
+            ..standing()
+        };
+        assert_eq!(step(s).release, 1);
+        let full = Standing { active: 3, ..s };
+        assert_eq!(step(full).release, 0);
+    }
+
+    #[test]
+    fn a_batch_is_released_only_once_the_previous_one_ended() {
+        let running = Standing {
+            held: 6,
+            active: 1,
+            batch: Some(4),
+            ..standing()
+        };
+        assert_eq!(step(running).release, 0);
+        let ended = Standing {
+            active: 0,
+            succeeded: 4,
+            ..running
+        };
+        assert_eq!(step(ended).release, 4);
+        let last = Standing { held: 2, ..ended };
+        assert_eq!(step(last).release, 2);
+    }
+
+    #[test]
+    fn a_batch_larger_than_max_parallel_is_cut_to_it() {
+        let s = Standing {
+            held: 10,
+            batch: Some(8),
+            max_parallel: Some(3),
+            ..standing()
+        };
+        assert_eq!(step(s).release, 3);
+    }
+
+    #[test]
+    fn max_fail_percent_stops_the_rest_with_the_reason_and_ends_once_released_ones_end() {
+        // 10 devices, 2 failed: 20% > 10%.
+        let s = Standing {
+            held: 6,
+            active: 2,
+            unsuccessful: 2,
+            batch: Some(2),
+            max_fail_percent: Some(10),
+            ..standing()
+        };
+        let next = step(s);
+        assert_eq!(next.release, 0);
+        let reason = next.stop.expect("stopped");
+        assert!(
+            reason.contains("2 of 10") && reason.contains("6 not started"),
+            "{reason}"
+        );
+        assert_eq!(next.end, None, "two released devices still run");
+        let after = Standing {
+            held: 0,
+            active: 0,
+            succeeded: 2,
+            unsuccessful: 8,
+            stopped: true,
+            ..s
+        };
+        assert_eq!(step(after).end, Some(JobRunStatus::Stopped));
+    }
+
+    #[test]
+    fn at_the_limit_is_not_over_it() {
+        let s = Standing {
+            held: 5,
+            unsuccessful: 1,
+            succeeded: 4,
+            batch: Some(5),
+            max_fail_percent: Some(10),
+            ..standing()
+        };
+        assert!(step(s).stop.is_none());
+        assert_eq!(step(s).release, 5);
+    }
+
+    #[test]
+    fn a_job_run_ends_with_its_outcomes_once_nothing_is_released_or_held() {
+        let s = Standing {
+            succeeded: 3,
+            unsuccessful: 1,
+            ..standing()
+        };
+        assert_eq!(step(s).end, Some(JobRunStatus::PartiallyFailed));
+    }
+
+    fn device(vars: Value) -> Matched {
+        Matched {
+            id: Uuid::nil(),
+            name: "sw1".into(),
+            host: "192.0.2.1".into(),
+            port: 22,
+            platform: "cisco_ios".into(),
+            zone: "default".into(),
+            tags: vec!["a".into()],
+            vars,
+        }
+    }
+
+    fn job(command: &str, platform_commands: Value, vars: Value) -> command::Model {
+        command::Model {
+            id: Uuid::nil(),
+            device_id: None,
+            name: "j".into(),
+            kind: netcron_common::domain::CommandKind::Shell.into(),
+            command: command.into(),
+            timeout_s: 60,
+            max_output_bytes: 1024,
+            max_attempts: 1,
+            target: Some(serde_json::json!({"all": true})),
+            platform_commands,
+            vars,
+            max_parallel: None,
+            spread_s: 0,
+            batch_size: None,
+            max_fail_percent: None,
+            revision: 1,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_device_gets_its_platforms_text_with_its_own_variables_over_the_jobs() {
+        let job = job(
+            "echo default",
+            serde_json::json!({"cisco_ios": "show vlan {{ vars.vlan }} on {{ device.name }}"}),
+            serde_json::json!({"vlan": 1}),
+        );
+        let plan = Plan::new(&job);
+        assert_eq!(
+            plan.render(&device(serde_json::json!({"vlan": 20}))),
+            Ok("show vlan 20 on sw1".to_owned())
+        );
+        assert_eq!(
+            plan.render(&device(serde_json::json!({}))),
+            Ok("show vlan 1 on sw1".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_and_nothing_renders() {
+        let job = job(
+            "echo {{ vars.site }}",
+            serde_json::json!({}),
+            serde_json::json!({}),
+        );
+        let err = Plan::new(&job)
+            .render(&device(serde_json::json!({})))
+            .expect_err("missing");
+        assert!(err.contains("`vars.site`") && err.contains("sw1"), "{err}");
+    }
+
+    #[test]
+    fn templates_are_checked_for_syntax_and_for_what_they_read() {
+        let err = check_templates("a\n{{ vars.x ", &Map::new()).expect_err("syntax");
+        assert_eq!(err.field, "command");
+        assert!(err.message.contains("line 2"), "{}", err.message);
+        let mut per_platform = Map::new();
+        per_platform.insert("linux".into(), Value::from("{{ env.HOME }}"));
+        let err = check_templates("true", &per_platform).expect_err("env");
+        assert_eq!(err.field, "platform_commands.linux");
+        assert!(check_templates("{{ device.host }} {{ vars.a }}", &Map::new()).is_ok());
+    }
 }

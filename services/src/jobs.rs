@@ -33,6 +33,19 @@ pub struct NewJob {
     pub max_output_bytes: i64,
     pub max_attempts: i32,
     pub spread_s: i32,
+    pub limits: Limits,
+}
+
+/// How many of a job run's devices run at once, and when it stops.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Devices of one job run released at once at most.
+    pub max_parallel: Option<i32>,
+    /// Rolling batches of this many devices: the next when the previous one ended.
+    pub batch: Option<i32>,
+    /// Stop starting devices once more than this percentage of the job run's devices did not
+    /// succeed.
+    pub max_fail_percent: Option<i32>,
 }
 
 #[derive(Default)]
@@ -47,6 +60,10 @@ pub struct JobChanges {
     pub max_output_bytes: Option<i64>,
     pub max_attempts: Option<i32>,
     pub spread_s: Option<i32>,
+    /// `Some(None)` removes the limit.
+    pub max_parallel: Option<Option<i32>>,
+    pub batch: Option<Option<i32>>,
+    pub max_fail_percent: Option<Option<i32>>,
 }
 
 /// The rules that span a job's fields: the command-text rules of its kind for every text,
@@ -127,10 +144,10 @@ pub async fn create(db: &DatabaseConnection, new: NewJob) -> Result<command::Mod
         target: Set(Some(to_json(&new.target)?)),
         platform_commands: Set(Value::Object(new.platform_commands)),
         vars: Set(Value::Object(new.vars)),
-        max_parallel: Set(None),
+        max_parallel: Set(new.limits.max_parallel),
         spread_s: Set(spread_s),
-        batch_size: Set(None),
-        max_fail_percent: Set(None),
+        batch_size: Set(new.limits.batch),
+        max_fail_percent: Set(new.limits.max_fail_percent),
         revision: Set(1),
         created_at: Set(now),
         updated_at: Set(now),
@@ -229,6 +246,15 @@ pub async fn update(
     }
     if let Some(v) = changes.spread_s {
         model.spread_s = Set(spread(v)?);
+    }
+    if let Some(v) = changes.max_parallel {
+        model.max_parallel = Set(v);
+    }
+    if let Some(v) = changes.batch {
+        model.batch_size = Set(v);
+    }
+    if let Some(v) = changes.max_fail_percent {
+        model.max_fail_percent = Set(v);
     }
     model.revision = Set(revision);
     model.updated_at = Set(Utc::now());

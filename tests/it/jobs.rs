@@ -558,3 +558,192 @@ async fn a_jobs_schedule_refuses_the_queue_overlap_policy() {
     let body = assert_problem(response, 422, "validation", Some("overlap_policy")).await;
     assert_eq!(body["field"], "overlap_policy", "{body}");
 }
+
+/// Start and end times of each command, as the SSH host saw them.
+struct Spans {
+    dir: std::path::PathBuf,
+}
+
+impl Spans {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("netcron-spans-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("spans dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        Self { dir }
+    }
+
+    /// Shell text that records its start, does `then`, and records its end.
+    fn command(&self, then: &str) -> String {
+        let log = self.dir.join("log");
+        let log = log.display();
+        format!(
+            "echo \"$NETCRON_RUN_ID start $(date +%s.%N)\" >> {log}; {then}; \
+             echo \"$NETCRON_RUN_ID end $(date +%s.%N)\" >> {log}"
+        )
+    }
+
+    /// (run id, start, end) of every command that ended.
+    fn spans(&self) -> Vec<(String, f64, f64)> {
+        let text = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+        let mut starts: HashMap<String, f64> = HashMap::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [run, what, at] = f[..] else { continue };
+            let at: f64 = at.parse().expect("time");
+            match what {
+                "start" => {
+                    starts.insert(run.to_owned(), at);
+                }
+                _ => out.push((run.to_owned(), starts[run], at)),
+            }
+        }
+        out
+    }
+
+    /// The most commands that ran at the same time.
+    fn most_at_once(&self) -> usize {
+        let mut edges: Vec<(f64, i32)> = self
+            .spans()
+            .iter()
+            .flat_map(|(_, s, e)| [(*s, 1), (*e, -1)])
+            .collect();
+        // An end at the same instant as a start counts first.
+        edges.sort_by(|a, b| a.partial_cmp(b).expect("times"));
+        let (mut now, mut most) = (0i32, 0i32);
+        for (_, d) in edges {
+            now += d;
+            most = most.max(now);
+        }
+        usize::try_from(most).unwrap_or(0)
+    }
+}
+
+impl Drop for Spans {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn max_parallel_is_never_exceeded_on_the_host_and_every_device_runs_once() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let spans = Spans::new();
+    fleet(&app, &sshd, "mp", 12, |_| vec!["mp"], |_| json!({})).await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "mp", "target": {"tags_all": ["mp"]}, "max_parallel": 3,
+                   "command": spans.command("sleep 0.4")}),
+        )
+        .await;
+    assert_eq!(job["max_parallel"], 3);
+    let (_scheduler, _executor) = pipeline(&app).await;
+    let run = start(&app, &job).await;
+    let run = settled(&app, id(&run), Duration::from_secs(90)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let spans_seen = spans.spans();
+    assert_eq!(spans_seen.len(), 12, "{spans_seen:?}");
+    let runs: HashSet<&str> = spans_seen.iter().map(|(r, _, _)| r.as_str()).collect();
+    assert_eq!(runs.len(), 12, "each device once");
+    let most = spans.most_at_once();
+    assert!(most <= 3, "{most} commands at once on the host");
+    // And the limit was used, not just respected by running one at a time.
+    assert!(most >= 2, "{most} at once: max_parallel 3 ran serially");
+}
+
+#[tokio::test]
+async fn rolling_batches_start_the_next_batch_only_once_the_previous_one_ended() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let spans = Spans::new();
+    fleet(&app, &sshd, "bt", 9, |_| vec!["bt"], |_| json!({})).await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "bt", "target": {"tags_all": ["bt"]}, "batch": 3,
+                   "command": spans.command("sleep 0.3")}),
+        )
+        .await;
+    let (_scheduler, _executor) = pipeline(&app).await;
+    let run = start(&app, &job).await;
+    let run = settled(&app, id(&run), Duration::from_secs(90)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    // Device runs are released in device-run order: batch k is runs 3k..3k+3.
+    let order: Vec<String> = device_runs(&app, id(&run))
+        .await
+        .iter()
+        .map(|r| id(r).to_owned())
+        .collect();
+    let spans: HashMap<String, (f64, f64)> = spans
+        .spans()
+        .into_iter()
+        .map(|(r, s, e)| (r, (s, e)))
+        .collect();
+    assert_eq!(spans.len(), 9);
+    for k in 1..3 {
+        let previous_end = order[3 * (k - 1)..3 * k]
+            .iter()
+            .map(|r| spans[r].1)
+            .fold(f64::MIN, f64::max);
+        let next_start = order[3 * k..3 * k + 3]
+            .iter()
+            .map(|r| spans[r].0)
+            .fold(f64::MAX, f64::min);
+        assert!(
+            next_start >= previous_end,
+            "batch {k} started at {next_start} before batch {} ended at {previous_end}",
+            k - 1
+        );
+    }
+}
+
+#[tokio::test]
+async fn max_fail_percent_stops_starting_devices_and_says_why() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    // The first two devices (the first batch) fail.
+    fleet(
+        &app,
+        &sshd,
+        "mf",
+        8,
+        |_| vec!["mf"],
+        |i| json!({"code": u8::from(i < 2)}),
+    )
+    .await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "mf", "target": {"tags_all": ["mf"]}, "batch": 2,
+                   "max_fail_percent": 10, "command": executions.command("exit {{ vars.code }}")}),
+        )
+        .await;
+    let (_scheduler, _executor) = pipeline(&app).await;
+    let run = start(&app, &job).await;
+    let run = settled(&app, id(&run), Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "stopped", "{run}");
+    assert_eq!(run["counts"]["failed"], 2, "{run}");
+    assert_eq!(run["counts"]["skipped"], 6, "{run}");
+    let reason = run["stop_reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("max_fail_percent 10") && reason.contains("6 not started"),
+        "{reason}"
+    );
+    // Counted on the host: only the first batch ran.
+    assert_eq!(executions.lines().len(), 2, "{:?}", executions.lines());
+    let skipped: Vec<Value> = device_runs(&app, id(&run))
+        .await
+        .into_iter()
+        .filter(|r| r["status"] == "skipped")
+        .collect();
+    assert!(
+        skipped.iter().all(|r| r["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_fail_percent"))),
+        "{skipped:?}"
+    );
+}

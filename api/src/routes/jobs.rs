@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use netcron_common::domain::{CommandKind, OverlapPolicy, RunStatus, parse_name};
 use netcron_common::fleet::Target;
 use netcron_common::stored::Stored;
-use netcron_services::jobs::{self as service, JobChanges, NewJob};
+use netcron_services::jobs::{self as service, JobChanges, Limits, NewJob};
 use netcron_services::runs::RunSummary;
 use netcron_store::entity::{command, job_run};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,21 @@ pub struct JobCreate {
     /// by hand (run now, retry failed) starts every device at once.
     #[schema(minimum = 0, maximum = 86400, default = 0)]
     pub spread_s: Option<i32>,
+    /// Devices of one job run running at once at most (1 to 100000; absent: no limit). The
+    /// next device starts when one ends.
+    #[schema(minimum = 1, maximum = 100000)]
+    pub max_parallel: Option<i32>,
+    /// Rolling batches: this many devices at a time (1 to 100000), the next batch only once
+    /// every device of the previous one ended. With `max_parallel` too, a batch is at most
+    /// `max_parallel` devices.
+    #[schema(minimum = 1, maximum = 100000)]
+    pub batch: Option<i32>,
+    /// Stop starting devices once more than this percentage (0 to 100) of the job run's
+    /// devices did not succeed; the devices not started end `skipped`, with the reason. It is
+    /// checked as devices end, so it stops a job run that releases devices over time
+    /// (`batch`, `max_parallel`).
+    #[schema(minimum = 0, maximum = 100)]
+    pub max_fail_percent: Option<i32>,
 }
 
 /// Changes to a job. Send the `revision` you read (or `If-Match: "<revision>"`): a job changed
@@ -106,6 +121,16 @@ pub struct JobPatch {
     pub max_output_bytes: Option<i64>,
     pub max_attempts: Option<i64>,
     pub spread_s: Option<i32>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "super::nullable")]
+    #[schema(value_type = Option<i32>)]
+    pub max_parallel: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    #[schema(value_type = Option<i32>)]
+    pub batch: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "super::nullable")]
+    #[schema(value_type = Option<i32>)]
+    pub max_fail_percent: Option<Option<i32>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -124,6 +149,9 @@ pub struct JobView {
     pub max_output_bytes: i64,
     pub max_attempts: i32,
     pub spread_s: i32,
+    pub max_parallel: Option<i32>,
+    pub batch: Option<i32>,
+    pub max_fail_percent: Option<i32>,
     /// Bumped by every change; send it back with a change (or as `If-Match`).
     pub revision: i64,
     pub created_at: DateTime<Utc>,
@@ -144,6 +172,9 @@ impl From<command::Model> for JobView {
             max_output_bytes: m.max_output_bytes,
             max_attempts: m.max_attempts,
             spread_s: m.spread_s,
+            max_parallel: m.max_parallel,
+            batch: m.batch_size,
+            max_fail_percent: m.max_fail_percent,
             revision: m.revision,
             created_at: m.created_at,
             updated_at: m.updated_at,
@@ -176,7 +207,38 @@ impl JobCreate {
             )?,
             max_attempts: narrow("max_attempts", self.max_attempts.unwrap_or(1), MAX_ATTEMPTS)?,
             spread_s: self.spread_s.unwrap_or(0),
+            limits: Limits {
+                max_parallel: self
+                    .max_parallel
+                    .map(|v| count("max_parallel", v))
+                    .transpose()?,
+                batch: self.batch.map(|v| count("batch", v)).transpose()?,
+                max_fail_percent: self.max_fail_percent.map(percent).transpose()?,
+            },
         })
+    }
+}
+
+/// A count of devices: 1 to 100,000.
+fn count(name: &str, value: i32) -> Result<i32> {
+    if (1..=100_000).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::validation(
+            name,
+            format!("must be 1 to 100000, got {value}"),
+        ))
+    }
+}
+
+fn percent(value: i32) -> Result<i32> {
+    if (0..=100).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::validation(
+            "max_fail_percent",
+            format!("must be 0 to 100, got {value}"),
+        ))
     }
 }
 
@@ -214,6 +276,18 @@ impl JobPatch {
                     .map(|v| narrow("max_attempts", v, MAX_ATTEMPTS))
                     .transpose()?,
                 spread_s: self.spread_s,
+                max_parallel: self
+                    .max_parallel
+                    .map(|v| v.map(|v| count("max_parallel", v)).transpose())
+                    .transpose()?,
+                batch: self
+                    .batch
+                    .map(|v| v.map(|v| count("batch", v)).transpose())
+                    .transpose()?,
+                max_fail_percent: self
+                    .max_fail_percent
+                    .map(|v| v.map(percent).transpose())
+                    .transpose()?,
             },
         ))
     }
