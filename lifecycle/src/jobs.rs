@@ -343,6 +343,9 @@ pub async fn start(
     if !insert_job_run(txn, id, job, &origin, status, device_ids, ended, now).await? {
         return Ok(None);
     }
+    if devices.is_empty() {
+        finished_events(txn, &[id], now).await?;
+    }
     let plan = Plan::new(job);
     // A schedule's fire is spread (the fleet's logins over the window); a start by hand, or a
     // retry, runs at once.
@@ -435,6 +438,9 @@ pub async fn record_unrun(
         now,
     )
     .await?;
+    if inserted {
+        finished_events(txn, &[id], now).await?;
+    }
     Ok(inserted.then_some(id))
 }
 
@@ -659,8 +665,84 @@ pub async fn settle(
             vec![ended.clone().into(), statuses.into(), now.into()],
         ))
         .await?;
+        finished_events(db, &ended, now).await?;
     }
     Ok(ended)
+}
+
+/// The most failed devices a `job_run_finished` event names; the rest are counted.
+const EVENT_FAILED_NAMES: i64 = 50;
+
+/// What a `job_run_finished` event says of each job run among `$1`.
+const FINISHED: &str = r"
+SELECT j.id, j.command_id, c.name AS job_name, j.schedule_id, j.status, j.trigger,
+       j.scheduled_for, j.stop_reason, cardinality(j.device_ids) AS devices,
+       (SELECT coalesce(jsonb_object_agg(s.status, s.n), '{}'::jsonb)
+        FROM (SELECT status, count(*) AS n FROM runs WHERE job_run_id = j.id GROUP BY status) s)
+           AS counts,
+       (SELECT coalesce(jsonb_agg(f.name), '[]'::jsonb) FROM (
+            SELECT d.name FROM runs r JOIN devices d ON d.id = r.device_id
+            WHERE r.job_run_id = j.id AND r.status IN ('failed', 'error')
+            ORDER BY d.name LIMIT $2) f) AS failed_devices,
+       (SELECT count(*) FROM runs r
+        WHERE r.job_run_id = j.id AND r.status IN ('failed', 'error')) AS failed
+FROM job_runs j JOIN commands c ON c.id = j.command_id
+WHERE j.id = ANY($1)";
+
+const INSERT_EVENT: &str = "INSERT INTO events (id, type, body) VALUES ($1, $2, $3)";
+
+/// A `job_run_finished` event per job run in `ended`, in the transaction that ended them, so
+/// it is published like every other event (events stream, webhooks) and never lost to a
+/// crash. Its size is bounded: at most [`EVENT_FAILED_NAMES`] failed devices are named.
+async fn finished_events(
+    db: &impl ConnectionTrait,
+    ended: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let rows = db
+        .query_all_raw(stmt(
+            FINISHED,
+            vec![ended.to_vec().into(), EVENT_FAILED_NAMES.into()],
+        ))
+        .await?;
+    for row in rows {
+        let id = Uuid::now_v7();
+        let failed: i64 = row.try_get("", "failed")?;
+        let named: Value = row.try_get("", "failed_devices")?;
+        let unnamed = failed - i64::try_from(named.as_array().map_or(0, Vec::len)).unwrap_or(0);
+        let body = serde_json::json!({
+            "v": netcron_protocol::EVENT_VERSION,
+            "id": id,
+            "type": netcron_protocol::JOB_RUN_FINISHED,
+            "at": now,
+            "device": null,
+            "schedule_id": row.try_get::<Option<Uuid>>("", "schedule_id")?,
+            "run_id": null,
+            "data": {
+                "job_run_id": row.try_get::<Uuid>("", "id")?,
+                "job": {"id": row.try_get::<Uuid>("", "command_id")?,
+                        "name": row.try_get::<String>("", "job_name")?},
+                "status": row.try_get::<String>("", "status")?,
+                "trigger": row.try_get::<String>("", "trigger")?,
+                "scheduled_for": row.try_get::<DateTime<Utc>>("", "scheduled_for")?,
+                "devices": row.try_get::<i32>("", "devices")?,
+                "counts": row.try_get::<Value>("", "counts")?,
+                "failed_devices": named,
+                "failed_devices_not_named": unnamed,
+                "stop_reason": row.try_get::<Option<String>>("", "stop_reason")?,
+            },
+        });
+        db.execute_raw(stmt(
+            INSERT_EVENT,
+            vec![
+                id.into(),
+                netcron_protocol::JOB_RUN_FINISHED.into(),
+                body.into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(())
 }
 
 /// *settled*, from ingest: the job runs of the device runs `run_ids` that have ended.

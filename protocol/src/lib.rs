@@ -55,6 +55,10 @@ pub const EVENT_VERSION: u32 = 1;
 /// [`zones`]); the other types are detected by ingest.
 pub const ZONE_WITHOUT_EXECUTORS: &str = "zone_without_executors";
 
+/// The event type written when a fleet job's run ends (by `netcron_lifecycle::jobs::settle`,
+/// wherever the job run's last device run ended).
+pub const JOB_RUN_FINISHED: &str = "job_run_finished";
+
 /// Consumer group names.
 pub const EXECUTOR_GROUP: &str = "executors";
 pub const INGEST_GROUP: &str = "ingest";

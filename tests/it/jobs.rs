@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use crate::support::app::{TestApp, assert_problem, eventually, id, json_of};
 use crate::support::executions::Executions;
-use crate::support::pipeline::{config, pipeline, start_executor, start_scheduler};
+use crate::support::pipeline::{
+    config, entries, pipeline, start_executor, start_scheduler, streams,
+};
 use crate::support::sshd::{TEST_PASSWORD, TEST_USER, TestSshd};
 
 /// `n` devices named `<prefix>-<i>` on `sshd`, with `tags(i)` and `vars(i)`.
@@ -208,6 +210,25 @@ async fn a_variable_missing_for_a_device_fails_that_device_before_anything_is_se
         message.contains("vars.vlan") && message.contains("acc-002"),
         "{message}"
     );
+    // The job run's end is an event, naming the failed device.
+    let finished = eventually(
+        "a job_run_finished event",
+        Duration::from_secs(20),
+        || async {
+            entries(&app, &streams(&app).events)
+                .await
+                .into_iter()
+                .filter(|(_, f)| f["type"] == "job_run_finished")
+                .map(|(_, f)| serde_json::from_str::<Value>(&f["body"]).expect("body"))
+                .find(|b| b["data"]["job_run_id"] == first["id"])
+        },
+    )
+    .await;
+    let data = &finished["data"];
+    assert_eq!(data["status"], "partially_failed", "{finished}");
+    assert_eq!(data["job"]["name"], "vlan", "{finished}");
+    assert_eq!(data["failed_devices"], json!(["acc-002"]), "{finished}");
+    assert_eq!(data["counts"]["succeeded"], 3, "{finished}");
     // Nothing was sent to it: three executions on the host, none for its run.
     assert_eq!(executions.lines().len(), 3);
     assert!(
