@@ -499,6 +499,15 @@ UPDATE runs r SET status = 'skipped', finished_at = $3, error_message = $2
 WHERE r.job_run_id = $1 AND r.status = 'queued'
   AND NOT EXISTS (SELECT 1 FROM task_outbox o WHERE o.run_id = r.id)";
 
+/// Held device runs (of the job runs `$1`) whose device was disabled since the job run began
+/// end `skipped`: a disabled device is not started, as at fire time.
+const SKIP_DISABLED: &str = r"
+UPDATE runs r SET status = 'skipped', finished_at = $2,
+    error_message = 'the device was disabled before its turn; nothing was sent'
+FROM devices d
+WHERE r.job_run_id = ANY($1) AND r.status = 'queued' AND d.id = r.device_id AND NOT d.enabled
+  AND NOT EXISTS (SELECT 1 FROM task_outbox o WHERE o.run_id = r.id)";
+
 /// Where a job run's device runs stand, and its job's limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Standing {
@@ -604,6 +613,8 @@ pub async fn settle(
     if locked.is_empty() {
         return Ok(Vec::new());
     }
+    db.execute_raw(stmt(SKIP_DISABLED, vec![locked.clone().into(), now.into()]))
+        .await?;
     let rows = db.query_all_raw(stmt(COUNTS, vec![locked.into()])).await?;
     let count = |row: &sea_orm::QueryResult, col: &str| -> Result<u64> {
         Ok(u64::try_from(row.try_get::<i64>("", col)?).unwrap_or(0))

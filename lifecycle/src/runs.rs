@@ -739,6 +739,18 @@ pub async fn delete_where(txn: &DatabaseTransaction, column: RunOwner, id: Uuid)
         vec![id.into()],
     ))
     .await?;
+    // The job runs a deleted device's runs belonged to may have nothing left to wait for.
+    let job_runs = txn
+        .query_all_raw(stmt(
+            &format!(
+                "SELECT DISTINCT job_run_id FROM runs WHERE {column} = $1 AND job_run_id IS NOT NULL"
+            ),
+            vec![id.into()],
+        ))
+        .await?
+        .iter()
+        .map(|r| r.try_get::<Uuid>("", "job_run_id"))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     for sql in [
         format!(
             "DELETE FROM task_outbox WHERE run_id IN (SELECT id FROM runs WHERE {column} = $1)"
@@ -747,6 +759,7 @@ pub async fn delete_where(txn: &DatabaseTransaction, column: RunOwner, id: Uuid)
     ] {
         txn.execute_raw(stmt(&sql, vec![id.into()])).await?;
     }
+    crate::jobs::settle(txn, &job_runs, chrono::Utc::now()).await?;
     Ok(())
 }
 

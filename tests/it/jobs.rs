@@ -768,3 +768,58 @@ async fn max_fail_percent_stops_starting_devices_and_says_why() {
         "{skipped:?}"
     );
 }
+
+#[tokio::test]
+async fn a_device_disabled_or_deleted_while_its_job_runs_is_not_started_and_the_job_run_still_ends()
+{
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let devices = fleet(&app, &sshd, "dd", 3, |_| vec!["dd"], |_| json!({})).await;
+    // One device at a time, the first one slow: the other two are held while it runs.
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "dd", "target": {"tags_all": ["dd"]}, "batch": 1,
+                   "command": executions.command("sleep 2")}),
+        )
+        .await;
+    let (_scheduler, _executor) = pipeline(&app).await;
+    let run = start(&app, &job).await;
+    executions.wait_for(1, Duration::from_secs(20)).await;
+    // The first device runs; the second is deleted and the third disabled meanwhile. Which is
+    // first is the device-run order, so find it from what began on the host.
+    let began = executions.lines()[0].0.clone();
+    let (_, first) = json_of(app.get(&format!("/runs/{began}")).await).await;
+    let others: Vec<&Value> = devices
+        .iter()
+        .filter(|d| d["id"] != first["device_id"])
+        .collect();
+    let response = app.delete(&format!("/devices/{}", id(others[0]))).await;
+    assert_eq!(response.status().as_u16(), 204);
+    let (status, body) = json_of(
+        app.patch(
+            &format!("/devices/{}", id(others[1])),
+            &json!({"enabled": false}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let run = settled(&app, id(&run), Duration::from_secs(30)).await;
+    assert_eq!(run["counts"]["succeeded"], 1, "{run}");
+    assert_eq!(run["counts"]["skipped"], 1, "{run}");
+    let skipped = device_runs(&app, id(&run))
+        .await
+        .into_iter()
+        .find(|r| r["status"] == "skipped")
+        .expect("skipped");
+    assert_eq!(skipped["device_id"], others[1]["id"]);
+    assert!(
+        skipped["error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disabled")),
+        "{skipped}"
+    );
+    assert_eq!(executions.lines().len(), 1, "only the first device ran");
+}
