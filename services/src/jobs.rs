@@ -11,7 +11,7 @@ use netcron_protocol::lease::Leases;
 use netcron_store::entity::{command, job_run, run};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -276,6 +276,31 @@ pub async fn preview(
     page: PageRequest,
 ) -> Result<Vec<Matched>> {
     Ok(lifecycle::matching(db, target, None, page.after, page.limit + 1).await?)
+}
+
+/// The jobs whose targets match `device_id` now, oldest first. Each job's target is evaluated
+/// for that one device (an index lookup), so this costs one query per job.
+pub async fn targeting(db: &DatabaseConnection, device_id: Uuid) -> Result<Vec<command::Model>> {
+    super::devices::get(db, device_id).await?;
+    let jobs = command::Entity::find()
+        .filter(command::Column::DeviceId.is_null())
+        .order_by_asc(command::Column::Id)
+        .all(db)
+        .await?;
+    let mut out = Vec::new();
+    for job in jobs {
+        // A target this version cannot read targets nothing it can tell.
+        let Ok(target) = lifecycle::target_of(&job) else {
+            continue;
+        };
+        if !lifecycle::matching(db, &target, Some(&[device_id]), None, 1)
+            .await?
+            .is_empty()
+        {
+            out.push(job);
+        }
+    }
+    Ok(out)
 }
 
 /// Starts a job run now, over the devices its target matches now.

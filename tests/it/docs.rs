@@ -39,6 +39,7 @@ const REQUIRED_PATHS: &[(&str, &[&str])] = &[
     ("/job-runs/{job_run_id}/runs", &["get"]),
     ("/job-runs/{job_run_id}/retry-failed", &["post"]),
     ("/job-runs/{job_run_id}/cancel", &["post"]),
+    ("/devices/{device_id}/jobs", &["get"]),
     ("/health", &["get"]),
     ("/ready", &["get"]),
 ];

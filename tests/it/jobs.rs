@@ -129,6 +129,15 @@ async fn a_job_runs_once_on_each_device_its_target_matches_with_each_devices_var
     got.sort();
     assert_eq!(got, expected);
 
+    // A device lists the jobs that target it.
+    let (_, jobs) = json_of(app.get(&format!("/devices/{}/jobs", id(&devices[0]))).await).await;
+    assert_eq!(jobs.as_array().map(Vec::len), Some(1), "{jobs}");
+    assert_eq!(jobs[0]["id"], job["id"]);
+    for excluded in [&devices[4], &devices[5], &devices[6]] {
+        let (_, jobs) = json_of(app.get(&format!("/devices/{}/jobs", id(excluded))).await).await;
+        assert_eq!(jobs, json!([]), "{excluded}");
+    }
+
     let (_scheduler, _executor) = pipeline(&app).await;
     let run = start(&app, &job).await;
     assert_eq!(run["devices"], 4, "{run}");

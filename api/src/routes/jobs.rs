@@ -42,6 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(job_run_devices))
         .routes(routes!(retry_failed))
         .routes(routes!(cancel_job_run))
+        .routes(routes!(device_jobs))
 }
 
 /// A job: what to run on every device its target matches when it fires.
@@ -669,4 +670,16 @@ async fn cancel_job_run(
         cancelled: done.cancelled,
         already_started: done.already_started,
     }))
+}
+
+/// The jobs whose targets match this device now.
+#[utoipa::path(get, path = "/devices/{device_id}/jobs", tag = "jobs",
+    params(("device_id" = Uuid, Path, description = "Device id")),
+    responses((status = 200, description = "The jobs that would run on the device", body = Vec<JobView>), ReadErrors))]
+async fn device_jobs(
+    State(state): State<AppState>,
+    Path(device_id): Path<Uuid>,
+) -> Result<axum::Json<Vec<JobView>>> {
+    let jobs = service::targeting(&state.db, device_id).await?;
+    Ok(axum::Json(jobs.into_iter().map(JobView::from).collect()))
 }
