@@ -1050,3 +1050,74 @@ async fn console_lists_come_in_pages() {
     assert!(second.contains(">d100<"), "{second}");
     assert!(!second.contains("More devices"));
 }
+
+/// A fleet job in the browser: the job page lists the devices its target matches, Run now opens
+/// the job run's grid, which turns green device by device without a reload, the failures can
+/// be shown alone, and Retry failed opens a job run of just those.
+#[tokio::test]
+async fn a_fleet_job_runs_from_the_console_and_its_grid_updates_live() {
+    let app = TestApp::spawn().await;
+    let _pipeline = pipeline(&app).await;
+    let sshd = TestSshd::start();
+    let cred = app
+        .create(
+            "/credentials",
+            json!({"name": "fleet-cred", "username": TEST_USER, "password": TEST_PASSWORD}),
+        )
+        .await;
+    for i in 0..4 {
+        app.create(
+            "/devices",
+            json!({"name": format!("rack-{i}"), "host": "127.0.0.1", "port": sshd.port,
+                   "platform": "linux", "credential_id": cred["id"], "tags": ["rack"],
+                   "vars": {"code": u8::from(i == 3)}}),
+        )
+        .await;
+    }
+    // One device at a time, a second each: the grid is seen while the job runs.
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "rack-check", "target": {"tags_all": ["rack"]}, "max_parallel": 1,
+                   "command": "sleep 1; exit {{ vars.code }}"}),
+        )
+        .await;
+    let b = Browser::open(&app.base).await;
+    b.sign_in().await;
+    b.goto("/console/jobs").await;
+    b.click(&format!("a[href='/console/jobs/{}']", id(&job)))
+        .await;
+    b.wait_text("h1", "the job page", |t| t == "rack-check")
+        .await;
+    let listed = b.find_all(".target-devices li").await;
+    assert_eq!(listed.len(), 4);
+    b.click("#run-now").await;
+    b.find("#grid").await;
+    assert!(b.path().await.starts_with("/console/job-runs/"));
+    // A mark on this page: a reload would lose it.
+    b.js("window.netcronMark = 'kept'; return null").await;
+    assert_eq!(b.text("#job-run-status").await, "running");
+    let status = b
+        .wait_text("#job-run-status", "the job run ends", |t| t != "running")
+        .await;
+    assert_eq!(status, "partially_failed");
+    assert_eq!(
+        b.js("return window.netcronMark").await,
+        json!("kept"),
+        "the grid updated in place, without a reload"
+    );
+    let green = b.find_all("#grid .cell.succeeded").await;
+    assert_eq!(green.len(), 3);
+    b.shot("job-run-grid").await;
+    b.click("#show-failed").await;
+    b.wait_text("#grid", "only the failure", |t| {
+        t.contains("rack-3") && !t.contains("rack-0")
+    })
+    .await;
+    b.click("#retry-failed").await;
+    let retried = b
+        .wait_text("#grid", "the retry's grid", |t| t.contains("rack-3"))
+        .await;
+    assert!(!retried.contains("rack-0"), "{retried}");
+    b.close().await;
+}

@@ -13,6 +13,7 @@
 mod admin;
 mod devices;
 mod forms;
+mod jobs;
 mod next;
 mod overview;
 mod runs;
@@ -144,6 +145,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/sign-out", post(sign_out))
         .route("/console/assets/{name}", get(asset))
         .merge(devices::router())
+        .merge(jobs::router())
         .merge(schedules::router())
         .merge(runs::router())
         .merge(admin::router())

@@ -1,0 +1,397 @@
+//! Fleet jobs in the console: the jobs list, a job's page (its target's devices now, its
+//! schedules and next fires, its recent job runs, run now), and a job run's page: a grid of its
+//! devices coloured by status that refreshes itself while the job run is running (htmx polls
+//! the grid fragment), filtered to failures on request, with retry-failed and cancel.
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use netcron_common::domain::RunStatus;
+use netcron_lifecycle::jobs::target_of;
+use netcron_services::PageRequest;
+use netcron_services::jobs as service;
+use netcron_services::schedules::{self, ScheduleFilter};
+use netcron_store::entity::{device, job_run};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde::Deserialize;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+use super::devices::id;
+use super::session::{Action, Operator};
+use super::view;
+use super::{Chrome, Result, render, see_other};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/console/jobs", get(list))
+        .route("/console/jobs/{id}", get(show))
+        .route("/console/jobs/{id}/run", post(run_now))
+        .route("/console/job-runs/{id}", get(job_run_page))
+        .route("/console/job-runs/{id}/grid", get(grid_fragment))
+        .route("/console/job-runs/{id}/retry-failed", post(retry_failed))
+        .route("/console/job-runs/{id}/cancel", post(cancel))
+}
+
+/// Devices shown on a job's page; the API pages through the rest.
+const PREVIEW: u64 = 100;
+/// Job runs shown on a job's page.
+const RECENT: u64 = 20;
+/// Device runs shown in one job run's grid.
+const GRID: u64 = 10_000;
+
+pub struct JobRow {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub target: String,
+    pub last: String,
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/jobs.html")]
+struct JobList {
+    chrome: Chrome,
+    rows: Vec<JobRow>,
+}
+
+/// A target in one line, for lists.
+fn describe_target(job: &netcron_store::entity::command::Model) -> String {
+    target_of(job)
+        .ok()
+        .and_then(|t| serde_json::to_string(&t).ok())
+        .unwrap_or_else(|| "(a target this version cannot read)".into())
+}
+
+async fn list(State(state): State<AppState>, operator: Operator) -> Result<Response> {
+    let jobs = service::list(
+        &state.db,
+        PageRequest {
+            limit: 500,
+            after: None,
+        },
+    )
+    .await?;
+    let mut rows = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let last = service::runs_of(
+            &state.db,
+            job.id,
+            PageRequest {
+                limit: 1,
+                after: None,
+            },
+        )
+        .await?
+        .into_iter()
+        .next()
+        .map(|r| r.status)
+        .unwrap_or_else(|| "never run".into());
+        rows.push(JobRow {
+            id: job.id.to_string(),
+            target: describe_target(&job),
+            kind: job.kind.to_string(),
+            name: job.name,
+            last,
+        });
+    }
+    render(&JobList {
+        chrome: Chrome::new(&operator, "jobs"),
+        rows,
+    })
+}
+
+pub struct JobRunRow {
+    pub id: String,
+    pub status: String,
+    pub trigger: String,
+    pub scheduled_for: String,
+    pub devices: usize,
+}
+
+impl From<job_run::Model> for JobRunRow {
+    fn from(r: job_run::Model) -> Self {
+        Self {
+            id: r.id.to_string(),
+            status: r.status,
+            trigger: r.trigger.to_string(),
+            scheduled_for: view::when(r.scheduled_for),
+            devices: r.device_ids.len(),
+        }
+    }
+}
+
+pub struct ScheduleRow {
+    pub cron: String,
+    pub timezone: String,
+    pub next: String,
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/job.html")]
+struct JobPage {
+    chrome: Chrome,
+    id: String,
+    name: String,
+    kind: String,
+    command: String,
+    target: String,
+    spread_s: i32,
+    limits: String,
+    devices: Vec<(String, String, String)>,
+    more_devices: bool,
+    schedules: Vec<ScheduleRow>,
+    runs: Vec<JobRunRow>,
+}
+
+async fn show(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(job_id): Path<String>,
+) -> Result<Response> {
+    let job_id = id(&job_id, "job_id")?;
+    let job = service::get(&state.db, job_id).await?;
+    let mut devices = match target_of(&job) {
+        Ok(target) => {
+            service::preview(
+                &state.db,
+                &target,
+                PageRequest {
+                    limit: PREVIEW,
+                    after: None,
+                },
+            )
+            .await?
+        }
+        Err(_) => Vec::new(),
+    };
+    let more_devices = devices.len() > usize::try_from(PREVIEW).unwrap_or(usize::MAX);
+    devices.truncate(usize::try_from(PREVIEW).unwrap_or(usize::MAX));
+    let filter = ScheduleFilter {
+        command_id: Some(job_id),
+        ..Default::default()
+    };
+    let schedules = schedules::list(
+        &state.db,
+        filter,
+        PageRequest {
+            limit: 50,
+            after: None,
+        },
+    )
+    .await?
+    .into_iter()
+    .map(|s| ScheduleRow {
+        next: s.next_fire_at.map_or_else(|| "ended".into(), view::when),
+        cron: s.cron_expression,
+        timezone: s.timezone,
+    })
+    .collect();
+    let runs = service::runs_of(
+        &state.db,
+        job_id,
+        PageRequest {
+            limit: RECENT,
+            after: None,
+        },
+    )
+    .await?
+    .into_iter()
+    .map(JobRunRow::from)
+    .collect();
+    let limits = [
+        job.max_parallel.map(|n| format!("{n} at once")),
+        job.batch_size.map(|n| format!("batches of {n}")),
+        job.max_fail_percent
+            .map(|n| format!("stop above {n}% failed")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ");
+    render(&JobPage {
+        chrome: Chrome::new(&operator, "jobs"),
+        id: job.id.to_string(),
+        target: describe_target(&job),
+        kind: job.kind.to_string(),
+        command: job.command,
+        spread_s: job.spread_s,
+        limits: if limits.is_empty() {
+            "none".into()
+        } else {
+            limits
+        },
+        name: job.name,
+        devices: devices
+            .into_iter()
+            .map(|d| (d.id.to_string(), d.name, d.platform))
+            .collect(),
+        more_devices,
+        schedules,
+        runs,
+    })
+}
+
+async fn run_now(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    _action: Action,
+) -> Result<Response> {
+    let job_id = id(&job_id, "job_id")?;
+    let run = service::start(&state.db, job_id).await?;
+    Ok(see_other(&format!("/console/job-runs/{}", run.id)))
+}
+
+#[derive(Deserialize)]
+pub struct GridParams {
+    /// `failed`: only the devices that did not succeed.
+    pub show: Option<String>,
+}
+
+pub struct Cell {
+    pub run_id: String,
+    pub device: String,
+    pub status: String,
+    pub error: String,
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/job_run_grid.html")]
+struct Grid {
+    id: String,
+    status: String,
+    running: bool,
+    failed_only: bool,
+    counts: String,
+    cells: Vec<Cell>,
+}
+
+async fn grid(state: &AppState, job_run_id: Uuid, failed_only: bool) -> Result<Grid> {
+    let run = service::get_run(&state.db, job_run_id).await?;
+    let runs = service::device_runs(
+        &state.db,
+        job_run_id,
+        None,
+        PageRequest {
+            limit: GRID,
+            after: None,
+        },
+    )
+    .await?;
+    let ids: Vec<Uuid> = runs.iter().map(|r| r.device_id).collect();
+    let names: HashMap<Uuid, String> = device::Entity::find()
+        .filter(device::Column::Id.is_in(ids))
+        .all(&state.db)
+        .await
+        .map_err(netcron_services::Error::from)?
+        .into_iter()
+        .map(|d| (d.id, d.name))
+        .collect();
+    let counts = service::counts(&state.db, job_run_id)
+        .await?
+        .into_iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cells = runs
+        .into_iter()
+        .filter(|r| !failed_only || r.status.known() != Some(RunStatus::Succeeded))
+        .map(|r| Cell {
+            run_id: r.id.to_string(),
+            device: names
+                .get(&r.device_id)
+                .cloned()
+                .unwrap_or_else(|| r.device_id.to_string()),
+            status: r.status.to_string(),
+            error: r.error_message.unwrap_or_default(),
+        })
+        .collect();
+    Ok(Grid {
+        id: job_run_id.to_string(),
+        running: run.status == "running",
+        status: run.status,
+        failed_only,
+        counts,
+        cells,
+    })
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/job_run.html")]
+struct JobRunPage {
+    chrome: Chrome,
+    job_id: String,
+    job_name: String,
+    trigger: String,
+    scheduled_for: String,
+    stop_reason: String,
+    id: String,
+    /// Cancel is offered while the job run runs; retry once it has ended.
+    running: bool,
+    failed_only: bool,
+    /// The grid, rendered by its own template (the fragment the page polls).
+    grid_html: String,
+}
+
+async fn job_run_page(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(job_run_id): Path<String>,
+    Query(params): Query<GridParams>,
+) -> Result<Response> {
+    let job_run_id = id(&job_run_id, "job_run_id")?;
+    let run = service::get_run(&state.db, job_run_id).await?;
+    let job = service::get(&state.db, run.command_id).await?;
+    let failed_only = params.show.as_deref() == Some("failed");
+    render(&JobRunPage {
+        chrome: Chrome::new(&operator, "jobs"),
+        job_id: job.id.to_string(),
+        job_name: job.name,
+        trigger: run.trigger.to_string(),
+        scheduled_for: view::when(run.scheduled_for),
+        stop_reason: run.stop_reason.clone().unwrap_or_default(),
+        id: job_run_id.to_string(),
+        running: run.status == "running",
+        failed_only,
+        grid_html: askama::Template::render(&grid(&state, job_run_id, failed_only).await?)
+            .map_err(|e| {
+                super::Shown(crate::error::ApiError::Internal(
+                    anyhow::Error::new(e).context("rendering the grid"),
+                ))
+            })?,
+    })
+}
+
+/// The grid alone, which the job run's page polls while the job run is running.
+async fn grid_fragment(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Path(job_run_id): Path<String>,
+    Query(params): Query<GridParams>,
+) -> Result<Response> {
+    let job_run_id = id(&job_run_id, "job_run_id")?;
+    let failed_only = params.show.as_deref() == Some("failed");
+    render(&grid(&state, job_run_id, failed_only).await?)
+}
+
+async fn retry_failed(
+    State(state): State<AppState>,
+    Path(job_run_id): Path<String>,
+    _action: Action,
+) -> Result<Response> {
+    let job_run_id = id(&job_run_id, "job_run_id")?;
+    let run = service::retry_failed(&state.db, job_run_id).await?;
+    Ok(see_other(&format!("/console/job-runs/{}", run.id)))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(job_run_id): Path<String>,
+    _action: Action,
+) -> Result<Response> {
+    let job_run_id = id(&job_run_id, "job_run_id")?;
+    service::cancel(&state.db, &state.redis, &state.leases, job_run_id).await?;
+    Ok(see_other(&format!("/console/job-runs/{job_run_id}")))
+}
