@@ -1091,6 +1091,13 @@ async fn a_fleet_job_runs_from_the_console_and_its_grid_updates_live() {
         .await;
     let listed = b.find_all(".target-devices li").await;
     assert_eq!(listed.len(), 4);
+    // A device's page names the jobs that target it.
+    b.click(".target-devices li a").await;
+    b.wait_text(".device-jobs", "the device's jobs", |t| t == "rack-check")
+        .await;
+    b.click(".device-jobs a").await;
+    b.wait_text("h1", "back on the job page", |t| t == "rack-check")
+        .await;
     b.click("#run-now").await;
     b.find("#grid").await;
     assert!(b.path().await.starts_with("/console/job-runs/"));

@@ -399,6 +399,8 @@ struct DevicePage {
     runs: Vec<RunRow>,
     versions: Vec<Version>,
     inventories: Vec<InventoryView>,
+    /// The fleet jobs whose targets match this device now: (id, name).
+    jobs: Vec<(String, String)>,
     /// The add-a-command form.
     command: Filled,
 }
@@ -504,6 +506,11 @@ async fn device_page(
         }
     })
     .collect();
+    let jobs = netcron_services::jobs::targeting(db, device_id)
+        .await?
+        .into_iter()
+        .map(|j| (j.id.to_string(), j.name))
+        .collect();
     let command = Filled::new(command_values, command_error);
     let failed = command.failed();
     render_form(
@@ -528,6 +535,7 @@ async fn device_page(
             runs: view::run_rows(db, recent).await?,
             versions,
             inventories,
+            jobs,
             command,
         },
         failed,
