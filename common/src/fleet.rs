@@ -119,6 +119,14 @@ fn tags(name: &str, list: Vec<String>) -> Result<Vec<String>, ParseError> {
         if tag.is_empty() {
             return Err(invalid(format!("{name}: a tag must not be empty")));
         }
+        // Device tags never hold these (their own rule), so a target naming one matches
+        // nothing; NUL could not even be sent to Postgres.
+        if tag.len() > 64 || tag.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(format!(
+                "{name}: `{}` is not a tag (1 to 64 characters without spaces)",
+                tag.escape_debug()
+            )));
+        }
         out.push(tag);
     }
     dedup(&mut out);
@@ -154,6 +162,10 @@ pub fn parse_vars(
             )));
         }
     }
+    // Postgres' jsonb cannot hold U+0000 in any string.
+    if vars.values().any(has_nul) {
+        return Err(invalid("must not contain NUL characters"));
+    }
     let size = serde_json::to_vec(&vars).map_or(usize::MAX, |b| b.len());
     if size > MAX_VARS_BYTES {
         return Err(invalid(format!(
@@ -161,6 +173,15 @@ pub fn parse_vars(
         )));
     }
     Ok(vars)
+}
+
+fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// Where a job run is in its life.

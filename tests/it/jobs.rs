@@ -334,6 +334,22 @@ async fn templates_that_do_not_compile_or_read_other_names_are_refused_naming_th
         )
         .await;
     let body = assert_problem(bad_vars, 422, "validation", Some("vars")).await;
+    // What Postgres could not store is refused as input, never a 500.
+    let nul_tag = app
+        .post(
+            "/jobs",
+            &json!({"name": "j5", "target": {"tags_any": ["a\u{0}b"]}, "command": "true"}),
+        )
+        .await;
+    assert_problem(nul_tag, 422, "validation", Some("target")).await;
+    let nul_var = app
+        .post(
+            "/jobs",
+            &json!({"name": "j6", "target": {"all": true}, "command": "true",
+                    "vars": {"x": ["a\u{0}"]}}),
+        )
+        .await;
+    assert_problem(nul_var, 422, "validation", Some("vars")).await;
     assert_eq!(body["field"], "vars", "{body}");
 }
 
