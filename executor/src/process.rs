@@ -15,7 +15,7 @@ use netcron_protocol::Streams;
 use netcron_protocol::zones as presence;
 use tokio_util::sync::CancellationToken;
 
-use crate::Settings;
+use crate::config::Settings;
 use crate::error::Result;
 use crate::metrics::ExecutorMetrics;
 use crate::worker::{ZoneWorker, runner, writer};

@@ -15,8 +15,8 @@ use netcron_protocol::{Outcome, Task, TaskCredential};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::ExecutorSettings;
 use crate::attempts::{Attempts, Opened, Policy, Shared};
+use crate::config::ExecutorSettings;
 use crate::kinds::{self, noop};
 use crate::metrics::SessionMetrics;
 use crate::outcome::{error_outcome, scrub_messages};

@@ -20,12 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use crate::config::{ExecutorSettings, Settings};
 use crate::error::Result;
 use crate::first_contact::FirstContact;
 use crate::metrics::ExecutorMetrics;
 use crate::outcome::error_outcome;
 use crate::runner::Runner;
-use crate::{ExecutorSettings, Settings};
 
 /// One zone's consumer in an executor process: a consumer in the `executors` group of the
 /// zone's tasks stream. Its `streams` are the zone's names ([`Streams::for_zone`]); the
@@ -288,7 +288,7 @@ impl ZoneWorker {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot read tasks");
-                        if matches!(&e, crate::Error::Redis(r) if is_missing_group(r)) {
+                        if matches!(&e, crate::error::Error::Redis(r) if is_missing_group(r)) {
                             // The stream or group vanished (Redis restarted empty or was
                             // flushed); the scheduler re-publishes what was lost.
                             let _ = self.ensure_group().await;

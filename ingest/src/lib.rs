@@ -384,7 +384,8 @@ impl Ingest {
             .await?;
         // The job runs whose last device run this batch finished end now, in the same
         // transaction, so a job run is never left running behind finished device runs.
-        netcron_lifecycle::jobs::settle_for_runs(&txn, &finished.done, chrono::Utc::now()).await?;
+        netcron_lifecycle::settle::settle_for_runs(&txn, &finished.done, chrono::Utc::now())
+            .await?;
         // Outbox rows of finished runs are left to the scheduler's housekeeping, which deletes
         // them in bulk; deleting them here doubled the rows this transaction writes.
         if finished.release {

@@ -26,6 +26,7 @@ pub mod jobs;
 pub mod outbox;
 pub mod requeue;
 pub mod runs;
+pub mod settle;
 
 /// Infrastructure failures, and the refusals a caller can act on.
 #[derive(Debug, thiserror::Error)]

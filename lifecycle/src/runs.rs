@@ -589,7 +589,7 @@ pub async fn complete_cancel(db: &DatabaseConnection, run_id: Uuid, attempt: i32
         ))
         .await?;
         // A job's device run: its job run may have nothing left to wait for.
-        crate::jobs::settle_for_runs(&txn, &[run_id], chrono::Utc::now()).await?;
+        crate::settle::settle_for_runs(&txn, &[run_id], chrono::Utc::now()).await?;
     }
     txn.commit().await?;
     Ok(moved > 0)
@@ -759,7 +759,7 @@ pub async fn delete_where(txn: &DatabaseTransaction, column: RunOwner, id: Uuid)
     ] {
         txn.execute_raw(stmt(&sql, vec![id.into()])).await?;
     }
-    crate::jobs::settle(txn, &job_runs, chrono::Utc::now()).await?;
+    crate::settle::settle(txn, &job_runs, chrono::Utc::now()).await?;
     Ok(())
 }
 

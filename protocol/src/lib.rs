@@ -55,7 +55,7 @@ pub const EVENT_VERSION: u32 = 1;
 /// [`zones`]); the other types are detected by ingest.
 pub const ZONE_WITHOUT_EXECUTORS: &str = "zone_without_executors";
 
-/// The event type written when a fleet job's run ends (by `netcron_lifecycle::jobs::settle`,
+/// The event type written when a fleet job's run ends (by `netcron_lifecycle::settle`,
 /// wherever the job run's last device run ended).
 pub const JOB_RUN_FINISHED: &str = "job_run_finished";
 
