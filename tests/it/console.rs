@@ -1103,9 +1103,16 @@ async fn a_fleet_job_runs_from_the_console_and_its_grid_updates_live() {
     assert!(b.path().await.starts_with("/console/job-runs/"));
     // A mark on this page: a reload would lose it.
     b.js("window.netcronMark = 'kept'; return null").await;
-    assert_eq!(b.text("#job-run-status").await, "running");
+    // While htmx swaps the grid, the old element's text reads empty for an instant: wait for
+    // a status, not for "anything but running".
+    let first = b
+        .wait_text("#job-run-status", "a status", |t| !t.is_empty())
+        .await;
+    assert_eq!(first, "running");
     let status = b
-        .wait_text("#job-run-status", "the job run ends", |t| t != "running")
+        .wait_text("#job-run-status", "the job run ends", |t| {
+            matches!(t, "succeeded" | "partially_failed" | "failed" | "stopped")
+        })
         .await;
     assert_eq!(status, "partially_failed");
     assert_eq!(
