@@ -266,6 +266,7 @@ fn task(device: TaskDevice, credential: TaskCredential, timeout_s: i32) -> Task 
             timeout_s: timeout_s.max(1),
             max_output_bytes: 16 * 1024 * 1024,
             max_attempts: 1,
+            secret_vars: Vec::new(),
         },
         not_before: None,
     }

@@ -162,6 +162,22 @@ pub fn parse_vars(
             )));
         }
     }
+    if let Some(key) = vars
+        .keys()
+        .find(|k| vars.get(*k).is_some_and(|v| sealed_var(v).is_some()))
+    {
+        return Err(invalid(format!(
+            "`{key}`: `{SEALED}` is reserved for stored secrets"
+        )));
+    }
+    if let Some(key) = vars.iter().find_map(|(k, v)| {
+        (is_secret_var(k, v) && !(v.is_string() || v.is_number() || v.is_boolean())).then_some(k)
+    }) {
+        return Err(invalid(format!(
+            "`{key}` is a secret variable (see `is_secret_var`): its value must be text, a number \
+             or a boolean"
+        )));
+    }
     // Postgres' jsonb cannot hold U+0000 in any string.
     if vars.values().any(has_nul) {
         return Err(invalid("must not contain NUL characters"));
@@ -173,6 +189,79 @@ pub fn parse_vars(
         )));
     }
     Ok(vars)
+}
+
+/// How a secret variable is stored: `{"$sealed": "<base64 of the sealed value>"}`, sealed
+/// under `secret::context::variable(owner, name)`.
+pub const SEALED: &str = "$sealed";
+
+/// What the API shows, and accepts back on update to keep the stored value, for a secret
+/// variable.
+pub const VAR_MASK: &str = "********";
+
+/// Words that make a variable a secret when they are a whole `_`-separated part of its name
+/// (`snmp_community`, `enable_password`, `api_key`, `psk`): the names Ansible's and
+/// Rundeck's users give secrets, matched as words so `keyboard` or `passive` are not.
+const SECRET_WORDS: [&str; 13] = [
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "apikey",
+    "community",
+    "psk",
+    "passphrase",
+    "credential",
+    "credentials",
+];
+
+/// Whether the variable `name` holding `value` is a secret: its name has a secret word (see
+/// [`SECRET_WORDS`]), or its value is a private key. Such a value is sealed at rest, shown as
+/// [`VAR_MASK`], travels sealed on the tasks stream and is scrubbed from the run's output.
+pub fn is_secret_var(name: &str, value: &serde_json::Value) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.split('_').any(|word| SECRET_WORDS.contains(&word))
+        || value
+            .as_str()
+            .is_some_and(|v| v.contains("-----BEGIN") && v.contains("PRIVATE KEY"))
+}
+
+/// The base64 of a stored secret variable, when `value` is one.
+pub fn sealed_var(value: &serde_json::Value) -> Option<&str> {
+    let object = value.as_object()?;
+    (object.len() == 1).then_some(())?;
+    object.get(SEALED)?.as_str()
+}
+
+/// The text a secret variable's value is sent as (a string as it is, a number or boolean as
+/// JSON writes it).
+pub fn var_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `vars` as the API shows them: each secret as [`VAR_MASK`].
+pub fn masked_vars(vars: &serde_json::Value) -> serde_json::Value {
+    match vars.as_object() {
+        Some(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let shown = if sealed_var(v).is_some() {
+                        serde_json::Value::String(VAR_MASK.to_owned())
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), shown)
+                })
+                .collect(),
+        ),
+        None => vars.clone(),
+    }
 }
 
 fn has_nul(value: &serde_json::Value) -> bool {
@@ -273,6 +362,35 @@ pub fn spread_offset_s(job_id: Uuid, device_id: Uuid, spread_s: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_variables_are_known_by_a_word_of_their_name_or_a_private_key_value() {
+        let text = serde_json::json!("x");
+        for name in [
+            "snmp_community",
+            "enable_password",
+            "api_key",
+            "PSK",
+            "tacacs_secret",
+        ] {
+            assert!(is_secret_var(name, &text), "{name}");
+        }
+        for name in ["keyboard", "passive_mode", "bypass", "vlan", "site"] {
+            assert!(!is_secret_var(name, &text), "{name}");
+        }
+        let pem = serde_json::json!("-----BEGIN OPENSSH PRIVATE KEY-----\nabc");
+        assert!(is_secret_var("banner", &pem));
+        let sealed = serde_json::json!({ SEALED: "AAAA" });
+        assert_eq!(sealed_var(&sealed), Some("AAAA"));
+        let shown = masked_vars(&serde_json::json!({"a": 1, "pw": sealed}));
+        assert_eq!(shown, serde_json::json!({"a": 1, "pw": VAR_MASK}));
+        let mut reserved = serde_json::Map::new();
+        reserved.insert("x".into(), serde_json::json!({ SEALED: "forged" }));
+        assert!(parse_vars(reserved).is_err());
+        let mut structured = serde_json::Map::new();
+        structured.insert("snmp_community".into(), serde_json::json!(["a"]));
+        assert!(parse_vars(structured).is_err());
+    }
 
     #[test]
     fn a_target_that_names_nothing_is_refused_unless_it_says_all() {

@@ -140,6 +140,20 @@ impl SecretKey {
             CryptoError::Decrypt
         })
     }
+
+    /// [`SecretKey::seal`] as base64, for a sealed value kept in JSON.
+    pub fn seal_base64(&self, plaintext: &str, context: &str) -> String {
+        B64.encode(self.seal(plaintext, context))
+    }
+
+    /// Opens what [`SecretKey::seal_base64`] produced under the same `context`.
+    ///
+    /// # Errors
+    /// [`CryptoError::Decrypt`] when the text is not base64, or as [`SecretKey::open`].
+    pub fn open_base64(&self, sealed: &str, context: &str) -> Result<SecretString, CryptoError> {
+        let bytes = B64.decode(sealed).map_err(|_| CryptoError::Decrypt)?;
+        self.open(&bytes, context)
+    }
 }
 
 /// The associated-data contexts secrets are sealed under: binding a ciphertext to the row and
@@ -156,6 +170,11 @@ pub mod context {
     /// A webhook's signing secret.
     pub fn webhook(id: Uuid) -> String {
         format!("webhook:{id}:secret")
+    }
+
+    /// A secret template variable `name` of a device or job (`owner`).
+    pub fn variable(owner: Uuid, name: &str) -> String {
+        format!("vars:{owner}:{name}")
     }
 }
 

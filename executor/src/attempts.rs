@@ -58,6 +58,8 @@ pub(crate) struct Opened {
     pub(crate) jump: Option<Arc<Auth>>,
     /// Everything to scrub from what the device sends back.
     pub(crate) secrets: Arc<Vec<SecretString>>,
+    /// The task's secret template variables by name, to fill the command text's markers.
+    pub(crate) vars: Vec<(String, SecretString)>,
 }
 
 /// The executor's settings that one run's connections obey.

@@ -160,7 +160,7 @@ impl Runner {
                     .then(|| error_outcome(first_start, ErrorKind::Internal, message));
             }
         };
-        let plan = match kinds::plan(task) {
+        let plan = match kinds::plan(task, &opened.vars) {
             Ok(plan) => plan,
             Err(message) => {
                 return start
@@ -233,7 +233,8 @@ impl Runner {
         }
     }
 
-    /// Decrypts the device's credential, its enable secret and the jump host's credential.
+    /// Decrypts the device's credential, its enable secret, the jump host's credential and the
+    /// command's secret variables.
     fn open_all(&self, task: &Task) -> std::result::Result<Opened, String> {
         let (auth, mut secrets) = self.open_credential(&task.credential)?;
         let enable = match &task.credential.enable_secret {
@@ -254,11 +255,27 @@ impl Runner {
             }
             None => None,
         };
+        let mut vars = Vec::with_capacity(task.command.secret_vars.len());
+        for var in &task.command.secret_vars {
+            let value = self
+                .key
+                .open_base64(&var.sealed, &context::variable(var.owner, &var.name))
+                .map_err(|_| {
+                    format!(
+                        "cannot decrypt the secret variable `vars.{}`: is NETCRON_SECRET_KEY the \
+                         key the API sealed it with?",
+                        var.name
+                    )
+                })?;
+            secrets.push(value.clone());
+            vars.push((var.name.clone(), value));
+        }
         Ok(Opened {
             auth: Arc::new(auth),
             enable,
             jump,
             secrets: Arc::new(secrets),
+            vars,
         })
     }
 

@@ -19,8 +19,9 @@ use std::collections::{BTreeSet, HashMap};
 use chrono::{DateTime, Duration, Utc};
 use minijinja::{Environment, UndefinedBehavior};
 use netcron_common::domain::{ErrorKind, RunStatus, RunTrigger};
-use netcron_common::fleet::{JobRunStatus, Target, spread_offset_s};
+use netcron_common::fleet::{JobRunStatus, Target, sealed_var, spread_offset_s};
 use netcron_protocol::lease::Leases;
+use netcron_protocol::{SecretVar, secret_var_marker};
 use netcron_store::db::RUN_QUEUED_CHANNEL;
 use netcron_store::entity::{command, job_run};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait};
@@ -200,16 +201,35 @@ impl<'a> Plan<'a> {
     }
 
     /// The text for `device`: its platform's entry, else the job's command, rendered with the
-    /// device and its variables; or why it cannot be.
-    fn render(&self, device: &Matched) -> std::result::Result<String, String> {
+    /// device and its variables, with the sealed secret variables it marks; or why it cannot
+    /// be.
+    fn render(&self, device: &Matched) -> std::result::Result<Rendered, String> {
         let source = self
             .platform_commands
             .get(&device.platform)
             .and_then(Value::as_str)
             .unwrap_or(&self.job.command);
-        let mut vars = self.defaults.clone();
-        if let Some(own) = device.vars.as_object() {
-            vars.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // A secret variable renders as its marker; the executor puts the value in.
+        let mut secrets = Vec::new();
+        let mut vars = Map::with_capacity(self.defaults.len());
+        let own = device.vars.as_object();
+        let layers = [(self.job.id, Some(&self.defaults)), (device.id, own)];
+        for (owner, layer) in layers {
+            for (name, value) in layer.into_iter().flatten() {
+                secrets.retain(|s: &SecretVar| &s.name != name);
+                let value = match sealed_var(value) {
+                    Some(sealed) => {
+                        secrets.push(SecretVar {
+                            name: name.clone(),
+                            owner,
+                            sealed: sealed.to_owned(),
+                        });
+                        Value::String(secret_var_marker(name))
+                    }
+                    None => value.clone(),
+                };
+                vars.insert(name.clone(), value);
+            }
         }
         let template = self
             .env
@@ -235,7 +255,7 @@ impl<'a> Plan<'a> {
             },
             "vars": vars,
         });
-        template
+        let text = template
             .render(minijinja::value::Serde(&context))
             .map_err(|e| {
                 format!(
@@ -243,8 +263,17 @@ impl<'a> Plan<'a> {
                     device.name,
                     describe(&e)
                 )
-            })
+            })?;
+        secrets.retain(|s| text.contains(&secret_var_marker(&s.name)));
+        Ok(Rendered { text, secrets })
     }
+}
+
+/// One device's text, and the secret variables it marks.
+#[derive(Debug)]
+struct Rendered {
+    text: String,
+    secrets: Vec<SecretVar>,
 }
 
 /// Where a job run comes from.
@@ -305,12 +334,15 @@ async fn insert_job_run(
 /// the outbox as the job's limits allow.
 const INSERT_DEVICE_RUNS: &str = r"
 INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, queued_at, status,
-                  finished_at, error_kind, error_message, job_run_id, command_text)
+                  finished_at, error_kind, error_message, job_run_id, command_text,
+                  command_secrets)
 SELECT t.id, $2, t.device_id, $3, t.scheduled_for, $4, t.status,
        CASE WHEN t.status = 'queued' THEN NULL ELSE $4 END,
-       NULLIF(t.error_kind, ''), NULLIF(t.reason, ''), $1, t.text
+       NULLIF(t.error_kind, ''), NULLIF(t.reason, ''), $1, t.text,
+       NULLIF(t.secrets, '')::jsonb
 FROM unnest($5::uuid[], $6::uuid[], $7::timestamptz[], $8::text[], $9::text[], $10::text[],
-            $11::text[]) AS t(id, device_id, scheduled_for, status, error_kind, reason, text)
+            $11::text[], $12::text[])
+     AS t(id, device_id, scheduled_for, status, error_kind, reason, text, secrets)
 ON CONFLICT (job_run_id, device_id) WHERE job_run_id IS NOT NULL DO NOTHING";
 
 /// Device runs written per statement: 10,000 rows of seven arrays stay well inside one
@@ -362,23 +394,31 @@ pub async fn start(
         let mut kinds = Vec::with_capacity(chunk.len());
         let mut reasons = Vec::with_capacity(chunk.len());
         let mut texts = Vec::with_capacity(chunk.len());
+        let mut secrets = Vec::with_capacity(chunk.len());
         for device in chunk {
             ids.push(Uuid::now_v7());
             device_ids.push(device.id);
             let offset = spread_offset_s(job.id, device.id, spread);
             times.push(origin.scheduled_for + Duration::seconds(i64::from(offset)));
             match plan.render(device) {
-                Ok(text) => {
+                Ok(rendered) => {
                     statuses.push(RunStatus::Queued.as_str().to_owned());
                     kinds.push(String::new());
                     reasons.push(String::new());
-                    texts.push(text);
+                    texts.push(rendered.text);
+                    secrets.push(if rendered.secrets.is_empty() {
+                        String::new()
+                    } else {
+                        // A list of structs of strings always serializes.
+                        serde_json::to_string(&rendered.secrets).unwrap_or_default()
+                    });
                 }
                 Err(reason) => {
                     statuses.push(RunStatus::Error.as_str().to_owned());
                     kinds.push(ErrorKind::Template.as_str().to_owned());
                     reasons.push(reason);
                     texts.push(String::new());
+                    secrets.push(String::new());
                 }
             }
         }
@@ -396,6 +436,7 @@ pub async fn start(
                 kinds.into(),
                 reasons.into(),
                 texts.into(),
+                secrets.into(),
             ],
         ))
         .await?;
@@ -614,14 +655,45 @@ mod tests {
             serde_json::json!({"vlan": 1}),
         );
         let plan = Plan::new(&job);
+        let text = |vars| plan.render(&device(vars)).map(|r| r.text);
         assert_eq!(
-            plan.render(&device(serde_json::json!({"vlan": 20}))),
+            text(serde_json::json!({"vlan": 20})),
             Ok("show vlan 20 on sw1".to_owned())
         );
         assert_eq!(
-            plan.render(&device(serde_json::json!({}))),
+            text(serde_json::json!({})),
             Ok("show vlan 1 on sw1".to_owned())
         );
+    }
+
+    #[test]
+    fn a_secret_variable_renders_as_its_marker_with_the_sealed_value_of_whoever_set_it_last() {
+        let sealed = |s: &str| serde_json::json!({ netcron_common::fleet::SEALED: s });
+        let job = job(
+            "snmp-server community {{ vars.snmp_community }}",
+            serde_json::json!({}),
+            serde_json::json!({"snmp_community": sealed("job"), "unused_key": sealed("x")}),
+        );
+        let plan = Plan::new(&job);
+        let mut mine = device(serde_json::json!({"snmp_community": sealed("device")}));
+        mine.id = Uuid::max();
+        let rendered = plan.render(&mine).expect("renders");
+        assert_eq!(
+            rendered.text,
+            format!(
+                "snmp-server community {}",
+                secret_var_marker("snmp_community")
+            )
+        );
+        // Only what the text marks travels, and the device's own value wins.
+        assert_eq!(rendered.secrets.len(), 1);
+        assert_eq!(rendered.secrets[0].sealed, "device");
+        assert_eq!(rendered.secrets[0].owner, Uuid::max());
+        let defaults = plan
+            .render(&device(serde_json::json!({})))
+            .expect("renders");
+        assert_eq!(defaults.secrets[0].sealed, "job");
+        assert_eq!(defaults.secrets[0].owner, job.id);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{CommandKind, CredentialKind, Platform, RunTrigger, Zone};
 use netcron_protocol::{
-    Streams, TASK_VERSION, Task, TaskCommand, TaskCredential, TaskDevice, TaskJumpHost,
+    SecretVar, Streams, TASK_VERSION, Task, TaskCommand, TaskCredential, TaskDevice, TaskJumpHost,
 };
 use redis::aio::ConnectionManager;
 use sea_orm::{
@@ -39,8 +39,8 @@ SELECT p.run_id, r.id, r.schedule_id, r.trigger, r.scheduled_for, r.attempt,
        jc.kind AS jump_credential_kind, jc.secret AS jump_secret,
        jc.passphrase AS jump_passphrase,
        c.id AS command_id, c.kind AS command_kind,
-       coalesce(r.command_text, c.command) AS command, c.timeout_s, c.max_output_bytes,
-       c.max_attempts
+       coalesce(r.command_text, c.command) AS command, r.command_secrets, c.timeout_s,
+       c.max_output_bytes, c.max_attempts
 FROM picked p
 LEFT JOIN runs r ON r.id = p.run_id AND r.status = 'queued'
 LEFT JOIN commands c ON c.id = r.command_id
@@ -124,11 +124,21 @@ fn task_of(row: &QueryResult, now: DateTime<Utc>) -> Result<Task> {
             timeout_s: row.try_get("", "timeout_s")?,
             max_output_bytes: row.try_get("", "max_output_bytes")?,
             max_attempts: row.try_get("", "max_attempts")?,
+            secret_vars: secret_vars(row.try_get("", "command_secrets")?),
         },
         not_before,
     };
     task.v = task.version_needed();
     Ok(task)
+}
+
+/// The sealed secret variables a device run's text marks, as `runs.command_secrets` holds them
+/// (`lifecycle::jobs` writes that column, so a row it cannot read is a bug there: such a run
+/// then carries none, and the executor refuses the markers it cannot fill).
+fn secret_vars(column: Option<serde_json::Value>) -> Vec<SecretVar> {
+    column
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
 }
 
 /// When an executor may start a task published at `now`: a scheduled run materialised before

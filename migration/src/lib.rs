@@ -19,6 +19,7 @@ mod m20261207_000001_outputs_external_storage;
 mod m20261207_000002_cancel_requests;
 mod m20261207_000003_schedule_day_match;
 mod m20261207_000004_fleet_jobs;
+mod m20261207_000005_secret_vars;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000002_cancel_requests::Migration),
             Box::new(m20261207_000003_schedule_day_match::Migration),
             Box::new(m20261207_000004_fleet_jobs::Migration),
+            Box::new(m20261207_000005_secret_vars::Migration),
         ]
     }
 }

@@ -34,14 +34,16 @@ use netcron_common::domain::{
     CommandKind, CredentialKind, ErrorKind, Platform, RunStatus, RunTrigger, Zone,
 };
 
-/// The newest version of [`Task`] this build writes: version 2 adds [`Task::not_before`]. A task
-/// without `not_before` is still written as version 1, so executors of the previous release keep
-/// running every task they can run correctly; one that must wait is version 2, which they
-/// dead-letter rather than start early. This build reads both.
-pub const TASK_VERSION: u32 = 2;
+/// The newest version of [`Task`] this build writes: version 2 adds [`Task::not_before`],
+/// version 3 [`TaskCommand::secret_vars`]. A task is written as the oldest version that
+/// carries its fields, so executors of earlier releases keep running every task they can run
+/// correctly; one that must wait is version 2, which they dead-letter rather than start early,
+/// and one whose text holds secret markers is version 3, which they dead-letter rather than
+/// send the markers to the device. This build reads all three.
+pub const TASK_VERSION: u32 = 3;
 
 /// The task versions this build reads.
-pub const TASK_VERSIONS_READ: [u32; 2] = [1, 2];
+pub const TASK_VERSIONS_READ: [u32; 3] = [1, 2, 3];
 
 /// The version of [`RunResult`] this build writes and reads.
 pub const RESULT_VERSION: u32 = 1;
@@ -182,8 +184,10 @@ pub struct Task {
 impl Task {
     /// The version this task is written as: the oldest that carries all of its fields.
     pub fn version_needed(&self) -> u32 {
-        if self.not_before.is_some() {
-            TASK_VERSION
+        if !self.command.secret_vars.is_empty() {
+            3
+        } else if self.not_before.is_some() {
+            2
         } else {
             1
         }
@@ -269,10 +273,41 @@ impl TaskCredential {
 pub struct TaskCommand {
     pub id: Uuid,
     pub kind: CommandKind,
+    /// The text to send; where a job's template used a secret variable it holds
+    /// [`secret_var_marker`] of its name instead, and `secret_vars` the sealed value.
     pub text: String,
     pub timeout_s: i32,
     pub max_output_bytes: i64,
     pub max_attempts: i32,
+    /// The secret variables `text` marks (version 3). Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_vars: Vec<SecretVar>,
+}
+
+/// A secret template variable on its way to the executor: sealed under
+/// `vars:<owner>:<name>` (the device or job whose `vars` hold it), never in plaintext.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretVar {
+    pub name: String,
+    pub owner: Uuid,
+    /// Base64 of the sealed value.
+    pub sealed: String,
+}
+
+impl std::fmt::Debug for SecretVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretVar")
+            .field("name", &self.name)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a job's rendered text holds where it used the secret variable `name`: text no
+/// template produces by accident, which the executor replaces with the opened value just
+/// before sending, and which the API and console show in its place.
+pub fn secret_var_marker(name: &str) -> String {
+    format!("\u{2039}secret:{name}\u{203a}")
 }
 
 /// What an executor reports about a run on the results stream. Entries are

@@ -1,5 +1,6 @@
 use chrono::Utc;
 use netcron_common::domain::{Host, Platform, Zone};
+use netcron_common::secret::SecretKey;
 use netcron_store::entity::{command, credential, device, schedule};
 use sea_orm::sea_query::extension::postgres::PgBinOper;
 use sea_orm::sea_query::{Expr, ExprTrait as _};
@@ -167,7 +168,11 @@ async fn ensure_tunnelled_zone(db: &DatabaseConnection, device: Uuid, zone: &Zon
     Ok(())
 }
 
-pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::Model> {
+pub async fn create(
+    db: &DatabaseConnection,
+    key: &SecretKey,
+    new: NewDevice,
+) -> Result<device::Model> {
     ensure_credential(db, new.credential_id).await?;
     let id = new_id();
     if let Some(jump_host) = new.jump_host_id {
@@ -190,7 +195,7 @@ pub async fn create(db: &DatabaseConnection, new: NewDevice) -> Result<device::M
         zone: Set(new.zone.as_str().to_owned()),
         consecutive_failures: Set(0),
         unreachable_since: Set(None),
-        vars: Set(new.vars),
+        vars: Set(crate::vars::seal(key, id, object(new.vars), None)?),
         created_at: Set(now),
         updated_at: Set(now),
     };
@@ -237,6 +242,7 @@ pub async fn list(
 
 pub async fn update(
     db: &DatabaseConnection,
+    key: &SecretKey,
     id: Uuid,
     changes: DeviceChanges,
 ) -> Result<device::Model> {
@@ -261,6 +267,10 @@ pub async fn update(
     if changes.zone.is_some() {
         ensure_tunnelled_zone(db, id, &zone).await?;
     }
+    let vars = changes
+        .vars
+        .map(|v| crate::vars::seal(key, id, object(v), Some(&current.vars)))
+        .transpose()?;
     let mut model: device::ActiveModel = current.into();
     if let Some(v) = changes.name {
         model.name = Set(v);
@@ -298,11 +308,19 @@ pub async fn update(
     if let Some(v) = changes.zone {
         model.zone = Set(v.as_str().to_owned());
     }
-    if let Some(v) = changes.vars {
+    if let Some(v) = vars {
         model.vars = Set(v);
     }
     model.updated_at = Set(Utc::now());
     Ok(model.update(db).await?)
+}
+
+/// The map a checked `vars` value holds (parsing only ever makes objects).
+fn object(vars: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match vars {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
 }
 
 /// Deletes the device with its commands and their run history. Refuses while any of its

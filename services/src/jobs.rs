@@ -6,6 +6,7 @@
 use chrono::Utc;
 use netcron_common::domain::{CommandKind, RunStatus, RunTrigger};
 use netcron_common::fleet::Target;
+use netcron_common::secret::SecretKey;
 use netcron_lifecycle::jobs::{self as lifecycle, Cancelled, Matched, Origin};
 use netcron_protocol::lease::Leases;
 use netcron_store::entity::{command, job_run, run};
@@ -127,13 +128,18 @@ async fn ensure_unique_name(
     Ok(())
 }
 
-pub async fn create(db: &DatabaseConnection, new: NewJob) -> Result<command::Model> {
+pub async fn create(
+    db: &DatabaseConnection,
+    key: &SecretKey,
+    new: NewJob,
+) -> Result<command::Model> {
     check(new.kind, &new.command, &new.platform_commands)?;
     let spread_s = spread(new.spread_s)?;
     ensure_unique_name(db, &new.name, None).await?;
     let now = Utc::now();
+    let id = new_id();
     let model = command::ActiveModel {
-        id: Set(new_id()),
+        id: Set(id),
         device_id: Set(None),
         name: Set(new.name),
         kind: Set(new.kind.into()),
@@ -143,7 +149,7 @@ pub async fn create(db: &DatabaseConnection, new: NewJob) -> Result<command::Mod
         max_attempts: Set(new.max_attempts),
         target: Set(Some(to_json(&new.target)?)),
         platform_commands: Set(Value::Object(new.platform_commands)),
-        vars: Set(Value::Object(new.vars)),
+        vars: Set(crate::vars::seal(key, id, new.vars, None)?),
         max_parallel: Set(new.limits.max_parallel),
         spread_s: Set(spread_s),
         batch_size: Set(new.limits.batch),
@@ -175,6 +181,7 @@ pub async fn list(db: &DatabaseConnection, page: PageRequest) -> Result<Vec<comm
 /// two edits racing on one job cannot both win, the second is told to reload.
 pub async fn update(
     db: &DatabaseConnection,
+    key: &SecretKey,
     id: Uuid,
     expected_revision: Option<i64>,
     changes: JobChanges,
@@ -216,6 +223,10 @@ pub async fn update(
         ensure_unique_name(&txn, name, Some(id)).await?;
     }
     let revision = current.revision + 1;
+    let vars = changes
+        .vars
+        .map(|v| crate::vars::seal(key, id, v, Some(&current.vars)))
+        .transpose()?;
     let mut model: command::ActiveModel = current.into();
     if let Some(v) = changes.name {
         model.name = Set(v);
@@ -232,8 +243,8 @@ pub async fn update(
     if let Some(v) = changes.platform_commands {
         model.platform_commands = Set(Value::Object(v));
     }
-    if let Some(v) = changes.vars {
-        model.vars = Set(Value::Object(v));
+    if let Some(v) = vars {
+        model.vars = Set(v);
     }
     if let Some(v) = changes.timeout_s {
         model.timeout_s = Set(v);

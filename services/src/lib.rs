@@ -15,6 +15,7 @@ pub mod live;
 pub mod overview;
 pub mod runs;
 pub mod schedules;
+pub mod vars;
 pub mod webhooks;
 
 use sea_orm::sea_query::IntoCondition;

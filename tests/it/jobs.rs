@@ -848,3 +848,188 @@ async fn a_device_disabled_or_deleted_while_its_job_runs_is_not_started_and_the_
     );
     assert_eq!(executions.lines().len(), 1, "only the first device ran");
 }
+
+/// Every row of every table of the app's database, as text.
+async fn whole_database(app: &TestApp) -> String {
+    use sea_orm::{ConnectionTrait as _, Statement};
+    let backend = app.db.get_database_backend();
+    let tables = app
+        .db
+        .query_all_raw(Statement::from_string(
+            backend,
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+        ))
+        .await
+        .expect("tables");
+    let mut out = String::new();
+    for table in tables {
+        let name: String = table.try_get("", "tablename").expect("name");
+        let rows = app
+            .db
+            .query_all_raw(Statement::from_string(
+                backend,
+                format!("SELECT t::text AS row FROM \"{name}\" t"),
+            ))
+            .await
+            .expect("rows");
+        for row in rows {
+            out.push_str(&row.try_get::<String>("", "row").expect("row"));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Every field of every entry of every stream under the app's prefix, as text.
+async fn every_stream(app: &TestApp) -> String {
+    use redis::AsyncCommands as _;
+    let mut redis = app.redis().await;
+    let keys: Vec<String> = redis
+        .keys(format!("{}*", app.stream_prefix))
+        .await
+        .expect("KEYS");
+    let mut out = String::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .expect("TYPE");
+        if kind != "stream" {
+            continue;
+        }
+        let reply: redis::streams::StreamRangeReply = redis.xrange_all(&key).await.expect("XRANGE");
+        for entry in reply.ids {
+            for value in entry.map.into_values() {
+                if let Ok(text) = redis::from_redis_value::<String>(value) {
+                    out.push_str(&text);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_secret_variable_reaches_the_device_and_nowhere_else() {
+    let app = TestApp::spawn().await;
+    let sshd = TestSshd::start();
+    let executions = Executions::new();
+    let device_secret = "Dev1ce-Commun1ty-9f3";
+    let job_secret = "J0b-Api-Key-77c1";
+    let devices = fleet(
+        &app,
+        &sshd,
+        "sec",
+        2,
+        |_| vec!["site-a"],
+        |i| {
+            if i == 0 {
+                json!({"snmp_community": device_secret, "site": "berlin"})
+            } else {
+                json!({"site": "paris"})
+            }
+        },
+    )
+    .await;
+    // The API shows a secret variable masked, never its value.
+    assert_eq!(devices[0]["vars"]["snmp_community"], "********");
+    assert_eq!(devices[0]["vars"]["site"], "berlin");
+    // Where it lands on the host: the command writes what it received to a file per device.
+    let received = executions.dir().join("received");
+    std::fs::create_dir_all(&received).expect("dir");
+    std::fs::set_permissions(
+        &received,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let job = app
+        .create(
+            "/jobs",
+            json!({
+                "name": "snmp",
+                "target": {"tags_all": ["site-a"]},
+                "command": executions.command(&format!(
+                    "echo '{{{{ vars.snmp_community }}}} {{{{ vars.api_key }}}}' > {}/{{{{ device.name }}}}; \
+                     echo community {{{{ vars.snmp_community }}}} key {{{{ vars.api_key }}}} at {{{{ vars.site }}}}",
+                    received.display()
+                )),
+                "vars": {"snmp_community": "job-default-community", "api_key": job_secret},
+            }),
+        )
+        .await;
+    assert_eq!(job["vars"]["api_key"], "********", "{job}");
+
+    let (_scheduler, _executor) = pipeline(&app).await;
+    let run = start(&app, &job).await;
+    let run = settled(&app, id(&run), Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(executions.lines().len(), 2);
+
+    // The device received the plaintext: its own value over the job's default.
+    let got = |name: &str| {
+        std::fs::read_to_string(received.join(name))
+            .expect("received")
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(got("sec-000"), format!("{device_secret} {job_secret}"));
+    assert_eq!(
+        got("sec-001"),
+        format!("job-default-community {job_secret}")
+    );
+
+    // The run shows the output scrubbed and the text with markers.
+    for r in device_runs(&app, id(&run)).await {
+        let (_, full) = json_of(app.get(&format!("/runs/{}", id(&r))).await).await;
+        let stdout = full["stdout"].as_str().expect("stdout");
+        assert!(
+            stdout.contains("community ******** key ******** at "),
+            "{full}"
+        );
+    }
+    // Nowhere at rest or on a stream: not in any table, not in any stream entry.
+    let database = whole_database(&app).await;
+    let streams = every_stream(&app).await;
+    for secret in [device_secret, job_secret, "job-default-community"] {
+        assert!(!database.contains(secret), "{secret} is in the database");
+        assert!(!streams.contains(secret), "{secret} is on a stream");
+    }
+    assert!(
+        streams.contains("secret_vars"),
+        "the tasks carried them sealed"
+    );
+
+    // An edit that sends the masked value back keeps the secret; a new value replaces it.
+    let (status, kept) = json_of(
+        app.patch(
+            &format!("/devices/{}", id(&devices[0])),
+            &json!({"vars": {"snmp_community": "********", "site": "rome"}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["vars"]["snmp_community"], "********");
+    let (status, refused) = json_of(
+        app.patch(
+            &format!("/devices/{}", id(&devices[1])),
+            &json!({"vars": {"snmp_community": "********"}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        status, 422,
+        "the mask keeps a stored value; none is stored: {refused}"
+    );
+    assert!(
+        refused.to_string().contains("vars.snmp_community"),
+        "{refused}"
+    );
+    let run = start(&app, &job).await;
+    let run = settled(&app, id(&run), Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(got("sec-000"), format!("{device_secret} {job_secret}"));
+}

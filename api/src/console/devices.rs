@@ -261,7 +261,7 @@ async fn create(State(state): State<AppState>, action: Action) -> Result<Respons
     spec.push(("host_key_fingerprint", Kind::Text));
     let created = async {
         let body: DeviceCreate = action.form.body(&spec)?;
-        devices::create(&state.db, body.parse()?)
+        devices::create(&state.db, &state.key, body.parse()?)
             .await
             .map_err(ApiError::from)
     }
@@ -326,7 +326,7 @@ async fn update(
         let body: DevicePatch = action.form.body(&spec)?;
         let changes = body.parse()?;
         let moved = changes.host.is_some();
-        let device = devices::update(&state.db, device_id, changes).await?;
+        let device = devices::update(&state.db, &state.key, device_id, changes).await?;
         if moved && device.host_key_fingerprint.is_none() {
             forget_first_contact(&state, device_id).await;
         }
@@ -635,7 +635,7 @@ async fn repin(
         host_key_fingerprint: Some(None),
         ..Default::default()
     };
-    devices::update(&state.db, device_id, changes).await?;
+    devices::update(&state.db, &state.key, device_id, changes).await?;
     forget_first_contact(&state, device_id).await;
     Ok(see_other(&format!("/console/devices/{device_id}")))
 }

@@ -70,7 +70,9 @@ pub struct DeviceCreate {
     #[schema(default = "default", pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub zone: Option<String>,
     /// Variables for job templates (`{{ vars.name }}`): names are letters, digits and `_`;
-    /// values any JSON. At most 64 KiB.
+    /// values any JSON. At most 64 KiB. A secret variable (a name with the word `password`,
+    /// `secret`, `key`, `token`, `community`, `psk`, … or a private-key value) is stored
+    /// encrypted and shown as `********`; sending `********` back keeps the stored value.
     #[schema(value_type = Option<Object>)]
     pub vars: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -166,7 +168,7 @@ impl From<device::Model> for DeviceView {
             session_reuse: m.session_reuse,
             jump_host_id: m.jump_host_id,
             zone: m.zone,
-            vars: m.vars,
+            vars: netcron_common::fleet::masked_vars(&m.vars),
             consecutive_failures: m.consecutive_failures,
             unreachable_since: m.unreachable_since,
             created_at: m.created_at,
@@ -319,7 +321,7 @@ async fn create_device(
     State(state): State<AppState>,
     Json(body): Json<DeviceCreate>,
 ) -> Result<(StatusCode, axum::Json<DeviceView>)> {
-    let model = service::create(&state.db, body.parse()?).await?;
+    let model = service::create(&state.db, &state.key, body.parse()?).await?;
     Ok((StatusCode::CREATED, axum::Json(model.into())))
 }
 
@@ -378,7 +380,7 @@ async fn update_device(
 ) -> Result<axum::Json<DeviceView>> {
     let changes = body.parse()?;
     let repin = changes.host_key_fingerprint.is_some() || changes.host.is_some();
-    let device = service::update(&state.db, id, changes).await?;
+    let device = service::update(&state.db, &state.key, id, changes).await?;
     if repin && device.host_key_fingerprint.is_none() {
         // The pin was cleared or the device moved: executors pin the next key they see, not
         // the one a run saw on first contact before.

@@ -168,7 +168,7 @@ impl From<command::Model> for JobView {
             kind: m.kind,
             command: m.command,
             platform_commands: m.platform_commands,
-            vars: m.vars,
+            vars: netcron_common::fleet::masked_vars(&m.vars),
             timeout_s: m.timeout_s,
             max_output_bytes: m.max_output_bytes,
             max_attempts: m.max_attempts,
@@ -372,7 +372,7 @@ async fn create_job(
     State(state): State<AppState>,
     Json(body): Json<JobCreate>,
 ) -> Result<(StatusCode, axum::Json<JobView>)> {
-    let model = service::create(&state.db, body.parse()?).await?;
+    let model = service::create(&state.db, &state.key, body.parse()?).await?;
     Ok((StatusCode::CREATED, axum::Json(model.into())))
 }
 
@@ -445,7 +445,7 @@ async fn update_job(
 ) -> Result<Response> {
     let (revision, changes) = body.parse()?;
     let revision = revision.or(if_match(&headers)?);
-    let model = service::update(&state.db, id, revision, changes).await?;
+    let model = service::update(&state.db, &state.key, id, revision, changes).await?;
     Ok(with_etag(model.into()))
 }
 

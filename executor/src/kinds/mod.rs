@@ -8,7 +8,8 @@ mod shell;
 mod windows_inventory;
 
 use netcron_common::domain::CommandKind;
-use netcron_protocol::{Outcome, Task};
+use netcron_common::secret::SecretString;
+use netcron_protocol::{Outcome, Task, secret_var_marker};
 
 use crate::attempts::Attempts;
 use crate::cli::{self, Driver};
@@ -29,25 +30,50 @@ pub(crate) enum Plan {
     WindowsInventory,
 }
 
-/// What `task`'s kind will send.
+/// What `task`'s kind will send, with its secret variables (`vars`, opened) in their
+/// markers' places.
 ///
 /// # Errors
 /// When the command cannot be sent (a `config_backup` without a command on a platform that
-/// has none); the text says why.
-pub(crate) fn plan(task: &Task) -> Result<Plan, String> {
+/// has none, a marker whose variable the task does not carry); the text says why.
+pub(crate) fn plan(task: &Task, vars: &[(String, SecretString)]) -> Result<Plan, String> {
     let driver = cli::driver(task.device.platform);
     Ok(match task.command.kind {
         CommandKind::Noop => Plan::Noop,
         CommandKind::Shell => Plan::Shell {
-            text: task.command.text.clone(),
+            text: fill(task.command.text.clone(), vars)?,
             driver,
         },
         CommandKind::ConfigBackup => Plan::ConfigBackup {
-            text: config_backup::config_text(task, driver)?,
+            text: fill(config_backup::config_text(task, driver)?, vars)?,
             driver,
         },
         CommandKind::WindowsInventory => Plan::WindowsInventory,
     })
+}
+
+/// `text` with each secret variable's marker replaced by its value.
+///
+/// # Errors
+/// When a marker is left whose variable the task does not carry: sending it would put
+/// netcron's placeholder on the device in place of a secret.
+fn fill(mut text: String, vars: &[(String, SecretString)]) -> Result<String, String> {
+    for (name, value) in vars {
+        text = text.replace(&secret_var_marker(name), value.expose());
+    }
+    let opening = secret_var_marker("");
+    let opening = opening.trim_end_matches('\u{203a}');
+    if let Some(at) = text.find(opening) {
+        let name: String = text[at + opening.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        return Err(format!(
+            "the command marks the secret variable `vars.{name}`, which the task does not \
+             carry; nothing was sent"
+        ));
+    }
+    Ok(text)
 }
 
 impl Plan {
@@ -61,5 +87,21 @@ impl Plan {
             }
             Self::WindowsInventory => windows_inventory::collect_inventory(task, attempts).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_are_filled_with_their_values_and_a_marker_without_one_sends_nothing() {
+        let vars = vec![("community".to_owned(), SecretString::new("s3cret"))];
+        let text = format!("snmp {} ro", secret_var_marker("community"));
+        assert_eq!(fill(text, &vars), Ok("snmp s3cret ro".to_owned()));
+        let missing = format!("a {} b", secret_var_marker("psk"));
+        let err = fill(missing, &vars).expect_err("not carried");
+        assert!(err.contains("`vars.psk`"), "{err}");
+        assert_eq!(fill("plain".to_owned(), &[]), Ok("plain".to_owned()));
     }
 }

@@ -36,6 +36,8 @@ pub struct Model {
     pub job_run_id: Option<Uuid>,
     /// The command text rendered for this device by its job; `None` runs the command's text.
     pub command_text: Option<String>,
+    /// The sealed secret variables `command_text` marks (`[{name, owner, sealed}]`).
+    pub command_secrets: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

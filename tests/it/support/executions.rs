@@ -26,6 +26,11 @@ impl Executions {
         Self { dir }
     }
 
+    /// The directory on the host (the test user may write in it).
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Shell text that records the execution, then does `then`.
     pub(crate) fn command(&self, then: &str) -> String {
         format!(
