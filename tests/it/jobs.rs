@@ -1033,3 +1033,73 @@ async fn a_secret_variable_reaches_the_device_and_nowhere_else() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(got("sec-000"), format!("{device_secret} {job_secret}"));
 }
+
+#[tokio::test]
+async fn ten_thousand_devices_preview_in_keyset_pages_and_one_start_gives_each_one_run() {
+    use sea_orm::ConnectionTrait as _;
+    let app = TestApp::spawn().await;
+    let cred = app.credential("bulk-cred").await;
+    // 10,000 devices tagged `edge`, and 500 others that must not match.
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO devices (id, name, host, port, platform, credential_id, tags, zone,
+                                  created_at, updated_at)
+             SELECT gen_random_uuid(), 'edge-' || lpad(i::text, 5, '0'), '192.0.2.1', 22,
+                    'linux', '{}', CASE WHEN i <= 10000 THEN ARRAY['edge'] ELSE ARRAY['core'] END,
+                    'default', now(), now()
+             FROM generate_series(1, 10500) AS i",
+            id(&cred)
+        ))
+        .await
+        .expect("devices");
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "edge-noop", "kind": "noop", "target": {"tags_any": ["edge"]}}),
+        )
+        .await;
+
+    // The preview walks all 10,000 in pages, each device once, in id order.
+    let mut seen = HashSet::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut path = format!("/jobs/{}/devices?limit=500", id(&job));
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = json_of(app.get(&path).await).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        for device in page["items"].as_array().expect("items") {
+            assert!(device["name"].as_str().expect("name").starts_with("edge-"));
+            assert!(seen.insert(id(device).to_owned()), "{device} twice");
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 10_000);
+    assert!((20..=21).contains(&pages), "{pages} pages");
+    // A page larger than the limit allows is refused, naming the parameter.
+    assert_problem(
+        app.get(&format!("/jobs/{}/devices?limit=501", id(&job)))
+            .await,
+        400,
+        "invalid-parameter",
+        Some("limit"),
+    )
+    .await;
+
+    // One start: one job run, one device run per matched device, none for the others.
+    let run = start(&app, &job).await;
+    assert_eq!(run["devices"], 10_000, "{run}");
+    let runs = device_runs(&app, id(&run)).await;
+    assert_eq!(runs.len(), 10_000);
+    let devices: HashSet<String> = runs
+        .iter()
+        .map(|r| r["device_id"].as_str().expect("device").to_owned())
+        .collect();
+    assert_eq!(devices, seen);
+}
