@@ -24,7 +24,9 @@ use netcron_protocol::lease::Leases;
 use netcron_protocol::{SecretVar, secret_var_marker};
 use netcron_store::db::RUN_QUEUED_CHANNEL;
 use netcron_store::entity::{command, job_run};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, TransactionTrait,
+};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -548,7 +550,12 @@ pub async fn cancel(
     job_run_id: Uuid,
     reason: &str,
 ) -> Result<Cancelled> {
-    let found = db
+    // The job run's row lock (which `settle` takes before it releases anything) keeps held
+    // device runs held while they are cancelled here: a held run has never been published,
+    // so no executor can have it and it needs no fence — one statement ends them all, which
+    // for a 10,000-device job is most of them.
+    let txn = db.begin().await?;
+    let found = txn
         .execute_raw(stmt(
             "UPDATE job_runs SET stop_reason = coalesce(stop_reason, $2) WHERE id = $1",
             vec![job_run_id.into(), reason.into()],
@@ -560,6 +567,18 @@ pub async fn cancel(
             id: job_run_id,
         });
     }
+    let held = txn
+        .execute_raw(stmt(
+            "UPDATE runs r SET status = 'cancelled', finished_at = now(),
+                    error_message = 'cancelled before it started'
+             WHERE r.job_run_id = $1 AND r.status = 'queued'
+               AND NOT EXISTS (SELECT 1 FROM task_outbox o WHERE o.run_id = r.id)",
+            vec![job_run_id.into()],
+        ))
+        .await?
+        .rows_affected();
+    txn.commit().await?;
+    // Released runs may be on a stream already: each is fenced in Redis first.
     let requested = db
         .query_all_raw(stmt(
             "INSERT INTO cancel_requests (run_id, attempt)
@@ -569,7 +588,10 @@ pub async fn cancel(
             vec![job_run_id.into()],
         ))
         .await?;
-    let mut report = Cancelled::default();
+    let mut report = Cancelled {
+        cancelled: held,
+        ..Cancelled::default()
+    };
     for row in requested {
         let run_id: Uuid = row.try_get("", "run_id")?;
         let attempt: i32 = row.try_get("", "attempt")?;

@@ -516,7 +516,8 @@ async fn cancelling_a_job_run_cancels_its_queued_device_runs_and_none_executes()
     let job = app
         .create(
             "/jobs",
-            json!({"name": "cancel-me", "target": {"tags_all": ["cx"]},
+            // Two released (published, so fenced one by one), three held back (ended at once).
+            json!({"name": "cancel-me", "target": {"tags_all": ["cx"]}, "max_parallel": 2,
                    "command": executions.command("true")}),
         )
         .await;
@@ -1102,4 +1103,24 @@ async fn ten_thousand_devices_preview_in_keyset_pages_and_one_start_gives_each_o
         .map(|r| r["device_id"].as_str().expect("device").to_owned())
         .collect();
     assert_eq!(devices, seen);
+
+    // Cancelling a 10,000-device job run that holds most devices back ends every one.
+    let limited = app
+        .create(
+            "/jobs",
+            json!({"name": "edge-limited", "kind": "noop", "target": {"tags_any": ["edge"]},
+                   "max_parallel": 10}),
+        )
+        .await;
+    let run = start(&app, &limited).await;
+    let (status, done) = json_of(
+        app.post(&format!("/job-runs/{}/cancel", id(&run)), &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["cancelled"], 10_000, "{done}");
+    let run = job_run(&app, id(&run)).await;
+    assert_eq!(run["status"], "stopped", "{run}");
+    assert_eq!(run["counts"]["cancelled"], 10_000, "{run}");
 }
