@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::app::{TOKEN, TestApp, id};
+use crate::support::app::{TOKEN, TestApp, id, json_of};
 use crate::support::network::{ENABLE_PASSWORD, FakeDevice, device as network_device};
 use crate::support::pipeline::{finished, pipeline, run_now};
 use crate::support::sshd::{TEST_PASSWORD, TEST_USER, TestSshd, free_port};
@@ -1133,5 +1133,116 @@ async fn a_fleet_job_runs_from_the_console_and_its_grid_updates_live() {
         .wait_text("#grid", "the retry's grid", |t| t.contains("rack-3"))
         .await;
     assert!(!retried.contains("rack-0"), "{retried}");
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_job_is_created_and_edited_in_the_console_with_each_mistake_beside_its_field() {
+    let app = TestApp::spawn().await;
+    let cred = app.credential("form-cred").await;
+    for i in 0..3 {
+        app.create(
+            "/devices",
+            json!({"name": format!("leaf-{i}"), "host": "192.0.2.10", "platform": "linux",
+                   "credential_id": cred["id"], "tags": if i < 2 { vec!["leaf"] } else { vec!["spine"] },
+                   "vars": {"vlan": 10 + i}}),
+        )
+        .await;
+    }
+    let b = Browser::open(&app.base).await;
+    b.sign_in().await;
+    b.goto("/console/jobs").await;
+    b.click("#new-job").await;
+    b.fill("#name", "leaf-vlans").await;
+    b.fill("[name='target.tags_all']", "leaf").await;
+    // A template that does not compile is refused beside the command, naming the line.
+    b.fill("#command", "show vlan {{ vars.vlan ").await;
+    b.fill("#vars", "{\"snmp_community\": \"Form-S3cret\"}")
+        .await;
+    b.fill("#max_parallel", "1").await;
+    b.click("#save-job").await;
+    let problem = b
+        .wait_text(
+            "#command + .field-error, #command ~ .field-error",
+            "the command's error",
+            |t| !t.is_empty(),
+        )
+        .await;
+    assert!(problem.contains("line 1"), "{problem}");
+    // What was typed is still there.
+    assert_eq!(
+        b.find("[name='target.tags_all']")
+            .await
+            .prop("value")
+            .await
+            .as_deref(),
+        Some("leaf")
+    );
+    // Bad JSON is named too.
+    b.fill("#command", "show vlan {{ vars.vlan }}").await;
+    b.fill("#vars", "{oops").await;
+    b.click("#save-job").await;
+    let problem = b
+        .wait_text("#vars ~ .field-error", "the variables' error", |t| {
+            !t.is_empty()
+        })
+        .await;
+    assert!(problem.contains("not valid JSON"), "{problem}");
+    b.fill("#vars", "{\"snmp_community\": \"Form-S3cret\"}")
+        .await;
+    b.click("#save-job").await;
+    b.wait_text("h1", "the job page", |t| t == "leaf-vlans")
+        .await;
+    let listed = b.find_all(".target-devices li").await;
+    assert_eq!(listed.len(), 2, "leaf-0 and leaf-1 only");
+
+    // Stored as the API would store it: the secret sealed, shown masked.
+    let (_, jobs) = json_of(app.get("/jobs").await).await;
+    let job = jobs["items"][0].clone();
+    assert_eq!(job["max_parallel"], 1, "{job}");
+    assert_eq!(job["vars"]["snmp_community"], "********", "{job}");
+
+    // Edit: the form comes back filled (secret masked); emptying a limit removes it.
+    b.click("#edit-job").await;
+    assert_eq!(
+        b.find("#max_parallel").await.prop("value").await.as_deref(),
+        Some("1")
+    );
+    let vars = b
+        .find("#vars")
+        .await
+        .prop("value")
+        .await
+        .unwrap_or_default();
+    assert!(
+        vars.contains("********") && !vars.contains("Form-S3cret"),
+        "{vars}"
+    );
+    // Meanwhile someone else changes the job: this form's revision is stale.
+    let (status, _) = json_of(
+        app.patch(&format!("/jobs/{}", id(&job)), &json!({"spread_s": 30}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    b.fill("#max_parallel", "").await;
+    b.click("#save-job").await;
+    let stale = b
+        .wait_text(".field-error", "the lost update refused", |t| !t.is_empty())
+        .await;
+    assert!(stale.contains("changed since it was read"), "{stale}");
+    // Read again, change again: it saves.
+    b.goto(&format!("/console/jobs/{}/edit", id(&job))).await;
+    b.fill("#max_parallel", "").await;
+    b.fill("[name='target.tags_all']", "").await;
+    b.fill("[name='target.tags_any']", "leaf spine").await;
+    b.click("#save-job").await;
+    b.wait_text("h1", "the job page", |t| t == "leaf-vlans")
+        .await;
+    assert_eq!(b.find_all(".target-devices li").await.len(), 3);
+    let (_, job) = json_of(app.get(&format!("/jobs/{}", id(&job))).await).await;
+    assert_eq!(job["max_parallel"], Value::Null, "{job}");
+    assert_eq!(job["spread_s"], 30, "the other change stands: {job}");
+    assert_eq!(job["vars"]["snmp_community"], "********", "kept: {job}");
     b.close().await;
 }

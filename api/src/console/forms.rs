@@ -41,6 +41,8 @@ pub enum Kind {
     List,
     /// Repeated fields (checkboxes sharing a name), as a list.
     Repeated,
+    /// A JSON object typed in a text area; empty is the empty object (a form always says).
+    Json,
 }
 
 impl Fields {
@@ -80,7 +82,8 @@ impl Fields {
     }
 
     /// Builds the JSON body `spec` describes and deserializes it as the REST API would; a
-    /// field that does not parse is named in the 422.
+    /// field that does not parse is named in the 422. A name with a dot (`target.tags_all`)
+    /// is a field of a nested object, as the error's path names it.
     pub fn body<T: DeserializeOwned>(&self, spec: &[(&str, Kind)]) -> Result<T, ApiError> {
         let mut map = Map::new();
         for &(name, kind) in spec {
@@ -111,9 +114,26 @@ impl Fields {
                         .map(|w| Value::String(w.to_owned()))
                         .collect(),
                 )),
+                Kind::Json => Some(
+                    text.map(|t| json_object(name, t))
+                        .transpose()?
+                        .unwrap_or_else(|| Value::Object(Map::new())),
+                ),
             };
             if let Some(value) = value {
-                map.insert(name.to_owned(), value);
+                match name.split_once('.') {
+                    Some((outer, inner)) => {
+                        let nested = map
+                            .entry(outer.to_owned())
+                            .or_insert_with(|| Value::Object(Map::new()));
+                        if let Value::Object(nested) = nested {
+                            nested.insert(inner.to_owned(), value);
+                        }
+                    }
+                    None => {
+                        map.insert(name.to_owned(), value);
+                    }
+                }
             }
         }
         serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
@@ -169,6 +189,20 @@ impl Filled {
     }
 }
 
+fn json_object(name: &str, text: &str) -> Result<Value, ApiError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(_) => Err(ApiError::validation(
+            name,
+            "must be a JSON object, such as {\"vlan\": 10}",
+        )),
+        Err(e) => Err(ApiError::validation(
+            name,
+            format!("is not valid JSON: {e}"),
+        )),
+    }
+}
+
 fn whole(name: &str, text: &str) -> Result<Value, ApiError> {
     text.parse::<i64>()
         .map(Value::from)
@@ -217,5 +251,49 @@ mod tests {
             .body::<Body>(&[("port", Kind::Int)])
             .expect_err("a missing name");
         assert!(err.to_string().contains("missing field `name`"), "{err}");
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Nested {
+        target: Inner,
+        vars: Option<Map<String, Value>>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        tags: Vec<String>,
+    }
+
+    #[test]
+    fn dotted_names_nest_and_json_areas_are_objects_named_when_wrong() {
+        let spec = [("target.tags", Kind::List), ("vars", Kind::Json)];
+        let b: Nested = Fields::parse(b"target.tags=a+b&vars=%7B%22x%22%3A1%7D")
+            .body(&spec)
+            .expect("valid");
+        assert_eq!(b.target.tags, ["a", "b"]);
+        assert_eq!(
+            b.vars.and_then(|v| v.get("x").cloned()),
+            Some(Value::from(1))
+        );
+        let b: Nested = Fields::parse(b"target.tags=&vars=")
+            .body(&spec)
+            .expect("empty");
+        assert_eq!(b.vars, Some(Map::new()));
+        let err = Fields::parse(b"target.tags=a&vars=%5B1%5D")
+            .body::<Nested>(&spec)
+            .expect_err("an array");
+        assert!(
+            err.to_string().starts_with("vars: must be a JSON object"),
+            "{err}"
+        );
+        let err = Fields::parse(b"target.tags=a&vars=%7B")
+            .body::<Nested>(&spec)
+            .expect_err("not JSON");
+        assert!(
+            err.to_string().starts_with("vars: is not valid JSON"),
+            "{err}"
+        );
     }
 }

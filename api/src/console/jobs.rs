@@ -18,21 +18,205 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use uuid::Uuid;
 
-use super::devices::id;
+use super::devices::{field_error, id};
+use super::forms::{Fields, Filled, Kind};
 use super::session::{Action, Operator};
 use super::view;
-use super::{Chrome, Result, render, see_other};
+use super::{Chrome, Result, render, render_form, see_other};
+use crate::error::ApiError;
+use crate::routes::jobs::{JobCreate, JobPatch};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/console/jobs", get(list))
-        .route("/console/jobs/{id}", get(show))
+        .route("/console/jobs", get(list).post(create))
+        .route("/console/jobs/new", get(new_form))
+        .route("/console/jobs/{id}", get(show).post(update))
+        .route("/console/jobs/{id}/edit", get(edit_form))
         .route("/console/jobs/{id}/run", post(run_now))
         .route("/console/job-runs/{id}", get(job_run_page))
         .route("/console/job-runs/{id}/grid", get(grid_fragment))
         .route("/console/job-runs/{id}/retry-failed", post(retry_failed))
         .route("/console/job-runs/{id}/cancel", post(cancel))
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/job_form.html")]
+struct JobForm {
+    chrome: Chrome,
+    job_id: Option<String>,
+    form: Filled,
+    kinds: Vec<&'static str>,
+    platforms: Vec<&'static str>,
+}
+
+/// The job form's fields as the REST body names them (a dotted name is a field of `target`).
+/// Limits are nullable on edit: emptied, the limit goes.
+fn job_fields(edit: bool) -> Vec<(&'static str, Kind)> {
+    let limit = if edit { Kind::NullableInt } else { Kind::Int };
+    vec![
+        ("name", Kind::Text),
+        ("target.all", Kind::Check),
+        ("target.tags_all", Kind::List),
+        ("target.tags_any", Kind::List),
+        ("target.platforms", Kind::List),
+        ("target.zones", Kind::List),
+        ("target.device_ids", Kind::List),
+        ("target.exclude_tags", Kind::List),
+        ("target.exclude_ids", Kind::List),
+        ("kind", Kind::Text),
+        ("command", Kind::Raw),
+        ("platform_commands", Kind::Json),
+        ("vars", Kind::Json),
+        ("max_parallel", limit),
+        ("batch", limit),
+        ("max_fail_percent", limit),
+        ("spread_s", Kind::Int),
+        ("timeout_s", Kind::Int),
+    ]
+}
+
+fn job_form(
+    operator: &Operator,
+    job_id: Option<Uuid>,
+    form: Fields,
+    error: Option<(String, String)>,
+) -> Result<Response> {
+    let form = Filled::new(form, error);
+    let failed = form.failed();
+    render_form(
+        &JobForm {
+            chrome: Chrome::new(operator, "jobs"),
+            job_id: job_id.map(|j| j.to_string()),
+            form,
+            kinds: netcron_common::domain::CommandKind::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .collect(),
+            platforms: netcron_common::domain::Platform::ALL
+                .iter()
+                .map(|p| p.as_str())
+                .collect(),
+        },
+        failed,
+    )
+}
+
+async fn new_form(operator: Operator) -> Result<Response> {
+    job_form(
+        &operator,
+        None,
+        Fields::parse(b"kind=shell&spread_s=0&timeout_s=60"),
+        None,
+    )
+}
+
+async fn create(State(state): State<AppState>, action: Action) -> Result<Response> {
+    let created = async {
+        let body: JobCreate = action.form.body(&job_fields(false))?;
+        service::create(&state.db, &state.key, body.parse()?)
+            .await
+            .map_err(ApiError::from)
+    }
+    .await;
+    match created {
+        Ok(job) => Ok(see_other(&format!("/console/jobs/{}", job.id))),
+        Err(e) => match field_error(&e) {
+            Some(err) => job_form(&action.operator, None, action.form, Some(err)),
+            None => Err(e.into()),
+        },
+    }
+}
+
+async fn edit_form(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path(job_id): Path<String>,
+) -> Result<Response> {
+    let job_id = id(&job_id, "job_id")?;
+    let job = service::get(&state.db, job_id).await?;
+    let target = target_of(&job).unwrap_or_default();
+    let words = |list: &[String]| list.join(", ");
+    let ids = |list: &[Uuid]| {
+        list.iter()
+            .map(Uuid::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let json = |v: &serde_json::Value| {
+        if v.as_object().is_some_and(serde_json::Map::is_empty) {
+            String::new()
+        } else {
+            serde_json::to_string_pretty(v).unwrap_or_default()
+        }
+    };
+    let number = |n: Option<i32>| n.map(|n| n.to_string()).unwrap_or_default();
+    let mut pairs: Vec<(String, String)> = vec![
+        ("revision".into(), job.revision.to_string()),
+        ("name".into(), job.name.clone()),
+        ("target.tags_all".into(), words(&target.tags_all)),
+        ("target.tags_any".into(), words(&target.tags_any)),
+        (
+            "target.platforms".into(),
+            target
+                .platforms
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("target.zones".into(), words(&target.zones)),
+        ("target.device_ids".into(), ids(&target.device_ids)),
+        ("target.exclude_tags".into(), words(&target.exclude_tags)),
+        ("target.exclude_ids".into(), ids(&target.exclude_ids)),
+        ("kind".into(), job.kind.to_string()),
+        ("command".into(), job.command.clone()),
+        ("platform_commands".into(), json(&job.platform_commands)),
+        (
+            "vars".into(),
+            json(&netcron_common::fleet::masked_vars(&job.vars)),
+        ),
+        ("max_parallel".into(), number(job.max_parallel)),
+        ("batch".into(), number(job.batch_size)),
+        ("max_fail_percent".into(), number(job.max_fail_percent)),
+        ("spread_s".into(), job.spread_s.to_string()),
+        ("timeout_s".into(), job.timeout_s.to_string()),
+    ];
+    if target.all {
+        pairs.push(("target.all".into(), "on".into()));
+    }
+    job_form(&operator, Some(job_id), Fields::from_pairs(pairs), None)
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(job_id): Path<String>,
+    action: Action,
+) -> Result<Response> {
+    let job_id = id(&job_id, "job_id")?;
+    let updated = async {
+        let mut spec = job_fields(true);
+        spec.push(("revision", Kind::Int));
+        let body: JobPatch = action.form.body(&spec)?;
+        let (revision, changes) = body.parse()?;
+        service::update(&state.db, &state.key, job_id, revision, changes)
+            .await
+            .map_err(ApiError::from)
+    }
+    .await;
+    match updated {
+        Ok(job) => Ok(see_other(&format!("/console/jobs/{}", job.id))),
+        Err(ApiError::PreconditionFailed(reason)) => job_form(
+            &action.operator,
+            Some(job_id),
+            action.form,
+            Some(("revision".into(), reason)),
+        ),
+        Err(e) => match field_error(&e) {
+            Some(err) => job_form(&action.operator, Some(job_id), action.form, Some(err)),
+            None => Err(e.into()),
+        },
+    }
 }
 
 /// Devices shown on a job's page; the API pages through the rest.

@@ -188,7 +188,7 @@ fn parse_target(target: Target) -> Result<Target> {
 }
 
 impl JobCreate {
-    fn parse(self) -> Result<NewJob> {
+    pub(crate) fn parse(self) -> Result<NewJob> {
         Ok(NewJob {
             name: field("name", parse_name(&self.name, 128))?,
             target: parse_target(self.target)?,
@@ -251,7 +251,7 @@ fn vars(map: Map<String, Value>) -> Result<Map<String, Value>> {
 }
 
 impl JobPatch {
-    fn parse(self) -> Result<(Option<i64>, JobChanges)> {
+    pub(crate) fn parse(self) -> Result<(Option<i64>, JobChanges)> {
         Ok((
             self.revision,
             JobChanges {
