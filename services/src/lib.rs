@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod configs;
 pub mod credentials;
+pub mod bulk;
 pub mod devices;
 pub mod error;
 pub mod inventory;
