@@ -185,7 +185,10 @@ pub async fn import(
             refused.push(RowError::new(
                 row.line,
                 "name",
-                format!("`{}` is also on line {first}; a name may appear once", row.name),
+                format!(
+                    "`{}` is also on line {first}; a name may appear once",
+                    row.name
+                ),
             ));
             continue;
         }
@@ -227,7 +230,11 @@ pub async fn import(
             id,
             name: row.name.clone(),
             host: row.host.as_str().to_owned(),
-            port: i32::from(row.port.or(current.and_then(|c| u16::try_from(c.port).ok())).unwrap_or(22)),
+            port: i32::from(
+                row.port
+                    .or(current.and_then(|c| u16::try_from(c.port).ok()))
+                    .unwrap_or(22),
+            ),
             platform: row.platform.as_str().to_owned(),
             credential_id,
             tags: pick(&row.tags, current.map(|c| &c.tags), Vec::new()),
@@ -312,7 +319,10 @@ pub async fn import(
 
 /// The file's value when it has the column, else the device's current one, else the default.
 fn pick<T: Clone>(given: &Option<T>, current: Option<&T>, default: T) -> T {
-    given.clone().or_else(|| current.cloned()).unwrap_or(default)
+    given
+        .clone()
+        .or_else(|| current.cloned())
+        .unwrap_or(default)
 }
 
 /// The single-device jump-host rules, over the fleet as the import would leave it: a jump
@@ -409,13 +419,11 @@ fn check_jump_hosts(
                 ));
             }
         }
-        let elsewhere = tunnelled
-            .get(&d.id)
-            .map_or(0, |deps| {
-                deps.iter()
-                    .filter(|id| after.get(id).is_some_and(|n| n.zone != d.zone))
-                    .count()
-            });
+        let elsewhere = tunnelled.get(&d.id).map_or(0, |deps| {
+            deps.iter()
+                .filter(|id| after.get(id).is_some_and(|n| n.zone != d.zone))
+                .count()
+        });
         // Each dependent in the file is refused on its own line; name the bastion's line only
         // when a dependent outside the file would be left behind.
         let outside = tunnelled.get(&d.id).is_some_and(|deps| {

@@ -3,11 +3,11 @@
 //! handlers and the console's pages are two front doors over these functions, so a rule
 //! written here (a check, a guard, later a permission) holds for both.
 
+pub mod bulk;
 pub mod commands;
 pub mod config;
 pub mod configs;
 pub mod credentials;
-pub mod bulk;
 pub mod devices;
 pub mod error;
 pub mod inventory;

@@ -13,15 +13,12 @@ const HEADER: &str = "name,host,port,platform,zone,credential,tags,vars,enabled,
                       legacy_algorithms,session_reuse\n";
 
 async fn import(app: &TestApp, csv: &str, dry_run: bool) -> reqwest::Response {
-    app.request(
-        Method::POST,
-        &format!("/devices/import?dry_run={dry_run}"),
-    )
-    .header("content-type", "text/csv")
-    .body(csv.to_owned())
-    .send()
-    .await
-    .expect("POST /devices/import")
+    app.request(Method::POST, &format!("/devices/import?dry_run={dry_run}"))
+        .header("content-type", "text/csv")
+        .body(csv.to_owned())
+        .send()
+        .await
+        .expect("POST /devices/import")
 }
 
 async fn imported(app: &TestApp, csv: &str) -> Value {
@@ -87,7 +84,8 @@ async fn dry_run_lists_every_bad_row_by_line_and_column_and_writes_nothing() {
                ok-1,192.0.2.8,linux,lab,,,,\n\
                bad-host,not a host!,linux,lab,,,,\n";
     for dry_run in [true, false] {
-        let body = assert_problem(import(&app, csv, dry_run).await, 422, "invalid-rows", None).await;
+        let body =
+            assert_problem(import(&app, csv, dry_run).await, 422, "invalid-rows", None).await;
         let errors: Vec<(u64, String)> = body["errors"]
             .as_array()
             .expect("errors")
@@ -169,7 +167,10 @@ async fn thousands_of_rows_import_in_one_request_and_again_unchanged() {
 
     let started = Instant::now();
     let again = imported(&app, &csv).await;
-    eprintln!("importing the same 5000 devices again took {:?}", started.elapsed());
+    eprintln!(
+        "importing the same 5000 devices again took {:?}",
+        started.elapsed()
+    );
     assert_eq!(counts(&again), (0, 0, 5_000));
 
     let changed = csv.replacen("sw00042,10.0.0.42,22,", "sw00042,10.0.0.42,2222,", 1);
@@ -181,7 +182,10 @@ async fn thousands_of_rows_import_in_one_request_and_again_unchanged() {
         .and_then(|rows| rows.iter().find(|r| r["action"] == "update"))
         .cloned()
         .unwrap_or_default();
-    assert_eq!(row, json!({"row": 44, "name": "sw00042", "action": "update"}));
+    assert_eq!(
+        row,
+        json!({"row": 44, "name": "sw00042", "action": "update"})
+    );
 }
 
 #[tokio::test]
@@ -228,7 +232,10 @@ async fn export_then_import_changes_nothing() {
     .await;
     let csv = export(&app, "").await;
     assert!(csv.starts_with(HEADER), "{csv}");
-    assert!(csv.contains("sw1,192.0.2.2,22,cisco_ios,site-a,lab,core;dc1,"), "{csv}");
+    assert!(
+        csv.contains("sw1,192.0.2.2,22,cisco_ios,site-a,lab,core;dc1,"),
+        "{csv}"
+    );
     assert!(csv.contains(",false,bastion,false,true\n"), "{csv}");
     let again = imported(&app, &csv).await;
     assert_eq!(counts(&again), (0, 0, 3), "{again}");
@@ -270,7 +277,11 @@ async fn jump_hosts_are_named_and_checked_like_single_devices() {
             )
         })
         .collect();
-    assert_eq!(at, [(3, "jump_host"), (4, "jump_host"), (5, "jump_host")], "{body}");
+    assert_eq!(
+        at,
+        [(3, "jump_host"), (4, "jump_host"), (5, "jump_host")],
+        "{body}"
+    );
     assert_eq!(device_count(&app).await, 0);
 }
 
@@ -355,22 +366,42 @@ async fn tag_edits_are_checked_like_device_tags() {
     let app = TestApp::spawn().await;
     let device = app.device("a").await;
     let cases = [
-        (json!({"devices": [device["id"]], "add": ["has space"]}), "add[0]"),
-        (json!({"devices": [device["id"]], "remove": [""]}), "remove[0]"),
+        (
+            json!({"devices": [device["id"]], "add": ["has space"]}),
+            "add[0]",
+        ),
+        (
+            json!({"devices": [device["id"]], "remove": [""]}),
+            "remove[0]",
+        ),
         (json!({"devices": [device["id"]]}), "add"),
         (json!({"add": ["x"]}), "devices"),
-        (json!({"devices": [device["id"]], "target": {"all": true}, "add": ["x"]}), "devices"),
+        (
+            json!({"devices": [device["id"]], "target": {"all": true}, "add": ["x"]}),
+            "devices",
+        ),
         (json!({"target": {}, "add": ["x"]}), "target"),
-        (json!({"devices": [device["id"]], "add": ["x"], "remove": ["x"]}), "remove"),
+        (
+            json!({"devices": [device["id"]], "add": ["x"], "remove": ["x"]}),
+            "remove",
+        ),
     ];
     for (body, field) in cases {
-        assert_problem(app.post("/devices/tags", &body).await, 422, "validation", Some(field))
-            .await;
+        assert_problem(
+            app.post("/devices/tags", &body).await,
+            422,
+            "validation",
+            Some(field),
+        )
+        .await;
     }
     let many: Vec<String> = (0..32).map(|i| format!("t{i}")).collect();
     assert_problem(
-        app.post("/devices/tags", &json!({"devices": [device["id"]], "add": many}))
-            .await,
+        app.post(
+            "/devices/tags",
+            &json!({"devices": [device["id"]], "add": many}),
+        )
+        .await,
         422,
         "validation",
         Some("add"),

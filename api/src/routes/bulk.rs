@@ -3,8 +3,8 @@
 //! ([`DeviceCreate::parse`]), so a cell and a JSON field are held to the same rules.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use netcron_common::domain::{Platform, Zone};
@@ -68,6 +68,10 @@ pub struct ParsedCsv {
 /// refuses the file at line 1; a row with a bad cell is refused at its line and column.
 pub fn parse_csv(bytes: &[u8]) -> ParsedCsv {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    // The csv reader counts a CRLF file's lines one short (browsers post a textarea with CRLF,
+    // spreadsheets save it): with LF alone every refusal names the line an editor shows.
+    let bytes = crlf_to_lf(bytes);
+    let bytes = bytes.as_slice();
     let mut out = ParsedCsv {
         rows: Vec::new(),
         refused: Vec::new(),
@@ -87,7 +91,10 @@ pub fn parse_csv(bytes: &[u8]) -> ParsedCsv {
         out.refused.push(RowError::new(
             1,
             "",
-            format!("the file has no header row; name the columns: {}", COLUMNS.join(",")),
+            format!(
+                "the file has no header row; name the columns: {}",
+                COLUMNS.join(",")
+            ),
         ));
         return out;
     }
@@ -147,6 +154,18 @@ pub fn parse_csv(bytes: &[u8]) -> ParsedCsv {
     out
 }
 
+fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes.iter().peekable();
+    while let Some(&b) = rest.next() {
+        if b == b'\r' && rest.peek() == Some(&&b'\n') {
+            continue;
+        }
+        out.push(b);
+    }
+    out
+}
+
 fn csv_error(e: &csv::Error) -> String {
     match e.kind() {
         csv::ErrorKind::Utf8 { .. } => "the text is not UTF-8".to_owned(),
@@ -177,7 +196,8 @@ impl Cells<'_> {
 /// [`DeviceCreate::parse`], the single-device path.
 fn parse_row(line: u64, cells: &Cells<'_>) -> std::result::Result<ImportRow, Vec<RowError>> {
     let mut errors = Vec::new();
-    let mut fail = |column: &str, message: String| errors.push(RowError::new(line, column, message));
+    let mut fail =
+        |column: &str, message: String| errors.push(RowError::new(line, column, message));
     let port = match cells.given("port").map(str::parse::<i64>) {
         Some(Ok(p)) => Some(p),
         Some(Err(_)) => {
@@ -186,7 +206,11 @@ fn parse_row(line: u64, cells: &Cells<'_>) -> std::result::Result<ImportRow, Vec
         }
         None => None,
     };
-    let platform = match cells.get("platform").unwrap_or_default().parse::<Platform>() {
+    let platform = match cells
+        .get("platform")
+        .unwrap_or_default()
+        .parse::<Platform>()
+    {
         Ok(p) => Some(p),
         Err(e) => {
             fail("platform", e.to_string());
@@ -320,11 +344,7 @@ pub fn write_csv(devices: &[service::ExportedDevice]) -> std::result::Result<Vec
 }
 
 /// Checks and (unless a dry run) imports a CSV file; what the API and the console both call.
-pub(crate) async fn import(
-    state: &AppState,
-    bytes: &[u8],
-    dry_run: bool,
-) -> Result<ImportSummary> {
+pub(crate) async fn import(state: &AppState, bytes: &[u8], dry_run: bool) -> Result<ImportSummary> {
     let parsed = parse_csv(bytes);
     if parsed.rows.is_empty() && parsed.refused.is_empty() {
         return Err(ApiError::Rows(vec![RowError::new(
@@ -537,6 +557,15 @@ mod tests {
     }
 
     #[test]
+    fn lines_are_counted_with_crlf_too() {
+        let parsed = parse_csv(
+            b"name,host,platform,credential\r\na,10.0.0.1,linux,c\r\nb,10.0.0.2,cisco,c\r\n",
+        );
+        let rows: Vec<u64> = parsed.refused.iter().map(|e| e.row).collect();
+        assert_eq!(rows, [3]);
+    }
+
+    #[test]
     fn cells_are_parsed_by_the_single_device_rules() {
         let parsed = parse_csv(
             b"name,host,platform,credential,port,tags,vars\n\
@@ -548,7 +577,10 @@ mod tests {
         assert_eq!(parsed.rows.len(), 1);
         let a = &parsed.rows[0];
         assert_eq!((a.line, a.port), (2, Some(2222)));
-        assert_eq!(a.tags.as_deref(), Some(&["x".to_owned(), "y".to_owned()][..]));
+        assert_eq!(
+            a.tags.as_deref(),
+            Some(&["x".to_owned(), "y".to_owned()][..])
+        );
         let refused: Vec<(u64, &str)> = parsed
             .refused
             .iter()
