@@ -9,6 +9,8 @@ use sea_orm::DbErr;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+pub use netcron_services::error::RowError;
+
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,10 @@ pub enum ApiError {
     /// succeed after `retry_after_s` seconds.
     #[error("{reason}")]
     TooManyRequests { reason: String, retry_after_s: u64 },
+    /// Rows of a bulk input (a CSV import) are refused, each naming its line and column;
+    /// nothing was written.
+    #[error("{} row error(s) in the file; nothing was written", .0.len())]
+    Rows(Vec<RowError>),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -156,6 +162,11 @@ impl ApiError {
                 "too-many-requests",
                 "Too many requests",
             ),
+            Self::Rows(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-rows",
+                "Some rows are invalid",
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -180,6 +191,9 @@ pub struct Problem {
     /// The body field or parameter at fault, when the problem is about one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Every refused row of a bulk input (a CSV import), by line and column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<RowError>>,
 }
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
@@ -208,6 +222,10 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail,
             field,
+            errors: match &self {
+                Self::Rows(errors) => Some(errors.clone()),
+                _ => None,
+            },
         };
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
@@ -251,6 +269,7 @@ impl From<netcron_services::Error> for ApiError {
                 reason,
                 retry_after_s,
             },
+            E::Rows(errors) => Self::Rows(errors),
             E::Internal(cause) => Self::Internal(cause),
         }
     }

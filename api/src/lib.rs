@@ -97,6 +97,7 @@ fn build_router_parts() -> (
     let protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::credentials::router())
         .merge(routes::devices::router())
+        .merge(routes::bulk::router())
         .merge(routes::commands::router())
         .merge(routes::jobs::router())
         .merge(routes::schedules::router())

@@ -35,21 +35,42 @@ use crate::{Error, Result, stmt};
 
 /// The enabled devices a target matches now, in id order, from `after` on (keyset), at most
 /// `$11`; `$9`, when not NULL, keeps only those ids (a retry of failed devices).
-const MATCHING: &str = r"
-SELECT d.id, d.name, d.host, d.port, d.platform, d.zone, d.tags, d.vars
-FROM devices d
-WHERE d.enabled
+/// The condition a device row `d` meets when a target matches it, with the target's lists as
+/// parameters `$1` to `$7` ([`target_values`]): the one statement of what a target selects, for
+/// job runs and for bulk edits alike.
+pub const TARGET_CONDITION: &str = r"d.enabled
   AND (cardinality($1::text[]) = 0 OR d.tags @> $1::text[])
   AND (cardinality($2::text[]) = 0 OR d.tags && $2::text[])
   AND (cardinality($3::text[]) = 0 OR d.platform = ANY($3::text[]))
   AND (cardinality($4::text[]) = 0 OR d.zone = ANY($4::text[]))
   AND (cardinality($5::uuid[]) = 0 OR d.id = ANY($5::uuid[]))
   AND NOT (d.id = ANY($6::uuid[]))
-  AND NOT (d.tags && $7::text[])
+  AND NOT (d.tags && $7::text[])";
+
+/// The parameters `$1` to `$7` of [`TARGET_CONDITION`] for `target`.
+pub fn target_values(target: &Target) -> Vec<sea_orm::Value> {
+    vec![
+        target.tags_all.clone().into(),
+        target.tags_any.clone().into(),
+        target.platform_texts().into(),
+        target.zones.clone().into(),
+        target.device_ids.clone().into(),
+        target.exclude_ids.clone().into(),
+        target.exclude_tags.clone().into(),
+    ]
+}
+
+fn matching_sql() -> String {
+    format!(
+        "SELECT d.id, d.name, d.host, d.port, d.platform, d.zone, d.tags, d.vars
+FROM devices d
+WHERE {TARGET_CONDITION}
   AND ($8::uuid IS NULL OR d.id > $8::uuid)
   AND ($9::uuid[] IS NULL OR d.id = ANY($9::uuid[]))
 ORDER BY d.id
-LIMIT $10";
+LIMIT $10"
+    )
+}
 
 /// A device a target matched, with what templates may read.
 #[derive(Debug, Clone)]
@@ -78,21 +99,15 @@ pub async fn matching(
 ) -> Result<Vec<Matched>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = db
-        .query_all_raw(stmt(
-            MATCHING,
-            vec![
-                target.tags_all.clone().into(),
-                target.tags_any.clone().into(),
-                target.platform_texts().into(),
-                target.zones.clone().into(),
-                target.device_ids.clone().into(),
-                target.exclude_ids.clone().into(),
-                target.exclude_tags.clone().into(),
+        .query_all_raw(stmt(&matching_sql(), {
+            let mut values = target_values(target);
+            values.extend([
                 after.into(),
                 only.map(<[Uuid]>::to_vec).into(),
                 limit.into(),
-            ],
-        ))
+            ]);
+            values
+        }))
         .await?;
     rows.iter()
         .map(|r| {

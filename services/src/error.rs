@@ -33,9 +33,33 @@ pub enum Error {
     /// succeed after `retry_after_s` seconds.
     #[error("{reason}")]
     TooManyRequests { reason: String, retry_after_s: u64 },
+    /// Rows of a bulk input (a CSV import) that cannot be accepted, each naming its line and
+    /// column; nothing was written.
+    #[error("{} row error(s); nothing was written", .0.len())]
+    Rows(Vec<RowError>),
     /// Anything else: the front door logs it once and answers a fixed message.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// One refusal in a bulk input: the 1-based line of the file (the header is line 1), the
+/// column by its header name, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"row": 3, "column": "credential", "message": "no credential is named `lab`"}))]
+pub struct RowError {
+    pub row: u64,
+    pub column: String,
+    pub message: String,
+}
+
+impl RowError {
+    pub fn new(row: u64, column: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Self {
+            row,
+            column: column.into(),
+            message: message.to_string(),
+        }
+    }
 }
 
 impl Error {

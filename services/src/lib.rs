@@ -3,6 +3,7 @@
 //! handlers and the console's pages are two front doors over these functions, so a rule
 //! written here (a check, a guard, later a permission) holds for both.
 
+pub mod bulk;
 pub mod commands;
 pub mod config;
 pub mod configs;

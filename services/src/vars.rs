@@ -10,8 +10,8 @@ use uuid::Uuid;
 use crate::{Error, Result};
 
 /// `incoming` (already checked by `parse_vars`) as the `vars` column of `owner` holds it:
-/// each secret sealed. A secret given as [`VAR_MASK`] keeps the value `stored` holds for that
-/// name (an edit that sends back what it read changes nothing).
+/// each secret sealed. A secret given as [`VAR_MASK`], or as the value it already has, keeps
+/// what `stored` holds for that name (an edit that sends back what it read changes nothing).
 ///
 /// # Errors
 /// [`Error::Validation`] naming the variable when the mask stands for a value that was never
@@ -41,8 +41,19 @@ pub fn seal(
                 }
             }
         } else if is_secret_var(&name, &value) {
-            let sealed = key.seal_base64(&var_text(&value), &context::variable(owner, &name));
-            serde_json::json!({ SEALED: sealed })
+            let text = var_text(&value);
+            let context = context::variable(owner, &name);
+            // The same value again keeps its ciphertext, so an import of an unchanged file
+            // (or a PATCH repeating the value) changes nothing.
+            let same = kept.filter(|k| {
+                sealed_var(k)
+                    .and_then(|s| key.open_base64(s, &context).ok())
+                    .is_some_and(|open| open.expose() == text)
+            });
+            match same {
+                Some(kept) => kept.clone(),
+                None => serde_json::json!({ SEALED: key.seal_base64(&text, &context) }),
+            }
         } else {
             value
         };

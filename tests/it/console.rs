@@ -1246,3 +1246,83 @@ async fn a_job_is_created_and_edited_in_the_console_with_each_mistake_beside_its
     assert_eq!(job["vars"]["snmp_community"], "********", "kept: {job}");
     b.close().await;
 }
+
+/// A pasted CSV is checked with its refused rows shown line by line beside their text, then
+/// imported; ticked devices on the list get a tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_are_imported_from_a_pasted_csv_and_tagged_in_bulk_in_the_browser() {
+    let app = TestApp::spawn().await;
+    app.credential("lab").await;
+    let b = Browser::open(&app.base).await;
+    b.sign_in().await;
+    b.goto("/console/devices").await;
+    b.click("main a[href='/console/devices/import']").await;
+    b.fill(
+        "#csv",
+        "name,host,platform,credential,tags\n\
+         edge-1,192.0.2.1,linux,lab,edge\n\
+         edge-2,192.0.2.2,cisco,lab,edge\n\
+         edge-3,192.0.2.3,linux,nobody,edge\n",
+    )
+    .await;
+    b.click("button[name=dry_run][value=true]").await;
+    b.find("#refused").await;
+    let mut refused = Vec::new();
+    for row in b.find_all("#refused tr.refused-row").await {
+        refused.push(row.text().await);
+    }
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused[0].starts_with("3 platform") && refused[0].contains("edge-2,192.0.2.2,cisco"),
+        "{refused:?}"
+    );
+    assert!(
+        refused[1].starts_with("4 credential") && refused[1].contains("nobody"),
+        "{refused:?}"
+    );
+    b.shot("device-import-refused").await;
+    b.fill(
+        "#csv",
+        "name,host,platform,credential,tags\n\
+         edge-1,192.0.2.1,linux,lab,edge\n\
+         edge-2,192.0.2.2,cisco_ios,lab,edge\n",
+    )
+    .await;
+    b.click("button[name=dry_run][value=true]").await;
+    let checked = b.text("#summary").await;
+    assert!(checked.contains("would create 2"), "{checked}");
+    let (_, list) = crate::support::app::json_of(app.get("/devices").await).await;
+    assert_eq!(list["items"], json!([]), "a check writes nothing");
+    b.click("button[name=dry_run][value=false]").await;
+    let imported = b.text("#summary").await;
+    assert!(imported.contains("created 2"), "{imported}");
+
+    b.goto("/console/devices").await;
+    b.click("input[aria-label='Select edge-2']").await;
+    b.fill("#bulk input[name=tag]", "audited").await;
+    b.click("#bulk button[value=add]").await;
+    b.wait_text("main table", "the tag on edge-2", |t| {
+        t.contains("edge, audited")
+    })
+    .await;
+    let (_, list) = crate::support::app::json_of(app.get("/devices").await).await;
+    let tags: Vec<(String, Value)> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap_or_default().to_owned(),
+                d["tags"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            ("edge-1".to_owned(), json!(["edge"])),
+            ("edge-2".to_owned(), json!(["edge", "audited"])),
+        ]
+    );
+    b.close().await;
+}

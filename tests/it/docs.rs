@@ -5,6 +5,9 @@ use crate::support::app::{TestApp, json_of};
 const REQUIRED_PATHS: &[(&str, &[&str])] = &[
     ("/devices", &["post", "get"]),
     ("/devices/{device_id}", &["get", "patch", "delete"]),
+    ("/devices/import", &["post"]),
+    ("/devices/export", &["get"]),
+    ("/devices/tags", &["post"]),
     ("/devices/{device_id}/commands", &["post", "get"]),
     (
         "/devices/{device_id}/commands/{command_id}",
@@ -134,6 +137,17 @@ async fn spec_documents_error_statuses_and_examples() {
             "POST /devices lacks {status}"
         );
     }
+    // The CSV import takes text/csv and lists refused rows by line and column.
+    let import = &spec["paths"]["/devices/import"]["post"];
+    assert!(
+        import["requestBody"]["content"]["text/csv"].is_object(),
+        "{import}"
+    );
+    let rows = &import["responses"]["422"]["content"]["application/problem+json"]["example"];
+    assert!(rows["errors"][0]["row"].is_u64(), "{rows}");
+    assert!(spec["components"]["schemas"]["RowError"].is_object());
+    let export = &spec["paths"]["/devices/export"]["get"]["responses"]["200"]["content"];
+    assert!(export["text/csv"].is_object(), "{export}");
     // Health needs no token: its security requirement is the empty one.
     assert_eq!(
         spec["paths"]["/health"]["get"]["security"],

@@ -3,6 +3,7 @@
 
 mod ahead;
 mod auth;
+mod bulk;
 mod commands;
 mod console;
 mod credentials;

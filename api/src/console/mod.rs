@@ -11,6 +11,7 @@
 //!   ([`session::Action`]).
 
 mod admin;
+mod bulk;
 mod devices;
 mod forms;
 mod jobs;
@@ -145,6 +146,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/sign-out", post(sign_out))
         .route("/console/assets/{name}", get(asset))
         .merge(devices::router())
+        .merge(bulk::router())
         .merge(jobs::router())
         .merge(schedules::router())
         .merge(runs::router())

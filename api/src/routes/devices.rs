@@ -206,8 +206,14 @@ fn parse_tag_filter(tag: String) -> Result<String> {
 }
 
 fn parse_tags(tags: Vec<String>) -> Result<Vec<String>> {
-    if tags.len() > 32 {
-        return Err(ApiError::validation("tags", "at most 32 tags"));
+    parse_tag_list("tags", tags)
+}
+
+/// Device tags under the single-device rules (at most 32, each 1 to 64 characters without
+/// spaces or control characters, duplicates dropped); a refusal names `field[i]`.
+pub(crate) fn parse_tag_list(field: &str, tags: Vec<String>) -> Result<Vec<String>> {
+    if tags.len() > netcron_services::bulk::MAX_TAGS {
+        return Err(ApiError::validation(field, "at most 32 tags"));
     }
     let mut out: Vec<String> = Vec::with_capacity(tags.len());
     for (i, tag) in tags.into_iter().enumerate() {
@@ -217,7 +223,7 @@ fn parse_tags(tags: Vec<String>) -> Result<Vec<String>> {
             || tag.chars().any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(ApiError::validation(
-                format!("tags[{i}]"),
+                format!("{field}[{i}]"),
                 "must be 1 to 64 characters without spaces",
             ));
         }

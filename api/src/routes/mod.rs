@@ -1,6 +1,7 @@
 //! HTTP handlers and the JSON shapes they accept and return. Handlers parse input into domain
 //! values, call `services`, and map the result; they hold no logic of their own.
 
+pub mod bulk;
 pub mod commands;
 pub mod configs;
 pub mod credentials;
