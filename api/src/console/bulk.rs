@@ -5,8 +5,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use netcron_services::bulk::{self, ExportFilter, ImportSummary};
 use uuid::Uuid;
@@ -14,7 +13,7 @@ use uuid::Uuid;
 use super::session::{Action, Operator};
 use super::{Chrome, Result, Shown, render_form, see_other};
 use crate::error::ApiError;
-use crate::routes::bulk::{TagEditBody, import, write_csv};
+use crate::routes::bulk::{TagEditBody, csv_download, import};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -100,22 +99,7 @@ async fn import_csv(State(state): State<AppState>, action: Action) -> Result<Res
 
 async fn export_csv(State(state): State<AppState>, _operator: Operator) -> Result<Response> {
     let devices = bulk::export(&state.db, ExportFilter::default()).await?;
-    let body = write_csv(&devices).map_err(|e| {
-        Shown(ApiError::Internal(
-            anyhow::Error::new(e).context("writing CSV"),
-        ))
-    })?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"devices.csv\"",
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    csv_download(&devices).map_err(Shown)
 }
 
 /// The list's bulk action: the ticked devices (`device`) get the tag (`tag`) or lose it,

@@ -450,7 +450,12 @@ async fn export_devices(
             .transpose()?,
     };
     let devices = service::export(&state.db, filter).await?;
-    let body = write_csv(&devices)
+    csv_download(&devices)
+}
+
+/// `devices` as the `devices.csv` download the API and the console both answer.
+pub(crate) fn csv_download(devices: &[netcron_services::bulk::ExportedDevice]) -> Result<Response> {
+    let body = write_csv(devices)
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("writing CSV")))?;
     Ok((
         [
