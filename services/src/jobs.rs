@@ -368,6 +368,24 @@ pub async fn get_run(db: &impl ConnectionTrait, id: Uuid) -> Result<job_run::Mod
         .ok_or_else(|| Error::not_found("job run", id))
 }
 
+/// The status of each job's latest job run, for `jobs` (a job never run has none): one query
+/// for a whole list page.
+pub async fn last_statuses(
+    db: &DatabaseConnection,
+    jobs: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, String>> {
+    let rows = db
+        .query_all_raw(netcron_store::db::stmt(
+            "SELECT DISTINCT ON (command_id) command_id, status FROM job_runs
+             WHERE command_id = ANY($1) ORDER BY command_id, id DESC",
+            vec![jobs.to_vec().into()],
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("", "command_id")?, r.try_get("", "status")?)))
+        .collect()
+}
+
 /// A job's runs, newest first.
 pub async fn runs_of(
     db: &DatabaseConnection,

@@ -258,29 +258,18 @@ async fn list(State(state): State<AppState>, operator: Operator) -> Result<Respo
         },
     )
     .await?;
-    let mut rows = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let last = service::runs_of(
-            &state.db,
-            job.id,
-            PageRequest {
-                limit: 1,
-                after: None,
-            },
-        )
-        .await?
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let mut last = service::last_statuses(&state.db, &ids).await?;
+    let rows = jobs
         .into_iter()
-        .next()
-        .map(|r| r.status)
-        .unwrap_or_else(|| "never run".into());
-        rows.push(JobRow {
+        .map(|job| JobRow {
             id: job.id.to_string(),
             target: describe_target(&job),
             kind: job.kind.to_string(),
+            last: last.remove(&job.id).unwrap_or_else(|| "never run".into()),
             name: job.name,
-            last,
-        });
-    }
+        })
+        .collect();
     render(&JobList {
         chrome: Chrome::new(&operator, "jobs"),
         rows,
