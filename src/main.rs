@@ -47,7 +47,11 @@ enum Role {
     Migrate,
     /// Every role in one process (single-node mode); creates the database if it is missing.
     #[command(after_help = catalog::help("all"))]
-    All,
+    All {
+        /// Run a private Postgres and Redis whatever the URLs say (NETCRON_EMBEDDED=always).
+        #[arg(long)]
+        embedded: bool,
+    },
     /// Print a new random NETCRON_SECRET_KEY.
     Keygen,
     /// Collect one Windows inventory now, without the services, into a JSON file.
@@ -128,7 +132,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Role::All => run_all(shutdown).await,
+        Role::All { embedded } => run_all(embedded, shutdown).await,
         Role::Keygen => Ok(()),
         Role::Inventory(args) => {
             if oneshot::run(args).await? {
@@ -144,10 +148,26 @@ async fn run(role: Role) -> anyhow::Result<()> {
 
 /// Single-node mode: every role in this process, sharing one shutdown signal. If one role
 /// fails, the others are stopped too, so the process never runs half of netcron.
-async fn run_all(shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn run_all(embedded: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut api = netcron_api::Settings::from_env()?;
     let mut scheduler = netcron_scheduler::Settings::from_env()?;
     let mut executor = netcron_executor::Settings::from_env()?;
+    let mut private = netcron_embedded::EmbeddedSettings::from_env()?;
+    if embedded {
+        private.mode = netcron_embedded::Mode::Always;
+    }
+    let wanted = netcron_embedded::wanted(private.mode, &api.database.url, &api.redis.url);
+    // Started here, on the main thread (this future is the runtime's `block_on`), which lives
+    // as long as the process: a server's parent-death signal follows the thread that started
+    // it. Dropped at the end of this function, after every role has stopped.
+    let servers = netcron_embedded::start(&private, wanted, &api.database.url, &api.redis.url)?;
+    if let Some(url) = servers.as_ref().and_then(|s| s.database_url.clone()) {
+        scheduler.database.url.clone_from(&url);
+        api.database.url = url;
+    }
+    if let Some(url) = servers.as_ref().and_then(|s| s.redis_url.clone()) {
+        api.redis.url = url;
+    }
     // One Sentinel forwarder for the process, if REDIS_URL names Sentinels.
     let redis = api.redis.resolve(&shutdown).await?;
     api.redis.url.clone_from(&redis);
@@ -185,6 +205,7 @@ async fn run_all(shutdown: CancellationToken) -> anyhow::Result<()> {
             }
         }
     }
+    drop(servers);
     result
 }
 

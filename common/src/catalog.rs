@@ -48,6 +48,31 @@ pub const SETTINGS: &[Setting] = &[
         example: "redis://redis.example.net:6379",
     },
     Setting {
+        name: "NETCRON_EMBEDDED",
+        roles: &["all"],
+        default: Value("auto"),
+        meaning: "Whether `all` starts its own Postgres and Redis as child processes: `auto` starts each one whose URL names this machine (`127.0.0.1`, `localhost`, `::1`) where nothing listens, `always` starts both whatever the URLs say (as `netcron all --embedded`), `never` connects to the URLs as they are. They run from the server binaries installed on the machine (Postgres 13 or later, Redis 7.0 or later), on free loopback ports with a generated password, and stop when netcron stops",
+        example: "never",
+    },
+    Setting {
+        name: "NETCRON_DATA_DIR",
+        roles: &["all"],
+        default: Unset(
+            "`$XDG_DATA_HOME/netcron`, else `~/.local/share/netcron`; `/var/lib/netcron` when run as root",
+        ),
+        meaning: "Where the embedded Postgres and Redis keep their data (`postgres/`, `redis/`), logs, ports and password",
+        example: "/srv/netcron",
+    },
+    Setting {
+        name: "NETCRON_EMBEDDED_SEARCH",
+        roles: &["all"],
+        default: Unset(
+            "`PATH`, then where distributions install the servers (`/usr/lib/postgresql/<version>/bin`, `/usr/pgsql-<version>/bin`, `/usr/libexec/postgresql<version>`, Homebrew's `postgresql@<version>`, `/usr/local/pgsql/bin`, `/usr/bin`, `/usr/local/bin`, `/opt/homebrew/bin`)",
+        ),
+        meaning: "Directories (`:`-separated) searched for `postgres`, `initdb` and `redis-server` instead of the default places",
+        example: "/opt/pg16/bin:/opt/redis/bin",
+    },
+    Setting {
         name: "NETCRON_API_ADDR",
         roles: &["api", "all"],
         default: Value("127.0.0.1:8080"),

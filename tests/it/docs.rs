@@ -310,6 +310,7 @@ fn every_variable_the_code_reads_is_in_the_catalog() {
         "src",
         "api/src",
         "common/src",
+        "embedded/src",
         "executor/src",
         "ingest/src",
         "lifecycle/src",

@@ -10,6 +10,7 @@ mod credentials;
 mod devices;
 mod docs;
 mod edges;
+mod embedded;
 mod executor;
 mod health;
 mod hostile;

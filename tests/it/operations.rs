@@ -816,6 +816,8 @@ async fn roles_are_alive_and_say_why_while_postgres_is_away() {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_netcron"))
             .arg(role)
+            // Postgres being away is the point: `all` must not bring its own.
+            .env("NETCRON_EMBEDDED", "never")
             .env("DATABASE_URL", &url)
             .env("REDIS_URL", &app.redis_url)
             .env("NETCRON_API_ADDR", format!("127.0.0.1:{port}"))
