@@ -4,6 +4,8 @@
 //! `<dir>/postgres.log`, `<dir>/redis.log`, `<dir>/ports` (the ports last used, so the URLs
 //! stay the same across restarts while those ports are free) and `<dir>/password` (generated
 //! once, mode 0600; both servers require it, so other users of the machine cannot use them).
+//! `<dir>/lock` is locked by the netcron using the directory, so a second one refuses to start
+//! rather than take the first one's servers for orphans.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
@@ -40,6 +42,8 @@ pub struct Servers {
     /// The URL the roles use instead of `REDIS_URL`, when Redis is private.
     pub redis_url: Option<String>,
     children: Vec<Server>,
+    /// Held while the servers run; the kernel releases it when the process ends, however.
+    _lock: nix::fcntl::Flock<File>,
 }
 
 struct Server {
@@ -167,8 +171,17 @@ pub(crate) fn start(plan: Plan<'_>) -> Result<Servers> {
     }
     let launcher = Launcher { setpriv, run_as };
     fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let lock = lock(&dir)?;
     tracing::info!(dir = %dir.display(), postgres = wanted.postgres, redis = wanted.redis,
         "embedded Postgres and Redis in {}", dir.display());
+    if cluster.is_some() && !dir.join("password").exists() {
+        return Err(Error::Failed(format!(
+            "{} is missing, and the Postgres data in {} needs it: restore it, or remove the \
+             data directory to start over (its data is lost)",
+            dir.join("password").display(),
+            pgdata.display()
+        )));
+    }
     let password = password(&dir)?;
     let (pg_port, redis_port) = ports(&dir)?;
     let mut servers = Servers {
@@ -176,6 +189,7 @@ pub(crate) fn start(plan: Plan<'_>) -> Result<Servers> {
         database_url: None,
         redis_url: None,
         children: Vec::new(),
+        _lock: lock,
     };
     if let Some(pg) = postgres {
         stop_stale(&pgdata.join("postmaster.pid"), "postgres", Signal::SIGINT);
@@ -203,6 +217,39 @@ pub(crate) fn start(plan: Plan<'_>) -> Result<Servers> {
         tracing::info!(port = redis_port, "embedded Redis started");
     }
     Ok(servers)
+}
+
+/// Locks `<dir>/lock` for this process (and writes its pid there, for the message a second
+/// netcron gives).
+fn lock(dir: &Path) -> Result<nix::fcntl::Flock<File>> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("opening {}", path.display())))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut locked) => {
+            let _ = locked.set_len(0);
+            let _ = write!(locked, "{}", std::process::id());
+            Ok(locked)
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            Err(Error::Failed(format!(
+                "another netcron (pid {}) runs the embedded servers of {}; give this one its \
+                 own NETCRON_DATA_DIR",
+                holder.trim(),
+                dir.display()
+            )))
+        }
+        Err((_, errno)) => Err(Error::Io {
+            what: format!("locking {}", path.display()),
+            source: errno.into(),
+        }),
+    }
 }
 
 /// The password both servers require, made once.

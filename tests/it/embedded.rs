@@ -344,3 +344,30 @@ async fn a_server_left_running_is_stopped_and_started_again_as_a_child() {
     assert_ne!(postmasters[0], left_pid);
     running.terminate();
 }
+
+/// One data directory, one netcron: a second refuses instead of taking the first one's
+/// servers for orphans.
+#[tokio::test]
+async fn a_second_netcron_on_the_same_data_directory_refuses_to_start() {
+    let node = Node::new();
+    let running = node.start().await;
+    let pids = node.server_pids();
+    let Output { status, stderr, .. } = node
+        .command()
+        .env("NETCRON_API_ADDR", format!("127.0.0.1:{}", free_port()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("a second netcron all");
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("another netcron") && stderr.contains("NETCRON_DATA_DIR"),
+        "{stderr}"
+    );
+    assert!(
+        pids.iter().all(|pid| alive(*pid)),
+        "the first one's servers still run"
+    );
+    assert_eq!(node.server_pids(), pids);
+    running.terminate();
+}
