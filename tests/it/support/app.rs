@@ -1,7 +1,10 @@
 //! `TestApp`: the real api role against real Postgres and Redis.
 //!
 //! Service URLs come from `DATABASE_URL` and `REDIS_URL` (the environment, then `.env`). When
-//! they are unreachable and a Docker engine is available, Postgres and Redis are started with
+//! one names this machine and nothing listens there, the test binary starts its own Postgres
+//! and Redis from the servers installed on the machine, as `netcron all` does (one pair for the
+//! whole binary, data under the temporary directory's `netcron-test-services`); when that is
+//! impossible and a Docker engine is available, Postgres and Redis are started with
 //! testcontainers instead; otherwise the test fails saying what to start.
 
 use std::net::{TcpStream, ToSocketAddrs};
@@ -82,13 +85,65 @@ fn services() -> &'static Services {
                 redis,
             };
         }
+        let why = match start_embedded(&pg, &redis) {
+            Some(Ok((pg, redis))) if reachable(&pg, 5432) && reachable(&redis, 6379) => {
+                return Services {
+                    postgres_admin: server_of(&pg),
+                    redis,
+                };
+            }
+            Some(Err(e)) => format!("; netcron's own could not start: {e}"),
+            Some(Ok(_)) | None => String::new(),
+        };
         assert!(
             docker_available(),
-            "Postgres ({pg}) or Redis ({redis}) is unreachable and no Docker engine is available \
-             to start them: start Postgres and Redis (see .ci/run) or set DATABASE_URL/REDIS_URL"
+            "Postgres ({pg}) or Redis ({redis}) is unreachable{why}; and no Docker engine is \
+             available to start them: start Postgres and Redis (see .ci/run) or set \
+             DATABASE_URL/REDIS_URL"
         );
         start_containers()
     })
+}
+
+/// The URLs of a private Postgres and Redis for whichever of `pg` and `redis` names this
+/// machine where nothing listens (`None` when neither does): `netcron all`'s mechanism, one
+/// pair for the whole test binary. They are started from a thread of their own that lives as
+/// long as the process, because a server's parent-death signal follows the thread that started
+/// it (a test's thread ends with the test); they end with the test binary.
+fn start_embedded(pg: &str, redis: &str) -> Option<Result<(String, String), String>> {
+    use netcron_embedded::{EmbeddedSettings, Mode};
+    let wanted = netcron_embedded::wanted(Mode::Auto, pg, redis);
+    if !wanted.any() {
+        return None;
+    }
+    let settings = EmbeddedSettings {
+        mode: Mode::Auto,
+        data_dir: Some(std::env::temp_dir().join("netcron-test-services")),
+        search: None,
+    };
+    let (pg, redis) = (pg.to_owned(), redis.to_owned());
+    let (sent, received) = std::sync::mpsc::channel();
+    std::thread::spawn(
+        move || match netcron_embedded::start(&settings, wanted, &pg, &redis) {
+            Ok(servers) => {
+                let urls = servers.as_ref().map_or((pg.clone(), redis.clone()), |s| {
+                    (
+                        s.database_url.clone().unwrap_or(pg),
+                        s.redis_url.clone().unwrap_or(redis),
+                    )
+                });
+                let _ = sent.send(Ok(urls));
+                let _servers = servers;
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(e) => {
+                let _ = sent.send(Err(e.to_string()));
+            }
+        },
+    );
+    Some(received.recv().map_err(|e| e.to_string()).and_then(|r| r))
 }
 
 fn start_containers() -> Services {
