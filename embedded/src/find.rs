@@ -71,7 +71,10 @@ fn versioned(parent: &str, prefix: &str, tail: &str) -> Vec<PathBuf> {
 /// `v=`, as Redis writes it): `postgres (PostgreSQL) 15.20 (Debian …)` → `[15, 20]`.
 fn version(program: &Path) -> Option<Vec<u32>> {
     let output = Command::new(program).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
+    parse_version(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse_version(text: &str) -> Option<Vec<u32>> {
     let word = text
         .split_whitespace()
         .map(|w| w.trim_start_matches("v="))
@@ -219,5 +222,23 @@ pub fn install_hint() -> String {
              from this system's packages",
             REDIS_MIN.0, REDIS_MIN.1
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn versions_are_read_as_the_servers_print_them() {
+        let debian = "postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)\n";
+        assert_eq!(parse_version(debian), Some(vec![15, 20]));
+        let homebrew = "postgres (PostgreSQL) 16.4 (Homebrew)\n";
+        assert_eq!(parse_version(homebrew), Some(vec![16, 4]));
+        let beta = "postgres (PostgreSQL) 18beta1\n";
+        assert_eq!(parse_version(beta), Some(vec![18]));
+        let redis = "Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64\n";
+        assert_eq!(parse_version(redis), Some(vec![7, 0, 15]));
+        assert_eq!(parse_version("no version here"), None);
     }
 }
