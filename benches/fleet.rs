@@ -944,6 +944,72 @@ async fn page_phase(bench: &Bench, job_run: Uuid) {
         let (p50, p99, max) = percentiles(&mut samples);
         println!("| {label} | {bytes} | {p50:.1} ms | {p99:.1} ms | {max:.1} ms |");
     }
+    grid_statements(bench, job_run, requests.min(50)).await;
+}
+
+/// Where the console grid's time goes: its statements alone, as the grid makes them (whole
+/// `runs` rows of the job run, then the devices by id with a 10,000-value `IN`), beside one
+/// narrow statement with only what a cell shows.
+async fn grid_statements(bench: &Bench, job_run: Uuid, n: u64) {
+    use netcron_store::entity::{device, run};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+    let mut whole = Vec::new();
+    let mut names = Vec::new();
+    let mut narrow = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let runs = run::Entity::find()
+            .filter(run::Column::JobRunId.eq(job_run))
+            .order_by_asc(run::Column::Id)
+            .limit(10_000)
+            .all(&bench.db)
+            .await
+            .expect("runs");
+        whole.push(t.elapsed().as_secs_f64() * 1e3);
+        let ids: Vec<Uuid> = runs.iter().map(|r| r.device_id).collect();
+        let t = Instant::now();
+        let devices = device::Entity::find()
+            .filter(device::Column::Id.is_in(ids))
+            .all(&bench.db)
+            .await
+            .expect("devices");
+        names.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(devices.len(), runs.len());
+        let t = Instant::now();
+        let rows = bench
+            .db
+            .query_all_raw(stmt(
+                "SELECT r.id, r.status, r.error_message, d.name FROM runs r
+                 JOIN devices d ON d.id = r.device_id
+                 WHERE r.job_run_id = $1 ORDER BY r.id LIMIT 10000",
+                vec![job_run.into()],
+            ))
+            .await
+            .expect("narrow");
+        narrow.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(rows.len(), runs.len());
+    }
+    println!(
+        "\nThe console grid's statements alone ({n} times each, from this process, rows decoded):\n\n\
+         | statement | p50 | p99 |\n|---|---|---|"
+    );
+    for (label, samples) in [
+        (
+            "whole `runs` rows of the job run (the grid's `device_runs`, limit 10,000)",
+            &mut whole,
+        ),
+        (
+            "devices by id, `IN` of 10,000 values (the grid's name lookup)",
+            &mut names,
+        ),
+        (
+            "one narrow statement: run id, status, error, device name (join)",
+            &mut narrow,
+        ),
+    ] {
+        let (p50, p99, _) = percentiles(samples);
+        println!("| {label} | {p50:.1} ms | {p99:.1} ms |");
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
