@@ -12,10 +12,9 @@ use netcron_lifecycle::jobs::target_of;
 use netcron_services::PageRequest;
 use netcron_services::jobs as service;
 use netcron_services::schedules::{self, ScheduleFilter};
-use netcron_store::entity::{device, job_run};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use netcron_store::entity::job_run;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::Deserialize;
-use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::devices::{field_error, id};
@@ -441,46 +440,59 @@ struct Grid {
     cells: Vec<Cell>,
 }
 
+/// A grid cell's fields for each device run of `$1` (at most `$2`, in device-run order), with
+/// its device's name (NULL once the device was deleted). One narrow statement: whole `runs`
+/// rows (with their outputs) and a 10,000-value `IN` for the names took ~170 ms of a
+/// 10,000-device grid (`cargo bench --bench fleet`).
+const GRID_CELLS: &str = r"
+SELECT r.id, r.device_id, r.status, r.error_message, d.name
+FROM runs r LEFT JOIN devices d ON d.id = r.device_id
+WHERE r.job_run_id = $1
+ORDER BY r.id
+LIMIT $2";
+
 async fn grid(state: &AppState, job_run_id: Uuid, failed_only: bool) -> Result<Grid> {
     let run = service::get_run(&state.db, job_run_id).await?;
-    let runs = service::device_runs(
-        &state.db,
-        job_run_id,
-        None,
-        PageRequest {
-            limit: GRID,
-            after: None,
-        },
-    )
-    .await?;
-    let ids: Vec<Uuid> = runs.iter().map(|r| r.device_id).collect();
-    let names: HashMap<Uuid, String> = device::Entity::find()
-        .filter(device::Column::Id.is_in(ids))
-        .all(&state.db)
+    let rows = state
+        .db
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            GRID_CELLS,
+            [
+                job_run_id.into(),
+                i64::try_from(GRID).unwrap_or(i64::MAX).into(),
+            ],
+        ))
         .await
-        .map_err(netcron_services::Error::from)?
-        .into_iter()
-        .map(|d| (d.id, d.name))
-        .collect();
+        .map_err(netcron_services::Error::from)?;
     let counts = service::counts(&state.db, job_run_id)
         .await?
         .into_iter()
         .map(|(status, n)| format!("{n} {status}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let cells = runs
-        .into_iter()
-        .filter(|r| !failed_only || r.status.known() != Some(RunStatus::Succeeded))
-        .map(|r| Cell {
-            run_id: r.id.to_string(),
-            device: names
-                .get(&r.device_id)
-                .cloned()
-                .unwrap_or_else(|| r.device_id.to_string()),
-            status: r.status.to_string(),
-            error: r.error_message.unwrap_or_default(),
-        })
-        .collect();
+    let mut cells = Vec::with_capacity(rows.len());
+    for row in rows {
+        let cell = (|| -> std::result::Result<Option<Cell>, sea_orm::DbErr> {
+            let status: String = row.try_get("", "status")?;
+            if failed_only && status == RunStatus::Succeeded.as_str() {
+                return Ok(None);
+            }
+            let device_id: Uuid = row.try_get("", "device_id")?;
+            Ok(Some(Cell {
+                run_id: row.try_get::<Uuid>("", "id")?.to_string(),
+                device: row
+                    .try_get::<Option<String>>("", "name")?
+                    .unwrap_or_else(|| device_id.to_string()),
+                status,
+                error: row
+                    .try_get::<Option<String>>("", "error_message")?
+                    .unwrap_or_default(),
+            }))
+        })()
+        .map_err(netcron_services::Error::from)?;
+        cells.extend(cell);
+    }
     Ok(Grid {
         id: job_run_id.to_string(),
         running: run.status == "running",
