@@ -786,10 +786,10 @@ async fn spread_phase(bench: &mut Bench, n: u64) {
     println!(
         "| bucket | fire 1 devices | fire 1 first / last start (s) | fire 2 devices | fire 2 first / last start (s) |\n|---|---|---|---|---|"
     );
-    for b in 0..table[0].len() {
+    for (b, (first, second)) in table[0].iter().zip(&table[1]).enumerate() {
         let lo = b as f64 * width;
-        let (n1, lo1, hi1) = table[0][b];
-        let (n2, lo2, hi2) = table[1][b];
+        let (n1, lo1, hi1) = *first;
+        let (n2, lo2, hi2) = *second;
         println!(
             "| {lo:.1}–{:.1} s | {n1} | {lo1:.3} / {hi1:.3} | {n2} | {lo2:.3} / {hi2:.3} |",
             lo + width
