@@ -79,13 +79,20 @@ fn services() -> &'static Services {
         let pg = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/netcron".into());
         let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        if reachable(&pg, 5432) && reachable(&redis, 6379) {
+        // `NETCRON_EMBEDDED=always`: private servers even where the machine's own answer
+        // (a distribution's Postgres that wants a password, say).
+        let mode = std::env::var("NETCRON_EMBEDDED")
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(netcron_embedded::Mode::Auto);
+        if mode != netcron_embedded::Mode::Always && reachable(&pg, 5432) && reachable(&redis, 6379)
+        {
             return Services {
                 postgres_admin: server_of(&pg),
                 redis,
             };
         }
-        let why = match start_embedded(&pg, &redis) {
+        let why = match start_embedded(mode, &pg, &redis) {
             Some(Ok((pg, redis))) if reachable(&pg, 5432) && reachable(&redis, 6379) => {
                 return Services {
                     postgres_admin: server_of(&pg),
@@ -106,18 +113,21 @@ fn services() -> &'static Services {
 }
 
 /// The URLs of a private Postgres and Redis for whichever of `pg` and `redis` names this
-/// machine where nothing listens (`None` when neither does): `netcron all`'s mechanism, one
+/// machine where nothing listens, or both under `Mode::Always` (`None` when neither): `netcron all`'s mechanism, one
 /// pair for the whole test binary. They are started from a thread of their own that lives as
 /// long as the process, because a server's parent-death signal follows the thread that started
 /// it (a test's thread ends with the test); they end with the test binary.
-fn start_embedded(pg: &str, redis: &str) -> Option<Result<(String, String), String>> {
-    use netcron_embedded::{EmbeddedSettings, Mode};
-    let wanted = netcron_embedded::wanted(Mode::Auto, pg, redis);
+fn start_embedded(
+    mode: netcron_embedded::Mode,
+    pg: &str,
+    redis: &str,
+) -> Option<Result<(String, String), String>> {
+    let wanted = netcron_embedded::wanted(mode, pg, redis);
     if !wanted.any() {
         return None;
     }
-    let settings = EmbeddedSettings {
-        mode: Mode::Auto,
+    let settings = netcron_embedded::EmbeddedSettings {
+        mode,
         data_dir: Some(std::env::temp_dir().join("netcron-test-services")),
         search: None,
     };
