@@ -703,7 +703,8 @@ async fn the_console_escapes_names_refuses_forged_forms_and_signs_out() {
     b.sign_in().await;
     b.goto("/console/devices").await;
     assert_eq!(b.text("main table tbody td a").await, hostile);
-    assert_eq!(b.text("main table tbody td:nth-child(4)").await, "<b>x</b>");
+    // Columns: the bulk selection's checkbox, name, host, platform, tags.
+    assert_eq!(b.text("main table tbody td:nth-child(5)").await, "<b>x</b>");
     b.goto(&format!("/console/devices/{}", id(&device))).await;
     assert_eq!(b.text("#device-name").await, hostile);
     assert!(!b.alert_open().await, "no script ran: no alert is open");

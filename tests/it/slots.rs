@@ -491,9 +491,13 @@ impl RefusingUser {
             .query_async(&mut redis)
             .await
             .expect("ACL SETUSER");
-        let url = app
+        // In place of whatever user the app's URL names (a private Redis has a password).
+        let rest = app
             .redis_url
-            .replacen("://", &format!("://{name}:slots-pw@"), 1);
+            .split_once("://")
+            .map_or(app.redis_url.as_str(), |(_, rest)| rest);
+        let address = rest.rsplit_once('@').map_or(rest, |(_, address)| address);
+        let url = format!("redis://{name}:slots-pw@{address}");
         Self {
             name,
             url,
