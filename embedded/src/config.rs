@@ -62,3 +62,17 @@ impl EmbeddedSettings {
         })
     }
 }
+
+/// Which servers to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wanted {
+    pub postgres: bool,
+    pub redis: bool,
+}
+
+impl Wanted {
+    #[must_use]
+    pub fn any(self) -> bool {
+        self.postgres || self.redis
+    }
+}

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::Error;
+use crate::error::Error;
 
 /// The oldest Postgres major version netcron supports.
 pub const POSTGRES_MIN: u32 = 13;

@@ -15,49 +15,15 @@
 //! by the role, as `netcron all` always does.
 
 mod config;
+mod error;
 pub mod find;
 mod server;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{EmbeddedSettings, Mode};
+pub use config::{EmbeddedSettings, Mode, Wanted};
+pub use error::{Error, Result};
 pub use server::Servers;
-
-/// Why the private servers cannot run. Each `Display` is one line.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A server binary is not installed; the message names the package.
-    #[error("{0}")]
-    Missing(String),
-    /// Only versions netcron does not support are installed.
-    #[error("{0}")]
-    Unsupported(String),
-    /// A file or directory of the data directory, or a process, could not be used.
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-    /// A server did not start; the message ends with its last log line.
-    #[error("{0}")]
-    Failed(String),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Which servers to start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Wanted {
-    pub postgres: bool,
-    pub redis: bool,
-}
-
-impl Wanted {
-    #[must_use]
-    pub fn any(self) -> bool {
-        self.postgres || self.redis
-    }
-}
 
 /// Decides which servers to start: with [`Mode::Auto`], each whose URL names this machine
 /// (`127.0.0.1`, `localhost`, `::1`, one host, plain `redis://`) where nothing accepts a

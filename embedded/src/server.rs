@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 
-use crate::{Error, Result, Wanted, find};
+use crate::config::Wanted;
+use crate::error::{Error, Result};
+use crate::find;
 
 /// How long a server may take to start or stop.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
