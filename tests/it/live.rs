@@ -258,8 +258,14 @@ async fn the_executor_publishes_live_output_on_its_own_connection() {
 async fn a_live_channel_forced_to_drop_marks_gaps_and_shows_no_piece_of_a_secret() {
     let app = TestApp::spawn().await;
     let _scheduler = crate::support::pipeline::start_scheduler(&app).await;
-    let (_executor, _) = crate::support::pipeline::start_executor(
+    // Every write of this executor to Redis waits 50 ms on the way, so while the publisher
+    // waits for its Redis, the one-chunk channel from the SSH thread is full and pieces are
+    // dropped however fast this machine's Redis answers (a fast Redis on an idle machine
+    // used to keep up, and then no gap was marked).
+    let slow = slow_redis(&app.redis_url, Duration::from_millis(50)).await;
+    let (_executor, _) = crate::support::pipeline::start_executor_via(
         &app,
+        &slow,
         netcron_executor::ExecutorSettings {
             live: netcron_executor::LiveSettings {
                 channel: 1,
@@ -299,4 +305,44 @@ async fn a_live_channel_forced_to_drop_marks_gaps_and_shows_no_piece_of_a_secret
     let stdout = stored["stdout"].as_str().unwrap_or_default();
     assert_eq!(stdout.lines().count(), 20000);
     assert!(stdout.ends_with("line 20000 pw=********\n"));
+}
+
+/// `redis_url` through a proxy on loopback that holds every piece the client sends for
+/// `delay` before passing it on (replies come back at once).
+async fn slow_redis(redis_url: &str, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut url = reqwest::Url::parse(redis_url).expect("Redis URL");
+    let upstream = format!(
+        "{}:{}",
+        url.host_str().expect("Redis host"),
+        url.port().unwrap_or(6379)
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
+                    tokio::time::sleep(delay).await;
+                    if server_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    url.set_host(Some("127.0.0.1")).expect("host");
+    url.set_port(Some(port)).expect("port");
+    url.to_string()
 }

@@ -677,7 +677,7 @@ async fn a_scheduler_without_its_database_stays_up_unready_and_backs_off() {
             "DATABASE_URL",
             format!("postgres://postgres@127.0.0.1:{dead_pg}/netcron"),
         )
-        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("REDIS_URL", crate::support::app::redis_url())
         .env("NETCRON_SCHEDULER_OPS_ADDR", format!("127.0.0.1:{ops}"))
         .env("NETCRON_LOG_FORMAT", "json")
         .stdout(log.try_clone().expect("log"))
@@ -808,7 +808,11 @@ async fn roles_are_alive_and_say_why_while_postgres_is_away() {
         ),
         (
             "api",
-            "postgres://postgres@127.0.0.1:5432/netcron_no_such_database".to_owned(),
+            // The test binary's Postgres server, a database it does not have.
+            format!(
+                "{}/netcron_no_such_database",
+                app.db_url.rsplit_once('/').expect("database URL").0
+            ),
             "database \"netcron_no_such_database\" does not exist".to_owned(),
         ),
     ];
@@ -889,7 +893,7 @@ async fn roles_are_alive_and_say_why_while_postgres_is_away() {
     // A configuration mistake: exit 1 with one line that names the variable.
     let output = Command::new(env!("CARGO_BIN_EXE_netcron"))
         .arg("api")
-        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/x")
+        .env("DATABASE_URL", &app.db_url)
         .env("REDIS_URL", &app.redis_url)
         .env("NETCRON_API_ADDR", "localhost-8080")
         .env("NETCRON_API_TOKEN", "t")

@@ -112,6 +112,12 @@ fn services() -> &'static Services {
     })
 }
 
+/// The test binary's Redis URL (the machine's or its own), for a process a test starts
+/// without a `TestApp`.
+pub fn redis_url() -> String {
+    services().redis.clone()
+}
+
 /// The URLs of a private Postgres and Redis for whichever of `pg` and `redis` names this
 /// machine where nothing listens, or both under `Mode::Always` (`None` when neither): `netcron all`'s mechanism, one
 /// pair for the whole test binary. They are started from a thread of their own that lives as

@@ -84,9 +84,18 @@ pub(crate) fn config() -> ExecutorSettings {
 }
 
 pub(crate) async fn start_executor(app: &TestApp, config: ExecutorSettings) -> (Running, String) {
+    start_executor_via(app, &app.redis_url, config).await
+}
+
+/// An executor that reaches the test's Redis at `redis_url` (through a proxy, say).
+pub(crate) async fn start_executor_via(
+    app: &TestApp,
+    redis_url: &str,
+    config: ExecutorSettings,
+) -> (Running, String) {
     let settings = ExecutorRole {
         redis: netcron_protocol::RedisSettings {
-            url: app.redis_url.clone(),
+            url: redis_url.to_owned(),
             stream_prefix: app.stream_prefix.clone(),
         },
         secret_key: app.key.clone(),
