@@ -1,6 +1,7 @@
-//! Postgres and Redis in containers, with testcontainers, for a machine with a container engine
-//! and neither the servers nor their binaries: Docker, or podman through its Docker-compatible
-//! API (`podman system service`).
+//! Postgres and Redis in containers, with testcontainers: what `NETCRON_TEST_SERVICES=containers`
+//! asks for, and what `auto` comes to on a machine with a container engine and neither the
+//! servers nor their binaries. The engine is Docker, or podman through its Docker-compatible API
+//! (`podman system service`).
 //!
 //! The engine is the one testcontainers talks to: `DOCKER_HOST`, else the first of Docker's
 //! sockets that exists (`/var/run/docker.sock`, then rootless Docker's). Its answer to
@@ -139,10 +140,10 @@ fn run<I: Image + 'static>(
         Err(e) => published_port(container.id(), port)
             .ok_or_else(|| format!("{reference} publishes no port for {port}: {e}"))?,
     };
-    // testcontainers' address of the engine's host, unless it does not answer: inside a
-    // container (a `/.dockerenv`) it takes the bridge network's gateway, right for a Docker
-    // socket shared with a CI container, wrong for an engine running inside that container
-    // (podman here), whose ports are on loopback too.
+    // testcontainers' address of the engine's host, else loopback. Inside a container (a
+    // `/.dockerenv`, as on CI here) it takes the `bridge` network's gateway: right for a Docker
+    // socket shared into a CI container, and right here too, where that network is podman's own
+    // bridge on this machine; loopback is for an engine beside the tests whose gateway is not.
     let named = match container.get_host().map_err(|e| e.to_string())?.to_string() {
         localhost if localhost == "localhost" => "127.0.0.1".to_owned(),
         host => host,
