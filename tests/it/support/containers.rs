@@ -17,7 +17,7 @@
 //!
 //! Removal: testcontainers-rs has no Ryuk; a container is removed when its handle is dropped,
 //! and a static's never is. So the containers carry a label naming this process's session, and
-//! a reaper (this test binary again, running only [`container_reaper`]) waits for the end of
+//! a reaper (`fixtures/container_reaper.py`, python3 as the fake devices) waits for the end of
 //! its standard input, which comes when this process ends however it ends, then removes every
 //! container with that label. `TESTCONTAINERS_COMMAND=keep` keeps them, as testcontainers does.
 
@@ -37,9 +37,6 @@ use crate::support::services::Services;
 
 /// The label every container of this process carries; its value is the session.
 const LABEL: &str = "netcron.test.session";
-/// The reaper's environment: the engine's address and the session whose containers it removes.
-const REAPER_HOST: &str = "NETCRON_TEST_REAPER_HOST";
-const REAPER_SESSION: &str = "NETCRON_TEST_REAPER_SESSION";
 
 /// The engine testcontainers will talk to, as it resolves it (`DOCKER_HOST`, then the first
 /// Docker socket that exists, then `/var/run/docker.sock`).
@@ -66,6 +63,19 @@ pub fn host() -> String {
     )
 }
 
+/// This process's session: the label value of its containers.
+static SESSION: OnceLock<String> = OnceLock::new();
+
+/// How the test binary says it uses containers: the engine and the session, so a script can
+/// tell this run's containers from any other's.
+pub fn described() -> String {
+    format!(
+        "in containers ({}, session {})",
+        host(),
+        SESSION.get().map_or("none", String::as_str)
+    )
+}
+
 /// Starts Postgres and Redis in containers that end with this process.
 ///
 /// # Errors
@@ -76,7 +86,9 @@ pub fn start() -> Result<Services, String> {
     if let Err(e) = ping(&host) {
         return Err(missing_engine(&host, &e));
     }
-    let session = uuid::Uuid::new_v4().simple().to_string();
+    let session = SESSION
+        .get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
+        .clone();
     reap_at_exit(&host, &session)?;
     let postgres = image("NETCRON_TEST_POSTGRES_IMAGE", "postgres:16");
     let redis = image("NETCRON_TEST_REDIS_IMAGE", "redis:7");
@@ -212,16 +224,12 @@ fn reap_at_exit(host: &str, session: &str) -> Result<(), String> {
     if std::env::var("TESTCONTAINERS_COMMAND").as_deref() == Ok("keep") {
         return Ok(());
     }
-    let exe = std::env::current_exe().map_err(|e| format!("the test binary's path: {e}"))?;
-    let mut reaper = Command::new(exe)
-        .args([
-            "support::containers::container_reaper",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(REAPER_HOST, host)
-        .env(REAPER_SESSION, session)
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/support/fixtures/container_reaper.py"
+    );
+    let mut reaper = Command::new("python3")
+        .args([script, host, LABEL, session])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         // Its own process group: a Ctrl-C that stops the tests must not stop their clean-up.
@@ -231,46 +239,6 @@ fn reap_at_exit(host: &str, session: &str) -> Result<(), String> {
     let stdin = reaper.stdin.take().expect("piped stdin");
     let _ = STDIN.set(stdin);
     Ok(())
-}
-
-/// Not a test: the entry point of the reaper process `reap_at_exit` starts (the test binary
-/// runs only this function then), and nothing in any other run.
-#[test]
-fn container_reaper() {
-    let (Ok(host), Ok(session)) = (std::env::var(REAPER_HOST), std::env::var(REAPER_SESSION))
-    else {
-        return;
-    };
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
-    let filter = format!("%7B%22label%22%3A%5B%22{LABEL}%3D{session}%22%5D%7D");
-    let listed = request(
-        &host,
-        "GET",
-        &format!("/containers/json?all=1&filters={filter}"),
-    );
-    let ids: Vec<String> = match listed
-        .as_ref()
-        .map(|(_, body)| serde_json::from_str::<serde_json::Value>(body))
-    {
-        Ok(Ok(serde_json::Value::Array(containers))) => containers
-            .iter()
-            .filter_map(|c| c["Id"].as_str().map(str::to_owned))
-            .collect(),
-        other => {
-            eprintln!("netcron tests: cannot list the containers of session {session}: {other:?}");
-            return;
-        }
-    };
-    for id in ids {
-        match request(
-            &host,
-            "DELETE",
-            &format!("/containers/{id}?force=true&v=true"),
-        ) {
-            Ok((status, _)) if status < 300 || status == 404 => {}
-            other => eprintln!("netcron tests: container {id} not removed: {other:?}"),
-        }
-    }
 }
 
 /// `GET /_ping`: `Ok` when the engine answers `OK`.

@@ -94,7 +94,7 @@ fn choose(choice: Choice, pg: &str, redis: &str) -> Result<(Services, String), S
             None => unreachable!("Mode::Always wants both servers"),
         },
         Choice::Containers => containers::start()
-            .map(|services| (services, format!("in containers ({})", containers::host())))
+            .map(|services| (services, containers::described()))
             .map_err(|e| format!("NETCRON_TEST_SERVICES=containers: {e}")),
         Choice::Auto => auto(pg, redis),
     }
@@ -117,7 +117,7 @@ fn auto(pg: &str, redis: &str) -> Result<(Services, String), String> {
         None => "netcron's own are off (NETCRON_EMBEDDED=never, or the URLs are not local)".into(),
     };
     containers::start()
-        .map(|services| (services, format!("in containers ({})", containers::host())))
+        .map(|services| (services, containers::described()))
         .map_err(|e| {
             format!(
                 "Postgres ({pg}) or Redis ({redis}) is unreachable; {embedded}; and {e}. Start \
