@@ -1,15 +1,6 @@
 //! `TestApp`: the real api role against real Postgres and Redis.
 //!
-//! Service URLs come from `DATABASE_URL` and `REDIS_URL` (the environment, then `.env`). When
-//! one names this machine and nothing listens there, the test binary starts its own Postgres
-//! and Redis from the servers installed on the machine, as `netcron all` does (one pair for the
-//! whole binary, data under the temporary directory's `netcron-test-services`); when that is
-//! impossible and a Docker engine is available, Postgres and Redis are started with
-//! testcontainers instead; otherwise the test fails saying what to start.
-
-use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::OnceLock;
-use std::time::Duration;
+//! Which Postgres and Redis it uses is chosen once for the binary, in `services`.
 
 use std::sync::Arc;
 
@@ -29,158 +20,15 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::support::services::services;
+
 pub const TOKEN: &str = "test-token-1";
 pub const SECOND_TOKEN: &str = "test-token-2";
-
-struct Services {
-    /// URL of the server's maintenance database; test databases are created next to it.
-    postgres_admin: String,
-    redis: String,
-}
-
-fn reachable(url: &str, default_port: u16) -> bool {
-    let after_scheme = url.split("://").nth(1).unwrap_or(url);
-    let authority = after_scheme.split('/').next().unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let target = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:{default_port}")
-    };
-    target
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
-}
-
-fn docker_available() -> bool {
-    std::process::Command::new("docker")
-        .arg("info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn server_of(database_url: &str) -> String {
-    let (base, _) = database_url.split_once('?').unwrap_or((database_url, ""));
-    let cut = base
-        .rfind('/')
-        .filter(|i| *i > "postgres://".len())
-        .unwrap_or(base.len());
-    format!("{}/postgres", &base[..cut])
-}
-
-fn services() -> &'static Services {
-    static SERVICES: OnceLock<Services> = OnceLock::new();
-    SERVICES.get_or_init(|| {
-        let _ = dotenvy::dotenv();
-        let pg = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/netcron".into());
-        let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        // `NETCRON_EMBEDDED=always`: private servers even where the machine's own answer
-        // (a distribution's Postgres that wants a password, say).
-        let mode = std::env::var("NETCRON_EMBEDDED")
-            .ok()
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(netcron_embedded::Mode::Auto);
-        if mode != netcron_embedded::Mode::Always && reachable(&pg, 5432) && reachable(&redis, 6379)
-        {
-            return Services {
-                postgres_admin: server_of(&pg),
-                redis,
-            };
-        }
-        let why = match start_embedded(mode, &pg, &redis) {
-            Some(Ok((pg, redis))) if reachable(&pg, 5432) && reachable(&redis, 6379) => {
-                return Services {
-                    postgres_admin: server_of(&pg),
-                    redis,
-                };
-            }
-            Some(Err(e)) => format!("; netcron's own could not start: {e}"),
-            Some(Ok(_)) | None => String::new(),
-        };
-        assert!(
-            docker_available(),
-            "Postgres ({pg}) or Redis ({redis}) is unreachable{why}; and no Docker engine is \
-             available to start them: start Postgres and Redis (see .ci/run) or set \
-             DATABASE_URL/REDIS_URL"
-        );
-        start_containers()
-    })
-}
 
 /// The test binary's Redis URL (the machine's or its own), for a process a test starts
 /// without a `TestApp`.
 pub fn redis_url() -> String {
     services().redis.clone()
-}
-
-/// The URLs of a private Postgres and Redis for whichever of `pg` and `redis` names this
-/// machine where nothing listens, or both under `Mode::Always` (`None` when neither): `netcron all`'s mechanism, one
-/// pair for the whole test binary. They are started from a thread of their own that lives as
-/// long as the process, because a server's parent-death signal follows the thread that started
-/// it (a test's thread ends with the test); they end with the test binary.
-fn start_embedded(
-    mode: netcron_embedded::Mode,
-    pg: &str,
-    redis: &str,
-) -> Option<Result<(String, String), String>> {
-    let wanted = netcron_embedded::wanted(mode, pg, redis);
-    if !wanted.any() {
-        return None;
-    }
-    let settings = netcron_embedded::EmbeddedSettings {
-        mode,
-        data_dir: Some(std::env::temp_dir().join("netcron-test-services")),
-        search: None,
-    };
-    let (pg, redis) = (pg.to_owned(), redis.to_owned());
-    let (sent, received) = std::sync::mpsc::channel();
-    std::thread::spawn(
-        move || match netcron_embedded::start(&settings, wanted, &pg, &redis) {
-            Ok(servers) => {
-                let urls = servers.as_ref().map_or((pg.clone(), redis.clone()), |s| {
-                    (
-                        s.database_url.clone().unwrap_or(pg),
-                        s.redis_url.clone().unwrap_or(redis),
-                    )
-                });
-                let _ = sent.send(Ok(urls));
-                let _servers = servers;
-                loop {
-                    std::thread::park();
-                }
-            }
-            Err(e) => {
-                let _ = sent.send(Err(e.to_string()));
-            }
-        },
-    );
-    Some(received.recv().map_err(|e| e.to_string()).and_then(|r| r))
-}
-
-fn start_containers() -> Services {
-    use testcontainers_modules::testcontainers::runners::SyncRunner;
-    use testcontainers_modules::{postgres::Postgres, redis::Redis};
-    // The containers live as long as the test process; leaking them keeps them from being
-    // stopped when the first test that needed them ends.
-    let pg = Box::leak(Box::new(
-        Postgres::default()
-            .start()
-            .expect("start Postgres container"),
-    ));
-    let redis = Box::leak(Box::new(
-        Redis::default().start().expect("start Redis container"),
-    ));
-    let pg_port = pg.get_host_port_ipv4(5432).expect("Postgres port");
-    let redis_port = redis.get_host_port_ipv4(6379).expect("Redis port");
-    Services {
-        postgres_admin: format!("postgres://postgres:postgres@127.0.0.1:{pg_port}/postgres"),
-        redis: format!("redis://127.0.0.1:{redis_port}"),
-    }
 }
 
 /// A running api role with its own database.
