@@ -595,22 +595,124 @@ text_enum!(
     }
 );
 
-/// A display name: trimmed, 1 to `max` characters, no control characters.
+/// A display name, compared as people see it: trimmed, in Unicode's composed form (NFC), 1 to
+/// `max` characters, with no control and no invisible formatting characters.
+///
+/// `café` typed with a precomposed `é` and with `e` + a combining accent look the same and are
+/// stored the same (NFC, as the W3C's character model recommends for identifiers); a
+/// zero-width space or a bidirectional control would make two names that look identical
+/// differ, or make a name read differently from how it sorts, so such a character is refused
+/// with its code point and name rather than silently removed.
+///
+/// # Errors
+/// When the trimmed text is empty, too long, or has a control or invisible character.
+pub fn parse_name(text: &str, max: usize) -> Result<String, ParseError> {
+    use unicode_normalization::UnicodeNormalization as _;
+    let composed: String = text.trim().nfc().collect();
+    let trimmed = parse_text_line(&composed, max)?;
+    if let Some((position, c)) = trimmed.chars().enumerate().find(|(_, c)| is_invisible(*c)) {
+        return Err(invalid(format!(
+            "must not contain the invisible character {} at position {}",
+            describe_invisible(c),
+            position + 1
+        )));
+    }
+    Ok(trimmed)
+}
+
+/// One line of text as typed (a user name, say): trimmed, 1 to `max` characters, no control
+/// characters, otherwise taken as it is — a device may expect exactly these bytes.
 ///
 /// # Errors
 /// When the trimmed text is empty, too long, or has control characters.
-pub fn parse_name(text: &str, max: usize) -> Result<String, ParseError> {
+pub fn parse_text_line(text: &str, max: usize) -> Result<String, ParseError> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(invalid("must not be empty"));
     }
-    if trimmed.chars().count() > max {
-        return Err(invalid(format!("must be at most {max} characters")));
+    let length = trimmed.chars().count();
+    if length > max {
+        return Err(invalid(format!(
+            "must be at most {max} characters (this is {length})"
+        )));
     }
     if trimmed.chars().any(char::is_control) {
         return Err(invalid("must not contain control characters"));
     }
     Ok(trimmed.to_owned())
+}
+
+/// Whether `c` takes no room on screen and changes how text around it reads or compares:
+/// Unicode's format characters (zero-width space and joiners, the byte-order mark, soft
+/// hyphen, bidirectional controls, tag characters), and the invisible fillers (Hangul fillers,
+/// braille blank) that are letters to Unicode but show nothing.
+fn is_invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    c.general_category() == GeneralCategory::Format
+        || matches!(
+            c,
+            '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
+        )
+}
+
+/// `U+200B (zero-width space)`: the code point, and a name for the common ones.
+fn describe_invisible(c: char) -> String {
+    let name = match c {
+        '\u{00AD}' => Some("soft hyphen"),
+        '\u{061C}' => Some("Arabic letter mark"),
+        '\u{180E}' => Some("Mongolian vowel separator"),
+        '\u{200B}' => Some("zero-width space"),
+        '\u{200C}' => Some("zero-width non-joiner"),
+        '\u{200D}' => Some("zero-width joiner"),
+        '\u{200E}' => Some("left-to-right mark"),
+        '\u{200F}' => Some("right-to-left mark"),
+        '\u{202A}'..='\u{202E}' => Some("bidirectional embedding or override"),
+        '\u{2060}' => Some("word joiner"),
+        '\u{2066}'..='\u{2069}' => Some("bidirectional isolate"),
+        '\u{FEFF}' => Some("zero-width no-break space"),
+        _ => None,
+    };
+    let code = format!("U+{:04X}", u32::from(c));
+    name.map_or_else(
+        || format!("{code} (an invisible formatting character)"),
+        |name| format!("{code} ({name})"),
+    )
+}
+
+/// Which end of a time range a filter's bound is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeEnd {
+    /// `from`: at or after.
+    Start,
+    /// `to`: before.
+    End,
+}
+
+/// A bound of a time filter as people type it: an RFC 3339 instant, taken as it is, or a
+/// plain date (`2026-12-07`, a UTC day), which means the whole day on either end — `from`
+/// its first instant, `to` the first instant of the next day, since `to` excludes its
+/// instant. So `from=2026-12-07&to=2026-12-07` is all of the 7th, as a person reads it.
+///
+/// # Errors
+/// When `text` is neither.
+pub fn parse_time_bound(text: &str, end: RangeEnd) -> Result<DateTime<Utc>, ParseError> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        invalid(format!(
+            "`{text}` is neither a date (2026-11-29) nor an RFC 3339 date and time \
+             (2026-11-29T02:00:00Z)"
+        ))
+    })?;
+    let day = match end {
+        RangeEnd::Start => Some(day),
+        RangeEnd::End => day.succ_opt(),
+    };
+    day.and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| invalid(format!("`{text}` is out of range")))
 }
 
 /// A zone: where a device sits on the network, and so which executors can reach it (a site, a
@@ -776,6 +878,44 @@ impl Timing {
 mod tests {
     use super::*;
     use chrono::{Datelike, TimeZone};
+
+    #[test]
+    fn names_are_composed_and_free_of_invisible_characters() {
+        // Composed whatever way it was typed; the text otherwise kept.
+        assert_eq!(
+            parse_name("  cafe\u{301}-router ", 128).unwrap(),
+            "caf\u{e9}-router"
+        );
+        assert_eq!(parse_name("Ωmega-1", 128).unwrap(), "Ωmega-1");
+        // Joiners inside emoji are format characters too: refused like any other.
+        for (text, said) in [
+            ("a\u{200B}b", "U+200B (zero-width space) at position 2"),
+            ("\u{202E}abc", "U+202E"),
+            ("ab\u{2066}c", "U+2066 (bidirectional isolate)"),
+            ("a\u{E0041}", "U+E0041 (an invisible formatting character)"),
+            ("a\u{3164}b", "U+3164"),
+        ] {
+            let err = parse_name(text, 128).expect_err(text).0;
+            assert!(err.contains(said), "{text:?}: {err}");
+        }
+        // Length counts characters of the composed form.
+        assert!(parse_name(&"e\u{301}".repeat(128), 128).is_ok());
+        let err = parse_name(&"x".repeat(129), 128).expect_err("long").0;
+        assert_eq!(err, "must be at most 128 characters (this is 129)");
+        // A user name is one line as typed: not recomposed.
+        assert_eq!(parse_text_line("cafe\u{301}", 64).unwrap(), "cafe\u{301}");
+    }
+
+    #[test]
+    fn a_plain_date_bound_covers_the_whole_day() {
+        let start = parse_time_bound("2026-12-07", RangeEnd::Start).unwrap();
+        let end = parse_time_bound("2026-12-07", RangeEnd::End).unwrap();
+        assert_eq!(start.to_rfc3339(), "2026-12-07T00:00:00+00:00");
+        assert_eq!(end.to_rfc3339(), "2026-12-08T00:00:00+00:00");
+        let instant = parse_time_bound("2026-12-07T10:00:00+01:00", RangeEnd::End).unwrap();
+        assert_eq!(instant.to_rfc3339(), "2026-12-07T09:00:00+00:00");
+        assert!(parse_time_bound("yesterday", RangeEnd::Start).is_err());
+    }
 
     #[test]
     fn zone_names_are_identifiers_safe_in_keys_and_labels() {

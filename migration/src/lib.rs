@@ -20,6 +20,7 @@ mod m20261207_000002_cancel_requests;
 mod m20261207_000003_schedule_day_match;
 mod m20261207_000004_fleet_jobs;
 mod m20261207_000005_secret_vars;
+mod m20261207_000006_name_normal_form;
 
 pub struct Migrator;
 
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000003_schedule_day_match::Migration),
             Box::new(m20261207_000004_fleet_jobs::Migration),
             Box::new(m20261207_000005_secret_vars::Migration),
+            Box::new(m20261207_000006_name_normal_form::Migration),
         ]
     }
 }

@@ -114,7 +114,7 @@ impl From<DbErr> for Error {
         // requests) still answer a conflict, not an internal error.
         match err.sql_err() {
             Some(SqlErr::UniqueConstraintViolation(_)) => {
-                Self::conflict(Some("name"), "name: another resource already has this name")
+                Self::conflict(Some("name"), name_clash(&err))
             }
             Some(SqlErr::ForeignKeyConstraintViolation(_)) => Self::conflict(
                 None,
@@ -122,5 +122,47 @@ impl From<DbErr> for Error {
             ),
             _ => Self::Internal(anyhow::Error::new(err).context("database")),
         }
+    }
+}
+
+/// What a unique-name violation clashed with, in words: `name: a device named "core-1"
+/// already exists`. Postgres names the constraint (so the kind of resource) and the taken
+/// value in the error's detail (`Key (name)=(core-1) already exists.`); a name is the last
+/// column of every such key. Any other unique violation keeps the general sentence.
+fn name_clash(err: &DbErr) -> String {
+    use sea_orm::sqlx::postgres::PgDatabaseError;
+    use sea_orm::{RuntimeErr, sqlx};
+    let general = "name: another resource already has this name".to_owned();
+    let (DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = err
+    else {
+        return general;
+    };
+    let sqlx::Error::Database(db) = e.as_ref() else {
+        return general;
+    };
+    let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() else {
+        return general;
+    };
+    let what = match pg.constraint() {
+        Some("devices_name_key") => "a device",
+        Some("credentials_name_key") => "a credential",
+        Some("webhooks_name_key") => "a webhook",
+        Some("commands_job_name_key") => "a job",
+        Some("commands_device_id_name_key") => "a command of this device",
+        _ => return general,
+    };
+    let taken = pg.detail().and_then(|detail| {
+        let values = detail.split_once(")=(")?.1;
+        let values = values.strip_suffix(") already exists.")?;
+        // `(device_id, name)`: the id has no comma, so the name is what follows the first.
+        Some(if what == "a command of this device" {
+            values.split_once(", ")?.1
+        } else {
+            values
+        })
+    });
+    match taken {
+        Some(name) => format!("name: {what} named \"{name}\" already exists"),
+        None => format!("name: {what} already has this name"),
     }
 }

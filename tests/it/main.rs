@@ -18,6 +18,7 @@ mod inventory;
 mod jobs;
 mod lifecycle;
 mod live;
+mod names;
 mod network;
 mod operations;
 mod partial;

@@ -124,6 +124,20 @@ async fn runs_filter_by_device_command_status_and_time() {
     assert_eq!(count(&old), 1);
     let (_, recent) = json_of(app.get("/runs?from=2026-06-01T00:00:00Z").await).await;
     assert_eq!(count(&recent), 5);
+    // A plain date means the whole UTC day, on either end: `from=to=` that day finds the run
+    // of that day (midnight), the day before and the day after do not.
+    let on = |from: &str, to: &str| {
+        let path = format!("/runs?from={from}&to={to}");
+        let app = &app;
+        async move { count(&json_of(app.get(&path).await).await.1) }
+    };
+    assert_eq!(on("2026-01-01", "2026-01-01").await, 1);
+    assert_eq!(on("2025-12-31", "2025-12-31").await, 0);
+    assert_eq!(on("2026-01-02", "2026-01-02").await, 0);
+    assert_eq!(on("2025-12-01", "2026-01-01").await, 1);
+    // Today's runs are today's, whatever the hour.
+    let today = chrono::Utc::now().date_naive().to_string();
+    assert_eq!(on(&today, &today).await, 5);
     let (ids, pages) = collect_pages(&app, "/runs?status=queued", 2).await;
     assert_eq!((ids.len(), pages), (5, 3));
     let (_, none) = json_of(
@@ -425,7 +439,8 @@ async fn parameter_errors_name_the_expected_format() {
         (
             "/runs?from=yesterday",
             "from",
-            "from: `yesterday` is not an RFC 3339 date and time, such as 2026-11-29T02:00:00Z",
+            "from: `yesterday` is neither a date (2026-11-29) nor an RFC 3339 date and time \
+             (2026-11-29T02:00:00Z)",
         ),
         (
             "/devices/core-sw1",

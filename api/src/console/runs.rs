@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use netcron_common::domain::RunStatus;
+use netcron_common::domain::{RangeEnd, RunStatus, parse_time_bound};
 use netcron_store::entity::{command, device};
 use sea_orm::EntityTrait;
 use serde::Deserialize;
@@ -53,24 +53,15 @@ struct ListPage {
     next: Option<String>,
 }
 
-/// An instant typed into a filter: RFC 3339, or a plain date (midnight UTC).
-fn instant(text: &str, field: &str) -> Result<Option<DateTime<Utc>>> {
-    let text = text.trim();
-    if text.is_empty() {
+/// A bound typed into a filter: RFC 3339, or a plain date meaning that whole UTC day (the
+/// API's rule, `parse_time_bound`).
+fn instant(text: &str, field: &str, end: RangeEnd) -> Result<Option<DateTime<Utc>>> {
+    if text.trim().is_empty() {
         return Ok(None);
     }
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(Some(t.with_timezone(&Utc)));
-    }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        && let Some(t) = d.and_hms_opt(0, 0, 0)
-    {
-        return Ok(Some(t.and_utc()));
-    }
-    Err(Shown(ApiError::bad_parameter(
-        field,
-        format!("`{text}` is neither a date (2026-11-29) nor an RFC 3339 instant"),
-    )))
+    parse_time_bound(text, end)
+        .map(Some)
+        .map_err(|e| Shown(ApiError::bad_parameter(field, e.0)))
 }
 
 async fn list(
@@ -101,8 +92,8 @@ async fn list(
         schedule_id: (!schedule_id.is_empty())
             .then(|| id(&schedule_id, "schedule_id"))
             .transpose()?,
-        from: instant(&from, "from")?,
-        to: instant(&to, "to")?,
+        from: instant(&from, "from", RangeEnd::Start)?,
+        to: instant(&to, "to", RangeEnd::End)?,
         ..Default::default()
     };
     let page = PageParams {

@@ -1,7 +1,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use netcron_common::domain::{CredentialKind, parse_name};
+use netcron_common::domain::{CredentialKind, parse_name, parse_text_line};
 use netcron_common::secret::SecretString;
 use netcron_common::stored::Stored;
 use netcron_store::entity::credential;
@@ -112,7 +112,7 @@ impl From<credential::Model> for CredentialView {
 }
 
 fn parse_username(text: &str) -> Result<String> {
-    field("username", parse_name(text, 256))
+    field("username", parse_text_line(text, 256))
 }
 
 fn non_empty(name: &str, secret: SecretString) -> Result<SecretString> {

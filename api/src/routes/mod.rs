@@ -29,22 +29,41 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// An optional RFC 3339 instant in a query string, with an error that says which format is
+/// `from` of a time filter in a query string: an RFC 3339 instant or a plain date (see
+/// [`netcron_common::domain::parse_time_bound`]), with an error that says which formats are
 /// expected (chrono's own says only "input contains invalid characters").
-pub fn rfc3339<'de, D>(d: D) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error>
+pub fn time_from<'de, D>(d: D) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    time_bound(d, netcron_common::domain::RangeEnd::Start)
+}
+
+/// `to` of a time filter (see [`netcron_common::domain::parse_time_bound`]): a plain date
+/// includes that whole day.
+pub fn time_to<'de, D>(d: D) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    time_bound(d, netcron_common::domain::RangeEnd::End)
+}
+
+fn time_bound<'de, D>(
+    d: D,
+    end: netcron_common::domain::RangeEnd,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error>
 where
     D: Deserializer<'de>,
 {
     let Some(text) = Option::<String>::deserialize(d)? else {
         return Ok(None);
     };
-    chrono::DateTime::parse_from_rfc3339(&text)
-        .map(|t| Some(t.with_timezone(&chrono::Utc)))
-        .map_err(|_| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not an RFC 3339 date and time, such as 2026-11-29T02:00:00Z"
-            ))
-        })
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    netcron_common::domain::parse_time_bound(&text, end)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(e.0))
 }
 
 /// Turns a domain parse failure into a 422 naming `field`.
@@ -58,7 +77,7 @@ pub fn field<T, E: std::fmt::Display>(field: &str, r: Result<T, E>) -> Result<T,
 pub enum ListErrors {
     /// A query parameter is malformed (names it in `field`).
     #[response(status = 400, content_type = "application/problem+json",
-        example = json!({"type": "urn:netcron:problem:invalid-parameter", "title": "A parameter is invalid", "status": 400, "detail": "from: `yesterday` is not an RFC 3339 date and time, such as 2026-11-29T02:00:00Z", "field": "from"}))]
+        example = json!({"type": "urn:netcron:problem:invalid-parameter", "title": "A parameter is invalid", "status": 400, "detail": "from: `yesterday` is neither a date (2026-11-29) nor an RFC 3339 date and time (2026-11-29T02:00:00Z)", "field": "from"}))]
     BadRequest(Problem),
     /// The bearer token is missing or wrong.
     #[response(status = 401, content_type = "application/problem+json",
@@ -106,7 +125,7 @@ pub enum WriteErrors {
     NotFound(Problem),
     /// The name is taken, or the change conflicts with dependent resources.
     #[response(status = 409, content_type = "application/problem+json",
-        example = json!({"type": "urn:netcron:problem:conflict", "title": "Conflict", "status": 409, "detail": "name: another resource already has this name", "field": "name"}))]
+        example = json!({"type": "urn:netcron:problem:conflict", "title": "Conflict", "status": 409, "detail": "name: a device named \"core-1\" already exists", "field": "name"}))]
     Conflict(Problem),
     /// The body is larger than 256 KiB.
     #[response(status = 413, content_type = "application/problem+json",

@@ -86,11 +86,13 @@ pub struct RunListParams {
     pub command_id: Option<Uuid>,
     pub schedule_id: Option<Uuid>,
     pub status: Option<RunStatus>,
-    /// Runs scheduled at or after this instant (RFC 3339, such as 2026-11-29T02:00:00Z).
-    #[serde(default, deserialize_with = "super::rfc3339")]
+    /// Runs scheduled at or after this instant (RFC 3339, such as 2026-11-29T02:00:00Z), or
+    /// from the start of this UTC day (a date, such as 2026-11-29).
+    #[serde(default, deserialize_with = "super::time_from")]
     pub from: Option<DateTime<Utc>>,
-    /// Runs scheduled before this instant (RFC 3339).
-    #[serde(default, deserialize_with = "super::rfc3339")]
+    /// Runs scheduled before this instant (RFC 3339), or up to the end of this UTC day (a
+    /// date: `to=2026-11-29` includes the 29th).
+    #[serde(default, deserialize_with = "super::time_to")]
     pub to: Option<DateTime<Utc>>,
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u64>,
