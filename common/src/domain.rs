@@ -883,10 +883,10 @@ mod tests {
     fn names_are_composed_and_free_of_invisible_characters() {
         // Composed whatever way it was typed; the text otherwise kept.
         assert_eq!(
-            parse_name("  cafe\u{301}-router ", 128).unwrap(),
+            parse_name("  cafe\u{301}-router ", 128).expect("valid"),
             "caf\u{e9}-router"
         );
-        assert_eq!(parse_name("Ωmega-1", 128).unwrap(), "Ωmega-1");
+        assert_eq!(parse_name("Ωmega-1", 128).expect("valid"), "Ωmega-1");
         // Joiners inside emoji are format characters too: refused like any other.
         for (text, said) in [
             ("a\u{200B}b", "U+200B (zero-width space) at position 2"),
@@ -903,16 +903,19 @@ mod tests {
         let err = parse_name(&"x".repeat(129), 128).expect_err("long").0;
         assert_eq!(err, "must be at most 128 characters (this is 129)");
         // A user name is one line as typed: not recomposed.
-        assert_eq!(parse_text_line("cafe\u{301}", 64).unwrap(), "cafe\u{301}");
+        assert_eq!(
+            parse_text_line("cafe\u{301}", 64).expect("valid"),
+            "cafe\u{301}"
+        );
     }
 
     #[test]
     fn a_plain_date_bound_covers_the_whole_day() {
-        let start = parse_time_bound("2026-12-07", RangeEnd::Start).unwrap();
-        let end = parse_time_bound("2026-12-07", RangeEnd::End).unwrap();
+        let start = parse_time_bound("2026-12-07", RangeEnd::Start).expect("valid");
+        let end = parse_time_bound("2026-12-07", RangeEnd::End).expect("valid");
         assert_eq!(start.to_rfc3339(), "2026-12-07T00:00:00+00:00");
         assert_eq!(end.to_rfc3339(), "2026-12-08T00:00:00+00:00");
-        let instant = parse_time_bound("2026-12-07T10:00:00+01:00", RangeEnd::End).unwrap();
+        let instant = parse_time_bound("2026-12-07T10:00:00+01:00", RangeEnd::End).expect("valid");
         assert_eq!(instant.to_rfc3339(), "2026-12-07T09:00:00+00:00");
         assert!(parse_time_bound("yesterday", RangeEnd::Start).is_err());
     }
