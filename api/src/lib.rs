@@ -39,6 +39,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use config::Settings;
+pub use console::coverage as console_coverage;
 pub use error::ApiError;
 pub use netcron_services::config::LiveSettings;
 pub use netcron_services::runs::{OutputStream, output_slice_sql};

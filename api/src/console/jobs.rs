@@ -21,7 +21,7 @@ use super::devices::{field_error, id};
 use super::forms::{Fields, Filled, Kind};
 use super::session::{Action, Operator};
 use super::view;
-use super::{Chrome, Result, render, render_form, see_other};
+use super::{Chrome, Notice, Result, render, render_form, see_other};
 use crate::error::ApiError;
 use crate::routes::jobs::{JobCreate, JobPatch};
 use crate::state::AppState;
@@ -248,7 +248,11 @@ fn describe_target(job: &netcron_store::entity::command::Model) -> String {
         .unwrap_or_else(|| "(a target this version cannot read)".into())
 }
 
-async fn list(State(state): State<AppState>, operator: Operator) -> Result<Response> {
+async fn list(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(notice): Query<Notice>,
+) -> Result<Response> {
     let jobs = service::list(
         &state.db,
         PageRequest {
@@ -270,7 +274,7 @@ async fn list(State(state): State<AppState>, operator: Operator) -> Result<Respo
         })
         .collect();
     render(&JobList {
-        chrome: Chrome::new(&operator, "jobs"),
+        chrome: Chrome::new(&operator, "jobs").noticed(&notice),
         rows,
     })
 }
