@@ -53,7 +53,9 @@ pub use state::AppState;
         description = "Durable scheduled network command runner. Every route except /health, \
             /ready, /docs and /openapi.json needs `Authorization: Bearer <token>`. Errors are \
             RFC 9457 `application/problem+json` documents whose `field` names the input at fault. \
-            Lists use keyset pagination: pass a page's `next_cursor` as `cursor`."
+            Lists use keyset pagination: pass a page's `next_cursor` as `cursor`.\n\n\
+            [← Back to the operator console](/): everything this API does can be done there \
+            too."
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

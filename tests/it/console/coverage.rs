@@ -217,3 +217,22 @@ fn the_deliberate_exceptions_are_the_machine_endpoints() {
         [("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics")]
     );
 }
+
+/// Swagger UI shows the document's description at the top: it links back to the console.
+#[tokio::test]
+async fn swagger_ui_leads_back_to_the_console() {
+    let app = TestApp::spawn().await;
+    let (_, spec) = json_of(
+        app.client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .expect("GET /openapi.json"),
+    )
+    .await;
+    let description = spec["info"]["description"].as_str().unwrap_or_default();
+    assert!(
+        description.contains("[← Back to the operator console](/)"),
+        "{description}"
+    );
+}

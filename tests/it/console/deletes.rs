@@ -271,3 +271,112 @@ async fn a_command_is_edited_in_the_console_with_each_mistake_beside_its_field()
     assert_eq!(changed["command"], "uptime -p");
     b.close().await;
 }
+
+/// Posts a console form with the session's CSRF token.
+async fn post_form(app: &TestApp, session: &ConsoleSession, path: &str) -> reqwest::Response {
+    session
+        .client
+        .post(app.url(path))
+        .header("cookie", &session.cookie)
+        .form(&[("csrf", session.csrf.as_str())])
+        .send()
+        .await
+        .expect("post")
+}
+
+#[tokio::test]
+async fn a_jump_host_is_not_deleted_while_a_device_reaches_the_network_through_it() {
+    let app = TestApp::spawn().await;
+    let bastion = app.device("bastion").await;
+    let inner = app
+        .create(
+            "/devices",
+            json!({"name": "inner-sw", "host": "10.0.0.2", "platform": "linux",
+                   "credential_id": bastion["credential_id"], "jump_host_id": bastion["id"]}),
+        )
+        .await;
+    let session = ConsoleSession::open(&app).await;
+    let path = format!("/console/devices/{}/delete", id(&bastion));
+    let page = session.get(&app, &path).await;
+    assert_eq!(page.status(), 409);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("is the jump host of 1 device(s)"), "{html}");
+    assert!(
+        html.contains(&format!(
+            "href=\"/console/devices/{}\">inner-sw</a>",
+            id(&inner)
+        )),
+        "{html}"
+    );
+    assert!(!html.contains("confirm-delete"), "{html}");
+
+    // The device that tunnels through it goes first (its page says nothing else goes), then
+    // the jump host can.
+    let gone = post_form(
+        &app,
+        &session,
+        &format!("/console/devices/{}/delete", id(&inner)),
+    )
+    .await;
+    assert_eq!(gone.status(), 303);
+    assert_eq!(
+        gone.headers()["location"],
+        "/console/devices?deleted=device+inner-sw"
+    );
+    let gone = post_form(&app, &session, &path).await;
+    assert_eq!(gone.status(), 303);
+    assert_eq!(
+        app.get(&format!("/devices/{}", id(&bastion)))
+            .await
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_is_deleted_in_two_steps_without_a_script_confirm() {
+    let app = TestApp::spawn().await;
+    let hook = app
+        .create(
+            "/webhooks",
+            json!({"name": "pager", "url": "https://hooks.example.net/netcron",
+                   "secret": "0123456789abcdef"}),
+        )
+        .await;
+    let session = ConsoleSession::open(&app).await;
+    let path = format!("/console/webhooks/{}/delete", id(&hook));
+    // The list links to the confirmation; no script-only confirm is left.
+    let list = session
+        .get(&app, "/console/webhooks")
+        .await
+        .text()
+        .await
+        .expect("html");
+    assert!(list.contains(&format!("href=\"{path}\"")), "{list}");
+    assert!(!list.contains("data-confirm"), "{list}");
+    let page = session.get(&app, &path).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("Delete the webhook <span id=\"delete-name\">pager</span>?"),
+        "{html}"
+    );
+    assert!(html.contains("Nothing else is deleted with it."), "{html}");
+    let gone = post_form(&app, &session, &path).await;
+    assert_eq!(gone.status(), 303);
+    assert_eq!(
+        gone.headers()["location"],
+        "/console/webhooks?deleted=webhook+pager"
+    );
+    let list = session
+        .get(&app, "/console/webhooks?deleted=webhook+pager")
+        .await
+        .text()
+        .await
+        .expect("html");
+    assert!(list.contains("Deleted webhook pager."), "{list}");
+    assert_eq!(
+        app.get(&format!("/webhooks/{}", id(&hook))).await.status(),
+        404
+    );
+}
