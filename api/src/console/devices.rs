@@ -582,7 +582,9 @@ async fn create_command(
     let device_id = id(&device_id, "device_id")?;
     let created = async {
         let body: CommandCreate = action.form.body(&[
-            ("name", Kind::Text),
+            // As typed, so a name of spaces gets the API's reason beside the field rather
+            // than "missing field" at the top.
+            ("name", Kind::Typed),
             ("kind", Kind::Text),
             ("command", Kind::Raw),
             ("timeout_s", Kind::Int),

@@ -380,3 +380,127 @@ async fn a_webhook_is_deleted_in_two_steps_without_a_script_confirm() {
         404
     );
 }
+
+#[tokio::test]
+async fn a_command_is_deleted_from_its_device_page_with_its_runs_counted() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("cmd-sw").await;
+    run_now(&app, &device, &command).await;
+    let session = ConsoleSession::open(&app).await;
+    let device_page = format!("/console/devices/{}", id(&device));
+    let path = format!("{device_page}/commands/{}/delete", id(&command));
+    let html = session
+        .get(&app, &device_page)
+        .await
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains(&format!("href=\"{path}\"")), "{html}");
+    let html = session.get(&app, &path).await.text().await.expect("html");
+    assert!(html.contains("<li>1 run with its output</li>"), "{html}");
+    let gone = post_form(&app, &session, &path).await;
+    assert_eq!(gone.status(), 303);
+    assert_eq!(
+        gone.headers()["location"],
+        format!("{device_page}?deleted=command+uptime+on+cmd-sw").as_str()
+    );
+    let html = session
+        .get(
+            &app,
+            &format!("{device_page}?deleted=command+uptime+on+cmd-sw"),
+        )
+        .await
+        .text()
+        .await
+        .expect("html");
+    assert!(html.contains("Deleted command uptime on cmd-sw."), "{html}");
+    assert_eq!(
+        app.get(&format!(
+            "/devices/{}/commands/{}",
+            id(&device),
+            id(&command)
+        ))
+        .await
+        .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_scheduled_job_is_not_deleted_and_its_schedule_is_named() {
+    let app = TestApp::spawn().await;
+    let job = app
+        .create(
+            "/jobs",
+            json!({"name": "nightly-check", "target": {"tags_all": ["lab"]}, "command": "uptime"}),
+        )
+        .await;
+    let schedule = app
+        .create(
+            &format!("/jobs/{}/schedules", id(&job)),
+            json!({"cron_expression": "0 4 * * *"}),
+        )
+        .await;
+    let session = ConsoleSession::open(&app).await;
+    let path = format!("/console/jobs/{}/delete", id(&job));
+    let page = session.get(&app, &path).await;
+    assert_eq!(page.status(), 409);
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("has 1 schedule(s); delete them first"),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!(
+            "href=\"/console/schedules/{}/edit\">nightly-check: 0 4 * * * (UTC)</a>",
+            id(&schedule)
+        )),
+        "{html}"
+    );
+    assert_eq!(
+        app.delete(&format!("/schedules/{}", id(&schedule)))
+            .await
+            .status(),
+        204
+    );
+    let gone = post_form(&app, &session, &path).await;
+    assert_eq!(gone.status(), 303);
+    assert_eq!(
+        gone.headers()["location"],
+        "/console/jobs?deleted=job+nightly-check"
+    );
+    assert_eq!(app.get(&format!("/jobs/{}", id(&job))).await.status(), 404);
+}
+
+#[tokio::test]
+async fn a_new_command_named_with_spaces_gets_the_reason_beside_its_name() {
+    let app = TestApp::spawn().await;
+    let device = app.device("add-sw").await;
+    let session = ConsoleSession::open(&app).await;
+    let response = session
+        .client
+        .post(app.url(&format!("/console/devices/{}/commands", id(&device))))
+        .header("cookie", &session.cookie)
+        .form(&[
+            ("csrf", session.csrf.as_str()),
+            ("name", "   "),
+            ("kind", "shell"),
+            ("command", "uptime"),
+            ("timeout_s", "60"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 422);
+    let html = response.text().await.expect("html");
+    let after_name = html
+        .split("id=\"command-name\"")
+        .nth(1)
+        .expect("the name field");
+    let next_field = after_name.find("<label").expect("a field after the name");
+    assert!(
+        after_name[..next_field]
+            .contains("class=\"field-error\" role=\"alert\">must not be empty<"),
+        "{html}"
+    );
+}
