@@ -5,6 +5,7 @@
 
 mod coverage;
 mod deletes;
+mod previews;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -227,10 +227,9 @@ pub const COVERED: &[Covered] = &[
     op(
         "POST",
         "/jobs/preview",
-        "GET",
-        "/console/jobs/{job_id}",
-        "a saved job's page lists the devices its target matches now; the new-job form has no \
-         preview before saving yet",
+        "POST",
+        "/console/jobs/preview",
+        "the job form previews the devices its target matches as it is typed",
     ),
     op("GET", "/jobs/{job_id}", "GET", "/console/jobs/{job_id}", ""),
     op(
