@@ -49,20 +49,9 @@ function followLiveOutput(pre) {
   });
 }
 
-function confirmForms() {
-  for (const form of document.querySelectorAll("form[data-confirm]")) {
-    form.addEventListener("submit", (event) => {
-      if (!window.confirm(form.dataset.confirm)) {
-        event.preventDefault();
-      }
-    });
-  }
-}
-
 document.addEventListener("DOMContentLoaded", () => {
   const live = document.getElementById("live-output");
   if (live && live.dataset.live) {
     followLiveOutput(live);
   }
-  confirmForms();
 });

@@ -39,6 +39,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use config::Settings;
+pub use console::coverage as console_coverage;
 pub use error::ApiError;
 pub use netcron_services::config::LiveSettings;
 pub use netcron_services::runs::{OutputStream, output_slice_sql};
@@ -52,7 +53,9 @@ pub use state::AppState;
         description = "Durable scheduled network command runner. Every route except /health, \
             /ready, /docs and /openapi.json needs `Authorization: Bearer <token>`. Errors are \
             RFC 9457 `application/problem+json` documents whose `field` names the input at fault. \
-            Lists use keyset pagination: pass a page's `next_cursor` as `cursor`."
+            Lists use keyset pagination: pass a page's `next_cursor` as `cursor`.\n\n\
+            [← Back to the operator console](/): everything this API does can be done there \
+            too."
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -1,14 +1,15 @@
 use chrono::Utc;
 use netcron_common::domain::CommandKind;
-use netcron_store::entity::{command, job_run, schedule};
+use netcron_store::entity::{command, job_run, run};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::{new_id, paginate};
 use crate::PageRequest;
+use crate::deletion::{Count, Deletion, Refusal, count};
 use crate::error::{Error, Result};
 
 pub struct NewCommand {
@@ -150,16 +151,7 @@ pub async fn delete(db: &DatabaseConnection, device_id: Uuid, id: Uuid) -> Resul
 /// Deletes a command or job row (`what` names it in the refusal) with its runs and job runs;
 /// refuses while it has schedules.
 pub(crate) async fn delete_row(db: &DatabaseConnection, id: Uuid, what: &str) -> Result<()> {
-    let schedules = schedule::Entity::find()
-        .filter(schedule::Column::CommandId.eq(id))
-        .count(db)
-        .await?;
-    if schedules > 0 {
-        return Err(Error::conflict(
-            None,
-            format!("{what} {id} has {schedules} schedule(s); delete them first"),
-        ));
-    }
+    Deletion::refused(refusals(db, id, what).await?)?;
     let txn = db.begin().await?;
     netcron_lifecycle::runs::delete_where(&txn, netcron_lifecycle::runs::RunOwner::Command, id)
         .await?;
@@ -170,4 +162,53 @@ pub(crate) async fn delete_row(db: &DatabaseConnection, id: Uuid, what: &str) ->
     command::Entity::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;
     Ok(())
+}
+
+/// Why a command or job cannot be deleted now: its schedules.
+async fn refusals(db: &DatabaseConnection, id: Uuid, what: &str) -> Result<Vec<Refusal>> {
+    let schedules = crate::schedules::named(db, vec![id]).await?;
+    Ok(if schedules.is_empty() {
+        Vec::new()
+    } else {
+        vec![Refusal {
+            field: None,
+            reason: format!(
+                "{what} {id} has {} schedule(s); delete them first",
+                schedules.len()
+            ),
+            blocking: schedules,
+        }]
+    })
+}
+
+/// What deleting a command or job row would take with it (its runs and job runs), and what
+/// refuses it now.
+pub(crate) async fn row_deletion(
+    db: &DatabaseConnection,
+    id: Uuid,
+    what: &str,
+) -> Result<Deletion> {
+    let runs = count(
+        db,
+        run::Entity::find().filter(run::Column::CommandId.eq(id)),
+    )
+    .await?;
+    let job_runs = count(
+        db,
+        job_run::Entity::find().filter(job_run::Column::CommandId.eq(id)),
+    )
+    .await?;
+    Ok(Deletion::new(
+        [
+            Count::new(runs, "run with its output", "runs with their output"),
+            Count::new(job_runs, "job run", "job runs"),
+        ],
+        refusals(db, id, what).await?,
+    ))
+}
+
+/// What deleting the command would take with it, and what refuses it now.
+pub async fn deletion(db: &DatabaseConnection, device_id: Uuid, id: Uuid) -> Result<Deletion> {
+    get(db, device_id, id).await?;
+    row_deletion(db, id, "command").await
 }

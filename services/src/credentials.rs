@@ -4,14 +4,12 @@ use netcron_common::secret::context;
 use netcron_common::secret::{SecretKey, SecretString};
 use netcron_store::entity::credential;
 use netcron_store::entity::device;
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    Set,
-};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
 use super::{new_id, paginate};
 use crate::PageRequest;
+use crate::deletion::{Blocking, Deletion, Named, Refusal};
 use crate::error::{Error, Result};
 
 /// The secret part of a credential, already validated.
@@ -155,16 +153,42 @@ pub async fn update(
 /// Refuses while a device uses the credential, so no device is left unable to log in.
 pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     get(db, id).await?;
-    let users = device::Entity::find()
-        .filter(device::Column::CredentialId.eq(id))
-        .count(db)
-        .await?;
-    if users > 0 {
-        return Err(Error::conflict(
-            None,
-            format!("credential {id} is used by {users} device(s); change or delete them first"),
-        ));
-    }
+    Deletion::refused(refusals(db, id).await?)?;
     credential::Entity::delete_by_id(id).exec(db).await?;
     Ok(())
+}
+
+/// Why the credential cannot be deleted now: the devices that log in with it.
+async fn refusals(db: &DatabaseConnection, id: Uuid) -> Result<Vec<Refusal>> {
+    use sea_orm::QueryOrder as _;
+    let users: Vec<Named> = device::Entity::find()
+        .filter(device::Column::CredentialId.eq(id))
+        .order_by_asc(device::Column::Name)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|d| Named {
+            kind: Blocking::Device,
+            id: d.id,
+            name: d.name,
+        })
+        .collect();
+    Ok(if users.is_empty() {
+        Vec::new()
+    } else {
+        vec![Refusal {
+            field: None,
+            reason: format!(
+                "credential {id} is used by {} device(s); change or delete them first",
+                users.len()
+            ),
+            blocking: users,
+        }]
+    })
+}
+
+/// What deleting the credential would do (nothing goes with it), and what refuses it now.
+pub async fn deletion(db: &DatabaseConnection, id: Uuid) -> Result<Deletion> {
+    get(db, id).await?;
+    Ok(Deletion::new([], refusals(db, id).await?))
 }

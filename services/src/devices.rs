@@ -1,17 +1,18 @@
 use chrono::Utc;
 use netcron_common::domain::{Host, Platform, Zone};
 use netcron_common::secret::SecretKey;
-use netcron_store::entity::{command, credential, device, schedule};
+use netcron_store::entity::{command, config_version, credential, device, run};
 use sea_orm::sea_query::extension::postgres::PgBinOper;
 use sea_orm::sea_query::{Expr, ExprTrait as _};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QuerySelect, Set, TransactionTrait,
+    QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::{new_id, paginate};
 use crate::PageRequest;
+use crate::deletion::{Blocking, Count, Deletion, Named, Refusal, count};
 use crate::error::{Error, Result};
 
 pub struct NewDevice {
@@ -327,36 +328,7 @@ fn object(vars: serde_json::Value) -> serde_json::Map<String, serde_json::Value>
 /// commands has a schedule: unscheduling is an explicit act, never a side effect.
 pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     get(db, id).await?;
-    let command_ids: Vec<Uuid> = command::Entity::find()
-        .select_only()
-        .column(command::Column::Id)
-        .filter(command::Column::DeviceId.eq(id))
-        .into_tuple()
-        .all(db)
-        .await?;
-    let schedules = schedule::Entity::find()
-        .filter(schedule::Column::CommandId.is_in(command_ids))
-        .count(db)
-        .await?;
-    if schedules > 0 {
-        return Err(Error::conflict(
-            None,
-            format!("device {id} has {schedules} schedule(s); delete them first"),
-        ));
-    }
-    let tunnelled = device::Entity::find()
-        .filter(device::Column::JumpHostId.eq(id))
-        .count(db)
-        .await?;
-    if tunnelled > 0 {
-        return Err(Error::conflict(
-            Some("jump_host_id"),
-            format!(
-                "device {id} is the jump host of {tunnelled} device(s); change their \
-                 jump_host_id first"
-            ),
-        ));
-    }
+    Deletion::refused(refusals(db, id).await?)?;
     // `runs` has no foreign keys, so its rows go in the same transaction as their device.
     let txn = db.begin().await?;
     netcron_lifecycle::runs::delete_where(&txn, netcron_lifecycle::runs::RunOwner::Device, id)
@@ -364,4 +336,82 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     device::Entity::delete_by_id(id).exec(&txn).await?;
     txn.commit().await?;
     Ok(())
+}
+
+/// Why the device cannot be deleted now: schedules of its commands (they would fire into
+/// nothing), then devices that reach the network through it.
+async fn refusals(db: &DatabaseConnection, id: Uuid) -> Result<Vec<Refusal>> {
+    let command_ids: Vec<Uuid> = command::Entity::find()
+        .select_only()
+        .column(command::Column::Id)
+        .filter(command::Column::DeviceId.eq(id))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut out = Vec::new();
+    let schedules = crate::schedules::named(db, command_ids).await?;
+    if !schedules.is_empty() {
+        out.push(Refusal {
+            field: None,
+            reason: format!(
+                "device {id} has {} schedule(s); delete them first",
+                schedules.len()
+            ),
+            blocking: schedules,
+        });
+    }
+    let tunnelled: Vec<Named> = device::Entity::find()
+        .filter(device::Column::JumpHostId.eq(id))
+        .order_by_asc(device::Column::Name)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|d| Named {
+            kind: Blocking::Device,
+            id: d.id,
+            name: d.name,
+        })
+        .collect();
+    if !tunnelled.is_empty() {
+        out.push(Refusal {
+            field: Some("jump_host_id"),
+            reason: format!(
+                "device {id} is the jump host of {} device(s); change their jump_host_id first",
+                tunnelled.len()
+            ),
+            blocking: tunnelled,
+        });
+    }
+    Ok(out)
+}
+
+/// What deleting the device would take with it (its commands, their runs, config versions and
+/// inventories, which are runs too), and what refuses it now.
+pub async fn deletion(db: &DatabaseConnection, id: Uuid) -> Result<Deletion> {
+    get(db, id).await?;
+    let commands = count(
+        db,
+        command::Entity::find().filter(command::Column::DeviceId.eq(id)),
+    )
+    .await?;
+    let runs = count(db, run::Entity::find().filter(run::Column::DeviceId.eq(id))).await?;
+    let inventories = crate::inventory::count(db, id).await?;
+    let configs = count(
+        db,
+        config_version::Entity::find().filter(config_version::Column::DeviceId.eq(id)),
+    )
+    .await?;
+    Ok(Deletion::new(
+        [
+            Count::new(commands, "command", "commands"),
+            Count::new(runs, "run with its output", "runs with their output"),
+            Count::new(configs, "config version", "config versions"),
+            Count::new(
+                inventories,
+                "inventory snapshot (one of those runs)",
+                "inventory snapshots (among those runs)",
+            ),
+        ],
+        refusals(db, id).await?,
+    ))
 }

@@ -45,6 +45,13 @@ fn collected(m: run::Model) -> Option<Collected> {
     })
 }
 
+/// How many inventories the device has stored.
+pub async fn count(db: &DatabaseConnection, device_id: Uuid) -> Result<u64> {
+    use sea_orm::PaginatorTrait as _;
+    let commands = inventory_commands(db, device_id).await?;
+    Ok(inventory_runs(device_id, commands).count(db).await?)
+}
+
 /// Newest first.
 pub async fn history(
     db: &DatabaseConnection,

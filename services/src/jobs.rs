@@ -280,6 +280,13 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     super::commands::delete_row(db, id, "job").await
 }
 
+/// What deleting the job would take with it (its job runs and their device runs), and what
+/// refuses it now.
+pub async fn deletion(db: &DatabaseConnection, id: Uuid) -> Result<crate::deletion::Deletion> {
+    get(db, id).await?;
+    super::commands::row_deletion(db, id, "job").await
+}
+
 /// The devices `target` matches now, a page at a time (id order).
 pub async fn preview(
     db: &DatabaseConnection,

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod configs;
 pub mod credentials;
+pub mod deletion;
 pub mod devices;
 pub mod error;
 pub mod inventory;

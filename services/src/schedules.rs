@@ -328,3 +328,84 @@ pub async fn delete(db: &DatabaseConnection, fence: &Fence<'_>, id: Uuid) -> Res
     txn.commit().await?;
     notify(db, id).await
 }
+
+/// The schedules of `command_ids`, each named as a person knows it: its command (and device)
+/// and its expression, `backup on sw1: 0 2 * * * (Europe/Berlin)`.
+pub(crate) async fn named(
+    db: &DatabaseConnection,
+    command_ids: Vec<Uuid>,
+) -> Result<Vec<crate::deletion::Named>> {
+    use netcron_store::entity::{command, device};
+    use sea_orm::QueryOrder as _;
+    let schedules = schedule::Entity::find()
+        .filter(schedule::Column::CommandId.is_in(command_ids.clone()))
+        .order_by_asc(schedule::Column::Id)
+        .all(db)
+        .await?;
+    if schedules.is_empty() {
+        return Ok(Vec::new());
+    }
+    let commands = command::Entity::find()
+        .filter(command::Column::Id.is_in(command_ids))
+        .all(db)
+        .await?;
+    let device_ids: Vec<Uuid> = commands.iter().filter_map(|c| c.device_id).collect();
+    let devices: std::collections::HashMap<Uuid, String> = device::Entity::find()
+        .filter(device::Column::Id.is_in(device_ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|d| (d.id, d.name))
+        .collect();
+    let labels: std::collections::HashMap<Uuid, String> = commands
+        .into_iter()
+        .map(|c| {
+            let label = match c.device_id.and_then(|d| devices.get(&d)) {
+                Some(device) => format!("{} on {device}", c.name),
+                None => c.name,
+            };
+            (c.id, label)
+        })
+        .collect();
+    Ok(schedules
+        .into_iter()
+        .map(|s| crate::deletion::Named {
+            kind: crate::deletion::Blocking::Schedule,
+            id: s.id,
+            name: format!(
+                "{}: {} ({})",
+                labels.get(&s.command_id).map_or("", String::as_str),
+                s.cron_expression,
+                s.timezone
+            ),
+        })
+        .collect())
+}
+
+/// What deleting the schedule would do: nothing goes with it; its runs and job runs stay in
+/// the history, no longer linked to it. Nothing refuses it.
+pub async fn deletion(db: &DatabaseConnection, id: Uuid) -> Result<crate::deletion::Deletion> {
+    use crate::deletion::{Count, Deletion, count};
+    use netcron_store::entity::{job_run, run};
+    get(db, id).await?;
+    let runs = count(
+        db,
+        run::Entity::find().filter(run::Column::ScheduleId.eq(id)),
+    )
+    .await?;
+    let job_runs = count(
+        db,
+        job_run::Entity::find().filter(job_run::Column::ScheduleId.eq(id)),
+    )
+    .await?;
+    Ok(Deletion {
+        kept: [
+            Count::new(runs, "run", "runs"),
+            Count::new(job_runs, "job run", "job runs"),
+        ]
+        .into_iter()
+        .filter(|c| c.n > 0)
+        .collect(),
+        ..Deletion::default()
+    })
+}

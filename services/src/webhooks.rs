@@ -147,6 +147,29 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
     Ok(())
 }
 
+/// What deleting the webhook would take with it: its deliveries (the events stay).
+pub async fn deletion(db: &DatabaseConnection, id: Uuid) -> Result<crate::deletion::Deletion> {
+    get(db, id).await?;
+    let row = db
+        .query_one_raw(stmt(
+            "SELECT count(*) AS n FROM webhook_deliveries WHERE webhook_id = $1",
+            vec![id.into()],
+        ))
+        .await?;
+    let n: i64 = match row {
+        Some(row) => row.try_get("", "n")?,
+        None => 0,
+    };
+    Ok(crate::deletion::Deletion::new(
+        [crate::deletion::Count::new(
+            u64::try_from(n).unwrap_or_default(),
+            "delivery record",
+            "delivery records",
+        )],
+        Vec::new(),
+    ))
+}
+
 /// The webhook's deliveries, newest first.
 pub async fn deliveries(
     db: &DatabaseConnection,

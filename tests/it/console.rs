@@ -3,6 +3,10 @@
 //! Screenshots land in `target/console-screenshots/` (the best ones are copied to
 //! `docs/console/` for the README).
 
+mod coverage;
+mod deletes;
+mod previews;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

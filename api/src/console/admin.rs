@@ -2,7 +2,7 @@
 //! form never shows one, not even the one just typed when the form comes back with an error.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use netcron_store::entity::credential;
@@ -12,7 +12,7 @@ use super::devices::{field_error, id};
 use super::forms::{Fields, Filled, Kind};
 use super::session::{Action, Operator};
 use super::view;
-use super::{Chrome, Result, render, render_form, see_other};
+use super::{Chrome, Notice, Result, render, render_form, see_other};
 use crate::routes::credentials::{CredentialCreate, CredentialPatch};
 use crate::routes::webhooks::{EVENT_TYPES, WebhookCreate, WebhookPatch};
 use crate::state::AppState;
@@ -31,7 +31,6 @@ pub fn router() -> Router<AppState> {
         .route("/console/webhooks", get(webhook_list).post(webhook_create))
         .route("/console/webhooks/{id}", post(webhook_update))
         .route("/console/webhooks/{id}/edit", get(webhook_edit))
-        .route("/console/webhooks/{id}/delete", post(webhook_delete))
 }
 
 const ALL: PageRequest = PageRequest {
@@ -55,7 +54,11 @@ struct CredentialList {
     rows: Vec<CredentialRow>,
 }
 
-async fn credential_list(State(state): State<AppState>, operator: Operator) -> Result<Response> {
+async fn credential_list(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(notice): Query<Notice>,
+) -> Result<Response> {
     let rows = credentials::list(&state.db, ALL)
         .await?
         .into_iter()
@@ -76,7 +79,7 @@ async fn credential_list(State(state): State<AppState>, operator: Operator) -> R
         })
         .collect();
     render(&CredentialList {
-        chrome: Chrome::new(&operator, "credentials"),
+        chrome: Chrome::new(&operator, "credentials").noticed(&notice),
         rows,
     })
 }
@@ -253,11 +256,51 @@ impl WebhookForm {
 struct WebhookEdit {
     chrome: Chrome,
     form: WebhookForm,
+    deliveries: Vec<DeliveryRow>,
+}
+
+/// One delivery of an event to the webhook, as `GET /webhooks/{id}/deliveries` lists it.
+pub struct DeliveryRow {
+    pub event_type: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last: String,
+    pub when: String,
+}
+
+/// The webhook's latest deliveries, newest first.
+async fn delivery_rows(state: &AppState, webhook_id: uuid::Uuid) -> Result<Vec<DeliveryRow>> {
+    let mut rows = webhooks::deliveries(
+        &state.db,
+        webhook_id,
+        PageRequest {
+            limit: 50,
+            after: None,
+        },
+    )
+    .await?;
+    rows.truncate(50);
+    Ok(rows
+        .into_iter()
+        .map(|d| DeliveryRow {
+            event_type: d.event_type,
+            status: d.status,
+            attempts: d.attempts,
+            last: match (d.last_status_code, d.last_error) {
+                (Some(code), Some(e)) => format!("HTTP {code}: {e}"),
+                (Some(code), None) => format!("HTTP {code}"),
+                (None, Some(e)) => e,
+                (None, None) => String::new(),
+            },
+            when: view::when(d.delivered_at.unwrap_or(d.created_at)),
+        })
+        .collect())
 }
 
 async fn webhook_page(
     state: &AppState,
     operator: &Operator,
+    notice: &Notice,
     values: Fields,
     error: Option<(String, String)>,
 ) -> Result<Response> {
@@ -280,7 +323,7 @@ async fn webhook_page(
     let failed = form.failed();
     render_form(
         &WebhookList {
-            chrome: Chrome::new(operator, "webhooks"),
+            chrome: Chrome::new(operator, "webhooks").noticed(notice),
             rows,
             form: WebhookForm {
                 csrf: operator.csrf.clone(),
@@ -293,8 +336,19 @@ async fn webhook_page(
     )
 }
 
-async fn webhook_list(State(state): State<AppState>, operator: Operator) -> Result<Response> {
-    webhook_page(&state, &operator, Fields::parse(b"enabled=on"), None).await
+async fn webhook_list(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(notice): Query<Notice>,
+) -> Result<Response> {
+    webhook_page(
+        &state,
+        &operator,
+        &notice,
+        Fields::parse(b"enabled=on"),
+        None,
+    )
+    .await
 }
 
 const WEBHOOK_FIELDS: [(&str, Kind); 5] = [
@@ -331,6 +385,7 @@ async fn webhook_create(State(state): State<AppState>, action: Action) -> Result
                 webhook_page(
                     &state,
                     &action.operator,
+                    &Notice::default(),
                     without_secret(&action.form),
                     Some(err),
                 )
@@ -341,12 +396,14 @@ async fn webhook_create(State(state): State<AppState>, action: Action) -> Result
     }
 }
 
-fn webhook_edit_page(
+async fn webhook_edit_page(
+    state: &AppState,
     operator: &Operator,
-    webhook_id: String,
+    webhook_id: uuid::Uuid,
     values: Fields,
     error: Option<(String, String)>,
 ) -> Result<Response> {
+    let deliveries = delivery_rows(state, webhook_id).await?;
     let form = Filled::new(values, error);
     let failed = form.failed();
     render_form(
@@ -354,10 +411,11 @@ fn webhook_edit_page(
             chrome: Chrome::new(operator, "webhooks"),
             form: WebhookForm {
                 csrf: operator.csrf.clone(),
-                webhook_id: Some(webhook_id),
+                webhook_id: Some(webhook_id.to_string()),
                 form,
                 event_types: &EVENT_TYPES,
             },
+            deliveries,
         },
         failed,
     )
@@ -380,11 +438,13 @@ async fn webhook_edit(
         pairs.push(("enabled".into(), "on".into()));
     }
     webhook_edit_page(
+        &state,
         &operator,
-        webhook_id.to_string(),
+        webhook_id,
         Fields::from_pairs(pairs),
         None,
     )
+    .await
 }
 
 async fn webhook_update(
@@ -408,23 +468,17 @@ async fn webhook_update(
     match updated {
         Ok(_) => Ok(see_other("/console/webhooks")),
         Err(e) => match field_error(&e) {
-            Some(err) => webhook_edit_page(
-                &action.operator,
-                webhook_id.to_string(),
-                without_secret(&action.form),
-                Some(err),
-            ),
+            Some(err) => {
+                webhook_edit_page(
+                    &state,
+                    &action.operator,
+                    webhook_id,
+                    without_secret(&action.form),
+                    Some(err),
+                )
+                .await
+            }
             None => Err(e.into()),
         },
     }
-}
-
-async fn webhook_delete(
-    State(state): State<AppState>,
-    Path(webhook_id): Path<String>,
-    _action: Action,
-) -> Result<Response> {
-    let webhook_id = id(&webhook_id, "webhook_id")?;
-    webhooks::delete(&state.db, webhook_id).await?;
-    Ok(see_other("/console/webhooks"))
 }

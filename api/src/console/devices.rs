@@ -14,9 +14,9 @@ use uuid::Uuid;
 use super::forms::{Fields, Filled, Kind};
 use super::session::{Action, Operator};
 use super::view::{self, RunRow};
-use super::{Chrome, Result, Shown, render, render_form, see_other};
+use super::{Chrome, Notice, Result, Shown, render, render_form, see_other};
 use crate::error::ApiError;
-use crate::routes::commands::CommandCreate;
+use crate::routes::commands::{CommandCreate, CommandPatch};
 use crate::routes::devices::{DeviceCreate, DevicePatch, forget_first_contact};
 use crate::state::AppState;
 use netcron_services::PageRequest;
@@ -37,7 +37,19 @@ pub fn router() -> Router<AppState> {
             "/console/devices/{id}/commands/{command_id}/run",
             post(run_now),
         )
+        .route(
+            "/console/devices/{id}/commands/{command_id}",
+            post(update_command),
+        )
+        .route(
+            "/console/devices/{id}/commands/{command_id}/edit",
+            get(edit_command),
+        )
         .route("/console/devices/{id}/configs", get(config_diff))
+        .route(
+            "/console/devices/{id}/configs/{version}",
+            get(config_version),
+        )
         .route("/console/devices/{id}/inventory", get(inventory_diff))
 }
 
@@ -94,6 +106,7 @@ async fn list(
     State(state): State<AppState>,
     operator: Operator,
     Query(params): Query<ListParams>,
+    Query(notice): Query<Notice>,
 ) -> Result<Response> {
     let tag = params.tag.unwrap_or_default().trim().to_owned();
     let platform = params.platform.unwrap_or_default();
@@ -149,7 +162,7 @@ async fn list(
         })
         .collect();
     render(&ListPage {
-        chrome: Chrome::new(&operator, "devices"),
+        chrome: Chrome::new(&operator, "devices").noticed(&notice),
         rows,
         tag,
         platform,
@@ -391,7 +404,8 @@ struct DevicePage {
     fingerprint: String,
     legacy: bool,
     reuse: bool,
-    jump_host: String,
+    /// The jump host's id and name.
+    jump_host: Option<(String, String)>,
     zone: String,
     failures: i32,
     commands: Vec<CommandRow>,
@@ -408,6 +422,7 @@ struct DevicePage {
 async fn device_page(
     state: &AppState,
     operator: &Operator,
+    notice: &Notice,
     device_id: Uuid,
     command_values: Fields,
     command_error: Option<(String, String)>,
@@ -423,9 +438,8 @@ async fn device_page(
         Some(j) => device::Entity::find_by_id(j)
             .one(db)
             .await?
-            .map(|j| j.name)
-            .unwrap_or_default(),
-        None => String::new(),
+            .map(|j| (j.id.to_string(), j.name)),
+        None => None,
     };
     let all = PageRequest {
         limit: 500,
@@ -515,7 +529,7 @@ async fn device_page(
     let failed = command.failed();
     render_form(
         &DevicePage {
-            chrome: Chrome::new(operator, "devices"),
+            chrome: Chrome::new(operator, "devices").noticed(notice),
             id: d.id.to_string(),
             state: state_of(&d),
             name: d.name,
@@ -546,11 +560,13 @@ async fn show(
     State(state): State<AppState>,
     operator: Operator,
     Path(device_id): Path<String>,
+    Query(notice): Query<Notice>,
 ) -> Result<Response> {
     let device_id = id(&device_id, "device_id")?;
     device_page(
         &state,
         &operator,
+        &notice,
         device_id,
         Fields::parse(b"kind=shell&timeout_s=60"),
         None,
@@ -566,7 +582,9 @@ async fn create_command(
     let device_id = id(&device_id, "device_id")?;
     let created = async {
         let body: CommandCreate = action.form.body(&[
-            ("name", Kind::Text),
+            // As typed, so a name of spaces gets the API's reason beside the field rather
+            // than "missing field" at the top.
+            ("name", Kind::Typed),
             ("kind", Kind::Text),
             ("command", Kind::Raw),
             ("timeout_s", Kind::Int),
@@ -581,7 +599,115 @@ async fn create_command(
         Ok(_) => Ok(see_other(&format!("/console/devices/{device_id}#commands"))),
         Err(e) => match field_error(&e) {
             Some(err) => {
-                device_page(&state, &action.operator, device_id, action.form, Some(err)).await
+                device_page(
+                    &state,
+                    &action.operator,
+                    &Notice::default(),
+                    device_id,
+                    action.form,
+                    Some(err),
+                )
+                .await
+            }
+            None => Err(e.into()),
+        },
+    }
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/command_form.html")]
+struct CommandForm {
+    chrome: Chrome,
+    device_id: String,
+    device_name: String,
+    command_id: String,
+    form: Filled,
+    kinds: Vec<&'static str>,
+}
+
+async fn command_form(
+    state: &AppState,
+    operator: &Operator,
+    device_id: Uuid,
+    command_id: Uuid,
+    values: Fields,
+    error: Option<(String, String)>,
+) -> Result<Response> {
+    let d = devices::get(&state.db, device_id).await?;
+    let form = Filled::new(values, error);
+    let failed = form.failed();
+    render_form(
+        &CommandForm {
+            chrome: Chrome::new(operator, "devices"),
+            device_id: device_id.to_string(),
+            device_name: d.name,
+            command_id: command_id.to_string(),
+            form,
+            kinds: CommandKind::ALL.iter().map(|k| k.as_str()).collect(),
+        },
+        failed,
+    )
+}
+
+async fn edit_command(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path((device_id, command_id)): Path<(String, String)>,
+) -> Result<Response> {
+    let device_id = id(&device_id, "device_id")?;
+    let command_id = id(&command_id, "command_id")?;
+    let c = commands::get(&state.db, device_id, command_id).await?;
+    let values = Fields::from_pairs(vec![
+        ("name".into(), c.name),
+        ("kind".into(), c.kind.to_string()),
+        ("command".into(), c.command),
+        ("timeout_s".into(), c.timeout_s.to_string()),
+        ("max_output_bytes".into(), c.max_output_bytes.to_string()),
+        ("max_attempts".into(), c.max_attempts.to_string()),
+    ]);
+    command_form(&state, &operator, device_id, command_id, values, None).await
+}
+
+/// The edit form's fields: all of them are shown, so a cleared one is sent as cleared and the
+/// API's rules say what is wrong with it.
+const COMMAND_EDIT_FIELDS: [(&str, Kind); 6] = [
+    ("name", Kind::Typed),
+    ("kind", Kind::Text),
+    ("command", Kind::Typed),
+    ("timeout_s", Kind::Int),
+    ("max_output_bytes", Kind::Int),
+    ("max_attempts", Kind::Int),
+];
+
+/// Changes a command, as `PATCH /devices/{id}/commands/{command_id}` does (commands have no
+/// revision in the API, so neither does this form).
+async fn update_command(
+    State(state): State<AppState>,
+    Path((device_id, command_id)): Path<(String, String)>,
+    action: Action,
+) -> Result<Response> {
+    let device_id = id(&device_id, "device_id")?;
+    let command_id = id(&command_id, "command_id")?;
+    let updated = async {
+        let body: CommandPatch = action.form.body(&COMMAND_EDIT_FIELDS)?;
+        commands::update(&state.db, device_id, command_id, body.parse()?)
+            .await
+            .map_err(ApiError::from)
+    }
+    .await;
+    match updated {
+        Ok(_) => Ok(see_other(&format!("/console/devices/{device_id}#commands"))),
+        Err(e) => match field_error(&e) {
+            Some(err) => {
+                command_form(
+                    &state,
+                    &action.operator,
+                    device_id,
+                    command_id,
+                    action.form,
+                    Some(err),
+                )
+                .await
             }
             None => Err(e.into()),
         },
@@ -763,6 +889,45 @@ async fn config_diff(
         to: diff.to,
         side_by_side,
         rows: diff_rows(&diff.diff, side_by_side),
+    })
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/config_version.html")]
+struct ConfigVersionPage {
+    chrome: Chrome,
+    id: String,
+    name: String,
+    version: i32,
+    collected: String,
+    run_id: String,
+    /// The configuration's lines, numbered from 1.
+    lines: Vec<(usize, String)>,
+}
+
+/// One stored configuration in full, its lines numbered.
+async fn config_version(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path((device_id, number)): Path<(String, String)>,
+) -> Result<Response> {
+    let device_id = id(&device_id, "device_id")?;
+    let number = version(Some(&number), "version")?.unwrap_or_default();
+    let d = devices::get(&state.db, device_id).await?;
+    let v = configs::get(&state.db, device_id, number).await?;
+    render(&ConfigVersionPage {
+        chrome: Chrome::new(&operator, "devices"),
+        id: device_id.to_string(),
+        name: d.name,
+        version: v.version,
+        collected: view::when(v.created_at),
+        run_id: v.run_id.to_string(),
+        lines: v
+            .content
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.to_owned()))
+            .collect(),
     })
 }
 

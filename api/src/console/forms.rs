@@ -29,6 +29,9 @@ pub enum Kind {
     Text,
     /// Text as typed (secrets: leading spaces may matter); empty means absent.
     Raw,
+    /// Text as typed, empty included: an edit form's field that is always shown, so a
+    /// cleared field is a cleared value for the API to judge, not "unchanged".
+    Typed,
     /// Trimmed text; empty means `null` (clears a nullable value on update).
     Nullable,
     /// A whole number; empty means absent.
@@ -94,6 +97,7 @@ impl Fields {
                     .get(name)
                     .filter(|v| !v.is_empty())
                     .map(|v| Value::String(v.to_owned())),
+                Kind::Typed => self.get(name).map(|v| Value::String(v.to_owned())),
                 Kind::Nullable => Some(text.map_or(Value::Null, |t| Value::String(t.to_owned()))),
                 Kind::Int => text.map(|t| whole(name, t)).transpose()?,
                 Kind::NullableInt => Some(

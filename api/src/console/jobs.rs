@@ -21,7 +21,7 @@ use super::devices::{field_error, id};
 use super::forms::{Fields, Filled, Kind};
 use super::session::{Action, Operator};
 use super::view;
-use super::{Chrome, Result, render, render_form, see_other};
+use super::{Chrome, Notice, Result, render, render_form, see_other};
 use crate::error::ApiError;
 use crate::routes::jobs::{JobCreate, JobPatch};
 use crate::state::AppState;
@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/console/jobs", get(list).post(create))
         .route("/console/jobs/new", get(new_form))
+        .route("/console/jobs/preview", post(preview_target))
         .route("/console/jobs/{id}", get(show).post(update))
         .route("/console/jobs/{id}/edit", get(edit_form))
         .route("/console/jobs/{id}/run", post(run_now))
@@ -108,6 +109,70 @@ async fn new_form(operator: Operator) -> Result<Response> {
         Fields::parse(b"kind=shell&spread_s=0&timeout_s=60"),
         None,
     )
+}
+
+/// How many matched devices the form's preview names.
+const FORM_PREVIEW: u64 = 20;
+
+/// The form's target preview: the devices the target typed so far matches now, as
+/// `POST /jobs/preview` answers them, or why the target is not valid.
+#[derive(askama::Template)]
+#[template(path = "console/job_preview.html")]
+struct TargetPreview {
+    problem: Option<String>,
+    devices: Vec<(String, String, String)>,
+    more: bool,
+}
+
+#[derive(Deserialize)]
+struct TargetOnly {
+    target: netcron_common::fleet::Target,
+}
+
+/// Answers the preview fragment that htmx swaps in while the target is typed (read-only, like
+/// the schedule form's preview, so it needs a session but no CSRF token).
+async fn preview_target(
+    State(state): State<AppState>,
+    _operator: Operator,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    let fields = Fields::parse(&body);
+    let spec: Vec<(&str, Kind)> = job_fields(false)
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("target."))
+        .collect();
+    let target = fields
+        .body::<TargetOnly>(&spec)
+        .and_then(|t| crate::routes::jobs::parse_target(t.target));
+    let preview = match target {
+        Ok(target) => {
+            let mut found = service::preview(
+                &state.db,
+                &target,
+                PageRequest {
+                    limit: FORM_PREVIEW,
+                    after: None,
+                },
+            )
+            .await?;
+            let more = found.len() > usize::try_from(FORM_PREVIEW).unwrap_or(usize::MAX);
+            found.truncate(usize::try_from(FORM_PREVIEW).unwrap_or(usize::MAX));
+            TargetPreview {
+                problem: None,
+                devices: found
+                    .into_iter()
+                    .map(|d| (d.id.to_string(), d.name, d.platform))
+                    .collect(),
+                more,
+            }
+        }
+        Err(e) => TargetPreview {
+            problem: Some(e.to_string()),
+            devices: Vec::new(),
+            more: false,
+        },
+    };
+    render(&preview)
 }
 
 async fn create(State(state): State<AppState>, action: Action) -> Result<Response> {
@@ -248,7 +313,11 @@ fn describe_target(job: &netcron_store::entity::command::Model) -> String {
         .unwrap_or_else(|| "(a target this version cannot read)".into())
 }
 
-async fn list(State(state): State<AppState>, operator: Operator) -> Result<Response> {
+async fn list(
+    State(state): State<AppState>,
+    operator: Operator,
+    Query(notice): Query<Notice>,
+) -> Result<Response> {
     let jobs = service::list(
         &state.db,
         PageRequest {
@@ -270,7 +339,7 @@ async fn list(State(state): State<AppState>, operator: Operator) -> Result<Respo
         })
         .collect();
     render(&JobList {
-        chrome: Chrome::new(&operator, "jobs"),
+        chrome: Chrome::new(&operator, "jobs").noticed(&notice),
         rows,
     })
 }

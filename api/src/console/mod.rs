@@ -12,6 +12,8 @@
 
 mod admin;
 mod bulk;
+pub mod coverage;
+mod deletes;
 mod devices;
 mod forms;
 mod jobs;
@@ -39,6 +41,8 @@ pub struct Chrome {
     pub csrf: String,
     /// The navigation entry to mark as current.
     pub section: &'static str,
+    /// What the last action did, shown above the content (`Deleted device sw1.`).
+    pub notice: Option<String>,
 }
 
 impl Chrome {
@@ -46,7 +50,29 @@ impl Chrome {
         Self {
             csrf: operator.csrf.clone(),
             section,
+            notice: None,
         }
+    }
+
+    /// The same, with the notice a redirect asked for (`?deleted=…`).
+    pub fn noticed(mut self, notice: &Notice) -> Self {
+        self.notice = notice.text();
+        self
+    }
+}
+
+/// The query parameter that a redirect after a delete adds, for the page to say what went.
+#[derive(Deserialize, Default)]
+pub struct Notice {
+    deleted: Option<String>,
+}
+
+impl Notice {
+    fn text(&self) -> Option<String> {
+        let deleted = self.deleted.as_deref()?.trim();
+        // A link can carry any text, so the notice stays short and is only ever text.
+        (!deleted.is_empty())
+            .then(|| format!("Deleted {}.", deleted.chars().take(300).collect::<String>()))
     }
 }
 
@@ -151,6 +177,7 @@ pub fn router() -> Router<AppState> {
         .merge(schedules::router())
         .merge(runs::router())
         .merge(admin::router())
+        .merge(deletes::router())
         .layer(from_fn(secure_headers))
 }
 

@@ -5,7 +5,7 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{RangeEnd, RunStatus, parse_time_bound};
 use netcron_store::entity::{command, device};
@@ -13,9 +13,9 @@ use sea_orm::EntityTrait;
 use serde::Deserialize;
 
 use super::devices::id;
-use super::session::Operator;
+use super::session::{Action, Operator};
 use super::view::{self, RunRow};
-use super::{Chrome, Result, Shown, render};
+use super::{Chrome, Result, Shown, render, see_other};
 use crate::error::ApiError;
 use crate::pagination::PageParams;
 use crate::state::AppState;
@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/runs", get(list))
         .route("/console/runs/{id}", get(show))
         .route("/console/runs/{id}/live", get(live))
+        .route("/console/runs/{id}/cancel", post(cancel))
 }
 
 #[derive(Deserialize, Default)]
@@ -184,6 +185,18 @@ struct RunPage {
     attempts: Vec<AttemptRow>,
     outputs: Vec<OutputView>,
     payload: String,
+}
+
+/// Cancels a queued run, as `POST /runs/{id}/cancel` does; a run that began meanwhile is
+/// the API's 409, shown as an error page with its reason.
+async fn cancel(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    _action: Action,
+) -> Result<Response> {
+    let run_id = id(&run_id, "run_id")?;
+    runs::cancel(&state.db, &state.redis, &state.leases, run_id).await?;
+    Ok(see_other(&format!("/console/runs/{run_id}")))
 }
 
 /// The run page's output offsets, as typed in the address bar: parsed here so that a value

@@ -18,7 +18,7 @@ use super::devices::{field_error, id};
 use super::forms::{Fields, Filled, Kind};
 use super::session::{Action, Operator};
 use super::view;
-use super::{Chrome, Result, Shown, render, render_form, see_other};
+use super::{Chrome, Notice, Result, Shown, render, render_form, see_other};
 use crate::error::ApiError;
 use crate::routes::schedules::{ScheduleCreate, SchedulePatch};
 use crate::state::AppState;
@@ -94,6 +94,7 @@ async fn list(
     State(state): State<AppState>,
     operator: Operator,
     Query(params): Query<ListParams>,
+    Query(notice): Query<Notice>,
 ) -> Result<Response> {
     let page = crate::pagination::PageParams {
         limit: Some(100),
@@ -124,7 +125,7 @@ async fn list(
         })
         .collect();
     render(&ListPage {
-        chrome: Chrome::new(&operator, "schedules"),
+        chrome: Chrome::new(&operator, "schedules").noticed(&notice),
         rows,
         next,
     })

@@ -183,7 +183,7 @@ impl From<command::Model> for JobView {
     }
 }
 
-fn parse_target(target: Target) -> Result<Target> {
+pub(crate) fn parse_target(target: Target) -> Result<Target> {
     field("target", target.parse())
 }
 
