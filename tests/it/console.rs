@@ -1331,3 +1331,44 @@ async fn devices_are_imported_from_a_pasted_csv_and_tagged_in_bulk_in_the_browse
     );
     b.close().await;
 }
+
+/// The runs page's filters: a date means the whole day at either end, so today to today shows
+/// today's runs; schedules are picked by what they run, not typed as ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_filter_includes_the_day_named_in_to_and_picks_schedules_by_name() {
+    let app = TestApp::spawn().await;
+    let (device, command) = app.command("filtered").await;
+    let schedule = app
+        .schedule(&device, &command, json!({"cron_expression": "0 3 * * *"}))
+        .await;
+    run_now(&app, &device, &command).await;
+    let b = Browser::open(&app.base).await;
+    b.sign_in().await;
+    let today = chrono::Utc::now().date_naive();
+    let yesterday = today.pred_opt().expect("yesterday");
+    b.goto(&format!("/console/runs?from={today}&to={today}"))
+        .await;
+    b.wait_text("main", "today's run", |t| t.contains("filtered"))
+        .await;
+    assert_eq!(
+        b.find("input[name=to]").await.prop("value").await,
+        Some(today.to_string())
+    );
+    b.goto(&format!("/console/runs?from={yesterday}&to={yesterday}"))
+        .await;
+    b.wait_text("main", "no run yesterday", |t| t.contains("No run matches."))
+        .await;
+    // The schedule picker names the schedule by its command, device and expression.
+    b.goto("/console/runs").await;
+    let label = b
+        .text(&format!("select[name=schedule_id] option[value='{}']", id(&schedule)))
+        .await;
+    assert!(label.contains("filtered") && label.contains("0 3 * * *"), "{label}");
+    b.select("select[name=schedule_id]", &label).await;
+    b.click(".filters button[type=submit]").await;
+    // The manual run has no schedule: picking the schedule leaves nothing.
+    b.wait_text("main", "the schedule's runs", |t| t.contains("No run matches."))
+        .await;
+    assert!(b.path().await.contains(&format!("schedule_id={}", id(&schedule))));
+    b.close().await;
+}

@@ -171,6 +171,11 @@ pub fn router() -> Router<AppState> {
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
         .route("/console/sign-out", post(sign_out))
         .route("/console/assets/{name}", get(asset))
+        // Browsers ask for /favicon.ico on their own, whatever the page links.
+        .route(
+            "/favicon.ico",
+            get(|| async { Redirect::permanent("/console/assets/favicon.svg") }),
+        )
         .merge(devices::router())
         .merge(bulk::router())
         .merge(jobs::router())
@@ -213,6 +218,11 @@ async fn secure_headers(request: axum::extract::Request, next: Next) -> Response
 /// The embedded static files. htmx comes unmodified from its npm package (`htmx.org` 2.0.11,
 /// BSD-0), so no page ever asks a CDN for it.
 const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_bytes!("../../assets/favicon.svg"),
+    ),
     (
         "htmx.min.js",
         "text/javascript; charset=utf-8",

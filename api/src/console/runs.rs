@@ -51,6 +51,8 @@ struct ListPage {
     from: String,
     to: String,
     devices: Vec<(String, String)>,
+    /// `(id, "command on device · cron")` of the first 500 schedules, for the picker.
+    schedules: Vec<(String, String)>,
     next: Option<String>,
 }
 
@@ -127,6 +129,20 @@ async fn list(
     .into_iter()
     .map(|d| (d.id.to_string(), d.name))
     .collect();
+    let schedules = netcron_services::schedules::list(
+        &state.db,
+        netcron_services::schedules::ScheduleFilter::default(),
+        netcron_services::PageRequest {
+            limit: 500,
+            after: None,
+        },
+    )
+    .await?;
+    let schedules = super::schedules::labelled(&state.db, schedules)
+        .await?
+        .into_iter()
+        .map(|(s, label)| (s.id.to_string(), format!("{label} · {}", s.cron_expression)))
+        .collect();
     render(&ListPage {
         chrome: Chrome::new(&operator, "runs"),
         rows: view::run_rows(&state.db, found).await?,
@@ -137,6 +153,7 @@ async fn list(
         from,
         to,
         devices,
+        schedules,
         next,
     })
 }

@@ -239,3 +239,46 @@ async fn swagger_ui_leads_back_to_the_console() {
         "{description}"
     );
 }
+
+/// The icon a browser asks for by itself: `/favicon.ico` leads to the console's SVG icon, which
+/// every page also links.
+#[tokio::test]
+async fn the_browser_finds_the_console_icon() {
+    let app = TestApp::spawn().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let response = client
+        .get(app.url("/favicon.ico"))
+        .send()
+        .await
+        .expect("GET /favicon.ico");
+    assert_eq!(response.status(), 308);
+    assert_eq!(
+        response.headers()["location"],
+        "/console/assets/favicon.svg"
+    );
+    let icon = app
+        .client
+        .get(app.url("/console/assets/favicon.svg"))
+        .send()
+        .await
+        .expect("GET the icon");
+    assert_eq!(icon.status(), 200);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+    assert!(icon.text().await.expect("body").starts_with("<svg"));
+    let sign_in = app
+        .client
+        .get(app.url("/console/sign-in"))
+        .send()
+        .await
+        .expect("GET the sign-in page")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        sign_in.contains(r#"<link rel="icon" href="/console/assets/favicon.svg""#),
+        "{sign_in}"
+    );
+}
