@@ -1,17 +1,25 @@
 # syntax=docker/dockerfile:1
 
 # Stages (build one with `docker build --target NAME .`):
-#   builder  toolchain, build dependencies and the source; the base of `build` and `tests`
-#   build    compiles the release binary
-#   tests    `cargo test --workspace` against the compose Postgres and Redis
-#            (`docker compose --profile tests run --rm tests`)
-#   runtime  the small image every role runs from (the default: it is the last stage)
-# BuildKit builds only the stages the chosen target needs, so building `tests` does not
-# compile the release binary and building `runtime` does not compile the tests.
+#   builder       toolchain, build dependencies and the source; the base of `build` and `tests`
+#   build         compiles the release binary
+#   tests         `cargo test --workspace` against the compose Postgres and Redis
+#                 (`docker compose --profile tests run --rm tests`)
+#   runtime-base  the runtime's packages and user, without netcron
+#   prebuilt      runtime-base plus a binary built outside (see below)
+#   runtime       the small image every role runs from (the default: it is the last stage)
+# BuildKit and buildah (podman) build only the stages the chosen target needs, so building
+# `tests` does not compile the release binary, building `runtime` does not compile the tests,
+# and building `prebuilt` needs no Rust image at all.
+#
+# The base images are build arguments so that a machine without a registry can use images it
+# built itself (scripts/podman-images passes a Debian bookworm made with mmdebstrap):
+ARG RUST_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_BASE=debian:bookworm-slim
 
 # ---- builder -----------------------------------------------------------------
 # The workspace needs Rust >= 1.94 (edition 2024).
-FROM rust:1.95-bookworm AS builder
+FROM ${RUST_IMAGE} AS builder
 
 # The `ssh2` crate (libssh2-sys) builds against OpenSSL and zlib, found with
 # pkg-config. (Postgres and Redis TLS use rustls.)
@@ -60,8 +68,8 @@ RUN cargo test --workspace --locked --no-run
 ENV RUST_BACKTRACE=1
 CMD ["cargo", "test", "--workspace"]
 
-# ---- runtime -----------------------------------------------------------------
-FROM debian:bookworm-slim AS runtime
+# ---- runtime-base ------------------------------------------------------------
+FROM ${RUNTIME_BASE} AS runtime-base
 
 # ca-certificates: TLS roots; openssh-client: ssh tooling for operators;
 # libssl3: the executor's libssh2 links OpenSSL dynamically (zlib comes with the
@@ -75,8 +83,8 @@ RUN groupadd --system --gid 10001 netcron \
     && useradd --system --uid 10001 --gid netcron --create-home --home-dir /home/netcron \
        --shell /usr/sbin/nologin netcron
 
-COPY --from=build /usr/local/bin/netcron /usr/local/bin/netcron
-
+# COPY ignores USER (the binary stays root's, mode 755), so both stages below can add
+# the binary after this.
 USER netcron
 WORKDIR /home/netcron
 
@@ -91,3 +99,18 @@ EXPOSE 8080 9091 9092
 # docker-compose.yml defines one per service.
 ENTRYPOINT ["/usr/local/bin/netcron"]
 CMD ["all"]
+
+# ---- prebuilt ----------------------------------------------------------------
+# The runtime image from a binary built outside, for machines that cannot run the Rust
+# stages: no registry to pull `rust:*` from and no rustup server to install a toolchain
+# inside an image (this project's CI). The binary is built on the host, which must be
+# Debian bookworm (or as old a glibc, 2.36, with OpenSSL 3) like the runtime base, and the
+# build context is a directory holding only that binary as `netcron`:
+#   mkdir ctx && cp target/release/netcron ctx/ && docker build --target prebuilt -t netcron ctx -f Dockerfile
+# scripts/podman-images --bin PATH does this with podman.
+FROM runtime-base AS prebuilt
+COPY netcron /usr/local/bin/netcron
+
+# ---- runtime -----------------------------------------------------------------
+FROM runtime-base AS runtime
+COPY --from=build /usr/local/bin/netcron /usr/local/bin/netcron
