@@ -1356,19 +1356,33 @@ async fn the_runs_filter_includes_the_day_named_in_to_and_picks_schedules_by_nam
     );
     b.goto(&format!("/console/runs?from={yesterday}&to={yesterday}"))
         .await;
-    b.wait_text("main", "no run yesterday", |t| t.contains("No run matches."))
-        .await;
+    b.wait_text("main", "no run yesterday", |t| {
+        t.contains("No run matches.")
+    })
+    .await;
     // The schedule picker names the schedule by its command, device and expression.
     b.goto("/console/runs").await;
     let label = b
-        .text(&format!("select[name=schedule_id] option[value='{}']", id(&schedule)))
+        .text(&format!(
+            "select[name=schedule_id] option[value='{}']",
+            id(&schedule)
+        ))
         .await;
-    assert!(label.contains("filtered") && label.contains("0 3 * * *"), "{label}");
+    assert!(
+        label.contains("filtered") && label.contains("0 3 * * *"),
+        "{label}"
+    );
     b.select("select[name=schedule_id]", &label).await;
     b.click(".filters button[type=submit]").await;
     // The manual run has no schedule: picking the schedule leaves nothing.
-    b.wait_text("main", "the schedule's runs", |t| t.contains("No run matches."))
-        .await;
-    assert!(b.path().await.contains(&format!("schedule_id={}", id(&schedule))));
+    b.wait_text("main", "the schedule's runs", |t| {
+        t.contains("No run matches.")
+    })
+    .await;
+    assert!(
+        b.path()
+            .await
+            .contains(&format!("schedule_id={}", id(&schedule)))
+    );
     b.close().await;
 }
