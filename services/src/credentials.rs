@@ -4,12 +4,12 @@ use netcron_common::secret::context;
 use netcron_common::secret::{SecretKey, SecretString};
 use netcron_store::entity::credential;
 use netcron_store::entity::device;
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, Set};
 use uuid::Uuid;
 
 use super::{new_id, paginate};
 use crate::PageRequest;
-use crate::deletion::{Blocking, Deletion, Named, Refusal};
+use crate::deletion::{Deletion, Named, Refusal};
 use crate::error::{Error, Result};
 
 /// The secret part of a credential, already validated.
@@ -160,19 +160,8 @@ pub async fn delete(db: &DatabaseConnection, id: Uuid) -> Result<()> {
 
 /// Why the credential cannot be deleted now: the devices that log in with it.
 async fn refusals(db: &DatabaseConnection, id: Uuid) -> Result<Vec<Refusal>> {
-    use sea_orm::QueryOrder as _;
-    let users: Vec<Named> = device::Entity::find()
-        .filter(device::Column::CredentialId.eq(id))
-        .order_by_asc(device::Column::Name)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|d| Named {
-            kind: Blocking::Device,
-            id: d.id,
-            name: d.name,
-        })
-        .collect();
+    let users: Vec<Named> =
+        crate::deletion::devices_with(db, device::Column::CredentialId, id).await?;
     Ok(if users.is_empty() {
         Vec::new()
     } else {

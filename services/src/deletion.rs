@@ -105,6 +105,29 @@ where
     Ok(select.count(db).await?)
 }
 
+/// The devices whose `column` is `id` (those logging in with a credential, or reaching the
+/// network through a jump host), by name.
+pub(crate) async fn devices_with(
+    db: &sea_orm::DatabaseConnection,
+    column: netcron_store::entity::device::Column,
+    id: uuid::Uuid,
+) -> crate::Result<Vec<Named>> {
+    use netcron_store::entity::device;
+    use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _};
+    Ok(device::Entity::find()
+        .filter(column.eq(id))
+        .order_by_asc(device::Column::Name)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|d| Named {
+            kind: Blocking::Device,
+            id: d.id,
+            name: d.name,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

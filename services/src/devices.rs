@@ -6,13 +6,13 @@ use sea_orm::sea_query::extension::postgres::PgBinOper;
 use sea_orm::sea_query::{Expr, ExprTrait as _};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    QuerySelect, Set, TransactionTrait,
 };
 use uuid::Uuid;
 
 use super::{new_id, paginate};
 use crate::PageRequest;
-use crate::deletion::{Blocking, Count, Deletion, Named, Refusal, count};
+use crate::deletion::{Count, Deletion, Named, Refusal, count};
 use crate::error::{Error, Result};
 
 pub struct NewDevice {
@@ -360,18 +360,8 @@ async fn refusals(db: &DatabaseConnection, id: Uuid) -> Result<Vec<Refusal>> {
             blocking: schedules,
         });
     }
-    let tunnelled: Vec<Named> = device::Entity::find()
-        .filter(device::Column::JumpHostId.eq(id))
-        .order_by_asc(device::Column::Name)
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|d| Named {
-            kind: Blocking::Device,
-            id: d.id,
-            name: d.name,
-        })
-        .collect();
+    let tunnelled: Vec<Named> =
+        crate::deletion::devices_with(db, device::Column::JumpHostId, id).await?;
     if !tunnelled.is_empty() {
         out.push(Refusal {
             field: Some("jump_host_id"),

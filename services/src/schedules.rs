@@ -335,7 +335,7 @@ pub(crate) async fn named(
     db: &DatabaseConnection,
     command_ids: Vec<Uuid>,
 ) -> Result<Vec<crate::deletion::Named>> {
-    use netcron_store::entity::{command, device};
+    use netcron_store::entity::command;
     use sea_orm::QueryOrder as _;
     let schedules = schedule::Entity::find()
         .filter(schedule::Column::CommandId.is_in(command_ids.clone()))
@@ -349,24 +349,7 @@ pub(crate) async fn named(
         .filter(command::Column::Id.is_in(command_ids))
         .all(db)
         .await?;
-    let device_ids: Vec<Uuid> = commands.iter().filter_map(|c| c.device_id).collect();
-    let devices: std::collections::HashMap<Uuid, String> = device::Entity::find()
-        .filter(device::Column::Id.is_in(device_ids))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|d| (d.id, d.name))
-        .collect();
-    let labels: std::collections::HashMap<Uuid, String> = commands
-        .into_iter()
-        .map(|c| {
-            let label = match c.device_id.and_then(|d| devices.get(&d)) {
-                Some(device) => format!("{} on {device}", c.name),
-                None => c.name,
-            };
-            (c.id, label)
-        })
-        .collect();
+    let labels = command_labels(db, commands).await?;
     Ok(schedules
         .into_iter()
         .map(|s| crate::deletion::Named {
@@ -408,4 +391,38 @@ pub async fn deletion(db: &DatabaseConnection, id: Uuid) -> Result<crate::deleti
         .collect(),
         ..Deletion::default()
     })
+}
+
+/// Each command as a person knows it, by id, in one query for the devices: `backup on sw1`, or
+/// `inventory (job)` for a job.
+///
+/// # Errors
+/// When the database fails.
+pub async fn command_labels(
+    db: &DatabaseConnection,
+    commands: Vec<netcron_store::entity::command::Model>,
+) -> Result<std::collections::HashMap<Uuid, String>> {
+    use netcron_store::entity::device;
+    let device_ids: Vec<Uuid> = commands.iter().filter_map(|c| c.device_id).collect();
+    let devices: std::collections::HashMap<Uuid, String> = device::Entity::find()
+        .filter(device::Column::Id.is_in(device_ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|d| (d.id, d.name))
+        .collect();
+    Ok(commands
+        .into_iter()
+        .map(|c| {
+            let label = match c.device_id {
+                Some(id) => format!(
+                    "{} on {}",
+                    c.name,
+                    devices.get(&id).map_or("", String::as_str)
+                ),
+                None => format!("{} (job)", c.name),
+            };
+            (c.id, label)
+        })
+        .collect())
 }

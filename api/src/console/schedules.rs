@@ -1,15 +1,13 @@
 //! Schedules: the list with next fire times, the create and edit forms with a live preview of
 //! the fire times as the cron expression and time zone are typed, pause and resume.
 
-use std::collections::HashMap;
-
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::Utc;
 use netcron_common::domain::{DayMatch, MisfirePolicy, OverlapPolicy, Timing};
-use netcron_store::entity::{command, device, schedule};
+use netcron_store::entity::{command, schedule};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -45,18 +43,7 @@ pub async fn labelled(
         .filter(command::Column::Id.is_in(command_ids))
         .all(db)
         .await?;
-    let device_ids: Vec<Uuid> = commands.iter().filter_map(|c| c.device_id).collect();
-    let devices: HashMap<Uuid, String> = device::Entity::find()
-        .filter(device::Column::Id.is_in(device_ids))
-        .all(db)
-        .await?
-        .into_iter()
-        .map(|d| (d.id, d.name))
-        .collect();
-    let labels: HashMap<Uuid, String> = commands
-        .into_iter()
-        .map(|c| (c.id, command_label(&c, &devices)))
-        .collect();
+    let labels = netcron_services::schedules::command_labels(db, commands).await?;
     Ok(rows
         .into_iter()
         .map(|s| {
@@ -271,35 +258,16 @@ async fn preview(_operator: Operator, body: axum::body::Bytes) -> Result<Respons
 }
 
 /// "show version on core-sw1" for a device's command, "backup (job)" for a job.
-fn command_label(c: &command::Model, devices: &HashMap<Uuid, String>) -> String {
-    match c.device_id {
-        Some(id) => {
-            let device = devices.get(&id).cloned().unwrap_or_default();
-            format!("{} on {device}", c.name)
-        }
-        None => format!("{} (job)", c.name),
-    }
-}
-
 async fn command_choices(db: &DatabaseConnection) -> Result<Vec<(String, String)>> {
     let commands = command::Entity::find()
         .order_by_asc(command::Column::Name)
         .all(db)
         .await?;
-    let ids: Vec<Uuid> = commands.iter().filter_map(|c| c.device_id).collect();
-    let devices: HashMap<Uuid, String> = device::Entity::find()
-        .filter(device::Column::Id.is_in(ids))
-        .all(db)
-        .await?
+    let order: Vec<Uuid> = commands.iter().map(|c| c.id).collect();
+    let mut labels = netcron_services::schedules::command_labels(db, commands).await?;
+    Ok(order
         .into_iter()
-        .map(|d| (d.id, d.name))
-        .collect();
-    Ok(commands
-        .into_iter()
-        .map(|c| {
-            let label = command_label(&c, &devices);
-            (c.id.to_string(), label)
-        })
+        .map(|id| (id.to_string(), labels.remove(&id).unwrap_or_default()))
         .collect())
 }
 

@@ -452,7 +452,7 @@ async fn a_scheduled_job_is_not_deleted_and_its_schedule_is_named() {
     );
     assert!(
         html.contains(&format!(
-            "href=\"/console/schedules/{}/edit\">nightly-check: 0 4 * * * (UTC)</a>",
+            "href=\"/console/schedules/{}/edit\">nightly-check (job): 0 4 * * * (UTC)</a>",
             id(&schedule)
         )),
         "{html}"
