@@ -64,7 +64,7 @@ pub async fn create(
     new: NewCommand,
 ) -> Result<command::Model> {
     check_text(new.kind, &new.command)?;
-    super::devices::get(db, device_id).await?;
+    crate::found::device(db, device_id).await?;
     let now = Utc::now();
     let model = command::ActiveModel {
         id: Set(new_id()),
@@ -85,12 +85,7 @@ pub async fn create(
 /// The command, provided it belongs to `device_id`; a command reached through another device's
 /// path does not exist there.
 pub async fn get(db: &DatabaseConnection, device_id: Uuid, id: Uuid) -> Result<command::Model> {
-    super::devices::get(db, device_id).await?;
-    command::Entity::find_by_id(id)
-        .filter(command::Column::DeviceId.eq(device_id))
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::not_found("command", id))
+    crate::found::command(db, device_id, id).await
 }
 
 pub async fn list(
@@ -98,7 +93,7 @@ pub async fn list(
     device_id: Uuid,
     page: PageRequest,
 ) -> Result<Vec<command::Model>> {
-    super::devices::get(db, device_id).await?;
+    crate::found::device(db, device_id).await?;
     let select = command::Entity::find().filter(command::Column::DeviceId.eq(device_id));
     Ok(paginate(select, command::Column::Id, page, false)
         .all(db)

@@ -23,7 +23,7 @@ pub async fn list(
     device_id: Uuid,
     page: PageRequest,
 ) -> Result<Vec<config_version::Model>> {
-    crate::devices::get(db, device_id).await?;
+    crate::found::device(db, device_id).await?;
     Ok(
         paginate(of_device(device_id), config_version::Column::Id, page, true)
             .all(db)
@@ -36,7 +36,7 @@ pub async fn get(
     device_id: Uuid,
     version: i32,
 ) -> Result<config_version::Model> {
-    crate::devices::get(db, device_id).await?;
+    crate::found::device(db, device_id).await?;
     of_device(device_id)
         .filter(config_version::Column::Version.eq(version))
         .one(db)
@@ -58,7 +58,7 @@ pub async fn diff(
     from: Option<i32>,
     to: Option<i32>,
 ) -> Result<ConfigDiff> {
-    crate::devices::get(db, device_id).await?;
+    crate::found::device(db, device_id).await?;
     let one = |version: i32, field: &'static str| async move {
         of_device(device_id)
             .filter(config_version::Column::Version.eq(version))

@@ -204,10 +204,7 @@ pub async fn create(
 }
 
 pub async fn get(db: &DatabaseConnection, id: Uuid) -> Result<device::Model> {
-    device::Entity::find_by_id(id)
-        .one(db)
-        .await?
-        .ok_or_else(|| Error::not_found("device", id))
+    crate::found::device(db, id).await
 }
 
 pub async fn list(

@@ -26,7 +26,7 @@ fn inventory_runs(device_id: Uuid, commands: Vec<Uuid>) -> sea_orm::Select<run::
 }
 
 async fn inventory_commands(db: &DatabaseConnection, device_id: Uuid) -> Result<Vec<Uuid>> {
-    crate::devices::get(db, device_id).await?;
+    crate::found::device(db, device_id).await?;
     Ok(command::Entity::find()
         .select_only()
         .column(command::Column::Id)

@@ -299,7 +299,7 @@ pub async fn preview(
 /// The jobs whose targets match `device_id` now, oldest first. Each job's target is evaluated
 /// for that one device (an index lookup), so this costs one query per job.
 pub async fn targeting(db: &DatabaseConnection, device_id: Uuid) -> Result<Vec<command::Model>> {
-    super::devices::get(db, device_id).await?;
+    crate::found::device(db, device_id).await?;
     let jobs = command::Entity::find()
         .filter(command::Column::DeviceId.is_null())
         .order_by_asc(command::Column::Id)

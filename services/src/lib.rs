@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod deletion;
 pub mod devices;
 pub mod error;
+mod found;
 pub mod inventory;
 pub mod jobs;
 pub mod live;

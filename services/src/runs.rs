@@ -286,7 +286,7 @@ pub async fn create_manual(
     device_id: Uuid,
     command_id: Uuid,
 ) -> Result<run::Model> {
-    if !super::devices::get(db, device_id).await?.enabled {
+    if !crate::found::device(db, device_id).await?.enabled {
         return Err(Error::conflict(
             None,
             format!("device {device_id} is disabled; enable it to run commands on it"),

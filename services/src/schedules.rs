@@ -101,7 +101,7 @@ pub async fn create(
     command_id: Uuid,
     new: NewSchedule,
 ) -> Result<schedule::Model> {
-    super::commands::get(db, device_id, command_id).await?;
+    crate::found::command(db, device_id, command_id).await?;
     create_for(db, command_id, new).await
 }
 
