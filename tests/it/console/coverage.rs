@@ -282,3 +282,42 @@ async fn the_browser_finds_the_console_icon() {
         "{sign_in}"
     );
 }
+
+/// An API address typed into a browser leads to the console's page for it; programs still get
+/// the 401 problem they can act on.
+#[tokio::test]
+async fn a_browser_at_an_api_address_is_led_to_the_console() {
+    let app = TestApp::spawn().await;
+    let device = app.device("typed").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let navigate = |path: String, accept: &'static str| {
+        let request = client.get(app.url(&path)).header("accept", accept);
+        async move { request.send().await.expect("GET") }
+    };
+    let html = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    for (path, page) in [
+        ("/devices".to_owned(), "/console/devices".to_owned()),
+        (
+            format!("/devices/{}", id(&device)),
+            format!("/console/devices/{}", id(&device)),
+        ),
+        ("/schedules".to_owned(), "/console/schedules".to_owned()),
+        (format!("/devices/{}/commands", id(&device)), "/".to_owned()),
+    ] {
+        let response = navigate(path.clone(), html).await;
+        assert_eq!(response.status(), 303, "{path}");
+        assert_eq!(response.headers()["location"], page.as_str(), "{path}");
+    }
+    for accept in ["application/json", "*/*"] {
+        let response = navigate("/devices".to_owned(), accept).await;
+        assert_eq!(response.status(), 401, "{accept}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{accept}"
+        );
+    }
+}
