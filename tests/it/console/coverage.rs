@@ -321,3 +321,27 @@ async fn a_browser_at_an_api_address_is_led_to_the_console() {
         );
     }
 }
+
+/// A refused request's page keeps the console's navigation, so the way on is one click.
+#[tokio::test]
+async fn an_error_page_keeps_the_navigation() {
+    let app = TestApp::spawn().await;
+    let session = ConsoleSession::open(&app).await;
+    for (path, status) in [
+        ("/console/devices/not-a-uuid", 400),
+        ("/console/runs?status=done", 400),
+        ("/console/devices/00000000-0000-0000-0000-000000000000", 404),
+    ] {
+        let response = session.get(&app, path).await;
+        assert_eq!(response.status(), status, "{path}");
+        let html = response.text().await.expect("html");
+        for link in [
+            r#"<nav aria-label="Sections">"#,
+            r#"href="/console/devices""#,
+            r#"href="/console/runs""#,
+            r#"href="/console/webhooks""#,
+        ] {
+            assert!(html.contains(link), "{path}: no {link} in {html}");
+        }
+    }
+}
