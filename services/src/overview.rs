@@ -55,11 +55,25 @@ pub async fn lateness(db: &DatabaseConnection) -> Result<Lateness> {
     }))
 }
 
-/// Devices the executors currently cannot reach, longest first.
+/// Devices whose last run could not reach them: those marked unreachable (after the outage
+/// threshold of failed runs in a row), longest first, then those whose latest runs failed to
+/// connect but are not marked yet, most failures first. The same counter as the outage events,
+/// so "every device was reachable at its last run" holds exactly when this is empty.
 pub async fn unreachable_devices(db: &DatabaseConnection) -> Result<Vec<device::Model>> {
+    use sea_orm::sea_query::{Expr, NullOrdering, Order};
     Ok(device::Entity::find()
-        .filter(device::Column::UnreachableSince.is_not_null())
-        .order_by_asc(device::Column::UnreachableSince)
+        .filter(
+            sea_orm::Condition::any()
+                .add(device::Column::UnreachableSince.is_not_null())
+                .add(device::Column::ConsecutiveFailures.gt(0)),
+        )
+        .order_by_with_nulls(
+            device::Column::UnreachableSince,
+            Order::Asc,
+            NullOrdering::Last,
+        )
+        .order_by(Expr::col(device::Column::ConsecutiveFailures), Order::Desc)
+        .order_by_asc(device::Column::Name)
         .limit(20)
         .all(db)
         .await?)

@@ -35,7 +35,8 @@ pub struct Fire {
 pub struct Unreachable {
     pub id: String,
     pub name: String,
-    pub since: String,
+    /// When it was marked unreachable; `None` while its failed runs are under the threshold.
+    pub since: Option<String>,
     pub failures: i32,
 }
 
@@ -167,7 +168,7 @@ pub async fn show(
         .map(|d| Unreachable {
             id: d.id.to_string(),
             name: d.name,
-            since: view::when_opt(d.unreachable_since),
+            since: d.unreachable_since.map(|t| view::when_opt(Some(t))),
             failures: d.consecutive_failures,
         })
         .collect();

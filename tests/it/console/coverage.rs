@@ -345,3 +345,40 @@ async fn an_error_page_keeps_the_navigation() {
         }
     }
 }
+
+/// The overview's "every device was reachable" is computed from the same counter as its list:
+/// one run refused at the door lists the device at once, before the outage threshold marks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_lists_a_device_whose_last_run_could_not_reach_it() {
+    let app = TestApp::spawn().await;
+    let _pipeline = crate::support::pipeline::pipeline(&app).await;
+    let session = ConsoleSession::open(&app).await;
+    let overview = || async { session.get(&app, "/").await.text().await.expect("html") };
+    assert!(
+        overview()
+            .await
+            .contains("Every device was reachable at its last run.")
+    );
+    // Nothing listens on this port: the run ends `connection_refused`.
+    let closed = crate::support::sshd::free_port();
+    let device = crate::support::pipeline::password_device(&app, "door-shut", closed, "pw").await;
+    let command =
+        crate::support::pipeline::command(&app, &device, json!({"command": "true"})).await;
+    let run = run_now(&app, &device, &command).await;
+    let ended = crate::support::pipeline::finished(&app, &run).await;
+    assert_eq!(ended["error_kind"], "connection_refused", "{ended}");
+    let html = crate::support::app::eventually(
+        "the overview lists the device",
+        std::time::Duration::from_secs(10),
+        || async {
+            let html = overview().await;
+            html.contains("door-shut").then_some(html)
+        },
+    )
+    .await;
+    assert!(!html.contains("Every device was reachable"), "{html}");
+    assert!(
+        html.contains("not reached at its last run (not yet marked unreachable)"),
+        "{html}"
+    );
+}
