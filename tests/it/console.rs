@@ -1386,3 +1386,42 @@ async fn the_runs_filter_includes_the_day_named_in_to_and_picks_schedules_by_nam
     );
     b.close().await;
 }
+
+/// The run page opened while a run waits or runs: "Started" and the status fill in as they
+/// happen, not only when the run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_run_page_shows_when_the_run_started_while_it_runs() {
+    let app = TestApp::spawn().await;
+    let _pipeline = pipeline(&app).await;
+    let sshd = TestSshd::start();
+    let device =
+        crate::support::pipeline::password_device(&app, "slow", sshd.port, TEST_PASSWORD).await;
+    let command =
+        crate::support::pipeline::command(&app, &device, json!({"command": "sleep 8; echo done"}))
+            .await;
+    let b = Browser::open(&app.base).await;
+    b.sign_in().await;
+    let run = run_now(&app, &device, &command).await;
+    b.goto(&format!("/console/runs/{run}")).await;
+    let script = "const d = [...document.querySelectorAll('#run-facts dt')]
+            .find(dt => dt.textContent === 'Started');
+          return [d ? d.nextElementSibling.textContent : null,
+                  document.getElementById('run-status').textContent];";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let shown = loop {
+        let facts = b.js(script).await;
+        if facts[0].as_str().is_some_and(|s| !s.is_empty()) {
+            break facts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Started never filled in: {facts}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Filled in while the command still runs (it sleeps 8 s; the page reloads at its end).
+    assert_eq!(shown[1], "running", "{shown}");
+    let (_, stored) = json_of(app.get(&format!("/runs/{run}")).await).await;
+    assert_eq!(stored["status"], "running", "{stored}");
+    b.close().await;
+}

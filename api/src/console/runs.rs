@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/runs", get(list))
         .route("/console/runs/{id}", get(show))
         .route("/console/runs/{id}/live", get(live))
+        .route("/console/runs/{id}/facts", get(facts))
         .route("/console/runs/{id}/cancel", post(cancel))
 }
 
@@ -188,6 +189,19 @@ struct RunPage {
     device_id: String,
     device: String,
     command: String,
+    facts: RunFacts,
+    attempts: Vec<AttemptRow>,
+    outputs: Vec<OutputView>,
+    payload: String,
+}
+
+/// What the run page says of a run beside its output. While the run is live the page asks for
+/// it again every two seconds (`/console/runs/{id}/facts`), so "Started" and the attempt fill
+/// in as they happen rather than at the end.
+struct RunFacts {
+    id: String,
+    status: String,
+    live: bool,
     schedule_id: String,
     trigger: String,
     attempt: i32,
@@ -199,9 +213,50 @@ struct RunPage {
     error_kind: String,
     error_message: String,
     truncated: bool,
-    attempts: Vec<AttemptRow>,
-    outputs: Vec<OutputView>,
-    payload: String,
+}
+
+impl RunFacts {
+    fn of(run: &netcron_store::entity::run::Model) -> Self {
+        Self {
+            id: run.id.to_string(),
+            status: run.status.to_string(),
+            live: !run.status.is_terminal(),
+            schedule_id: run.schedule_id.map(|s| s.to_string()).unwrap_or_default(),
+            trigger: run.trigger.to_string(),
+            attempt: run.attempt,
+            scheduled_for: view::when(run.scheduled_for),
+            started_at: view::when_opt(run.started_at),
+            finished_at: view::when_opt(run.finished_at),
+            duration: view::duration_ms(run.duration_ms),
+            exit: match (run.exit_code, &run.exit_signal) {
+                (_, Some(signal)) => format!("signal {signal}"),
+                (Some(code), None) => code.to_string(),
+                (None, None) => String::new(),
+            },
+            error_kind: run.error_kind.clone().unwrap_or_default(),
+            error_message: view::terminal_text(run.error_message.as_deref().unwrap_or_default()),
+            truncated: run.truncated,
+        }
+    }
+}
+
+#[derive(askama::Template)]
+#[template(path = "console/run_facts.html")]
+struct RunFactsFragment {
+    facts: RunFacts,
+}
+
+/// The run page's facts alone, for its refresh while the run is live.
+async fn facts(
+    State(state): State<AppState>,
+    _operator: Operator,
+    Path(run_id): Path<String>,
+) -> Result<Response> {
+    let run_id = id(&run_id, "run_id")?;
+    let run = runs::get(&state.db, run_id).await?;
+    render(&RunFactsFragment {
+        facts: RunFacts::of(&run),
+    })
 }
 
 /// Cancels a queued run, as `POST /runs/{id}/cancel` does; a run that began meanwhile is
@@ -354,21 +409,7 @@ async fn show(
         device_id: run.device_id.to_string(),
         device,
         command,
-        schedule_id: run.schedule_id.map(|s| s.to_string()).unwrap_or_default(),
-        trigger: run.trigger.to_string(),
-        attempt: run.attempt,
-        scheduled_for: view::when(run.scheduled_for),
-        started_at: view::when_opt(run.started_at),
-        finished_at: view::when_opt(run.finished_at),
-        duration: view::duration_ms(run.duration_ms),
-        exit: match (run.exit_code, &run.exit_signal) {
-            (_, Some(signal)) => format!("signal {signal}"),
-            (Some(code), None) => code.to_string(),
-            (None, None) => String::new(),
-        },
-        error_kind: run.error_kind.clone().unwrap_or_default(),
-        error_message: view::terminal_text(run.error_message.as_deref().unwrap_or_default()),
-        truncated: run.truncated,
+        facts: RunFacts::of(&run),
         attempts,
         outputs,
         payload,
