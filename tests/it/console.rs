@@ -549,6 +549,13 @@ async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
             .any(|m| preview.contains(m)),
         "{preview}"
     );
+    // A UTC schedule: one column, not the same times twice.
+    assert_eq!(
+        b.js("return document.querySelectorAll('#preview thead th').length")
+            .await,
+        json!(1),
+        "{preview}"
+    );
     b.fill("#cron_expression", "61 * * * *").await;
     b.wait_text("#preview", "invalid expression explained", |t| {
         t.contains("cron_expression")
@@ -562,6 +569,12 @@ async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
         })
         .await;
     assert!(preview.contains(":30:00 UTC"), "{preview}");
+    assert_eq!(
+        b.js("return document.querySelectorAll('#preview thead th').length")
+            .await,
+        json!(2),
+        "{preview}"
+    );
     b.shot("schedule-form").await;
     b.click("#schedule-form button[type=submit]").await;
     let row = b
@@ -570,6 +583,11 @@ async fn an_operator_registers_runs_and_schedules_a_command_in_the_browser() {
         })
         .await;
     assert!(row.contains("active"), "{row}");
+    // The next fire in the schedule's zone, and in UTC beside it.
+    assert!(
+        row.contains("02:30:00 CE") && row.contains(":30:00 UTC)"),
+        "{row}"
+    );
     b.click("button[aria-label='Pause slow on lab-host']").await;
     b.wait_text("main table", "schedule paused", |t| t.contains("paused"))
         .await;

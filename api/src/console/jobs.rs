@@ -425,7 +425,9 @@ async fn show(
     .await?
     .into_iter()
     .map(|s| ScheduleRow {
-        next: s.next_fire_at.map_or_else(|| "ended".into(), view::when),
+        next: s
+            .next_fire_at
+            .map_or_else(|| "ended".into(), |t| view::when_in(t, &s.timezone)),
         cron: s.cron_expression,
         timezone: s.timezone,
     })

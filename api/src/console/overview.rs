@@ -178,7 +178,10 @@ pub async fn show(
         .map(|(s, label)| Fire {
             schedule_id: s.id.to_string(),
             label,
-            at: view::when_opt(s.next_fire_at),
+            at: s
+                .next_fire_at
+                .map(|t| view::when_in(t, &s.timezone))
+                .unwrap_or_default(),
         })
         .collect();
     let late = overview::lateness(db).await?;

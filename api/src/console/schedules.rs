@@ -96,13 +96,15 @@ async fn list(
         .map(|(s, label)| ScheduleRow {
             id: s.id.to_string(),
             label,
-            cron: s.cron_expression,
-            timezone: s.timezone,
             next: if s.enabled {
-                view::when_opt(s.next_fire_at)
+                s.next_fire_at
+                    .map(|t| view::when_in(t, &s.timezone))
+                    .unwrap_or_default()
             } else {
                 String::new()
             },
+            cron: s.cron_expression,
+            timezone: s.timezone,
             enabled: s.enabled,
             paused_reason: s.paused_reason.unwrap_or_default(),
             policies: format!(
@@ -195,6 +197,8 @@ pub struct Preview {
     times: Vec<(String, String)>,
     problem: Option<String>,
     timezone: String,
+    /// The zone's wall clock is UTC's at every time shown: the UTC column alone.
+    utc_only: bool,
 }
 
 const FIELDS: [(&str, Kind); 9] = [
@@ -223,8 +227,12 @@ fn preview_of(form: &Fields) -> Preview {
                 start_at: new.start_at,
                 end_at: new.end_at,
             };
-            let times: Vec<(String, String)> = timing
-                .upcoming(Utc::now(), 5)
+            let upcoming = timing.upcoming(Utc::now(), 5);
+            // A schedule whose wall clock is UTC's at every time shown: one column says it all.
+            let utc_only = upcoming
+                .iter()
+                .all(|t| t.with_timezone(&timing.tz).naive_local() == t.naive_utc());
+            let times: Vec<(String, String)> = upcoming
                 .into_iter()
                 .map(|t| {
                     (
@@ -242,12 +250,14 @@ fn preview_of(form: &Fields) -> Preview {
                 times,
                 problem,
                 timezone,
+                utc_only,
             }
         }
         Err(e) => Preview {
             times: Vec::new(),
             problem: Some(e.to_string()),
             timezone,
+            utc_only: false,
         },
     }
 }

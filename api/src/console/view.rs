@@ -19,6 +19,25 @@ pub fn when_opt(t: Option<DateTime<Utc>>) -> String {
     t.map(when).unwrap_or_default()
 }
 
+/// An instant of a schedule in `timezone` (an IANA name, as schedules store it) and in UTC
+/// where the two differ: `2026-12-08 03:00:00 CET (02:00:00 UTC)`, with the UTC date too when
+/// it is another day; UTC alone for a UTC schedule (or a zone this build does not know).
+pub fn when_in(t: DateTime<Utc>, timezone: &str) -> String {
+    let Ok(tz) = netcron_common::domain::parse_timezone(timezone) else {
+        return when(t);
+    };
+    let local = t.with_timezone(&tz);
+    if local.naive_local() == t.naive_utc() {
+        return when(t);
+    }
+    let utc = if local.date_naive() == t.date_naive() {
+        t.format("%H:%M:%S UTC")
+    } else {
+        t.format("%Y-%m-%d %H:%M:%S UTC")
+    };
+    format!("{} ({utc})", local.format("%Y-%m-%d %H:%M:%S %Z"))
+}
+
 /// A duration in the unit that reads best.
 pub fn duration_ms(ms: Option<i64>) -> String {
     match ms {
