@@ -699,6 +699,20 @@ async fn a_config_change_on_a_switch_shows_as_a_diff_in_the_browser() {
         "{changed}"
     );
     b.shot("config-diff-split").await;
+    // The second backup's run page shows its configuration as text, linked to the version
+    // it stored; no payload JSON.
+    b.goto(&format!("/console/runs/{second}")).await;
+    let config = b.text("#config").await;
+    assert!(
+        config.contains("ntp server 192.0.2.123\n") || config.contains("ntp server 192.0.2.123"),
+        "{config}"
+    );
+    assert!(!config.contains("\\n"), "escaped JSON: {config}");
+    assert_eq!(
+        b.find("#config-title ~ p a").await.attr("href").await,
+        Some(format!("/console/devices/{}/configs/2", id(&device)))
+    );
+    assert!(b.try_find("#payload-title").await.is_none());
     b.close().await;
 }
 

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{RangeEnd, RunStatus, parse_time_bound};
 use netcron_store::entity::{command, device};
-use sea_orm::EntityTrait;
+use sea_orm::{ColumnTrait as _, EntityTrait, QueryFilter as _};
 use serde::Deserialize;
 
 use super::devices::id;
@@ -192,6 +192,10 @@ struct RunPage {
     facts: RunFacts,
     attempts: Vec<AttemptRow>,
     outputs: Vec<OutputView>,
+    /// A `config_backup` run's configuration, and the version it stored (none when it was
+    /// the same as the latest).
+    config: Option<String>,
+    config_version: Option<i32>,
     payload: String,
 }
 
@@ -397,9 +401,25 @@ async fn show(
             }
         }
     }
+    // A backup's configuration is text: shown as such, with the version it became (if it
+    // changed anything), not as one escaped JSON string.
+    let config = run
+        .payload
+        .as_ref()
+        .and_then(|p| p.get("config"))
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    let config_version = match config {
+        Some(_) => netcron_store::entity::config_version::Entity::find()
+            .filter(netcron_store::entity::config_version::Column::RunId.eq(run.id))
+            .one(&state.db)
+            .await?
+            .map(|v| v.version),
+        None => None,
+    };
     let payload = match &run.payload {
-        Some(p) => serde_json::to_string_pretty(p).unwrap_or_default(),
-        None => String::new(),
+        Some(p) if config.is_none() => serde_json::to_string_pretty(p).unwrap_or_default(),
+        _ => String::new(),
     };
     render(&RunPage {
         chrome: Chrome::new(&operator, "runs"),
@@ -412,6 +432,8 @@ async fn show(
         facts: RunFacts::of(&run),
         attempts,
         outputs,
+        config,
+        config_version,
         payload,
     })
 }
