@@ -1457,3 +1457,95 @@ async fn a_live_run_page_shows_when_the_run_started_while_it_runs() {
     assert_eq!(stored["status"], "running", "{stored}");
     b.close().await;
 }
+
+/// Layouts that hold: with a 128-character name (no space to break at) and a 64 KiB output
+/// line, no page scrolls sideways at 1280 or at 390 px, and each page's heading stays inside
+/// the screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_holds_its_layout_with_long_names_at_two_widths() {
+    let app = TestApp::spawn().await;
+    let long = format!("edge-{}", "x".repeat(123));
+    assert_eq!(long.chars().count(), 128);
+    let cred = app
+        .create(
+            "/credentials",
+            json!({"name": long, "username": "u", "password": "pw-1234"}),
+        )
+        .await;
+    let device = app
+        .create(
+            "/devices",
+            json!({"name": long, "host": "192.0.2.1", "platform": "linux",
+                   "credential_id": cred["id"], "tags": [format!("t{}", "z".repeat(63))]}),
+        )
+        .await;
+    let command = app
+        .create(
+            &format!("/devices/{}/commands", id(&device)),
+            json!({"name": long, "command": "cat big"}),
+        )
+        .await;
+    app.schedule(
+        &device,
+        &command,
+        json!({"cron_expression": "0 3 * * *", "timezone": "Europe/Berlin"}),
+    )
+    .await;
+    let run = uuid::Uuid::now_v7();
+    let output = "y".repeat(64 * 1024);
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!(
+            "INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, status, \
+             exit_code, stdout, error_kind, error_message, finished_at) \
+             VALUES ('{run}', '{}', '{}', 'manual', now(), 'failed', 1, '{output}', \
+             'exit_status', '{output}', now())",
+            id(&command),
+            id(&device)
+        ),
+    )
+    .await
+    .expect("insert a run");
+    let b = Browser::open(&app.base).await;
+    b.sign_in().await;
+    let device_path = format!("/console/devices/{}", id(&device));
+    let pages = [
+        "/".to_owned(),
+        "/console/devices".to_owned(),
+        device_path.clone(),
+        format!("{device_path}/edit"),
+        "/console/runs".to_owned(),
+        format!("/console/runs/{run}"),
+        "/console/schedules".to_owned(),
+        "/console/schedules/new".to_owned(),
+        "/console/jobs".to_owned(),
+        "/console/credentials".to_owned(),
+        "/console/webhooks".to_owned(),
+    ];
+    for (width, height) in [(1280, 900), (390, 844)] {
+        b.resize(width, height).await;
+        for page in &pages {
+            b.goto(page).await;
+            let fits = b
+                .js("const h = document.querySelector('main h1');
+                     return [document.documentElement.scrollWidth <= window.innerWidth + 1,
+                             !h || h.getBoundingClientRect().right <= window.innerWidth + 1,
+                             document.documentElement.scrollWidth, window.innerWidth,
+                             [...document.querySelectorAll('body *')]
+                               .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1
+                                 && !e.closest('.scroll, pre'))
+                               .slice(0, 4)
+                               .map(e => e.tagName + '.' + e.className + '#' + e.id)];")
+                .await;
+            assert_eq!(
+                (fits[0].clone(), fits[1].clone()),
+                (json!(true), json!(true)),
+                "{page} at {width} px: [page fits, heading fits, page width, screen, too wide] = {fits}"
+            );
+        }
+    }
+    b.resize(390, 844).await;
+    b.goto(&device_path).await;
+    b.shot("device-long-name-phone").await;
+    b.close().await;
+}
