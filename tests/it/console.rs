@@ -1416,6 +1416,24 @@ async fn the_runs_filter_includes_the_day_named_in_to_and_picks_schedules_by_nam
             .await
             .contains(&format!("schedule_id={}", id(&schedule)))
     );
+    // The command picker, by the name of the command and its device: the run is there.
+    b.goto("/console/runs").await;
+    let label = b
+        .text(&format!(
+            "select[name=command_id] option[value='{}']",
+            id(&command)
+        ))
+        .await;
+    assert!(label.ends_with(" on filtered"), "{label}");
+    b.select("select[name=command_id]", &label).await;
+    b.click(".filters button[type=submit]").await;
+    b.wait_text("main", "the command's run", |t| t.contains("manual"))
+        .await;
+    assert!(
+        b.path()
+            .await
+            .contains(&format!("command_id={}", id(&command)))
+    );
     b.close().await;
 }
 

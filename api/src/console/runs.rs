@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use netcron_common::domain::{RangeEnd, RunStatus, parse_time_bound};
 use netcron_store::entity::{command, device};
-use sea_orm::{ColumnTrait as _, EntityTrait, QueryFilter as _};
+use sea_orm::{ColumnTrait as _, EntityTrait, QueryFilter as _, QueryOrder as _, QuerySelect as _};
 use serde::Deserialize;
 
 use super::devices::id;
@@ -35,6 +35,7 @@ struct ListParams {
     status: Option<String>,
     device_id: Option<String>,
     schedule_id: Option<String>,
+    command_id: Option<String>,
     from: Option<String>,
     to: Option<String>,
     cursor: Option<String>,
@@ -49,11 +50,14 @@ struct ListPage {
     status: String,
     device_id: String,
     schedule_id: String,
+    command_id: String,
     from: String,
     to: String,
     devices: Vec<(String, String)>,
     /// `(id, "command on device · cron")` of the first 500 schedules, for the picker.
     schedules: Vec<(String, String)>,
+    /// `(id, "command on device")` of the first 500 commands and jobs, for the picker.
+    commands: Vec<(String, String)>,
     next: Option<String>,
 }
 
@@ -79,6 +83,7 @@ async fn list(
         text(&params.device_id),
         text(&params.schedule_id),
     );
+    let command_id = text(&params.command_id);
     let (from, to) = (text(&params.from), text(&params.to));
     let filter = runs::RunFilter {
         status: if status.is_empty() {
@@ -95,6 +100,9 @@ async fn list(
             .transpose()?,
         schedule_id: (!schedule_id.is_empty())
             .then(|| id(&schedule_id, "schedule_id"))
+            .transpose()?,
+        command_id: (!command_id.is_empty())
+            .then(|| id(&command_id, "command_id"))
             .transpose()?,
         from: instant(&from, "from", RangeEnd::Start)?,
         to: instant(&to, "to", RangeEnd::End)?,
@@ -114,6 +122,7 @@ async fn list(
             ("status", status.as_str()),
             ("device_id", device_id.as_str()),
             ("schedule_id", schedule_id.as_str()),
+            ("command_id", command_id.as_str()),
             ("from", from.as_str()),
             ("to", to.as_str()),
         ],
@@ -144,6 +153,18 @@ async fn list(
         .into_iter()
         .map(|(s, label)| (s.id.to_string(), format!("{label} · {}", s.cron_expression)))
         .collect();
+    // The first 500 commands and jobs by name, each as a person knows it.
+    let commands = command::Entity::find()
+        .order_by_asc(command::Column::Name)
+        .limit(500)
+        .all(&state.db)
+        .await?;
+    let order: Vec<uuid::Uuid> = commands.iter().map(|c| c.id).collect();
+    let mut labels = netcron_services::schedules::command_labels(&state.db, commands).await?;
+    let commands = order
+        .into_iter()
+        .map(|id| (id.to_string(), labels.remove(&id).unwrap_or_default()))
+        .collect();
     render(&ListPage {
         chrome: Chrome::new(&operator, "runs"),
         rows: view::run_rows(&state.db, found).await?,
@@ -155,6 +176,8 @@ async fn list(
         to,
         devices,
         schedules,
+        command_id,
+        commands,
         next,
     })
 }
