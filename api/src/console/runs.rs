@@ -106,7 +106,6 @@ async fn list(
             .transpose()?,
         from: instant(&from, "from", RangeEnd::Start)?,
         to: instant(&to, "to", RangeEnd::End)?,
-        ..Default::default()
     };
     let page = PageParams {
         limit: Some(50),
