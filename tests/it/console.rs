@@ -699,6 +699,21 @@ async fn a_config_change_on_a_switch_shows_as_a_diff_in_the_browser() {
         "{changed}"
     );
     b.shot("config-diff-split").await;
+    // A two-line command's run: one heading per command, each with its own output.
+    let two = app
+        .create(
+            &format!("/devices/{}/commands", id(&device)),
+            json!({"name": "two", "command": "show version\nshow running-config"}),
+        )
+        .await;
+    let both = run_now(&app, &device, &two).await;
+    assert_eq!(finished(&app, &both).await["status"], "succeeded");
+    b.goto(&format!("/console/runs/{both}")).await;
+    let mut headings = Vec::new();
+    for h in b.find_all("h3.command-line").await {
+        headings.push(h.text().await);
+    }
+    assert_eq!(headings, ["show version", "show running-config"]);
     // The second backup's run page shows its configuration as text, linked to the version
     // it stored; no payload JSON.
     b.goto(&format!("/console/runs/{second}")).await;
@@ -994,6 +1009,10 @@ async fn a_windows_inventory_and_its_changes_show_in_the_browser() {
         run_to_end(&app, &device, &command).await["status"],
         "succeeded"
     );
+    let first_run = {
+        let (_, runs) = json_of(app.get(&format!("/devices/{}/results", id(&device))).await).await;
+        runs["items"][0]["id"].as_str().expect("run").to_owned()
+    };
     let mut patched: Value = serde_json::from_str(PS7).expect("fixture");
     patched["software"][0]["DisplayVersion"] = json!("24.09");
     patched["hotfixes"].as_array_mut().expect("hotfixes").push(
@@ -1017,6 +1036,15 @@ async fn a_windows_inventory_and_its_changes_show_in_the_browser() {
     assert!(changes.contains("24.09"), "{changes}");
     assert!(changes.contains("hotfix KB5048685"), "{changes}");
     b.shot("inventory-diff").await;
+    // The inventory run's page shows the payload as facts and tables, not as JSON.
+    b.goto(&format!("/console/runs/{first_run}")).await;
+    let tables = b.text("main").await;
+    assert!(tables.contains("Windows 11 Pro"), "{tables}");
+    assert!(
+        b.find_all("section.payload table tbody tr").await.len() >= 2,
+        "{tables}"
+    );
+    assert!(b.try_find("#payload-title").await.is_none());
     b.close().await;
 }
 

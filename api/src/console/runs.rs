@@ -218,7 +218,36 @@ struct RunPage {
     /// the same as the latest).
     config: Option<String>,
     config_version: Option<i32>,
+    /// A network device's commands, each with its own output (`payload.lines`).
+    lines: Vec<CommandLine>,
+    /// A structured payload (an inventory) as facts and tables.
+    sections: Vec<view::PayloadSection>,
     payload: String,
+}
+
+/// One line of a network device's command and what it printed.
+struct CommandLine {
+    command: String,
+    output: String,
+    failed: bool,
+}
+
+/// `payload.lines` of a run on an interactive CLI (docs/PROTOCOL.md), in order.
+fn command_lines(payload: Option<&serde_json::Value>) -> Vec<CommandLine> {
+    payload
+        .and_then(|p| p.get("lines"))
+        .and_then(serde_json::Value::as_array)
+        .map(|lines| {
+            lines
+                .iter()
+                .map(|l| CommandLine {
+                    command: l["command"].as_str().unwrap_or_default().to_owned(),
+                    output: view::terminal_text(l["output"].as_str().unwrap_or_default()),
+                    failed: l["failed"].as_bool().unwrap_or(false),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What the run page says of a run beside its output. While the run is live the page asks for
@@ -439,8 +468,16 @@ async fn show(
             .map(|v| v.version),
         None => None,
     };
+    let lines = command_lines(run.payload.as_ref());
+    let sections = match &run.payload {
+        Some(p) if config.is_none() && lines.is_empty() => view::payload_sections(p),
+        _ => Vec::new(),
+    };
     let payload = match &run.payload {
-        Some(p) if config.is_none() => serde_json::to_string_pretty(p).unwrap_or_default(),
+        // Shown as sections instead; JSON only for what has no better form.
+        Some(p) if config.is_none() && lines.is_empty() && sections.is_empty() => {
+            serde_json::to_string_pretty(p).unwrap_or_default()
+        }
         _ => String::new(),
     };
     render(&RunPage {
@@ -456,6 +493,8 @@ async fn show(
         outputs,
         config,
         config_version,
+        lines,
+        sections,
         payload,
     })
 }

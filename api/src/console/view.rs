@@ -167,3 +167,69 @@ mod tests {
         assert_eq!(duration_ms(Some(125_000)), "2m 05s");
     }
 }
+
+/// Part of a structured payload as a person reads it: its plain values as facts, or a list of
+/// records as a table.
+pub struct PayloadSection {
+    pub title: String,
+    pub facts: Vec<(String, String)>,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// A structured payload (a Windows inventory, say) as sections: the top level's plain values,
+/// then each nested object's, then each list as a table whose columns are its records' keys.
+/// Empty when the payload is not an object.
+pub fn payload_sections(payload: &serde_json::Value) -> Vec<PayloadSection> {
+    use serde_json::Value;
+    let Some(top) = payload.as_object() else {
+        return Vec::new();
+    };
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let mut overview = PayloadSection {
+        title: "Summary".to_owned(),
+        facts: Vec::new(),
+        columns: Vec::new(),
+        rows: Vec::new(),
+    };
+    let mut sections = Vec::new();
+    for (key, value) in top {
+        match value {
+            Value::Object(fields) => sections.push(PayloadSection {
+                title: key.clone(),
+                facts: fields.iter().map(|(k, v)| (k.clone(), text(v))).collect(),
+                columns: Vec::new(),
+                rows: Vec::new(),
+            }),
+            Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
+                let mut columns: Vec<String> = Vec::new();
+                for item in items.iter().filter_map(Value::as_object) {
+                    for k in item.keys() {
+                        if !columns.contains(k) {
+                            columns.push(k.clone());
+                        }
+                    }
+                }
+                let rows = items
+                    .iter()
+                    .map(|item| columns.iter().map(|c| text(&item[c.as_str()])).collect())
+                    .collect();
+                sections.push(PayloadSection {
+                    title: format!("{key} ({})", items.len()),
+                    facts: Vec::new(),
+                    columns,
+                    rows,
+                });
+            }
+            other => overview.facts.push((key.clone(), text(other))),
+        }
+    }
+    if !overview.facts.is_empty() {
+        sections.insert(0, overview);
+    }
+    sections
+}
