@@ -151,23 +151,6 @@ pub fn terminal_text(text: &str) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn terminal_sequences_are_removed() {
-        assert_eq!(terminal_text("\x1b[31mred\x1b[0m\r\nok\x07"), "red\nok");
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(duration_ms(Some(250)), "250 ms");
-        assert_eq!(duration_ms(Some(2_500)), "2.5 s");
-        assert_eq!(duration_ms(Some(125_000)), "2m 05s");
-    }
-}
-
 /// Part of a structured payload as a person reads it: its plain values as facts, or a list of
 /// records as a table.
 pub struct PayloadSection {
@@ -232,4 +215,21 @@ pub fn payload_sections(payload: &serde_json::Value) -> Vec<PayloadSection> {
         sections.insert(0, overview);
     }
     sections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_sequences_are_removed() {
+        assert_eq!(terminal_text("\x1b[31mred\x1b[0m\r\nok\x07"), "red\nok");
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration_ms(Some(250)), "250 ms");
+        assert_eq!(duration_ms(Some(2_500)), "2.5 s");
+        assert_eq!(duration_ms(Some(125_000)), "2m 05s");
+    }
 }
