@@ -347,7 +347,7 @@ async fn every_refused_input_is_shown_beside_its_field_in_every_form() {
             "/console/devices",
             "#bulk-tag",
             &"t".repeat(65),
-            "is not a tag",
+            "1 to 64 characters",
         ),
     ];
     let mut passed = 0;
