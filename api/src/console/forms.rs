@@ -400,4 +400,53 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn refusals_go_beside_their_field_and_nothing_is_dropped() {
+        let conflict = ApiError::Conflict {
+            field: Some("name".into()),
+            reason: "name: a device named \"x\" already exists".into(),
+        };
+        assert_eq!(
+            field_error(&conflict),
+            Some(("name".into(), "a device named \"x\" already exists".into()))
+        );
+        let whole = ApiError::validation("body", "is not a form");
+        assert_eq!(
+            field_error(&whole),
+            Some((FORM.into(), "is not a form".into()))
+        );
+        let err = Fields::parse(b"when=yesterday")
+            .body::<When>(&[("when", Kind::Text)])
+            .expect_err("not a date");
+        assert_eq!(
+            err.to_string(),
+            "when: `yesterday` is not an RFC 3339 date and time, such as 2026-12-01T00:00:00Z"
+        );
+        // A field the template never asks for is still shown, once, with its name.
+        let filled = Filled::new(Fields::default(), Some(("vars".into(), "is wrong".into())));
+        assert_eq!(filled.error_for("name"), None);
+        assert_eq!(filled.unclaimed().as_deref(), Some("vars: is wrong"));
+        let filled = Filled::new(Fields::default(), Some(("name".into(), "is wrong".into())));
+        assert_eq!(filled.error_for("name"), Some("is wrong"));
+        assert_eq!(filled.unclaimed(), None);
+    }
+
+    #[test]
+    fn edit_forms_send_a_cleared_text_field_as_cleared() {
+        let spec = edited(&[("name", Kind::Text)]);
+        let b: Patch = Fields::parse(b"name=+++").body(&spec).expect("a body");
+        assert_eq!(b.name.as_deref(), Some(""));
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    struct When {
+        #[expect(dead_code, reason = "only its refusal is read")]
+        when: chrono::DateTime<chrono::Utc>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Patch {
+        name: Option<String>,
+    }
 }

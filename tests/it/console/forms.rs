@@ -319,6 +319,15 @@ async fn every_refused_input_is_shown_beside_its_field_in_every_form() {
         )
         .keeping("#command", "uptime")
         .keeping("#target\\.tags_all", "lab"),
+        // A target that names no device is refused beside the target's last field.
+        case(
+            "/console/jobs/new",
+            "#target\\.exclude_ids",
+            "",
+            "names no devices",
+        )
+        .keeping("#name", "job-9")
+        .keeping("#command", "uptime"),
         case("/console/jobs/new", "#vars", "{oops", "is not valid JSON")
             .keeping("#name", "job-9")
             .keeping("#target\\.tags_all", "lab"),
