@@ -122,7 +122,7 @@ async fn ensure_unique_name(
     if query.count(db).await? > 0 {
         return Err(Error::conflict(
             Some("name"),
-            format!("name: another job is already named `{name}`"),
+            format!("name: a job named \"{name}\" already exists"),
         ));
     }
     Ok(())

@@ -5,6 +5,7 @@
 
 mod coverage;
 mod deletes;
+mod forms;
 mod previews;
 
 use std::process::{Child, Command, Stdio};

@@ -8,8 +8,8 @@ use axum::routing::{get, post};
 use netcron_store::entity::credential;
 use sea_orm::EntityTrait as _;
 
-use super::devices::{field_error, id};
-use super::forms::{Fields, Filled, Kind};
+use super::devices::id;
+use super::forms::{Fields, Filled, Kind, edited, field_error};
 use super::session::{Action, Operator};
 use super::view;
 use super::{Chrome, Notice, Result, render, render_form, see_other};
@@ -187,7 +187,7 @@ async fn credential_update(
     let credential_id = id(&credential_id, "credential_id")?;
     let updated = async {
         // Empty secret fields keep the stored secrets (the form cannot show them).
-        let body: CredentialPatch = action.form.body(&CREDENTIAL_FIELDS)?;
+        let body: CredentialPatch = action.form.body(&edited(&CREDENTIAL_FIELDS))?;
         credentials::update(&state.db, &state.key, credential_id, body.parse()?)
             .await
             .map_err(crate::error::ApiError::from)
@@ -454,7 +454,7 @@ async fn webhook_update(
 ) -> Result<Response> {
     let webhook_id = id(&webhook_id, "webhook_id")?;
     let updated = async {
-        let body: WebhookPatch = action.form.body(&WEBHOOK_FIELDS)?;
+        let body: WebhookPatch = action.form.body(&edited(&WEBHOOK_FIELDS))?;
         webhooks::update(
             &state.db,
             &state.key,

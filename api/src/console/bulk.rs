@@ -10,6 +10,9 @@ use axum::routing::{get, post};
 use netcron_services::bulk::{self, ExportFilter, ImportSummary};
 use uuid::Uuid;
 
+use super::Notice;
+use super::devices::{ListParams, list_page};
+use super::forms::{Fields, Filled, field_error};
 use super::session::{Action, Operator};
 use super::{Chrome, Result, Shown, render_form, see_other};
 use crate::error::ApiError;
@@ -103,27 +106,45 @@ async fn export_csv(State(state): State<AppState>, _operator: Operator) -> Resul
 }
 
 /// The list's bulk action: the ticked devices (`device`) get the tag (`tag`) or lose it,
-/// as `op` says.
+/// as `op` says. A refusal comes back on the list, beside the tag field (or the buttons, when
+/// no device was ticked), with what was typed and ticked kept.
 async fn edit_tags(State(state): State<AppState>, action: Action) -> Result<Response> {
-    let form = &action.form;
+    match tag_edit(&state, &action.form).await {
+        Ok(()) => Ok(see_other("/console/devices")),
+        Err(e) => match field_error(&e) {
+            Some((field, reason)) => {
+                let field = match field.split('[').next().unwrap_or_default() {
+                    "add" | "remove" => "tag".to_owned(),
+                    "devices" | "device" => "device".to_owned(),
+                    _ => field,
+                };
+                let bulk = Filled::new(action.form, Some((field, reason)));
+                list_page(
+                    &state,
+                    &action.operator,
+                    ListParams::default(),
+                    &Notice::default(),
+                    bulk,
+                )
+                .await
+            }
+            None => Err(Shown(e)),
+        },
+    }
+}
+
+async fn tag_edit(state: &AppState, form: &Fields) -> Result<(), ApiError> {
     let ids = form
         .pairs()
         .iter()
         .filter(|(k, _)| k == "device")
         .map(|(_, v)| {
-            Uuid::parse_str(v).map_err(|_| {
-                Shown(ApiError::bad_parameter(
-                    "device",
-                    format!("`{v}` is not a UUID"),
-                ))
-            })
+            Uuid::parse_str(v)
+                .map_err(|_| ApiError::bad_parameter("device", format!("`{v}` is not a UUID")))
         })
-        .collect::<Result<Vec<Uuid>>>()?;
+        .collect::<Result<Vec<Uuid>, ApiError>>()?;
     if ids.is_empty() {
-        return Err(Shown(ApiError::validation(
-            "devices",
-            "tick at least one device",
-        )));
+        return Err(ApiError::validation("device", "tick at least one device"));
     }
     let tags: Vec<String> = form
         .get("tag")
@@ -132,6 +153,9 @@ async fn edit_tags(State(state): State<AppState>, action: Action) -> Result<Resp
         .filter(|t| !t.is_empty())
         .map(str::to_owned)
         .collect();
+    if tags.is_empty() {
+        return Err(ApiError::validation("tag", "must not be empty"));
+    }
     let (add, remove) = if form.get("op") == Some("remove") {
         (Vec::new(), tags)
     } else {
@@ -145,5 +169,5 @@ async fn edit_tags(State(state): State<AppState>, action: Action) -> Result<Resp
     }
     .parse()?;
     bulk::edit_tags(&state.db, edit.selection, edit.add, edit.remove).await?;
-    Ok(see_other("/console/devices"))
+    Ok(())
 }

@@ -11,7 +11,7 @@ use sea_orm::{EntityTrait, QueryOrder};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::forms::{Fields, Filled, Kind};
+use super::forms::{Fields, Filled, Kind, edited, field_error};
 use super::session::{Action, Operator};
 use super::view::{self, RunRow};
 use super::{Chrome, Notice, Result, Shown, render, render_form, see_other};
@@ -100,6 +100,19 @@ struct ListPage {
     state: String,
     platforms: Vec<&'static str>,
     next: Option<String>,
+    /// The bulk tag form.
+    bulk: Filled,
+}
+
+impl ListPage {
+    /// Whether the bulk form came back with this device ticked.
+    fn ticked(&self, id: &str) -> bool {
+        self.bulk
+            .values
+            .pairs()
+            .iter()
+            .any(|(k, v)| k == "device" && v == id)
+    }
 }
 
 async fn list(
@@ -107,6 +120,18 @@ async fn list(
     operator: Operator,
     Query(params): Query<ListParams>,
     Query(notice): Query<Notice>,
+) -> Result<Response> {
+    list_page(&state, &operator, params, &notice, Filled::default()).await
+}
+
+/// The device list; `bulk` is the tag form's values and error, when a bulk change was refused
+/// (the devices that were ticked stay ticked).
+pub async fn list_page(
+    state: &AppState,
+    operator: &Operator,
+    params: ListParams,
+    notice: &Notice,
+    bulk: Filled,
 ) -> Result<Response> {
     let tag = params.tag.unwrap_or_default().trim().to_owned();
     let platform = params.platform.unwrap_or_default();
@@ -161,15 +186,20 @@ async fn list(
             tags: d.tags.join(", "),
         })
         .collect();
-    render(&ListPage {
-        chrome: Chrome::new(&operator, "devices").noticed(&notice),
-        rows,
-        tag,
-        platform,
-        state: wanted,
-        platforms: Platform::ALL.iter().map(|p| p.as_str()).collect(),
-        next,
-    })
+    let failed = bulk.failed();
+    render_form(
+        &ListPage {
+            chrome: Chrome::new(operator, "devices").noticed(notice),
+            rows,
+            tag,
+            platform,
+            state: wanted,
+            platforms: Platform::ALL.iter().map(|p| p.as_str()).collect(),
+            next,
+            bulk,
+        },
+        failed,
+    )
 }
 
 /// The device form, for a new device or an edit; `values` is what the fields show.
@@ -183,20 +213,6 @@ struct FormPage {
     platforms: Vec<&'static str>,
     credentials: Vec<(String, String)>,
     jump_hosts: Vec<(String, String)>,
-}
-
-/// The field an error names and what it says, for showing beside that field.
-pub fn field_error(e: &ApiError) -> Option<(String, String)> {
-    match e {
-        ApiError::Validation { field, reason } | ApiError::BadParameter { field, reason } => {
-            Some((field.clone(), reason.clone()))
-        }
-        ApiError::Conflict { field, reason } => Some((
-            field.clone().unwrap_or_else(|| "form".into()),
-            reason.clone(),
-        )),
-        _ => None,
-    }
 }
 
 async fn choices(state: &AppState, except: Option<Uuid>) -> Result<FormChoices> {
@@ -332,7 +348,7 @@ async fn update(
     action: Action,
 ) -> Result<Response> {
     let device_id = id(&device_id, "device_id")?;
-    let mut spec = DEVICE_FIELDS.to_vec();
+    let mut spec = edited(&DEVICE_FIELDS);
     // An empty jump host on the edit form means "connect directly".
     spec[8] = ("jump_host_id", Kind::Nullable);
     let updated = async {

@@ -27,6 +27,10 @@ impl std::fmt::Debug for Fields {
 pub enum Kind {
     /// Trimmed text; empty means absent.
     Text,
+    /// Trimmed text, empty included (as the empty string): an edit form's field that is
+    /// always shown, so a field cleared is refused by the API's rule rather than taken as
+    /// "unchanged". [`edited`] makes a form's `Text` fields this.
+    Shown,
     /// Text as typed (secrets: leading spaces may matter); empty means absent.
     Raw,
     /// Text as typed, empty included: an edit form's field that is always shown, so a
@@ -98,6 +102,7 @@ impl Fields {
                     .filter(|v| !v.is_empty())
                     .map(|v| Value::String(v.to_owned())),
                 Kind::Typed => self.get(name).map(|v| Value::String(v.to_owned())),
+                Kind::Shown => self.get(name).map(|v| Value::String(v.trim().to_owned())),
                 Kind::Nullable => Some(text.map_or(Value::Null, |t| Value::String(t.to_owned()))),
                 Kind::Int => text.map(|t| whole(name, t)).transpose()?,
                 Kind::NullableInt => Some(
@@ -141,30 +146,110 @@ impl Fields {
             }
         }
         serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
-            let field = e.path().to_string();
+            let path = e.path().to_string();
             let reason = e.into_inner().to_string();
-            ApiError::validation(
-                if field == "." {
-                    "body".to_owned()
-                } else {
-                    field
-                },
-                reason,
-            )
+            let (field, reason) = in_field_terms(&path, reason);
+            let reason = readable(reason, self.get(&field).unwrap_or_default().trim());
+            ApiError::validation(field, reason)
         })
     }
 }
 
+/// The fields of an edit form: every trimmed text field is [`Kind::Shown`], as the form shows
+/// each with its current value (a PATCH would take an absent one as "unchanged").
+pub fn edited<'a>(spec: &[(&'a str, Kind)]) -> Vec<(&'a str, Kind)> {
+    spec.iter()
+        .map(|&(name, kind)| match kind {
+            Kind::Text => (name, Kind::Shown),
+            other => (name, other),
+        })
+        .collect()
+}
+
+/// A deserializer's refusal in the terms of the form: serde's ``missing field `name` `` is the
+/// field left empty (a blank text field is sent as absent), named by its own path and said as
+/// the API says it of a blank value; any other refusal of the whole body belongs to the form.
+fn in_field_terms(path: &str, reason: String) -> (String, String) {
+    let missing = reason
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'));
+    match (path, missing) {
+        (".", Some(name)) => (name.to_owned(), "must not be empty".to_owned()),
+        (outer, Some(name)) => (format!("{outer}.{name}"), "must not be empty".to_owned()),
+        (".", None) => (FORM.to_owned(), reason),
+        (field, None) => (field.to_owned(), reason),
+    }
+}
+
+/// A value serde refused for its type, said as what the field takes: chrono's and uuid's own
+/// messages ("input contains invalid characters") do not say what was expected.
+fn readable(reason: String, typed: &str) -> String {
+    const CHRONO: [&str; 5] = [
+        "input contains invalid characters",
+        "premature end of input",
+        "trailing input",
+        "input is out of range",
+        "input is not enough for unique date and time",
+    ];
+    if CHRONO.contains(&reason.as_str()) {
+        format!("`{typed}` is not an RFC 3339 date and time, such as 2026-12-01T00:00:00Z")
+    } else if reason.starts_with("UUID parsing failed") {
+        format!("`{typed}` is not one of the choices (an id)")
+    } else {
+        reason
+    }
+}
+
+/// The name under which an error that belongs to no one field is shown, at the form's top.
+pub const FORM: &str = "form";
+
+/// The field an error names and what it says, for showing beside that field: a validation or
+/// a conflict naming a field goes beside it (without the field's name repeated in front, as
+/// problem+json's `detail` has it); a conflict naming none goes to the form's top. Other
+/// errors are not about the form (`None`: the handler shows them as an error page).
+pub fn field_error(e: &ApiError) -> Option<(String, String)> {
+    let (field, reason) = match e {
+        ApiError::Validation { field, reason } | ApiError::BadParameter { field, reason } => {
+            (field.clone(), reason.clone())
+        }
+        ApiError::Conflict { field, reason } => (
+            field.clone().unwrap_or_else(|| FORM.to_owned()),
+            reason.clone(),
+        ),
+        ApiError::PreconditionFailed(reason) => (FORM.to_owned(), reason.clone()),
+        _ => return None,
+    };
+    let reason = reason
+        .strip_prefix(&format!("{field}: "))
+        .map_or(reason.clone(), str::to_owned);
+    let field = if field == "body" {
+        FORM.to_owned()
+    } else {
+        field
+    };
+    Some((field, reason))
+}
+
 /// What a form shows: the values of its fields and the error of the field at fault, if any.
+///
+/// A template asks [`Filled::error_for`] beside each field, and [`Filled::unclaimed`] once after
+/// the last: an error that no field asked for (a field the form does not show) is shown there
+/// rather than dropped.
 #[derive(Debug, Default)]
 pub struct Filled {
     pub values: Fields,
     pub error: Option<(String, String)>,
+    /// Whether a field (or the form's top) has shown the error.
+    claimed: std::cell::Cell<bool>,
 }
 
 impl Filled {
     pub fn new(values: Fields, error: Option<(String, String)>) -> Self {
-        Self { values, error }
+        Self {
+            values,
+            error,
+            claimed: std::cell::Cell::new(false),
+        }
     }
 
     pub fn value(&self, name: &str) -> &str {
@@ -185,7 +270,22 @@ impl Filled {
                     || f.strip_prefix(name)
                         .is_some_and(|rest| rest.starts_with('['))
             })
+            .inspect(|_| self.claimed.set(true))
             .map(|(_, m)| m.as_str())
+    }
+
+    /// The error no field has shown yet, said with the field it names.
+    pub fn unclaimed(&self) -> Option<String> {
+        if self.claimed.get() {
+            return None;
+        }
+        self.error.as_ref().map(|(field, message)| {
+            if field == FORM {
+                message.clone()
+            } else {
+                format!("{field}: {message}")
+            }
+        })
     }
 
     pub fn failed(&self) -> bool {
@@ -254,7 +354,7 @@ mod tests {
         let err = Fields::parse(b"port=1")
             .body::<Body>(&[("port", Kind::Int)])
             .expect_err("a missing name");
-        assert!(err.to_string().contains("missing field `name`"), "{err}");
+        assert_eq!(err.to_string(), "name: must not be empty");
     }
 
     #[derive(serde::Deserialize, Debug)]
@@ -299,5 +399,54 @@ mod tests {
             err.to_string().starts_with("vars: is not valid JSON"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn refusals_go_beside_their_field_and_nothing_is_dropped() {
+        let conflict = ApiError::Conflict {
+            field: Some("name".into()),
+            reason: "name: a device named \"x\" already exists".into(),
+        };
+        assert_eq!(
+            field_error(&conflict),
+            Some(("name".into(), "a device named \"x\" already exists".into()))
+        );
+        let whole = ApiError::validation("body", "is not a form");
+        assert_eq!(
+            field_error(&whole),
+            Some((FORM.into(), "is not a form".into()))
+        );
+        let err = Fields::parse(b"when=yesterday")
+            .body::<When>(&[("when", Kind::Text)])
+            .expect_err("not a date");
+        assert_eq!(
+            err.to_string(),
+            "when: `yesterday` is not an RFC 3339 date and time, such as 2026-12-01T00:00:00Z"
+        );
+        // A field the template never asks for is still shown, once, with its name.
+        let filled = Filled::new(Fields::default(), Some(("vars".into(), "is wrong".into())));
+        assert_eq!(filled.error_for("name"), None);
+        assert_eq!(filled.unclaimed().as_deref(), Some("vars: is wrong"));
+        let filled = Filled::new(Fields::default(), Some(("name".into(), "is wrong".into())));
+        assert_eq!(filled.error_for("name"), Some("is wrong"));
+        assert_eq!(filled.unclaimed(), None);
+    }
+
+    #[test]
+    fn edit_forms_send_a_cleared_text_field_as_cleared() {
+        let spec = edited(&[("name", Kind::Text)]);
+        let b: Patch = Fields::parse(b"name=+++").body(&spec).expect("a body");
+        assert_eq!(b.name.as_deref(), Some(""));
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    struct When {
+        #[expect(dead_code, reason = "only its refusal is read")]
+        when: chrono::DateTime<chrono::Utc>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Patch {
+        name: Option<String>,
     }
 }

@@ -17,8 +17,8 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::devices::{field_error, id};
-use super::forms::{Fields, Filled, Kind};
+use super::devices::id;
+use super::forms::{Fields, Filled, Kind, edited, field_error};
 use super::session::{Action, Operator};
 use super::view;
 use super::{Chrome, Notice, Result, render, render_form, see_other};
@@ -259,7 +259,7 @@ async fn update(
 ) -> Result<Response> {
     let job_id = id(&job_id, "job_id")?;
     let updated = async {
-        let mut spec = job_fields(true);
+        let mut spec = edited(&job_fields(true));
         spec.push(("revision", Kind::Int));
         let body: JobPatch = action.form.body(&spec)?;
         let (revision, changes) = body.parse()?;

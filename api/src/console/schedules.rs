@@ -12,8 +12,8 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOr
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::devices::{field_error, id};
-use super::forms::{Fields, Filled, Kind};
+use super::devices::id;
+use super::forms::{Fields, Filled, Kind, edited, field_error};
 use super::session::{Action, Operator};
 use super::view;
 use super::{Chrome, Notice, Result, Shown, render, render_form, see_other};
@@ -431,7 +431,7 @@ async fn update(
     action: Action,
 ) -> Result<Response> {
     let schedule_id = id(&schedule_id, "schedule_id")?;
-    let mut spec = FIELDS.to_vec();
+    let mut spec = edited(&FIELDS);
     // Empty window bounds and failure limits on the edit form clear them.
     spec[5] = ("start_at", Kind::Nullable);
     spec[6] = ("end_at", Kind::Nullable);
