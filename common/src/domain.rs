@@ -87,6 +87,42 @@ impl fmt::Debug for CronSpec {
     }
 }
 
+/// `detail` with the position of the field it starts with, as the expression was typed:
+/// `minute must be 0 to 59, not \`61\`` → `minute (field 1 of 5) must be 0 to 59, not \`61\``.
+/// A detail that does not start with a field's name is returned as it is.
+fn locate(detail: &str, fields: usize) -> String {
+    let order: &[&str] = match fields {
+        5 => &["minute", "hour", "day-of-month", "month", "day-of-week"],
+        6 => &[
+            "second",
+            "minute",
+            "hour",
+            "day-of-month",
+            "month",
+            "day-of-week",
+        ],
+        7 => &[
+            "second",
+            "minute",
+            "hour",
+            "day-of-month",
+            "month",
+            "day-of-week",
+            "year",
+        ],
+        _ => &[],
+    };
+    order
+        .iter()
+        .enumerate()
+        .find_map(|(i, name)| {
+            let rest = detail.strip_prefix(name)?;
+            rest.starts_with(' ')
+                .then(|| format!("{name} (field {} of {fields}){rest}", i + 1))
+        })
+        .unwrap_or_else(|| detail.to_owned())
+}
+
 /// The 6-field forms of the shorthands (Quartz numbering: day-of-week 1 is Sunday).
 const SHORTHANDS: &[(&str, &str)] = &[
     ("@yearly", "0 0 0 1 1 *"),
@@ -111,9 +147,15 @@ impl CronSpec {
         if source.is_empty() {
             return Err(invalid("must not be empty"));
         }
+        let count = if source.starts_with('@') {
+            6
+        } else {
+            source.split(' ').count()
+        };
         let wrong = |detail: String| {
             invalid(format!(
-                "`{source}` is not a valid cron expression: {detail}"
+                "`{source}` is not a valid cron expression: {}",
+                locate(&detail, count)
             ))
         };
         let expanded = if source.starts_with('@') {
@@ -1296,11 +1338,29 @@ mod tests {
                 err.starts_with(&format!("`{typed}` is not a valid cron expression: ")),
                 "{expr}: {err}"
             );
-            assert!(err.contains(detail), "{expr}: {err}");
+            // The position (`(field 2 of 5)`) is checked below; here, the words around it.
+            let plain = match (err.find(" (field "), err.find(" of ")) {
+                (Some(at), Some(_)) => {
+                    let end = err[at..].find(')').map_or(at, |e| at + e + 1);
+                    format!("{}{}", &err[..at], &err[end..])
+                }
+                _ => err.clone(),
+            };
+            assert!(plain.contains(detail), "{expr}: {err}");
         }
-        // Never the 6-field form netcron hands to the `cron` crate.
+        // Never the 6-field form netcron hands to the `cron` crate; the field by name and
+        // position as typed.
         let err = CronSpec::parse("61 * * * *").expect_err("61").0;
         assert!(!err.contains("0 61"), "{err}");
+        assert_eq!(
+            err,
+            "`61 * * * *` is not a valid cron expression: minute (field 1 of 5) must be 0 to \
+             59, not `61`"
+        );
+        let err = CronSpec::parse("0 0 25 * * *").expect_err("25").0;
+        assert!(err.contains("hour (field 3 of 6) must be 0 to 23"), "{err}");
+        let err = CronSpec::parse("0 0 * * 8").expect_err("8").0;
+        assert!(err.contains("day-of-week (field 5 of 5) must be"), "{err}");
         let err = CronSpec::parse("@fortnightly").expect_err("unknown").0;
         assert!(
             err.contains("`@fortnightly`") && err.contains("@hourly"),

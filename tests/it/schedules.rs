@@ -565,7 +565,7 @@ async fn day_match_is_checked_and_named() {
     .await;
     let detail = problem["detail"].as_str().expect("detail");
     assert!(
-        detail.contains("`61 2 L * *`") && detail.contains("minute must be 0 to 59"),
+        detail.contains("`61 2 L * *`") && detail.contains("minute (field 1 of 5) must be 0 to 59"),
         "{detail}"
     );
 }

@@ -273,7 +273,7 @@ async fn every_refused_input_is_shown_beside_its_field_in_every_form() {
             "/console/schedules/new",
             "#cron_expression",
             "61 * * * *",
-            "minute must be 0 to 59",
+            "minute (field 1 of 5) must be 0 to 59",
         )
         .keeping("#timezone", "Europe/Berlin"),
         case(
@@ -294,7 +294,7 @@ async fn every_refused_input_is_shown_beside_its_field_in_every_form() {
             &schedule_edit,
             "#cron_expression",
             "0 25 * * *",
-            "hour must be 0 to 23",
+            "hour (field 2 of 5) must be 0 to 23",
         )
         .keeping("#timezone", "Europe/Berlin"),
         case(
