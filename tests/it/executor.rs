@@ -82,7 +82,17 @@ async fn password_auth_succeeds_and_a_wrong_password_is_auth_failed() {
 async fn an_encrypted_key_needs_its_passphrase() {
     let app = TestApp::spawn().await;
     let sshd = TestSshd::start();
-    let (_s, _e) = pipeline(&app).await;
+    // Opening an encrypted key runs its KDF (bcrypt-pbkdf) on the login's clock: on a loaded
+    // two-core machine that alone has taken more than the test pipeline's 3 s login timeout.
+    let _scheduler = crate::support::pipeline::start_scheduler(&app).await;
+    let (_executor, _) = crate::support::pipeline::start_executor(
+        &app,
+        netcron_executor::ExecutorSettings {
+            login_timeout: std::time::Duration::from_secs(20),
+            ..crate::support::pipeline::config()
+        },
+    )
+    .await;
     let right = key_device(
         &app,
         "right",
