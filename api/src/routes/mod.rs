@@ -58,9 +58,6 @@ where
     let Some(text) = Option::<String>::deserialize(d)? else {
         return Ok(None);
     };
-    if text.trim().is_empty() {
-        return Ok(None);
-    }
     netcron_common::domain::parse_time_bound(&text, end)
         .map(Some)
         .map_err(|e| serde::de::Error::custom(e.0))

@@ -89,10 +89,12 @@ pub struct RunListParams {
     /// Runs scheduled at or after this instant (RFC 3339, such as 2026-11-29T02:00:00Z), or
     /// from the start of this UTC day (a date, such as 2026-11-29).
     #[serde(default, deserialize_with = "super::time_from")]
+    #[param(value_type = Option<String>, example = "2026-11-29")]
     pub from: Option<DateTime<Utc>>,
     /// Runs scheduled before this instant (RFC 3339), or up to the end of this UTC day (a
     /// date: `to=2026-11-29` includes the 29th).
     #[serde(default, deserialize_with = "super::time_to")]
+    #[param(value_type = Option<String>, example = "2026-11-29")]
     pub to: Option<DateTime<Utc>>,
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u64>,
