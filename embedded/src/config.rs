@@ -48,6 +48,10 @@ pub struct EmbeddedSettings {
     pub data_dir: Option<PathBuf>,
     /// `NETCRON_EMBEDDED_SEARCH`: replaces every default place the binaries are looked for.
     pub search: Option<Vec<PathBuf>>,
+    /// Servers for a test binary: Postgres without `fsync` and Redis without its append-only
+    /// file, so that data is lost if the machine (not only netcron) crashes. Never read from the
+    /// environment: a deployment cannot ask for it by mistake.
+    pub disposable: bool,
 }
 
 impl EmbeddedSettings {
@@ -59,6 +63,7 @@ impl EmbeddedSettings {
             data_dir: config::parsed_opt::<PathBuf>("NETCRON_DATA_DIR")?,
             search: config::parsed_opt::<String>("NETCRON_EMBEDDED_SEARCH")?
                 .map(|dirs| std::env::split_paths(&dirs).collect()),
+            disposable: false,
         })
     }
 }

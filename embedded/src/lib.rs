@@ -158,6 +158,7 @@ pub fn start(
         search: settings.search.as_deref(),
         database: database_name(database_url),
         redis_db,
+        disposable: settings.disposable,
     })
     .map(Some)
 }

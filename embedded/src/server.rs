@@ -33,6 +33,7 @@ pub(crate) struct Plan<'a> {
     pub search: Option<&'a [PathBuf]>,
     pub database: String,
     pub redis_db: Option<String>,
+    pub disposable: bool,
 }
 
 /// The running private servers. Dropping it stops them (Postgres with a fast shutdown, Redis
@@ -152,6 +153,7 @@ pub(crate) fn start(plan: Plan<'_>) -> Result<Servers> {
         search,
         database,
         redis_db,
+        disposable,
     } = plan;
     let pgdata = dir.join("postgres");
     let cluster = fs::read_to_string(pgdata.join("PG_VERSION"))
@@ -200,7 +202,7 @@ pub(crate) fn start(plan: Plan<'_>) -> Result<Servers> {
         }
         servers
             .children
-            .push(start_postgres(&launcher, &pg, &dir, pg_port)?);
+            .push(start_postgres(&launcher, &pg, &dir, pg_port, disposable)?);
         servers.database_url = Some(format!(
             "postgres://postgres:{password}@127.0.0.1:{pg_port}/{database}"
         ));
@@ -212,7 +214,7 @@ pub(crate) fn start(plan: Plan<'_>) -> Result<Servers> {
         stop_stale(&redis_dir.join("redis.pid"), "redis", Signal::SIGTERM);
         launcher.own_dir(&redis_dir)?;
         servers.children.push(start_redis(
-            &launcher, &program, &dir, redis_port, &password,
+            &launcher, &program, &dir, redis_port, &password, disposable,
         )?);
         let db = redis_db.map(|db| format!("/{db}")).unwrap_or_default();
         servers.redis_url = Some(format!("redis://:{password}@127.0.0.1:{redis_port}{db}"));
@@ -420,6 +422,7 @@ fn start_postgres(
     pg: &find::Postgres,
     dir: &Path,
     port: u16,
+    disposable: bool,
 ) -> Result<Server> {
     let pgdata = dir.join("postgres");
     let log_path = dir.join("postgres.log");
@@ -430,9 +433,17 @@ fn start_postgres(
     } else {
         String::new()
     };
-    let child = launcher
+    let mut command = launcher
         // SIGINT is Postgres' fast shutdown.
-        .command(&pg.bin.join("postgres"), "INT")
+        .command(&pg.bin.join("postgres"), "INT");
+    if disposable {
+        // A test binary's databases live minutes; waiting for the disk on every commit and
+        // every CREATE DATABASE is most of their cost.
+        for option in ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
+            command.args(["-c", option]);
+        }
+    }
+    let child = command
         .arg("-D")
         .arg(&pgdata)
         .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string()])
@@ -470,15 +481,21 @@ fn start_redis(
     dir: &Path,
     port: u16,
     password: &str,
+    disposable: bool,
 ) -> Result<Server> {
     let redis_dir = dir.join("redis");
     let log_path = dir.join("redis.log");
     let log = log_file(&log_path)?;
     // The configuration goes in on stdin, so the password is in no file and no command line.
     // The append-only file, fsynced every second, as the compose stack runs Redis.
+    let persistence = if disposable {
+        "appendonly no\nsave \"\""
+    } else {
+        "appendonly yes\nappendfsync everysec"
+    };
     let config = format!(
         "port {port}\nbind 127.0.0.1\nprotected-mode yes\ndaemonize no\ndir {}\n\
-         pidfile {}\nappendonly yes\nappendfsync everysec\nrequirepass {password}\n",
+         pidfile {}\n{persistence}\nrequirepass {password}\n",
         redis_dir.display(),
         redis_dir.join("redis.pid").display()
     );

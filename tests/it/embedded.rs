@@ -66,7 +66,9 @@ impl Node {
             .expect("netcron all");
         let running = Running { child };
         let ready = format!("http://127.0.0.1:{}/ready", self.api);
-        eventually("netcron all is ready", Duration::from_secs(30), || async {
+        // After a crash the start first waits for the old servers to end, then Postgres
+        // recovers: on a loaded machine that is more than the usual few seconds.
+        eventually("netcron all is ready", Duration::from_secs(90), || async {
             let response = reqwest::get(&ready).await.ok()?;
             response.status().is_success().then_some(())
         })
@@ -175,9 +177,11 @@ fn alive(pid: i32) -> bool {
 }
 
 async fn gone(pids: &[i32]) {
+    // Longer than netcron's own wait for a server to stop (30 s, then SIGKILL): a loaded
+    // machine's Postgres can take seconds over its shutdown checkpoint.
     eventually(
         "the servers have ended",
-        Duration::from_secs(10),
+        Duration::from_secs(40),
         || async { pids.iter().all(|pid| !alive(*pid)).then_some(()) },
     )
     .await;
@@ -244,8 +248,10 @@ async fn netcron_all_runs_on_its_own_servers_stops_them_and_keeps_the_data() {
 #[tokio::test]
 async fn a_crashed_netcron_leaves_no_server_behind_the_next_start() {
     let node = Node::new();
-    node.start().await.crash();
+    let running = node.start().await;
+    // Read while they run: a Redis told to stop removes its pidfile on the way out.
     let crashed = node.server_pids();
+    running.crash();
 
     let running = node.start().await;
     gone(&crashed).await;

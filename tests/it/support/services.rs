@@ -175,6 +175,7 @@ fn start_embedded(mode: Mode, pg: &str, redis: &str) -> Option<Result<Services, 
         mode,
         data_dir: Some(std::env::temp_dir().join("netcron-test-services")),
         search: None,
+        disposable: true,
     };
     let (pg, redis) = (pg.to_owned(), redis.to_owned());
     let (sent, received) = std::sync::mpsc::channel();
