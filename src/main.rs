@@ -54,8 +54,31 @@ enum Role {
     },
     /// Print a new random NETCRON_SECRET_KEY.
     Keygen,
+    /// Manage accounts from the command line (the way to get the first admin in).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Collect one Windows inventory now, without the services, into a JSON file.
     Inventory(oneshot::InventoryArgs),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account in the database named by DATABASE_URL (migrating it first). Without
+    /// --password-stdin a random password is made and printed once.
+    Add {
+        name: String,
+        /// The role: viewer, operator, editor or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Same as --role admin.
+        #[arg(long)]
+        admin: bool,
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -134,6 +157,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
         }
         Role::All { embedded } => run_all(embedded, shutdown).await,
         Role::Keygen => Ok(()),
+        Role::User(command) => user(command).await,
         Role::Inventory(args) => {
             if oneshot::run(args).await? {
                 Ok(())
@@ -144,6 +168,62 @@ async fn run(role: Role) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// `netcron user …`: accounts from the command line.
+async fn user(command: UserCommand) -> anyhow::Result<()> {
+    use netcron_common::secret::SecretString;
+    use netcron_services::people;
+    let UserCommand::Add {
+        name,
+        role,
+        admin,
+        display_name,
+        password_stdin,
+    } = command;
+    let role: people::Role = if admin {
+        people::Role::Admin
+    } else {
+        role.parse()
+            .map_err(|e: String| anyhow::anyhow!("--role: {e}"))?
+    };
+    let name = people::parse_user_name(&name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (password, made) = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        (line.trim_end_matches(['\r', '\n']).to_owned(), false)
+    } else {
+        (
+            netcron_common::secret::SecretKey::generate_base64()[..20].to_owned(),
+            true,
+        )
+    };
+    let settings = DatabaseSettings::from_env()?;
+    let db = netcron_store::db::connect(&settings.url).await?;
+    Migrator::up(&db, None).await?;
+    let user = people::create_user(
+        &db,
+        people::NewUser {
+            name,
+            display_name: display_name.unwrap_or_default(),
+            kind: people::AccountKind::Person,
+            role,
+            password: Some(SecretString::new(password.clone())),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "created {} ({}) with the role {}",
+            user.name, user.id, user.role
+        );
+        if made {
+            println!("password (shown once): {password}");
+        }
+    }
+    Ok(())
 }
 
 /// Single-node mode: every role in this process, sharing one shutdown signal. If one role

@@ -3,11 +3,12 @@
 //! Architecture invariant: this is the only crate that knows HTTP, JSON request shapes and
 //! OpenAPI schemas. It never decrypts a secret: it only seals what clients send.
 
-mod auth;
+pub mod access;
 mod config;
 mod console;
 pub mod error;
 mod extract;
+mod limits;
 pub mod metrics;
 mod origin;
 mod pagination;
@@ -107,7 +108,8 @@ fn build_router_parts() -> (
         .merge(routes::runs::router())
         .merge(routes::inventory::router())
         .merge(routes::webhooks::router())
-        .merge(routes::configs::router());
+        .merge(routes::configs::router())
+        .merge(routes::people::router());
     let public = routes::health::router();
     let mut doc = protected.get_openapi().clone();
     let mut public_doc = public.get_openapi().clone();
@@ -180,14 +182,16 @@ fn add_common_errors(doc: &mut utoipa::openapi::OpenApi) {
 /// Builds the complete HTTP service for `state`.
 pub fn router(state: AppState) -> Router {
     let (protected, doc, public) = build_router_parts();
-    let protected: Router<AppState> =
-        Router::from(protected).route_layer(from_fn_with_state(state.clone(), auth::require_token));
+    let protected: Router<AppState> = Router::from(protected);
     Router::new()
         .merge(protected)
         .merge(Router::from(public))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         // The operator console: `/` and `/console/…`, signed in by cookie, not bearer token.
         .merge(console::router())
+        // Who may do what, for every route of both doors (`access::RULES`); applied to each
+        // route, so it sees the route's declared path. The fallbacks below need no rule.
+        .route_layer(from_fn_with_state(state.clone(), access::guard))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
@@ -278,6 +282,7 @@ impl Connected {
             webhook_policy: settings.ingest.events.webhook_policy,
             console_origin: origin::ConsoleOrigin::new(settings.public_url),
             live,
+            key_prefix: streams.prefix().to_owned(),
         };
         Ok(Self {
             app: router(state),
@@ -324,7 +329,7 @@ async fn serve(
     let service = MapRequestLayer::new(trim_trailing_slash).layer(service);
     axum::serve(
         listener,
-        axum::ServiceExt::<Request>::into_make_service(service),
+        axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await

@@ -26,6 +26,8 @@ pub struct AppState {
     pub console_origin: crate::origin::ConsoleOrigin,
     /// Live-output followers and their shared Redis reader.
     pub live: netcron_services::live::Hub,
+    /// The prefix of this deployment's Redis keys (its stream prefix), for the sign-in limits.
+    pub key_prefix: String,
 }
 
 impl AppState {

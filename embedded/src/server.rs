@@ -439,7 +439,11 @@ fn start_postgres(
     if disposable {
         // A test binary's databases live minutes; waiting for the disk on every commit and
         // every CREATE DATABASE is most of their cost.
-        for option in ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] {
+        for option in [
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+        ] {
             command.args(["-c", option]);
         }
     }

@@ -21,6 +21,7 @@ mod m20261207_000003_schedule_day_match;
 mod m20261207_000004_fleet_jobs;
 mod m20261207_000005_secret_vars;
 mod m20261207_000006_name_normal_form;
+mod m20261208_000001_people;
 
 pub struct Migrator;
 
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000004_fleet_jobs::Migration),
             Box::new(m20261207_000005_secret_vars::Migration),
             Box::new(m20261207_000006_name_normal_form::Migration),
+            Box::new(m20261208_000001_people::Migration),
         ]
     }
 }

@@ -148,6 +148,7 @@ fn name_clash(err: &DbErr) -> String {
         Some("credentials_name_key") => "a credential",
         Some("webhooks_name_key") => "a webhook",
         Some("commands_job_name_key") => "a job",
+        Some("users_name_key") => "a user",
         Some("commands_device_id_name_key") => "a command of this device",
         _ => return general,
     };

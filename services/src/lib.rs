@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod jobs;
 pub mod live;
 pub mod overview;
+pub mod people;
 pub mod runs;
 pub mod schedules;
 pub mod vars;

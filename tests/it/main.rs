@@ -1,6 +1,7 @@
 //! The one integration-test binary. Every test starts the real API on port 0 against its own
 //! freshly migrated Postgres database (and its own stream prefix), so tests run in parallel.
 
+mod access;
 mod ahead;
 mod auth;
 mod bulk;

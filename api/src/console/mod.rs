@@ -39,6 +39,8 @@ use crate::state::AppState;
 /// What every signed-in page shows around its content.
 pub struct Chrome {
     pub csrf: String,
+    /// Who is signed in, and as what: `alice · operator`.
+    pub who: String,
     /// The navigation entry to mark as current.
     pub section: &'static str,
     /// What the last action did, shown above the content (`Deleted device sw1.`).
@@ -47,8 +49,10 @@ pub struct Chrome {
 
 impl Chrome {
     pub fn new(operator: &session::Operator, section: &'static str) -> Self {
+        let principal = &operator.caller.principal;
         Self {
             csrf: operator.csrf.clone(),
+            who: format!("{} · {}", principal.name, principal.role),
             section,
             notice: None,
         }
@@ -275,30 +279,123 @@ async fn sign_in_page(Query(params): Query<NextParam>) -> Result<Response> {
     })
 }
 
-/// Exchanges an API token for a session cookie. The token travels once, in a POST body; it is
-/// never put in a URL, a page or a log line.
+/// Signs in with an account's name and password, or with a bootstrap API token, and answers a
+/// new session cookie. The secret travels once, in a POST body; it is never put in a URL, a page
+/// or a log line. Every attempt is in the audit log (the name typed, never the password), and
+/// repeated failures are slowed down per name and per address ([`crate::limits`]).
 async fn sign_in(
     axum::extract::State(state): axum::extract::State<AppState>,
+    extensions: axum::http::Extensions,
     headers: axum::http::HeaderMap,
     jar: CookieJar,
     body: axum::body::Bytes,
 ) -> Result<Response> {
+    use netcron_common::secret::SecretString;
+    use netcron_services::people;
     let form = forms::Fields::parse(&body);
     // Parsed before anything is written, so a refused `next` cannot fail the request after
     // the session exists.
     let next = next::ReturnPath::parse_or_home(form.get("next"));
+    let source = crate::access::source(&extensions);
     let token = form.get("token").unwrap_or_default().trim();
-    if token.is_empty() || !session::token_matches(&state, token) {
+    let name = form.get("name").unwrap_or_default().trim();
+    let password = SecretString::new(form.get("password").unwrap_or_default());
+    let attempt = if token.is_empty() { name } else { "bootstrap" };
+    let refused = |status: StatusCode, error: &'static str| -> Result<Response> {
         let mut response = render(&SignInPage {
             next: next.as_str().to_owned(),
-            error: Some("That token is not one of this server's API tokens."),
+            error: Some(error),
         })?;
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        *response.status_mut() = status;
+        Ok(response)
+    };
+    if let Some(wait) = crate::limits::sign_in_blocked(&state, attempt, source.as_deref()).await {
+        let mut response = refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed sign-ins; wait a few minutes and try again.",
+        )?;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
         return Ok(response);
     }
-    let cookie =
-        session::open(&state, token, state.console_origin.secure_cookies(&headers)).await?;
+    let (opener, principal) = if token.is_empty() {
+        match people::check_sign_in(&state.db, name, password).await? {
+            Some(user) => (
+                session::Opener::User(user.id),
+                Some((people::ActorKind::User, Some(user.id), user.name)),
+            ),
+            None => (session::Opener::Token(""), None),
+        }
+    } else if session::token_matches(&state, token) {
+        (
+            session::Opener::Token(token),
+            Some((people::ActorKind::Bootstrap, None, "bootstrap".to_owned())),
+        )
+    } else {
+        (session::Opener::Token(""), None)
+    };
+    let Some((kind, user_id, actor_name)) = principal else {
+        crate::limits::sign_in_failed(&state, attempt, source.as_deref()).await;
+        audit_sign_in(
+            &state,
+            "sign_in_failed",
+            ("anonymous", None, attempt),
+            401,
+            source,
+        )
+        .await?;
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            if token.is_empty() {
+                "That name and password do not sign in here."
+            } else {
+                "That token is not one of this server's API tokens."
+            },
+        );
+    };
+    let cookie = session::open(
+        &state,
+        opener,
+        state.console_origin.secure_cookies(&headers),
+    )
+    .await?;
+    audit_sign_in(
+        &state,
+        "sign_in",
+        (kind.as_str(), user_id, &actor_name),
+        303,
+        source,
+    )
+    .await?;
     Ok((jar.add(cookie), see_other(next.as_str())).into_response())
+}
+
+async fn audit_sign_in(
+    state: &AppState,
+    action: &str,
+    (kind, id, name): (&'static str, Option<uuid::Uuid>, &str),
+    status: u16,
+    source: Option<String>,
+) -> Result<()> {
+    netcron_services::people::record(
+        &state.db,
+        netcron_services::people::Audit {
+            actor_kind: kind,
+            actor_id: id,
+            // What was typed is kept short: a password pasted into the name field by mistake
+            // should not sit in the log whole.
+            actor_name: name.chars().take(64).collect(),
+            action: action.to_owned(),
+            resource: Some("/console/sign-in".to_owned()),
+            status,
+            source,
+            request_id: None,
+            detail: None,
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 async fn sign_out(

@@ -1,10 +1,13 @@
-//! Signing in to the console: an API token is exchanged once for a session cookie, and every
-//! state-changing form carries the session's CSRF token.
+//! Signing in to the console: an account's name and password (or a bootstrap API token) are
+//! exchanged once for a session cookie, and every state-changing form carries the session's
+//! CSRF token.
 //!
 //! The cookie holds 256 random bits; Postgres holds only their SHA-256 (`console_sessions`), so
-//! neither the table nor a log line can sign anyone in. A session is bound to the token that
-//! opened it by an HMAC keyed with that token: taking the token out of `NETCRON_API_TOKEN`
-//! ends its sessions on their next request, as it ends the token's API access.
+//! neither the table nor a log line can sign anyone in. An account's session is checked against
+//! the account on every request (disabled, or its role changed: the next request sees it). A
+//! session opened with a bootstrap token is bound to that token by an HMAC keyed with it:
+//! taking the token out of `NETCRON_API_TOKEN` ends its sessions on their next request, as it
+//! ends the token's API access.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::Method;
@@ -25,7 +28,7 @@ use crate::state::AppState;
 
 /// The session cookie's name (kept with the other credential a request can present, so that
 /// the REST routes which must recognise it need not reach up into the console).
-pub use crate::auth::SESSION_COOKIE as COOKIE;
+pub use crate::access::SESSION_COOKIE as COOKIE;
 
 /// How long a session lasts from sign-in: a working day, as AWX and Rundeck default to.
 pub const LIFETIME_HOURS: i64 = 12;
@@ -34,6 +37,7 @@ pub const LIFETIME_HOURS: i64 = 12;
 #[derive(Clone, Debug)]
 pub struct Operator {
     pub csrf: String,
+    pub caller: crate::access::Caller,
 }
 
 fn random_token() -> String {
@@ -67,10 +71,17 @@ pub fn token_matches(state: &AppState, presented: &str) -> bool {
     bool::from(matched)
 }
 
-/// Opens a session for a verified token; answers the cookie to set.
+/// Who a session is opened for: an account, or a verified bootstrap token.
+pub enum Opener<'a> {
+    User(uuid::Uuid),
+    Token(&'a str),
+}
+
+/// Opens a session; answers the cookie to set. A new cookie every time, so a session id
+/// planted in a browser before sign-in is never the one that signs in.
 pub async fn open(
     state: &AppState,
-    token: &str,
+    opener: Opener<'_>,
     secure: bool,
 ) -> Result<Cookie<'static>, ApiError> {
     let cookie = random_token();
@@ -88,12 +99,21 @@ pub async fn open(
         .db
         .execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "INSERT INTO console_sessions (id_hash, csrf_token, token_binding, expires_at) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO console_sessions (id_hash, csrf_token, token_binding, user_id, \
+             expires_at) VALUES ($1, $2, $3, $4, $5)",
             [
                 id_hash.clone().into(),
                 random_token().into(),
-                binding(token, &id_hash).into(),
+                match opener {
+                    Opener::Token(token) => Some(binding(token, &id_hash)),
+                    Opener::User(_) => None,
+                }
+                .into(),
+                match opener {
+                    Opener::User(id) => Some(id),
+                    Opener::Token(_) => None,
+                }
+                .into(),
                 expires.into(),
             ],
         ))
@@ -125,7 +145,13 @@ pub fn removal() -> Cookie<'static> {
     Cookie::build((COOKIE, "")).path("/").build()
 }
 
-async fn lookup(state: &AppState, jar: &CookieJar) -> Result<Option<Operator>, ApiError> {
+/// Who the session cookie of a request is, if it names a live session of an account that may
+/// still act (or of a bootstrap token still configured).
+pub async fn lookup(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<crate::access::Caller>, ApiError> {
+    let jar = CookieJar::from_headers(headers);
     let Some(cookie) = jar.get(COOKIE) else {
         return Ok(None);
     };
@@ -134,7 +160,7 @@ async fn lookup(state: &AppState, jar: &CookieJar) -> Result<Option<Operator>, A
         .db
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT csrf_token, token_binding FROM console_sessions \
+            "SELECT csrf_token, token_binding, user_id FROM console_sessions \
              WHERE id_hash = $1 AND expires_at > now()",
             [id_hash.clone().into()],
         ))
@@ -143,12 +169,23 @@ async fn lookup(state: &AppState, jar: &CookieJar) -> Result<Option<Operator>, A
         return Ok(None);
     };
     let csrf: String = row.try_get("", "csrf_token")?;
-    let stored: Vec<u8> = row.try_get("", "token_binding")?;
-    let mut bound = subtle::Choice::from(0);
-    for token in state.tokens.iter() {
-        bound |= binding(token.expose(), &id_hash).ct_eq(&stored);
-    }
-    Ok(bool::from(bound).then_some(Operator { csrf }))
+    let user: Option<uuid::Uuid> = row.try_get("", "user_id")?;
+    let principal = if let Some(user) = user {
+        netcron_services::people::session_user(&state.db, user).await?
+    } else {
+        let stored: Option<Vec<u8>> = row.try_get("", "token_binding")?;
+        let stored = stored.unwrap_or_default();
+        let mut bound = subtle::Choice::from(0);
+        for token in state.tokens.iter() {
+            bound |= binding(token.expose(), &id_hash).ct_eq(&stored);
+        }
+        bool::from(bound).then(netcron_services::people::Principal::bootstrap)
+    };
+    Ok(principal.map(|principal| crate::access::Caller {
+        principal,
+        token_name: None,
+        csrf: Some(csrf),
+    }))
 }
 
 /// Where a signed-out browser goes: the sign-in page, which returns it to `next` afterwards.
@@ -176,12 +213,15 @@ pub fn sign_in_redirect(parts: &Parts) -> Response {
 impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let jar = CookieJar::from_headers(&parts.headers);
-        match lookup(state, &jar).await {
-            Ok(Some(operator)) => Ok(operator),
-            Ok(None) => Err(sign_in_redirect(parts)),
-            Err(e) => Err(super::Shown(e).into_response()),
+    /// The caller the access guard resolved (it refuses a request without one before any
+    /// handler runs, so a missing one only sends the browser to sign in).
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, Response> {
+        match parts.extensions.get::<crate::access::Caller>() {
+            Some(caller) => Ok(Operator {
+                csrf: caller.csrf.clone().unwrap_or_default(),
+                caller: caller.clone(),
+            }),
+            None => Err(sign_in_redirect(parts)),
         }
     }
 }
@@ -216,8 +256,10 @@ impl FromRequest<AppState> for Action {
             })?;
         let form = super::forms::Fields::parse(&bytes);
         let presented = header_token.or_else(|| form.get("csrf").map(str::to_owned));
-        let token_ok =
-            presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(operator.csrf.as_bytes())));
+        // A request without a session (a bearer token sent to a console route) has no CSRF
+        // token to match, so it never passes as a form.
+        let token_ok = !operator.csrf.is_empty()
+            && presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(operator.csrf.as_bytes())));
         if !(token_ok && origin_ok) {
             return Err(super::Shown(ApiError::Forbidden(
                 "this form was not sent by this console session (its CSRF token is missing or \

@@ -9,6 +9,7 @@ pub mod devices;
 pub mod health;
 pub mod inventory;
 pub mod jobs;
+pub mod people;
 pub mod runs;
 pub mod schedules;
 pub mod webhooks;

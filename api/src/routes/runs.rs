@@ -610,7 +610,7 @@ fn follower_key(headers: &HeaderMap) -> netcron_services::live::ClientKey {
                 .flat_map(|v| v.to_str().ok().unwrap_or_default().split(';'))
                 .map(str::trim)
                 .find(|c| {
-                    c.strip_prefix(crate::auth::SESSION_COOKIE)
+                    c.strip_prefix(crate::access::SESSION_COOKIE)
                         .is_some_and(|rest| rest.starts_with('='))
                 })
                 .map(str::as_bytes)
