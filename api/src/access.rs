@@ -290,13 +290,25 @@ pub const RULES: &[Rule] = &[
     act("POST", "/console/schedules/{id}/delete", Editor),
     act("POST", "/console/schedules/{id}/pause", Operator),
     act("POST", "/console/schedules/{id}/resume", Operator),
+    read("GET", "/console/account"),
+    act("POST", "/console/account/tokens", Viewer),
+    act("POST", "/console/account/tokens/{id}/revoke", Viewer),
+    see("GET", "/console/users", Admin),
+    act("POST", "/console/users", Admin),
+    act("POST", "/console/users/{id}", Admin),
+    see("GET", "/console/users/{id}/edit", Admin),
+    see("GET", "/console/audit", Admin),
 ];
 
-/// The rule of a route, by method and declared path.
+/// The rule of a route, by method and declared path (`HEAD` is `GET`'s, as the router answers
+/// it).
 pub fn rule(method: &Method, path: &str) -> Option<&'static Rule> {
-    RULES
-        .iter()
-        .find(|r| r.path == path && r.method == method.as_str())
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    RULES.iter().find(|r| r.path == path && r.method == method)
 }
 
 /// Who a request is, as the guard resolved it; handlers take it from the request's extensions.
@@ -601,11 +613,11 @@ mod tests {
         }
     }
 
-    /// A path with its parameters' names dropped: `/console/devices/{}`.
+    /// A path with its parameters' names and its query dropped: `/console/devices/{}`.
     fn shape(path: &str) -> String {
         let mut out = String::new();
         let mut inside = false;
-        for c in path.chars() {
+        for c in path.split('?').next().unwrap_or_default().chars() {
             match c {
                 '{' => {
                     inside = true;

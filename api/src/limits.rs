@@ -1,5 +1,5 @@
 //! Slowing down guessing. Failed sign-ins are counted per account name and per source address,
-//! and unknown bearer tokens per source address, in Redis, so every api replica sees the same
+//! and unknown bearer tokens per source address (apart), in Redis, so every api replica sees the same
 //! counts. Past a limit the request is answered 429 with `Retry-After` until the window ends,
 //! whatever it presents: a right password does not help while a name is blocked, so a guess that
 //! happens to be right is not confirmed.
@@ -16,8 +16,12 @@ use crate::state::AppState;
 pub const WINDOW_S: u64 = 15 * 60;
 /// Failed sign-ins per name within the window before that name is blocked.
 pub const PER_NAME: u64 = 10;
-/// Failures (sign-ins or unknown tokens) per source address within the window.
+/// Failed sign-ins per source address within the window.
 pub const PER_SOURCE: u64 = 50;
+/// Unknown bearer tokens per source address within the window. Guessing a 256-bit token is
+/// hopeless whatever the rate, so this only stops a flood, and stays well above what a
+/// misconfigured script (or several behind one NAT) sends before someone notices.
+pub const TOKENS_PER_SOURCE: u64 = 1000;
 
 fn name_key(state: &AppState, name: &str) -> String {
     let digest = Sha256::digest(name.to_lowercase().as_bytes());
@@ -28,17 +32,21 @@ fn name_key(state: &AppState, name: &str) -> String {
     )
 }
 
-fn source_key(state: &AppState, source: &str) -> String {
-    format!("{}:auth:fail:source:{source}", state.key_prefix)
-}
-
 fn keys(state: &AppState, name: Option<&str>, source: Option<&str>) -> Vec<(String, u64)> {
     let mut keys = Vec::new();
     if let Some(name) = name.filter(|n| !n.is_empty()) {
         keys.push((name_key(state, name), PER_NAME));
     }
     if let Some(source) = source {
-        keys.push((source_key(state, source), PER_SOURCE));
+        let (kind, limit) = if name.is_some() {
+            ("source", PER_SOURCE)
+        } else {
+            ("token-source", TOKENS_PER_SOURCE)
+        };
+        keys.push((
+            format!("{}:auth:fail:{kind}:{source}", state.key_prefix),
+            limit,
+        ));
     }
     keys
 }

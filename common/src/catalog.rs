@@ -418,6 +418,13 @@ pub const SETTINGS: &[Setting] = &[
         example: "7",
     },
     Setting {
+        name: "NETCRON_AUDIT_RETENTION_DAYS",
+        roles: &["api", "ingest", "all"],
+        default: Value("365"),
+        meaning: "Audit log entries older than this are deleted, hourly (fractions allowed)",
+        example: "730",
+    },
+    Setting {
         name: "NETCRON_LIVE_FOLLOWERS",
         roles: &["api", "all"],
         default: Value("512"),

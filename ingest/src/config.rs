@@ -87,6 +87,8 @@ pub struct EventSettings {
     /// Published events and finished webhook deliveries older than this are deleted
     /// (`NETCRON_EVENTS_RETENTION_DAYS`, 30; fractions allowed).
     pub retention: Duration,
+    /// Audit log entries older than this are deleted (`NETCRON_AUDIT_RETENTION_DAYS`, 365).
+    pub audit_retention: Duration,
 }
 
 impl Default for EventSettings {
@@ -98,6 +100,7 @@ impl Default for EventSettings {
             webhook_timeout: Duration::from_secs(10),
             webhook_policy: WebhookPolicy::default(),
             retention: Duration::from_secs(30 * 86_400),
+            audit_retention: Duration::from_secs(365 * 86_400),
         }
     }
 }
@@ -122,6 +125,7 @@ impl EventSettings {
             webhook_policy: config::parsed_opt(webhook_policy::VARIABLE)?
                 .unwrap_or(d.webhook_policy),
             retention: config::days_or("NETCRON_EVENTS_RETENTION_DAYS", 30.0)?,
+            audit_retention: config::days_or("NETCRON_AUDIT_RETENTION_DAYS", 365.0)?,
         })
     }
 

@@ -303,12 +303,15 @@ pub struct Origin {
     /// A retry of the failed devices of this job run: only `only` are run.
     pub retry_of: Option<Uuid>,
     pub only: Option<Vec<Uuid>>,
+    /// Who started a manual job run (recorded on it and on its device runs); `None` for a
+    /// schedule's.
+    pub triggered_by: Option<String>,
 }
 
 const INSERT_JOB_RUN: &str = r"
 INSERT INTO job_runs (id, command_id, schedule_id, trigger, scheduled_for, created_at, status,
-                      device_ids, retry_of, finished_at, stop_reason)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                      device_ids, retry_of, finished_at, stop_reason, triggered_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (schedule_id, scheduled_for) DO NOTHING
 RETURNING id";
 
@@ -341,6 +344,7 @@ async fn insert_job_run(
                 origin.retry_of.into(),
                 finished_at.into(),
                 stop_reason.into(),
+                origin.triggered_by.clone().into(),
             ],
         ))
         .await?;
@@ -352,11 +356,11 @@ async fn insert_job_run(
 const INSERT_DEVICE_RUNS: &str = r"
 INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, queued_at, status,
                   finished_at, error_kind, error_message, job_run_id, command_text,
-                  command_secrets)
+                  command_secrets, triggered_by)
 SELECT t.id, $2, t.device_id, $3, t.scheduled_for, $4, t.status,
        CASE WHEN t.status = 'queued' THEN NULL ELSE $4 END,
        NULLIF(t.error_kind, ''), NULLIF(t.reason, ''), $1, t.text,
-       NULLIF(t.secrets, '')::jsonb
+       NULLIF(t.secrets, '')::jsonb, $13
 FROM unnest($5::uuid[], $6::uuid[], $7::timestamptz[], $8::text[], $9::text[], $10::text[],
             $11::text[], $12::text[])
      AS t(id, device_id, scheduled_for, status, error_kind, reason, text, secrets)
@@ -454,6 +458,7 @@ pub async fn start(
                 reasons.into(),
                 texts.into(),
                 secrets.into(),
+                origin.triggered_by.clone().into(),
             ],
         ))
         .await?;

@@ -119,8 +119,9 @@ WITH cmd AS (
     WHERE c.id = $2 AND c.device_id = $3
     FOR KEY SHARE),
 inserted AS (
-    INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, queued_at, status)
-    SELECT $1, cmd.id, cmd.device_id, 'manual', now(), now(), 'queued' FROM cmd
+    INSERT INTO runs (id, command_id, device_id, trigger, scheduled_for, queued_at, status,
+                      triggered_by)
+    SELECT $1, cmd.id, cmd.device_id, 'manual', now(), now(), 'queued', $4 FROM cmd
     RETURNING id),
 outbox AS (INSERT INTO task_outbox (run_id) SELECT id FROM inserted)
 SELECT count(*) AS n FROM inserted";
@@ -136,6 +137,7 @@ pub async fn create_manual(
     db: &DatabaseConnection,
     device_id: Uuid,
     command_id: Uuid,
+    triggered_by: &str,
 ) -> Result<run::Model> {
     let id = Uuid::now_v7();
     let txn = db.begin().await?;
@@ -144,7 +146,12 @@ pub async fn create_manual(
     let row = txn
         .query_one_raw(stmt(
             CREATE_MANUAL,
-            vec![id.into(), command_id.into(), device_id.into()],
+            vec![
+                id.into(),
+                command_id.into(),
+                device_id.into(),
+                triggered_by.into(),
+            ],
         ))
         .await?;
     let n: i64 = row.map(|r| r.try_get("", "n")).transpose()?.unwrap_or(0);

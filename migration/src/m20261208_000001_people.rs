@@ -13,6 +13,8 @@ use crate::run_sql;
 ///   nobody in. `hint` is the token's first characters, for people to recognise it.
 /// - A console session with `user_id` belongs to that account; one without is a session opened
 ///   with a bootstrap token (`NETCRON_API_TOKEN`) and keeps its `token_binding`.
+/// - `runs.triggered_by`, `job_runs.triggered_by`: who started a manual run (`alice`,
+///   `alice (token ci)`, `bootstrap`); `NULL` for a schedule's.
 /// - `audit_log` rows are written by the request that made the change.
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -51,6 +53,7 @@ ALTER TABLE console_sessions
 CREATE INDEX IF NOT EXISTS console_sessions_user ON console_sessions (user_id);
 
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS triggered_by text;
+ALTER TABLE job_runs ADD COLUMN IF NOT EXISTS triggered_by text;
 
 CREATE TABLE IF NOT EXISTS audit_log (
     id          bigserial PRIMARY KEY,
@@ -72,6 +75,7 @@ CREATE INDEX IF NOT EXISTS audit_log_actor ON audit_log (actor_name, id);
 const DOWN: &str = r"
 DROP TABLE IF EXISTS audit_log;
 ALTER TABLE runs DROP COLUMN IF EXISTS triggered_by;
+ALTER TABLE job_runs DROP COLUMN IF EXISTS triggered_by;
 DELETE FROM console_sessions WHERE user_id IS NOT NULL OR token_binding IS NULL;
 ALTER TABLE console_sessions DROP COLUMN IF EXISTS user_id;
 ALTER TABLE console_sessions ALTER COLUMN token_binding SET NOT NULL;

@@ -60,6 +60,8 @@ pub const ZONE_WITHOUT_EXECUTORS: &str = "zone_without_executors";
 /// The event type written when a fleet job's run ends (by `netcron_lifecycle::settle`,
 /// wherever the job run's last device run ended).
 pub const JOB_RUN_FINISHED: &str = "job_run_finished";
+/// The event type of an audit log entry (written with the entry, by the api).
+pub const AUDIT: &str = "audit";
 
 /// Consumer group names.
 pub const EXECUTOR_GROUP: &str = "executors";

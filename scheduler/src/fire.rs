@@ -295,6 +295,7 @@ async fn fire_jobs(
             scheduled_for: fire.scheduled_for,
             retry_of: None,
             only: None,
+            triggered_by: None,
         };
         if fire.status == RunStatus::Queued {
             jobs::start(txn, job, origin, now).await?;

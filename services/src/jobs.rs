@@ -321,9 +321,13 @@ pub async fn targeting(db: &DatabaseConnection, device_id: Uuid) -> Result<Vec<c
     Ok(out)
 }
 
-/// Starts a job run now, over the devices its target matches now.
-pub async fn start(db: &DatabaseConnection, id: Uuid) -> Result<job_run::Model> {
-    start_with(db, id, None, None).await
+/// Starts a job run now, over the devices its target matches now; `triggered_by` names who.
+pub async fn start(
+    db: &DatabaseConnection,
+    id: Uuid,
+    triggered_by: &str,
+) -> Result<job_run::Model> {
+    start_with(db, id, None, None, triggered_by).await
 }
 
 async fn start_with(
@@ -331,6 +335,7 @@ async fn start_with(
     id: Uuid,
     retry_of: Option<Uuid>,
     only: Option<Vec<Uuid>>,
+    triggered_by: &str,
 ) -> Result<job_run::Model> {
     let txn = db.begin().await?;
     let job = command::Entity::find_by_id(id)
@@ -346,6 +351,7 @@ async fn start_with(
         scheduled_for: now,
         retry_of,
         only,
+        triggered_by: Some(triggered_by.to_owned()),
     };
     let created = lifecycle::start(&txn, &job, origin, now)
         .await?
@@ -356,7 +362,11 @@ async fn start_with(
 
 /// A job run over exactly the devices of `job_run_id` that failed, errored, were unreachable,
 /// skipped or cancelled, that still exist and are enabled.
-pub async fn retry_failed(db: &DatabaseConnection, job_run_id: Uuid) -> Result<job_run::Model> {
+pub async fn retry_failed(
+    db: &DatabaseConnection,
+    job_run_id: Uuid,
+    triggered_by: &str,
+) -> Result<job_run::Model> {
     let original = get_run(db, job_run_id).await?;
     let devices = lifecycle::unsuccessful_devices(db, job_run_id).await?;
     if devices.is_empty() {
@@ -365,7 +375,14 @@ pub async fn retry_failed(db: &DatabaseConnection, job_run_id: Uuid) -> Result<j
             format!("job run {job_run_id} has no failed device to retry"),
         ));
     }
-    start_with(db, original.command_id, Some(job_run_id), Some(devices)).await
+    start_with(
+        db,
+        original.command_id,
+        Some(job_run_id),
+        Some(devices),
+        triggered_by,
+    )
+    .await
 }
 
 pub async fn get_run(db: &impl ConnectionTrait, id: Uuid) -> Result<job_run::Model> {

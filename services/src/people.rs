@@ -319,9 +319,10 @@ pub struct UserChanges {
     pub password: Option<SecretString>,
 }
 
-/// Changes an account. A new password, a new role or disabling it ends the account's console
-/// sessions at once (the next request of any api replica finds none); disabling also stops
-/// its tokens, which are checked against their owner on every request.
+/// Changes an account. A new password or disabling it ends the account's console sessions at
+/// once (the next request of any api replica finds none); disabling also stops its tokens,
+/// which are checked against their owner on every request. A new role needs no such step:
+/// sessions and tokens read the account's role on every request.
 ///
 /// # Errors
 /// Not found; a validation error naming `password`.
@@ -340,9 +341,7 @@ pub async fn update_user(db: &DatabaseConnection, id: Uuid, changes: UserChanges
         }
         None => None,
     };
-    let ends_sessions = hash.is_some()
-        || changes.role.is_some_and(|r| r != current.role)
-        || changes.disabled == Some(true);
+    let ends_sessions = hash.is_some() || changes.disabled == Some(true);
     let txn = sea_orm::TransactionTrait::begin(db).await?;
     txn.execute_raw(stmt(
         "UPDATE users SET \
@@ -776,12 +775,22 @@ pub struct Audit {
     pub detail: Option<serde_json::Value>,
 }
 
-/// Records one entry.
+/// Records one entry, and an `audit` event with it (in one statement), which the dispatcher
+/// publishes to the events stream and to webhooks subscribed to it.
 pub async fn record(db: &impl ConnectionTrait, entry: Audit) -> Result<()> {
     db.execute_raw(stmt(
-        "INSERT INTO audit_log (actor_kind, actor_id, actor_name, action, resource, status, \
-                                source, request_id, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "WITH entry AS ( \
+           INSERT INTO audit_log (actor_kind, actor_id, actor_name, action, resource, status, \
+                                  source, request_id, detail) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *) \
+         INSERT INTO events (id, type, body) \
+         SELECT $10, $11, jsonb_build_object('v', 1, 'id', $10, 'type', $11, 'at', e.at, \
+                'device', NULL, 'schedule_id', NULL, 'run_id', NULL, \
+                'data', jsonb_build_object('audit_id', e.id, 'actor_kind', e.actor_kind, \
+                  'actor_id', e.actor_id, 'actor_name', e.actor_name, 'action', e.action, \
+                  'resource', e.resource, 'status', e.status, 'source', e.source, \
+                  'request_id', e.request_id)) \
+         FROM entry e",
         [
             entry.actor_kind.into(),
             entry.actor_id.into(),
@@ -792,6 +801,8 @@ pub async fn record(db: &impl ConnectionTrait, entry: Audit) -> Result<()> {
             entry.source.into(),
             entry.request_id.into(),
             entry.detail.into(),
+            new_id().into(),
+            netcron_protocol::AUDIT.into(),
         ],
     ))
     .await?;

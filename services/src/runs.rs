@@ -77,6 +77,10 @@ pub struct RunSummary {
     pub stderr_bytes: Option<i64>,
     /// Whether the run has a structured `payload` (see `GET /runs/{run_id}`).
     pub has_payload: bool,
+    /// Who started it: an account (`alice`, or `alice (token ci)` for one of its tokens),
+    /// `bootstrap` (a `NETCRON_API_TOKEN`), or `schedule`. Null for manual runs from before
+    /// accounts existed.
+    pub triggered_by: Option<String>,
 }
 
 impl From<&run::Model> for RunSummary {
@@ -108,6 +112,10 @@ impl From<&run::Model> for RunSummary {
             stdout_bytes: size(&m.stdout),
             stderr_bytes: size(&m.stderr),
             has_payload: m.payload.is_some(),
+            triggered_by: m
+                .triggered_by
+                .clone()
+                .or_else(|| (m.trigger == RunTrigger::Scheduled).then(|| "schedule".to_owned())),
         }
     }
 }
@@ -285,6 +293,7 @@ pub async fn create_manual(
     db: &DatabaseConnection,
     device_id: Uuid,
     command_id: Uuid,
+    triggered_by: &str,
 ) -> Result<run::Model> {
     if !crate::found::device(db, device_id).await?.enabled {
         return Err(Error::conflict(
@@ -292,7 +301,7 @@ pub async fn create_manual(
             format!("device {device_id} is disabled; enable it to run commands on it"),
         ));
     }
-    Ok(netcron_lifecycle::runs::create_manual(db, device_id, command_id).await?)
+    Ok(netcron_lifecycle::runs::create_manual(db, device_id, command_id, triggered_by).await?)
 }
 
 /// Cancels a queued run that no executor has begun.

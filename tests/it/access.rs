@@ -383,12 +383,20 @@ async fn page_status(app: &TestApp, cookie: &str, path: &str) -> u16 {
         .as_u16()
 }
 
-/// A console session of an account follows the account: a viewer's session reads but is
-/// refused an editor's page; a new password or disabling the account ends the session on its
-/// next request, and a disabled account's tokens stop too.
+/// A console session of an account follows the account, on every api replica: a viewer's
+/// session reads but is refused an editor's page; promoted, the same session gets it on its next
+/// request at the other replica; signed out at one replica, it is gone at the other; a new
+/// password or disabling the account ends the session on its next request, and a disabled
+/// account's tokens stop too.
 #[tokio::test]
 async fn sessions_follow_the_account_and_end_when_it_changes() {
     let app = TestApp::spawn().await;
+    let replica = TestApp::spawn_with(|s| {
+        s.database.url = app.db_url.clone();
+        s.redis.stream_prefix = app.stream_prefix.clone();
+        s.run_ingest = false;
+    })
+    .await;
     let (token, user) = token_of(&app, Role::Viewer).await;
     let user_id = id(&user).to_owned();
     let cookie = sign_in(&app, "Viewer-Person", "correct horse")
@@ -396,8 +404,51 @@ async fn sessions_follow_the_account_and_end_when_it_changes() {
         .expect("names compare without case");
     assert_eq!(page_status(&app, &cookie, "/console/devices").await, 200);
     assert_eq!(
+        page_status(&replica, &cookie, "/console/devices/new").await,
+        403
+    );
+    let promoted = app
+        .patch(&format!("/users/{user_id}"), &json!({"role": "editor"}))
+        .await;
+    assert_eq!(promoted.status(), 200);
+    assert_eq!(
+        page_status(&replica, &cookie, "/console/devices/new").await,
+        200
+    );
+    let demoted = replica
+        .patch(&format!("/users/{user_id}"), &json!({"role": "viewer"}))
+        .await;
+    assert_eq!(demoted.status(), 200);
+    assert_eq!(
         page_status(&app, &cookie, "/console/devices/new").await,
         403
+    );
+
+    let account = client()
+        .get(replica.url("/console/account"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("account")
+        .text()
+        .await
+        .expect("html");
+    let signed_out = client()
+        .post(replica.url("/console/sign-out"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf_of(&account).as_str())])
+        .send()
+        .await
+        .expect("sign out");
+    assert_eq!(signed_out.status(), 303);
+    assert_eq!(page_status(&app, &cookie, "/console/devices").await, 303);
+
+    let cookie = sign_in(&app, "viewer-person", "correct horse")
+        .await
+        .expect("signs in again");
+    assert_eq!(
+        page_status(&replica, &cookie, "/console/devices").await,
+        200
     );
 
     let changed = app
@@ -481,4 +532,253 @@ async fn sign_in_guessing_is_limited_per_name_and_answers_the_same_for_unknown_n
         11,
         "{audit}"
     );
+}
+
+/// The `csrf` of a signed-in page.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a csrf field")
+        .to_owned()
+}
+
+/// The console does what the API does for people: an admin adds an operator; the operator
+/// sees no People or Audit, makes a token on the Account page that is shown once (the page that
+/// answers the form) and never again, uses it, and revokes it; the audit page lists all of it.
+#[tokio::test]
+async fn the_console_adds_people_and_shows_a_new_token_once() {
+    let app = TestApp::spawn().await;
+    app.create(
+        "/users",
+        json!({"name": "root-admin", "role": "admin", "password": "correct horse"}),
+    )
+    .await;
+    let admin = sign_in(&app, "root-admin", "correct horse")
+        .await
+        .expect("admin signs in");
+    let browser = client();
+    let page = browser
+        .get(app.url("/console/users"))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .expect("users page");
+    assert_eq!(page.status(), 200);
+    let csrf = csrf_of(&page.text().await.expect("html"));
+    let added = browser
+        .post(app.url("/console/users"))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "op-two"),
+            ("display_name", "Operator Two"),
+            ("role", "operator"),
+            ("kind", "person"),
+            ("password", "short"),
+        ])
+        .send()
+        .await
+        .expect("add");
+    assert_eq!(added.status(), 422, "a short password is refused");
+    let refused = added.text().await.expect("html");
+    assert!(
+        refused.contains("must be at least 8 characters"),
+        "{refused}"
+    );
+    assert!(
+        !refused.contains("value=\"short\""),
+        "the password typed is never shown again"
+    );
+    let added = browser
+        .post(app.url("/console/users"))
+        .header("cookie", &admin)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("name", "op-two"),
+            ("role", "operator"),
+            ("kind", "person"),
+            ("password", "long enough"),
+        ])
+        .send()
+        .await
+        .expect("add");
+    assert_eq!(added.status(), 303);
+
+    let operator = sign_in(&app, "op-two", "long enough")
+        .await
+        .expect("signs in");
+    let account = browser
+        .get(app.url("/console/account"))
+        .header("cookie", &operator)
+        .send()
+        .await
+        .expect("account")
+        .text()
+        .await
+        .expect("html");
+    assert!(account.contains("op-two · operator"), "the header says who");
+    assert!(
+        !account.contains("/console/users\""),
+        "no People link for an operator"
+    );
+    assert_eq!(page_status(&app, &operator, "/console/audit").await, 403);
+    let made = browser
+        .post(app.url("/console/account/tokens"))
+        .header("cookie", &operator)
+        .form(&[
+            ("csrf", csrf_of(&account).as_str()),
+            ("name", "laptop"),
+            ("role", "operator"),
+            ("expires_at", "2099-12-31"),
+        ])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(made.status(), 200);
+    let made = made.text().await.expect("html");
+    let token = made
+        .split("<code id=\"new-token\">")
+        .nth(1)
+        .and_then(|r| r.split('<').next())
+        .expect("the new token is shown")
+        .to_owned();
+    assert!(token.starts_with("nct_"), "{token}");
+    let again = browser
+        .get(app.url("/console/account"))
+        .header("cookie", &operator)
+        .send()
+        .await
+        .expect("account")
+        .text()
+        .await
+        .expect("html");
+    assert!(!again.contains(&token), "shown once");
+    assert!(
+        again.contains(&token[..10]),
+        "its first characters tell it apart"
+    );
+    let me: Value = app
+        .client
+        .get(app.url("/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(me["name"], "op-two", "{me}");
+
+    let tokens: Value = app
+        .get("/tokens?all=true")
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let token_id = tokens[0]["id"].as_str().expect("id").to_owned();
+    // A date means through that day: the token ends at the next midnight, UTC.
+    assert_eq!(tokens[0]["expires_at"], "2100-01-01T00:00:00Z", "{tokens}");
+    let revoked = browser
+        .post(app.url(&format!("/console/account/tokens/{token_id}/revoke")))
+        .header("cookie", &operator)
+        .form(&[("csrf", csrf_of(&again).as_str())])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status(), 303);
+    let after = app
+        .client
+        .get(app.url("/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(after.status(), 401);
+
+    let audit = browser
+        .get(app.url("/console/audit?actor=op-two"))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .expect("audit")
+        .text()
+        .await
+        .expect("html");
+    for action in [
+        "POST /console/account/tokens/{id}/revoke",
+        "POST /console/account/tokens",
+        "sign_in",
+    ] {
+        assert!(audit.contains(action), "{action} is not in the audit page");
+    }
+}
+
+/// `netcron user add --admin` gets the first person in: with a password from standard input,
+/// or with one it makes and prints once; either signs in to the console as an admin.
+#[tokio::test]
+async fn netcron_user_add_makes_the_first_admin() {
+    use std::io::Write as _;
+    let app = TestApp::spawn().await;
+    let add = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_netcron"))
+            .args(["user", "add"])
+            .args(args)
+            .env("DATABASE_URL", &app.db_url)
+            .env("NETCRON_LOG_FORMAT", "json")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("netcron user add")
+    };
+    let mut given = add(&["--admin", "first-admin", "--password-stdin"]);
+    given
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"a long passphrase\n")
+        .expect("write");
+    let out = given.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.starts_with("created first-admin ("), "{printed}");
+    assert!(!printed.contains("a long passphrase"), "{printed}");
+    let cookie = sign_in(&app, "first-admin", "a long passphrase")
+        .await
+        .expect("signs in");
+    assert_eq!(page_status(&app, &cookie, "/console/users").await, 200);
+
+    let made = add(&["--role", "viewer", "second"])
+        .wait_with_output()
+        .expect("wait");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let printed = String::from_utf8_lossy(&made.stdout);
+    let password = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("password (shown once): "))
+        .expect("the made password is printed once")
+        .to_owned();
+    let cookie = sign_in(&app, "second", &password).await.expect("signs in");
+    assert_eq!(page_status(&app, &cookie, "/console/users").await, 403);
+
+    let mut clash = add(&["--admin", "FIRST-ADMIN", "--password-stdin"]);
+    clash
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"another long one\n")
+        .expect("write");
+    let out = clash.wait_with_output().expect("wait");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a user named"), "{stderr}");
 }

@@ -408,6 +408,52 @@ pub const COVERED: &[Covered] = &[
         "/console/webhooks/{webhook_id}/edit",
         "the edit page lists the latest deliveries",
     ),
+    // People and access.
+    op(
+        "GET",
+        "/me",
+        "GET",
+        "/console/account",
+        "the header names who is signed in too",
+    ),
+    op(
+        "GET",
+        "/tokens",
+        "GET",
+        "/console/account",
+        "your own tokens",
+    ),
+    op(
+        "POST",
+        "/tokens",
+        "POST",
+        "/console/account/tokens",
+        "for yourself; a token for a service account is created through the API",
+    ),
+    op(
+        "DELETE",
+        "/tokens/{token_id}",
+        "POST",
+        "/console/account/tokens/{token_id}/revoke",
+        "",
+    ),
+    op("GET", "/users", "GET", "/console/users", ""),
+    op("POST", "/users", "POST", "/console/users", ""),
+    op(
+        "GET",
+        "/users/{user_id}",
+        "GET",
+        "/console/users/{user_id}/edit",
+        "",
+    ),
+    op(
+        "PATCH",
+        "/users/{user_id}",
+        "POST",
+        "/console/users/{user_id}",
+        "",
+    ),
+    op("GET", "/audit", "GET", "/console/audit", ""),
 ];
 
 /// The operations the console deliberately does not offer.

@@ -733,11 +733,12 @@ async fn update_command(
 async fn run_now(
     State(state): State<AppState>,
     Path((device_id, command_id)): Path<(String, String)>,
-    _action: Action,
+    action: Action,
 ) -> Result<Response> {
     let device_id = id(&device_id, "device_id")?;
     let command_id = id(&command_id, "command_id")?;
-    let run = runs::create_manual(&state.db, device_id, command_id).await?;
+    let who = action.operator.caller.label();
+    let run = runs::create_manual(&state.db, device_id, command_id, &who).await?;
     Ok(see_other(&format!("/console/runs/{}", run.id)))
 }
 

@@ -65,6 +65,18 @@ impl Fields {
         Self(pairs)
     }
 
+    /// The same fields with `name` set to `value` (replacing any it had).
+    pub fn with(&self, name: &str, value: &str) -> Self {
+        let mut pairs: Vec<_> = self.0.iter().filter(|(k, _)| k != name).cloned().collect();
+        pairs.push((name.to_owned(), value.to_owned()));
+        Self(pairs)
+    }
+
+    /// The same fields without `name` (a secret that must not be shown again).
+    pub fn without(&self, name: &str) -> Self {
+        Self(self.0.iter().filter(|(k, _)| k != name).cloned().collect())
+    }
+
     pub fn pairs(&self) -> &[(String, String)] {
         &self.0
     }

@@ -480,10 +480,10 @@ async fn show(
 async fn run_now(
     State(state): State<AppState>,
     Path(job_id): Path<String>,
-    _action: Action,
+    action: Action,
 ) -> Result<Response> {
     let job_id = id(&job_id, "job_id")?;
-    let run = service::start(&state.db, job_id).await?;
+    let run = service::start(&state.db, job_id, &action.operator.caller.label()).await?;
     Ok(see_other(&format!("/console/job-runs/{}", run.id)))
 }
 
@@ -635,10 +635,10 @@ async fn grid_fragment(
 async fn retry_failed(
     State(state): State<AppState>,
     Path(job_run_id): Path<String>,
-    _action: Action,
+    action: Action,
 ) -> Result<Response> {
     let job_run_id = id(&job_run_id, "job_run_id")?;
-    let run = service::retry_failed(&state.db, job_run_id).await?;
+    let run = service::retry_failed(&state.db, job_run_id, &action.operator.caller.label()).await?;
     Ok(see_other(&format!("/console/job-runs/{}", run.id)))
 }
 

@@ -19,6 +19,7 @@ mod forms;
 mod jobs;
 mod next;
 mod overview;
+mod people;
 mod runs;
 mod schedules;
 pub mod session;
@@ -41,6 +42,8 @@ pub struct Chrome {
     pub csrf: String,
     /// Who is signed in, and as what: `alice · operator`.
     pub who: String,
+    /// Whether the navigation offers the admins' pages (people, audit).
+    pub admin: bool,
     /// The navigation entry to mark as current.
     pub section: &'static str,
     /// What the last action did, shown above the content (`Deleted device sw1.`).
@@ -53,6 +56,7 @@ impl Chrome {
         Self {
             csrf: operator.csrf.clone(),
             who: format!("{} · {}", principal.name, principal.role),
+            admin: principal.role == netcron_services::people::Role::Admin,
             section,
             notice: None,
         }
@@ -187,6 +191,7 @@ pub fn router() -> Router<AppState> {
         .merge(runs::router())
         .merge(admin::router())
         .merge(deletes::router())
+        .merge(people::router())
         .layer(from_fn(secure_headers))
 }
 

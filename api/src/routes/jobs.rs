@@ -336,6 +336,8 @@ pub struct JobRunView {
     pub retry_of: Option<Uuid>,
     /// Why the job run stopped, or why it ran nothing.
     pub stop_reason: Option<String>,
+    /// Who started it: an account (`alice`, `alice (token ci)`), `bootstrap`, or `schedule`.
+    pub triggered_by: Option<String>,
     /// Device runs per status (`queued`, `running`, `succeeded`, `failed`, `error`, …); only
     /// on a single job run.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -357,6 +359,10 @@ impl From<job_run::Model> for JobRunView {
             devices: m.device_ids.len(),
             retry_of: m.retry_of,
             stop_reason: m.stop_reason,
+            triggered_by: m.triggered_by.or_else(|| {
+                (m.trigger == netcron_common::domain::RunTrigger::Scheduled)
+                    .then(|| "schedule".to_owned())
+            }),
             counts: None,
         }
     }
@@ -505,9 +511,10 @@ async fn job_devices(
     responses((status = 201, description = "The job run", body = JobRunView), ReadErrors))]
 async fn start_job(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::access::Caller>,
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, axum::Json<JobRunView>)> {
-    let created = service::start(&state.db, id).await?;
+    let created = service::start(&state.db, id, &caller.label()).await?;
     Ok((StatusCode::CREATED, axum::Json(created.into())))
 }
 
@@ -642,9 +649,10 @@ async fn job_run_devices(
         ReadErrors))]
 async fn retry_failed(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::access::Caller>,
     Path(id): Path<Uuid>,
 ) -> Result<(StatusCode, axum::Json<JobRunView>)> {
-    let created = service::retry_failed(&state.db, id).await?;
+    let created = service::retry_failed(&state.db, id, &caller.label()).await?;
     Ok((StatusCode::CREATED, axum::Json(created.into())))
 }
 

@@ -60,8 +60,9 @@ pub struct UserCreate {
     pub password: Option<SecretString>,
 }
 
-/// Changes to an account. A new password, a new role or `disabled: true` ends the account's
-/// console sessions at once; a disabled account's tokens stop working on their next request.
+/// Changes to an account. A new password or `disabled: true` ends the account's console
+/// sessions at once, and a disabled account's tokens stop working on their next request; a new
+/// role applies to its sessions and tokens from their next request.
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"role": "viewer"}))]
@@ -90,15 +91,20 @@ async fn create_user(
     State(state): State<AppState>,
     Json(body): Json<UserCreate>,
 ) -> Result<(StatusCode, axum::Json<User>)> {
-    let new = NewUser {
-        name: service::parse_user_name(&body.name)?,
-        display_name: parse_display(body.display_name)?.unwrap_or_default(),
-        kind: body.kind.unwrap_or(AccountKind::Person),
-        role: body.role,
-        password: body.password,
-    };
-    let user = service::create_user(&state.db, new).await?;
+    let user = service::create_user(&state.db, body.parse()?).await?;
     Ok((StatusCode::CREATED, axum::Json(user)))
+}
+
+impl UserCreate {
+    pub(crate) fn parse(self) -> Result<NewUser> {
+        Ok(NewUser {
+            name: service::parse_user_name(&self.name)?,
+            display_name: parse_display(self.display_name)?.unwrap_or_default(),
+            kind: self.kind.unwrap_or(AccountKind::Person),
+            role: self.role,
+            password: self.password,
+        })
+    }
 }
 
 /// Every account, by name.
@@ -124,28 +130,34 @@ async fn update_user(
     Path(id): Path<Uuid>,
     Json(body): Json<UserPatch>,
 ) -> Result<axum::Json<User>> {
-    // An admin cannot lock themselves out by mistake; another admin can.
-    if caller.principal.user_id == Some(id)
-        && (body.disabled == Some(true) || body.role.is_some_and(|r| r < Role::Admin))
-    {
-        return Err(ApiError::validation(
-            if body.disabled == Some(true) {
-                "disabled"
-            } else {
-                "role"
-            },
-            "you cannot disable yourself or lower your own role; ask another admin",
-        ));
+    Ok(axum::Json(body.apply(&state, &caller, id).await?))
+}
+
+impl UserPatch {
+    /// Applies the change as `caller`.
+    pub(crate) async fn apply(self, state: &AppState, caller: &Caller, id: Uuid) -> Result<User> {
+        let body = self;
+        // An admin cannot lock themselves out by mistake; another admin can.
+        if caller.principal.user_id == Some(id)
+            && (body.disabled == Some(true) || body.role.is_some_and(|r| r < Role::Admin))
+        {
+            return Err(ApiError::validation(
+                if body.disabled == Some(true) {
+                    "disabled"
+                } else {
+                    "role"
+                },
+                "you cannot disable yourself or lower your own role; ask another admin",
+            ));
+        }
+        let changes = UserChanges {
+            display_name: parse_display(body.display_name)?,
+            role: body.role,
+            disabled: body.disabled,
+            password: body.password,
+        };
+        Ok(service::update_user(&state.db, id, changes).await?)
     }
-    let changes = UserChanges {
-        display_name: parse_display(body.display_name)?,
-        role: body.role,
-        disabled: body.disabled,
-        password: body.password,
-    };
-    Ok(axum::Json(
-        service::update_user(&state.db, id, changes).await?,
-    ))
 }
 
 /// A new API token. Without `owner_id` it is the caller's own; only an admin may create one for
@@ -195,32 +207,41 @@ async fn create_token(
     Extension(caller): Extension<Caller>,
     Json(body): Json<TokenCreate>,
 ) -> Result<(StatusCode, axum::Json<CreatedToken>)> {
-    let owner_id = owner_for(&caller, body.owner_id)?;
-    if let Some(role) = body.role
-        && role > caller.principal.role
-    {
-        return Err(ApiError::validation(
-            "role",
-            format!(
-                "`{role}` is above your own role `{}`",
-                caller.principal.role
-            ),
-        ));
-    }
-    let new = NewToken {
-        owner_id,
-        name: field("name", parse_name(&body.name, 128))?,
-        role: body.role.map(|r| r.min(caller.principal.role)),
-        expires_at: body.expires_at,
-    };
-    let (listed, token) = service::create_token(&state.db, new).await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(CreatedToken {
+        axum::Json(body.create(&state, &caller).await?),
+    ))
+}
+
+impl TokenCreate {
+    /// Creates the token as `caller`: their own unless they are an admin naming another owner,
+    /// and never above their own role.
+    pub(crate) async fn create(self, state: &AppState, caller: &Caller) -> Result<CreatedToken> {
+        let body = self;
+        let owner_id = owner_for(caller, body.owner_id)?;
+        if let Some(role) = body.role
+            && role > caller.principal.role
+        {
+            return Err(ApiError::validation(
+                "role",
+                format!(
+                    "`{role}` is above your own role `{}`",
+                    caller.principal.role
+                ),
+            ));
+        }
+        let new = NewToken {
+            owner_id,
+            name: field("name", parse_name(&body.name, 128))?,
+            role: body.role.map(|r| r.min(caller.principal.role)),
+            expires_at: body.expires_at,
+        };
+        let (listed, token) = service::create_token(&state.db, new).await?;
+        Ok(CreatedToken {
             token: token.expose().to_owned(),
             listed,
-        }),
-    ))
+        })
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -268,14 +289,18 @@ async fn revoke_token(
     Extension(caller): Extension<Caller>,
     Path(id): Path<Uuid>,
 ) -> Result<axum::Json<Token>> {
+    Ok(axum::Json(revoke_as(&state, &caller, id).await?))
+}
+
+/// Revokes a token as `caller`: an admin any token, anyone else only their own (another's is
+/// "not found", so its existence is not revealed).
+pub(crate) async fn revoke_as(state: &AppState, caller: &Caller, id: Uuid) -> Result<Token> {
     let only = if caller.principal.role == Role::Admin {
         None
     } else {
         Some(caller.principal.user_id.unwrap_or_else(Uuid::nil))
     };
-    Ok(axum::Json(
-        service::revoke_token(&state.db, id, only).await?,
-    ))
+    Ok(service::revoke_token(&state.db, id, only).await?)
 }
 
 #[derive(Deserialize, IntoParams)]

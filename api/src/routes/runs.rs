@@ -121,9 +121,10 @@ pub struct DeviceResultParams {
                 "detail": "device 01936b2f-0a1b-7c2d-8e3f-405162738495 is disabled; enable it to run commands on it"}))))]
 async fn run_command(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::access::Caller>,
     Path((device_id, command_id)): Path<(Uuid, Uuid)>,
 ) -> Result<(StatusCode, axum::Json<RunView>)> {
-    let model = service::create_manual(&state.db, device_id, command_id).await?;
+    let model = service::create_manual(&state.db, device_id, command_id, &caller.label()).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(model.into())))
 }
 

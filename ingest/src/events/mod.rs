@@ -23,7 +23,9 @@ mod deliver;
 mod detect;
 mod shared;
 
-pub use deliver::{Dispatcher, MAX_RECORDED_TEXT, Removed, apply_retention, sign};
+pub use deliver::{
+    Dispatcher, MAX_RECORDED_TEXT, Removed, apply_audit_retention, apply_retention, sign,
+};
 pub use detect::{Finished, record};
 pub use shared::{
     DEVICE_RECOVERED, DEVICE_UNREACHABLE, EVENT_TYPES, HOST_KEY_CHANGED, JOB_RUN_FINISHED,

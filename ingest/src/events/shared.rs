@@ -8,11 +8,13 @@ pub const DEVICE_RECOVERED: &str = "device_recovered";
 pub const HOST_KEY_CHANGED: &str = "host_key_changed";
 pub const SCHEDULE_AUTO_PAUSED: &str = "schedule_auto_paused";
 pub const RUN_FAILED: &str = "run_failed";
+/// Written by the api with each audit log entry; published like the others.
+pub use netcron_protocol::AUDIT;
 /// Written by lifecycle when a fleet job's run ends; published like the others.
 pub use netcron_protocol::JOB_RUN_FINISHED;
 /// Written by the scheduler's zone watch rather than detected here; published like the others.
 pub use netcron_protocol::ZONE_WITHOUT_EXECUTORS;
-pub const EVENT_TYPES: [&str; 7] = [
+pub const EVENT_TYPES: [&str; 8] = [
     DEVICE_UNREACHABLE,
     DEVICE_RECOVERED,
     HOST_KEY_CHANGED,
@@ -20,6 +22,7 @@ pub const EVENT_TYPES: [&str; 7] = [
     RUN_FAILED,
     ZONE_WITHOUT_EXECUTORS,
     JOB_RUN_FINISHED,
+    AUDIT,
 ];
 
 /// The known type `kind` names, as the `'static` string metric labels need; `None` for a type

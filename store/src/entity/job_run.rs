@@ -25,6 +25,8 @@ pub struct Model {
     pub retry_of: Option<Uuid>,
     /// Why the job run stopped starting devices (cancelled, `max_fail_percent`).
     pub stop_reason: Option<String>,
+    /// Who started a manual job run; `None` for a schedule's.
+    pub triggered_by: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

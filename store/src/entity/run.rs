@@ -38,6 +38,9 @@ pub struct Model {
     pub command_text: Option<String>,
     /// The sealed secret variables `command_text` marks (`[{name, owner, sealed}]`).
     pub command_secrets: Option<Json>,
+    /// Who started a manual run (`alice`, `alice (token ci)`, `bootstrap`); `None` for a
+    /// schedule's (and for manual runs from before accounts existed).
+    pub triggered_by: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -71,7 +71,21 @@ async fn fixtures(app: &TestApp) -> Vec<(&'static str, String)> {
         ))
         .await
         .expect("a config version");
+    let user = app
+        .create(
+            "/users",
+            json!({"name": "coverage-person", "role": "viewer", "password": "correct horse"}),
+        )
+        .await;
+    let token = app
+        .create(
+            "/tokens",
+            json!({"name": "coverage-token", "owner_id": user["id"]}),
+        )
+        .await;
     vec![
+        ("user_id", id(&user).to_owned()),
+        ("token_id", id(&token).to_owned()),
         ("device_id", id(&device).to_owned()),
         ("command_id", id(&command).to_owned()),
         (
