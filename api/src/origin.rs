@@ -85,6 +85,26 @@ impl ConsoleOrigin {
             .any(|requested| requested.matches(&origin))
     }
 
+    /// The console's origin as the browser sees it, for the redirect URI given to an OpenID
+    /// Connect provider: the public URL when one is configured, else `Host` with `https` when
+    /// [`Self::secure_cookies`] says the browser came over TLS and `http` otherwise.
+    pub fn origin_of(&self, headers: &HeaderMap) -> Option<String> {
+        if let Some(public) = &self.public {
+            return Some(public.to_string());
+        }
+        let host = headers.get(header::HOST)?.to_str().ok()?;
+        let scheme = if self.secure_cookies(headers) {
+            "https"
+        } else {
+            "http"
+        };
+        Url::parse(&format!("{scheme}://{host}"))
+            .ok()
+            .map(|u| u.origin())
+            .filter(url::Origin::is_tuple)
+            .map(|o| o.ascii_serialization())
+    }
+
     /// Whether the session cookie is marked `Secure`: the public URL is `https`, or a proxy
     /// that terminates TLS says the browser came over it. netcron itself serves plain HTTP.
     pub fn secure_cookies(&self, headers: &HeaderMap) -> bool {
