@@ -10,7 +10,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{Extensions, HeaderMap, StatusCode};
-use axum::response::{IntoResponse as _, Response};
+use axum::response::{Html, IntoResponse as _, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use chrono::{Duration, Utc};
 use netcron_services::people::{self, ExternalIdentity, ExternalSignIn};
@@ -360,16 +360,32 @@ pub async fn callback(
             actor_name: user.name,
             action: "sign_in".to_owned(),
             resource: Some(format!("/console/sign-in/oidc/{}", provider.id())),
-            status: 303,
+            status: 200,
             source: failure.source,
             request_id: None,
             detail: Some(serde_json::json!({"provider": provider.id()})),
         },
     )
     .await?;
-    Ok((
-        jar.remove(removal()).add(cookie),
-        see_other(failure.next.as_str()),
-    )
-        .into_response())
+    Ok((jar.remove(removal()).add(cookie), onward(&failure.next)).into_response())
+}
+
+/// The page that takes a signed-in browser on to `next`. Not a redirect: this response ends a
+/// chain of redirects that began at the provider, another site, and a browser does not send a
+/// `SameSite=Strict` cookie (the session's) on a request such a chain makes. A navigation that
+/// this page starts is made by netcron's own page, so the session comes along.
+fn onward(next: &next::ReturnPath) -> Response {
+    let escaped = next
+        .as_str()
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    Html(format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={escaped}\">\
+         <title>Signed in · netcron</title></head>\
+         <body><p id=\"signed-in\">Signed in. <a href=\"{escaped}\">Continue</a></p></body></html>\n"
+    ))
+    .into_response()
 }
