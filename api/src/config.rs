@@ -48,7 +48,7 @@ impl Settings {
             live: LiveSettings::from_env()?,
             create_database: false,
             public_url: config::parsed_opt("NETCRON_PUBLIC_URL")?,
-            oidc: config::parsed_opt("NETCRON_OIDC_PROVIDERS")?.unwrap_or_default(),
+            oidc: config::parsed_secret_opt("NETCRON_OIDC_PROVIDERS")?.unwrap_or_default(),
         })
     }
 }

@@ -264,3 +264,76 @@ async fn a_person_without_a_mapped_group_is_refused() {
     )
     .await;
 }
+
+/// Signs `login` in over HTTP from the start; answers the callback's response.
+async fn http_sign_in(app: &TestApp, provider: &Provider, login: &str) -> reqwest::Response {
+    let mut jar = Jar::default();
+    let authorize = start_sign_in(app, &mut jar).await;
+    let back = provider_login(&authorize, login, &provider.issuer).await;
+    finish(&back, &jar).await
+}
+
+/// A provider's person whose netcron account was disabled is refused; one whose name another
+/// account has already is refused rather than merged into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_account_and_a_taken_name_are_refused() {
+    let (app, provider) = app_with_provider(
+        &[
+            account("alice", "Alice Admin", &["netcron-admins"]),
+            account("bob", "Bob from SSO", &["netops"]),
+        ],
+        &[],
+    )
+    .await;
+    let signed_in = http_sign_in(&app, &provider, "alice").await;
+    assert_eq!(signed_in.status(), 200);
+    assert!(
+        signed_in
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .any(|c| c
+                .to_str()
+                .unwrap_or_default()
+                .starts_with("netcron_session="))
+    );
+    app.db
+        .execute_unprepared("UPDATE users SET disabled_at = now() WHERE name = 'alice'")
+        .await
+        .expect("disable alice");
+    let refused = http_sign_in(&app, &provider, "alice").await;
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused
+            .text()
+            .await
+            .expect("page")
+            .contains("your netcron account is disabled")
+    );
+
+    app.db
+        .execute_unprepared(
+            "INSERT INTO users (id, name, role) VALUES (gen_random_uuid(), 'bob', 'viewer')",
+        )
+        .await
+        .expect("a local bob");
+    let refused = http_sign_in(&app, &provider, "bob").await;
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused
+            .text()
+            .await
+            .expect("page")
+            .contains("exists here already and is not linked to Corp SSO")
+    );
+    assert_eq!(
+        provider_accounts(&app).await,
+        [("alice".to_owned(), "admin".to_owned())]
+    );
+    assert_eq!(audit(&app, "sign_in").await.len(), 1);
+    let failed = audit(&app, "sign_in_failed").await;
+    assert_eq!(
+        failed.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+}
