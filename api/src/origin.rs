@@ -92,7 +92,11 @@ impl ConsoleOrigin {
         if let Some(public) = &self.public {
             return Some(public.to_string());
         }
-        let host = headers.get(header::HOST)?.to_str().ok()?;
+        let host = headers
+            .get(header::HOST)?
+            .to_str()
+            .ok()
+            .filter(|h| !h.contains(['/', '@', '?', '#', '\\']))?;
         let scheme = if self.secure_cookies(headers) {
             "https"
         } else {
@@ -298,5 +302,28 @@ mod tests {
         ] {
             assert!(bad.parse::<PublicUrl>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_origin_for_a_redirect_uri_is_the_public_url_else_the_host() {
+        let plain = ConsoleOrigin::default();
+        assert_eq!(
+            plain.origin_of(&headers(&[("host", "netcron.example:8080")])),
+            Some("http://netcron.example:8080".to_owned())
+        );
+        assert_eq!(
+            plain.origin_of(&headers(&[
+                ("host", "netcron.example"),
+                ("x-forwarded-proto", "https")
+            ])),
+            Some("https://netcron.example".to_owned())
+        );
+        assert_eq!(plain.origin_of(&headers(&[("host", "a.example/b")])), None);
+        assert_eq!(plain.origin_of(&HeaderMap::new()), None);
+        let public = ConsoleOrigin::new(Some("https://nc.example/".parse().expect("url")));
+        assert_eq!(
+            public.origin_of(&headers(&[("host", "other.example")])),
+            Some("https://nc.example".to_owned())
+        );
     }
 }

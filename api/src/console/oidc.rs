@@ -41,6 +41,9 @@ pub struct CallbackParams {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
+    /// The issuer of the answer (RFC 9207), when the provider says: another provider's
+    /// answer delivered to this callback (a mix-up) is refused.
+    iss: Option<String>,
 }
 
 fn hash(state: &str) -> Vec<u8> {
@@ -72,7 +75,11 @@ impl Failure<'_> {
             people::Audit {
                 actor_kind: "anonymous",
                 actor_id: None,
-                actor_name: who.chars().take(64).collect(),
+                actor_name: if who.is_empty() {
+                    "anonymous".to_owned()
+                } else {
+                    who.chars().take(64).collect()
+                },
                 action: "sign_in_failed".to_owned(),
                 resource: Some(format!("/console/sign-in/oidc/{}", self.provider)),
                 status: status.as_u16(),
@@ -250,6 +257,19 @@ pub async fn callback(
             .await;
     };
     failure.next = next::ReturnPath::parse_or_home(Some(&pending.next));
+    if params
+        .iss
+        .as_deref()
+        .is_some_and(|iss| iss.trim_end_matches('/') != provider.issuer().trim_end_matches('/'))
+    {
+        return failure
+            .refuse(
+                StatusCode::BAD_REQUEST,
+                "",
+                format!("the answer did not come from {}", provider.name()),
+            )
+            .await;
+    }
     if let Some(error) = params.error {
         // The provider's error code is from a short list; anything else is cut short.
         let error: String = error
