@@ -337,3 +337,36 @@ async fn a_disabled_account_and_a_taken_name_are_refused() {
         ["alice", "bob"]
     );
 }
+
+/// A provider list with a mistake stops the start with one line that names the setting and
+/// the mistake, and never shows the client secret it holds.
+#[test]
+fn a_malformed_provider_list_stops_the_start_with_one_line() {
+    let dir = crate::support::sites::temp_dir("oidc-conf");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_netcron"))
+        .arg("api")
+        .current_dir(&*dir)
+        .env("DATABASE_URL", "postgres://netcron:pw@127.0.0.1:1/netcron")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .env("NETCRON_API_TOKEN", "a-token")
+        .env(
+            "NETCRON_SECRET_KEY",
+            netcron_common::secret::SecretKey::generate_base64(),
+        )
+        .env(
+            "NETCRON_OIDC_PROVIDERS",
+            r#"[{"id": "corp", "name": "Corp SSO", "issuer": "https://sso.example",
+                 "client_id": "netcron", "client_secret": "hunter2",
+                 "roles": {"netcron-admins": "root"}}]"#,
+        )
+        .output()
+        .expect("netcron api");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("invalid configuration: NETCRON_OIDC_PROVIDERS") && stderr.contains("root"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

@@ -30,6 +30,9 @@ const STATE_COOKIE: &str = "netcron_oidc_state";
 const COOKIE_PATH: &str = "/console/sign-in/oidc";
 /// How long a sign-in may stay at the provider.
 const PENDING_MINUTES: i64 = 10;
+/// How many sign-ins may be under way at once: anyone may start one, so without a bound a
+/// script could fill the table.
+const PENDING_LIMIT: i64 = 10_000;
 
 #[derive(Deserialize)]
 pub struct StartParams {
@@ -154,6 +157,26 @@ pub async fn start(
             "DELETE FROM oidc_logins WHERE expires_at < now()",
         ))
         .await?;
+    let pending: i64 = match state
+        .db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM oidc_logins",
+        ))
+        .await?
+    {
+        Some(row) => row.try_get("", "n")?,
+        None => 0,
+    };
+    if pending >= PENDING_LIMIT {
+        return failure
+            .refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "",
+                "too many sign-ins are under way; try again in a few minutes".to_owned(),
+            )
+            .await;
+    }
     state
         .db
         .execute_raw(Statement::from_sql_and_values(
