@@ -101,6 +101,7 @@ async fn a_person_signs_in_through_the_provider_and_their_group_sets_the_role() 
             .await
             .contains("Sign in with Corp SSO")
     );
+    b.shot("oidc-sign-in").await;
     sign_in_in_browser(&b, "alice", "alice · admin").await;
     assert_eq!(b.path().await, "/");
     assert_eq!(
