@@ -287,6 +287,7 @@ impl Bench {
             run_ingest: true,
             create_database: false,
             public_url: None,
+            oidc: netcron_api::oidc::Providers::default(),
             live: netcron_api::LiveSettings::default(),
             ingest: netcron_ingest::IngestSettings::default(),
         };

@@ -160,6 +160,7 @@ async fn main() {
         ingest: netcron_ingest::IngestSettings::default(),
         create_database: false,
         public_url: None,
+        oidc: netcron_api::oidc::Providers::default(),
         live: netcron_api::LiveSettings::default(),
     };
     let app = Application::build(settings, Telemetry::default())

@@ -96,6 +96,9 @@ pub const RULES: &[Rule] = &[
     public("GET", "/console"),
     public("GET", "/console/sign-in"),
     public("POST", "/console/sign-in"),
+    // Signing in through an OpenID Connect provider: before anyone is signed in.
+    public("GET", "/console/sign-in/oidc/{provider}"),
+    public("GET", "/console/sign-in/oidc/{provider}/callback"),
     public("GET", "/console/assets/{name}"),
     public("GET", "/favicon.ico"),
     public("GET", "/openapi.json"),

@@ -30,6 +30,8 @@ pub struct Settings {
     /// The console's public address (`NETCRON_PUBLIC_URL`); unset, forms are checked against
     /// `Host` and the standard forwarded headers.
     pub public_url: Option<crate::origin::PublicUrl>,
+    /// The OpenID Connect providers people may sign in with (`NETCRON_OIDC_PROVIDERS`).
+    pub oidc: crate::oidc::Providers,
 }
 
 impl Settings {
@@ -46,6 +48,7 @@ impl Settings {
             live: LiveSettings::from_env()?,
             create_database: false,
             public_url: config::parsed_opt("NETCRON_PUBLIC_URL")?,
+            oidc: config::parsed_secret_opt("NETCRON_OIDC_PROVIDERS")?.unwrap_or_default(),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 mod extract;
 mod limits;
 pub mod metrics;
+pub mod oidc;
 mod origin;
 mod pagination;
 mod routes;
@@ -281,6 +282,7 @@ impl Connected {
             leases: netcron_protocol::lease::Leases::new(streams.clone(), 24 * 3600),
             webhook_policy: settings.ingest.events.webhook_policy,
             console_origin: origin::ConsoleOrigin::new(settings.public_url),
+            oidc: settings.oidc,
             live,
             key_prefix: streams.prefix().to_owned(),
         };

@@ -85,6 +85,30 @@ impl ConsoleOrigin {
             .any(|requested| requested.matches(&origin))
     }
 
+    /// The console's origin as the browser sees it, for the redirect URI given to an OpenID
+    /// Connect provider: the public URL when one is configured, else `Host` with `https` when
+    /// [`Self::secure_cookies`] says the browser came over TLS and `http` otherwise.
+    pub fn origin_of(&self, headers: &HeaderMap) -> Option<String> {
+        if let Some(public) = &self.public {
+            return Some(public.to_string());
+        }
+        let host = headers
+            .get(header::HOST)?
+            .to_str()
+            .ok()
+            .filter(|h| !h.contains(['/', '@', '?', '#', '\\']))?;
+        let scheme = if self.secure_cookies(headers) {
+            "https"
+        } else {
+            "http"
+        };
+        Url::parse(&format!("{scheme}://{host}"))
+            .ok()
+            .map(|u| u.origin())
+            .filter(url::Origin::is_tuple)
+            .map(|o| o.ascii_serialization())
+    }
+
     /// Whether the session cookie is marked `Secure`: the public URL is `https`, or a proxy
     /// that terminates TLS says the browser came over it. netcron itself serves plain HTTP.
     pub fn secure_cookies(&self, headers: &HeaderMap) -> bool {
@@ -278,5 +302,28 @@ mod tests {
         ] {
             assert!(bad.parse::<PublicUrl>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_origin_for_a_redirect_uri_is_the_public_url_else_the_host() {
+        let plain = ConsoleOrigin::default();
+        assert_eq!(
+            plain.origin_of(&headers(&[("host", "netcron.example:8080")])),
+            Some("http://netcron.example:8080".to_owned())
+        );
+        assert_eq!(
+            plain.origin_of(&headers(&[
+                ("host", "netcron.example"),
+                ("x-forwarded-proto", "https")
+            ])),
+            Some("https://netcron.example".to_owned())
+        );
+        assert_eq!(plain.origin_of(&headers(&[("host", "a.example/b")])), None);
+        assert_eq!(plain.origin_of(&HeaderMap::new()), None);
+        let public = ConsoleOrigin::new(Some("https://nc.example/".parse().expect("url")));
+        assert_eq!(
+            public.origin_of(&headers(&[("host", "other.example")])),
+            Some("https://nc.example".to_owned())
+        );
     }
 }

@@ -24,6 +24,8 @@ pub struct AppState {
     pub webhook_policy: WebhookPolicy,
     /// The console's own origin, for the same-origin check of its forms.
     pub console_origin: crate::origin::ConsoleOrigin,
+    /// The OpenID Connect providers of the sign-in page, with what was fetched from them.
+    pub oidc: crate::oidc::Providers,
     /// Live-output followers and their shared Redis reader.
     pub live: netcron_services::live::Hub,
     /// The prefix of this deployment's Redis keys (its stream prefix), for the sign-in limits.

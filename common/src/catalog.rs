@@ -96,6 +96,13 @@ pub const SETTINGS: &[Setting] = &[
         example: "https://netcron.example.net",
     },
     Setting {
+        name: "NETCRON_OIDC_PROVIDERS",
+        roles: &["api", "all"],
+        default: Unset("the console signs in with names and passwords (and bootstrap tokens) only"),
+        meaning: "OpenID Connect providers the console's sign-in page offers, a JSON array of `{\"id\", \"name\", \"issuer\", \"client_id\", \"client_secret\", \"scopes\" (default `[\"openid\",\"profile\",\"email\",\"groups\"]`), \"role_claim\" (default `\"groups\"`), \"roles\" (claim value to role: viewer, operator, editor, admin; the highest mapped value wins), \"default_role\" (default null: a person with no mapped value is refused)}`; unknown fields are refused. Register `<console origin>/console/sign-in/oidc/<id>/callback` as the redirect URI at the provider, where the console origin is `NETCRON_PUBLIC_URL` when set, else the scheme and `Host` of the request (https when a proxy says so)",
+        example: "[{\"id\":\"corp\",\"name\":\"Corp SSO\",\"issuer\":\"https://sso.example.net\",\"client_id\":\"netcron\",\"client_secret\":\"…\",\"roles\":{\"netcron-admins\":\"admin\",\"netops\":\"operator\"}}]",
+    },
+    Setting {
         name: "NETCRON_SECRET_KEY",
         roles: &["api", "executor", "ingest", "all"],
         default: Required,

@@ -74,6 +74,25 @@ where
     }
 }
 
+/// [`parsed_opt`] for a value that holds secrets: a refusal says why, never what was given.
+///
+/// # Errors
+/// When it is set but does not parse.
+pub fn parsed_secret_opt<T>(name: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    let setting = documented(name)?;
+    match var(name) {
+        None => Ok(None),
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|e| with_example(setting, format!("is not valid: {e}"))),
+    }
+}
+
 /// A positive number of days from `name` (fractions allowed, so tests and soaks can use
 /// minutes), or `default_days` when unset.
 ///

@@ -22,6 +22,7 @@ mod m20261207_000004_fleet_jobs;
 mod m20261207_000005_secret_vars;
 mod m20261207_000006_name_normal_form;
 mod m20261208_000001_people;
+mod m20261208_000002_oidc_sign_in;
 
 pub struct Migrator;
 
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000005_secret_vars::Migration),
             Box::new(m20261207_000006_name_normal_form::Migration),
             Box::new(m20261208_000001_people::Migration),
+            Box::new(m20261208_000002_oidc_sign_in::Migration),
         ]
     }
 }

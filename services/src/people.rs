@@ -399,6 +399,87 @@ pub async fn check_sign_in(
     }
 }
 
+/// Who a provider says signed in, from a verified ID token, with the role its claims map to.
+pub struct ExternalIdentity {
+    /// The provider's issuer URL, exactly as its ID tokens state it.
+    pub issuer: String,
+    /// The provider's stable id of the person (`sub`).
+    pub subject: String,
+    /// The account name to give a new account (`preferred_username`, else the e-mail address,
+    /// else `sub`), not yet parsed.
+    pub name: String,
+    pub display_name: String,
+    pub role: Role,
+}
+
+/// What a sign-in through a provider came to.
+pub enum ExternalSignIn {
+    /// The account, created now or updated with the role and display name of the claims.
+    Account(User),
+    /// The provider's person has an account here, but it is disabled.
+    Disabled,
+    /// No account has this `(issuer, subject)` yet and another account already has the name.
+    NameTaken(String),
+}
+
+/// Finds or creates the account of a person a provider signed in. A first sign-in creates a
+/// person account without a password; later ones update its role and display name (a changed
+/// role applies to its other sessions from their next request, as an admin's change does). Accounts are matched by
+/// `(issuer, subject)` only, never by name: a provider's user is never merged into an account
+/// that exists already under the same name.
+///
+/// # Errors
+/// A validation error naming `name` when the provider's name is not an account name.
+pub async fn external_sign_in(
+    db: &DatabaseConnection,
+    identity: ExternalIdentity,
+) -> Result<ExternalSignIn> {
+    let existing = UserRow::find_by_statement(stmt(
+        &format!("SELECT {USER_COLUMNS} FROM users WHERE oidc_issuer = $1 AND oidc_subject = $2"),
+        [
+            identity.issuer.clone().into(),
+            identity.subject.clone().into(),
+        ],
+    ))
+    .one(db)
+    .await?;
+    if let Some(row) = existing {
+        if row.disabled_at.is_some() {
+            return Ok(ExternalSignIn::Disabled);
+        }
+        let changes = UserChanges {
+            display_name: Some(identity.display_name),
+            role: Some(identity.role),
+            ..UserChanges::default()
+        };
+        return update_user(db, row.id, changes)
+            .await
+            .map(ExternalSignIn::Account);
+    }
+    let name = parse_user_name(&identity.name)?;
+    let inserted = UserRow::find_by_statement(stmt(
+        &format!(
+            "INSERT INTO users (id, name, display_name, kind, role, oidc_issuer, oidc_subject) \
+             VALUES ($1, $2, $3, 'person', $4, $5, $6) \
+             ON CONFLICT DO NOTHING RETURNING {USER_COLUMNS}"
+        ),
+        [
+            new_id().into(),
+            name.clone().into(),
+            identity.display_name.into(),
+            identity.role.as_str().into(),
+            identity.issuer.into(),
+            identity.subject.into(),
+        ],
+    ))
+    .one(db)
+    .await?;
+    match inserted {
+        Some(row) => row.into_user().map(ExternalSignIn::Account),
+        None => Ok(ExternalSignIn::NameTaken(name)),
+    }
+}
+
 /// How a request said who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -21,6 +21,7 @@ mod lifecycle;
 mod live;
 mod names;
 mod network;
+mod oidc;
 mod operations;
 mod partial;
 mod pgfailover;

@@ -18,6 +18,7 @@ mod devices;
 mod forms;
 mod jobs;
 mod next;
+mod oidc;
 mod overview;
 mod people;
 mod runs;
@@ -177,6 +178,11 @@ pub fn router() -> Router<AppState> {
         .route("/", get(overview::show))
         .route("/console", get(|| async { Redirect::to("/") }))
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
+        .route("/console/sign-in/oidc/{provider}", get(oidc::start))
+        .route(
+            "/console/sign-in/oidc/{provider}/callback",
+            get(oidc::callback),
+        )
         .route("/console/sign-out", post(sign_out))
         .route("/console/assets/{name}", get(asset))
         // Browsers ask for /favicon.ico on their own, whatever the page links.
@@ -267,7 +273,35 @@ async fn asset(Path(name): Path<String>) -> Response {
 #[template(path = "console/sign_in.html")]
 struct SignInPage {
     next: String,
-    error: Option<&'static str>,
+    error: Option<String>,
+    providers: Vec<ProviderLink>,
+}
+
+/// A "Sign in with …" link of the sign-in page.
+struct ProviderLink {
+    href: String,
+    name: String,
+}
+
+impl SignInPage {
+    /// The page, offering every configured OpenID Connect provider, returning to `next`.
+    fn new(state: &AppState, next: &next::ReturnPath, error: Option<String>) -> Self {
+        let next = next.as_str().to_owned();
+        let query = form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
+        let providers = state
+            .oidc
+            .iter()
+            .map(|p| ProviderLink {
+                href: format!("/console/sign-in/oidc/{}?next={query}", p.id()),
+                name: p.name().to_owned(),
+            })
+            .collect();
+        Self {
+            next,
+            error,
+            providers,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -275,13 +309,12 @@ struct NextParam {
     next: Option<String>,
 }
 
-async fn sign_in_page(Query(params): Query<NextParam>) -> Result<Response> {
-    render(&SignInPage {
-        next: next::ReturnPath::parse_or_home(params.next.as_deref())
-            .as_str()
-            .to_owned(),
-        error: None,
-    })
+async fn sign_in_page(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    Query(params): Query<NextParam>,
+) -> Result<Response> {
+    let next = next::ReturnPath::parse_or_home(params.next.as_deref());
+    render(&SignInPage::new(&state, &next, None))
 }
 
 /// Signs in with an account's name and password, or with a bootstrap API token, and answers a
@@ -307,10 +340,7 @@ async fn sign_in(
     let password = SecretString::new(form.get("password").unwrap_or_default());
     let attempt = if token.is_empty() { name } else { "bootstrap" };
     let refused = |status: StatusCode, error: &'static str| -> Result<Response> {
-        let mut response = render(&SignInPage {
-            next: next.as_str().to_owned(),
-            error: Some(error),
-        })?;
+        let mut response = render(&SignInPage::new(&state, &next, Some(error.to_owned())))?;
         *response.status_mut() = status;
         Ok(response)
     };

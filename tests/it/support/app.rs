@@ -90,6 +90,7 @@ impl TestApp {
             run_ingest: true,
             create_database: false,
             public_url: None,
+            oidc: netcron_api::oidc::Providers::default(),
             live: netcron_api::LiveSettings::default(),
             ingest: IngestSettings {
                 events: EventSettings {

@@ -7,11 +7,13 @@
 //! here and hold only tests.
 
 pub(crate) mod app;
+pub(crate) mod browser;
 pub(crate) mod console;
 pub(crate) mod containers;
 pub(crate) mod executions;
 pub(crate) mod executor_process;
 pub(crate) mod network;
+pub(crate) mod oidc;
 pub(crate) mod pipeline;
 pub(crate) mod sentinel;
 pub(crate) mod services;
