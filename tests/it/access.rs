@@ -79,6 +79,16 @@ fn expected(method: &Method, path: &str) -> Option<Role> {
     Some(Role::Editor)
 }
 
+/// A GET with an account's token.
+async fn bearer_get(app: &TestApp, path: &str, token: impl std::fmt::Display) -> reqwest::Response {
+    app.client
+        .get(app.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET with a token")
+}
+
 fn fill(path: &str) -> String {
     let mut out = String::new();
     let mut rest = path;
@@ -200,13 +210,8 @@ async fn every_operation_has_a_rule_and_each_role_gets_it() {
 async fn tokens_are_shown_once_hashed_at_rest_and_refused_once_revoked_or_expired() {
     let app = TestApp::spawn().await;
     let (token, user) = token_of(&app, Role::Operator).await;
-    let me: Value = app
-        .client
-        .get(app.url("/me"))
-        .bearer_auth(&token)
-        .send()
+    let me: Value = bearer_get(&app, "/me", &token)
         .await
-        .expect("me")
         .json()
         .await
         .expect("JSON");
@@ -286,13 +291,7 @@ async fn tokens_are_shown_once_hashed_at_rest_and_refused_once_revoked_or_expire
         app.delete(&format!("/tokens/{token_id}")).await.status(),
         200
     );
-    let after = app
-        .client
-        .get(app.url("/runs"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("after revoke");
+    let after = bearer_get(&app, "/runs", &token).await;
     assert_eq!(after.status(), 401);
     let audit: Value = app
         .get("/audit?action=token_refused")
@@ -317,21 +316,9 @@ async fn tokens_are_shown_once_hashed_at_rest_and_refused_once_revoked_or_expire
         )
         .await;
     let short = short["token"].as_str().expect("token").to_owned();
-    let status = |t: String| {
-        let app = &app;
-        async move {
-            app.client
-                .get(app.url("/runs"))
-                .bearer_auth(t)
-                .send()
-                .await
-                .expect("send")
-                .status()
-        }
-    };
-    assert_eq!(status(short.clone()).await, 200);
+    assert_eq!(bearer_get(&app, "/runs", &short).await.status(), 200);
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert_eq!(status(short).await, 401);
+    assert_eq!(bearer_get(&app, "/runs", &short).await.status(), 401);
 }
 
 #[derive(sea_orm::FromQueryResult)]
@@ -474,13 +461,7 @@ async fn sessions_follow_the_account_and_end_when_it_changes() {
         .await;
     assert_eq!(disabled.status(), 200);
     assert_eq!(page_status(&app, &cookie, "/").await, 303);
-    let by_token = app
-        .client
-        .get(app.url("/devices"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("send");
+    let by_token = bearer_get(&app, "/devices", &token).await;
     assert_eq!(by_token.status(), 401);
     assert_eq!(
         sign_in(&app, "viewer-person", "battery staple").await,
@@ -658,13 +639,8 @@ async fn the_console_adds_people_and_shows_a_new_token_once() {
         again.contains(&token[..10]),
         "its first characters tell it apart"
     );
-    let me: Value = app
-        .client
-        .get(app.url("/me"))
-        .bearer_auth(&token)
-        .send()
+    let me: Value = bearer_get(&app, "/me", &token)
         .await
-        .expect("me")
         .json()
         .await
         .expect("JSON");
@@ -687,13 +663,7 @@ async fn the_console_adds_people_and_shows_a_new_token_once() {
         .await
         .expect("revoke");
     assert_eq!(revoked.status(), 303);
-    let after = app
-        .client
-        .get(app.url("/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("me");
+    let after = bearer_get(&app, "/me", &token).await;
     assert_eq!(after.status(), 401);
 
     let audit = browser
