@@ -462,11 +462,11 @@ mod tests {
 
         let unknown_field = r#"[{"id": "a", "name": "A", "issuer": "https://a.example",
             "client_id": "c", "client_secret": "s", "role": "admin"}]"#;
-        let error = unknown_field.parse::<Providers>().err().expect("refused");
+        let error = unknown_field.parse::<Providers>().expect_err("refused");
         assert!(error.contains("unknown field `role`"), "{error}");
         let bad_role = r#"[{"id": "a", "name": "A", "issuer": "https://a.example",
             "client_id": "c", "client_secret": "s", "roles": {"g": "root"}}]"#;
-        let error = bad_role.parse::<Providers>().err().expect("refused");
+        let error = bad_role.parse::<Providers>().expect_err("refused");
         assert!(error.contains("root"), "{error}");
         assert!("{".parse::<Providers>().is_err());
         let twice = r#"[{"id": "a", "name": "A", "issuer": "https://a.example",
